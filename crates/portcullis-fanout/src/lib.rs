@@ -1,0 +1,2 @@
+//! portcullis-fanout
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! portcullis-p2c
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! portcullis-retry
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! portcullis-test
+#![forbid(unsafe_code)]

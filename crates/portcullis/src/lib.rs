@@ -1,0 +1,2 @@
+//! portcullis
+#![forbid(unsafe_code)]
