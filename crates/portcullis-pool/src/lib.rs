@@ -14,3 +14,9 @@
 mod pool;
 
 pub use pool::{EndpointCounts, Pool, Update, UpdateKind};
+pub mod queue;
+
+pub use queue::{
+    BoxError, BuildError, FailFast, PoolFailed, PoolQueue, PoolQueueConfig, PoolQueueLayer,
+    PoolQueueMetrics, WorkerGone,
+};

@@ -1,2 +1,36 @@
-//! portcullis-test
+//! Test harnesses for stacks built with portcullis, for our own tests and for yours.
+//!
+//! - [`pool`]: a mock [`Pool`](portcullis_pool::Pool) whose readiness, `poll_pool` result and
+//!   failures a test controls, and which records the discovery updates it receives and hands
+//!   each request to the test to answer.
+//! - [`discovery`]: discovery streams, fed by hand through a channel or scripted in time.
+//!
+//! Everything here runs on tokio's clock, so tests stay deterministic under
+//! `#[tokio::test(start_paused = true)]`.
 #![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod discovery;
+pub mod endpoint;
+pub mod pool;
+
+/// The boxed error type used by the harnesses.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An error a harness was told to produce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MockError(pub String);
+
+impl std::fmt::Display for MockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MockError {}

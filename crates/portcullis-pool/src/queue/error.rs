@@ -1,0 +1,180 @@
+//! The errors a [`PoolQueue`](super::PoolQueue) gives its callers.
+//!
+//! The queue's `Error` is [`BoxError`], as in tower's own middleware; find out which failure it
+//! was with `err.is::<FailFast>()` or `err.downcast_ref::<PoolFailed>()`.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+/// The boxed error type of the queue and of tower middleware in general.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The queue is in failfast: requests waited and no endpoint was ready for the failfast timeout.
+///
+/// Not terminal: the queue leaves failfast as soon as an endpoint is ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailFast {
+    timeout: Duration,
+}
+
+impl FailFast {
+    pub(crate) const fn new(timeout: Duration) -> Self {
+        Self { timeout }
+    }
+
+    /// The failfast timeout in force when this error was raised.
+    pub const fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+impl fmt::Display for FailFast {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pool queue in failfast: no endpoint has been ready for {:?}",
+            self.timeout
+        )
+    }
+}
+
+impl std::error::Error for FailFast {}
+
+/// What failed, terminally, behind a [`PoolFailed`] error.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum FailureSource {
+    /// The discovery stream returned an error.
+    Discovery,
+    /// The pool returned an error from `poll_pool` or `poll_ready`.
+    Pool,
+}
+
+/// The queue's worker stopped because its discovery stream or its pool failed. Terminal: every
+/// waiting and every later request gets a clone of this error.
+#[derive(Clone)]
+pub struct PoolFailed {
+    source: FailureSource,
+    cause: Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl PoolFailed {
+    pub(crate) fn new(source: FailureSource, cause: BoxError) -> Self {
+        Self {
+            source,
+            cause: Arc::from(cause),
+        }
+    }
+
+    /// Whether discovery or the pool failed.
+    pub const fn failure_source(&self) -> FailureSource {
+        self.source
+    }
+
+    /// The error that stopped the worker.
+    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.cause
+    }
+}
+
+impl fmt::Debug for PoolFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolFailed")
+            .field("source", &self.source)
+            .field("cause", &format_args!("{}", self.cause))
+            .finish()
+    }
+}
+
+impl fmt::Display for PoolFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.source {
+            FailureSource::Discovery => "discovery",
+            FailureSource::Pool => "pool",
+        };
+        write!(f, "pool queue stopped: {what} failed: {}", self.cause)
+    }
+}
+
+impl std::error::Error for PoolFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.cause)
+    }
+}
+
+/// The queue's worker is gone without a terminal error: it panicked, or the runtime it ran on
+/// shut down. Terminal.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerGone(());
+
+impl WorkerGone {
+    pub(crate) const fn new() -> Self {
+        Self(())
+    }
+}
+
+impl fmt::Display for WorkerGone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("pool queue worker is gone (it panicked or its runtime shut down)")
+    }
+}
+
+impl std::error::Error for WorkerGone {}
+
+/// `call` was invoked without a successful `poll_ready` first, so the request holds no slot in
+/// the queue. The request is returned unsent, as this error.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct NotReady(());
+
+impl NotReady {
+    pub(crate) const fn new() -> Self {
+        Self(())
+    }
+}
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("pool queue called before poll_ready returned ready")
+    }
+}
+
+impl std::error::Error for NotReady {}
+
+/// A [`PoolQueue`](super::PoolQueue) or its layer was configured with an invalid value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The capacity was zero: no request could ever wait.
+    ZeroCapacity,
+    /// The capacity was larger than the queue can count.
+    CapacityTooLarge {
+        /// The capacity asked for.
+        capacity: usize,
+        /// The largest capacity allowed.
+        max: usize,
+    },
+    /// The failfast timeout was zero: every request would fail at once.
+    ZeroFailfastTimeout,
+    /// No tokio runtime was running to spawn the worker on.
+    NoRuntime,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::ZeroCapacity => f.write_str("pool queue capacity must be at least 1"),
+            BuildError::CapacityTooLarge { capacity, max } => {
+                write!(
+                    f,
+                    "pool queue capacity {capacity} exceeds the maximum {max}"
+                )
+            }
+            BuildError::ZeroFailfastTimeout => {
+                f.write_str("pool queue failfast timeout must be greater than zero")
+            }
+            BuildError::NoRuntime => {
+                f.write_str("no tokio runtime is running to spawn the pool queue worker on")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}

@@ -1,0 +1,163 @@
+use super::{
+    error::{BoxError, FailFast, NotReady},
+    future::ResponseFuture,
+    message::Message,
+    metrics::PoolQueueMetrics,
+    shared::Shared,
+};
+use std::{
+    fmt,
+    future::Future,
+    sync::{atomic::Ordering, Arc},
+    task::{Context, Poll},
+};
+use tokio::{
+    sync::{mpsc, oneshot, OwnedSemaphorePermit},
+    time::Instant,
+};
+use tokio_util::sync::PollSemaphore;
+use tower_service::Service;
+
+/// A cloneable handle to a queue in front of a [`Pool`](crate::Pool).
+///
+/// See [the module documentation](crate::queue) for what the worker behind it does.
+/// `F` is the pool's response future; the handle does not name the pool's type.
+pub struct PoolQueue<Req, F> {
+    tx: mpsc::UnboundedSender<Message<Req, F>>,
+    semaphore: PollSemaphore,
+    shared: Arc<Shared>,
+    ready: Readiness,
+    /// Whether this handle is queued for a slot (its last `poll_acquire` was pending).
+    acquiring: bool,
+}
+
+/// What the last `poll_ready` decided, for the next `call` to act on.
+#[derive(Debug)]
+enum Readiness {
+    /// Not polled ready since the last call.
+    Unpolled,
+    /// A slot is reserved for the next request.
+    Reserved(OwnedSemaphorePermit),
+    /// The queue was in failfast: the next request fails at once, holding no slot.
+    FailFast,
+}
+
+impl<Req, F> PoolQueue<Req, F> {
+    pub(crate) fn new_handle(
+        tx: mpsc::UnboundedSender<Message<Req, F>>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            tx,
+            semaphore: PollSemaphore::new(shared.semaphore.clone()),
+            shared,
+            ready: Readiness::Unpolled,
+            acquiring: false,
+        }
+    }
+
+    /// The queue's metrics. Every handle of one queue returns the same metrics.
+    pub fn metrics(&self) -> PoolQueueMetrics {
+        PoolQueueMetrics::new(self.shared.clone())
+    }
+}
+
+impl<Req, F, T, E> Service<Req> for PoolQueue<Req, F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Response = T;
+    type Error = BoxError;
+    type Future = ResponseFuture<F>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if let Some(error) = self.shared.terminal_error() {
+            return Poll::Ready(Err(Box::new(error.clone())));
+        }
+        if !matches!(self.ready, Readiness::Unpolled) {
+            return Poll::Ready(Ok(()));
+        }
+        // In failfast a caller must not wait for a slot, nor take one: it is answered at once.
+        if self.shared.in_failfast() {
+            if std::mem::take(&mut self.acquiring) {
+                // Leave the line for a slot: the slot the semaphore may already have handed
+                // this handle would otherwise stay parked in it until the next poll.
+                self.semaphore = PollSemaphore::new(self.shared.semaphore.clone());
+            }
+            self.ready = Readiness::FailFast;
+            return Poll::Ready(Ok(()));
+        }
+        match self.semaphore.poll_acquire(cx) {
+            Poll::Pending => {
+                self.acquiring = true;
+                Poll::Pending
+            }
+            Poll::Ready(Some(permit)) => {
+                self.acquiring = false;
+                // Failfast may have begun while this caller waited for the slot; the failed
+                // requests released the very slots that woke it.
+                self.ready = if self.shared.in_failfast() {
+                    Readiness::FailFast
+                } else {
+                    Readiness::Reserved(permit)
+                };
+                Poll::Ready(Ok(()))
+            }
+            // The worker closes the slots when it stops.
+            Poll::Ready(None) => Poll::Ready(Err(self.shared.closed_error())),
+        }
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let permit = match std::mem::replace(&mut self.ready, Readiness::Unpolled) {
+            Readiness::Reserved(permit) => permit,
+            Readiness::FailFast => {
+                self.shared
+                    .rejected_in_failfast
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::trace!("rejected in failfast");
+                return ResponseFuture::failed(Box::new(FailFast::new(
+                    self.shared.failfast_timeout,
+                )));
+            }
+            Readiness::Unpolled => return ResponseFuture::failed(Box::new(NotReady::new())),
+        };
+        let (tx, rx) = oneshot::channel();
+        let message = Message {
+            request,
+            tx,
+            span: tracing::Span::current(),
+            enqueued_at: Instant::now(),
+            _permit: permit,
+        };
+        match self.tx.send(message) {
+            Ok(()) => ResponseFuture::queued(rx),
+            Err(_) => ResponseFuture::failed(self.shared.closed_error()),
+        }
+    }
+}
+
+impl<Req, F> Clone for PoolQueue<Req, F> {
+    /// A new handle to the same queue; it shares the capacity, and holds no slot until it is
+    /// polled ready.
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            semaphore: self.semaphore.clone(),
+            shared: self.shared.clone(),
+            ready: Readiness::Unpolled,
+            acquiring: false,
+        }
+    }
+}
+
+impl<Req, F> fmt::Debug for PoolQueue<Req, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolQueue")
+            .field("capacity", &self.shared.capacity)
+            .field("failfast_timeout", &self.shared.failfast_timeout)
+            .field("ready", &self.ready)
+            .finish()
+    }
+}

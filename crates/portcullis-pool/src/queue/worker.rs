@@ -1,0 +1,366 @@
+use super::{
+    error::{BoxError, FailFast, FailureSource, PoolFailed},
+    message::Message,
+    shared::{Outcome, Shared},
+};
+use crate::{Pool, Update};
+use futures_core::TryStream;
+use std::{
+    fmt,
+    future::Future,
+    marker::PhantomData,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+use tokio::{
+    sync::mpsc,
+    time::{Instant, Sleep},
+};
+
+/// How many discovery updates the worker applies in one turn before it looks at requests
+/// again, so that a flood of updates cannot starve dispatch (nor the reverse).
+const UPDATES_PER_TURN: usize = 1024;
+
+/// The background task behind a [`PoolQueue`](super::PoolQueue): it owns the pool and the
+/// discovery stream.
+///
+/// [`PoolQueue::new`](super::PoolQueue::new) spawns it on the current tokio runtime;
+/// [`PoolQueue::pair`](super::PoolQueue::pair) hands it back for the caller to spawn. It
+/// finishes when every handle is dropped and every queued request is answered, or when the
+/// pool or discovery fails.
+#[must_use = "the worker does nothing unless it is spawned"]
+pub struct Worker<P, D, K, T, Req>
+where
+    P: Pool<K, T, Req>,
+{
+    pool: P,
+    /// `None` once discovery has ended: the pool keeps serving its last endpoint set.
+    discovery: Option<Pin<Box<D>>>,
+    rx: mpsc::UnboundedReceiver<Message<Req, P::Future>>,
+    /// The request waiting for an endpoint to be ready; the rest wait in `rx`.
+    waiting: Option<Message<Req, P::Future>>,
+    failfast: Failfast,
+    shared: Arc<Shared>,
+    _update: PhantomData<fn(Update<K, T>)>,
+}
+
+/// The failfast timer and state.
+struct Failfast {
+    timeout: std::time::Duration,
+    /// Armed while a request waits and no endpoint is ready. Made on first use, so that a
+    /// worker can be built outside a runtime (see `PoolQueue::pair`).
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    active: bool,
+}
+
+impl Failfast {
+    fn arm(&mut self) {
+        let deadline = Instant::now() + self.timeout;
+        match self.sleep.as_mut() {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.armed = true;
+    }
+}
+
+impl<P, D, K, T, Req> Worker<P, D, K, T, Req>
+where
+    P: Pool<K, T, Req>,
+    P::Error: Into<BoxError>,
+    D: TryStream<Ok = Update<K, T>>,
+    D::Error: Into<BoxError>,
+{
+    pub(crate) fn new(
+        pool: P,
+        discovery: D,
+        rx: mpsc::UnboundedReceiver<Message<Req, P::Future>>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let timeout = shared.failfast_timeout;
+        Self {
+            pool,
+            discovery: Some(Box::pin(discovery)),
+            rx,
+            waiting: None,
+            failfast: Failfast {
+                timeout,
+                sleep: None,
+                armed: false,
+                active: false,
+            },
+            shared,
+            _update: PhantomData,
+        }
+    }
+
+    // === discovery ===
+
+    /// Applies every update discovery has ready (up to a turn's worth).
+    fn poll_discovery(&mut self, cx: &mut Context<'_>) -> Result<(), PoolFailed> {
+        let Some(discovery) = self.discovery.as_mut() else {
+            return Ok(());
+        };
+        for _ in 0..UPDATES_PER_TURN {
+            match discovery.as_mut().try_poll_next(cx) {
+                Poll::Ready(Some(Ok(update))) => {
+                    let kind = update.kind();
+                    tracing::debug!(
+                        kind = kind.as_str(),
+                        endpoints = update.len(),
+                        "applying discovery update"
+                    );
+                    self.pool.update_pool(update);
+                    self.shared.record_update(kind);
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    return Err(PoolFailed::new(FailureSource::Discovery, error.into()));
+                }
+                Poll::Ready(None) => {
+                    tracing::info!("discovery ended; serving the last known endpoints");
+                    self.shared
+                        .discovery_ended
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.discovery = None;
+                    return Ok(());
+                }
+                Poll::Pending => return Ok(()),
+            }
+        }
+        // More updates may be ready; come back for them after serving requests.
+        cx.waker().wake_by_ref();
+        Ok(())
+    }
+
+    // === pool ===
+
+    /// Drives pending endpoints, whether or not a request waits.
+    fn poll_pool(&mut self, cx: &mut Context<'_>) -> Result<(), PoolFailed> {
+        let result = self.pool.poll_pool(cx);
+        self.shared.record_endpoints(self.pool.endpoints());
+        match result {
+            Poll::Ready(Err(error)) => Err(PoolFailed::new(FailureSource::Pool, error.into())),
+            Poll::Ready(Ok(())) | Poll::Pending => Ok(()),
+        }
+    }
+
+    // === requests ===
+
+    /// Dispatches requests while endpoints are ready. `Ready` once every handle is gone and
+    /// every request is answered.
+    fn poll_requests(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PoolFailed>> {
+        loop {
+            if self.waiting.is_none() {
+                match self.rx.poll_recv(cx) {
+                    Poll::Ready(Some(message)) if message.is_canceled() => {
+                        self.skip_canceled();
+                        continue;
+                    }
+                    Poll::Ready(Some(message)) => self.waiting = Some(message),
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => {
+                        // In failfast, readiness is watched with nothing queued: the queue
+                        // leaves failfast on its own as soon as an endpoint is ready.
+                        if self.failfast.active {
+                            if let Poll::Ready(ready) = self.pool.poll_ready(cx) {
+                                ready
+                                    .map_err(|e| PoolFailed::new(FailureSource::Pool, e.into()))?;
+                                self.leave_failfast();
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+
+            match self.pool.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.leave_failfast();
+                    self.failfast.armed = false;
+                    if let Some(message) = self.waiting.take() {
+                        self.dispatch(message);
+                    }
+                }
+                Poll::Ready(Err(error)) => {
+                    return Poll::Ready(Err(PoolFailed::new(FailureSource::Pool, error.into())));
+                }
+                Poll::Pending => {
+                    let Some(message) = self.waiting.as_mut() else {
+                        return Poll::Pending;
+                    };
+                    if self.failfast.active {
+                        let error = FailFast::new(self.failfast.timeout);
+                        if let Some(message) = self.waiting.take() {
+                            self.answer(message, Outcome::FailFast, Box::new(error));
+                        }
+                        continue;
+                    }
+                    if message.poll_canceled(cx).is_ready() {
+                        self.waiting = None;
+                        self.failfast.armed = false;
+                        self.skip_canceled();
+                        continue;
+                    }
+                    if !self.failfast.armed {
+                        self.failfast.arm();
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, message: Message<Req, P::Future>) {
+        if message.is_canceled() {
+            self.skip_canceled();
+            return;
+        }
+        let Message {
+            request,
+            tx,
+            span,
+            enqueued_at,
+            _permit,
+        } = message;
+        let fut = {
+            let _enter = span.enter();
+            tracing::trace!("dispatching");
+            self.pool.call(request)
+        };
+        self.shared
+            .record_in_queue(Outcome::Dispatched, enqueued_at.elapsed());
+        // The worker never waits on the response: the caller drives it in its own task. A
+        // caller that left meanwhile drops it, which cancels the call.
+        let _ = tx.send(Ok(fut));
+    }
+
+    fn answer(&self, message: Message<Req, P::Future>, outcome: Outcome, error: BoxError) {
+        self.shared
+            .record_in_queue(outcome, message.enqueued_at.elapsed());
+        let _ = message.tx.send(Err(error));
+    }
+
+    fn skip_canceled(&self) {
+        self.shared
+            .cancelled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::trace!("skipping a request whose caller went away");
+    }
+
+    // === failfast ===
+
+    /// Enters failfast once the timer fires: the waiting request fails now, and so does every
+    /// request that reaches the worker until an endpoint is ready.
+    fn poll_failfast(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(sleep) = self.failfast.sleep.as_mut().filter(|_| self.failfast.armed) else {
+            return Poll::Pending;
+        };
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.failfast.armed = false;
+        self.failfast.active = true;
+        self.shared.set_failfast(true);
+        tracing::info!(timeout = ?self.failfast.timeout, "entering failfast: no endpoint ready");
+        if let Some(message) = self.waiting.take() {
+            let error = FailFast::new(self.failfast.timeout);
+            self.answer(message, Outcome::FailFast, Box::new(error));
+        }
+        Poll::Ready(())
+    }
+
+    fn leave_failfast(&mut self) {
+        if self.failfast.active {
+            self.failfast.active = false;
+            self.shared.set_failfast(false);
+            tracing::info!("leaving failfast: an endpoint is ready");
+        }
+    }
+
+    // === terminal ===
+
+    /// Stops for good: records the error for every later caller, refuses new requests and
+    /// answers every queued one with the error.
+    fn terminate(&mut self, error: PoolFailed) {
+        tracing::error!(%error, "pool queue stopped");
+        self.shared.terminate(error.clone());
+        if self.failfast.active {
+            self.leave_failfast();
+        }
+        self.rx.close();
+        let waiting = self.waiting.take().into_iter();
+        let queued = std::iter::from_fn(|| self.rx.try_recv().ok());
+        for message in waiting.chain(queued).collect::<Vec<_>>() {
+            self.answer(message, Outcome::Failed, Box::new(error.clone()));
+        }
+    }
+}
+
+impl<P, D, K, T, Req> Future for Worker<P, D, K, T, Req>
+where
+    P: Pool<K, T, Req>,
+    P::Error: Into<BoxError>,
+    D: TryStream<Ok = Update<K, T>>,
+    D::Error: Into<BoxError>,
+{
+    type Output = ();
+
+    /// The order of the steps is the policy: discovery first, so that a waiting request is
+    /// routed with the newest endpoint set; then the pool, so pending endpoints are driven
+    /// whether or not anybody is waiting; then requests; the failfast timer last, so that an
+    /// endpoint that turned ready in the same turn wins over the timeout.
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        loop {
+            let step = this
+                .poll_discovery(cx)
+                .and_then(|()| this.poll_pool(cx))
+                .map(|()| this.poll_requests(cx));
+            match step {
+                Err(error) | Ok(Poll::Ready(Err(error))) => {
+                    this.terminate(error);
+                    return Poll::Ready(());
+                }
+                Ok(Poll::Ready(Ok(()))) => {
+                    tracing::debug!("every handle is gone; pool queue worker stopping");
+                    return Poll::Ready(());
+                }
+                Ok(Poll::Pending) => {}
+            }
+            if this.poll_failfast(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+// Nothing in the worker is pinned structurally (discovery and the timer are boxed), so it may
+// move freely whatever the pool, request and response future types are.
+impl<P, D, K, T, Req> Unpin for Worker<P, D, K, T, Req> where P: Pool<K, T, Req> {}
+
+impl<P, D, K, T, Req> Drop for Worker<P, D, K, T, Req>
+where
+    P: Pool<K, T, Req>,
+{
+    /// However the worker ends (done, failed, panicked, or dropped with its runtime), callers
+    /// waiting for a slot must wake and learn of it rather than wait forever.
+    fn drop(&mut self) {
+        self.shared.semaphore.close();
+    }
+}
+
+impl<P, D, K, T, Req> fmt::Debug for Worker<P, D, K, T, Req>
+where
+    P: Pool<K, T, Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("discovery_ended", &self.discovery.is_none())
+            .field("waiting", &self.waiting.is_some())
+            .field("failfast_armed", &self.failfast.armed)
+            .field("failfast_active", &self.failfast.active)
+            .finish()
+    }
+}

@@ -1,0 +1,378 @@
+//! Simulated endpoints: [`tower_service::Service`]s whose latency, readiness and failures a test
+//! controls, in tokio time (so `start_paused` tests are deterministic).
+//!
+//! A [`SimControl`] is the test's handle; every [`SimEndpoint`] made from it shares its state,
+//! so one control can stand for one replica across rebuilds (a pool that evicts and rebuilds an
+//! endpoint gets a new `SimEndpoint` from the same control, which keeps counting calls).
+//!
+//! - latency: every response is delayed by [`SimControl::set_latency`] (tokio's clock);
+//! - readiness: [`SimControl::set_ready`]`(false)` keeps `poll_ready` pending until set back,
+//!   which wakes every task that waited;
+//! - faults: [`SimControl::set_fail_ready`] makes `poll_ready` fail (a pool should evict the
+//!   endpoint), [`SimControl::set_fail_calls`] makes responses fail, [`SimControl::set_hang`]
+//!   makes responses never complete;
+//! - counting: [`SimControl::calls`], [`SimControl::in_flight`].
+//!
+//! # Example
+//!
+//! ```
+//! use portcullis_test::endpoint::{SimControl, SimError};
+//! use std::time::Duration;
+//! use tower::{Service, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let control = SimControl::new();
+//! control.set_latency(Duration::from_millis(20));
+//! let mut replica = control.endpoint(|req: u32| req * 2);
+//!
+//! let started = tokio::time::Instant::now();
+//! let rsp = replica.ready().await.unwrap().call(21).await.unwrap();
+//! assert_eq!(rsp, 42);
+//! assert_eq!(started.elapsed(), Duration::from_millis(20));
+//! assert_eq!(control.calls(), 1);
+//!
+//! control.set_fail_calls(true);
+//! let err = replica.ready().await.unwrap().call(1).await.unwrap_err();
+//! assert_eq!(err, SimError::Call);
+//!
+//! // An endpoint that answers with its id, whatever the request.
+//! let mut named = control.endpoint_with_id::<(), _>("replica-a");
+//! control.set_fail_calls(false);
+//! assert_eq!(named.ready().await.unwrap().call(()).await.unwrap(), "replica-a");
+//! # }
+//! ```
+
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+/// The test's handle to one simulated replica. Cheap to clone; clones share state.
+#[derive(Clone, Debug, Default)]
+pub struct SimControl {
+    shared: Arc<Shared>,
+}
+
+/// A simulated endpoint; see the [module documentation](self).
+pub struct SimEndpoint<Req, Rsp> {
+    shared: Arc<Shared>,
+    respond: Arc<dyn Fn(Req) -> Rsp + Send + Sync>,
+}
+
+/// A failure injected through a [`SimControl`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SimError {
+    /// `poll_ready` failed ([`SimControl::set_fail_ready`]).
+    Readiness,
+    /// The call failed ([`SimControl::set_fail_calls`]).
+    Call,
+}
+
+pin_project! {
+    /// The response future of a [`SimEndpoint`].
+    #[derive(Debug)]
+    pub struct SimFuture<Rsp> {
+        #[pin]
+        delay: Option<Sleep>,
+        outcome: Option<Result<Rsp, SimError>>,
+        hang: bool,
+        in_flight: InFlight,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    latency: Duration,
+    ready: bool,
+    fail_ready: bool,
+    fail_calls: bool,
+    hang: bool,
+    calls: u64,
+    in_flight: usize,
+    waiters: Vec<Waker>,
+}
+
+/// Counts a call as in flight until its future is dropped.
+#[derive(Debug)]
+struct InFlight(Arc<Shared>);
+
+// === impl SimControl ===
+
+impl SimControl {
+    /// A healthy replica: ready, no latency, no faults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An endpoint of this replica that answers each request with `respond(request)`.
+    pub fn endpoint<Req, Rsp>(
+        &self,
+        respond: impl Fn(Req) -> Rsp + Send + Sync + 'static,
+    ) -> SimEndpoint<Req, Rsp> {
+        SimEndpoint {
+            shared: self.shared.clone(),
+            respond: Arc::new(respond),
+        }
+    }
+
+    /// An endpoint of this replica that answers every request with a clone of `id`.
+    pub fn endpoint_with_id<Req, Rsp>(&self, id: Rsp) -> SimEndpoint<Req, Rsp>
+    where
+        Rsp: Clone + Send + Sync + 'static,
+    {
+        self.endpoint(move |_: Req| id.clone())
+    }
+
+    /// Delays every later response by `latency` (tokio time).
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.lock().latency = latency;
+    }
+
+    /// Whether `poll_ready` says ready (`true`) or stays pending (`false`). Setting it ready
+    /// wakes the tasks that were waiting.
+    pub fn set_ready(&self, ready: bool) {
+        let mut state = self.shared.lock();
+        state.ready = ready;
+        if ready {
+            state.wake_waiters();
+        }
+    }
+
+    /// Whether `poll_ready` fails with [`SimError::Readiness`]. Setting it wakes the tasks that
+    /// were waiting, so they see the failure.
+    pub fn set_fail_ready(&self, fail: bool) {
+        let mut state = self.shared.lock();
+        state.fail_ready = fail;
+        if fail {
+            state.wake_waiters();
+        }
+    }
+
+    /// Whether later calls fail with [`SimError::Call`] (after the latency).
+    pub fn set_fail_calls(&self, fail: bool) {
+        self.shared.lock().fail_calls = fail;
+    }
+
+    /// Whether later calls never complete.
+    pub fn set_hang(&self, hang: bool) {
+        self.shared.lock().hang = hang;
+    }
+
+    /// Calls made to any endpoint of this replica so far.
+    pub fn calls(&self) -> u64 {
+        self.shared.lock().calls
+    }
+
+    /// Response futures of this replica not yet dropped.
+    pub fn in_flight(&self) -> usize {
+        self.shared.lock().in_flight
+    }
+
+    /// Whether `poll_ready` would say ready now.
+    pub fn is_ready(&self) -> bool {
+        let state = self.shared.lock();
+        state.ready && !state.fail_ready
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock already failed; keep the state usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            ready: true,
+            fail_ready: false,
+            fail_calls: false,
+            hang: false,
+            calls: 0,
+            in_flight: 0,
+            waiters: Vec::new(),
+        }
+    }
+}
+
+impl State {
+    fn wake_waiters(&mut self) {
+        for waker in self.waiters.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+// === impl SimEndpoint ===
+
+impl<Req, Rsp> Clone for SimEndpoint<Req, Rsp> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            respond: self.respond.clone(),
+        }
+    }
+}
+
+impl<Req, Rsp> fmt::Debug for SimEndpoint<Req, Rsp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimEndpoint")
+            .field("state", &*self.shared.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req, Rsp> SimEndpoint<Req, Rsp> {
+    /// The control of the replica this endpoint belongs to.
+    pub fn control(&self) -> SimControl {
+        SimControl {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<Req, Rsp> Service<Req> for SimEndpoint<Req, Rsp> {
+    type Response = Rsp;
+    type Error = SimError;
+    type Future = SimFuture<Rsp>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SimError>> {
+        let mut state = self.shared.lock();
+        if state.fail_ready {
+            return Poll::Ready(Err(SimError::Readiness));
+        }
+        if state.ready {
+            return Poll::Ready(Ok(()));
+        }
+        if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            state.waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    fn call(&mut self, req: Req) -> SimFuture<Rsp> {
+        let (latency, fail, hang) = {
+            let mut state = self.shared.lock();
+            state.calls += 1;
+            state.in_flight += 1;
+            (state.latency, state.fail_calls, state.hang)
+        };
+        let outcome = if fail {
+            Err(SimError::Call)
+        } else {
+            Ok((self.respond)(req))
+        };
+        SimFuture {
+            delay: (!latency.is_zero()).then(|| tokio::time::sleep(latency)),
+            outcome: Some(outcome),
+            hang,
+            in_flight: InFlight(self.shared.clone()),
+        }
+    }
+}
+
+// === impl SimFuture ===
+
+impl<Rsp> Future for SimFuture<Rsp> {
+    type Output = Result<Rsp, SimError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if *this.hang {
+            return Poll::Pending;
+        }
+        if let Some(delay) = this.delay.as_pin_mut() {
+            ready!(delay.poll(cx));
+        }
+        // Polled again after completion: behave like a hung call rather than panic.
+        match this.outcome.take() {
+            Some(outcome) => Poll::Ready(outcome),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+    }
+}
+
+// === impl SimError ===
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SimError::Readiness => f.write_str("simulated readiness failure"),
+            SimError::Call => f.write_str("simulated call failure"),
+        }
+    }
+}
+
+impl std::error::Error for SimError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok, task};
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_gate_wakes_waiter() {
+        let control = SimControl::new();
+        let mut ep = control.endpoint_with_id::<(), _>(1u8);
+        control.set_ready(false);
+        let mut t = task::spawn(());
+        assert_pending!(t.enter(|cx, _| ep.poll_ready(cx)));
+        control.set_ready(true);
+        assert!(t.is_woken());
+        assert_ready_ok!(t.enter(|cx, _| ep.poll_ready(cx)));
+        control.set_fail_ready(true);
+        assert_eq!(
+            assert_ready!(t.enter(|cx, _| ep.poll_ready(cx))),
+            Err(SimError::Readiness)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_hang_and_in_flight() {
+        let control = SimControl::new();
+        let mut ep = control.endpoint(|n: u32| n + 1);
+        control.set_latency(Duration::from_millis(10));
+        let mut fut = task::spawn(ep.call(1));
+        assert_eq!(control.in_flight(), 1);
+        assert_pending!(fut.poll());
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(assert_ready_ok!(fut.poll()), 2);
+        drop(fut);
+        assert_eq!(control.in_flight(), 0);
+
+        control.set_hang(true);
+        let mut hung = task::spawn(ep.call(2));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_pending!(hung.poll());
+        assert_eq!(control.calls(), 2);
+
+        control.set_hang(false);
+        control.set_fail_calls(true);
+        let mut failing = task::spawn(ep.call(3));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(assert_ready_err!(failing.poll()), SimError::Call);
+    }
+}
