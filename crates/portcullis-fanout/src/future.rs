@@ -1,0 +1,477 @@
+//! The response future: every peer call of one fan-out lives inside it.
+
+use crate::config::{FanOutConfig, Policy, SharedLimit};
+use crate::error::FanOutError;
+use crate::metrics::Metrics;
+use crate::report::{Counts, Outcome, Report, Slot};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{sleep_until, Instant, Sleep};
+use tokio_util::sync::PollSemaphore;
+use tower::util::{Oneshot, ServiceExt};
+use tower_service::Service;
+
+pin_project! {
+    /// The future returned by [`FanOut`](crate::FanOut)'s `call`.
+    ///
+    /// It owns every peer call of the fan-out (no task is spawned), so dropping it cancels them
+    /// all. It resolves to a [`Report`] once the [`Policy`] is settled, every peer has ended, or
+    /// the overall deadline has elapsed; to a [`FanOutError`] only if the call could not start.
+    ///
+    /// Deadlines use tokio's timer: poll this future inside a tokio runtime with time enabled.
+    pub struct ResponseFuture<K, S, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        overall: Option<Sleep>,
+        span: tracing::Span,
+        state: State<K, S, Req>,
+    }
+}
+
+// Boxing `Running` to even out the variants would cost an allocation on every fan-out to save
+// space only on calls refused before they start.
+#[allow(clippy::large_enum_variant)]
+enum State<K, S, Req>
+where
+    S: Service<Req>,
+{
+    Refused(Option<FanOutError>),
+    Running(Running<K, S, Req>),
+}
+
+/// One fan-out in progress. The per-peer path (`top_up`, `settle`) touches only this struct:
+/// counts are kept here and published to the shared [`Metrics`] once, at the end.
+struct Running<K, S, Req>
+where
+    S: Service<Req>,
+{
+    keys: Arc<Vec<K>>,
+    services: Arc<Vec<S>>,
+    /// Cloned for every peer but the last, which takes it.
+    request: Option<Req>,
+    policy: Policy,
+    max_in_flight: usize,
+    per_peer_timeout: Option<Duration>,
+    deadline: Option<Instant>,
+    limit: Option<PollSemaphore>,
+    in_flight: FuturesUnordered<PeerCall<S, Req>>,
+    next: usize,
+    slots: Vec<Slot<S::Response, S::Error>>,
+    counts: Counts,
+    peak_in_flight: usize,
+    started: Instant,
+    metrics: Metrics,
+    done: bool,
+}
+
+// === impl ResponseFuture ===
+
+impl<K, S, Req> ResponseFuture<K, S, Req>
+where
+    S: Service<Req>,
+{
+    pub(crate) fn new(
+        keys: Arc<Vec<K>>,
+        services: Arc<Vec<S>>,
+        request: Req,
+        config: &FanOutConfig,
+        limit: Option<&SharedLimit>,
+        metrics: &Metrics,
+    ) -> Self {
+        let peers = services.len();
+        let started = Instant::now();
+        metrics.fan_out_started();
+        let span = tracing::debug_span!("fan_out", peers, policy = ?config.policy);
+        let running = Running {
+            keys,
+            services,
+            request: Some(request),
+            policy: config.policy,
+            max_in_flight: config.max_in_flight,
+            per_peer_timeout: config.per_peer_timeout,
+            // A deadline too far away to represent is no deadline.
+            deadline: config
+                .overall_timeout
+                .and_then(|timeout| started.checked_add(timeout)),
+            limit: limit.map(|l| PollSemaphore::new(l.semaphore())),
+            in_flight: FuturesUnordered::new(),
+            next: 0,
+            slots: (0..peers).map(|_| Slot::NOT_STARTED).collect(),
+            counts: Counts::default(),
+            peak_in_flight: 0,
+            started,
+            metrics: metrics.clone(),
+            done: false,
+        };
+        Self {
+            overall: None,
+            span,
+            state: State::Running(running),
+        }
+    }
+
+    pub(crate) fn refused(error: FanOutError, metrics: &Metrics) -> Self {
+        metrics.refused();
+        Self {
+            overall: None,
+            span: tracing::Span::none(),
+            state: State::Refused(Some(error)),
+        }
+    }
+}
+
+impl<K, S, Req> Future for ResponseFuture<K, S, Req>
+where
+    K: fmt::Debug,
+    S: Service<Req> + Clone,
+    Req: Clone,
+{
+    type Output = Result<Report<K, S::Response, S::Error>, FanOutError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        match this.state {
+            // `None` only if polled again after completion, which the `Future` contract rules out.
+            State::Refused(error) => match error.take() {
+                Some(error) => Poll::Ready(Err(error)),
+                None => Poll::Pending,
+            },
+            State::Running(running) => Poll::Ready(Ok(ready!(running.poll(this.overall, cx)))),
+        }
+    }
+}
+
+impl<K, S, Req> fmt::Debug for ResponseFuture<K, S, Req>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.state {
+            State::Refused(error) => f
+                .debug_struct("ResponseFuture")
+                .field("refused", error)
+                .finish(),
+            State::Running(r) => f
+                .debug_struct("ResponseFuture")
+                .field("peers", &r.slots.len())
+                .field("started_peers", &r.next)
+                .field("in_flight", &r.in_flight.len())
+                .field("counts", &r.counts)
+                .field("policy", &r.policy)
+                .field("done", &r.done)
+                .finish(),
+        }
+    }
+}
+
+// === impl Running ===
+
+impl<K, S, Req> Running<K, S, Req>
+where
+    K: fmt::Debug,
+    S: Service<Req> + Clone,
+    Req: Clone,
+{
+    fn poll(
+        &mut self,
+        mut overall: Pin<&mut Option<Sleep>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Report<K, S::Response, S::Error>> {
+        if self.done {
+            return Poll::Pending;
+        }
+        loop {
+            self.top_up(cx);
+            match self.in_flight.poll_next_unpin(cx) {
+                Poll::Ready(Some((index, outcome, latency))) => {
+                    self.settle(index, outcome, latency);
+                    if self.is_settled() {
+                        return Poll::Ready(self.finish(false));
+                    }
+                }
+                Poll::Ready(None) if self.next >= self.slots.len() => {
+                    return Poll::Ready(self.finish(false));
+                }
+                // Peer calls pending, or none in flight while waiting for a shared permit.
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        // Completions are taken before the deadline is looked at, so a peer that answered by
+        // the deadline is reported as answered.
+        if let Some(deadline) = self.deadline {
+            if overall.is_none() {
+                overall.set(Some(sleep_until(deadline)));
+            }
+        }
+        if let Some(sleep) = overall.as_pin_mut() {
+            if sleep.poll(cx).is_ready() {
+                return Poll::Ready(self.finish(true));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Starts peer calls until `max_in_flight` are in flight, the shared limit has no permit,
+    /// or every peer has been called.
+    fn top_up(&mut self, cx: &mut Context<'_>) {
+        let peers = self.services.len();
+        while self.in_flight.len() < self.max_in_flight && self.next < peers {
+            // Taking the permit only when the call starts means a permit is never held by a
+            // peer call that is not running.
+            let permit = match &mut self.limit {
+                None => None,
+                Some(limit) => match limit.poll_acquire(cx) {
+                    Poll::Ready(Some(permit)) => Some(permit),
+                    // Only closed if someone closed the semaphore behind our back: stop limiting
+                    // rather than stall forever.
+                    Poll::Ready(None) => {
+                        self.limit = None;
+                        None
+                    }
+                    Poll::Pending => break,
+                },
+            };
+            let index = self.next;
+            self.next += 1;
+            let request = if self.next == peers {
+                self.request.take()
+            } else {
+                self.request.clone()
+            };
+            let (Some(request), Some(service)) = (request, self.services.get(index)) else {
+                break;
+            };
+            let started = Instant::now();
+            let deadline = self
+                .per_peer_timeout
+                .and_then(|timeout| started.checked_add(timeout))
+                .map(sleep_until);
+            self.in_flight.push(PeerCall {
+                index,
+                started,
+                permit,
+                call: service.clone().oneshot(request),
+                deadline,
+            });
+        }
+        self.peak_in_flight = self.peak_in_flight.max(self.in_flight.len());
+    }
+
+    fn settle(&mut self, index: usize, outcome: Outcome<S::Response, S::Error>, latency: Duration) {
+        if let Some(key) = self.keys.get(index) {
+            match outcome {
+                Outcome::TimedOut => tracing::debug!(peer = ?key, ?latency, "peer call timed out"),
+                _ => {
+                    tracing::debug!(peer = ?key, outcome = outcome.as_str(), ?latency, "peer call ended")
+                }
+            }
+        }
+        self.counts.add(&outcome);
+        if let Some(slot) = self.slots.get_mut(index) {
+            *slot = Slot {
+                outcome,
+                latency: Some(latency),
+            };
+        }
+    }
+
+    /// Whether the policy is met or can no longer be met.
+    fn is_settled(&self) -> bool {
+        let peers = self.slots.len();
+        let Counts { responses, .. } = self.counts;
+        let finished = self.counts.finished();
+        match self.policy {
+            Policy::All => finished == peers,
+            Policy::FirstSuccess => responses > 0 || finished == peers,
+            Policy::Quorum(quorum) => {
+                responses >= quorum || responses + (peers - finished) < quorum
+            }
+        }
+    }
+
+    fn is_met(&self) -> bool {
+        let responses = self.counts.responses;
+        match self.policy {
+            Policy::All => responses == self.slots.len(),
+            Policy::FirstSuccess => responses > 0,
+            Policy::Quorum(quorum) => responses >= quorum,
+        }
+    }
+
+    fn finish(&mut self, overall_timed_out: bool) -> Report<K, S::Response, S::Error> {
+        if overall_timed_out {
+            let now = Instant::now();
+            for call in Pin::new(&self.in_flight).iter_pin_ref() {
+                let call = call.project_ref();
+                if let Some(slot) = self.slots.get_mut(*call.index) {
+                    *slot = Slot {
+                        outcome: Outcome::TimedOut,
+                        latency: Some(now.saturating_duration_since(*call.started)),
+                    };
+                    self.counts.timed_out += 1;
+                }
+            }
+            tracing::warn!(
+                in_flight = self.in_flight.len(),
+                not_started = self.slots.len() - self.next,
+                "fan-out overall deadline elapsed"
+            );
+        }
+        // Stragglers are dropped (cancelled) before the caller sees the report.
+        self.in_flight.clear();
+        self.counts.cancelled = self.slots.len() - self.counts.finished();
+        let met = self.is_met();
+        self.done = true;
+        self.metrics.fan_out_ended(
+            &self.counts,
+            Some(met),
+            overall_timed_out,
+            self.peak_in_flight,
+            &self.slots,
+        );
+        tracing::debug!(met, counts = ?self.counts, peak_in_flight = self.peak_in_flight, "fan-out ended");
+        Report {
+            keys: self.keys.clone(),
+            slots: std::mem::take(&mut self.slots),
+            policy: self.policy,
+            met,
+            overall_timed_out,
+            counts: self.counts,
+            peak_in_flight: self.peak_in_flight,
+            elapsed: self.started.elapsed(),
+        }
+    }
+}
+
+impl<K, S, Req> Drop for Running<K, S, Req>
+where
+    S: Service<Req>,
+{
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // The caller went away: whatever had not ended is cancelled with the peer futures,
+        // which drop right after this.
+        self.counts.cancelled = self.slots.len() - self.counts.finished();
+        self.metrics
+            .fan_out_ended(&self.counts, None, false, self.peak_in_flight, &self.slots);
+        tracing::debug!(counts = ?self.counts, "fan-out dropped before it ended");
+    }
+}
+
+// === impl PeerCall ===
+
+pin_project! {
+    /// One peer call: ready-then-call on the peer's own clone, raced against its deadline.
+    struct PeerCall<S, Req>
+    where
+        S: Service<Req>,
+    {
+        index: usize,
+        started: Instant,
+        // Held only while the call runs; given back the moment it ends.
+        permit: Option<OwnedSemaphorePermit>,
+        #[pin]
+        call: Oneshot<S, Req>,
+        #[pin]
+        deadline: Option<Sleep>,
+    }
+}
+
+impl<S, Req> Future for PeerCall<S, Req>
+where
+    S: Service<Req>,
+{
+    type Output = (usize, Outcome<S::Response, S::Error>, Duration);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let outcome = match this.call.poll(cx) {
+            Poll::Ready(Ok(response)) => Outcome::Response(response),
+            Poll::Ready(Err(error)) => Outcome::Error(error),
+            Poll::Pending => {
+                let timed_out = this
+                    .deadline
+                    .as_pin_mut()
+                    .is_some_and(|deadline| deadline.poll(cx).is_ready());
+                if !timed_out {
+                    return Poll::Pending;
+                }
+                Outcome::TimedOut
+            }
+        };
+        drop(this.permit.take());
+        Poll::Ready((*this.index, outcome, this.started.elapsed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{FanOut, FanOutConfig, Outcome};
+    use std::convert::Infallible;
+    use std::future::{ready, Ready};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+    use tokio_test::{assert_pending, assert_ready, task};
+    use tower_service::Service;
+
+    /// A peer that is never ready, or answers `()` at once.
+    #[derive(Clone, Debug)]
+    struct Peer {
+        ready: bool,
+    }
+
+    impl Service<()> for Peer {
+        type Response = ();
+        type Error = Infallible;
+        type Future = Ready<Result<(), Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.ready {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn call(&mut self, (): ()) -> Self::Future {
+            ready(Ok(()))
+        }
+    }
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_readiness_counts_against_the_per_peer_deadline() {
+        let mut fanout = FanOut::new(
+            [
+                ("up", Peer { ready: true }),
+                ("stuck", Peer { ready: false }),
+            ],
+            FanOutConfig::new().per_peer_timeout(Duration::from_millis(50)),
+        )
+        .unwrap();
+        let future = fanout.call(());
+        assert_send(&future);
+        assert!(format!("{future:?}").contains("peers: 2, started_peers: 0, in_flight: 0"));
+        let mut call = task::spawn(future);
+        assert_pending!(call.poll());
+
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert!(call.is_woken());
+        let report = assert_ready!(call.poll()).unwrap();
+        assert_eq!(report.get(&"up"), Some(&Outcome::Response(())));
+        assert_eq!(report.get(&"stuck"), Some(&Outcome::TimedOut));
+    }
+}

@@ -1,0 +1,192 @@
+//! Counters and a latency histogram shared by every clone of a fan-out.
+//!
+//! A fan-out keeps its counts locally and publishes them once when it ends (or is dropped), so
+//! the per-peer path touches no shared atomic and takes no lock.
+
+use crate::report::{Counts, Slot};
+use hdrhistogram::Histogram;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+/// A cheap `Clone` handle to a fan-out's metrics; every clone sees the same numbers.
+///
+/// ```
+/// use portcullis_fanout::Metrics;
+///
+/// let metrics = Metrics::new();
+/// let snapshot = metrics.snapshot();
+/// assert_eq!(snapshot.fan_outs, 0);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    fan_outs: AtomicU64,
+    policy_met: AtomicU64,
+    policy_not_met: AtomicU64,
+    overall_timeouts: AtomicU64,
+    dropped: AtomicU64,
+    refused: AtomicU64,
+    responses: AtomicU64,
+    errors: AtomicU64,
+    timed_out: AtomicU64,
+    cancelled: AtomicU64,
+    peak_in_flight: AtomicUsize,
+    updates_applied: AtomicU64,
+    latency_us: Mutex<Option<Histogram<u64>>>,
+}
+
+/// Peer calls by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerCallCounts {
+    /// Peer calls that got a response.
+    pub responses: u64,
+    /// Peer calls that failed.
+    pub errors: u64,
+    /// Peer calls that timed out (per-peer or overall deadline).
+    pub timed_out: u64,
+    /// Peer calls cancelled, or never started, because the fan-out ended or was dropped.
+    pub cancelled: u64,
+}
+
+/// The metrics at one point in time.
+#[derive(Clone, Debug)]
+pub struct MetricsSnapshot {
+    /// Fan-outs started (calls accepted).
+    pub fan_outs: u64,
+    /// Fan-outs that ended with their policy met.
+    pub policy_met: u64,
+    /// Fan-outs that ended with their policy not met (overall timeouts included).
+    pub policy_not_met: u64,
+    /// Fan-outs ended by the overall deadline.
+    pub overall_timeouts: u64,
+    /// Fan-outs whose response future was dropped before it ended.
+    pub dropped: u64,
+    /// Calls refused with a [`FanOutError`](crate::FanOutError).
+    pub refused: u64,
+    /// Peer calls by outcome.
+    pub peer_calls: PeerCallCounts,
+    /// The most peer calls one fan-out had in flight at once.
+    pub peak_in_flight: usize,
+    /// Peer-set updates applied through [`Pool::update_pool`](portcullis_pool::Pool::update_pool).
+    pub updates_applied: u64,
+    /// Latency of peer calls that ended on their own (answered, failed or timed out), in
+    /// microseconds. `None` only if the histogram could not be allocated.
+    pub peer_latency_us: Option<Histogram<u64>>,
+}
+
+impl Metrics {
+    /// Fresh metrics, all zero.
+    pub fn new() -> Self {
+        let inner = Inner {
+            latency_us: Mutex::new(Histogram::new(3).ok()),
+            ..Inner::default()
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The current values.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let i = &*self.inner;
+        MetricsSnapshot {
+            fan_outs: i.fan_outs.load(Relaxed),
+            policy_met: i.policy_met.load(Relaxed),
+            policy_not_met: i.policy_not_met.load(Relaxed),
+            overall_timeouts: i.overall_timeouts.load(Relaxed),
+            dropped: i.dropped.load(Relaxed),
+            refused: i.refused.load(Relaxed),
+            peer_calls: PeerCallCounts {
+                responses: i.responses.load(Relaxed),
+                errors: i.errors.load(Relaxed),
+                timed_out: i.timed_out.load(Relaxed),
+                cancelled: i.cancelled.load(Relaxed),
+            },
+            peak_in_flight: i.peak_in_flight.load(Relaxed),
+            updates_applied: i.updates_applied.load(Relaxed),
+            peer_latency_us: self.histogram().clone(),
+        }
+    }
+
+    fn histogram(&self) -> std::sync::MutexGuard<'_, Option<Histogram<u64>>> {
+        // A panic while recording cannot leave the histogram inconsistent in a way that
+        // matters for metrics, so a poisoned lock is still used.
+        self.inner
+            .latency_us
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn fan_out_started(&self) {
+        self.inner.fan_outs.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn refused(&self) {
+        self.inner.refused.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn update_applied(&self) {
+        self.inner.updates_applied.fetch_add(1, Relaxed);
+    }
+
+    /// Publishes one fan-out's counts; `met` is `None` when its future was dropped.
+    pub(crate) fn fan_out_ended<R, E>(
+        &self,
+        counts: &Counts,
+        met: Option<bool>,
+        overall_timed_out: bool,
+        peak_in_flight: usize,
+        slots: &[Slot<R, E>],
+    ) {
+        let i = &*self.inner;
+        match met {
+            Some(true) => i.policy_met.fetch_add(1, Relaxed),
+            Some(false) => i.policy_not_met.fetch_add(1, Relaxed),
+            None => i.dropped.fetch_add(1, Relaxed),
+        };
+        if overall_timed_out {
+            i.overall_timeouts.fetch_add(1, Relaxed);
+        }
+        let add = |counter: &AtomicU64, n: usize| {
+            if n > 0 {
+                counter.fetch_add(n as u64, Relaxed);
+            }
+        };
+        add(&i.responses, counts.responses);
+        add(&i.errors, counts.errors);
+        add(&i.timed_out, counts.timed_out);
+        add(&i.cancelled, counts.cancelled);
+        i.peak_in_flight.fetch_max(peak_in_flight, Relaxed);
+
+        if counts.finished() == 0 {
+            return;
+        }
+        if let Some(histogram) = self.histogram().as_mut() {
+            for latency in slots.iter().filter_map(|s| s.latency) {
+                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                histogram.saturating_record(us);
+            }
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MetricsSnapshot {
+    /// Peer-call latency at quantile `q` (0.0..=1.0), if any peer call has ended.
+    pub fn peer_latency_quantile(&self, q: f64) -> Option<std::time::Duration> {
+        let h = self.peer_latency_us.as_ref()?;
+        if h.is_empty() {
+            return None;
+        }
+        Some(std::time::Duration::from_micros(h.value_at_quantile(q)))
+    }
+}

@@ -1,0 +1,332 @@
+//! [`FanOut`]: the service, and its [`Pool`] face for peer-set updates.
+
+use crate::config::{FanOutConfig, Policy, SharedLimit};
+use crate::error::{ConfigError, FanOutError};
+use crate::future::ResponseFuture;
+use crate::metrics::Metrics;
+use crate::report::Report;
+use portcullis_pool::{EndpointCounts, Pool, Update};
+use std::collections::hash_map::{Entry, HashMap};
+use std::collections::HashSet;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower_service::Service;
+
+/// Sends a clone of each request to every peer of a keyed peer set and resolves to a
+/// [`Report`] of every peer's outcome.
+///
+/// - Peers are services `S: Service<Req> + Clone`, keyed by `K`. Each peer call is
+///   ready-then-call ([`ServiceExt::oneshot`](tower::ServiceExt::oneshot)) on the peer's own
+///   clone, so a peer's readiness is waited for inside the fan-out and no reserved slot is left
+///   unused. The request must be `Clone`.
+/// - The peer set is fixed at build time or kept current with [`Update<K, S>`]: the update
+///   target is the peer service itself. A call works on the set as it was when `call` ran;
+///   updates apply to later calls.
+/// - `poll_ready` is always ready: limits are applied per peer call inside the response
+///   future, so `FanOut` never holds a caller back from starting a fan-out.
+///
+/// Cloning is cheap (the peer set is shared until updated) and clones share the [`Metrics`]
+/// and any [`SharedLimit`].
+pub struct FanOut<K, S> {
+    keys: Arc<Vec<K>>,
+    services: Arc<Vec<S>>,
+    config: FanOutConfig,
+    limit: Option<SharedLimit>,
+    metrics: Metrics,
+}
+
+// === impl FanOut ===
+
+impl<K, S> FanOut<K, S>
+where
+    K: Hash + Eq + Clone,
+{
+    /// A fan-out over `peers`; a key given twice keeps its position and its last service.
+    ///
+    /// Refuses a configuration that cannot work (see [`FanOutConfig::validate`]).
+    pub fn new(
+        peers: impl IntoIterator<Item = (K, S)>,
+        config: FanOutConfig,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self::from_validated(peers, config, None, Metrics::new()))
+    }
+
+    pub(crate) fn from_validated(
+        peers: impl IntoIterator<Item = (K, S)>,
+        config: FanOutConfig,
+        limit: Option<SharedLimit>,
+        metrics: Metrics,
+    ) -> Self {
+        let mut keys = Vec::new();
+        let mut services = Vec::new();
+        insert_all(&mut keys, &mut services, peers);
+        Self {
+            keys: Arc::new(keys),
+            services: Arc::new(services),
+            config,
+            limit,
+            metrics,
+        }
+    }
+}
+
+impl<K, S> FanOut<K, S> {
+    /// Also bounds peer calls in flight by `limit`, shared with every fan-out holding a clone.
+    pub fn with_shared_limit(mut self, limit: SharedLimit) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Publishes to `metrics` instead of this fan-out's own.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// This fan-out's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// This fan-out's configuration.
+    pub fn config(&self) -> FanOutConfig {
+        self.config
+    }
+
+    /// The shared limit, if any.
+    pub fn shared_limit(&self) -> Option<&SharedLimit> {
+        self.limit.as_ref()
+    }
+
+    /// The keys of the peer set, in the order calls start and reports list them.
+    pub fn keys(&self) -> &[K] {
+        &self.keys
+    }
+
+    /// How many peers the set holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the peer set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+impl<K, S> FanOut<K, S>
+where
+    K: Hash + Eq + Clone,
+    S: Clone,
+{
+    fn apply(&mut self, update: Update<K, S>) {
+        match update {
+            Update::Reset(peers) => {
+                let (mut keys, mut services) = (Vec::new(), Vec::new());
+                insert_all(&mut keys, &mut services, peers);
+                self.keys = Arc::new(keys);
+                self.services = Arc::new(services);
+            }
+            Update::Add(peers) => {
+                // Copy-on-write: a fan-out in flight keeps the set it started with.
+                insert_all(
+                    Arc::make_mut(&mut self.keys),
+                    Arc::make_mut(&mut self.services),
+                    peers,
+                );
+            }
+            Update::Remove(gone) => {
+                let gone: HashSet<K> = gone.into_iter().collect();
+                if self.keys.iter().any(|k| gone.contains(k)) {
+                    let (keys, services) = self
+                        .keys
+                        .iter()
+                        .zip(self.services.iter())
+                        .filter(|(k, _)| !gone.contains(*k))
+                        .map(|(k, s)| (k.clone(), s.clone()))
+                        .unzip();
+                    self.keys = Arc::new(keys);
+                    self.services = Arc::new(services);
+                }
+            }
+            Update::DoesNotExist => {
+                self.keys = Arc::new(Vec::new());
+                self.services = Arc::new(Vec::new());
+            }
+        }
+    }
+}
+
+/// Appends `peers`, replacing the service of a key already present (in place, so the order
+/// of the set is stable).
+fn insert_all<K, S>(
+    keys: &mut Vec<K>,
+    services: &mut Vec<S>,
+    peers: impl IntoIterator<Item = (K, S)>,
+) where
+    K: Hash + Eq + Clone,
+{
+    let mut index: HashMap<K, usize> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.clone(), i))
+        .collect();
+    for (key, service) in peers {
+        match index.entry(key) {
+            Entry::Occupied(e) => {
+                if let Some(slot) = services.get_mut(*e.get()) {
+                    *slot = service;
+                }
+            }
+            Entry::Vacant(e) => {
+                keys.push(e.key().clone());
+                services.push(service);
+                e.insert(keys.len() - 1);
+            }
+        }
+    }
+}
+
+impl<K, S> Clone for FanOut<K, S> {
+    fn clone(&self) -> Self {
+        Self {
+            keys: self.keys.clone(),
+            services: self.services.clone(),
+            config: self.config,
+            limit: self.limit.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<K, S> fmt::Debug for FanOut<K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FanOut")
+            .field("peers", &self.keys.len())
+            .field("config", &self.config)
+            .field("shared_limit", &self.limit)
+            .finish()
+    }
+}
+
+impl<K, S, Req> Service<Req> for FanOut<K, S>
+where
+    K: fmt::Debug,
+    S: Service<Req> + Clone,
+    Req: Clone,
+{
+    type Response = Report<K, S::Response, S::Error>;
+    type Error = FanOutError;
+    type Future = ResponseFuture<K, S, Req>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        if let Policy::Quorum(quorum) = self.config.policy {
+            if quorum > self.keys.len() {
+                let error = FanOutError::QuorumExceedsPeers {
+                    quorum,
+                    peers: self.keys.len(),
+                };
+                tracing::debug!(%error, "fan-out refused");
+                return ResponseFuture::refused(error, &self.metrics);
+            }
+        }
+        ResponseFuture::new(
+            self.keys.clone(),
+            self.services.clone(),
+            request,
+            &self.config,
+            self.limit.as_ref(),
+            &self.metrics,
+        )
+    }
+}
+
+/// `FanOut` as a [`Pool`], so it can sit behind a `PoolQueue` and have its peer set kept
+/// current by discovery.
+///
+/// There is nothing to drive between calls (a peer's readiness is waited for inside each peer
+/// call), so `poll_pool` is always ready and every peer counts as ready in
+/// [`endpoints`](Pool::endpoints).
+impl<K, S, Req> Pool<K, S, Req> for FanOut<K, S>
+where
+    K: Hash + Eq + Clone + fmt::Debug,
+    S: Service<Req> + Clone,
+    Req: Clone,
+{
+    fn update_pool(&mut self, update: Update<K, S>) {
+        let kind = update.kind();
+        let named = update.len();
+        self.apply(update);
+        self.metrics.update_applied();
+        tracing::debug!(
+            kind = kind.as_str(),
+            named,
+            peers = self.keys.len(),
+            "applied peer-set update"
+        );
+    }
+
+    fn poll_pool(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn endpoints(&self) -> EndpointCounts {
+        EndpointCounts {
+            ready: self.keys.len(),
+            pending: 0,
+            failed: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(f: &FanOut<&'static str, u32>) -> Vec<(&'static str, u32)> {
+        f.keys
+            .iter()
+            .copied()
+            .zip(f.services.iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn duplicate_keys_keep_position_and_last_service() {
+        let f = FanOut::new([("a", 1), ("b", 2), ("a", 3)], FanOutConfig::new()).unwrap();
+        assert_eq!(keys(&f), vec![("a", 3), ("b", 2)]);
+    }
+
+    #[test]
+    fn updates_reset_add_remove_clear() {
+        let mut f = FanOut::new([("a", 1), ("b", 2)], FanOutConfig::new()).unwrap();
+        let snapshot = f.clone();
+
+        f.apply(Update::Add(vec![("c", 3), ("a", 10)]));
+        assert_eq!(keys(&f), vec![("a", 10), ("b", 2), ("c", 3)]);
+        // A clone taken before (as a fan-out in flight holds) is untouched.
+        assert_eq!(keys(&snapshot), vec![("a", 1), ("b", 2)]);
+
+        f.apply(Update::Remove(vec!["b", "zz"]));
+        assert_eq!(keys(&f), vec![("a", 10), ("c", 3)]);
+
+        f.apply(Update::Reset(vec![("d", 4), ("a", 11)]));
+        assert_eq!(keys(&f), vec![("d", 4), ("a", 11)]);
+
+        f.apply(Update::DoesNotExist);
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn build_refuses_bad_config() {
+        let err = FanOut::new([("a", 1)], FanOutConfig::new().max_in_flight(0)).unwrap_err();
+        assert_eq!(err, ConfigError::ZeroMaxInFlight);
+    }
+}

@@ -1,0 +1,419 @@
+//! Scenario tests for `FanOut`, in tokio's paused time.
+
+mod support;
+
+use portcullis_fanout::{
+    ConfigError, FanOut, FanOutConfig, FanOutError, FanOutLayer, Outcome, Policy, SharedLimit,
+};
+use portcullis_pool::{Pool, Update};
+use std::time::Duration;
+use support::{ms, peers, Behavior, Peer, PeerError, Stats};
+use tokio::time::Instant;
+use tokio_test::{assert_pending, assert_ready, task};
+use tower::{Layer, ServiceExt};
+
+use Behavior::{Answer, Fail, Hang};
+
+#[tokio::test(start_paused = true)]
+async fn bounded_in_flight_and_every_peer_called_once() {
+    let stats = Stats::new(200);
+    // Varied latencies so completions interleave and the set is topped up one by one.
+    let behaviors: Vec<_> = (0..200).map(|i| Answer(ms(1 + (i * 7) % 13))).collect();
+    let fanout = FanOut::new(
+        peers(&behaviors, &stats),
+        FanOutConfig::new().max_in_flight(16),
+    )
+    .unwrap();
+
+    let report = fanout.clone().oneshot(()).await.unwrap();
+
+    assert!(stats.peak() <= 16, "peak {}", stats.peak());
+    assert_eq!(stats.peak(), 16);
+    assert!(stats.calls().iter().all(|&c| c == 1), "{:?}", stats.calls());
+    assert_eq!(report.counts().responses, 200);
+    assert_eq!(report.peak_in_flight(), 16);
+    assert!(report.policy_met());
+    assert!(report.iter().all(|(k, o)| o.response() == Some(k)));
+
+    let snapshot = fanout.metrics().snapshot();
+    assert_eq!(snapshot.fan_outs, 1);
+    assert_eq!(snapshot.policy_met, 1);
+    assert_eq!(snapshot.peer_calls.responses, 200);
+    assert_eq!(snapshot.peak_in_flight, 16);
+    let latency = snapshot.peer_latency_us.as_ref().unwrap();
+    assert_eq!(latency.len(), 200);
+    assert!(snapshot.peer_latency_quantile(1.0).unwrap() <= ms(14));
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_hung_peer_costs_at_most_the_per_peer_deadline() {
+    let stats = Stats::new(200);
+    let mut behaviors = vec![Answer(ms(1)); 200];
+    behaviors[7] = Hang;
+    let per_peer = ms(200);
+    let fanout = FanOut::new(
+        peers(&behaviors, &stats),
+        FanOutConfig::new()
+            .max_in_flight(16)
+            .per_peer_timeout(per_peer),
+    )
+    .unwrap();
+
+    let start = Instant::now();
+    let report = fanout.clone().oneshot(()).await.unwrap();
+
+    assert!(start.elapsed() <= per_peer + ms(5), "{:?}", start.elapsed());
+    assert_eq!(report.get(&7), Some(&Outcome::TimedOut));
+    assert_eq!(report.latency(&7), Some(per_peer));
+    assert_eq!(report.counts().responses, 199);
+    assert_eq!(report.counts().timed_out, 1);
+    // The hung peer's future was dropped at its deadline, not leaked.
+    assert_eq!(stats.dropped(), 1);
+    assert_eq!(stats.in_flight(), 0);
+    assert_eq!(fanout.metrics().snapshot().peer_calls.timed_out, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn overall_deadline_ends_the_call_and_marks_unfinished_peers() {
+    let stats = Stats::new(10);
+    let fanout = FanOut::new(
+        peers(&[Answer(ms(100)); 10], &stats),
+        FanOutConfig::new()
+            .max_in_flight(2)
+            .overall_timeout(ms(250)),
+    )
+    .unwrap();
+
+    let start = Instant::now();
+    let report = fanout.clone().oneshot(()).await.unwrap();
+
+    assert_eq!(start.elapsed(), ms(250));
+    assert!(report.overall_timed_out());
+    assert!(!report.policy_met());
+    // Two waves of two answered (t = 100, 200 ms); the third wave was in flight.
+    let outcomes: Vec<_> = report.iter().map(|(_, o)| o.as_str()).collect();
+    assert_eq!(
+        outcomes,
+        [
+            "response",
+            "response",
+            "response",
+            "response",
+            "timed_out",
+            "timed_out",
+            "cancelled",
+            "cancelled",
+            "cancelled",
+            "cancelled"
+        ]
+    );
+    assert_eq!(report.latency(&4), Some(ms(50)));
+    assert_eq!(stats.dropped(), 2);
+    assert_eq!(stats.calls()[6..], [0, 0, 0, 0]);
+    let snapshot = fanout.metrics().snapshot();
+    assert_eq!(snapshot.overall_timeouts, 1);
+    assert_eq!(snapshot.policy_not_met, 1);
+    assert_eq!(snapshot.peer_calls.cancelled, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_success_returns_at_once_and_cancels_the_rest() {
+    let stats = Stats::new(5);
+    let behaviors = [
+        Answer(ms(50)),
+        Fail(ms(10)),
+        Answer(ms(20)),
+        Answer(ms(30)),
+        Hang,
+    ];
+    let fanout = FanOut::new(
+        peers(&behaviors, &stats),
+        FanOutConfig::new()
+            .max_in_flight(3)
+            .policy(Policy::FirstSuccess),
+    )
+    .unwrap();
+
+    let start = Instant::now();
+    let report = fanout.oneshot(()).await.unwrap();
+
+    assert_eq!(start.elapsed(), ms(20));
+    assert!(report.policy_met());
+    assert_eq!(report.get(&2), Some(&Outcome::Response(2)));
+    assert_eq!(report.get(&1), Some(&Outcome::Error(PeerError(1))));
+    for cancelled in [0, 3, 4] {
+        assert_eq!(report.get(&cancelled), Some(&Outcome::Cancelled));
+    }
+    // Peers 0 and 3 were in flight: their futures were dropped when the fan-out returned.
+    assert_eq!(stats.dropped(), 2);
+    assert_eq!(stats.in_flight(), 0);
+    // Peer 4 was never started.
+    assert_eq!(stats.calls(), [1, 1, 1, 1, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn quorum_returns_once_met_and_cancels_the_rest() {
+    let stats = Stats::new(5);
+    let behaviors = [
+        Answer(ms(10)),
+        Answer(ms(20)),
+        Answer(ms(30)),
+        Answer(ms(40)),
+        Hang,
+    ];
+    let fanout = FanOut::new(
+        peers(&behaviors, &stats),
+        FanOutConfig::new().policy(Policy::Quorum(3)),
+    )
+    .unwrap();
+
+    let start = Instant::now();
+    let report = fanout.oneshot(()).await.unwrap();
+
+    assert_eq!(start.elapsed(), ms(30));
+    assert!(report.policy_met());
+    assert_eq!(report.counts().responses, 3);
+    assert_eq!(report.counts().cancelled, 2);
+    assert_eq!(stats.dropped(), 2);
+    assert_eq!(stats.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn quorum_ends_early_once_it_cannot_be_met() {
+    let stats = Stats::new(3);
+    let fanout = FanOut::new(
+        peers(&[Fail(ms(5)), Fail(ms(10)), Answer(ms(500))], &stats),
+        FanOutConfig::new().policy(Policy::Quorum(2)),
+    )
+    .unwrap();
+
+    let start = Instant::now();
+    let report = fanout.oneshot(()).await.unwrap();
+
+    assert_eq!(start.elapsed(), ms(10));
+    assert!(!report.policy_met());
+    assert_eq!(report.counts().errors, 2);
+    assert_eq!(report.get(&2), Some(&Outcome::Cancelled));
+    assert_eq!(stats.dropped(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_limit_bounds_concurrent_fan_outs_together() {
+    let stats = Stats::new(50);
+    let limit = SharedLimit::new(10).unwrap();
+    let layer = FanOutLayer::new(FanOutConfig::new().max_in_flight(8))
+        .unwrap()
+        .with_shared_limit(limit.clone());
+    let one = layer.layer(peers(&[Answer(ms(10)); 50], &stats));
+    let two = layer.layer(peers(&[Answer(ms(10)); 50], &stats));
+
+    let (a, b) = tokio::join!(one.oneshot(()), two.oneshot(()));
+    let (a, b) = (a.unwrap(), b.unwrap());
+
+    assert_eq!(
+        stats.peak(),
+        10,
+        "8 + 8 would be allowed without the shared limit"
+    );
+    assert_eq!(a.counts().responses + b.counts().responses, 100);
+    assert!(a.peak_in_flight() <= 8 && b.peak_in_flight() <= 8);
+    assert!(stats.calls().iter().all(|&c| c == 2));
+    assert_eq!(limit.available(), 10, "every permit given back");
+    assert_eq!(layer.metrics().snapshot().fan_outs, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_response_future_cancels_everything() {
+    let stats = Stats::new(20);
+    let limit = SharedLimit::new(100).unwrap();
+    let mut fanout = FanOut::new(
+        peers(&[Answer(ms(1_000)); 20], &stats),
+        FanOutConfig::new()
+            .max_in_flight(8)
+            .per_peer_timeout(ms(500)),
+    )
+    .unwrap()
+    .with_shared_limit(limit.clone());
+
+    let mut call = task::spawn(tower::Service::call(&mut fanout, ()));
+    assert_pending!(call.poll());
+    tokio::time::advance(ms(10)).await;
+    assert_pending!(call.poll());
+    assert_eq!(stats.in_flight(), 8);
+    assert_eq!(limit.available(), 92);
+
+    drop(call);
+
+    assert_eq!(stats.in_flight(), 0);
+    assert_eq!(stats.dropped(), 8);
+    assert_eq!(limit.available(), 100);
+    let snapshot = fanout.metrics().snapshot();
+    assert_eq!(snapshot.dropped, 1);
+    assert_eq!(snapshot.peer_calls.cancelled, 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn empty_peer_set_returns_at_once_with_an_empty_report() {
+    let mut fanout =
+        FanOut::<usize, Peer>::new(Vec::new(), FanOutConfig::new().overall_timeout(ms(100)))
+            .unwrap();
+
+    let mut call = task::spawn(tower::Service::call(&mut fanout, ()));
+    let report = assert_ready!(call.poll()).unwrap();
+
+    assert!(report.is_empty());
+    assert_eq!(report.counts().total(), 0);
+    assert!(report.policy_met(), "`All` of nobody is met");
+    assert_eq!(report.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn peer_set_updates_apply_between_calls() {
+    let stats = Stats::new(10);
+    let peer = |id| (id, Peer::new(id, Answer(ms(10)), &stats));
+    let mut fanout = FanOut::new(vec![peer(0), peer(1)], FanOutConfig::new()).unwrap();
+    let keys = |f: &FanOut<usize, Peer>| f.keys().to_vec();
+
+    let report = fanout.clone().oneshot(()).await.unwrap();
+    assert_eq!(report.counts().responses, 2);
+
+    Pool::<usize, Peer, ()>::update_pool(&mut fanout, Update::Add(vec![peer(2)]));
+    assert_eq!(keys(&fanout), [0, 1, 2]);
+    assert_eq!(Pool::<usize, Peer, ()>::endpoints(&fanout).ready, 3);
+    let report = fanout.clone().oneshot(()).await.unwrap();
+    assert_eq!(
+        report.responses().map(|(k, _)| *k).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+
+    // A fan-out already in flight keeps the set it started with.
+    let mut in_flight = task::spawn(tower::Service::call(&mut fanout, ()));
+    assert_pending!(in_flight.poll());
+    Pool::<usize, Peer, ()>::update_pool(&mut fanout, Update::Remove(vec![0]));
+    assert_eq!(keys(&fanout), [1, 2]);
+    let report = in_flight.await.unwrap();
+    assert_eq!(report.counts().responses, 3);
+
+    Pool::<usize, Peer, ()>::update_pool(&mut fanout, Update::Reset(vec![peer(5), peer(6)]));
+    let report = fanout.clone().oneshot(()).await.unwrap();
+    assert_eq!(
+        report.responses().map(|(k, _)| *k).collect::<Vec<_>>(),
+        [5, 6]
+    );
+
+    Pool::<usize, Peer, ()>::update_pool(&mut fanout, Update::DoesNotExist);
+    let report = fanout.clone().oneshot(()).await.unwrap();
+    assert!(report.is_empty());
+
+    assert_eq!(stats.calls(), [3, 3, 2, 0, 0, 1, 1, 0, 0, 0]);
+    assert_eq!(fanout.metrics().snapshot().updates_applied, 4);
+    assert!(Pool::<usize, Peer, ()>::poll_pool(
+        &mut fanout,
+        &mut std::task::Context::from_waker(futures_noop_waker())
+    )
+    .is_ready());
+}
+
+fn futures_noop_waker() -> &'static std::task::Waker {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+    static WAKER: std::sync::OnceLock<std::task::Waker> = std::sync::OnceLock::new();
+    WAKER.get_or_init(|| std::sync::Arc::new(Noop).into())
+}
+
+#[tokio::test(start_paused = true)]
+async fn config_errors_are_typed() {
+    assert_eq!(
+        FanOutLayer::new(FanOutConfig::new().max_in_flight(0)).unwrap_err(),
+        ConfigError::ZeroMaxInFlight
+    );
+    assert_eq!(
+        FanOutLayer::new(FanOutConfig::new().policy(Policy::Quorum(0))).unwrap_err(),
+        ConfigError::ZeroQuorum
+    );
+    assert_eq!(
+        FanOutLayer::new(
+            FanOutConfig::new()
+                .per_peer_timeout(ms(300))
+                .overall_timeout(ms(200))
+        )
+        .unwrap_err(),
+        ConfigError::PerPeerTimeoutExceedsOverall {
+            per_peer: ms(300),
+            overall: ms(200)
+        }
+    );
+    assert_eq!(
+        SharedLimit::new(0).unwrap_err(),
+        ConfigError::ZeroSharedLimit
+    );
+
+    // A quorum larger than the peer set can only be seen at call time.
+    let stats = Stats::new(3);
+    let mut fanout = FanOut::new(
+        peers(&[Answer(ms(1)); 3], &stats),
+        FanOutConfig::new().policy(Policy::Quorum(3)),
+    )
+    .unwrap();
+    assert!(fanout.clone().oneshot(()).await.unwrap().policy_met());
+
+    Pool::<usize, Peer, ()>::update_pool(&mut fanout, Update::Remove(vec![2]));
+    let err = fanout.clone().oneshot(()).await.unwrap_err();
+    assert_eq!(
+        err,
+        FanOutError::QuorumExceedsPeers {
+            quorum: 3,
+            peers: 2
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "fan-out quorum of 3 cannot be met by a peer set of 2"
+    );
+    assert_eq!(fanout.metrics().snapshot().refused, 1);
+    assert_eq!(stats.calls(), [1, 1, 1]);
+}
+
+/// Seed 000 (peer route sync): three replicas, one answering in 1 s while the per-peer
+/// deadline is 200 ms. Each operation's fan-out returns within the per-peer deadline, with the
+/// other two replicas' results, instead of adding a second to every operation.
+#[tokio::test(start_paused = true)]
+async fn seed_one_slow_replica_does_not_stall_operations() {
+    let stats = Stats::new(3);
+    let per_peer = ms(200);
+    let replicas = peers(&[Answer(ms(3)), Answer(ms(1_000)), Answer(ms(5))], &stats);
+
+    for policy in [Policy::All, Policy::Quorum(2)] {
+        let fanout = FanOut::new(
+            replicas.clone(),
+            FanOutConfig::new()
+                .per_peer_timeout(per_peer)
+                .overall_timeout(ms(500))
+                .policy(policy),
+        )
+        .unwrap();
+        let start = Instant::now();
+        for _operation in 0..5 {
+            let op = Instant::now();
+            let report = fanout.clone().oneshot("route change").await.unwrap();
+            assert!(op.elapsed() <= per_peer, "{policy:?}: {:?}", op.elapsed());
+            assert_eq!(report.get(&0), Some(&Outcome::Response(0)), "{report:?}");
+            assert_eq!(report.get(&2), Some(&Outcome::Response(2)), "{report:?}");
+            assert!(!report.get(&1).unwrap().is_response());
+        }
+        // Naively, each of the five operations would have waited a second for replica 1.
+        let budget = match policy {
+            Policy::All => per_peer * 5,
+            _ => ms(5) * 5,
+        };
+        assert!(
+            start.elapsed() <= budget,
+            "{policy:?}: {:?}",
+            start.elapsed()
+        );
+    }
+    assert_eq!(stats.in_flight(), 0);
+    assert_eq!(stats.calls(), [10, 10, 10]);
+}
