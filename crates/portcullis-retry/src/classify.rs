@@ -1,0 +1,182 @@
+//! Classifiers: which results are transient and worth a retry.
+
+use std::fmt;
+use std::time::Duration;
+
+#[cfg(feature = "grpc")]
+pub mod grpc;
+#[cfg(feature = "http")]
+pub mod http;
+
+/// What a classifier makes of one attempt's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Done: return this result.
+    Success,
+    /// Failed for good: return this result without retrying.
+    Permanent,
+    /// Failed transiently: retry if attempts, budget and deadline allow.
+    Retry {
+        /// A delay the server asked for (`Retry-After`, `grpc-retry-pushback-ms`); used instead
+        /// of the backoff's delay for the next retry.
+        after: Option<Duration>,
+    },
+}
+
+impl Decision {
+    /// A retry with the backoff's own delay.
+    pub const RETRY: Decision = Decision::Retry { after: None };
+}
+
+/// Decides whether one attempt's result is worth a retry.
+///
+/// The request is passed so that a classifier can look at it (the HTTP classifier does not
+/// retry non-idempotent methods).
+pub trait Classify<Req, Rsp, E> {
+    /// Classifies the result of sending `req`.
+    fn classify(&self, req: &Req, result: Result<&Rsp, &E>) -> Decision;
+}
+
+/// Retries the results a predicate returns `true` for; other errors are permanent and other
+/// responses succeed. See [`predicate`].
+#[derive(Clone)]
+pub struct Predicate<F> {
+    f: F,
+}
+
+/// Retries the results `f` returns `true` for.
+///
+/// ```
+/// use portcullis_retry::classify::{predicate, Classify, Decision};
+///
+/// let transient = predicate(|res: Result<&u16, &std::io::Error>| matches!(res, Ok(503) | Err(_)));
+/// let io = std::io::Error::other("reset");
+/// assert_eq!(transient.classify(&(), Ok(&503)), Decision::RETRY);
+/// assert_eq!(transient.classify(&(), Ok(&200)), Decision::Success);
+/// assert_eq!(transient.classify(&(), Err(&io)), Decision::RETRY);
+/// ```
+pub fn predicate<F>(f: F) -> Predicate<F> {
+    Predicate { f }
+}
+
+impl<F, Req, Rsp, E> Classify<Req, Rsp, E> for Predicate<F>
+where
+    F: Fn(Result<&Rsp, &E>) -> bool,
+{
+    fn classify(&self, _req: &Req, result: Result<&Rsp, &E>) -> Decision {
+        match ((self.f)(result), result.is_ok()) {
+            (true, _) => Decision::RETRY,
+            (false, true) => Decision::Success,
+            (false, false) => Decision::Permanent,
+        }
+    }
+}
+
+impl<F> fmt::Debug for Predicate<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Predicate").finish_non_exhaustive()
+    }
+}
+
+/// A classifier from a closure that sees the request and returns a [`Decision`]. See
+/// [`classify_fn`].
+#[derive(Clone)]
+pub struct ClassifyFn<F> {
+    f: F,
+}
+
+/// A classifier from `f(request, result) -> Decision`.
+pub fn classify_fn<F>(f: F) -> ClassifyFn<F> {
+    ClassifyFn { f }
+}
+
+impl<F, Req, Rsp, E> Classify<Req, Rsp, E> for ClassifyFn<F>
+where
+    F: Fn(&Req, Result<&Rsp, &E>) -> Decision,
+{
+    fn classify(&self, req: &Req, result: Result<&Rsp, &E>) -> Decision {
+        (self.f)(req, result)
+    }
+}
+
+impl<F> fmt::Debug for ClassifyFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClassifyFn").finish_non_exhaustive()
+    }
+}
+
+/// Makes the copy of a request that a retry sends.
+pub trait Replay<Req> {
+    /// A copy of `req` to send again, or `None` if it cannot be replayed (then the request is
+    /// not retried and a failure counts as [permanent](crate::StopReason::Permanent)).
+    fn replay(&self, req: &Req) -> Option<Req>;
+}
+
+/// The default [`Replay`]: `Req: Clone`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CloneRequest;
+
+impl<Req: Clone> Replay<Req> for CloneRequest {
+    fn replay(&self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+/// A [`Replay`] from a closure; see [`replay_fn`].
+#[derive(Clone)]
+pub struct ReplayFn<F> {
+    f: F,
+}
+
+/// A [`Replay`] hook from `f(&request) -> Option<request>`.
+pub fn replay_fn<F>(f: F) -> ReplayFn<F> {
+    ReplayFn { f }
+}
+
+impl<F, Req> Replay<Req> for ReplayFn<F>
+where
+    F: Fn(&Req) -> Option<Req>,
+{
+    fn replay(&self, req: &Req) -> Option<Req> {
+        (self.f)(req)
+    }
+}
+
+impl<F> fmt::Debug for ReplayFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplayFn").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predicate_maps_false_to_success_or_permanent() {
+        let p = predicate(|r: Result<&u16, &&str>| matches!(r, Ok(503)));
+        assert_eq!(p.classify(&(), Ok(&503)), Decision::RETRY);
+        assert_eq!(p.classify(&(), Ok(&404)), Decision::Success);
+        assert_eq!(p.classify(&(), Err(&"boom")), Decision::Permanent);
+    }
+
+    #[test]
+    fn classify_fn_sees_the_request() {
+        let c = classify_fn(|req: &&str, _res: Result<&(), &()>| {
+            if *req == "GET" {
+                Decision::RETRY
+            } else {
+                Decision::Permanent
+            }
+        });
+        assert_eq!(c.classify(&"GET", Err(&())), Decision::RETRY);
+        assert_eq!(c.classify(&"POST", Err(&())), Decision::Permanent);
+    }
+
+    #[test]
+    fn replay_hooks() {
+        assert_eq!(CloneRequest.replay(&7u8), Some(7));
+        let never = replay_fn(|_: &u8| None);
+        assert_eq!(never.replay(&7), None);
+    }
+}

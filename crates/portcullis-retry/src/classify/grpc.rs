@@ -1,0 +1,135 @@
+//! A gRPC classifier over [`tonic::Status`] (feature `grpc`).
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use super::{Classify, Decision};
+
+/// The trailer (or trailers-only header) a server uses to push back on retries (gRFC A6).
+pub const PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// Retries `UNAVAILABLE`, and `RESOURCE_EXHAUSTED` only when the server sent a pushback.
+///
+/// Our choice for `RESOURCE_EXHAUSTED`: retrying a quota error blindly feeds the overload, but
+/// a server that names a delay has said when trying again is welcome.
+///
+/// `grpc-retry-pushback-ms` (gRFC A6), when present on a retryable status:
+/// - a non-negative integer becomes the next delay, replacing the backoff's;
+/// - a negative or malformed value means "stop": [`Decision::Permanent`].
+///
+/// Every other code is permanent and an `Ok` response succeeds.
+///
+/// ```
+/// use portcullis_retry::classify::{grpc::GrpcClassify, Classify, Decision};
+///
+/// let mut status = tonic::Status::unavailable("draining");
+/// status.metadata_mut().insert("grpc-retry-pushback-ms", "250".parse().unwrap());
+/// let decision = Classify::<(), (), _>::classify(&GrpcClassify::new(), &(), Err(&status));
+/// assert_eq!(decision, Decision::Retry { after: Some(std::time::Duration::from_millis(250)) });
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcClassify {
+    _priv: (),
+}
+
+impl GrpcClassify {
+    /// The classifier.
+    pub const fn new() -> Self {
+        Self { _priv: () }
+    }
+}
+
+impl<Req, Rsp> Classify<Req, Rsp, Status> for GrpcClassify {
+    fn classify(&self, _req: &Req, result: Result<&Rsp, &Status>) -> Decision {
+        match result {
+            Ok(_) => Decision::Success,
+            Err(status) => {
+                let pushback = status
+                    .metadata()
+                    .get(PUSHBACK)
+                    .map(|v| v.to_str().unwrap_or("malformed"));
+                classify_code(status.code(), pushback)
+            }
+        }
+    }
+}
+
+/// The decision for a status `code` with an optional raw `grpc-retry-pushback-ms` value; for
+/// callers that read the status from `grpc-status` headers themselves.
+pub fn classify_code(code: Code, pushback: Option<&str>) -> Decision {
+    let pushback = match pushback.map(parse_pushback) {
+        None => None,
+        Some(Some(delay)) => Some(delay),
+        Some(None) => return Decision::Permanent,
+    };
+    match code {
+        Code::Ok => Decision::Success,
+        Code::Unavailable => Decision::Retry { after: pushback },
+        Code::ResourceExhausted if pushback.is_some() => Decision::Retry { after: pushback },
+        _ => Decision::Permanent,
+    }
+}
+
+fn parse_pushback(raw: &str) -> Option<Duration> {
+    // Digits only: `u64::from_str` would accept a leading '+'.
+    let raw = raw.trim();
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse::<u64>().ok().map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_pushback(mut status: Status, value: &str) -> Status {
+        status
+            .metadata_mut()
+            .insert(PUSHBACK, value.parse().unwrap());
+        status
+    }
+
+    fn classify(status: &Status) -> Decision {
+        Classify::<(), (), _>::classify(&GrpcClassify::new(), &(), Err(status))
+    }
+
+    #[test]
+    fn unavailable_is_retried_others_are_not() {
+        assert_eq!(classify(&Status::unavailable("x")), Decision::RETRY);
+        for status in [
+            Status::not_found("x"),
+            Status::invalid_argument("x"),
+            Status::already_exists("x"),
+            Status::internal("x"),
+            Status::resource_exhausted("x"),
+        ] {
+            assert_eq!(classify(&status), Decision::Permanent, "{status:?}");
+        }
+        let ok: Result<&(), &Status> = Ok(&());
+        assert_eq!(GrpcClassify::new().classify(&(), ok), Decision::Success);
+    }
+
+    #[test]
+    fn pushback_sets_the_delay_or_stops() {
+        let delay = Decision::Retry {
+            after: Some(Duration::from_millis(1500)),
+        };
+        assert_eq!(
+            classify(&with_pushback(Status::unavailable("x"), "1500")),
+            delay
+        );
+        assert_eq!(
+            classify(&with_pushback(Status::resource_exhausted("x"), "1500")),
+            delay
+        );
+        for bad in ["-1", "soon", "", "+5", "1.5"] {
+            assert_eq!(
+                classify(&with_pushback(Status::unavailable("x"), bad)),
+                Decision::Permanent,
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! An HTTP classifier (feature `http`).
+
+use std::time::Duration;
+
+use http::{header, Method, Request, Response, StatusCode};
+
+use super::{Classify, Decision};
+
+/// Retries transport errors and 429, 502, 503 and 504; every other status is final.
+///
+/// - 1xx, 2xx and 3xx: [`Decision::Success`].
+/// - 429, 502, 503, 504: retried; a `Retry-After` of delta-seconds becomes the next delay (an
+///   HTTP-date `Retry-After` is ignored and the backoff applies).
+/// - Any other 4xx or 5xx (404, 409, 500, 501, …): [`Decision::Permanent`].
+/// - An `Err` from the inner service (a transport error): retried.
+///
+/// Requests with a non-idempotent method (anything but GET, HEAD, OPTIONS, TRACE, PUT and
+/// DELETE) are never retried, because the server may have acted on them, unless
+/// [`retry_non_idempotent`](Self::retry_non_idempotent) opts in.
+///
+/// ```
+/// use portcullis_retry::classify::{http::HttpClassify, Classify, Decision};
+///
+/// let c = HttpClassify::new();
+/// let get = http::Request::get("/").body(()).unwrap();
+/// let rsp = http::Response::builder().status(503).header("retry-after", "2").body(()).unwrap();
+/// let decision = Classify::<_, _, std::io::Error>::classify(&c, &get, Ok(&rsp));
+/// assert_eq!(decision, Decision::Retry { after: Some(std::time::Duration::from_secs(2)) });
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpClassify {
+    non_idempotent: bool,
+}
+
+impl HttpClassify {
+    /// Retries idempotent methods only.
+    pub const fn new() -> Self {
+        Self {
+            non_idempotent: false,
+        }
+    }
+
+    /// Also retries POST, PATCH and other non-idempotent methods.
+    pub const fn retry_non_idempotent(mut self, yes: bool) -> Self {
+        self.non_idempotent = yes;
+        self
+    }
+
+    fn replayable(&self, method: &Method) -> bool {
+        self.non_idempotent
+            || matches!(
+                *method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::TRACE
+                    | Method::PUT
+                    | Method::DELETE
+            )
+    }
+}
+
+impl<B, RB, E> Classify<Request<B>, Response<RB>, E> for HttpClassify {
+    fn classify(&self, req: &Request<B>, result: Result<&Response<RB>, &E>) -> Decision {
+        let rsp = match result {
+            Ok(rsp) => rsp,
+            Err(_) if self.replayable(req.method()) => return Decision::RETRY,
+            Err(_) => return Decision::Permanent,
+        };
+        let status = rsp.status();
+        if !(status.is_client_error() || status.is_server_error()) {
+            return Decision::Success;
+        }
+        let transient = matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::BAD_GATEWAY
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT
+        );
+        if !transient || !self.replayable(req.method()) {
+            return Decision::Permanent;
+        }
+        Decision::Retry {
+            after: retry_after(rsp),
+        }
+    }
+}
+
+fn retry_after<B>(rsp: &Response<B>) -> Option<Duration> {
+    let value = rsp.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(c: &HttpClassify, method: Method, result: Result<&Response<()>, &()>) -> Decision {
+        let req = Request::builder().method(method).body(()).unwrap();
+        c.classify(&req, result)
+    }
+
+    fn status(code: u16) -> Response<()> {
+        Response::builder().status(code).body(()).unwrap()
+    }
+
+    #[test]
+    fn permanent_statuses_are_not_retried() {
+        let c = HttpClassify::new();
+        for code in [400, 401, 403, 404, 409, 422, 500, 501, 505] {
+            assert_eq!(
+                classify(&c, Method::GET, Ok(&status(code))),
+                Decision::Permanent,
+                "{code}"
+            );
+        }
+        for code in [200, 204, 301, 304] {
+            assert_eq!(
+                classify(&c, Method::GET, Ok(&status(code))),
+                Decision::Success
+            );
+        }
+    }
+
+    #[test]
+    fn transient_statuses_and_transport_errors_are_retried() {
+        let c = HttpClassify::new();
+        for code in [429, 502, 503, 504] {
+            assert_eq!(
+                classify(&c, Method::GET, Ok(&status(code))),
+                Decision::RETRY
+            );
+        }
+        assert_eq!(classify(&c, Method::PUT, Err(&())), Decision::RETRY);
+    }
+
+    #[test]
+    fn non_idempotent_methods_need_opt_in() {
+        let c = HttpClassify::new();
+        assert_eq!(
+            classify(&c, Method::POST, Ok(&status(503))),
+            Decision::Permanent
+        );
+        assert_eq!(classify(&c, Method::PATCH, Err(&())), Decision::Permanent);
+        let c = c.retry_non_idempotent(true);
+        assert_eq!(
+            classify(&c, Method::POST, Ok(&status(503))),
+            Decision::RETRY
+        );
+        assert_eq!(classify(&c, Method::POST, Err(&())), Decision::RETRY);
+    }
+
+    #[test]
+    fn retry_after_seconds_is_honoured() {
+        let c = HttpClassify::new();
+        let rsp = Response::builder()
+            .status(429)
+            .header("retry-after", " 7 ")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            classify(&c, Method::GET, Ok(&rsp)),
+            Decision::Retry {
+                after: Some(Duration::from_secs(7))
+            }
+        );
+        let date = Response::builder()
+            .status(503)
+            .header("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")
+            .body(())
+            .unwrap();
+        assert_eq!(classify(&c, Method::GET, Ok(&date)), Decision::RETRY);
+    }
+}

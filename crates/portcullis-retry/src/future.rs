@@ -1,0 +1,290 @@
+//! The response future: one state machine per request, no allocation, timer made lazily.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use rand::rngs::SmallRng;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use crate::classify::{Classify, Decision, Replay};
+use crate::error::{LastFailure, RetryError, StopReason};
+use crate::layer::Policy;
+use crate::service::earliest;
+
+pin_project! {
+    /// The future [`Retry`](crate::Retry) returns.
+    pub struct ResponseFuture<S, Req, C, K>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        // Created on first need only: a request with no timeout and no retry never touches
+        // the timer wheel.
+        #[pin]
+        timer: Option<Sleep>,
+        timer_at: Option<Instant>,
+        service: S,
+        // Kept for the classifier and as the source of every retry's copy.
+        request: Option<Req>,
+        next: Option<Req>,
+        policy: Arc<Policy<C, K>>,
+        attempts: u32,
+        deadline: Option<Instant>,
+        rng: Option<SmallRng>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // An attempt is in flight, bounded by `timer_at` if set.
+        Called { #[pin] future: F },
+        // Sleeping until `timer_at`.
+        Backoff,
+        // Waiting for the service to be ready for the retry in `next`.
+        Ready,
+    }
+}
+
+enum Outcome<T, E> {
+    Done(Result<T, E>),
+    TimedOut,
+}
+
+impl<S, Req, C, K> ResponseFuture<S, Req, C, K>
+where
+    S: Service<Req>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        service: S,
+        request: Option<Req>,
+        policy: Arc<Policy<C, K>>,
+        deadline: Option<Instant>,
+        timer_at: Option<Instant>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Called { future },
+            timer: None,
+            timer_at,
+            service,
+            request,
+            next: None,
+            policy,
+            attempts: 1,
+            deadline,
+            rng: None,
+        }
+    }
+}
+
+fn poll_timer(
+    mut timer: Pin<&mut Option<Sleep>>,
+    at: Option<Instant>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let Some(at) = at else {
+        return Poll::Pending;
+    };
+    match timer.as_mut().as_pin_mut() {
+        Some(mut sleep) => {
+            if sleep.deadline() != at {
+                sleep.as_mut().reset(at);
+            }
+            sleep.poll(cx)
+        }
+        None => {
+            timer.set(Some(tokio::time::sleep_until(at)));
+            match timer.as_pin_mut() {
+                Some(sleep) => sleep.poll(cx),
+                None => Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<S, Req, C, K> Future for ResponseFuture<S, Req, C, K>
+where
+    S: Service<Req>,
+    C: Classify<Req, S::Response, S::Error>,
+    K: Replay<Req>,
+{
+    type Output = Result<S::Response, RetryError<S::Error>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            let policy = &**this.policy;
+            match this.state.as_mut().project() {
+                StateProj::Called { future } => {
+                    let outcome = match future.poll(cx) {
+                        Poll::Ready(result) => Outcome::Done(result),
+                        Poll::Pending => {
+                            ready!(poll_timer(this.timer.as_mut(), *this.timer_at, cx));
+                            Outcome::TimedOut
+                        }
+                    };
+                    let now = Instant::now();
+                    let decision = match (&outcome, this.request.as_ref()) {
+                        (Outcome::Done(result), Some(req)) => {
+                            policy.classify.classify(req, result.as_ref())
+                        }
+                        (Outcome::Done(Ok(_)), None) => Decision::Success,
+                        (Outcome::Done(Err(_)), None) => Decision::Permanent,
+                        (Outcome::TimedOut, _) => {
+                            if this.deadline.is_some_and(|d| now >= d) {
+                                return finish(
+                                    policy,
+                                    StopReason::Deadline,
+                                    *this.attempts,
+                                    outcome,
+                                );
+                            }
+                            policy.metrics.attempt_timeout();
+                            Decision::RETRY
+                        }
+                    };
+                    let after = match decision {
+                        Decision::Success => {
+                            return finish(policy, StopReason::Succeeded, *this.attempts, outcome)
+                        }
+                        Decision::Permanent => {
+                            return finish(policy, StopReason::Permanent, *this.attempts, outcome)
+                        }
+                        Decision::Retry { after } => after,
+                    };
+                    if *this.attempts >= policy.max_attempts {
+                        return finish(
+                            policy,
+                            StopReason::AttemptsExhausted,
+                            *this.attempts,
+                            outcome,
+                        );
+                    }
+                    let Some(next) = this.request.as_ref().and_then(|r| policy.replay.replay(r))
+                    else {
+                        return finish(policy, StopReason::Permanent, *this.attempts, outcome);
+                    };
+                    let retry = *this.attempts - 1;
+                    let delay = after.unwrap_or_else(|| {
+                        let rng = this.rng.get_or_insert_with(|| policy.rng.rng());
+                        policy.backoff.delay(retry, rng)
+                    });
+                    let wake = now + delay;
+                    // Never sleep past the deadline: a retry that could only start after it
+                    // is pointless, so stop now with the result in hand.
+                    if this.deadline.is_some_and(|d| wake >= d) {
+                        tracing::debug!(
+                            ?delay,
+                            attempts = *this.attempts,
+                            "next delay ends past the deadline"
+                        );
+                        return finish(policy, StopReason::Deadline, *this.attempts, outcome);
+                    }
+                    if !policy.budget.withdraw() {
+                        policy.metrics.budget_refusal();
+                        return finish(
+                            policy,
+                            StopReason::BudgetExhausted,
+                            *this.attempts,
+                            outcome,
+                        );
+                    }
+                    policy.metrics.retry();
+                    tracing::debug!(
+                        attempt = *this.attempts + 1,
+                        ?delay,
+                        server_delay = after.is_some(),
+                        "retrying"
+                    );
+                    *this.next = Some(next);
+                    if delay.is_zero() {
+                        *this.timer_at = *this.deadline;
+                        this.state.set(State::Ready);
+                    } else {
+                        *this.timer_at = Some(wake);
+                        this.state.set(State::Backoff);
+                    }
+                }
+                StateProj::Backoff => {
+                    ready!(poll_timer(this.timer.as_mut(), *this.timer_at, cx));
+                    *this.timer_at = *this.deadline;
+                    this.state.set(State::Ready);
+                }
+                StateProj::Ready => {
+                    match this.service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => {
+                            let outcome = Outcome::Done(Err(e));
+                            return finish(policy, StopReason::Permanent, *this.attempts, outcome);
+                        }
+                        Poll::Pending => {
+                            ready!(poll_timer(this.timer.as_mut(), *this.timer_at, cx));
+                            return finish(
+                                policy,
+                                StopReason::Deadline,
+                                *this.attempts,
+                                Outcome::<S::Response, S::Error>::TimedOut,
+                            );
+                        }
+                    }
+                    let Some(req) = this.next.take() else {
+                        // Unreachable by construction: `next` is set whenever Ready is entered.
+                        return finish(
+                            policy,
+                            StopReason::Permanent,
+                            *this.attempts,
+                            Outcome::<S::Response, S::Error>::TimedOut,
+                        );
+                    };
+                    let future = this.service.call(req);
+                    *this.attempts += 1;
+                    let attempt_end = policy.attempt_timeout.map(|t| Instant::now() + t);
+                    *this.timer_at = earliest(attempt_end, *this.deadline);
+                    this.state.set(State::Called { future });
+                }
+            }
+        }
+    }
+}
+
+fn finish<C, K, T, E>(
+    policy: &Policy<C, K>,
+    reason: StopReason,
+    attempts: u32,
+    outcome: Outcome<T, E>,
+) -> Poll<Result<T, RetryError<E>>> {
+    policy.metrics.stopped(reason);
+    if reason != StopReason::Succeeded {
+        tracing::debug!(%reason, attempts, "giving up");
+    }
+    Poll::Ready(match outcome {
+        Outcome::Done(Ok(rsp)) => Ok(rsp),
+        Outcome::Done(Err(e)) => Err(RetryError::new(reason, attempts, LastFailure::Inner(e))),
+        Outcome::TimedOut => Err(RetryError::new(reason, attempts, LastFailure::TimedOut)),
+    })
+}
+
+impl<S, Req, C, K> fmt::Debug for ResponseFuture<S, Req, C, K>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Called { .. } => "called",
+            State::Backoff => "backoff",
+            State::Ready => "ready",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("attempts", &self.attempts)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}

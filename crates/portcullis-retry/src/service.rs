@@ -1,0 +1,112 @@
+//! The [`Retry`] service.
+
+use std::fmt;
+use std::mem;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::classify::{Classify, CloneRequest, Replay};
+use crate::error::{LastFailure, RetryError, StopReason};
+use crate::future::ResponseFuture;
+use crate::layer::Policy;
+use crate::metrics::Metrics;
+
+/// Retries transient failures of `S`, as its [`RetryLayer`](crate::RetryLayer) configured.
+///
+/// Each call keeps a copy of the request (made by the [`Replay`] hook) for classification and
+/// retries, and a clone of the inner service to send retries on.
+pub struct Retry<S, C, K = CloneRequest> {
+    inner: S,
+    policy: Arc<Policy<C, K>>,
+}
+
+impl<S, C, K> Retry<S, C, K> {
+    pub(crate) fn from_policy(inner: S, policy: Arc<Policy<C, K>>) -> Self {
+        Retry { inner, policy }
+    }
+
+    /// The counters shared with the layer that built this service.
+    pub fn metrics(&self) -> &Metrics {
+        &self.policy.metrics
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Takes the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, C, K, Req> Service<Req> for Retry<S, C, K>
+where
+    S: Service<Req> + Clone,
+    C: Classify<Req, S::Response, S::Error>,
+    K: Replay<Req>,
+{
+    type Response = S::Response;
+    type Error = RetryError<S::Error>;
+    type Future = ResponseFuture<S, Req, C, K>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| RetryError::new(StopReason::Permanent, 0, LastFailure::Inner(e)))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let policy = &self.policy;
+        policy.metrics.request();
+        policy.budget.deposit();
+        let copy = policy.replay.replay(&req);
+        let now =
+            (policy.deadline.is_some() || policy.attempt_timeout.is_some()).then(Instant::now);
+        let deadline = now.zip(policy.deadline).map(|(now, d)| now + d);
+        let attempt_end = now.zip(policy.attempt_timeout).map(|(now, t)| now + t);
+
+        // The ready service takes this call; its clone waits in the future for retries.
+        let clone = self.inner.clone();
+        let mut service = mem::replace(&mut self.inner, clone);
+        let future = service.call(req);
+        ResponseFuture::new(
+            future,
+            service,
+            copy,
+            policy.clone(),
+            deadline,
+            earliest(attempt_end, deadline),
+        )
+    }
+}
+
+pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+impl<S: Clone, C, K> Clone for Retry<S, C, K> {
+    fn clone(&self) -> Self {
+        Retry {
+            inner: self.inner.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C, K> fmt::Debug for Retry<S, C, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}

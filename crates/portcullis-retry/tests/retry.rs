@@ -1,0 +1,306 @@
+//! Scenario tests: the whole `Retry` service in paused time.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portcullis_retry::classify::{predicate, Predicate};
+use portcullis_retry::{Backoff, Budget, ConfigError, Jitter, RetryLayer, StopReason};
+use tokio::time::Instant;
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+type Res = Result<u16, &'static str>;
+
+fn transient() -> Predicate<impl Fn(Result<&u16, &&'static str>) -> bool + Clone> {
+    predicate(|res: Result<&u16, &&'static str>| matches!(res, Ok(503) | Err(&"reset")))
+}
+
+fn no_reserve(ratio: f64) -> Budget {
+    Budget::builder()
+        .ratio(ratio)
+        .min_per_sec(0)
+        .build()
+        .unwrap()
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A service answering from a script; records when each call arrived.
+fn scripted(
+    script: Vec<Res>,
+    log: Arc<Mutex<Vec<Instant>>>,
+) -> impl Service<u32, Response = u16, Error = &'static str, Future = impl Send> + Clone {
+    let script = Arc::new(script);
+    service_fn(move |_req: u32| {
+        let mut log = log.lock().unwrap();
+        let n = log.len();
+        log.push(Instant::now());
+        let res = script.get(n).copied().unwrap_or(Ok(200));
+        async move { res }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_error_is_returned_at_once_with_the_inner_error() {
+    let layer = RetryLayer::new(transient());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let svc = layer.layer(scripted(vec![Err("bad request")], log.clone()));
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert_eq!(err.reason(), StopReason::Permanent);
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(err.into_inner(), Some("bad request"));
+    assert_eq!(log.lock().unwrap().len(), 1);
+    assert_eq!(layer.metrics().snapshot().permanent, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_are_retried_until_success() {
+    let layer = RetryLayer::builder(transient())
+        .budget(no_reserve(10.0))
+        .build()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let svc = layer.layer(scripted(vec![Err("reset"), Ok(503), Ok(200)], log.clone()));
+    assert_eq!(svc.oneshot(1).await.unwrap(), 200);
+    let s = layer.metrics().snapshot();
+    assert_eq!(
+        (s.requests, s.attempts, s.retries, s.succeeded),
+        (1, 3, 2, 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_exhausted_returns_the_last_response() {
+    let layer = RetryLayer::builder(transient())
+        .budget(no_reserve(10.0))
+        .max_attempts(2)
+        .build()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let svc = layer.layer(scripted(vec![Ok(503), Ok(503), Ok(200)], log.clone()));
+    assert_eq!(svc.oneshot(1).await.unwrap(), 503);
+    assert_eq!(log.lock().unwrap().len(), 2);
+    assert_eq!(layer.metrics().snapshot().attempts_exhausted, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_refusal_stops_and_keeps_the_inner_error() {
+    let layer = RetryLayer::builder(transient())
+        .budget(no_reserve(0.0))
+        .build()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let svc = layer.layer(scripted(vec![Err("reset")], log.clone()));
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert_eq!(err.reason(), StopReason::BudgetExhausted);
+    assert_eq!(err.inner(), Some(&"reset"));
+    let s = layer.metrics().snapshot();
+    assert_eq!(
+        (s.budget_refusals, s.budget_exhausted, s.attempts),
+        (1, 1, 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn config_with_backoff_total_not_below_deadline_is_refused() {
+    let backoff = Backoff::new(ms(100), 2.0, ms(300));
+    // 3 attempts: 100 + 200 = 300 ms of worst-case sleep.
+    let build = |deadline| {
+        RetryLayer::builder(transient())
+            .backoff(backoff)
+            .max_attempts(3)
+            .deadline(deadline)
+            .build()
+    };
+    assert_eq!(
+        build(ms(300)).unwrap_err(),
+        ConfigError::BackoffExceedsDeadline {
+            worst_case: ms(300),
+            deadline: ms(300)
+        }
+    );
+    assert!(build(ms(301)).is_ok());
+    assert_eq!(
+        RetryLayer::builder(transient())
+            .max_attempts(0)
+            .build()
+            .unwrap_err(),
+        ConfigError::ZeroAttempts
+    );
+    assert!(matches!(
+        RetryLayer::builder(transient())
+            .backoff(Backoff::new(ms(10), 0.5, ms(100)))
+            .build(),
+        Err(ConfigError::BackoffFactor(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_attempt_timeout_triggers_a_retry() {
+    let layer = RetryLayer::builder(transient())
+        .budget(no_reserve(10.0))
+        .backoff(Backoff::new(ms(10), 1.0, ms(10)).jitter(Jitter::None))
+        .attempt_timeout(ms(100))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let svc = layer.layer(service_fn({
+        let calls = calls.clone();
+        move |_req: u32| {
+            let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<u16, &'static str>(200)
+            }
+        }
+    }));
+    let start = Instant::now();
+    assert_eq!(svc.oneshot(1).await.unwrap(), 200);
+    assert_eq!(start.elapsed(), ms(110));
+    let s = layer.metrics().snapshot();
+    assert_eq!((s.attempt_timeouts, s.retries, s.succeeded), (1, 1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_cuts_a_hung_attempt() {
+    let layer = RetryLayer::builder(transient())
+        .budget(no_reserve(10.0))
+        .backoff(Backoff::new(ms(10), 1.0, ms(10)))
+        .max_attempts(5)
+        .attempt_timeout(ms(400))
+        .deadline(ms(1000))
+        .build()
+        .unwrap();
+    let svc = layer.layer(service_fn(|_req: u32| async {
+        std::future::pending::<()>().await;
+        Ok::<u16, &'static str>(200)
+    }));
+    let start = Instant::now();
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert_eq!(start.elapsed(), ms(1000), "stops at the deadline exactly");
+    assert_eq!(err.reason(), StopReason::Deadline);
+    assert!(err.is_timeout());
+    assert_eq!(err.attempts(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_sequences_differ_between_requests() {
+    let layer = RetryLayer::builder(transient())
+        .budget(no_reserve(10.0))
+        .backoff(Backoff::new(ms(100), 2.0, ms(1000)).seed(9))
+        .max_attempts(4)
+        .build()
+        .unwrap();
+    let logs: Vec<_> = (0..2).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+    let futures = logs.iter().map(|log| {
+        layer
+            .layer(scripted(vec![Ok(503); 4], log.clone()))
+            .oneshot(1)
+    });
+    let results = futures_join(futures.collect()).await;
+    assert!(results.iter().all(|r| matches!(r, Ok(503))));
+    let gaps = |log: &Arc<Mutex<Vec<Instant>>>| {
+        let log = log.lock().unwrap();
+        log.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+    };
+    let (a, b) = (gaps(&logs[0]), gaps(&logs[1]));
+    assert_eq!(a.len(), 3);
+    assert_ne!(
+        a, b,
+        "two requests failing together must not back off in lockstep"
+    );
+    for (n, gap) in a.iter().chain(&b).enumerate() {
+        assert!(*gap <= Backoff::new(ms(100), 2.0, ms(1000)).ceiling((n % 3) as u32));
+    }
+}
+
+async fn futures_join<F: std::future::Future + Send + 'static>(futures: Vec<F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn total_outage_costs_at_most_one_plus_ratio_calls_per_request() {
+    let ratio = 0.2;
+    let min_per_sec = 10;
+    let layer = RetryLayer::builder(transient())
+        .budget(
+            Budget::builder()
+                .ratio(ratio)
+                .min_per_sec(min_per_sec)
+                .build()
+                .unwrap(),
+        )
+        .backoff(Backoff::new(ms(1), 2.0, ms(10)).seed(1))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut svc = layer.layer(service_fn({
+        let calls = calls.clone();
+        move |_req: u32| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async { Err::<u16, &'static str>("reset") }
+        }
+    }));
+    let start = Instant::now();
+    let requests = 10_000u32;
+    for i in 0..requests {
+        let _ = svc.ready().await.unwrap().call(i).await;
+        if i % 100 == 0 {
+            tokio::time::advance(ms(1)).await;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let calls = f64::from(calls.load(Ordering::Relaxed));
+    let reserve = f64::from(min_per_sec) * (elapsed.ceil() + 1.0);
+    assert!(
+        calls <= (1.0 + ratio) * f64::from(requests) + reserve,
+        "{calls} calls for {requests} requests over {elapsed}s"
+    );
+    // The budget is used, not merely unused: close to the ratio.
+    assert!(calls >= (1.0 + ratio) * f64::from(requests) - 1.0);
+    let s = layer.metrics().snapshot();
+    assert_eq!(s.requests, u64::from(requests));
+    assert_eq!(s.give_ups(), u64::from(requests));
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_of_a_layer_share_budget_and_metrics() {
+    let layer = RetryLayer::builder(transient())
+        .budget(no_reserve(0.5))
+        .build()
+        .unwrap();
+    let other = layer.clone();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    // Two first attempts through different clones pay for one retry.
+    assert_eq!(
+        layer
+            .layer(scripted(vec![Ok(200)], log.clone()))
+            .oneshot(1)
+            .await
+            .unwrap(),
+        200
+    );
+    let log2 = Arc::new(Mutex::new(Vec::new()));
+    assert_eq!(
+        other
+            .layer(scripted(vec![Ok(503), Ok(200)], log2))
+            .oneshot(1)
+            .await
+            .unwrap(),
+        200
+    );
+    let s = layer.metrics().snapshot();
+    assert_eq!((s.requests, s.retries, s.budget_balance), (2, 1, 0));
+}
