@@ -1,2 +1,88 @@
-//! portcullis-p2c
+//! A power-of-two-choices load balancer, [`P2cPool`], that implements
+//! [`portcullis_pool::Pool`] so that a [`PoolQueue`](portcullis_pool) worker can keep it current
+//! and drive it while idle.
+//!
+//! # Behaviour
+//!
+//! - **Endpoints from targets.** Discovery names each endpoint by a key `K` and describes it by
+//!   a target `T`; a maker ([`MakeEndpoint`], any `Fn(&K, &T) -> S`) builds the endpoint.
+//!   [`Update::Reset`](portcullis_pool::Update::Reset) is diffed against what the pool has: an
+//!   unchanged target is not rebuilt, a changed one is replaced, a missing one removed.
+//!   `Add` of a changed target replaces that endpoint; `Remove` evicts; `DoesNotExist` clears.
+//! - **Ready cache.** New endpoints are *pending* until their `poll_ready` says ready.
+//!   [`Pool::poll_pool`](portcullis_pool::Pool::poll_pool) and `poll_ready` both drive them.
+//! - **Power of two choices.** `poll_ready` draws two distinct ready endpoints at random and
+//!   keeps the one with the lower [`tower::load::Load`]; with one ready endpoint there is no
+//!   draw. The choice is remembered by key and endpoint identity (never by a position that a
+//!   removal can shift) and polled again before `poll_ready` returns, so `call` goes to the
+//!   endpoint that was found ready or, if discovery removed or replaced it in between, fails
+//!   with [`error::EndpointGone`]: a request is never sent to an endpoint it was not reserved
+//!   on (tower issue 856).
+//! - **Failures are local.** An endpoint whose `poll_ready` fails is evicted (logged at warn,
+//!   counted) and rebuilt from its target after an exponential backoff ([`Builder::backoff`]),
+//!   unless discovery removed it meanwhile, so a static endpoint list never shrinks for good.
+//!   The pool itself never fails: its error type is [`BoxError`] for the endpoints' errors.
+//! - **Randomness** is a [`SmallRng`](rand::rngs::SmallRng), seedable with
+//!   [`P2cPool::with_seed`] or [`Builder::seed`] for reproducible tests.
+//! - **Loads.** Works with tower's [`PeakEwma`](tower::load::PeakEwma) ([`P2cPool::with_peak_ewma`],
+//!   [`make::peak_ewma`]), [`PendingRequests`](tower::load::PendingRequests)
+//!   ([`make::pending_requests`]) and [`Constant`](tower::load::Constant).
+//! - **Metrics.** [`P2cPool::metrics`] returns a cloneable [`P2cMetrics`] handle.
+//!
+//! `poll_ready` and `call` do not allocate, and sampling is O(1) in the number of endpoints.
+//! Rebuild timers are tokio timers: poll the pool inside a tokio runtime with time enabled.
+//!
+//! # Example
+//!
+//! ```
+//! use portcullis_p2c::P2cPool;
+//! use portcullis_pool::{Pool, Update};
+//! use std::convert::Infallible;
+//! use std::net::SocketAddr;
+//! use tower::{service_fn, Service, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), portcullis_p2c::BoxError> {
+//! // Each endpoint answers with its own address; a real maker would connect to `addr`.
+//! let mut pool = P2cPool::with_peak_ewma(|addr: &SocketAddr, _target: &()| {
+//!     let addr = *addr;
+//!     service_fn(move |req: &'static str| async move {
+//!         Ok::<_, Infallible>(format!("{addr} answered {req}"))
+//!     })
+//! });
+//!
+//! pool.update_pool(Update::Reset(vec![
+//!     ("10.0.0.1:80".parse()?, ()),
+//!     ("10.0.0.2:80".parse()?, ()),
+//! ]));
+//! let answer = pool.ready().await?.call("hello").await?;
+//! assert!(answer.ends_with("answered hello"));
+//! assert_eq!(pool.endpoints().ready, 2);
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod builder;
+pub mod error;
+mod future;
+pub mod make;
+mod metrics;
+mod service;
+mod set;
+
+pub use builder::{Builder, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX};
+pub use future::ResponseFuture;
+pub use make::MakeEndpoint;
+pub use metrics::{P2cMetrics, P2cSnapshot};
+pub use service::{EndpointState, P2cPool};
+
+/// The boxed error the pool returns: an endpoint's error, or one of [`error`]'s types.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -4,6 +4,8 @@
 //!   failures a test controls, and which records the discovery updates it receives and hands
 //!   each request to the test to answer.
 //! - [`discovery`]: discovery streams, fed by hand through a channel or scripted in time.
+//! - [`endpoint`]: simulated endpoints with latency, failures, hangs and readiness a test
+//!   controls, for stacks with a real balancer inside.
 //!
 //! Everything here runs on tokio's clock, so tests stay deterministic under
 //! `#[tokio::test(start_paused = true)]`.

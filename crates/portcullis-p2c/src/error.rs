@@ -1,0 +1,90 @@
+//! Error types.
+//!
+//! The pool's own error type is [`BoxError`](crate::BoxError); the types here are what a caller
+//! may find inside it with `downcast_ref` / `is::<T>()`. Endpoint errors are passed through as
+//! they are (boxed).
+
+use std::fmt;
+use std::time::Duration;
+
+/// `call` found the endpoint that `poll_ready` chose gone: discovery removed or replaced it
+/// between the two calls.
+///
+/// The request was not sent anywhere: it is never rerouted to another endpoint, because the
+/// caller's readiness was reserved on the chosen one only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EndpointGone {
+    _p: (),
+}
+
+impl EndpointGone {
+    pub(crate) const fn new() -> Self {
+        Self { _p: () }
+    }
+}
+
+impl fmt::Display for EndpointGone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the endpoint chosen by poll_ready was removed before call")
+    }
+}
+
+impl std::error::Error for EndpointGone {}
+
+/// `call` was invoked without a successful `poll_ready` before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NotReady {
+    _p: (),
+}
+
+impl NotReady {
+    pub(crate) const fn new() -> Self {
+        Self { _p: () }
+    }
+}
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("call without a successful poll_ready")
+    }
+}
+
+impl std::error::Error for NotReady {}
+
+/// A configuration that cannot work, reported when the pool (or a maker) is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The rebuild backoff's base is zero (a failing endpoint would be rebuilt in a hot loop)
+    /// or larger than its maximum.
+    InvalidBackoff {
+        /// The configured base delay.
+        base: Duration,
+        /// The configured maximum delay.
+        max: Duration,
+    },
+    /// A PeakEWMA decay or default RTT of zero.
+    InvalidPeakEwma {
+        /// The configured default round-trip time.
+        default_rtt: Duration,
+        /// The configured decay window.
+        decay: Duration,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::InvalidBackoff { base, max } => write!(
+                f,
+                "invalid rebuild backoff: base {base:?} must be non-zero and at most max {max:?}"
+            ),
+            ConfigError::InvalidPeakEwma { default_rtt, decay } => write!(
+                f,
+                "invalid PeakEWMA parameters: default_rtt {default_rtt:?} and decay {decay:?} must be non-zero"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,134 @@
+//! Discovery updates: diffing, replacement, removal, clearing.
+
+mod support;
+
+use portcullis_p2c::EndpointState;
+use portcullis_pool::{EndpointCounts, Pool, Update, UpdateKind};
+use support::{poll_pool, poll_ready, ready_call, Fleet};
+use tokio_test::{assert_pending, assert_ready_ok, task};
+
+fn counts(ready: usize, pending: usize, failed: usize) -> EndpointCounts {
+    EndpointCounts {
+        ready,
+        pending,
+        failed,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reset_diff_rebuilds_only_changed_targets() {
+    let fleet = Fleet::default();
+    let mut pool = fleet.pool(1);
+    let mut t = task::spawn(());
+
+    pool.update_pool(Update::Reset(vec![(1, 10), (2, 20), (3, 30)]));
+    assert_eq!(fleet.total_builds(), 3);
+    assert_eq!(pool.endpoints(), counts(0, 3, 0));
+    assert_ready_ok!(poll_pool(&mut t, &mut pool));
+    assert_eq!(pool.endpoints(), counts(3, 0, 0));
+
+    // 1 unchanged, 2 changed target, 3 gone, 4 new.
+    pool.update_pool(Update::Reset(vec![(1, 10), (2, 21), (4, 40)]));
+    assert_eq!(fleet.builds(1), 1, "an unchanged target is not rebuilt");
+    assert_eq!(fleet.builds(2), 2, "a changed target is rebuilt");
+    assert_eq!(fleet.builds(3), 1);
+    assert_eq!(fleet.builds(4), 1);
+    assert_eq!(pool.endpoint_state(&1), Some(EndpointState::Ready));
+    assert_eq!(pool.endpoint_state(&2), Some(EndpointState::Pending));
+    assert_eq!(pool.endpoint_state(&3), None);
+    assert_eq!(pool.endpoints(), counts(1, 2, 0));
+
+    // The same set again changes nothing.
+    pool.update_pool(Update::Reset(vec![(4, 40), (2, 21), (1, 10)]));
+    assert_eq!(fleet.total_builds(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn add_replaces_only_a_changed_target() {
+    let fleet = Fleet::default();
+    let mut pool = fleet.pool(2);
+    let mut t = task::spawn(());
+
+    pool.update_pool(Update::Add(vec![(1, 10)]));
+    assert_eq!(ready_call(&mut t, &mut pool).unwrap(), (1, 10));
+
+    pool.update_pool(Update::Add(vec![(1, 10)]));
+    assert_eq!(fleet.builds(1), 1);
+    assert_eq!(pool.endpoint_state(&1), Some(EndpointState::Ready));
+
+    // Only the last target named for a key counts.
+    pool.update_pool(Update::Add(vec![(1, 12), (1, 10)]));
+    assert_eq!(fleet.builds(1), 1);
+
+    pool.update_pool(Update::Add(vec![(1, 11)]));
+    assert_eq!(fleet.builds(1), 2);
+    assert_eq!(pool.endpoints().total(), 1);
+    assert_eq!(
+        ready_call(&mut t, &mut pool).unwrap(),
+        (1, 11),
+        "the replaced endpoint serves the new target"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn remove_evicts_the_endpoint() {
+    let fleet = Fleet::default();
+    let mut pool = fleet.pool(3);
+    let mut t = task::spawn(());
+    pool.update_pool(Update::Reset(vec![(1, 0), (2, 0), (3, 0)]));
+    assert_ready_ok!(poll_pool(&mut t, &mut pool));
+
+    pool.update_pool(Update::Remove(vec![2, 99]));
+    assert_eq!(pool.endpoints(), counts(2, 0, 0));
+    assert_eq!(pool.endpoint_state(&2), None);
+    for _ in 0..200 {
+        let (key, _) = ready_call(&mut t, &mut pool).unwrap();
+        assert_ne!(key, 2);
+    }
+    assert_eq!(fleet.calls(2), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn does_not_exist_clears_every_endpoint() {
+    let fleet = Fleet::default();
+    let mut pool = fleet.pool(4);
+    let mut t = task::spawn(());
+    pool.update_pool(Update::Reset(vec![(1, 0), (2, 0)]));
+    fleet.control(3).set_fail_ready(true);
+    pool.update_pool(Update::Add(vec![(3, 0)]));
+    assert_pending!(poll_pool(&mut t, &mut pool), "3 is backing off");
+    assert_eq!(pool.endpoints(), counts(2, 0, 1));
+
+    pool.update_pool(Update::DoesNotExist);
+    assert_eq!(pool.endpoints(), counts(0, 0, 0));
+    assert_pending!(poll_ready(&mut t, &mut pool));
+    assert_ready_ok!(poll_pool(&mut t, &mut pool));
+
+    // Nothing comes back on its own: the backoff of 3 is gone with it.
+    tokio::time::advance(support::BACKOFF_MAX * 2).await;
+    assert_ready_ok!(poll_pool(&mut t, &mut pool));
+    assert_eq!(fleet.builds(3), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_count_updates_and_endpoints() {
+    let fleet = Fleet::default();
+    let mut pool = fleet.pool(5);
+    let metrics = pool.metrics();
+    let mut t = task::spawn(());
+
+    pool.update_pool(Update::Reset(vec![(1, 0), (2, 0)]));
+    pool.update_pool(Update::Add(vec![(3, 0)]));
+    pool.update_pool(Update::Add(vec![(4, 0)]));
+    pool.update_pool(Update::Remove(vec![4]));
+    let snap = metrics.snapshot();
+    assert_eq!((snap.ready, snap.pending, snap.failed), (0, 3, 0));
+    assert_ready_ok!(poll_pool(&mut t, &mut pool));
+    pool.update_pool(Update::DoesNotExist);
+
+    let snap = metrics.snapshot();
+    let by_kind: Vec<u64> = UpdateKind::ALL.iter().map(|k| snap.updates(*k)).collect();
+    assert_eq!(by_kind, vec![1, 2, 1, 1]);
+    assert_eq!((snap.ready, snap.pending, snap.failed), (0, 0, 0));
+    assert_eq!((snap.evictions, snap.rebuilds), (0, 0));
+}
