@@ -32,6 +32,11 @@ impl Decision {
 ///
 /// The request is passed so that a classifier can look at it (the HTTP classifier does not
 /// retry non-idempotent methods).
+///
+/// `E` is the inner service's own error type, as it returned it: [`Retry`](crate::Retry)
+/// converts it into a [`BoxError`](crate::BoxError) only after classification, when it gives
+/// up. Over a service whose error already is a `BoxError`, classify `Result<&Rsp, &BoxError>`
+/// and downcast.
 pub trait Classify<Req, Rsp, E> {
     /// Classifies the result of sending `req`.
     fn classify(&self, req: &Req, result: Result<&Rsp, &E>) -> Decision;

@@ -32,28 +32,46 @@ impl fmt::Display for StopReason {
     }
 }
 
+/// A type-erased error, as tower's middleware use: `Box<dyn Error + Send + Sync>`.
+///
+/// The same type as `tower::BoxError`; [`Retry`](crate::Retry) returns it as its error.
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
 /// What the last attempt ended with.
 #[derive(Debug)]
-pub enum LastFailure<E> {
-    /// The inner service's own error, as it returned it.
-    Inner(E),
+pub enum LastFailure {
+    /// The inner service's own error, as it returned it (converted into a [`BoxError`]).
+    Inner(BoxError),
     /// The last attempt was cut short by the per-attempt timeout or the overall deadline.
     TimedOut,
 }
 
-/// The error a [`Retry`](crate::Retry) returns when it gives up with an error.
+/// Why a [`Retry`](crate::Retry) gave up with an error, and the inner error it gave up with.
+///
+/// [`Retry`](crate::Retry)'s error type is [`BoxError`], as is the convention for tower
+/// middleware, so that it composes with `Buffer`, `BoxCloneService` and other layers. When
+/// the retry layer gives up with an error, that boxed error is a `RetryError`; get it back
+/// with `downcast_ref::<RetryError>()` (or `downcast`):
+///
+/// ```
+/// # use portcullis_retry::{BoxError, RetryError, StopReason};
+/// fn reason(err: &BoxError) -> Option<StopReason> {
+///     err.downcast_ref::<RetryError>().map(RetryError::reason)
+/// }
+/// ```
 ///
 /// A give-up with a *response* (say the third 503) returns that response as `Ok`; the reason
 /// is then only in the [metrics](crate::Metrics). An error always carries the reason and, when
-/// the last attempt reached the inner service, the inner error itself (never dropped).
-pub struct RetryError<E> {
+/// the last attempt reached the inner service, the inner error itself (never dropped), which is
+/// also this error's [`source`](Error::source).
+pub struct RetryError {
     reason: StopReason,
     attempts: u32,
-    last: LastFailure<E>,
+    last: LastFailure,
 }
 
-impl<E> RetryError<E> {
-    pub(crate) fn new(reason: StopReason, attempts: u32, last: LastFailure<E>) -> Self {
+impl RetryError {
+    pub(crate) fn new(reason: StopReason, attempts: u32, last: LastFailure) -> Self {
         Self {
             reason,
             attempts,
@@ -72,20 +90,22 @@ impl<E> RetryError<E> {
     }
 
     /// The last attempt's failure.
-    pub fn last_failure(&self) -> &LastFailure<E> {
+    pub fn last_failure(&self) -> &LastFailure {
         &self.last
     }
 
     /// The inner service's error, if the last attempt ended with one.
-    pub fn inner(&self) -> Option<&E> {
+    ///
+    /// Downcast it to the inner service's error type with `downcast_ref`.
+    pub fn inner(&self) -> Option<&(dyn Error + Send + Sync + 'static)> {
         match &self.last {
-            LastFailure::Inner(e) => Some(e),
+            LastFailure::Inner(e) => Some(&**e),
             LastFailure::TimedOut => None,
         }
     }
 
     /// Takes the inner service's error, if the last attempt ended with one.
-    pub fn into_inner(self) -> Option<E> {
+    pub fn into_inner(self) -> Option<BoxError> {
         match self.last {
             LastFailure::Inner(e) => Some(e),
             LastFailure::TimedOut => None,
@@ -98,7 +118,7 @@ impl<E> RetryError<E> {
     }
 }
 
-impl<E: fmt::Debug> fmt::Debug for RetryError<E> {
+impl fmt::Debug for RetryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryError")
             .field("reason", &self.reason)
@@ -108,7 +128,7 @@ impl<E: fmt::Debug> fmt::Debug for RetryError<E> {
     }
 }
 
-impl<E: fmt::Display> fmt::Display for RetryError<E> {
+impl fmt::Display for RetryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -122,10 +142,10 @@ impl<E: fmt::Display> fmt::Display for RetryError<E> {
     }
 }
 
-impl<E: Error + 'static> Error for RetryError<E> {
+impl Error for RetryError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match &self.last {
-            LastFailure::Inner(e) => Some(e),
+            LastFailure::Inner(e) => Some(&**e),
             LastFailure::TimedOut => None,
         }
     }
@@ -220,5 +240,56 @@ impl Error for ConfigError {
 impl From<BudgetError> for ConfigError {
     fn from(e: BudgetError) -> Self {
         ConfigError::Budget(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_error_is_a_send_sync_error_with_the_inner_one_as_source() {
+        fn assert_error<E: Error + Send + Sync + 'static>() {}
+        assert_error::<RetryError>();
+
+        let io = std::io::Error::other("reset");
+        let err = RetryError::new(
+            StopReason::BudgetExhausted,
+            2,
+            LastFailure::Inner(io.into()),
+        );
+        assert_eq!(
+            err.to_string(),
+            "gave up after 2 attempt(s): retry budget exhausted: reset"
+        );
+        let source = err.source().expect("the inner error is the source");
+        assert_eq!(
+            source
+                .downcast_ref::<std::io::Error>()
+                .map(|e| e.to_string()),
+            Some("reset".to_string())
+        );
+        assert!(err
+            .inner()
+            .is_some_and(|e| e.downcast_ref::<std::io::Error>().is_some()));
+        assert!(!err.is_timeout());
+
+        let boxed: BoxError = err.into();
+        let err = boxed.downcast::<RetryError>().expect("a RetryError");
+        assert_eq!(
+            (err.reason(), err.attempts()),
+            (StopReason::BudgetExhausted, 2)
+        );
+        assert!(err.into_inner().is_some());
+
+        let timed_out = RetryError::new(StopReason::Deadline, 3, LastFailure::TimedOut);
+        assert_eq!(
+            timed_out.to_string(),
+            "gave up after 3 attempt(s): deadline elapsed: last attempt timed out"
+        );
+        assert!(timed_out.is_timeout());
+        assert!(timed_out.source().is_none());
+        assert!(timed_out.inner().is_none());
+        assert!(matches!(timed_out.last_failure(), LastFailure::TimedOut));
     }
 }

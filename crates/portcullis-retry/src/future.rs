@@ -12,7 +12,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::classify::{Classify, Decision, Replay};
-use crate::error::{LastFailure, RetryError, StopReason};
+use crate::error::{BoxError, LastFailure, RetryError, StopReason};
 use crate::layer::Policy;
 use crate::service::earliest;
 
@@ -112,10 +112,11 @@ fn poll_timer(
 impl<S, Req, C, K> Future for ResponseFuture<S, Req, C, K>
 where
     S: Service<Req>,
+    S::Error: Into<BoxError>,
     C: Classify<Req, S::Response, S::Error>,
     K: Replay<Req>,
 {
-    type Output = Result<S::Response, RetryError<S::Error>>;
+    type Output = Result<S::Response, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -254,20 +255,24 @@ where
     }
 }
 
-fn finish<C, K, T, E>(
+/// Ends the sequence. Only a give-up with an error allocates: the inner error is converted
+/// into a [`BoxError`] and boxed with its reason in a [`RetryError`].
+fn finish<C, K, T, E: Into<BoxError>>(
     policy: &Policy<C, K>,
     reason: StopReason,
     attempts: u32,
     outcome: Outcome<T, E>,
-) -> Poll<Result<T, RetryError<E>>> {
+) -> Poll<Result<T, BoxError>> {
     policy.metrics.stopped(reason);
     if reason != StopReason::Succeeded {
         tracing::debug!(%reason, attempts, "giving up");
     }
     Poll::Ready(match outcome {
         Outcome::Done(Ok(rsp)) => Ok(rsp),
-        Outcome::Done(Err(e)) => Err(RetryError::new(reason, attempts, LastFailure::Inner(e))),
-        Outcome::TimedOut => Err(RetryError::new(reason, attempts, LastFailure::TimedOut)),
+        Outcome::Done(Err(e)) => {
+            Err(RetryError::new(reason, attempts, LastFailure::Inner(e.into())).into())
+        }
+        Outcome::TimedOut => Err(RetryError::new(reason, attempts, LastFailure::TimedOut).into()),
     })
 }
 

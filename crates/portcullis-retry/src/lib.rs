@@ -17,9 +17,18 @@
 //! 5. An optional per-attempt timeout cuts an attempt short and counts as transient; the
 //!    overall deadline bounds every attempt, readiness wait and sleep.
 //!
-//! The sequence ends with a [`StopReason`], counted in [`Metrics`]. An inner error is returned
-//! inside [`RetryError`] with that reason (never dropped); a final *response* such as a third
-//! 503 is returned as it is, and its reason is in the metrics only.
+//! The sequence ends with a [`StopReason`], counted in [`Metrics`]. A final *response* such as
+//! a third 503 is returned as it is, and its reason is in the metrics only.
+//!
+//! # Errors
+//!
+//! As is the convention for tower middleware (`Buffer`, `Timeout`), [`Retry`]'s error type is
+//! [`BoxError`] and it needs only `S::Error: Into<BoxError>`, so it stacks over services whose
+//! own error is a `BoxError` (a `PoolQueue`, a `Buffer`) and fits a
+//! `BoxCloneService<_, _, BoxError>`. The classifier still sees the inner error with its own
+//! type; it is boxed only when the retry layer gives up. That boxed error is a [`RetryError`]
+//! with the reason, the number of attempts and the inner error (never dropped), reached with
+//! `downcast_ref::<RetryError>()`.
 //!
 //! Time is [`tokio::time`], so a tokio runtime with time enabled must drive the futures, and
 //! tests run in paused time.
@@ -28,7 +37,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use portcullis_retry::{classify::predicate, Backoff, Budget, RetryLayer};
+//! use portcullis_retry::{classify::predicate, Backoff, BoxError, Budget, RetryError, RetryLayer, StopReason};
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -51,9 +60,19 @@
 //!         async move { Ok::<u16, std::io::Error>(if n == 0 { 503 } else { 200 }) }
 //!     }
 //! }));
-//! assert_eq!(svc.oneshot("GET /").await.unwrap(), 200);
+//! assert_eq!(svc.clone().oneshot("GET /").await.unwrap(), 200);
 //! let stats = layer.metrics().snapshot();
 //! assert_eq!((stats.requests, stats.retries, stats.succeeded), (1, 1, 1));
+//!
+//! // A give-up with an error: the `BoxError` is a `RetryError` holding the inner error.
+//! let failing = layer.layer(service_fn(|_req: &'static str| async {
+//!     Err::<u16, std::io::Error>(std::io::Error::other("reset"))
+//! }));
+//! let err: BoxError = failing.oneshot("GET /").await.unwrap_err();
+//! let retry = err.downcast_ref::<RetryError>().expect("the retry layer gave up");
+//! assert_eq!(retry.reason(), StopReason::AttemptsExhausted);
+//! assert_eq!(retry.attempts(), 3);
+//! assert!(retry.inner().is_some_and(|e| e.is::<std::io::Error>()));
 //! # }
 //! ```
 #![forbid(unsafe_code)]
@@ -77,7 +96,7 @@ mod service;
 pub use backoff::{Backoff, Jitter};
 pub use budget::{Budget, BudgetBuilder};
 pub use classify::{Classify, Decision};
-pub use error::{BudgetError, ConfigError, LastFailure, RetryError, StopReason};
+pub use error::{BoxError, BudgetError, ConfigError, LastFailure, RetryError, StopReason};
 pub use future::ResponseFuture;
 pub use layer::{RetryBuilder, RetryLayer};
 pub use metrics::{Metrics, MetricsSnapshot};

@@ -9,12 +9,17 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::classify::{Classify, CloneRequest, Replay};
-use crate::error::{LastFailure, RetryError, StopReason};
+use crate::error::{BoxError, LastFailure, RetryError, StopReason};
 use crate::future::ResponseFuture;
 use crate::layer::Policy;
 use crate::metrics::Metrics;
 
 /// Retries transient failures of `S`, as its [`RetryLayer`](crate::RetryLayer) configured.
+///
+/// Its error is a [`BoxError`], as is the convention for tower middleware: when it gives up
+/// with an error, that error is a [`RetryError`] (get it with `downcast_ref::<RetryError>()`)
+/// carrying the [`StopReason`] and the inner service's error. The classifier still sees the
+/// inner error with its own type, `S::Error`; it is boxed only when the retry layer gives up.
 ///
 /// Each call keeps a copy of the request (made by the [`Replay`] hook) for classification and
 /// retries, and a clone of the inner service to send retries on.
@@ -47,17 +52,18 @@ impl<S, C, K> Retry<S, C, K> {
 impl<S, C, K, Req> Service<Req> for Retry<S, C, K>
 where
     S: Service<Req> + Clone,
+    S::Error: Into<BoxError>,
     C: Classify<Req, S::Response, S::Error>,
     K: Replay<Req>,
 {
     type Response = S::Response;
-    type Error = RetryError<S::Error>;
+    type Error = BoxError;
     type Future = ResponseFuture<S, Req, C, K>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|e| RetryError::new(StopReason::Permanent, 0, LastFailure::Inner(e)))
+        self.inner.poll_ready(cx).map_err(|e| {
+            RetryError::new(StopReason::Permanent, 0, LastFailure::Inner(e.into())).into()
+        })
     }
 
     fn call(&mut self, req: Req) -> Self::Future {

@@ -8,6 +8,18 @@ use portcullis_retry::classify::predicate;
 use portcullis_retry::{Backoff, Budget, RetryLayer};
 use tower::{service_fn, Layer, ServiceExt};
 
+/// The inner error: a unit error, as `Retry` needs `S::Error: Into<BoxError>`.
+#[derive(Debug)]
+struct Failed;
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failed")
+    }
+}
+
+impl std::error::Error for Failed {}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shared_budget_is_exact_across_tasks() {
     let budget = Budget::builder()
@@ -16,7 +28,7 @@ async fn shared_budget_is_exact_across_tasks() {
         .ttl(Duration::from_secs(3600))
         .build()
         .unwrap();
-    let layer = RetryLayer::builder(predicate(|res: Result<&u16, &()>| res.is_err()))
+    let layer = RetryLayer::builder(predicate(|res: Result<&u16, &Failed>| res.is_err()))
         .budget(budget.clone())
         .backoff(Backoff::new(Duration::ZERO, 1.0, Duration::ZERO).seed(3))
         .max_attempts(2)
@@ -35,7 +47,7 @@ async fn shared_budget_is_exact_across_tasks() {
                         calls.fetch_add(1, Ordering::Relaxed);
                         async move {
                             if attempt {
-                                Err(())
+                                Err(Failed)
                             } else {
                                 Ok(200u16)
                             }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use portcullis_retry::{Backoff, Budget, Jitter, RetryLayer, StopReason};
+use portcullis_retry::{Backoff, BoxError, Budget, Jitter, RetryError, RetryLayer, StopReason};
 use tokio::time::Instant;
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -34,10 +34,7 @@ mod http_scenarios {
         layer: &RetryLayer<HttpClassify>,
         method: Method,
         script: &[(u16, Option<&'static str>)],
-    ) -> (
-        Result<Rsp, portcullis_retry::RetryError<&'static str>>,
-        Vec<Instant>,
-    ) {
+    ) -> (Result<Rsp, BoxError>, Vec<Instant>) {
         let log = Arc::new(Mutex::new(Vec::new()));
         let script: Arc<Vec<_>> = Arc::new(script.to_vec());
         let svc = layer.layer(service_fn({
@@ -97,7 +94,9 @@ mod http_scenarios {
         assert_eq!(log.len(), 2);
         // A POST is not retried unless opted in.
         let (res, log) = run(&layer(), Method::POST, &[(0, None)]).await;
-        assert_eq!(res.unwrap_err().reason(), StopReason::Permanent);
+        let err = res.unwrap_err();
+        let err = err.downcast_ref::<RetryError>().expect("a RetryError");
+        assert_eq!(err.reason(), StopReason::Permanent);
         assert_eq!(log.len(), 1);
     }
 

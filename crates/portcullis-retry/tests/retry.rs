@@ -5,8 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portcullis_retry::classify::{predicate, Predicate};
-use portcullis_retry::{Backoff, Budget, ConfigError, Jitter, RetryLayer, StopReason};
+use portcullis_retry::{
+    Backoff, BoxError, Budget, ConfigError, Jitter, RetryError, RetryLayer, StopReason,
+};
 use tokio::time::Instant;
+use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 type Res = Result<u16, &'static str>;
@@ -21,6 +24,12 @@ fn no_reserve(ratio: f64) -> Budget {
         .min_per_sec(0)
         .build()
         .unwrap()
+}
+
+/// The `RetryError` a give-up boxed into the service's `BoxError`.
+fn retry_error(err: BoxError) -> Box<RetryError> {
+    err.downcast::<RetryError>()
+        .unwrap_or_else(|e| panic!("not a RetryError: {e:?}"))
 }
 
 fn ms(n: u64) -> Duration {
@@ -47,10 +56,14 @@ async fn permanent_error_is_returned_at_once_with_the_inner_error() {
     let layer = RetryLayer::new(transient());
     let log = Arc::new(Mutex::new(Vec::new()));
     let svc = layer.layer(scripted(vec![Err("bad request")], log.clone()));
-    let err = svc.oneshot(1).await.unwrap_err();
+    let err = retry_error(svc.oneshot(1).await.unwrap_err());
     assert_eq!(err.reason(), StopReason::Permanent);
     assert_eq!(err.attempts(), 1);
-    assert_eq!(err.into_inner(), Some("bad request"));
+    // `&str` errors are boxed as their message.
+    assert_eq!(
+        err.into_inner().map(|e| e.to_string()).as_deref(),
+        Some("bad request")
+    );
     assert_eq!(log.lock().unwrap().len(), 1);
     assert_eq!(layer.metrics().snapshot().permanent, 1);
 }
@@ -93,9 +106,9 @@ async fn budget_refusal_stops_and_keeps_the_inner_error() {
         .unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let svc = layer.layer(scripted(vec![Err("reset")], log.clone()));
-    let err = svc.oneshot(1).await.unwrap_err();
+    let err = retry_error(svc.oneshot(1).await.unwrap_err());
     assert_eq!(err.reason(), StopReason::BudgetExhausted);
-    assert_eq!(err.inner(), Some(&"reset"));
+    assert_eq!(err.inner().map(|e| e.to_string()).as_deref(), Some("reset"));
     let s = layer.metrics().snapshot();
     assert_eq!(
         (s.budget_refusals, s.budget_exhausted, s.attempts),
@@ -180,7 +193,7 @@ async fn deadline_cuts_a_hung_attempt() {
         Ok::<u16, &'static str>(200)
     }));
     let start = Instant::now();
-    let err = svc.oneshot(1).await.unwrap_err();
+    let err = retry_error(svc.oneshot(1).await.unwrap_err());
     assert_eq!(start.elapsed(), ms(1000), "stops at the deadline exactly");
     assert_eq!(err.reason(), StopReason::Deadline);
     assert!(err.is_timeout());
@@ -303,4 +316,73 @@ async fn clones_of_a_layer_share_budget_and_metrics() {
     );
     let s = layer.metrics().snapshot();
     assert_eq!((s.requests, s.retries, s.budget_balance), (2, 1, 0));
+}
+
+/// An inner error with a type of its own, to check it survives boxing.
+#[derive(Debug, PartialEq)]
+struct Refused(u32);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused #{}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+#[tokio::test(start_paused = true)]
+async fn over_a_box_error_service_it_is_a_box_clone_service_and_the_reason_downcasts() {
+    // The classifier sees the inner service's own error type, here `BoxError`.
+    let layer = RetryLayer::builder(predicate(|res: Result<&u16, &BoxError>| {
+        res.is_err_and(|e| e.downcast_ref::<Refused>().is_some())
+    }))
+    .budget(no_reserve(10.0))
+    .backoff(Backoff::new(ms(10), 1.0, ms(10)).jitter(Jitter::None))
+    .max_attempts(3)
+    .build()
+    .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let inner = service_fn({
+        let calls = calls.clone();
+        move |req: u32| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match req {
+                    0 => Err::<u16, BoxError>(Refused(n).into()),
+                    1 if n == 0 => Err(Refused(n).into()),
+                    _ => Ok(200),
+                }
+            }
+        }
+    });
+    // Compile-time check: the retry service fits a `BoxCloneService<_, _, BoxError>`.
+    let mut svc: BoxCloneService<u32, u16, BoxError> = BoxCloneService::new(layer.layer(inner));
+
+    // Success after a retry, through the boxed service.
+    assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 200);
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 2);
+
+    // Give-up: the reason, the attempt count and the typed inner error are all reachable.
+    let err = svc.clone().oneshot(0).await.unwrap_err();
+    let retry = err.downcast_ref::<RetryError>().expect("a RetryError");
+    assert_eq!(retry.reason(), StopReason::AttemptsExhausted);
+    assert_eq!(retry.attempts(), 3);
+    assert!(!retry.is_timeout());
+    assert_eq!(
+        retry.inner().and_then(|e| e.downcast_ref::<Refused>()),
+        Some(&Refused(2)),
+        "the last attempt's error, not dropped"
+    );
+    assert_eq!(
+        std::error::Error::source(retry)
+            .map(|e| e.to_string())
+            .as_deref(),
+        Some("refused #2")
+    );
+    assert_eq!(
+        err.to_string(),
+        "gave up after 3 attempt(s): attempts exhausted: refused #2"
+    );
+    let s = layer.metrics().snapshot();
+    assert_eq!((s.requests, s.retries, s.attempts_exhausted), (2, 3, 1));
 }
