@@ -1,2 +1,193 @@
-//! portcullis
+//! portcullis: [tower](https://docs.rs/tower) middleware for the path between a caller and a
+//! fleet of replicas.
+//!
+//! # The four pieces
+//!
+//! | module | what it is | what it fixes |
+//! | --- | --- | --- |
+//! | [`pool`] | [`PoolQueue`](pool::PoolQueue): a buffer over a load-balancer [`Pool`](pool::Pool) whose worker applies discovery [`Update`](pool::Update)s as they arrive and drives pending endpoints, idle or not, and fails fast when no endpoint is ready | tower's `Balance` reads discovery only inside `poll_ready`, so an idle balancer never drops dead endpoints nor connects new ones |
+//! | [`p2c`] | [`P2cPool`](p2c::P2cPool): a `Pool` that picks the less loaded of two random ready endpoints, evicts failed endpoints and rebuilds them after a backoff | one slow or failing replica slowing every request |
+//! | [`fanout`] | [`FanOut`](fanout::FanOut): one request to every peer, at most K in flight, per-peer and overall deadlines, a completion [`Policy`](fanout::Policy), a [`Report`](fanout::Report) of every peer's outcome | one task per peer, and one hung peer stalling the whole operation |
+//! | [`retry`] | [`RetryLayer`](retry::RetryLayer): retries of transient failures only, paid for by a shared [`Budget`](retry::Budget), jittered [`Backoff`](retry::Backoff) inside a deadline | retry storms during an outage, retries of permanent errors, sleeps past the deadline |
+//!
+//! Each piece is its own crate, re-exported here as a module, and each is an ordinary
+//! `tower::Layer` / `tower::Service`. [`discovery`] adds streams that feed a `PoolQueue` from
+//! tower's `Discover`, from a `tokio::sync::watch` of endpoint sets, or from a file of
+//! addresses. The [`prelude`] has the types a stack is built from.
+//!
+//! # How they stack
+//!
+//! From the caller inwards:
+//!
+//! ```text
+//! caller ─▶ Retry ─▶ PoolQueue handle ─▶ (worker task) ─▶ P2cPool ─▶ endpoint
+//!                         ▲ discovery stream applied by the worker, idle or not
+//! ```
+//!
+//! - [`Retry`](retry::Retry) is outermost, so every attempt goes through the queue again and
+//!   can land on another endpoint; its budget bounds the extra load during an outage.
+//! - [`PoolQueue`](pool::PoolQueue) is a cloneable handle: callers share one pool, and its
+//!   worker keeps the pool current. [`PoolQueueLayer`](pool::PoolQueueLayer) is a layer *over a
+//!   pool*, so the pool is the innermost service (`.service(pool)`).
+//! - [`P2cPool`](p2c::P2cPool) builds endpoints from discovery targets with a maker and
+//!   chooses between them.
+//!
+//! A [`FanOut`](fanout::FanOut) is a `Pool` too (its targets are the peer services), so it can
+//! sit where the `P2cPool` sits for requests that go to every replica rather than to one.
+//!
+//! [`ServiceBuilderExt`] adds one method per piece to `tower::ServiceBuilder` so that the
+//! whole stack reads as one chain:
+//!
+//! ```
+//! use portcullis::prelude::*;
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use tokio::sync::watch;
+//! use tower::{service_fn, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! // Discovery: whoever knows the replicas publishes the current set.
+//! let a: SocketAddr = "10.0.0.1:8080".parse()?;
+//! let b: SocketAddr = "10.0.0.2:8080".parse()?;
+//! let (publish, endpoints) = watch::channel(vec![(a, ())]);
+//!
+//! // The pool builds one endpoint per address (a real maker would connect to it).
+//! let pool = P2cPool::with_peak_ewma(|addr: &SocketAddr, _: &()| {
+//!     let addr = *addr;
+//!     service_fn(move |req: String| async move {
+//!         Ok::<_, BoxError>(format!("{addr} answered {req}"))
+//!     })
+//! });
+//!
+//! // Retry what failed in the queue or the pool, within a budget and a deadline.
+//! let retry = RetryLayer::builder(retry::classify::predicate(
+//!     |res: Result<&String, &BoxError>| res.is_err(),
+//! ))
+//! .max_attempts(3)
+//! .budget(Budget::builder().ratio(0.2).build()?)
+//! .deadline(Duration::from_secs(5))
+//! .build()?;
+//!
+//! let svc = ServiceBuilder::new()
+//!     .retry_budget(retry)
+//!     .pool_queue(PoolQueueConfig::new(64, Duration::from_secs(3))?, move || {
+//!         discovery::from_watch(endpoints.clone())
+//!     })
+//!     .service(pool);
+//!
+//! let answer = svc.clone().oneshot("hello".to_string()).await?;
+//! assert_eq!(answer, "10.0.0.1:8080 answered hello");
+//!
+//! // The queue's worker applies the new set at once, with no request in flight.
+//! publish.send(vec![(b, ())])?;
+//! let answer = svc.oneshot("again".to_string()).await?;
+//! assert_eq!(answer, "10.0.0.2:8080 answered again");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A fan-out over a static peer set, built by the same chain (see [`ServiceBuilderExt`] for a
+//! fan-out behind a `PoolQueue`):
+//!
+//! ```
+//! use portcullis::prelude::*;
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let peer = |name: &'static str, delay_ms: u64| {
+//!     service_fn(move |route: &'static str| async move {
+//!         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+//!         Ok::<_, Infallible>(format!("{name} synced {route}"))
+//!     })
+//! };
+//! let fan_out = FanOutLayer::new(
+//!     FanOutConfig::new()
+//!         .max_in_flight(8)
+//!         .per_peer_timeout(Duration::from_millis(100))
+//!         .policy(Policy::Quorum(2)),
+//! )?;
+//!
+//! let svc = ServiceBuilder::new()
+//!     .fan_out(fan_out)
+//!     .service(vec![("a", peer("a", 5)), ("b", peer("b", 10)), ("c", peer("c", 1_000))]);
+//!
+//! let report = svc.oneshot("/routes").await?;
+//! assert!(report.policy_met());
+//! assert_eq!(report.counts().responses, 2);
+//! assert!(report.get(&"c").is_some_and(|outcome| outcome.is_cancelled()));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! - `http`: the HTTP classifier of [`retry::classify`] (transport errors, 429 and 5xx are
+//!   transient; honours `Retry-After`).
+//! - `grpc`: the gRPC classifier of [`retry::classify`] (`UNAVAILABLE` and friends are
+//!   transient; honours `grpc-retry-pushback-ms`).
 #![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod builder;
+pub mod discovery;
+
+pub use builder::ServiceBuilderExt;
+
+/// [`PoolQueue`](pool::PoolQueue) and the [`Pool`](pool::Pool) trait: the
+/// `portcullis-pool` crate.
+pub mod pool {
+    #[doc(inline)]
+    pub use portcullis_pool::*;
+}
+
+/// [`P2cPool`](p2c::P2cPool), a power-of-two-choices pool: the `portcullis-p2c` crate.
+pub mod p2c {
+    #[doc(inline)]
+    pub use portcullis_p2c::*;
+}
+
+/// [`FanOut`](fanout::FanOut), one request to every peer: the `portcullis-fanout` crate.
+pub mod fanout {
+    #[doc(inline)]
+    pub use portcullis_fanout::*;
+}
+
+/// [`Retry`](retry::Retry) with a budget: the `portcullis-retry` crate.
+pub mod retry {
+    #[doc(inline)]
+    pub use portcullis_retry::*;
+}
+
+/// The boxed error type of tower middleware, and the error of
+/// [`PoolQueue`](pool::PoolQueue), [`P2cPool`](p2c::P2cPool) and [`Retry`](retry::Retry)
+/// (find out what failed with `downcast_ref`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The types a stack is built from, and [`ServiceBuilderExt`].
+///
+/// ```
+/// use portcullis::prelude::*;
+/// ```
+pub mod prelude {
+    pub use crate::discovery::{self, AddrFile};
+    pub use crate::{fanout, p2c, pool, retry, BoxError, ServiceBuilderExt};
+
+    pub use crate::fanout::{
+        FanOut, FanOutConfig, FanOutLayer, Outcome, Policy, Report, SharedLimit,
+    };
+    pub use crate::p2c::P2cPool;
+    pub use crate::pool::{Pool, PoolQueue, PoolQueueConfig, PoolQueueLayer, Update};
+    pub use crate::retry::{Backoff, Budget, Classify, Decision, RetryError, RetryLayer};
+
+    pub use tower::ServiceBuilder;
+}
