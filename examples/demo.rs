@@ -1,80 +1,428 @@
-//! The README's first command: a `PoolQueue` over a pool, fed discovery updates while idle,
-//! serving requests, failing fast when no endpoint is ready and recovering on its own.
+//! The README's first command: the same load through a tower baseline and through the
+//! portcullis stack, against real HTTP backends on 127.0.0.1 that this program starts.
 //!
-//! The pool here is portcullis-test's mock pool, answered by a task that stands in for the
-//! endpoints, so the run needs nothing but this program.
+//! Five backends: two fast, one ten times slower, one that answers 503 for the first two
+//! seconds, and one that discovery removes while no traffic flows (a sixth is added then).
+//! Each stack gets its own fresh backends and the same timeline:
+//!
+//! 1. 3 s of load from 32 callers;
+//! 2. 2 s idle, during which discovery removes one backend and adds another;
+//! 3. 3 s of load.
+//!
+//! - tower: `Retry` (3 attempts, no budget) → `Buffer` → p2c `Balance` over `PeakEwma`.
+//! - portcullis: `Retry` (HTTP classifier, 20 % budget, jittered backoff inside a 1 s deadline)
+//!   → `PoolQueue` → `P2cPool` over `PeakEwma`.
+//!
+//! It prints a side-by-side table and writes an SVG plot of both latency distributions.
 
+#[path = "support/backend.rs"]
+mod backend;
+#[path = "support/endpoint.rs"]
+mod endpoint;
+#[path = "support/plot.rs"]
+mod plot;
+
+use backend::{Backend, Behavior};
+use bytes::Bytes;
+use endpoint::{BoxError, HttpClient, HttpEndpoint};
+use futures_util::Stream;
+use hdrhistogram::Histogram;
+use http::{Request, Response};
+use http_body_util::Full;
+use portcullis_p2c::P2cPool;
 use portcullis_pool::{PoolQueue, PoolQueueConfig, Update};
-use portcullis_test::{discovery, pool};
-use std::time::{Duration, Instant};
-use tower::ServiceExt;
+use portcullis_retry::{classify::http::HttpClassify, Backoff, RetryLayer};
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::{sync::mpsc, time::Instant};
+use tower::{discover::Change, util::BoxCloneService, Layer, ServiceExt};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+const CALLERS: usize = 32;
+const LOAD: Duration = Duration::from_secs(3);
+const IDLE: Duration = Duration::from_secs(2);
+const FAST: Duration = Duration::from_millis(1);
+const SLOW: Duration = Duration::from_millis(10);
+const UNAVAILABLE_FOR: Duration = Duration::from_secs(2);
+
+type HttpService = BoxCloneService<Request<Full<Bytes>>, Response<Bytes>, BoxError>;
+
+/// What discovery says, in the stack's own vocabulary.
+enum Event {
+    Add(String, SocketAddr),
+    Remove(String),
+}
+
+/// What one stack did.
+struct Outcome {
+    label: &'static str,
+    latency: Histogram<u64>,
+    requests: u64,
+    ok: u64,
+    backend_calls: u64,
+    after_removal: u64,
+    /// From the idle-time discovery change to the pool receiving it.
+    update_applied_after: Option<Duration>,
+    /// The retry layer's own account, where it keeps one.
+    retry: Option<portcullis_retry::MetricsSnapshot>,
+}
+
+/// A stack to drive, and the retry metrics it exposes (tower's retry keeps none).
+type Stack = (HttpService, Option<portcullis_retry::Metrics>);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), BoxError> {
-    let started = Instant::now();
-    let (mock, control) = pool::pair::<String, u16, u32, String>();
-    let (updates, stream) = discovery::channel();
-    let config = PoolQueueConfig::new(32, Duration::from_millis(200))?;
-    let queue = PoolQueue::new(mock, stream, config)?;
-    let metrics = queue.metrics();
+    let client = endpoint::client();
+    println!("portcullis demo: {CALLERS} callers, {LOAD:?} load, {IDLE:?} idle (discovery changes), {LOAD:?} load\n");
 
-    // Stands in for the endpoints: answers every request the pool is called with.
-    let endpoints = control.clone();
-    tokio::spawn(async move {
-        loop {
-            let (request, responder) = endpoints.next_request().await;
-            responder.respond(format!("response to request {request}"));
-        }
-    });
+    let tower = run("tower Buffer+Balance+Retry", &client, tower_stack).await?;
+    let portcullis = run("portcullis PoolQueue+P2c+Retry", &client, portcullis_stack).await?;
 
-    println!("1. discovery adds two endpoints while no request flows");
-    updates.send(Update::Add(vec![
-        ("10.0.0.1:80".into(), 80),
-        ("10.0.0.2:80".into(), 80),
-    ]));
-    updates.remove("10.0.0.2:80".into());
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    print_table(&[&tower, &portcullis]);
+    let svg = plot::latency_cdf_svg(
+        "request latency, same load and backends",
+        &[
+            (tower.label, &tower.latency),
+            (portcullis.label, &portcullis.latency),
+        ],
+    );
+    let path = std::env::temp_dir().join("portcullis-demo-latency.svg");
+    std::fs::write(&path, svg)?;
+    println!("\nlatency plot: {}", path.display());
+    Ok(())
+}
+
+/// Starts fresh backends, builds a stack with `build`, and drives the timeline through it.
+async fn run<F>(label: &'static str, client: &HttpClient, build: F) -> Result<Outcome, BoxError>
+where
+    F: FnOnce(
+        HttpClient,
+        mpsc::UnboundedReceiver<Event>,
+        Arc<AppliedAt>,
+    ) -> Result<Stack, BoxError>,
+{
+    println!("== {label}");
+    let start = Instant::now();
+    let fast = Behavior {
+        delay: FAST,
+        unavailable_until: None,
+    };
+    let backends = [
+        Backend::start("fast-1", fast.clone()).await?,
+        Backend::start("fast-2", fast.clone()).await?,
+        Backend::start(
+            "slow",
+            Behavior {
+                delay: SLOW,
+                unavailable_until: None,
+            },
+        )
+        .await?,
+        Backend::start(
+            "flaky",
+            Behavior {
+                delay: FAST,
+                unavailable_until: Some(start + UNAVAILABLE_FOR),
+            },
+        )
+        .await?,
+        Backend::start("doomed", fast.clone()).await?,
+    ];
+    let fresh = Backend::start("fresh", fast).await?;
+
+    let (events, rx) = mpsc::unbounded_channel();
+    for backend in &backends {
+        let _ = events.send(Event::Add(backend.name.clone(), backend.addr));
+    }
+    let applied = Arc::new(AppliedAt::default());
+    let (service, retry_metrics) = build(client.clone(), rx, applied.clone())?;
+
+    let stats = Arc::new(Stats::new());
+    load(&service, &stats, "load", LOAD).await;
+
+    println!("   idle: discovery removes `doomed`, adds `fresh`");
+    tokio::time::sleep(IDLE / 4).await;
+    let changed_at = Instant::now();
+    let _ = events.send(Event::Remove("doomed".into()));
+    let _ = events.send(Event::Add(fresh.name.clone(), fresh.addr));
+    backends[4].mark_removed();
+    tokio::time::sleep(IDLE - IDLE / 4).await;
+    let update_applied_after = applied.first_after(changed_at).map(|at| at - changed_at);
     println!(
-        "   applied while idle: {:?} (updates: {:?})",
-        control.endpoints(),
-        metrics.updates()
+        "   idle over: the discovery change {}",
+        match update_applied_after {
+            Some(after) if after < IDLE / 2 => format!("was applied after {after:?}"),
+            _ => "has not been applied yet".to_string(),
+        }
     );
 
-    println!("2. the endpoint is ready: requests are dispatched");
-    control.set_ready(true);
-    for i in 0..3 {
-        let response = queue.clone().oneshot(i).await?;
-        println!("   request {i}: {response}");
+    load(&service, &stats, "load again", LOAD).await;
+    let update_applied_after = applied.first_after(changed_at).map(|at| at - changed_at);
+
+    let backend_calls = backends.iter().chain([&fresh]).map(Backend::requests).sum();
+    let latency = stats
+        .latency
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(Outcome {
+        label,
+        requests: latency.len(),
+        latency,
+        ok: stats.ok.load(Ordering::Relaxed),
+        backend_calls,
+        after_removal: backends[4].requests_after_removal(),
+        update_applied_after,
+        retry: retry_metrics.map(|m| m.snapshot()),
+    })
+}
+
+// === the stacks ===
+
+fn tower_stack(
+    client: HttpClient,
+    events: mpsc::UnboundedReceiver<Event>,
+    applied: Arc<AppliedAt>,
+) -> Result<Stack, BoxError> {
+    let changes = Recorded::new(events, applied).map(move |event| {
+        Ok::<_, BoxError>(match event {
+            Event::Add(name, addr) => Change::Insert(name, HttpEndpoint::new(client.clone(), addr)),
+            Event::Remove(name) => Change::Remove(name),
+        })
+    });
+    let discover = tower::load::PeakEwmaDiscover::new(
+        changes,
+        portcullis_p2c::make::DEFAULT_RTT,
+        portcullis_p2c::make::DEFAULT_DECAY,
+        tower::load::CompleteOnResponse::default(),
+    );
+    let balance = tower::balance::p2c::Balance::new(discover);
+    let buffer = tower::buffer::Buffer::new(balance, 1024);
+    let retry = tower::retry::Retry::new(NaiveRetry { attempts_left: 2 }, buffer);
+    Ok((BoxCloneService::new(retry), None))
+}
+
+fn portcullis_stack(
+    client: HttpClient,
+    events: mpsc::UnboundedReceiver<Event>,
+    applied: Arc<AppliedAt>,
+) -> Result<Stack, BoxError> {
+    let updates = Recorded::new(events, applied).map(|event| {
+        Ok::<_, BoxError>(match event {
+            Event::Add(name, addr) => Update::Add(vec![(name, addr)]),
+            Event::Remove(name) => Update::Remove(vec![name]),
+        })
+    });
+    let pool = P2cPool::with_peak_ewma(move |_: &String, addr: &SocketAddr| {
+        HttpEndpoint::new(client.clone(), *addr)
+    });
+    let queue = PoolQueue::new(
+        pool,
+        updates,
+        PoolQueueConfig::new(1024, Duration::from_secs(1))?,
+    )?;
+    let retry = RetryLayer::builder(HttpClassify::new())
+        .max_attempts(3)
+        .backoff(Backoff::new(
+            Duration::from_millis(2),
+            2.0,
+            Duration::from_millis(50),
+        ))
+        .deadline(Duration::from_secs(1))
+        .build()?;
+    let service = retry.layer(queue);
+    Ok((BoxCloneService::new(service), Some(retry.metrics().clone())))
+}
+
+/// tower's retry as it is usually written: up to 3 attempts on any error or 5xx, no budget.
+#[derive(Clone)]
+struct NaiveRetry {
+    attempts_left: usize,
+}
+
+impl tower::retry::Policy<Request<Full<Bytes>>, Response<Bytes>, BoxError> for NaiveRetry {
+    type Future = std::future::Ready<()>;
+
+    fn retry(
+        &mut self,
+        _: &mut Request<Full<Bytes>>,
+        result: &mut Result<Response<Bytes>, BoxError>,
+    ) -> Option<Self::Future> {
+        let failed = match result {
+            Ok(response) => response.status().is_server_error(),
+            Err(_) => true,
+        };
+        if failed && self.attempts_left > 0 {
+            self.attempts_left -= 1;
+            Some(std::future::ready(()))
+        } else {
+            None
+        }
     }
 
-    println!("3. no endpoint is ready: waiting requests fail fast after 200 ms");
-    control.set_ready(false);
-    let waited = Instant::now();
-    let error = queue.clone().oneshot(3).await.unwrap_err();
-    println!("   request 3 failed after {:?}: {error}", waited.elapsed());
-    let at_once = Instant::now();
-    let error = queue.clone().oneshot(4).await.unwrap_err();
-    println!(
-        "   request 4, during failfast, failed in {:?}: {error}",
-        at_once.elapsed()
-    );
+    fn clone_request(&mut self, request: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
+        Some(request.clone())
+    }
+}
 
-    println!("4. an endpoint is ready again: the queue leaves failfast on its own");
-    control.set_ready(true);
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let response = queue.clone().oneshot(5).await?;
-    println!("   request 5: {response}");
+// === load ===
 
-    let snapshot = metrics.snapshot();
+struct Stats {
+    latency: Mutex<Histogram<u64>>,
+    ok: AtomicU64,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Self {
+            latency: Mutex::new(
+                Histogram::new(3)
+                    .unwrap_or_else(|_| unreachable!("3 significant figures is valid")),
+            ),
+            ok: AtomicU64::new(0),
+        }
+    }
+}
+
+/// `CALLERS` tasks each sending one request after another for `duration`; progress every
+/// second.
+async fn load(service: &HttpService, stats: &Arc<Stats>, phase: &str, duration: Duration) {
+    let until = Instant::now() + duration;
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|caller| {
+            let service = service.clone();
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                let mut local = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    let request = Request::get(format!("/caller/{caller}/{n}"))
+                        .body(Full::new(Bytes::new()))
+                        .unwrap_or_default();
+                    let started = Instant::now();
+                    let result = service.clone().oneshot(request).await;
+                    let _ = local.record(started.elapsed().as_micros().max(1) as u64);
+                    if result.is_ok_and(|r| r.status().is_success()) {
+                        stats.ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    n += 1;
+                }
+                let _ = stats
+                    .latency
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .add(&local);
+            })
+        })
+        .collect();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let mut callers = futures_util::future::join_all(callers);
+    loop {
+        tokio::select! {
+            _ = &mut callers => break,
+            _ = ticker.tick() => {
+                println!("   {phase}: {} ok so far", stats.ok.load(Ordering::Relaxed));
+            }
+        }
+    }
+}
+
+// === discovery bookkeeping ===
+
+/// When the stack's pool took each discovery event from the stream.
+#[derive(Default)]
+struct AppliedAt(Mutex<Vec<Instant>>);
+
+impl AppliedAt {
+    fn first_after(&self, instant: Instant) -> Option<Instant> {
+        let taken = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        taken.iter().copied().find(|at| *at >= instant)
+    }
+}
+
+/// A stream of discovery events that notes when each was taken.
+struct Recorded {
+    rx: mpsc::UnboundedReceiver<Event>,
+    applied: Arc<AppliedAt>,
+}
+
+impl Recorded {
+    fn new(rx: mpsc::UnboundedReceiver<Event>, applied: Arc<AppliedAt>) -> Self {
+        Self { rx, applied }
+    }
+
+    fn map<T>(
+        self,
+        f: impl FnMut(Event) -> T,
+    ) -> futures_util::stream::Map<Self, impl FnMut(Event) -> T> {
+        futures_util::StreamExt::map(self, f)
+    }
+}
+
+impl Stream for Recorded {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let next = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(_)) = next {
+            self.applied
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Instant::now());
+        }
+        next
+    }
+}
+
+// === report ===
+
+fn print_table(outcomes: &[&Outcome]) {
+    println!();
     println!(
-        "done in {:?}: failfast entered {} / exited {}, dispatched {} (p99 in queue {} µs)",
-        started.elapsed(),
-        snapshot.failfast_entered,
-        snapshot.failfast_exited,
-        snapshot.in_queue.dispatched.len(),
-        snapshot.in_queue.dispatched.value_at_quantile(0.99),
+        "| | {} |",
+        outcomes
+            .iter()
+            .map(|o| o.label)
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
-    Ok(())
+    println!("|---|{}", "---|".repeat(outcomes.len()));
+    let row = |name: &str, cell: &dyn Fn(&Outcome) -> String| {
+        let cells: Vec<String> = outcomes.iter().map(|o| cell(o)).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    };
+    let ms = |v: u64| format!("{:.2} ms", v as f64 / 1000.0);
+    row("requests", &|o| o.requests.to_string());
+    row("p50 latency", &|o| ms(o.latency.value_at_quantile(0.5)));
+    row("p99 latency", &|o| ms(o.latency.value_at_quantile(0.99)));
+    row("p99.9 latency", &|o| ms(o.latency.value_at_quantile(0.999)));
+    row("success rate", &|o| {
+        format!("{:.2} %", 100.0 * o.ok as f64 / o.requests.max(1) as f64)
+    });
+    row("backend calls per request", &|o| {
+        format!("{:.3}", o.backend_calls as f64 / o.requests.max(1) as f64)
+    });
+    row("retries refused by the budget", &|o| match &o.retry {
+        Some(retry) => retry.budget_refusals.to_string(),
+        None => "no budget".into(),
+    });
+    row("requests to the removed backend", &|o| {
+        o.after_removal.to_string()
+    });
+    row(
+        "idle discovery change applied after",
+        &|o| match o.update_applied_after {
+            Some(after) => format!("{after:.1?}"),
+            None => "never".into(),
+        },
+    );
 }

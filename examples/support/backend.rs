@@ -1,0 +1,137 @@
+//! Real HTTP backends on 127.0.0.1 for the examples: each answers with its name after a
+//! delay, can return 503 until a given instant, and counts the requests it gets (also those
+//! that arrive after discovery removed it).
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+use tokio::{net::TcpListener, time::Instant};
+
+/// How a backend behaves.
+#[derive(Clone, Debug)]
+pub(crate) struct Behavior {
+    pub(crate) delay: Duration,
+    /// Answers 503 until this instant.
+    pub(crate) unavailable_until: Option<Instant>,
+}
+
+/// A running backend and what it has seen.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    pub(crate) name: String,
+    pub(crate) addr: SocketAddr,
+    state: Arc<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    name: String,
+    behavior: Mutex<Behavior>,
+    requests: AtomicU64,
+    removed: AtomicBool,
+    after_removal: AtomicU64,
+}
+
+impl Backend {
+    /// Binds 127.0.0.1 on a free port and serves HTTP/1.1 and HTTP/2 until the runtime ends.
+    pub(crate) async fn start(name: &str, behavior: Behavior) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            name: name.to_string(),
+            behavior: Mutex::new(behavior),
+            requests: AtomicU64::new(0),
+            removed: AtomicBool::new(false),
+            after_removal: AtomicU64::new(0),
+        });
+        tokio::spawn(serve(listener, state.clone()));
+        Ok(Self {
+            name: name.to_string(),
+            addr,
+            state,
+        })
+    }
+
+    /// Requests received so far.
+    pub(crate) fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests received after [`Backend::mark_removed`].
+    pub(crate) fn requests_after_removal(&self) -> u64 {
+        self.state.after_removal.load(Ordering::Relaxed)
+    }
+
+    /// Discovery removed this backend: count what still reaches it.
+    pub(crate) fn mark_removed(&self) {
+        self.state.removed.store(true, Ordering::Relaxed);
+    }
+
+    #[allow(dead_code)] // used by some examples only
+    pub(crate) fn set_behavior(&self, behavior: Behavior) {
+        *self
+            .state
+            .behavior
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = behavior;
+    }
+}
+
+async fn serve(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| handle(state.clone(), request));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    if state.removed.load(Ordering::Relaxed) {
+        state.after_removal.fetch_add(1, Ordering::Relaxed);
+    }
+    let behavior = state
+        .behavior
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    tokio::time::sleep(behavior.delay).await;
+    let unavailable = behavior
+        .unavailable_until
+        .is_some_and(|until| Instant::now() < until);
+    let (status, body) = if unavailable {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} unavailable", state.name),
+        )
+    } else {
+        (
+            StatusCode::OK,
+            format!("{} served {}", state.name, request.uri().path()),
+        )
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    Ok(response)
+}

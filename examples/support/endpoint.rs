@@ -1,0 +1,65 @@
+//! An endpoint service over a shared hyper client: sends each request to one backend
+//! address and reads the whole body, so a response is complete when its future is.
+
+use bytes::Bytes;
+use http::{uri::Authority, Request, Response, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+};
+use tower::Service;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub(crate) fn client() -> HttpClient {
+    Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct HttpEndpoint {
+    client: HttpClient,
+    authority: Authority,
+}
+
+impl HttpEndpoint {
+    pub(crate) fn new(client: HttpClient, addr: SocketAddr) -> Self {
+        // A socket address is always a valid authority.
+        let authority = Authority::try_from(addr.to_string())
+            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
+        Self { client, authority }
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for HttpEndpoint {
+    type Response = Response<Bytes>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Bytes>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Service::<Request<Full<Bytes>>>::poll_ready(&mut self.client, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<Full<Bytes>>) -> Self::Future {
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        match Uri::from_parts(parts) {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(error) => return Box::pin(async move { Err(error.into()) }),
+        }
+        let response = self.client.request(request);
+        Box::pin(async move {
+            let (parts, body) = response.await?.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok(Response::from_parts(parts, body))
+        })
+    }
+}
