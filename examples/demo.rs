@@ -15,20 +15,16 @@
 //!
 //! It prints a side-by-side table and writes an SVG plot of both latency distributions.
 
-#[path = "support/backend.rs"]
-mod backend;
-#[path = "support/endpoint.rs"]
-mod endpoint;
-#[path = "support/plot.rs"]
-mod plot;
-
-use backend::{Backend, Behavior};
 use bytes::Bytes;
-use endpoint::{BoxError, HttpClient, HttpEndpoint};
 use futures_util::Stream;
 use hdrhistogram::Histogram;
 use http::{Request, Response};
 use http_body_util::Full;
+use portcullis_examples::{
+    backend::{Backend, Behavior},
+    endpoint::{self, BoxError, HttpClient, HttpEndpoint},
+    plot,
+};
 use portcullis_p2c::P2cPool;
 use portcullis_pool::{PoolQueue, PoolQueueConfig, Update};
 use portcullis_retry::{classify::http::HttpClassify, Backoff, RetryLayer};

@@ -8,8 +8,9 @@ const HEIGHT: f64 = 420.0;
 const MARGIN: f64 = 60.0;
 const COLORS: [&str; 4] = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
 
-/// `series`: (label, histogram of latencies in microseconds).
-pub(crate) fn latency_cdf_svg(title: &str, series: &[(&str, &Histogram<u64>)]) -> String {
+/// An SVG of each series' latency distribution (cumulative), `series` being
+/// (label, histogram of latencies in microseconds).
+pub fn latency_cdf_svg(title: &str, series: &[(&str, &Histogram<u64>)]) -> String {
     let max = series
         .iter()
         .map(|(_, h)| h.max())

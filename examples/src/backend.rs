@@ -20,17 +20,20 @@ use tokio::{net::TcpListener, time::Instant};
 
 /// How a backend behaves.
 #[derive(Clone, Debug)]
-pub(crate) struct Behavior {
-    pub(crate) delay: Duration,
+pub struct Behavior {
+    /// How long it takes to answer.
+    pub delay: Duration,
     /// Answers 503 until this instant.
-    pub(crate) unavailable_until: Option<Instant>,
+    pub unavailable_until: Option<Instant>,
 }
 
 /// A running backend and what it has seen.
 #[derive(Debug)]
-pub(crate) struct Backend {
-    pub(crate) name: String,
-    pub(crate) addr: SocketAddr,
+pub struct Backend {
+    /// Its name, which it puts in every answer.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
     state: Arc<State>,
 }
 
@@ -45,7 +48,7 @@ struct State {
 
 impl Backend {
     /// Binds 127.0.0.1 on a free port and serves HTTP/1.1 and HTTP/2 until the runtime ends.
-    pub(crate) async fn start(name: &str, behavior: Behavior) -> std::io::Result<Self> {
+    pub async fn start(name: &str, behavior: Behavior) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
@@ -64,22 +67,22 @@ impl Backend {
     }
 
     /// Requests received so far.
-    pub(crate) fn requests(&self) -> u64 {
+    pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
     }
 
     /// Requests received after [`Backend::mark_removed`].
-    pub(crate) fn requests_after_removal(&self) -> u64 {
+    pub fn requests_after_removal(&self) -> u64 {
         self.state.after_removal.load(Ordering::Relaxed)
     }
 
     /// Discovery removed this backend: count what still reaches it.
-    pub(crate) fn mark_removed(&self) {
+    pub fn mark_removed(&self) {
         self.state.removed.store(true, Ordering::Relaxed);
     }
 
-    #[allow(dead_code)] // used by some examples only
-    pub(crate) fn set_behavior(&self, behavior: Behavior) {
+    /// Changes how it behaves from now on.
+    pub fn set_behavior(&self, behavior: Behavior) {
         *self
             .state
             .behavior

@@ -13,21 +13,26 @@ use std::{
 };
 use tower::Service;
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// The boxed error type of tower stacks.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A plain-HTTP hyper client (HTTP/1.1 and HTTP/2, pooled connections).
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-pub(crate) fn client() -> HttpClient {
+/// A new client; clone it to share its connection pool.
+pub fn client() -> HttpClient {
     Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
 
+/// One backend as a `Service`: requests go to its address, responses come back whole.
 #[derive(Clone, Debug)]
-pub(crate) struct HttpEndpoint {
+pub struct HttpEndpoint {
     client: HttpClient,
     authority: Authority,
 }
 
 impl HttpEndpoint {
-    pub(crate) fn new(client: HttpClient, addr: SocketAddr) -> Self {
+    /// An endpoint for the backend at `addr`, over `client`'s connection pool.
+    pub fn new(client: HttpClient, addr: SocketAddr) -> Self {
         // A socket address is always a valid authority.
         let authority = Authority::try_from(addr.to_string())
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));

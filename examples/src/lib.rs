@@ -1,0 +1,8 @@
+//! Shared pieces of the runnable examples: real HTTP backends on 127.0.0.1, an HTTP endpoint
+//! service over a shared hyper client, and a small SVG latency plot. The examples' integration
+//! tests use them too.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod endpoint;
+pub mod plot;
