@@ -101,6 +101,8 @@ struct State {
     hang: bool,
     calls: u64,
     in_flight: usize,
+    /// Endpoint instances (and clones) not yet dropped.
+    alive: usize,
     waiters: Vec<Waker>,
 }
 
@@ -121,6 +123,7 @@ impl SimControl {
         &self,
         respond: impl Fn(Req) -> Rsp + Send + Sync + 'static,
     ) -> SimEndpoint<Req, Rsp> {
+        self.shared.lock().alive += 1;
         SimEndpoint {
             shared: self.shared.clone(),
             respond: Arc::new(respond),
@@ -180,6 +183,12 @@ impl SimControl {
         self.shared.lock().in_flight
     }
 
+    /// Endpoints of this replica (and their clones) that have not been dropped: 0 once a
+    /// balancer has let go of every endpoint it built for the replica.
+    pub fn alive(&self) -> usize {
+        self.shared.lock().alive
+    }
+
     /// Whether `poll_ready` would say ready now.
     pub fn is_ready(&self) -> bool {
         let state = self.shared.lock();
@@ -206,6 +215,7 @@ impl Default for State {
             hang: false,
             calls: 0,
             in_flight: 0,
+            alive: 0,
             waiters: Vec::new(),
         }
     }
@@ -221,8 +231,16 @@ impl State {
 
 // === impl SimEndpoint ===
 
+impl<Req, Rsp> Drop for SimEndpoint<Req, Rsp> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.alive = state.alive.saturating_sub(1);
+    }
+}
+
 impl<Req, Rsp> Clone for SimEndpoint<Req, Rsp> {
     fn clone(&self) -> Self {
+        self.shared.lock().alive += 1;
         Self {
             shared: self.shared.clone(),
             respond: self.respond.clone(),
