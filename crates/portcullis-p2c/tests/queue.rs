@@ -21,10 +21,7 @@ fn replicas(names: &[&'static str]) -> Replicas {
 /// answering with its name; the target is a version number, so a changed target rebuilds.
 fn queue(
     replicas: &Replicas,
-) -> (
-    PoolQueue<&'static str, impl Future<Output = Result<&'static str, BoxError>> + Send + 'static>,
-    discovery::DiscoverySender<&'static str, u32>,
-) {
+) -> Stack<impl Future<Output = Result<&'static str, BoxError>> + Send + 'static> {
     let controls = replicas.clone();
     let maker = make::pending_requests(move |key: &&'static str, _version: &u32| {
         controls
@@ -35,7 +32,15 @@ fn queue(
     let pool = P2cPool::with_seed(maker, 7);
     let (updates, stream) = discovery::channel();
     let config = PoolQueueConfig::new(16, Duration::from_secs(1)).unwrap();
-    (PoolQueue::new(pool, stream, config).unwrap(), updates)
+    Stack {
+        queue: PoolQueue::new(pool, stream, config).unwrap(),
+        updates,
+    }
+}
+
+struct Stack<F> {
+    queue: PoolQueue<&'static str, F>,
+    updates: discovery::DiscoverySender<&'static str, u32>,
 }
 
 /// Lets the worker run until it is idle. On the paused clock, a sleep only completes once
@@ -49,7 +54,7 @@ async fn endpoints_added_while_idle_are_ready_before_the_first_request() {
     let replicas = replicas(&["a"]);
     let a = &replicas["a"];
     a.set_ready(false); // still connecting
-    let (queue, updates) = queue(&replicas);
+    let Stack { queue, updates } = queue(&replicas);
 
     updates.send(Update::Add(vec![("a", 1)]));
     settle().await;
@@ -77,7 +82,7 @@ async fn endpoints_added_while_idle_are_ready_before_the_first_request() {
 #[tokio::test(start_paused = true)]
 async fn endpoints_removed_while_idle_are_dropped_and_never_called() {
     let replicas = replicas(&["a", "b"]);
-    let (queue, updates) = queue(&replicas);
+    let Stack { queue, updates } = queue(&replicas);
     updates.send(Update::Reset(vec![("a", 1), ("b", 1)]));
     settle().await;
     assert!(replicas["a"].alive() > 0 && replicas["b"].alive() > 0);
@@ -101,7 +106,7 @@ async fn endpoints_removed_while_idle_are_dropped_and_never_called() {
 #[tokio::test(start_paused = true)]
 async fn a_changed_target_is_rebuilt_while_idle() {
     let replicas = replicas(&["a"]);
-    let (queue, updates) = queue(&replicas);
+    let Stack { queue, updates } = queue(&replicas);
     updates.add("a", 1);
     settle().await;
     let before = replicas["a"].alive();
