@@ -1,0 +1,178 @@
+//! Pieces every comparison uses: a trivial endpoint, the load driver, histograms, the
+//! summary table and the process's memory.
+
+use hdrhistogram::Histogram;
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::{ready, Ready};
+use std::hint::black_box;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tower::{Service, ServiceExt};
+
+/// How big a run is: `--quick` shrinks every comparison.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Config {
+    pub(crate) quick: bool,
+}
+
+impl Config {
+    /// `full` in a default run, `quick` with `--quick`.
+    pub(crate) fn pick<T>(&self, full: T, quick: T) -> T {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+}
+
+// === impl Echo ===
+
+/// The trivial endpoint: always ready, answers at once with the request.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Echo;
+
+impl Service<u64> for Echo {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u64) -> Self::Future {
+        ready(Ok(request))
+    }
+}
+
+// === histograms ===
+
+/// A histogram of nanoseconds, up to 10 minutes, 3 significant figures.
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("constant bounds are valid")
+}
+
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A duration in nanoseconds, printed with a unit that fits.
+pub(crate) fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.1} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+pub(crate) fn quantile_ns(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64
+}
+
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+// === the load driver ===
+
+/// What one run of [`drive`] measured.
+#[derive(Debug)]
+pub(crate) struct Sample {
+    /// Wall time over requests: the cost per request at this concurrency.
+    pub(crate) ns_per_request: f64,
+    /// Each request's latency, ready-then-call-then-response.
+    pub(crate) latency: Histogram<u64>,
+}
+
+/// Runs `total` requests through `svc` from `callers` concurrent tasks spawned on the current
+/// runtime, each doing ready, call and await in a loop.
+pub(crate) async fn drive<S>(svc: S, callers: usize, total: u64) -> Sample
+where
+    S: Service<u64> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Response: Send,
+    S::Error: Debug,
+{
+    let per_caller = total / callers as u64;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let mut svc = svc.clone();
+            tokio::spawn(async move {
+                let mut latency = histogram();
+                for i in 0..per_caller {
+                    let begin = Instant::now();
+                    let response = svc
+                        .ready()
+                        .await
+                        .expect("the service is ready")
+                        .call(i)
+                        .await
+                        .expect("a trivial endpoint answers");
+                    black_box(response);
+                    latency.saturating_record(nanos(begin.elapsed()));
+                }
+                latency
+            })
+        })
+        .collect();
+    let mut latency = histogram();
+    for task in tasks {
+        latency
+            .add(task.await.expect("caller task"))
+            .expect("same bounds");
+    }
+    Sample {
+        ns_per_request: start.elapsed().as_nanos() as f64 / (per_caller * callers as u64) as f64,
+        latency,
+    }
+}
+
+// === summary table ===
+
+/// One line of the summary table.
+#[derive(Debug)]
+pub(crate) struct Row {
+    pub(crate) item: &'static str,
+    pub(crate) what: String,
+    pub(crate) portcullis: String,
+    pub(crate) baseline: String,
+    pub(crate) ratio: String,
+    pub(crate) target: String,
+    pub(crate) met: Option<bool>,
+}
+
+impl Row {
+    pub(crate) fn markdown(&self) -> String {
+        let verdict = match self.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "-",
+        };
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            self.item, self.what, self.portcullis, self.baseline, self.ratio, self.target, verdict
+        )
+    }
+}
+
+// === memory ===
+
+/// The process's resident set, from `/proc/self/statm` (0 where there is no procfs).
+pub(crate) fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+pub(crate) fn fmt_mib(bytes: f64) -> String {
+    format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
+}

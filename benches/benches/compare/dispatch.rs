@@ -1,0 +1,155 @@
+//! Item 1: the cost of a dispatch. `PoolQueue` + `P2cPool` over ten trivial endpoints against
+//! tower's `Buffer` + p2c `Balance` over the same ten, and a bare tower `Buffer` over one.
+
+use crate::common::{drive, fmt_ns, histogram, median, quantile_ns, Config, Echo, Row, Sample};
+use futures_util::{stream, StreamExt};
+use hdrhistogram::Histogram;
+use portcullis_p2c::{make, P2cPool};
+use portcullis_pool::{PoolQueue, PoolQueueConfig, Update};
+use std::convert::Infallible;
+use std::time::Duration;
+use tower::balance::p2c::Balance;
+use tower::buffer::Buffer;
+use tower::discover::ServiceList;
+use tower::load::{CompleteOnResponse, PendingRequests};
+use tower::BoxError;
+
+const ENDPOINTS: usize = 10;
+/// Room for every caller: neither queue ever holds a caller back for capacity.
+const CAPACITY: usize = 1024;
+
+struct Stack {
+    name: &'static str,
+    by_callers: Vec<(usize, Vec<f64>, Histogram<u64>)>,
+}
+
+impl Stack {
+    fn new(name: &'static str, callers: &[usize]) -> Self {
+        Self {
+            name,
+            by_callers: callers
+                .iter()
+                .map(|&c| (c, Vec::new(), histogram()))
+                .collect(),
+        }
+    }
+
+    fn record(&mut self, callers: usize, sample: Sample) {
+        let entry = self
+            .by_callers
+            .iter_mut()
+            .find(|(c, ..)| *c == callers)
+            .expect("a known caller count");
+        entry.1.push(sample.ns_per_request);
+        entry.2.add(sample.latency).expect("same bounds");
+    }
+
+    fn ns(&self, callers: usize) -> f64 {
+        let entry = self.by_callers.iter().find(|(c, ..)| *c == callers);
+        median(entry.expect("a known caller count").1.clone())
+    }
+
+    fn latency(&self, callers: usize) -> &Histogram<u64> {
+        let entry = self.by_callers.iter().find(|(c, ..)| *c == callers);
+        &entry.expect("a known caller count").2
+    }
+}
+
+pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<Row>) {
+    let callers = [1usize, 64];
+    let rounds = config.pick(5, 3);
+    let totals = |c: usize| -> u64 {
+        if c == 1 {
+            config.pick(60_000, 20_000)
+        } else {
+            config.pick(256_000, 64_000)
+        }
+    };
+
+    let stacks = rt.block_on(async {
+        let bare = Buffer::new(Echo, CAPACITY);
+
+        let endpoints: Vec<_> = (0..ENDPOINTS)
+            .map(|_| PendingRequests::new(Echo, CompleteOnResponse::default()))
+            .collect();
+        let balance: Buffer<u64, _> =
+            Buffer::new(Balance::new(ServiceList::new(endpoints)), CAPACITY);
+
+        let pool = P2cPool::with_seed(make::pending_requests(|_: &usize, _: &()| Echo), 7);
+        let reset = Update::Reset((0..ENDPOINTS).map(|k| (k, ())).collect());
+        // One reset, then a discovery that stays open and quiet.
+        let discovery = stream::iter([Ok::<_, Infallible>(reset)]).chain(stream::pending());
+        let queue_config = PoolQueueConfig::new(CAPACITY, Duration::from_secs(3)).expect("valid");
+        let queue = PoolQueue::new(pool, discovery, queue_config).expect("inside a runtime");
+
+        let mut stacks = [
+            Stack::new("tower Buffer (1 endpoint)", &callers),
+            Stack::new("tower Buffer + p2c Balance", &callers),
+            Stack::new("PoolQueue + P2cPool", &callers),
+        ];
+        // Warm-up: the workers spawned, endpoints ready, allocator warm.
+        drive(bare.clone(), 64, 20_000).await;
+        drive(balance.clone(), 64, 20_000).await;
+        drive(queue.clone(), 64, 20_000).await;
+        for _ in 0..rounds {
+            for &c in &callers {
+                // Interleaved, so a burst of load from elsewhere on the machine hits all three.
+                stacks[0].record(c, drive(bare.clone(), c, totals(c)).await);
+                stacks[1].record(c, drive(balance.clone(), c, totals(c)).await);
+                stacks[2].record(c, drive(queue.clone(), c, totals(c)).await);
+            }
+        }
+        Ok::<_, BoxError>(stacks)
+    });
+    let stacks = stacks.expect("dispatch comparison");
+
+    println!("\n### 1. Dispatch cost (2-worker multi-thread runtime, {ENDPOINTS} trivial endpoints, median of {rounds} rounds)\n");
+    println!("| stack | callers | ns/request | requests/s | p50 | p99 | p99.9 | × bare Buffer |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for &c in &callers {
+        let bare = stacks[0].ns(c);
+        for stack in &stacks {
+            let ns = stack.ns(c);
+            let h = stack.latency(c);
+            println!(
+                "| {} | {c} | {ns:.0} | {:.0} | {} | {} | {} | {:.2} |",
+                stack.name,
+                1e9 / ns,
+                fmt_ns(quantile_ns(h, 0.5)),
+                fmt_ns(quantile_ns(h, 0.99)),
+                fmt_ns(quantile_ns(h, 0.999)),
+                ns / bare
+            );
+        }
+    }
+
+    let [bare, balance, ours] = &stacks;
+    for &c in &callers {
+        let ours_ratio = ours.ns(c) / bare.ns(c);
+        let tower_ratio = balance.ns(c) / bare.ns(c);
+        let limit = if c == 1 { 1.05 } else { 1.2 };
+        rows.push(Row {
+            item: "1",
+            what: format!("dispatch cost, {c} caller(s), × bare Buffer"),
+            portcullis: format!("{:.0} ns ({ours_ratio:.2}×)", ours.ns(c)),
+            baseline: format!(
+                "Buffer+Balance {:.0} ns ({tower_ratio:.2}×); bare {:.0} ns",
+                balance.ns(c),
+                bare.ns(c)
+            ),
+            ratio: format!("{ours_ratio:.2}"),
+            target: format!("≤ {limit}"),
+            met: Some(ours_ratio <= limit),
+        });
+    }
+    let speedup = balance.ns(64) / ours.ns(64);
+    rows.push(Row {
+        item: "1",
+        what: "throughput at 64 callers, × tower Buffer+Balance".into(),
+        portcullis: format!("{:.0} req/s", 1e9 / ours.ns(64)),
+        baseline: format!("{:.0} req/s", 1e9 / balance.ns(64)),
+        ratio: format!("{speedup:.2}"),
+        target: "≥ 1.5".into(),
+        met: Some(speedup >= 1.5),
+    });
+}

@@ -1,0 +1,67 @@
+//! `compare`: the five comparisons of portcullis against tower's own middleware (and the
+//! naive alternatives), run in one process, printed as markdown tables with one summary
+//! table of ratios at the end. Also writes the SVG plots into `docs/plots/`.
+//!
+//! ```text
+//! cargo bench -p portcullis-benches --bench compare            # the default run
+//! cargo bench -p portcullis-benches --bench compare -- --quick # smaller, for a quick look
+//! ```
+//!
+//! Absolute times depend on the machine; the ratios between stacks measured in the same run
+//! are what the design's targets are about.
+
+mod common;
+mod discovery;
+mod dispatch;
+mod fanout;
+mod retry;
+mod svg;
+mod tail;
+
+use common::{Config, Row};
+use std::time::Instant;
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn main() {
+    let config = Config {
+        quick: std::env::args().any(|a| a == "--quick"),
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "# portcullis vs tower ({} run)\n\n{cores} cores available, {}; tokio multi-thread runtime with 2 workers where a runtime is shared.",
+        if config.quick { "quick" } else { "default" },
+        cpu_model()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let started = Instant::now();
+    let mut rows: Vec<Row> = Vec::new();
+    dispatch::run(&rt, &config, &mut rows);
+    discovery::run(&rt, &config, &mut rows);
+    tail::run(&config, &mut rows);
+    fanout::run(&rt, &config, &mut rows);
+    retry::run(&rt, &config, &mut rows);
+
+    println!("\n## Summary (ratios within this run)\n");
+    println!("| # | measurement | portcullis | baseline | ratio | target | verdict |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for row in &rows {
+        println!("{}", row.markdown());
+    }
+    println!("\ntotal time {:.1} s", started.elapsed().as_secs_f64());
+}

@@ -1,0 +1,291 @@
+//! Item 5: retry. The cost per request at 64 concurrent callers against tower's `Retry` +
+//! `TpsBudget`, and the calls each logical request makes during a total outage and during 10%
+//! transient failures, against a naive 3-attempt retry and tower's budget.
+
+use crate::common::{drive, median, Config, Echo, Row};
+use crate::svg;
+use portcullis_retry::classify::predicate;
+use portcullis_retry::{Budget, RetryLayer};
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::retry::budget::{Budget as _, TpsBudget};
+use tower::retry::{Policy, Retry};
+use tower::{BoxError, Layer, Service, ServiceExt};
+
+const ATTEMPTS: u32 = 3;
+const RATIO: f32 = 0.2;
+const MIN_PER_SEC: u32 = 10;
+const TTL: Duration = Duration::from_secs(10);
+
+/// tower's retry with its budget, configured like ours: every first attempt deposits, every
+/// retry withdraws, at most [`ATTEMPTS`] attempts. tower clones the policy per request, so the
+/// attempt count is per request.
+#[derive(Clone)]
+struct TowerPolicy {
+    budget: Arc<TpsBudget>,
+    attempts: u32,
+}
+
+impl TowerPolicy {
+    fn new(budget: TpsBudget) -> Self {
+        Self {
+            budget: Arc::new(budget),
+            attempts: 0,
+        }
+    }
+}
+
+impl<Res, E> Policy<u64, Res, E> for TowerPolicy {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _: &mut u64, result: &mut Result<Res, E>) -> Option<Ready<()>> {
+        self.attempts += 1;
+        if self.attempts == 1 {
+            self.budget.deposit();
+        }
+        match result {
+            Ok(_) => None,
+            Err(_) if self.attempts < ATTEMPTS && self.budget.withdraw() => Some(ready(())),
+            Err(_) => None,
+        }
+    }
+
+    fn clone_request(&mut self, request: &u64) -> Option<u64> {
+        Some(*request)
+    }
+}
+
+fn transient_errors(result: Result<&u64, &BoxError>) -> bool {
+    result.is_err()
+}
+
+// === cost ===
+
+fn cost(rt: &tokio::runtime::Runtime, config: &Config) -> [f64; 3] {
+    let total: u64 = config.pick(512_000, 128_000);
+    let rounds = config.pick(5, 3);
+    rt.block_on(async {
+        let ours = RetryLayer::builder(predicate(|r: Result<&u64, &Infallible>| r.is_err()))
+            .build()
+            .expect("valid")
+            .layer(Echo);
+        let tower = Retry::new(
+            TowerPolicy::new(TpsBudget::new(TTL, MIN_PER_SEC, RATIO)),
+            Echo,
+        );
+        let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+        drive(ours.clone(), 64, 50_000).await;
+        drive(tower.clone(), 64, 50_000).await;
+        for _ in 0..rounds {
+            samples[0].push(drive(Echo, 64, total).await.ns_per_request);
+            samples[1].push(drive(ours.clone(), 64, total).await.ns_per_request);
+            samples[2].push(drive(tower.clone(), 64, total).await.ns_per_request);
+        }
+        samples.map(median)
+    })
+}
+
+// === amplification ===
+
+/// An endpoint that fails every call, or a deterministic pseudo-random 10% of them.
+#[derive(Clone)]
+struct Flaky {
+    calls: Arc<AtomicU64>,
+    outage: bool,
+}
+
+impl Service<u64> for Flaky {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = Ready<Result<u64, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u64) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        let fails = self.outage || splitmix64(n) % 10 == 0;
+        ready(if fails {
+            Err("unavailable".into())
+        } else {
+            Ok(request)
+        })
+    }
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retrier {
+    Naive,
+    Tower,
+    Ours,
+}
+
+/// (calls per logical request, share of logical requests that succeeded)
+fn amplification(retrier: Retrier, outage: bool, reserve: bool, requests: u64) -> (f64, f64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    let calls = Arc::new(AtomicU64::new(0));
+    let endpoint = Flaky {
+        calls: calls.clone(),
+        outage,
+    };
+    let min_per_sec = if reserve { MIN_PER_SEC } else { 0 };
+    let succeeded = rt.block_on(async move {
+        let ours = RetryLayer::builder(predicate(transient_errors))
+            .budget(
+                Budget::builder()
+                    .ratio(f64::from(RATIO))
+                    .min_per_sec(min_per_sec)
+                    .ttl(TTL)
+                    .build()
+                    .expect("valid"),
+            )
+            .max_attempts(ATTEMPTS)
+            .build()
+            .expect("valid")
+            .layer(endpoint.clone());
+        let tower = Retry::new(
+            TowerPolicy::new(TpsBudget::new(TTL, min_per_sec, RATIO)),
+            endpoint.clone(),
+        );
+        // One logical request a millisecond: `requests` ms of simulated time.
+        let mut ticks = tokio::time::interval(Duration::from_millis(1));
+        let mut tasks = Vec::with_capacity(requests as usize);
+        for i in 0..requests {
+            ticks.tick().await;
+            tasks.push(match retrier {
+                Retrier::Naive => {
+                    let endpoint = endpoint.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..ATTEMPTS {
+                            if endpoint.clone().oneshot(i).await.is_ok() {
+                                return true;
+                            }
+                        }
+                        false
+                    })
+                }
+                Retrier::Tower => {
+                    let svc = tower.clone();
+                    tokio::spawn(async move { svc.oneshot(i).await.is_ok() })
+                }
+                Retrier::Ours => {
+                    let svc = ours.clone();
+                    tokio::spawn(async move { svc.oneshot(i).await.is_ok() })
+                }
+            });
+        }
+        let mut succeeded = 0u64;
+        for task in tasks {
+            succeeded += u64::from(task.await.expect("request task"));
+        }
+        succeeded
+    });
+    let calls = calls.load(Ordering::Relaxed) as f64;
+    (calls / requests as f64, succeeded as f64 / requests as f64)
+}
+
+pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<Row>) {
+    let [bare, ours, tower] = cost(rt, config);
+    println!("\n### 5. Retry\n");
+    println!("Cost per request, 64 concurrent callers, trivial endpoint that always succeeds (median):\n");
+    println!("| stack | ns/request | overhead over the bare endpoint |");
+    println!("| --- | --- | --- |");
+    println!("| bare endpoint | {bare:.1} | - |");
+    println!(
+        "| portcullis Retry + Budget | {ours:.1} | {:.1} |",
+        ours - bare
+    );
+    println!(
+        "| tower Retry + TpsBudget | {tower:.1} | {:.1} |",
+        tower - bare
+    );
+    let ratio = ours / tower;
+    rows.push(Row {
+        item: "5",
+        what: "retry cost per request, 64 callers, × tower Retry+TpsBudget".into(),
+        portcullis: format!("{ours:.0} ns (overhead {:.0} ns)", ours - bare),
+        baseline: format!("{tower:.0} ns (overhead {:.0} ns)", tower - bare),
+        ratio: format!(
+            "{ratio:.2} (overhead {:.2})",
+            (ours - bare) / (tower - bare)
+        ),
+        target: "≤ 0.5".into(),
+        met: Some(ratio <= 0.5),
+    });
+
+    let requests: u64 = config.pick(20_000, 10_000);
+    let scenarios = [
+        ("total outage", true, true),
+        ("total outage, no reserve", true, false),
+        ("10% transient", false, true),
+    ];
+    let retriers = [
+        (Retrier::Naive, "naive 3 attempts"),
+        (Retrier::Tower, "tower Retry + TpsBudget"),
+        (Retrier::Ours, "portcullis Retry + Budget"),
+    ];
+    println!(
+        "\nCalls per logical request, one logical request per ms for {requests} ms (paused time), 3 attempts, ratio {RATIO}, reserve {MIN_PER_SEC}/s, ttl {} s:\n",
+        TTL.as_secs()
+    );
+    println!("| scenario | retrier | calls per request | succeeded |");
+    println!("| --- | --- | --- | --- |");
+    let mut values = vec![Vec::new(); retriers.len()];
+    for (name, outage, reserve) in scenarios {
+        for (ri, (retrier, rname)) in retriers.iter().enumerate() {
+            let (per_request, success) = amplification(*retrier, outage, reserve, requests);
+            println!(
+                "| {name} | {rname} | {per_request:.3} | {:.2}% |",
+                success * 100.0
+            );
+            values[ri].push(per_request);
+            if *retrier == Retrier::Ours && outage {
+                let bound = 1.0 + f64::from(RATIO);
+                let reserve_share = if reserve {
+                    f64::from(MIN_PER_SEC) * (requests as f64 / 1000.0 + 1.0) / requests as f64
+                } else {
+                    0.0
+                };
+                rows.push(Row {
+                    item: "5",
+                    what: format!("calls per request, {name}"),
+                    portcullis: format!("{per_request:.3}"),
+                    baseline: format!(
+                        "naive {:.3}; tower {:.3}",
+                        values[0].last().copied().unwrap_or_default(),
+                        values[1].last().copied().unwrap_or_default()
+                    ),
+                    ratio: "-".into(),
+                    target: if reserve {
+                        format!("≤ {bound:.2} (+ reserve {reserve_share:.3})")
+                    } else {
+                        format!("≤ {bound:.2}")
+                    },
+                    met: Some(per_request <= bound + reserve_share + 1e-9),
+                });
+            }
+        }
+    }
+    let groups: Vec<&str> = scenarios.iter().map(|s| s.0).collect();
+    let names: Vec<&str> = retriers.iter().map(|r| r.1).collect();
+    svg::write(
+        "retry-amplification.svg",
+        &svg::bar_chart("Calls per logical request", &groups, &names, &values),
+    );
+}

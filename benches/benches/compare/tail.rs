@@ -1,0 +1,407 @@
+//! Item 3: tail latency with one slow endpoint, and with one endpoint that starts failing.
+//! Ten simulated endpoints in tokio's paused time, so every figure is deterministic.
+
+use crate::common::{fmt_ns, histogram, nanos, quantile_ns, Config, Row};
+use crate::svg::{self, Series};
+use hdrhistogram::Histogram;
+use portcullis_p2c::make::{self, DEFAULT_DECAY, DEFAULT_RTT};
+use portcullis_p2c::P2cPool;
+use portcullis_pool::{Pool, Update};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::balance::p2c::Balance;
+use tower::discover::ServiceList;
+use tower::load::{CompleteOnResponse, PeakEwma};
+use tower::{BoxError, Service, ServiceExt};
+
+const ENDPOINTS: usize = 10;
+const BASE_LATENCY: Duration = Duration::from_millis(10);
+/// One request every `ARRIVAL`: about one request in flight per endpoint.
+const ARRIVAL: Duration = Duration::from_millis(1);
+
+/// How the simulated endpoints behave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    Healthy,
+    /// Endpoint 0 is ten times slower than the others.
+    OneSlow,
+    /// Endpoint 0 starts answering every request with a fast error a quarter into the run.
+    OneFailing,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Healthy => "all healthy",
+            Scenario::OneSlow => "one 10× slower",
+            Scenario::OneFailing => "one failing",
+        }
+    }
+}
+
+/// What discovery says about one simulated endpoint.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Profile {
+    latency: Duration,
+    /// From when (after the run's start) its calls fail after 1 ms.
+    fail_after: Option<Duration>,
+}
+
+fn profiles(scenario: Scenario, run: Duration) -> Vec<Profile> {
+    (0..ENDPOINTS)
+        .map(|i| Profile {
+            latency: if i == 0 && scenario == Scenario::OneSlow {
+                BASE_LATENCY * 10
+            } else {
+                BASE_LATENCY
+            },
+            fail_after: (i == 0 && scenario == Scenario::OneFailing).then_some(run / 4),
+        })
+        .collect()
+}
+
+/// A simulated endpoint: answers after its latency ±20%, or fails fast once its time comes.
+struct Sim {
+    latency: Duration,
+    fail_from: Option<Instant>,
+    rng: SmallRng,
+}
+
+type SimFuture = Pin<Box<dyn Future<Output = Result<u64, BoxError>> + Send>>;
+
+impl Sim {
+    fn new(key: usize, profile: &Profile, origin: Instant) -> Self {
+        Self {
+            latency: profile.latency,
+            fail_from: profile.fail_after.map(|d| origin + d),
+            rng: SmallRng::seed_from_u64(key as u64 + 1),
+        }
+    }
+}
+
+impl Service<u64> for Sim {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = SimFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u64) -> SimFuture {
+        if self.fail_from.is_some_and(|t| Instant::now() >= t) {
+            return Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                Err::<u64, BoxError>("endpoint failing".into())
+            });
+        }
+        let delay = self.latency.mul_f64(self.rng.gen_range(0.8..1.2));
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Ok(request)
+        })
+    }
+}
+
+// === the tiny balancers ===
+
+struct RoundRobin {
+    endpoints: Vec<Sim>,
+    next: usize,
+}
+
+impl Service<u64> for RoundRobin {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = SimFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.endpoints[self.next].poll_ready(cx)
+    }
+
+    fn call(&mut self, request: u64) -> SimFuture {
+        let future = self.endpoints[self.next].call(request);
+        self.next = (self.next + 1) % self.endpoints.len();
+        future
+    }
+}
+
+struct Random {
+    endpoints: Vec<Sim>,
+    rng: SmallRng,
+    chosen: Option<usize>,
+}
+
+impl Service<u64> for Random {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = SimFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        let chosen = *self
+            .chosen
+            .get_or_insert_with(|| self.rng.gen_range(0..self.endpoints.len()));
+        self.endpoints[chosen].poll_ready(cx)
+    }
+
+    fn call(&mut self, request: u64) -> SimFuture {
+        let chosen = self.chosen.take().expect("polled ready first");
+        self.endpoints[chosen].call(request)
+    }
+}
+
+/// tower's p2c, seeded like ours.
+struct SeededRng(SmallRng);
+
+impl tower::util::rng::Rng for SeededRng {
+    fn next_u64(&mut self) -> u64 {
+        self.0.gen()
+    }
+}
+
+// === the driver ===
+
+/// Latencies of successful requests, and how many failed.
+struct Outcome {
+    latency: Histogram<u64>,
+    errors: u64,
+    total: u64,
+}
+
+/// One request every [`ARRIVAL`]; latency counts from the request's scheduled arrival, so
+/// waiting for a ready endpoint is included.
+async fn drive<S>(mut svc: S, requests: u64) -> Outcome
+where
+    S: Service<u64>,
+    S::Future: Send + 'static,
+    S::Response: Send,
+    S::Error: Into<BoxError> + Send,
+{
+    let mut ticks = tokio::time::interval(ARRIVAL);
+    let mut calls = Vec::with_capacity(requests as usize);
+    for i in 0..requests {
+        let arrival = ticks.tick().await;
+        let ready = svc.ready().await;
+        let future = ready
+            .map_err(Into::<BoxError>::into)
+            .expect("balancer ready")
+            .call(i);
+        calls.push(tokio::spawn(async move {
+            let result = future.await;
+            (arrival.elapsed(), result.is_ok())
+        }));
+    }
+    let mut outcome = Outcome {
+        latency: histogram(),
+        errors: 0,
+        total: requests,
+    };
+    for call in calls {
+        let (latency, ok) = call.await.expect("call task");
+        if ok {
+            outcome.latency.saturating_record(nanos(latency));
+        } else {
+            outcome.errors += 1;
+        }
+    }
+    outcome
+}
+
+const BALANCERS: [&str; 5] = [
+    "P2cPool + PeakEwma",
+    "P2cPool + PendingRequests",
+    "tower p2c Balance + PeakEwma",
+    "round robin",
+    "random",
+];
+
+fn simulate(balancer: usize, scenario: Scenario, requests: u64) -> Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    let run = ARRIVAL * requests as u32;
+    let profiles = profiles(scenario, run);
+    rt.block_on(async move {
+        let origin = Instant::now();
+        let reset = Update::Reset(profiles.iter().copied().enumerate().collect());
+        let sims = || -> Vec<Sim> {
+            profiles
+                .iter()
+                .enumerate()
+                .map(|(k, p)| Sim::new(k, p, origin))
+                .collect()
+        };
+        let maker = move |k: &usize, p: &Profile| Sim::new(*k, p, origin);
+        match balancer {
+            0 => {
+                let mut pool = P2cPool::with_seed(make::peak_ewma(maker), 42);
+                pool.update_pool(reset);
+                drive(pool, requests).await
+            }
+            1 => {
+                let mut pool = P2cPool::with_seed(make::pending_requests(maker), 42);
+                pool.update_pool(reset);
+                drive(pool, requests).await
+            }
+            2 => {
+                let endpoints: Vec<_> = sims()
+                    .into_iter()
+                    .map(|s| {
+                        PeakEwma::new(
+                            s,
+                            DEFAULT_RTT,
+                            DEFAULT_DECAY.as_nanos() as f64,
+                            CompleteOnResponse::default(),
+                        )
+                    })
+                    .collect();
+                let balance = Balance::from_rng(
+                    ServiceList::new(endpoints),
+                    SeededRng(SmallRng::seed_from_u64(42)),
+                );
+                drive(balance, requests).await
+            }
+            3 => {
+                let rr = RoundRobin {
+                    endpoints: sims(),
+                    next: 0,
+                };
+                drive(rr, requests).await
+            }
+            _ => {
+                let random = Random {
+                    endpoints: sims(),
+                    rng: SmallRng::seed_from_u64(42),
+                    chosen: None,
+                };
+                drive(random, requests).await
+            }
+        }
+    })
+}
+
+pub(crate) fn run(config: &Config, rows: &mut Vec<Row>) {
+    let requests: u64 = config.pick(30_000, 10_000);
+    let scenarios = [Scenario::Healthy, Scenario::OneSlow, Scenario::OneFailing];
+    // results[scenario][balancer]
+    let results: Vec<Vec<Outcome>> = scenarios
+        .iter()
+        .map(|&s| {
+            (0..BALANCERS.len())
+                .map(|b| simulate(b, s, requests))
+                .collect()
+        })
+        .collect();
+
+    println!(
+        "\n### 3. Tail latency, {ENDPOINTS} simulated endpoints ({} ±20%), one request every {} for {} requests, paused time\n",
+        fmt_ns(BASE_LATENCY.as_nanos() as f64),
+        fmt_ns(ARRIVAL.as_nanos() as f64),
+        requests
+    );
+    println!(
+        "| scenario | balancer | p50 | p99 | p99.9 | max | errors | p99 × own all-healthy p99 |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (si, scenario) in scenarios.iter().enumerate() {
+        for (bi, name) in BALANCERS.iter().enumerate() {
+            let o = &results[si][bi];
+            let healthy = quantile_ns(&results[0][bi].latency, 0.99);
+            println!(
+                "| {} | {name} | {} | {} | {} | {} | {:.2}% | {:.2} |",
+                scenario.name(),
+                fmt_ns(quantile_ns(&o.latency, 0.5)),
+                fmt_ns(quantile_ns(&o.latency, 0.99)),
+                fmt_ns(quantile_ns(&o.latency, 0.999)),
+                fmt_ns(o.latency.max() as f64),
+                100.0 * o.errors as f64 / o.total as f64,
+                quantile_ns(&o.latency, 0.99) / healthy
+            );
+        }
+    }
+
+    let healthy = quantile_ns(&results[0][0].latency, 0.99);
+    let slow = quantile_ns(&results[1][0].latency, 0.99);
+    let rr_slow = quantile_ns(&results[1][3].latency, 0.99);
+    let ratio = slow / healthy;
+    rows.push(Row {
+        item: "3",
+        what: "p99 with one 10× slower endpoint, × all-healthy p99".into(),
+        portcullis: format!("P2cPool+PeakEwma {} ({ratio:.2}×)", fmt_ns(slow)),
+        baseline: format!(
+            "round robin {} ({:.2}×); tower p2c {} ({:.2}×)",
+            fmt_ns(rr_slow),
+            rr_slow / quantile_ns(&results[0][3].latency, 0.99),
+            fmt_ns(quantile_ns(&results[1][2].latency, 0.99)),
+            quantile_ns(&results[1][2].latency, 0.99) / quantile_ns(&results[0][2].latency, 0.99)
+        ),
+        ratio: format!("{ratio:.2}"),
+        target: "≤ 1.5".into(),
+        met: Some(ratio <= 1.5),
+    });
+    let failing = &results[2];
+    rows.push(Row {
+        item: "3",
+        what: "one endpoint failing fast: errors, success p99".into(),
+        portcullis: format!(
+            "PeakEwma {:.2}% / {}; Pending {:.2}% / {}",
+            100.0 * failing[0].errors as f64 / requests as f64,
+            fmt_ns(quantile_ns(&failing[0].latency, 0.99)),
+            100.0 * failing[1].errors as f64 / requests as f64,
+            fmt_ns(quantile_ns(&failing[1].latency, 0.99)),
+        ),
+        baseline: format!(
+            "tower p2c {:.2}%; round robin {:.2}%",
+            100.0 * failing[2].errors as f64 / requests as f64,
+            100.0 * failing[3].errors as f64 / requests as f64,
+        ),
+        ratio: "-".into(),
+        target: "(no target)".into(),
+        met: None,
+    });
+
+    for (si, file, title) in [
+        (
+            1,
+            "tail-latency-one-slow.svg",
+            "Latency by percentile, one endpoint 10× slower",
+        ),
+        (
+            2,
+            "tail-latency-one-failing.svg",
+            "Latency of successes by percentile, one endpoint failing",
+        ),
+    ] {
+        let mut series: Vec<Series> = BALANCERS
+            .iter()
+            .enumerate()
+            .map(|(bi, name)| Series {
+                name: (*name).to_string(),
+                points: percentile_curve(&results[si][bi].latency),
+            })
+            .collect();
+        series.push(Series {
+            name: "P2cPool + PeakEwma, all healthy".into(),
+            points: percentile_curve(&results[0][0].latency),
+        });
+        svg::write(file, &svg::percentile_chart(title, &series));
+    }
+}
+
+/// (nines, milliseconds) from p0 to p99.9: x = -log10(1 - q).
+fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    (0..=60)
+        .map(|i| {
+            let nines = f64::from(i) * 0.05;
+            let q = 1.0 - 10f64.powf(-nines);
+            (nines, h.value_at_quantile(q) as f64 / 1e6)
+        })
+        .collect()
+}

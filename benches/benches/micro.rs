@@ -1,0 +1,185 @@
+//! Criterion micro-benchmarks: one request at a time through each dispatch stack (PoolQueue +
+//! P2cPool, tower Buffer + Balance, bare tower Buffer), one fan-out to 200 trivial peers
+//! (FanOut vs `buffer_unordered(16)`), and one request through each retry layer.
+//!
+//! The concurrent comparisons and the ratio table are in the `compare` bench.
+
+use criterion::Criterion;
+use futures_util::future::FutureExt;
+use futures_util::{stream, StreamExt};
+use portcullis_fanout::{FanOut, FanOutConfig};
+use portcullis_p2c::{make, P2cPool};
+use portcullis_pool::{PoolQueue, PoolQueueConfig, Update};
+use portcullis_retry::classify::predicate;
+use portcullis_retry::RetryLayer;
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::balance::p2c::Balance;
+use tower::buffer::Buffer;
+use tower::discover::ServiceList;
+use tower::load::{CompleteOnResponse, PendingRequests};
+use tower::retry::budget::{Budget as _, TpsBudget};
+use tower::retry::{Policy, Retry};
+use tower::{Layer, Service, ServiceExt};
+
+#[derive(Clone, Copy)]
+struct Echo;
+
+impl Service<u64> for Echo {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u64) -> Self::Future {
+        ready(Ok(request))
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Runs `iters` futures one after another inside one `block_on`, timing only the loop.
+fn timed<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, mut make: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future,
+{
+    rt.block_on(async {
+        let start = std::time::Instant::now();
+        for _ in 0..iters {
+            std::hint::black_box(make().await);
+        }
+        start.elapsed()
+    })
+}
+
+fn dispatch(c: &mut Criterion) {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let bare = Buffer::new(Echo, 1024);
+    let endpoints: Vec<_> = (0..10)
+        .map(|_| PendingRequests::new(Echo, CompleteOnResponse::default()))
+        .collect();
+    let balance: Buffer<u64, _> = Buffer::new(Balance::new(ServiceList::new(endpoints)), 1024);
+    let pool = P2cPool::with_seed(make::pending_requests(|_: &usize, _: &()| Echo), 7);
+    let discovery = stream::iter([Ok::<_, Infallible>(Update::Reset(
+        (0..10).map(|k| (k, ())).collect(),
+    ))])
+    .chain(stream::pending());
+    let config = PoolQueueConfig::new(1024, Duration::from_secs(3)).expect("valid");
+    let queue = PoolQueue::new(pool, discovery, config).expect("inside a runtime");
+
+    let mut group = c.benchmark_group("dispatch, one caller");
+    group.bench_function("tower Buffer (1 endpoint)", |b| {
+        b.iter_custom(|iters| timed(&rt, iters, || bare.clone().oneshot(1)))
+    });
+    group.bench_function("tower Buffer + p2c Balance (10)", |b| {
+        b.iter_custom(|iters| timed(&rt, iters, || balance.clone().oneshot(1)))
+    });
+    group.bench_function("PoolQueue + P2cPool (10)", |b| {
+        b.iter_custom(|iters| timed(&rt, iters, || queue.clone().oneshot(1)))
+    });
+    group.finish();
+}
+
+fn fanout(c: &mut Criterion) {
+    let rt = runtime();
+    let peers: Vec<(usize, Echo)> = (0..200).map(|k| (k, Echo)).collect();
+    let ours = FanOut::new(peers.clone(), FanOutConfig::new().max_in_flight(16)).expect("valid");
+    let peers = Arc::new(peers);
+    let mut group = c.benchmark_group("fan-out to 200 peers, K = 16");
+    group.bench_function("FanOut", |b| {
+        b.iter_custom(|iters| timed(&rt, iters, || ours.clone().oneshot(1)))
+    });
+    group.bench_function("buffer_unordered(16)", |b| {
+        b.iter_custom(|iters| {
+            timed(&rt, iters, || {
+                let peers = peers.clone();
+                async move {
+                    stream::iter(peers.iter())
+                        .map(|(k, p)| (*p).oneshot(1).map(move |r| (*k, r)))
+                        .buffer_unordered(16)
+                        .collect::<Vec<_>>()
+                        .await
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
+#[derive(Clone)]
+struct TowerPolicy {
+    budget: Arc<TpsBudget>,
+    attempts: u32,
+}
+
+impl<Res, E> Policy<u64, Res, E> for TowerPolicy {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _: &mut u64, result: &mut Result<Res, E>) -> Option<Ready<()>> {
+        self.attempts += 1;
+        if self.attempts == 1 {
+            self.budget.deposit();
+        }
+        match result {
+            Err(_) if self.attempts < 3 && self.budget.withdraw() => Some(ready(())),
+            _ => None,
+        }
+    }
+
+    fn clone_request(&mut self, request: &u64) -> Option<u64> {
+        Some(*request)
+    }
+}
+
+fn retry(c: &mut Criterion) {
+    let rt = runtime();
+    let ours = RetryLayer::builder(predicate(|r: Result<&u64, &Infallible>| r.is_err()))
+        .build()
+        .expect("valid")
+        .layer(Echo);
+    let policy = TowerPolicy {
+        budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
+        attempts: 0,
+    };
+    let tower = Retry::new(policy, Echo);
+    let mut group = c.benchmark_group("retry, one request, success");
+    group.bench_function("portcullis Retry + Budget", |b| {
+        b.iter_custom(|iters| timed(&rt, iters, || ours.clone().oneshot(1)))
+    });
+    group.bench_function("tower Retry + TpsBudget", |b| {
+        b.iter_custom(|iters| timed(&rt, iters, || tower.clone().oneshot(1)))
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    // Modest, so that `cargo bench -p portcullis-benches` stays short on two shared cores.
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+// What `criterion_group!` + `criterion_main!` expand to, written out so that the generated
+// `pub fn` needs no lint exception.
+fn main() {
+    let mut criterion = config().configure_from_args();
+    dispatch(&mut criterion);
+    fanout(&mut criterion);
+    retry(&mut criterion);
+    criterion.final_summary();
+}
