@@ -36,8 +36,8 @@ pub(crate) struct Shared {
     pub(crate) failfast_timeout: Duration,
     /// Slots; closed when the worker stops, so that callers waiting for a slot wake up.
     pub(crate) semaphore: Arc<Semaphore>,
-    terminal: OnceLock<PoolFailed>,
-    failfast: AtomicBool,
+    /// Read by every caller's `poll_ready`, written almost never.
+    state: CacheLine<State>,
 
     pub(crate) failfast_entered: AtomicU64,
     pub(crate) failfast_exited: AtomicU64,
@@ -51,14 +51,29 @@ pub(crate) struct Shared {
     pub(crate) in_queue: [Mutex<Histogram<u64>>; 3],
 }
 
+/// The state every `poll_ready` reads.
+#[derive(Debug)]
+struct State {
+    terminal: OnceLock<PoolFailed>,
+    failfast: AtomicBool,
+}
+
+/// Keeps what it holds on a cache line of its own, so that the worker's frequent counter
+/// writes beside it do not invalidate the line every caller reads.
+#[derive(Debug)]
+#[repr(align(64))]
+struct CacheLine<T>(T);
+
 impl Shared {
     pub(crate) fn new(capacity: usize, failfast_timeout: Duration) -> Self {
         Self {
             capacity,
             failfast_timeout,
             semaphore: Arc::new(Semaphore::new(capacity)),
-            terminal: OnceLock::new(),
-            failfast: AtomicBool::new(false),
+            state: CacheLine(State {
+                terminal: OnceLock::new(),
+                failfast: AtomicBool::new(false),
+            }),
             failfast_entered: AtomicU64::new(0),
             failfast_exited: AtomicU64::new(0),
             rejected_in_failfast: AtomicU64::new(0),
@@ -80,18 +95,18 @@ impl Shared {
 
     /// Records the error that stopped the worker and wakes every caller waiting for a slot.
     pub(crate) fn terminate(&self, error: PoolFailed) {
-        let _ = self.terminal.set(error);
+        let _ = self.state.0.terminal.set(error);
         self.semaphore.close();
     }
 
     pub(crate) fn terminal_error(&self) -> Option<&PoolFailed> {
-        self.terminal.get()
+        self.state.0.terminal.get()
     }
 
     /// The error for a caller that finds the worker unreachable: the terminal error if there
     /// was one, otherwise the worker went away on its own.
     pub(crate) fn closed_error(&self) -> BoxError {
-        match self.terminal.get() {
+        match self.state.0.terminal.get() {
             Some(error) => Box::new(error.clone()),
             None => Box::new(WorkerGone::new()),
         }
@@ -100,11 +115,11 @@ impl Shared {
     // === failfast ===
 
     pub(crate) fn in_failfast(&self) -> bool {
-        self.failfast.load(Ordering::Acquire)
+        self.state.0.failfast.load(Ordering::Acquire)
     }
 
     pub(crate) fn set_failfast(&self, active: bool) {
-        self.failfast.store(active, Ordering::Release);
+        self.state.0.failfast.store(active, Ordering::Release);
         let counter = if active {
             &self.failfast_entered
         } else {

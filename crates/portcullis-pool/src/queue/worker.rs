@@ -3,7 +3,7 @@ use super::{
     message::Message,
     shared::{Outcome, Shared},
 };
-use crate::{Pool, Update};
+use crate::{EndpointCounts, Pool, Update};
 use futures_core::TryStream;
 use std::{
     fmt,
@@ -42,6 +42,12 @@ where
     waiting: Option<Message<Req, P::Future>>,
     failfast: Failfast,
     shared: Arc<Shared>,
+    /// The counts last published to the metrics, so they are stored only when they change.
+    endpoints: Option<EndpointCounts>,
+    /// The clock, read at most once a turn: requests answered in one turn leave the queue at
+    /// the same instant to within the turn's length, and the serial dispatch path is spared a
+    /// clock read per request.
+    now: Option<Instant>,
     _update: PhantomData<fn(Update<K, T>)>,
 }
 
@@ -55,9 +61,18 @@ struct Failfast {
     active: bool,
 }
 
+/// Where a timeout too long to represent as an instant ends, as tokio's own `sleep` does.
+const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+
 impl Failfast {
-    fn arm(&mut self) {
-        let deadline = Instant::now() + self.timeout;
+    fn arm(&mut self, now: Instant) {
+        let Some(deadline) = now
+            .checked_add(self.timeout)
+            .or_else(|| now.checked_add(FAR_FUTURE))
+        else {
+            // The clock is at its very end; a timer could never fire, so none is set.
+            return;
+        };
         match self.sleep.as_mut() {
             Some(sleep) => sleep.as_mut().reset(deadline),
             None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -92,6 +107,8 @@ where
                 active: false,
             },
             shared,
+            endpoints: None,
+            now: None,
             _update: PhantomData,
         }
     }
@@ -139,7 +156,11 @@ where
     /// Drives pending endpoints, whether or not a request waits.
     fn poll_pool(&mut self, cx: &mut Context<'_>) -> Result<(), PoolFailed> {
         let result = self.pool.poll_pool(cx);
-        self.shared.record_endpoints(self.pool.endpoints());
+        let endpoints = self.pool.endpoints();
+        if self.endpoints != Some(endpoints) {
+            self.endpoints = Some(endpoints);
+            self.shared.record_endpoints(endpoints);
+        }
         match result {
             Poll::Ready(Err(error)) => Err(PoolFailed::new(FailureSource::Pool, error.into())),
             Poll::Ready(Ok(())) | Poll::Pending => Ok(()),
@@ -204,12 +225,17 @@ where
                         continue;
                     }
                     if !self.failfast.armed {
-                        self.failfast.arm();
+                        let now = self.now();
+                        self.failfast.arm(now);
                     }
                     return Poll::Pending;
                 }
             }
         }
+    }
+
+    fn now(&mut self) -> Instant {
+        *self.now.get_or_insert_with(Instant::now)
     }
 
     fn dispatch(&mut self, message: Message<Req, P::Future>) {
@@ -229,16 +255,16 @@ where
             tracing::trace!("dispatching");
             self.pool.call(request)
         };
-        self.shared
-            .record_in_queue(Outcome::Dispatched, enqueued_at.elapsed());
+        let waited = self.now().saturating_duration_since(enqueued_at);
+        self.shared.record_in_queue(Outcome::Dispatched, waited);
         // The worker never waits on the response: the caller drives it in its own task. A
         // caller that left meanwhile drops it, which cancels the call.
         let _ = tx.send(Ok(fut));
     }
 
-    fn answer(&self, message: Message<Req, P::Future>, outcome: Outcome, error: BoxError) {
-        self.shared
-            .record_in_queue(outcome, message.enqueued_at.elapsed());
+    fn answer(&mut self, message: Message<Req, P::Future>, outcome: Outcome, error: BoxError) {
+        let waited = self.now().saturating_duration_since(message.enqueued_at);
+        self.shared.record_in_queue(outcome, waited);
         let _ = message.tx.send(Err(error));
     }
 
@@ -313,6 +339,7 @@ where
     /// endpoint that turned ready in the same turn wins over the timeout.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
+        this.now = None;
         loop {
             let step = this
                 .poll_discovery(cx)
