@@ -148,6 +148,12 @@ impl SharedLimit {
         if permits == 0 {
             return Err(ConfigError::ZeroSharedLimit);
         }
+        if permits > Semaphore::MAX_PERMITS {
+            return Err(ConfigError::SharedLimitTooLarge {
+                permits,
+                max: Semaphore::MAX_PERMITS,
+            });
+        }
         Ok(Self {
             semaphore: Arc::new(Semaphore::new(permits)),
             permits,

@@ -17,6 +17,13 @@ pub enum ConfigError {
     ZeroMaxInFlight,
     /// A shared limit of 0 permits: no peer call could ever start.
     ZeroSharedLimit,
+    /// A shared limit larger than the semaphore behind it can count.
+    SharedLimitTooLarge {
+        /// The limit asked for.
+        permits: usize,
+        /// The largest limit allowed.
+        max: usize,
+    },
     /// `Policy::Quorum(0)`: a quorum of nobody is always met, which is surely a mistake.
     ZeroQuorum,
     /// The per-peer timeout is longer than the overall one, so it could never fire.
@@ -33,6 +40,9 @@ impl fmt::Display for ConfigError {
         match self {
             ConfigError::ZeroMaxInFlight => f.write_str("fan-out max_in_flight must be at least 1"),
             ConfigError::ZeroSharedLimit => f.write_str("fan-out shared limit must be at least 1"),
+            ConfigError::SharedLimitTooLarge { permits, max } => {
+                write!(f, "fan-out shared limit {permits} exceeds the maximum {max}")
+            }
             ConfigError::ZeroQuorum => f.write_str("fan-out quorum must be at least 1"),
             ConfigError::PerPeerTimeoutExceedsOverall { per_peer, overall } => write!(
                 f,
