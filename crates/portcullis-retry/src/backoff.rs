@@ -98,7 +98,18 @@ impl Backoff {
 
     /// The worst-case total sleep over `retries` retries.
     pub fn worst_case(&self, retries: u32) -> Duration {
-        let total = (0..retries).fold(0u64, |sum, n| sum.saturating_add(self.ceiling_nanos(n)));
+        let cap = duration_nanos(self.cap);
+        let mut total = 0u64;
+        for n in 0..retries {
+            let ceiling = self.ceiling_nanos(n);
+            if ceiling >= cap {
+                // Ceilings never shrink (factor ≥ 1), so every later one is the cap too: add
+                // them at once rather than loop up to `u32::MAX` times.
+                let remaining = u64::from(retries - n);
+                return Duration::from_nanos(total.saturating_add(cap.saturating_mul(remaining)));
+            }
+            total = total.saturating_add(ceiling);
+        }
         Duration::from_nanos(total)
     }
 
@@ -224,6 +235,11 @@ mod tests {
         let b = Backoff::new(ms(100), 2.0, ms(300));
         assert_eq!(b.worst_case(0), Duration::ZERO);
         assert_eq!(b.worst_case(4), ms(100 + 200 + 300 + 300));
+        // Past the cap the total is computed, not looped: u32::MAX retries answer at once.
+        assert_eq!(
+            b.worst_case(u32::MAX),
+            ms(100 + 200) + ms(300) * (u32::MAX - 2)
+        );
     }
 
     proptest! {

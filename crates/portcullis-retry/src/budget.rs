@@ -435,7 +435,7 @@ impl Reserve {
             }
             match self.tat.compare_exchange_weak(
                 tat,
-                start + self.interval_nanos,
+                start.saturating_add(self.interval_nanos),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
@@ -449,7 +449,7 @@ impl Reserve {
         if self.interval_nanos == 0 {
             return 0;
         }
-        let window = self.tolerance_nanos + self.interval_nanos;
+        let window = self.tolerance_nanos.saturating_add(self.interval_nanos);
         let owed = self.tat.load(Ordering::Acquire).max(now) - now;
         window.saturating_sub(owed) / self.interval_nanos
     }

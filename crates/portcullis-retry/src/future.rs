@@ -14,7 +14,7 @@ use tower_service::Service;
 use crate::classify::{Classify, Decision, Replay};
 use crate::error::{BoxError, LastFailure, RetryError, StopReason};
 use crate::layer::Policy;
-use crate::service::earliest;
+use crate::service::{self, earliest};
 
 pin_project! {
     /// The future [`Retry`](crate::Retry) returns.
@@ -177,7 +177,7 @@ where
                         let rng = this.rng.get_or_insert_with(|| policy.rng.rng());
                         policy.backoff.delay(retry, rng)
                     });
-                    let wake = now + delay;
+                    let wake = service::after(now, delay);
                     // Never sleep past the deadline: a retry that could only start after it
                     // is pointless, so stop now with the result in hand.
                     if this.deadline.is_some_and(|d| wake >= d) {
@@ -246,7 +246,9 @@ where
                     };
                     let future = this.service.call(req);
                     *this.attempts += 1;
-                    let attempt_end = policy.attempt_timeout.map(|t| Instant::now() + t);
+                    let attempt_end = policy
+                        .attempt_timeout
+                        .map(|t| service::after(Instant::now(), t));
                     *this.timer_at = earliest(attempt_end, *this.deadline);
                     this.state.set(State::Called { future });
                 }
