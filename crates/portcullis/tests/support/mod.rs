@@ -1,0 +1,197 @@
+//! Shared helpers of the reliability suite: a fleet of simulated replicas keyed by `u32`, a
+//! concurrency-limited endpoint, and small time helpers.
+#![allow(dead_code, unreachable_pub)]
+
+use portcullis::p2c::make::{pending_requests, PendingRequestsMaker};
+use portcullis::p2c::P2cPool;
+use portcullis_test::endpoint::{SimControl, SimEndpoint};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tower::Service;
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Lets every task run until the runtime is idle; paused time only moves when it is.
+pub async fn settle() {
+    tokio::time::sleep(ms(1)).await;
+}
+
+/// The replicas behind a pool: one [`SimControl`] per key, shared by every build of that key.
+/// Each endpoint answers `(key, target)`, so a test sees which instance served a request.
+#[derive(Clone, Default)]
+pub struct Fleet {
+    controls: Arc<Mutex<HashMap<u32, SimControl>>>,
+}
+
+pub type FleetEndpoint<Req> = SimEndpoint<Req, (u32, u32)>;
+
+impl Fleet {
+    pub fn control(&self, key: u32) -> SimControl {
+        self.controls
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    pub fn keys(&self) -> Vec<u32> {
+        let mut keys: Vec<u32> = self.controls.lock().unwrap().keys().copied().collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Calls made to every replica, summed.
+    pub fn total_calls(&self) -> u64 {
+        self.controls
+            .lock()
+            .unwrap()
+            .values()
+            .map(SimControl::calls)
+            .sum()
+    }
+
+    /// Response futures of every replica not yet dropped, summed.
+    pub fn total_in_flight(&self) -> usize {
+        self.controls
+            .lock()
+            .unwrap()
+            .values()
+            .map(SimControl::in_flight)
+            .sum()
+    }
+
+    /// A maker for a `P2cPool` over this fleet.
+    pub fn maker<Req: 'static>(&self) -> impl Fn(&u32, &u32) -> FleetEndpoint<Req> + Clone {
+        let fleet = self.clone();
+        move |key: &u32, target: &u32| {
+            let (key, target) = (*key, *target);
+            fleet.control(key).endpoint(move |_: Req| (key, target))
+        }
+    }
+
+    /// A seeded p2c pool over this fleet, with the pending-requests load.
+    #[allow(clippy::type_complexity)]
+    pub fn pool<Req: 'static>(
+        &self,
+        seed: u64,
+    ) -> P2cPool<
+        u32,
+        u32,
+        PendingRequestsMaker<impl Fn(&u32, &u32) -> FleetEndpoint<Req> + Clone>,
+        Req,
+    > {
+        P2cPool::with_seed(pending_requests(self.maker()), seed)
+    }
+}
+
+// === impl Limited ===
+
+/// An endpoint that takes at most `max` requests at once: `poll_ready` is pending while `max`
+/// response futures are alive, and a finished (or dropped) one wakes the waiters. It stands in
+/// for a server with a bounded number of workers, the resource two services deadlock on.
+pub struct Limited<S> {
+    inner: S,
+    gate: Arc<Mutex<Gate>>,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    max: usize,
+    in_flight: usize,
+    peak: usize,
+    waiters: Vec<Waker>,
+}
+
+impl<S> Limited<S> {
+    pub fn new(inner: S, max: usize) -> Self {
+        let gate = Gate {
+            max,
+            ..Gate::default()
+        };
+        Self {
+            inner,
+            gate: Arc::new(Mutex::new(gate)),
+        }
+    }
+
+    pub fn peak(&self) -> usize {
+        self.gate.lock().unwrap().peak
+    }
+}
+
+impl<S: Clone> Clone for Limited<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            gate: self.gate.clone(),
+        }
+    }
+}
+
+impl<S, Req> Service<Req> for Limited<S>
+where
+    S: Service<Req>,
+    S::Future: Send + 'static,
+    S::Response: 'static,
+    S::Error: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = LimitedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        {
+            let mut gate = self.gate.lock().unwrap();
+            if gate.in_flight >= gate.max {
+                if !gate.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    gate.waiters.push(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        {
+            let mut gate = self.gate.lock().unwrap();
+            gate.in_flight += 1;
+            gate.peak = gate.peak.max(gate.in_flight);
+        }
+        LimitedFuture {
+            inner: Box::pin(self.inner.call(req)),
+            gate: self.gate.clone(),
+        }
+    }
+}
+
+/// The response future of [`Limited`]; it gives its place back when dropped.
+pub struct LimitedFuture<F> {
+    inner: Pin<Box<F>>,
+    gate: Arc<Mutex<Gate>>,
+}
+
+impl<F: Future> Future for LimitedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<F> Drop for LimitedFuture<F> {
+    fn drop(&mut self) {
+        let mut gate = self.gate.lock().unwrap();
+        gate.in_flight -= 1;
+        for waker in gate.waiters.drain(..) {
+            waker.wake();
+        }
+    }
+}
