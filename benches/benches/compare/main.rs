@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench -p portcullis-benches --bench compare            # the default run
 //! cargo bench -p portcullis-benches --bench compare -- --quick # smaller, for a quick look
+//! cargo bench -p portcullis-benches --bench compare -- --only fanout  # one section (profiling)
 //! ```
 //!
 //! Absolute times depend on the machine; the ratios between stacks measured in the same run
@@ -49,17 +50,35 @@ fn main() {
         .build()
         .expect("runtime");
 
+    // `--only NAME` (dispatch, discovery, fanout, retry, tail) runs one section, for profiling.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let wanted = |name: &str| only.as_deref().map_or(true, |o| o == name);
+
     let started = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
-    dispatch::run(&rt, &config, &mut rows);
-    discovery::run(&rt, &config, &mut rows);
-    fanout::run(&rt, &config, &mut rows);
-    retry::run(&rt, &config, &mut rows);
+    if wanted("dispatch") {
+        dispatch::run(&rt, &config, &mut rows);
+    }
+    if wanted("discovery") {
+        discovery::run(&rt, &config, &mut rows);
+    }
+    if wanted("fanout") {
+        fanout::run(&rt, &config, &mut rows);
+    }
+    if wanted("retry") {
+        retry::run(&rt, &config, &mut rows);
+    }
     // Last: once any runtime in a process has paused its clock, tokio routes every later
     // `tokio::time::Instant::now()` through the runtime's clock lock, which would tax the
     // stacks that read tokio time (ours, tower's PeakEwma) and not those that read std time
     // (tower's TpsBudget) in the sections after it.
-    tail::run(&config, &mut rows);
+    if wanted("tail") {
+        tail::run(&config, &mut rows);
+    }
 
     println!("\n## Summary (ratios within this run)\n");
     println!("| # | measurement | portcullis | baseline | ratio | target | verdict |");

@@ -69,6 +69,11 @@ where
     counts: Counts,
     peak_in_flight: usize,
     started: Instant,
+    /// The clock as read once in this poll (see `Running::now`).
+    now: Option<Instant>,
+    /// Per-peer deadline timers of finished calls, reset and reused by the next ones, so a
+    /// fan-out allocates at most `max_in_flight` of them.
+    spare_timers: Vec<Pin<Box<Sleep>>>,
     metrics: Metrics,
     done: bool,
 }
@@ -109,6 +114,9 @@ where
             counts: Counts::default(),
             peak_in_flight: 0,
             started,
+            // Not `started`: the first poll may come later, and peer deadlines count from it.
+            now: None,
+            spare_timers: Vec::new(),
             metrics: metrics.clone(),
             done: false,
         };
@@ -193,8 +201,12 @@ where
         loop {
             self.top_up(cx);
             match self.in_flight.poll_next_unpin(cx) {
-                Poll::Ready(Some((index, outcome, latency))) => {
-                    self.settle(index, outcome, latency);
+                Poll::Ready(Some(ended)) => {
+                    let latency = self.now().saturating_duration_since(ended.started);
+                    if let Some(timer) = ended.timer {
+                        self.spare_timers.push(timer);
+                    }
+                    self.settle(ended.index, ended.outcome, latency);
                     if self.is_settled() {
                         return Poll::Ready(self.finish(false));
                     }
@@ -206,6 +218,8 @@ where
                 Poll::Ready(None) | Poll::Pending => break,
             }
         }
+        // The next poll is a later moment.
+        self.now = None;
         // Completions are taken before the deadline is looked at, so a peer that answered by
         // the deadline is reported as answered.
         if let Some(deadline) = self.deadline {
@@ -219,6 +233,13 @@ where
             }
         }
         Poll::Pending
+    }
+
+    /// The clock, read at most once per poll: peer calls that start or end in the same poll
+    /// share an instant, which spares a clock read per peer on the per-peer path (latencies are
+    /// measured to the poll in which a call was seen to end).
+    fn now(&mut self) -> Instant {
+        *self.now.get_or_insert_with(Instant::now)
     }
 
     /// Starts peer calls until `max_in_flight` are in flight, the shared limit has no permit,
@@ -251,17 +272,24 @@ where
             let (Some(request), Some(service)) = (request, self.services.get(index)) else {
                 break;
             };
-            let started = Instant::now();
-            let deadline = self
+            let call = service.clone().oneshot(request);
+            let started = self.now();
+            let timer = self
                 .per_peer_timeout
                 .and_then(|timeout| started.checked_add(timeout))
-                .map(sleep_until);
+                .map(|deadline| match self.spare_timers.pop() {
+                    Some(mut timer) => {
+                        timer.as_mut().reset(deadline);
+                        timer
+                    }
+                    None => Box::pin(sleep_until(deadline)),
+                });
             self.in_flight.push(PeerCall {
                 index,
                 started,
                 permit,
-                call: service.clone().oneshot(request),
-                deadline,
+                call,
+                timer,
             });
         }
         self.peak_in_flight = self.peak_in_flight.max(self.in_flight.len());
@@ -310,7 +338,7 @@ where
 
     fn finish(&mut self, overall_timed_out: bool) -> Report<K, S::Response, S::Error> {
         if overall_timed_out {
-            let now = Instant::now();
+            let now = self.now();
             for call in Pin::new(&self.in_flight).iter_pin_ref() {
                 let call = call.project_ref();
                 if let Some(slot) = self.slots.get_mut(*call.index) {
@@ -348,7 +376,7 @@ where
             overall_timed_out,
             counts: self.counts,
             peak_in_flight: self.peak_in_flight,
-            elapsed: self.started.elapsed(),
+            elapsed: self.now().saturating_duration_since(self.started),
         }
     }
 }
@@ -384,16 +412,25 @@ pin_project! {
         permit: Option<OwnedSemaphorePermit>,
         #[pin]
         call: Oneshot<S, Req>,
-        #[pin]
-        deadline: Option<Sleep>,
+        // Boxed, so that a fan-out without per-peer deadlines does not move a timer's worth
+        // of bytes with every peer call; the boxes are reused (see `spare_timers`).
+        timer: Option<Pin<Box<Sleep>>>,
     }
+}
+
+/// What a peer call hands back when it ends.
+struct Ended<R, E> {
+    index: usize,
+    started: Instant,
+    outcome: Outcome<R, E>,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S, Req> Future for PeerCall<S, Req>
 where
     S: Service<Req>,
 {
-    type Output = (usize, Outcome<S::Response, S::Error>, Duration);
+    type Output = Ended<S::Response, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -402,9 +439,9 @@ where
             Poll::Ready(Err(error)) => Outcome::Error(error),
             Poll::Pending => {
                 let timed_out = this
-                    .deadline
-                    .as_pin_mut()
-                    .is_some_and(|deadline| deadline.poll(cx).is_ready());
+                    .timer
+                    .as_mut()
+                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
                 if !timed_out {
                     return Poll::Pending;
                 }
@@ -412,7 +449,12 @@ where
             }
         };
         drop(this.permit.take());
-        Poll::Ready((*this.index, outcome, this.started.elapsed()))
+        Poll::Ready(Ended {
+            index: *this.index,
+            started: *this.started,
+            outcome,
+            timer: this.timer.take(),
+        })
     }
 }
 

@@ -166,9 +166,22 @@ impl Metrics {
             return;
         }
         if let Some(histogram) = self.histogram().as_mut() {
+            // Latencies are read once per poll of the fan-out, so runs of equal values are
+            // common: recording a run at once spares the histogram's index arithmetic per peer.
+            let mut run: Option<(u64, u64)> = None;
             for latency in slots.iter().filter_map(|s| s.latency) {
                 let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-                histogram.saturating_record(us);
+                run = match run {
+                    Some((value, n)) if value == us => Some((value, n + 1)),
+                    Some((value, n)) => {
+                        histogram.saturating_record_n(value, n);
+                        Some((us, 1))
+                    }
+                    None => Some((us, 1)),
+                };
+            }
+            if let Some((value, n)) = run {
+                histogram.saturating_record_n(value, n);
             }
         }
     }

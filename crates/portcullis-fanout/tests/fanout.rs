@@ -10,7 +10,7 @@ use std::time::Duration;
 use support::{ms, peers, Behavior, Peer, PeerError, Stats};
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready, task};
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 use Behavior::{Answer, Fail, Hang};
 
@@ -416,4 +416,26 @@ async fn seed_one_slow_replica_does_not_stall_operations() {
     }
     assert_eq!(stats.in_flight(), 0);
     assert_eq!(stats.calls(), [10, 10, 10]);
+}
+
+/// The per-peer deadline counts from when a peer call starts (the first poll), not from when
+/// the fan-out future was made: a future polled late must not time its peers out early.
+#[tokio::test(start_paused = true)]
+async fn per_peer_deadline_counts_from_the_first_poll() {
+    let mut fanout = FanOut::new(
+        vec![(
+            1u32,
+            tower::service_fn(|_: ()| async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, std::convert::Infallible>("done")
+            }),
+        )],
+        FanOutConfig::new().per_peer_timeout(Duration::from_millis(100)),
+    )
+    .unwrap();
+    let future = fanout.ready().await.unwrap().call(());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let report = future.await.unwrap();
+    assert_eq!(report.get(&1), Some(&Outcome::Response("done")));
+    assert_eq!(report.latency(&1), Some(Duration::from_millis(50)));
 }
