@@ -73,9 +73,9 @@ fn main() {
         retry::run(&rt, &config, &mut rows);
     }
     // Last: once any runtime in a process has paused its clock, tokio routes every later
-    // `tokio::time::Instant::now()` through the runtime's clock lock, which would tax the
-    // stacks that read tokio time (ours, tower's PeakEwma) and not those that read std time
-    // (tower's TpsBudget) in the sections after it.
+    // `tokio::time::Instant::now()` through the runtime's clock lock. Every stack here reads
+    // tokio time (ours, tower's PeakEwma and TpsBudget), but not equally often, so the lock
+    // would skew the sections after it by how many clock reads each stack makes.
     if wanted("tail") {
         tail::run(&config, &mut rows);
     }
