@@ -77,6 +77,9 @@ impl UpdateCounts {
 }
 
 /// Histograms of time spent in the queue (microseconds), one per outcome.
+///
+/// The queue records waits exactly below 32 µs and to within 1/32 (about 3 %) above, each
+/// read back as the lowest value of its bucket.
 #[derive(Clone, Debug)]
 pub struct InQueueTimes {
     /// Requests handed to the pool.
@@ -97,12 +100,7 @@ impl PoolQueueMetrics {
     /// Copies every metric out.
     pub fn snapshot(&self) -> PoolQueueSnapshot {
         let s = &*self.shared;
-        let histogram = |i: usize| {
-            s.in_queue[i]
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .clone()
-        };
+        let histogram = |i: usize| s.in_queue[i].to_histogram();
         PoolQueueSnapshot {
             capacity: s.capacity,
             depth: self.depth(),

@@ -6,7 +6,7 @@ use crate::{EndpointCounts, UpdateKind};
 use hdrhistogram::Histogram;
 use std::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-    Arc, Mutex, OnceLock,
+    Arc, OnceLock,
 };
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -19,7 +19,68 @@ pub(crate) enum Outcome {
     Failed,
 }
 
-/// In-queue times are recorded in microseconds, up to an hour; longer waits saturate.
+/// Time spent in the queue, in microseconds, for one outcome.
+///
+/// Only the worker records, so a bucket is bumped with a plain load and store (no atomic
+/// read-modify-write, no lock) and readers take a snapshot without stopping it. Buckets are
+/// log-linear: exact below 32 µs, then 32 linear steps per power of two, so a value read back
+/// is within 1/32 (about 3 %) of the one recorded.
+#[derive(Debug)]
+pub(crate) struct WaitHistogram {
+    buckets: Box<[AtomicU64]>,
+}
+
+const SUB_BITS: u32 = 5;
+const SUB_BUCKETS: u64 = 1 << SUB_BITS;
+const BUCKETS: usize = ((64 - SUB_BITS as usize) + 1) << SUB_BITS;
+
+impl WaitHistogram {
+    fn new() -> Self {
+        Self {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn index(micros: u64) -> usize {
+        if micros < SUB_BUCKETS {
+            return micros as usize;
+        }
+        let shift = 63 - micros.leading_zeros() - SUB_BITS;
+        let sub = (micros >> shift) & (SUB_BUCKETS - 1);
+        (((shift + 1) as usize) << SUB_BITS) + sub as usize
+    }
+
+    /// The smallest value that falls in bucket `index`.
+    fn lowest(index: usize) -> u64 {
+        let shift = (index >> SUB_BITS) as u32;
+        let sub = (index as u64) & (SUB_BUCKETS - 1);
+        match shift {
+            0 => sub,
+            _ => (SUB_BUCKETS | sub) << (shift - 1),
+        }
+    }
+
+    /// Records one wait. Must only be called by the single writer (the worker).
+    fn record(&self, micros: u64) {
+        if let Some(bucket) = self.buckets.get(Self::index(micros)) {
+            bucket.store(bucket.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The recorded waits as an hdrhistogram, each bucket at its lowest value.
+    pub(crate) fn to_histogram(&self) -> Histogram<u64> {
+        let mut histogram = new_histogram();
+        for (index, bucket) in self.buckets.iter().enumerate() {
+            let count = bucket.load(Ordering::Relaxed);
+            if count > 0 {
+                histogram.saturating_record_n(Self::lowest(index).max(1), count);
+            }
+        }
+        histogram
+    }
+}
+
+/// In-queue times are reported in microseconds, up to an hour; longer waits saturate.
 const MAX_RECORDED_MICROS: u64 = 3_600_000_000;
 
 // hdrhistogram only refuses bounds with low < 1, high < 2 * low or more than 5 significant
@@ -48,7 +109,7 @@ pub(crate) struct Shared {
     pub(crate) endpoints_pending: AtomicUsize,
     pub(crate) endpoints_failed: AtomicUsize,
     pub(crate) discovery_ended: AtomicBool,
-    pub(crate) in_queue: [Mutex<Histogram<u64>>; 3],
+    pub(crate) in_queue: [WaitHistogram; 3],
 }
 
 /// The state every `poll_ready` reads.
@@ -84,9 +145,9 @@ impl Shared {
             endpoints_failed: AtomicUsize::new(0),
             discovery_ended: AtomicBool::new(false),
             in_queue: [
-                Mutex::new(new_histogram()),
-                Mutex::new(new_histogram()),
-                Mutex::new(new_histogram()),
+                WaitHistogram::new(),
+                WaitHistogram::new(),
+                WaitHistogram::new(),
             ],
         }
     }
@@ -142,6 +203,7 @@ impl Shared {
             .store(counts.failed, Ordering::Relaxed);
     }
 
+    /// Records how long a request waited. Called by the worker only (see `WaitHistogram`).
     pub(crate) fn record_in_queue(&self, outcome: Outcome, waited: Duration) {
         let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
         let index = match outcome {
@@ -149,11 +211,44 @@ impl Shared {
             Outcome::FailFast => 1,
             Outcome::Failed => 2,
         };
-        // A poisoned lock only means another thread panicked mid-record; the counts are
-        // still usable.
-        let mut histogram = self.in_queue[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        histogram.saturating_record(micros.max(1));
+        self.in_queue[index].record(micros);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WaitHistogram;
+
+    #[test]
+    fn buckets_are_exact_below_32_and_within_a_32nd_above() {
+        for micros in (0..100_000u64).chain([1 << 20, 3_600_000_000, u64::MAX / 2, u64::MAX]) {
+            let index = WaitHistogram::index(micros);
+            let lowest = WaitHistogram::lowest(index);
+            assert!(lowest <= micros, "{micros} in bucket starting at {lowest}");
+            assert!(
+                micros - lowest <= micros / 32,
+                "{micros} read back as {lowest}"
+            );
+            if micros < 32 {
+                assert_eq!(lowest, micros);
+            }
+            // Buckets are ordered: the next value never lands in an earlier bucket.
+            assert!(WaitHistogram::index(micros.saturating_add(1)) >= index);
+        }
+    }
+
+    #[test]
+    fn snapshot_counts_every_record() {
+        let histogram = WaitHistogram::new();
+        for micros in [0, 1, 31, 32, 33, 1_000, 1_000, 250_000] {
+            histogram.record(micros);
+        }
+        let snapshot = histogram.to_histogram();
+        assert_eq!(snapshot.len(), 8);
+        // 250 000 µs reads back as its bucket's lowest value, within a 32nd below it.
+        let lowest = WaitHistogram::lowest(WaitHistogram::index(250_000));
+        assert_eq!(lowest, 249_856);
+        assert!(snapshot.equivalent(snapshot.max(), lowest));
+        assert_eq!(snapshot.count_between(0, 31), 3);
     }
 }
