@@ -27,6 +27,9 @@
 //! - **Loads.** Works with tower's [`PeakEwma`](tower::load::PeakEwma) ([`P2cPool::with_peak_ewma`],
 //!   [`make::peak_ewma`]), [`PendingRequests`](tower::load::PendingRequests)
 //!   ([`make::pending_requests`]) and [`Constant`](tower::load::Constant).
+//! - **Failing endpoints lose.** A latency-based load ranks an endpoint that fails *fast* as
+//!   the least loaded of all; [`failure::failure_aware`] wraps endpoints so that their recent
+//!   failure rate is compared before their load.
 //! - **Metrics.** [`P2cPool::metrics`] returns a cloneable [`P2cMetrics`] handle.
 //!
 //! `poll_ready` and `call` do not allocate, and sampling is O(1) in the number of endpoints.
@@ -72,6 +75,7 @@
 
 mod builder;
 pub mod error;
+pub mod failure;
 mod future;
 pub mod make;
 mod metrics;

@@ -1,0 +1,389 @@
+//! Failure-aware load: endpoints are ranked by their recent failure rate before their load.
+//!
+//! # The problem
+//!
+//! Latency-based loads such as [`PeakEwma`](tower::load::PeakEwma) see an endpoint that fails
+//! *fast* (an immediate 503, a gRPC `UNAVAILABLE`, a refused connection turned into an error
+//! response) as the least loaded endpoint of all, so power of two choices sends it *more*
+//! traffic than its share: a "black hole". Retries then hide part of it at the price of extra
+//! load, and a retry budget makes the failures visible.
+//!
+//! # What [`FailureAware`] does
+//!
+//! It wraps an endpoint and watches every response: an `Err`, or an `Ok` response that a
+//! [`ClassifyResponse`] calls a failure (say, an HTTP 5xx), raises the endpoint's failure rate,
+//! a moving average (each response weighs [`WEIGHT`]) that also decays with time
+//! (halving every `half_life`). Its [`Load`] metric, [`FailureAwareLoad`], compares the failure
+//! rate first, in [`LEVELS`] coarse levels, then the inner load. So a healthy endpoint always
+//! wins against one that has been failing, equally healthy ones are compared by their load as
+//! before, and a failing endpoint regains its share as its rate decays once it stops failing.
+//!
+//! A healthy endpoint costs almost nothing: while its rate is zero, neither `load` nor a
+//! successful response reads the clock or does any arithmetic.
+//!
+//! ```
+//! use portcullis_p2c::{failure, make, P2cPool};
+//! use std::time::Duration;
+//! use tower::service_fn;
+//!
+//! // Responses are `Result<u16, _>` status codes here; 5xx counts as a failure.
+//! let maker = failure::failure_aware(
+//!     make::peak_ewma(|_: &&str, _: &()| {
+//!         service_fn(|_: ()| async { Ok::<u16, std::convert::Infallible>(200) })
+//!     }),
+//!     |status: &u16| *status >= 500,
+//!     Duration::from_secs(1),
+//! );
+//! let pool: P2cPool<&str, (), _, ()> = P2cPool::new(maker);
+//! # drop(pool);
+//! ```
+
+use crate::make::MakeEndpoint;
+use pin_project_lite::pin_project;
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+use tokio::time::Instant;
+use tower::load::Load;
+use tower_service::Service;
+
+/// How many failure levels [`FailureAwareLoad`] distinguishes: a rate in `[0, 1/LEVELS)` is
+/// level 0 (healthy), and so on up to `LEVELS - 1`.
+pub const LEVELS: u8 = 4;
+
+/// The weight of one response in the failure rate's moving average: four failures in a row
+/// take a healthy endpoint past three quarters.
+pub const WEIGHT: f64 = 0.3;
+
+/// Decides whether a successful (`Ok`) response counts as a failure of the endpoint.
+pub trait ClassifyResponse<Rsp> {
+    /// Whether `response` is a failure (an `Err` always is).
+    fn is_failure(&self, response: &Rsp) -> bool;
+}
+
+impl<Rsp, F> ClassifyResponse<Rsp> for F
+where
+    F: Fn(&Rsp) -> bool,
+{
+    fn is_failure(&self, response: &Rsp) -> bool {
+        self(response)
+    }
+}
+
+/// A classifier for which only `Err` is a failure.
+#[derive(Copy, Clone, Debug, Default)]
+pub struct ErrorsOnly;
+
+impl<Rsp> ClassifyResponse<Rsp> for ErrorsOnly {
+    fn is_failure(&self, _: &Rsp) -> bool {
+        false
+    }
+}
+
+/// Wraps `maker`'s endpoints in [`FailureAware`], with `classify` deciding which `Ok`
+/// responses are failures and the failure rate halving every `half_life` without failures.
+pub fn failure_aware<M, C>(maker: M, classify: C, half_life: Duration) -> FailureAwareMaker<M, C> {
+    FailureAwareMaker {
+        inner: maker,
+        classify: Arc::new(classify),
+        half_life,
+    }
+}
+
+/// The maker [`failure_aware`] returns.
+pub struct FailureAwareMaker<M, C> {
+    inner: M,
+    classify: Arc<C>,
+    half_life: Duration,
+}
+
+impl<K, T, M, C> MakeEndpoint<K, T> for FailureAwareMaker<M, C>
+where
+    M: MakeEndpoint<K, T>,
+{
+    type Endpoint = FailureAware<M::Endpoint, C>;
+
+    fn make_endpoint(&self, key: &K, target: &T) -> Self::Endpoint {
+        FailureAware::new(
+            self.inner.make_endpoint(key, target),
+            self.classify.clone(),
+            self.half_life,
+        )
+    }
+}
+
+/// An endpoint whose load puts its recent failure rate first; see the
+/// [module documentation](self).
+pub struct FailureAware<S, C> {
+    inner: S,
+    classify: Arc<C>,
+    health: Arc<Health>,
+}
+
+/// The [`Load`] metric of a [`FailureAware`] endpoint: the failure level, then the inner load,
+/// compared in that order.
+#[derive(Copy, Clone, Debug, PartialEq, PartialOrd)]
+pub struct FailureAwareLoad<M> {
+    /// The endpoint's recent failure rate in [`LEVELS`] steps; 0 is healthy.
+    pub failure_level: u8,
+    /// The inner endpoint's load.
+    pub load: M,
+}
+
+/// An endpoint's failure rate, shared by the endpoint and its response futures.
+struct Health {
+    /// The rate's `f64` bits; 0.0 while healthy.
+    rate: AtomicU64,
+    /// When `rate` was last updated, in nanoseconds since `origin`.
+    updated: AtomicU64,
+    origin: Instant,
+    half_life_nanos: f64,
+}
+
+impl<S, C> FailureAware<S, C> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, classify: Arc<C>, half_life: Duration) -> Self {
+        Self {
+            inner,
+            classify,
+            health: Arc::new(Health {
+                rate: AtomicU64::new(0f64.to_bits()),
+                updated: AtomicU64::new(0),
+                origin: Instant::now(),
+                half_life_nanos: half_life.as_nanos().max(1) as f64,
+            }),
+        }
+    }
+
+    /// The endpoint's failure rate now, in `[0, 1]`.
+    pub fn failure_rate(&self) -> f64 {
+        self.health.rate_now()
+    }
+}
+
+// === impl Health ===
+
+impl Health {
+    fn nanos_since_origin(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// `rate` decayed from its last update to `now`.
+    fn decayed(&self, rate: f64, now: u64) -> f64 {
+        let since = now.saturating_sub(self.updated.load(Ordering::Relaxed)) as f64;
+        rate * (-since / self.half_life_nanos).exp2()
+    }
+
+    fn rate_now(&self) -> f64 {
+        let rate = f64::from_bits(self.rate.load(Ordering::Relaxed));
+        if rate == 0.0 {
+            return 0.0;
+        }
+        self.decayed(rate, self.nanos_since_origin())
+    }
+
+    fn level(&self) -> u8 {
+        let rate = self.rate_now();
+        // Saturating float-to-int conversion; NaN cannot occur (rates stay in [0, 1]).
+        ((rate * f64::from(LEVELS)) as u8).min(LEVELS - 1)
+    }
+
+    fn record(&self, failed: bool) {
+        let rate = f64::from_bits(self.rate.load(Ordering::Relaxed));
+        if !failed && rate == 0.0 {
+            return;
+        }
+        let now = self.nanos_since_origin();
+        // Concurrent responses may interleave between the two stores; the rate is a heuristic
+        // and either order leaves it within one response's weight of exact.
+        let decayed = self.decayed(rate, now);
+        let target = if failed { 1.0 } else { 0.0 };
+        let mut next = decayed + (target - decayed) * WEIGHT;
+        // Below a thousandth the endpoint is healthy again, and the fast path resumes.
+        if next < 1e-3 {
+            next = 0.0;
+        }
+        self.rate.store(next.to_bits(), Ordering::Relaxed);
+        self.updated.store(now, Ordering::Relaxed);
+    }
+}
+
+// === impl FailureAware ===
+
+impl<S: Load, C> Load for FailureAware<S, C> {
+    type Metric = FailureAwareLoad<S::Metric>;
+
+    fn load(&self) -> Self::Metric {
+        FailureAwareLoad {
+            failure_level: self.health.level(),
+            load: self.inner.load(),
+        }
+    }
+}
+
+impl<S, C, Req> Service<Req> for FailureAware<S, C>
+where
+    S: Service<Req>,
+    C: ClassifyResponse<S::Response>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = FailureAwareFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        FailureAwareFuture {
+            inner: self.inner.call(request),
+            classify: self.classify.clone(),
+            health: self.health.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for FailureAware<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailureAware")
+            .field("inner", &self.inner)
+            .field("failure_rate", &self.health.rate_now())
+            .finish()
+    }
+}
+
+impl<M: fmt::Debug, C> fmt::Debug for FailureAwareMaker<M, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailureAwareMaker")
+            .field("inner", &self.inner)
+            .field("half_life", &self.half_life)
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// The response future of a [`FailureAware`] endpoint: it records the outcome.
+    pub struct FailureAwareFuture<F, C> {
+        #[pin]
+        inner: F,
+        classify: Arc<C>,
+        health: Arc<Health>,
+    }
+}
+
+impl<F, C, Rsp, E> Future for FailureAwareFuture<F, C>
+where
+    F: Future<Output = Result<Rsp, E>>,
+    C: ClassifyResponse<Rsp>,
+{
+    type Output = Result<Rsp, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let failed = match &result {
+            Ok(response) => this.classify.is_failure(response),
+            Err(_) => true,
+        };
+        this.health.record(failed);
+        Poll::Ready(result)
+    }
+}
+
+impl<F, C> fmt::Debug for FailureAwareFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailureAwareFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::future::{ready, Ready};
+    use tower::{load::Constant, ServiceExt};
+
+    /// Answers each request with the status code it was sent.
+    struct Echo;
+
+    impl Service<u16> for Echo {
+        type Response = u16;
+        type Error = Infallible;
+        type Future = Ready<Result<u16, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, status: u16) -> Self::Future {
+            ready(Ok(status))
+        }
+    }
+
+    fn endpoint() -> FailureAware<Constant<Echo, u32>, fn(&u16) -> bool> {
+        let classify: fn(&u16) -> bool = |status| *status >= 500;
+        FailureAware::new(
+            Constant::new(Echo, 7),
+            Arc::new(classify),
+            Duration::from_secs(1),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_raise_the_level_and_time_brings_it_back() {
+        let mut ep = endpoint();
+        assert_eq!(ep.load().failure_level, 0);
+        for _ in 0..4 {
+            ep.ready().await.unwrap().call(503).await.unwrap();
+        }
+        // 1 - 0.7^4 ≈ 0.76: level 3 of 4.
+        assert_eq!(ep.load().failure_level, 3);
+        assert!((ep.failure_rate() - (1.0 - 0.7f64.powi(4))).abs() < 1e-9);
+
+        // Two half-lives without failures: 0.76 / 4 = 0.19, level 0.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(ep.load().failure_level, 0);
+        assert_eq!(ep.load().load, 7, "the inner load is kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn successes_bring_the_rate_down_and_back_to_the_fast_path() {
+        let mut ep = endpoint();
+        ep.ready().await.unwrap().call(500).await.unwrap();
+        assert!(ep.failure_rate() > 0.0);
+        for _ in 0..30 {
+            ep.ready().await.unwrap().call(200).await.unwrap();
+        }
+        assert_eq!(
+            ep.failure_rate(),
+            0.0,
+            "below a thousandth snaps back to healthy"
+        );
+    }
+
+    #[test]
+    fn level_is_compared_before_load() {
+        let healthy_busy = FailureAwareLoad {
+            failure_level: 0,
+            load: 100u32,
+        };
+        let failing_idle = FailureAwareLoad {
+            failure_level: 1,
+            load: 0u32,
+        };
+        assert!(healthy_busy < failing_idle);
+        let a = FailureAwareLoad {
+            failure_level: 0,
+            load: 1u32,
+        };
+        assert!(a < healthy_busy);
+    }
+}
