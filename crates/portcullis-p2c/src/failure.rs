@@ -328,8 +328,11 @@ mod tests {
         }
     }
 
-    fn endpoint() -> FailureAware<Constant<Echo, u32>, fn(&u16) -> bool> {
-        let classify: fn(&u16) -> bool = |status| *status >= 500;
+    /// 5xx is a failure.
+    type Classify = fn(&u16) -> bool;
+
+    fn endpoint() -> FailureAware<Constant<Echo, u32>, Classify> {
+        let classify: Classify = |status| *status >= 500;
         FailureAware::new(
             Constant::new(Echo, 7),
             Arc::new(classify),
