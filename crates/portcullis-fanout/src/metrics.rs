@@ -82,7 +82,10 @@ impl Metrics {
     /// Fresh metrics, all zero.
     pub fn new() -> Self {
         let inner = Inner {
-            latency_us: Mutex::new(Histogram::new(3).ok()),
+            // Fixed bounds (1 µs to an hour): an auto-resizing histogram would grow only on
+            // `record`, and saturating records into its initial 1..=2 µs range clamp every
+            // latency to 2 µs.
+            latency_us: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).ok()),
             ..Inner::default()
         };
         Self {
