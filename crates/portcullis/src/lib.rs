@@ -125,10 +125,14 @@
 //!
 //! # Features
 //!
-//! - `http`: the HTTP classifier of [`retry::classify`] (transport errors, 429 and 5xx are
-//!   transient; honours `Retry-After`).
-//! - `grpc`: the gRPC classifier of [`retry::classify`] (`UNAVAILABLE` and friends are
-//!   transient; honours `grpc-retry-pushback-ms`).
+//! - `http`: the HTTP classifier of [`retry::classify`] (transport errors, 429, 502, 503 and
+//!   504 on idempotent methods are transient; every other 4xx and 5xx is permanent; honours
+//!   `Retry-After`).
+//! - `grpc`: the gRPC classifier of [`retry::classify`] (`UNAVAILABLE`, and
+//!   `RESOURCE_EXHAUSTED` with a pushback, are transient; honours `grpc-retry-pushback-ms`).
+//! - `prometheus`: [`prometheus`](crate::prometheus) registers every crate's metrics with a
+//!   `prometheus-client` registry (queue depth and latency, failfast, endpoints by state,
+//!   retries and budget refusals, fan-out outcomes).
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -140,6 +144,8 @@
 
 mod builder;
 pub mod discovery;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 
 pub use builder::ServiceBuilderExt;
 

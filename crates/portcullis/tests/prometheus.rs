@@ -1,0 +1,403 @@
+//! `portcullis::prometheus`: drive real stacks in paused time, encode the registry, and read
+//! the numbers back out of the text exposition.
+#![cfg(feature = "prometheus")]
+
+use portcullis::prelude::*;
+use portcullis::prometheus;
+use prometheus_client::{encoding::text::encode, registry::Registry};
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::{service_fn, Service, ServiceExt};
+
+/// The value of the sample `series` (name and labels exactly as exposed), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+#[track_caller]
+fn assert_sample(text: &str, series: &str, expected: f64) {
+    assert_eq!(sample(text, series), Some(expected), "{series} in:\n{text}");
+}
+
+fn render(registry: &Registry) -> String {
+    let mut text = String::new();
+    encode(&mut text, registry).unwrap();
+    text
+}
+
+/// An endpoint that is never ready: its `poll_ready` fails, so the pool evicts it.
+#[derive(Clone)]
+struct Broken;
+
+impl Service<u32> for Broken {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<&'static str, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Err("refused".into()))
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        std::future::ready(Err("not ready".into()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_queue_and_p2c_metrics_are_exported() {
+    // Two healthy replicas and one whose readiness fails; the first two calls fail.
+    let failures_left = Arc::new(AtomicU32::new(2));
+    let pool = P2cPool::with_seed(
+        portcullis::p2c::make::pending_requests(move |name: &&'static str, _: &()| {
+            let name = *name;
+            let failures_left = failures_left.clone();
+            let healthy = service_fn(move |_: u32| {
+                let fail = failures_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                async move {
+                    if fail {
+                        Err::<&'static str, BoxError>("connection reset".into())
+                    } else {
+                        Ok(name)
+                    }
+                }
+            });
+            if name == "broken" {
+                tower::util::Either::Left(Broken)
+            } else {
+                tower::util::Either::Right(healthy)
+            }
+        }),
+        3,
+    );
+    let p2c = pool.metrics();
+    let (publish, endpoints) =
+        tokio::sync::watch::channel(vec![("a", ()), ("b", ()), ("broken", ())]);
+    let queue = PoolQueue::new(
+        pool,
+        discovery::from_watch(endpoints),
+        PoolQueueConfig::new(8, Duration::from_secs(1)).unwrap(),
+    )
+    .unwrap();
+    let retry = RetryLayer::builder(retry::classify::predicate(
+        |res: Result<&&'static str, &BoxError>| res.is_err(),
+    ))
+    .max_attempts(3)
+    .backoff(Backoff::new(
+        Duration::from_millis(1),
+        2.0,
+        Duration::from_millis(10),
+    ))
+    .deadline(Duration::from_secs(1))
+    .build()
+    .unwrap();
+
+    let mut registry = Registry::default();
+    prometheus::register_retry(&mut registry, "api", retry.metrics().clone());
+    prometheus::register_pool_queue(&mut registry, "api", queue.metrics());
+    prometheus::register_p2c(&mut registry, "api", p2c);
+
+    let svc = ServiceBuilder::new().retry_budget(retry).service(queue);
+    for i in 0..10 {
+        let answer = svc.clone().oneshot(i).await.unwrap();
+        assert!(answer == "a" || answer == "b", "{answer}");
+    }
+    // Discovery drops the broken replica; the worker applies it while idle.
+    publish.send(vec![("a", ()), ("b", ())]).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let text = render(&registry);
+    assert_sample(&text, "api_retry_requests_total", 10.0);
+    assert_sample(&text, "api_retry_retries_total", 2.0);
+    assert_sample(&text, "api_retry_attempts_total", 12.0);
+    assert_sample(&text, "api_retry_succeeded_total", 10.0);
+    assert_sample(&text, "api_retry_budget_refusals_total", 0.0);
+    for reason in [
+        "permanent",
+        "budget_exhausted",
+        "attempts_exhausted",
+        "deadline",
+    ] {
+        assert_sample(
+            &text,
+            &format!("api_retry_give_ups_total{{reason=\"{reason}\"}}"),
+            0.0,
+        );
+    }
+    assert!(
+        sample(&text, "api_retry_budget_balance").is_some(),
+        "{text}"
+    );
+
+    // Every attempt went through the queue, was dispatched, and waited no time (paused clock).
+    assert_sample(&text, "api_pool_queue_depth", 0.0);
+    assert_sample(&text, "api_pool_queue_capacity", 8.0);
+    assert_sample(&text, "api_pool_queue_failfast", 0.0);
+    assert_sample(&text, "api_pool_queue_failfast_entered_total", 0.0);
+    let dispatched = "api_pool_queue_time_seconds_count{outcome=\"dispatched\"}";
+    assert_sample(&text, dispatched, 12.0);
+    assert_sample(
+        &text,
+        "api_pool_queue_time_seconds_bucket{le=\"0.0001\",outcome=\"dispatched\"}",
+        12.0,
+    );
+    assert_sample(
+        &text,
+        "api_pool_queue_time_seconds_bucket{le=\"+Inf\",outcome=\"dispatched\"}",
+        12.0,
+    );
+    assert_sample(
+        &text,
+        "api_pool_queue_time_seconds_count{outcome=\"failfast\"}",
+        0.0,
+    );
+    assert_sample(
+        &text,
+        "api_pool_queue_discovery_updates_total{kind=\"reset\"}",
+        2.0,
+    );
+    assert_sample(
+        &text,
+        "api_pool_queue_discovery_updates_total{kind=\"add\"}",
+        0.0,
+    );
+    assert_sample(&text, "api_pool_queue_endpoints{state=\"ready\"}", 2.0);
+    assert_sample(&text, "api_pool_queue_endpoints{state=\"failed\"}", 0.0);
+    assert_sample(&text, "api_pool_queue_discovery_ended", 0.0);
+
+    assert_sample(&text, "api_p2c_endpoints{state=\"ready\"}", 2.0);
+    assert_sample(&text, "api_p2c_endpoints{state=\"pending\"}", 0.0);
+    assert_sample(
+        &text,
+        "api_p2c_discovery_updates_total{kind=\"reset\"}",
+        2.0,
+    );
+    let evictions = sample(&text, "api_p2c_evictions_total").unwrap();
+    assert!(evictions >= 1.0, "the broken replica was evicted: {text}");
+    assert!(sample(&text, "api_p2c_rebuilds_total").is_some(), "{text}");
+
+    assert_families_unique(&text);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failfast_is_exported_under_its_own_prefix() {
+    let pool = P2cPool::with_peak_ewma(|_: &&'static str, _: &()| {
+        service_fn(|_: u32| async { Ok::<_, Infallible>(()) })
+    });
+    let queue = PoolQueue::new(
+        pool,
+        futures_util::stream::pending::<Result<Update<&'static str, ()>, BoxError>>(),
+        PoolQueueConfig::new(4, Duration::from_millis(100)).unwrap(),
+    )
+    .unwrap();
+    let mut registry = Registry::default();
+    prometheus::register_pool_queue(&mut registry, "empty", queue.metrics());
+
+    // No endpoint: the request waits out the failfast timeout, then fails.
+    let error = queue.clone().oneshot(1).await.unwrap_err();
+    assert!(error.is::<portcullis::pool::FailFast>(), "{error}");
+
+    let text = render(&registry);
+    assert_sample(&text, "empty_pool_queue_failfast", 1.0);
+    assert_sample(&text, "empty_pool_queue_failfast_entered_total", 1.0);
+    assert_sample(&text, "empty_pool_queue_failfast_exited_total", 0.0);
+    assert_sample(
+        &text,
+        "empty_pool_queue_time_seconds_count{outcome=\"failfast\"}",
+        1.0,
+    );
+    // It waited the 100 ms timeout: not in the 50 ms bucket, in the 100 ms one.
+    assert_sample(
+        &text,
+        "empty_pool_queue_time_seconds_bucket{le=\"0.05\",outcome=\"failfast\"}",
+        0.0,
+    );
+    assert_sample(
+        &text,
+        "empty_pool_queue_time_seconds_bucket{le=\"0.25\",outcome=\"failfast\"}",
+        1.0,
+    );
+    let sum = sample(
+        &text,
+        "empty_pool_queue_time_seconds_sum{outcome=\"failfast\"}",
+    )
+    .unwrap();
+    // 100 ms, to the precision of the queue's histogram (a few percent).
+    assert!((0.095..0.105).contains(&sum), "{sum}");
+    assert_sample(&text, "empty_pool_queue_endpoints{state=\"ready\"}", 0.0);
+    assert_families_unique(&text);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fanout_metrics_are_exported_with_a_latency_histogram() {
+    let peer = |delay_ms: u64| {
+        service_fn(move |_: &'static str| async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            Ok::<_, Infallible>(delay_ms)
+        })
+    };
+    let fanout = FanOut::new(
+        [
+            ("fast", peer(3)),
+            ("slow", peer(20)),
+            ("hung", peer(60_000)),
+        ],
+        FanOutConfig::new()
+            .max_in_flight(8)
+            .per_peer_timeout(Duration::from_millis(80)),
+    )
+    .unwrap();
+    let mut registry = Registry::default();
+    prometheus::register_fanout(&mut registry, "purge", fanout.metrics().clone());
+
+    let report = fanout.oneshot("/purge").await.unwrap();
+    assert_eq!(report.counts().responses, 2);
+
+    let text = render(&registry);
+    assert_sample(&text, "purge_fanout_fan_outs_total", 1.0);
+    assert_sample(
+        &text,
+        "purge_fanout_results_total{result=\"policy_not_met\"}",
+        1.0,
+    );
+    assert_sample(
+        &text,
+        "purge_fanout_results_total{result=\"policy_met\"}",
+        0.0,
+    );
+    assert_sample(
+        &text,
+        "purge_fanout_peer_calls_total{outcome=\"response\"}",
+        2.0,
+    );
+    assert_sample(
+        &text,
+        "purge_fanout_peer_calls_total{outcome=\"timed_out\"}",
+        1.0,
+    );
+    assert_sample(
+        &text,
+        "purge_fanout_peer_calls_total{outcome=\"error\"}",
+        0.0,
+    );
+    assert_sample(
+        &text,
+        "purge_fanout_peer_calls_total{outcome=\"cancelled\"}",
+        0.0,
+    );
+    assert_sample(&text, "purge_fanout_peak_in_flight", 3.0);
+    assert_sample(&text, "purge_fanout_refused_total", 0.0);
+
+    assert_sample(&text, "purge_fanout_peer_latency_seconds_count", 3.0);
+    assert_sample(
+        &text,
+        "purge_fanout_peer_latency_seconds_bucket{le=\"+Inf\"}",
+        3.0,
+    );
+    assert_families_unique(&text);
+}
+
+/// The fan-out's peer latencies land in the buckets they belong to.
+#[tokio::test(start_paused = true)]
+async fn fanout_peer_latency_buckets() {
+    let peer = |delay_ms: u64| {
+        service_fn(move |_: &'static str| async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            Ok::<_, Infallible>(delay_ms)
+        })
+    };
+    let fanout = FanOut::new(
+        [
+            ("fast", peer(3)),
+            ("slow", peer(20)),
+            ("hung", peer(60_000)),
+        ],
+        FanOutConfig::new()
+            .max_in_flight(8)
+            .per_peer_timeout(Duration::from_millis(80)),
+    )
+    .unwrap();
+    let mut registry = Registry::default();
+    prometheus::register_fanout(&mut registry, "purge", fanout.metrics().clone());
+    let report = fanout.oneshot("/purge").await.unwrap();
+    assert_eq!(report.latency(&"slow"), Some(Duration::from_millis(20)));
+
+    let text = render(&registry);
+    // 3 ms, 20 ms and the 80 ms deadline, in cumulative buckets.
+    let bucket = |le: &str| format!("purge_fanout_peer_latency_seconds_bucket{{le=\"{le}\"}}");
+    assert_sample(&text, &bucket("0.0025"), 0.0);
+    assert_sample(&text, &bucket("0.005"), 1.0);
+    assert_sample(&text, &bucket("0.01"), 1.0);
+    assert_sample(&text, &bucket("0.025"), 2.0);
+    assert_sample(&text, &bucket("0.05"), 2.0);
+    assert_sample(&text, &bucket("0.1"), 3.0);
+    assert_sample(&text, &bucket("+Inf"), 3.0);
+    assert_sample(&text, "purge_fanout_peer_latency_seconds_count", 3.0);
+    let sum = sample(&text, "purge_fanout_peer_latency_seconds_sum").unwrap();
+    assert!((0.1..0.11).contains(&sum), "3 + 20 + 80 ms ≈ {sum}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_kind_in_one_registry_has_unique_families() {
+    let pool = P2cPool::with_peak_ewma(|_: &&'static str, _: &()| {
+        service_fn(|_: u32| async { Ok::<_, Infallible>(()) })
+    });
+    let p2c = pool.metrics();
+    let queue = PoolQueue::new(
+        pool,
+        futures_util::stream::pending::<Result<Update<&'static str, ()>, BoxError>>(),
+        PoolQueueConfig::default(),
+    )
+    .unwrap();
+    let retry = RetryLayer::builder(retry::classify::predicate(|res: Result<&(), &BoxError>| {
+        res.is_err()
+    }))
+    .build()
+    .unwrap();
+    let fanout = FanOut::new(
+        [("a", service_fn(|_: u32| async { Ok::<_, Infallible>(()) }))],
+        FanOutConfig::new(),
+    )
+    .unwrap();
+
+    let mut registry = Registry::default();
+    // Two stacks of the same kinds, told apart by their prefixes.
+    for stack in ["one", "two"] {
+        prometheus::register_pool_queue(&mut registry, stack, queue.metrics());
+        prometheus::register_p2c(&mut registry, stack, p2c.clone());
+        prometheus::register_retry(&mut registry, stack, retry.metrics().clone());
+        prometheus::register_fanout(&mut registry, stack, fanout.metrics().clone());
+    }
+    let text = render(&registry);
+    assert!(text.ends_with("# EOF\n"));
+    let families = assert_families_unique(&text);
+    assert_eq!(families.len(), 2 * (11 + 4 + 9 + 8), "{text}");
+    // An empty histogram still has all its buckets, at zero.
+    assert_sample(
+        &text,
+        "one_fanout_peer_latency_seconds_bucket{le=\"+Inf\"}",
+        0.0,
+    );
+    assert_sample(&text, "two_fanout_peer_latency_seconds_sum", 0.0);
+}
+
+/// Checks that no metric family is declared twice, and returns the families.
+#[track_caller]
+fn assert_families_unique(text: &str) -> HashSet<&str> {
+    let mut families = HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_whitespace().next().unwrap();
+            assert!(families.insert(name), "{name} declared twice in:\n{text}");
+        }
+    }
+    families
+}
