@@ -11,7 +11,7 @@
 //!
 //! - tower: `Retry` (3 attempts, no budget) → `Buffer` → p2c `Balance` over `PeakEwma`.
 //! - portcullis: `Retry` (HTTP classifier, 20 % budget, jittered backoff inside a 1 s deadline)
-//!   → `PoolQueue` → `P2cPool` over `PeakEwma`.
+//!   → `PoolQueue` → `P2cPool` over failure-aware `PeakEwma` (recent 5xx rate first).
 //!
 //! It prints a side-by-side table and writes an SVG plot of both latency distributions.
 
@@ -25,7 +25,7 @@ use portcullis_examples::{
     endpoint::{self, BoxError, HttpClient, HttpEndpoint},
     plot,
 };
-use portcullis_p2c::P2cPool;
+use portcullis_p2c::{failure, make, P2cPool};
 use portcullis_pool::{PoolQueue, PoolQueueConfig, Update};
 use portcullis_retry::{classify::http::HttpClassify, Backoff, RetryLayer};
 use std::{
@@ -216,9 +216,16 @@ fn portcullis_stack(
             Event::Remove(name) => Update::Remove(vec![name]),
         })
     });
-    let pool = P2cPool::with_peak_ewma(move |_: &String, addr: &SocketAddr| {
-        HttpEndpoint::new(client.clone(), *addr)
-    });
+    // PeakEwma, with the recent 5xx rate compared first: a backend that answers 503 at once
+    // would otherwise look like the least loaded of all and draw more than its share.
+    let maker = failure::failure_aware(
+        make::peak_ewma(move |_: &String, addr: &SocketAddr| {
+            HttpEndpoint::new(client.clone(), *addr)
+        }),
+        |response: &Response<Bytes>| response.status().is_server_error(),
+        Duration::from_secs(1),
+    );
+    let pool = P2cPool::new(maker);
     let queue = PoolQueue::new(
         pool,
         updates,

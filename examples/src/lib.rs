@@ -5,4 +5,6 @@
 
 pub mod backend;
 pub mod endpoint;
+pub mod grpc;
 pub mod plot;
+pub mod proxy;

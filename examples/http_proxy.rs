@@ -1,0 +1,146 @@
+//! A reverse proxy for HTTP/1.1 and HTTP/2 over backends listed in a file (see
+//! `portcullis_examples::proxy` for what it does).
+//!
+//! ```text
+//! cargo run --example http_proxy -- --listen 127.0.0.1:8080 --backends backends.txt
+//! cargo run --example http_proxy            # starts 3 local backends and prints what to try
+//! ```
+//!
+//! The backends file holds one `SocketAddr` per line (`#` comments allowed) and is re-read
+//! every second: edit it and the proxy follows, with no restart and no request needed.
+
+use portcullis_examples::{
+    backend::{Backend, Behavior},
+    endpoint::BoxError,
+    proxy::{Proxy, ProxyConfig},
+};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use tokio::time::Instant;
+
+const USAGE: &str = "\
+usage: http_proxy [--listen ADDR] [--backends FILE]
+
+  --listen ADDR     where to serve (default 127.0.0.1:8080)
+  --backends FILE   backend addresses, one SocketAddr per line, re-read every second;
+                    without it, 3 local backends are started and written to a temp file
+
+routes:
+  GET  /metrics          Prometheus (OpenMetrics) text of every stack
+  POST /admin/purge...   sent to every backend as POST /purge...; per-backend outcomes
+                         as JSON (or text with Accept: text/plain)
+  anything else          proxied to one backend (p2c, PeakEwma, retried within a budget)";
+
+struct Args {
+    listen: SocketAddr,
+    backends: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut args = Args {
+        listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        backends: None,
+    };
+    let mut argv = std::env::args().skip(1);
+    while let Some(arg) = argv.next() {
+        let mut value = |name: &str| argv.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--listen" => {
+                let listen = value("--listen")?;
+                args.listen = listen
+                    .parse()
+                    .map_err(|e| format!("--listen {listen}: not a socket address ({e})"))?;
+            }
+            "--backends" => args.backends = Some(PathBuf::from(value("--backends")?)),
+            "-h" | "--help" => return Ok(None),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(Some(args))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = match parse_args() {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("http_proxy: {error}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("http_proxy: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    // The demo's backends live as long as the program; keep them owned here.
+    let mut demo_backends = Vec::new();
+    let backends = match args.backends {
+        Some(path) => path,
+        None => {
+            demo_backends = start_demo_backends().await?;
+            let path = std::env::temp_dir().join(format!(
+                "portcullis-http-proxy-{}.addrs",
+                std::process::id()
+            ));
+            let lines: String = demo_backends
+                .iter()
+                .map(|b| format!("# {}\n{}\n", b.name, b.addr))
+                .collect();
+            std::fs::write(&path, lines)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            path
+        }
+    };
+
+    let proxy = Proxy::bind(args.listen, ProxyConfig::new(&backends)).await?;
+    let addr = proxy.local_addr()?;
+    println!(
+        "http_proxy on http://{addr}, backends from {}",
+        backends.display()
+    );
+    if !demo_backends.is_empty() {
+        for backend in &demo_backends {
+            println!("  backend {} on {}", backend.name, backend.addr);
+        }
+        println!(
+            "\n`flaky` answers 503 for its first 10 s: the proxy retries it on another backend.\n\
+             Try:\n\
+             \x20 curl -i http://{addr}/hello\n\
+             \x20 curl -i --http2-prior-knowledge http://{addr}/hello\n\
+             \x20 curl -X POST http://{addr}/admin/purge\n\
+             \x20 curl -X POST -H 'accept: text/plain' http://{addr}/admin/purge/images\n\
+             \x20 curl http://{addr}/metrics\n\
+             and remove a line from {} to take a backend out (applied within a second).",
+            backends.display()
+        );
+    }
+    proxy.run().await;
+    Ok(())
+}
+
+async fn start_demo_backends() -> Result<Vec<Backend>, BoxError> {
+    let behavior = |delay_ms: u64, unavailable_for: Option<Duration>| Behavior {
+        delay: Duration::from_millis(delay_ms),
+        unavailable_until: unavailable_for.map(|d| Instant::now() + d),
+    };
+    Ok(vec![
+        Backend::start("fast", behavior(1, None)).await?,
+        Backend::start("slow", behavior(20, None)).await?,
+        Backend::start("flaky", behavior(1, Some(Duration::from_secs(10)))).await?,
+    ])
+}
