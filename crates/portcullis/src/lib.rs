@@ -130,7 +130,7 @@
 //!   `Retry-After`).
 //! - `grpc`: the gRPC classifier of [`retry::classify`] (`UNAVAILABLE`, and
 //!   `RESOURCE_EXHAUSTED` with a pushback, are transient; honours `grpc-retry-pushback-ms`).
-//! - `prometheus`: [`prometheus`](crate::prometheus) registers every crate's metrics with a
+//! - `prometheus`: the `portcullis::prometheus` module registers every crate's metrics with a
 //!   `prometheus-client` registry (queue depth and latency, failfast, endpoints by state,
 //!   retries and budget refusals, fan-out outcomes).
 #![forbid(unsafe_code)]
