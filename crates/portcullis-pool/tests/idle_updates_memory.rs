@@ -2,43 +2,21 @@
 //! not grow with them: the failure mode of seed 002, where an idle balancer buffered every
 //! update it had not read.
 //!
-//! Memory is measured with a counting global allocator, which is why this test has a binary
-//! of its own (and the one `unsafe` block of the workspace: forwarding to the system
-//! allocator).
-#![allow(unsafe_code)]
+//! Memory is measured with portcullis-test's counting global allocator, which is why this
+//! test has a binary of its own.
 
 mod support;
 
 use portcullis_pool::Update;
-use std::{
-    alloc::{GlobalAlloc, Layout, System},
-    sync::atomic::{AtomicIsize, Ordering},
-};
+use portcullis_test::alloc::CountingAllocator;
 use support::*;
 use tokio_test::assert_pending;
 
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call forwards to the system allocator unchanged; the counter is a side note.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        System.dealloc(ptr, layout)
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: CountingAllocator = CountingAllocator::new();
 
 fn live_bytes() -> isize {
-    LIVE_BYTES.load(Ordering::Relaxed)
+    ALLOCATOR.live_bytes()
 }
 
 const BATCH: usize = 1_000;

@@ -4,12 +4,14 @@
 //!   failures a test controls, and which records the discovery updates it receives and hands
 //!   each request to the test to answer.
 //! - [`discovery`]: discovery streams, fed by hand through a channel or scripted in time.
+//! - [`alloc`]: a counting global allocator, for tests that show memory does not grow.
 //! - [`endpoint`]: simulated endpoints with latency, failures, hangs and readiness a test
 //!   controls, for stacks with a real balancer inside.
 //!
 //! Everything here runs on tokio's clock, so tests stay deterministic under
 //! `#[tokio::test(start_paused = true)]`.
-#![forbid(unsafe_code)]
+// Only `alloc` implements `GlobalAlloc`, which cannot be done without `unsafe`.
+#![deny(unsafe_code)]
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -18,6 +20,7 @@
 )]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod alloc;
 pub mod discovery;
 pub mod endpoint;
 pub mod pool;

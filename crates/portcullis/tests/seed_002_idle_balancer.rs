@@ -12,43 +12,23 @@
 //! Memory is measured with a counting global allocator, which is why this scenario has a
 //! binary of its own with a single test (another test running in parallel would allocate on
 //! the same counter).
-#![allow(unsafe_code)]
 
 mod support;
 
 use portcullis::pool::{PoolQueue, PoolQueueConfig, Update};
-use portcullis_test::discovery;
+use portcullis_test::{alloc::CountingAllocator, discovery};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 use support::{settle, Fleet};
 use tower::ServiceExt;
 
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call forwards to the system allocator unchanged; the counter is a side note.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        System.dealloc(ptr, layout)
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: CountingAllocator = CountingAllocator::new();
 
 fn live_bytes() -> isize {
-    LIVE_BYTES.load(Ordering::Relaxed)
+    ALLOCATOR.live_bytes()
 }
 
 /// Keys are drawn from this range, so the endpoint set (and the pool's tables) stay bounded
