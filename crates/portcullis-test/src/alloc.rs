@@ -53,23 +53,28 @@ impl Default for CountingAllocator {
 // returns; the counter does not touch the memory.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.live.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        self.live
+            .fetch_add(layout.size() as isize, Ordering::Relaxed);
         System.alloc(layout)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        self.live.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        self.live
+            .fetch_sub(layout.size() as isize, Ordering::Relaxed);
         System.dealloc(ptr, layout)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        self.live.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        self.live
+            .fetch_add(layout.size() as isize, Ordering::Relaxed);
         System.alloc_zeroed(layout)
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        self.live
-            .fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        self.live.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         System.realloc(ptr, layout, new_size)
     }
 }
