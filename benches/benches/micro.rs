@@ -15,7 +15,6 @@ use portcullis_retry::RetryLayer;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
@@ -23,24 +22,9 @@ use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PendingRequests};
 use tower::retry::budget::{Budget as _, TpsBudget};
 use tower::retry::{Policy, Retry};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 
-#[derive(Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: u64) -> Self::Future {
-        ready(Ok(request))
-    }
-}
+use portcullis_benches::Echo;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -2,11 +2,8 @@
 //! summary table and the process's memory.
 
 use hdrhistogram::Histogram;
-use std::convert::Infallible;
 use std::fmt::Debug;
-use std::future::{ready, Ready};
 use std::hint::black_box;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower::{Service, ServiceExt};
 
@@ -27,25 +24,7 @@ impl Config {
     }
 }
 
-// === impl Echo ===
-
-/// The trivial endpoint: always ready, answers at once with the request.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: u64) -> Self::Future {
-        ready(Ok(request))
-    }
-}
+pub(crate) use portcullis_benches::Echo;
 
 // === histograms ===
 
