@@ -82,7 +82,7 @@ async fn main() -> Result<(), BoxError> {
     let portcullis = run("portcullis PoolQueue+P2c+Retry", &client, portcullis_stack).await?;
 
     print_table(&[&tower, &portcullis]);
-    let svg = plot::latency_cdf_svg(
+    let svg = plot::latency_by_percentile_svg(
         "request latency, same load and backends",
         &[
             (tower.label, &tower.latency),
