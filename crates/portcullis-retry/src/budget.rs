@@ -26,11 +26,31 @@
 //!
 //! # Concurrency
 //!
-//! No lock: the deposit credit and its live total share one `AtomicU64` updated by
-//! compare-and-swap, so deposits, withdrawals and expiries are linearizable and totals are
-//! exact under any interleaving. Each slot is one `AtomicU64` tagged with its slot number; the
-//! caller that moves a slot on to a new number expires what the old number held. The reserve is
-//! a single `AtomicU64` (a GCRA theoretical arrival time).
+//! No lock, and a first attempt writes no cache line that callers on other threads write:
+//!
+//! * **Deposits are striped.** Each thread deposits into its own stripe (one of up to 16,
+//!   assigned round-robin, each on its own cache lines): a cumulative `deposited` counter and
+//!   a ring of `slots` cells, each one `AtomicU64` tagged with its slot number, holding what
+//!   the stripe deposited in that slot. Whoever moves a cell on to a newer slot number adds
+//!   what the old number held to the stripe's cumulative `expired` counter; each cell is moved
+//!   on by exactly one compare-and-swap, so every unit expires exactly once.
+//! * **Expiry is driven by time, not by the stripe's own traffic.** A shared cursor holds the
+//!   newest slot whose expiry is done; the first caller to see a newer slot moves every
+//!   stripe's cells on before advancing it (once per slot, a few stores), so an idle stripe's
+//!   deposits expire on time too.
+//! * **Withdrawals are serialized through one shared word**, written only when a retry is
+//!   paid (the failure path): `head`, how many deposit units, counted from the first, are
+//!   spent or expired. Deposits are consumed in slot order, so the live deposits are the
+//!   units from `expired` (all stripes) to `deposited` (all stripes), and the unspent ones
+//!   those from `max(head, expired)` on: exactly the "oldest first" model above. A retry moves
+//!   `head` to `max(head, expired) + cost` by compare-and-swap, if that is within `deposited`.
+//!   Both sums only grow, and a withdrawal reads `expired` of a stripe before its
+//!   `deposited`, so what it sees live is never more than was deposited: totals are exact
+//!   under any interleaving, and a refused withdrawal writes nothing. A withdrawal that runs
+//!   while a slot is being expired may be ordered just before that expiry.
+//!
+//! The ring is per stripe, so with many slots there are fewer stripes (at most 128 KiB in all):
+//! 16 up to 1 021 slots, halving as the ring grows, one from 8 190 slots on. The reserve is a single `AtomicU64` (a GCRA theoretical arrival time).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +60,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::BudgetError;
+use crate::stripe::{self, Padded, STRIPES};
 
 const RATIO_SCALE: u64 = 1000;
 const MAX_RATIO: f64 = 1000.0;
@@ -90,22 +111,50 @@ struct Inner {
     cost: u64,
     origin: Instant,
     slot_nanos: u64,
-    /// Packed `(live << 32) | balance`: `live` is unexpired deposits, `balance` what of them is
-    /// unspent. Kept in one word so that a withdrawal and an expiry can never both spend it.
-    credit: AtomicU64,
-    /// Highest slot number whose expiry has been handled.
-    cursor: AtomicU64,
-    /// Packed `(slot number << 32) | units deposited in that slot`.
-    slots: Box<[AtomicU64]>,
+    /// Slots in the window (`ttl / slot_nanos`).
+    slots: u64,
+    /// Stripes, a power of two, minus one.
+    stripe_mask: usize,
+    /// Words per stripe: [`HINT`], [`DEPOSITED`], [`EXPIRED`] and the ring of `slots` cells,
+    /// rounded up to whole lines.
+    stripe_words: usize,
+    /// Every stripe's words, stripe after stripe, each stripe starting on its own line.
+    words: Box<[Line]>,
+    /// Highest slot number whose expiry has been done in every stripe.
+    cursor: Padded<AtomicU64>,
+    /// Deposit units, counted from the first deposit, that are spent or expired (see the
+    /// module docs); only a paid withdrawal writes it.
+    head: Padded<AtomicU64>,
     reserve: Reserve,
 }
+
+/// Words per [`Line`].
+const LINE_WORDS: usize = 16;
+
+/// 128 bytes of counters, aligned so that no two stripes share a cache line.
+#[repr(align(128))]
+struct Line([AtomicU64; LINE_WORDS]);
+
+/// Stripe word: the last slot this stripe deposited in, packed `(slot << 20) | cell index`
+/// (or [`NO_HINT`]), so that a deposit in the same slot as the previous one needs no division.
+const HINT: usize = 0;
+/// Stripe word: units ever deposited in this stripe.
+const DEPOSITED: usize = 1;
+/// Stripe word: units ever expired from this stripe's cells.
+const EXPIRED: usize = 2;
+/// Stripe words from here on: the ring of cells, packed `(slot number << 32) | units`.
+const CELLS: usize = 3;
+const NO_HINT: u64 = u64::MAX;
+const HINT_INDEX_BITS: u32 = 20;
+/// Stripes are cut down so that all of them hold at most this many lines (128 KiB).
+const MAX_LINES: usize = 1024;
 
 /// A GCRA token bucket: one `AtomicU64` holding the theoretical arrival time in nanoseconds
 /// since the budget's origin.
 struct Reserve {
     interval_nanos: u64,
     tolerance_nanos: u64,
-    tat: AtomicU64,
+    tat: Padded<AtomicU64>,
 }
 
 // === impl BudgetBuilder ===
@@ -208,23 +257,43 @@ impl Budget {
             let interval = 1_000_000_000 / u64::from(min_per_sec);
             (interval, interval * u64::from(min_per_sec - 1))
         };
+        let stripe_words = (CELLS + slots as usize).div_ceil(LINE_WORDS) * LINE_WORDS;
+        let stripe_lines = stripe_words / LINE_WORDS;
+        let mut stripes = STRIPES;
+        while stripes > 1 && stripes * stripe_lines > MAX_LINES {
+            stripes /= 2;
+        }
+        let words: Box<[Line]> = (0..stripes * stripe_lines)
+            .map(|_| Line(std::array::from_fn(|_| AtomicU64::new(0))))
+            .collect();
+        let inner = Inner {
+            deposit,
+            cost,
+            origin: Instant::now(),
+            slot_nanos,
+            slots: u64::from(slots),
+            stripe_mask: stripes - 1,
+            stripe_words,
+            words,
+            cursor: Padded(AtomicU64::new(u64::from(slots) - 1)),
+            head: Padded(AtomicU64::new(0)),
+            reserve: Reserve {
+                interval_nanos,
+                tolerance_nanos,
+                tat: Padded(AtomicU64::new(0)),
+            },
+        };
+        for stripe in 0..stripes {
+            inner.word(stripe, HINT).store(NO_HINT, Ordering::Relaxed);
+            for i in 0..u64::from(slots) {
+                // Tags 0..slots: slot numbers start at `slots`, so these read as expired.
+                inner
+                    .cell(stripe, i as usize)
+                    .store(pack(i, 0), Ordering::Relaxed);
+            }
+        }
         Budget {
-            inner: Arc::new(Inner {
-                deposit,
-                cost,
-                origin: Instant::now(),
-                slot_nanos,
-                credit: AtomicU64::new(0),
-                cursor: AtomicU64::new(u64::from(slots) - 1),
-                slots: (0..slots)
-                    .map(|i| AtomicU64::new(pack(u64::from(i), 0)))
-                    .collect(),
-                reserve: Reserve {
-                    interval_nanos,
-                    tolerance_nanos,
-                    tat: AtomicU64::new(0),
-                },
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -241,9 +310,10 @@ impl Budget {
     /// Whole retries the live deposits can still pay for (the reserve not included).
     pub fn balance(&self) -> u64 {
         let inner = &self.inner;
-        inner.advance(inner.now_nanos(Instant::now()));
-        let (_, balance) = unpack(inner.credit.load(Ordering::Acquire));
-        balance / inner.cost
+        inner.advance_to(inner.slot_of(inner.now_nanos(Instant::now())));
+        let (deposited, expired) = inner.totals();
+        let head = inner.head.load(Ordering::Acquire).max(expired);
+        deposited.saturating_sub(head) / inner.cost
     }
 
     /// Retries the reserve could pay for right now.
@@ -263,13 +333,16 @@ impl Default for Budget {
 
 impl fmt::Debug for Budget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (live, balance) = unpack(self.inner.credit.load(Ordering::Relaxed));
+        let inner = &self.inner;
+        let (deposited, expired) = inner.totals();
+        let head = inner.head.load(Ordering::Relaxed).max(expired);
         f.debug_struct("Budget")
-            .field("deposit_units", &self.inner.deposit)
-            .field("retry_cost_units", &self.inner.cost)
-            .field("live_units", &live)
-            .field("balance_units", &balance)
-            .field("slots", &self.inner.slots.len())
+            .field("deposit_units", &inner.deposit)
+            .field("retry_cost_units", &inner.cost)
+            .field("live_units", &deposited.saturating_sub(expired))
+            .field("balance_units", &deposited.saturating_sub(head))
+            .field("slots", &inner.slots)
+            .field("stripes", &(inner.stripe_mask + 1))
             .finish()
     }
 }
@@ -277,42 +350,88 @@ impl fmt::Debug for Budget {
 // === impl Inner ===
 
 impl Inner {
+    fn word(&self, stripe: usize, word: usize) -> &AtomicU64 {
+        let at = stripe * self.stripe_words + word;
+        &self.words[at / LINE_WORDS].0[at % LINE_WORDS]
+    }
+
+    fn cell(&self, stripe: usize, index: usize) -> &AtomicU64 {
+        self.word(stripe, CELLS + index)
+    }
+
+    fn stripes(&self) -> usize {
+        self.stripe_mask + 1
+    }
+
     fn now_nanos(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+        let since = now.saturating_duration_since(self.origin);
+        since
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(since.subsec_nanos()))
     }
 
     fn slot_of(&self, nanos: u64) -> u64 {
         // Slot numbers start at `slots` so that the initial tags (0..slots) read as expired.
-        nanos / self.slot_nanos + self.slots.len() as u64
+        nanos / self.slot_nanos + self.slots
+    }
+
+    /// The slot of `nanos` and its cell index, through the stripe's hint when the stripe's
+    /// previous deposit was in the same slot (no division then).
+    fn locate(&self, stripe: usize, nanos: u64) -> (u64, usize) {
+        let hint = self.word(stripe, HINT);
+        let word = hint.load(Ordering::Relaxed);
+        if word != NO_HINT {
+            let slot = word >> HINT_INDEX_BITS;
+            let start = (slot - self.slots).wrapping_mul(self.slot_nanos);
+            if nanos.wrapping_sub(start) < self.slot_nanos {
+                return (slot, (word & ((1 << HINT_INDEX_BITS) - 1)) as usize);
+            }
+        }
+        let slot = self.slot_of(nanos);
+        let index = (slot % self.slots) as usize;
+        if slot < 1 << (64 - HINT_INDEX_BITS) {
+            hint.store((slot << HINT_INDEX_BITS) | index as u64, Ordering::Relaxed);
+        }
+        (slot, index)
     }
 
     fn deposit_at(&self, now: Instant) {
         if self.deposit == 0 {
             return;
         }
-        let slot = self.slot_of(self.now_nanos(now));
+        let stripe = stripe::current() & self.stripe_mask;
+        let (slot, index) = self.locate(stripe, self.now_nanos(now));
         self.advance_to(slot);
-        // Live total first, then the slot: whoever expires the slot can then never subtract
-        // units the live total has not yet counted.
-        self.update_credit(|live, balance| {
-            let live = (live + self.deposit).min(0xffff_ffff);
-            Some((live, (balance + self.deposit).min(live)))
-        });
-        let cell = &self.slots[(slot % self.slots.len() as u64) as usize];
+        // The cumulative count first, then the cell: whoever expires the cell can then never
+        // count units as expired that `deposited` does not count yet.
+        self.word(stripe, DEPOSITED)
+            .fetch_add(self.deposit, Ordering::Release);
+        let cell = self.cell(stripe, index);
+        let tag_now = slot & 0xffff_ffff;
         let mut word = cell.load(Ordering::Acquire);
         loop {
             let (tag, units) = unpack(word);
-            let tag_now = slot & 0xffff_ffff;
             let (next, expired) = if tag == tag_now || is_after(tag, tag_now) {
                 // A tag from the future only happens to a deposit delayed past a whole ttl;
                 // joining the newer slot keeps the accounting whole.
-                (pack(tag, (units + self.deposit).min(0xffff_ffff)), 0)
+                if units + self.deposit > 0xffff_ffff {
+                    // A full cell (4 Gi units in one slot of one stripe): this deposit
+                    // expires at once, counting for less, never more.
+                    self.word(stripe, EXPIRED)
+                        .fetch_add(self.deposit, Ordering::Release);
+                    return;
+                }
+                (pack(tag, units + self.deposit), 0)
             } else {
                 (pack(tag_now, self.deposit), units)
             };
             match cell.compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    self.expire(expired);
+                    if expired != 0 {
+                        self.word(stripe, EXPIRED)
+                            .fetch_add(expired, Ordering::Release);
+                    }
                     return;
                 }
                 Err(actual) => word = actual,
@@ -323,48 +442,67 @@ impl Inner {
     fn withdraw_at(&self, now: Instant) -> bool {
         let nanos = self.now_nanos(now);
         self.advance_to(self.slot_of(nanos));
+        let (deposited, expired) = self.totals();
         let cost = self.cost;
-        let paid =
-            self.update_credit(|live, balance| (balance >= cost).then(|| (live, balance - cost)));
-        paid || self.reserve.take(nanos)
-    }
-
-    fn advance(&self, nanos: u64) {
-        self.advance_to(self.slot_of(nanos));
-    }
-
-    /// Expires every slot that fell out of the window by `slot`; one atomic load when none did.
-    fn advance_to(&self, slot: u64) {
-        let mut cursor = self.cursor.load(Ordering::Acquire);
+        let mut head = self.head.load(Ordering::Acquire);
         loop {
-            if cursor >= slot {
-                return;
+            // Everything before `expired` is gone, spent or not: spending is oldest first.
+            let next = head.max(expired) + cost;
+            if next > deposited {
+                break;
             }
-            match self.cursor.compare_exchange_weak(
-                cursor,
-                slot,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(actual) => cursor = actual,
+            match self
+                .head
+                .compare_exchange_weak(head, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(actual) => head = actual,
             }
         }
-        let n = self.slots.len() as u64;
-        let first = (cursor + 1).max(slot.saturating_sub(n - 1));
-        for s in first..=slot {
-            self.roll(s);
-        }
+        self.reserve.take(nanos)
     }
 
-    /// Moves the cell of slot `s` on to tag `s`, expiring what an older tag held.
-    fn roll(&self, s: u64) {
-        let cell = &self.slots[(s % self.slots.len() as u64) as usize];
+    /// `(deposited, expired)` summed over the stripes. Each stripe's `expired` is read before
+    /// its `deposited`, so `expired <= deposited` and the live units are never overstated.
+    fn totals(&self) -> (u64, u64) {
+        (0..self.stripes()).fold((0, 0), |(deposited, expired), stripe| {
+            let e = self.word(stripe, EXPIRED).load(Ordering::Acquire);
+            let d = self.word(stripe, DEPOSITED).load(Ordering::Acquire);
+            (deposited + d, expired + e)
+        })
+    }
+
+    /// Expires, in every stripe, every slot that fell out of the window by `slot`; one atomic
+    /// load when none did. The cursor moves only once the cells have moved on, so whoever
+    /// reads it past `slot` finds those expiries done (or being counted by a concurrent
+    /// caller's last store).
+    fn advance_to(&self, slot: u64) {
+        let cursor = self.cursor.load(Ordering::Acquire);
+        if cursor >= slot {
+            return;
+        }
+        let first = (cursor + 1).max(slot.saturating_sub(self.slots - 1));
+        // After an idle gap of 2^31 slots or more a stale 32-bit tag could read as newer:
+        // then every tag but the current one is stale.
+        let sweep = slot - cursor >= 1 << 31;
+        for s in first..=slot {
+            let index = (s % self.slots) as usize;
+            for stripe in 0..self.stripes() {
+                self.roll(stripe, index, s, sweep);
+            }
+        }
+        self.cursor.fetch_max(slot, Ordering::AcqRel);
+    }
+
+    /// Moves the stripe's cell of slot `s` on to tag `s`, expiring what an older tag held
+    /// (`sweep`: every other tag is older).
+    fn roll(&self, stripe: usize, index: usize, s: u64, sweep: bool) {
+        let cell = self.cell(stripe, index);
         let tag_now = s & 0xffff_ffff;
         let mut word = cell.load(Ordering::Acquire);
         loop {
             let (tag, units) = unpack(word);
-            if tag == tag_now || is_after(tag, tag_now) {
+            if tag == tag_now || (!sweep && is_after(tag, tag_now)) {
                 return;
             }
             match cell.compare_exchange_weak(
@@ -374,40 +512,12 @@ impl Inner {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    self.expire(units);
+                    if units != 0 {
+                        self.word(stripe, EXPIRED)
+                            .fetch_add(units, Ordering::Release);
+                    }
                     return;
                 }
-                Err(actual) => word = actual,
-            }
-        }
-    }
-
-    /// Removes `units` from the live total; spending is oldest first, so whatever balance
-    /// exceeds what is still live was the expired slot's unspent credit.
-    fn expire(&self, units: u64) {
-        if units == 0 {
-            return;
-        }
-        self.update_credit(|live, balance| {
-            let live = live.saturating_sub(units);
-            Some((live, balance.min(live)))
-        });
-    }
-
-    fn update_credit(&self, f: impl Fn(u64, u64) -> Option<(u64, u64)>) -> bool {
-        let mut word = self.credit.load(Ordering::Acquire);
-        loop {
-            let (live, balance) = unpack(word);
-            let Some((live, balance)) = f(live, balance) else {
-                return false;
-            };
-            match self.credit.compare_exchange_weak(
-                word,
-                pack(live, balance),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return true,
                 Err(actual) => word = actual,
             }
         }
@@ -612,6 +722,67 @@ mod tests {
             BudgetError::Slots(10)
         );
         assert!(b().ratio(1000.0).build().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_stripes_expire_on_time() {
+        // Deposits made on other threads land in other stripes; they expire at ttl even
+        // though those threads never deposit again.
+        let ttl = Duration::from_secs(10);
+        let b = budget(1.0, 0, ttl);
+        std::thread::scope(|scope| {
+            for _ in 0..(2 * STRIPES) {
+                let b = b.clone();
+                // Outside the runtime these threads read the real clock, which is still in
+                // the paused clock's first slot (1 s long).
+                scope.spawn(move || b.deposit());
+            }
+        });
+        assert_eq!(b.balance(), 2 * STRIPES as u64);
+        tokio::time::advance(ttl - Duration::from_nanos(1)).await;
+        assert_eq!(b.balance(), 2 * STRIPES as u64, "still live 1ns before ttl");
+        assert!(b.withdraw());
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        assert_eq!(b.balance(), 0, "expired at exactly ttl in every stripe");
+        assert!(!b.withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spending_is_oldest_first_across_slots() {
+        // Spent credit is charged to the oldest deposits: once they expire, the newer ones are
+        // still whole.
+        let ttl = Duration::from_secs(10);
+        let b = budget(1.0, 0, ttl);
+        b.deposit();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        b.deposit();
+        b.deposit();
+        assert!(b.withdraw());
+        assert_eq!(b.balance(), 2);
+        // The first deposit (the one spent) expires: nothing unspent goes with it.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.balance(), 2);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.balance(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_cell_counts_less_never_more() {
+        // Deposits of 2^31 units: the second would overflow the cell, so it expires at once.
+        let b = Budget::from_parts(1 << 31, 1 << 31, 1_000_000_000, 10, 0);
+        b.deposit();
+        b.deposit();
+        assert_eq!(b.balance(), 1);
+        assert!(b.withdraw());
+        assert!(!b.withdraw());
+    }
+
+    #[test]
+    fn many_slots_mean_fewer_stripes() {
+        let b = Budget::builder().slots(100_000).build().unwrap();
+        assert_eq!(b.inner.stripes(), 1);
+        let b = Budget::builder().slots(10).build().unwrap();
+        assert_eq!(b.inner.stripes(), STRIPES);
     }
 
     #[test]

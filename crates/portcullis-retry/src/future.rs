@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
@@ -13,7 +12,7 @@ use tower_service::Service;
 
 use crate::classify::{Classify, Decision, Replay};
 use crate::error::{BoxError, LastFailure, RetryError, StopReason};
-use crate::layer::Policy;
+use crate::layer::{Handle, Policy};
 use crate::service::{self, earliest};
 
 pin_project! {
@@ -33,7 +32,7 @@ pin_project! {
         // Kept for the classifier and as the source of every retry's copy.
         request: Option<Req>,
         next: Option<Req>,
-        policy: Arc<Policy<C, K>>,
+        policy: Handle<C, K>,
         attempts: u32,
         deadline: Option<Instant>,
         rng: Option<SmallRng>,
@@ -65,7 +64,7 @@ where
         future: S::Future,
         service: S,
         request: Option<Req>,
-        policy: Arc<Policy<C, K>>,
+        policy: Handle<C, K>,
         deadline: Option<Instant>,
         timer_at: Option<Instant>,
     ) -> Self {
@@ -121,7 +120,7 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let mut this = self.as_mut().project();
-            let policy = &**this.policy;
+            let policy: &Policy<C, K> = this.policy;
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
                     let outcome = match future.poll(cx) {
@@ -131,7 +130,7 @@ where
                             Outcome::TimedOut
                         }
                     };
-                    let now = Instant::now();
+                    // The clock is read only where it is needed: a success reads none.
                     let decision = match (&outcome, this.request.as_ref()) {
                         (Outcome::Done(result), Some(req)) => {
                             policy.classify.classify(req, result.as_ref())
@@ -139,7 +138,7 @@ where
                         (Outcome::Done(Ok(_)), None) => Decision::Success,
                         (Outcome::Done(Err(_)), None) => Decision::Permanent,
                         (Outcome::TimedOut, _) => {
-                            if this.deadline.is_some_and(|d| now >= d) {
+                            if this.deadline.is_some_and(|d| Instant::now() >= d) {
                                 return finish(
                                     policy,
                                     StopReason::Deadline,
@@ -177,7 +176,7 @@ where
                         let rng = this.rng.get_or_insert_with(|| policy.rng.rng());
                         policy.backoff.delay(retry, rng)
                     });
-                    let wake = service::after(now, delay);
+                    let wake = service::after(Instant::now(), delay);
                     // Never sleep past the deadline: a retry that could only start after it
                     // is pointless, so stop now with the result in hand.
                     if this.deadline.is_some_and(|d| wake >= d) {

@@ -30,6 +30,9 @@ pub struct RetryBuilder<C, K = CloneRequest> {
     deadline: Option<Duration>,
 }
 
+/// A [`Retry`]'s own reference to its layer's shared policy (see [`Retry`]'s docs).
+pub(crate) type Handle<C, K> = Arc<Arc<Policy<C, K>>>;
+
 pub(crate) struct Policy<C, K> {
     pub(crate) classify: C,
     pub(crate) replay: K,

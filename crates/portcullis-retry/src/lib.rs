@@ -92,6 +92,7 @@ mod future;
 mod layer;
 mod metrics;
 mod service;
+mod stripe;
 
 pub use backoff::{Backoff, Jitter};
 pub use budget::{Budget, BudgetBuilder};

@@ -1,4 +1,8 @@
 //! Counters shared by every clone of a layer and its services.
+//!
+//! Striped (see [`stripe`](crate::stripe)): each thread adds to its own cache line and a
+//! snapshot sums the lines, so that counting a request never writes a line that callers on
+//! other threads write too. Totals are exact.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,14 +10,16 @@ use std::sync::Arc;
 
 use crate::budget::Budget;
 use crate::error::StopReason;
+use crate::stripe::{self, Padded, STRIPES};
 
 /// A cheap, cloneable handle to a layer's counters.
 #[derive(Clone)]
 pub struct Metrics {
-    inner: Arc<Counters>,
+    inner: Arc<[Padded<Counters>; STRIPES]>,
     budget: Budget,
 }
 
+/// One stripe of the counters: 9 words, padded to its own 128 bytes.
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,
@@ -81,16 +87,26 @@ impl Metrics {
 
     /// Reads every counter.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let c = &self.inner;
-        let requests = c.requests.load(Ordering::Relaxed);
-        let retries = c.retries.load(Ordering::Relaxed);
-        let stopped = |r: StopReason| c.stopped[index(r)].load(Ordering::Relaxed);
+        let sum = |f: fn(&Counters) -> &AtomicU64| -> u64 {
+            self.inner
+                .iter()
+                .map(|c| f(c).load(Ordering::Relaxed))
+                .fold(0, u64::wrapping_add)
+        };
+        let requests = sum(|c| &c.requests);
+        let retries = sum(|c| &c.retries);
+        let stopped = |r: StopReason| -> u64 {
+            self.inner
+                .iter()
+                .map(|c| c.stopped[index(r)].load(Ordering::Relaxed))
+                .fold(0, u64::wrapping_add)
+        };
         MetricsSnapshot {
             requests,
             attempts: requests + retries,
             retries,
-            budget_refusals: c.budget_refusals.load(Ordering::Relaxed),
-            attempt_timeouts: c.attempt_timeouts.load(Ordering::Relaxed),
+            budget_refusals: sum(|c| &c.budget_refusals),
+            attempt_timeouts: sum(|c| &c.attempt_timeouts),
             succeeded: stopped(StopReason::Succeeded),
             permanent: stopped(StopReason::Permanent),
             budget_exhausted: stopped(StopReason::BudgetExhausted),
@@ -106,24 +122,29 @@ impl Metrics {
         &self.budget
     }
 
+    /// This thread's stripe.
+    fn mine(&self) -> &Counters {
+        &self.inner[stripe::current() % STRIPES]
+    }
+
     pub(crate) fn request(&self) {
-        self.inner.requests.fetch_add(1, Ordering::Relaxed);
+        self.mine().requests.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn retry(&self) {
-        self.inner.retries.fetch_add(1, Ordering::Relaxed);
+        self.mine().retries.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn budget_refusal(&self) {
-        self.inner.budget_refusals.fetch_add(1, Ordering::Relaxed);
+        self.mine().budget_refusals.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn attempt_timeout(&self) {
-        self.inner.attempt_timeouts.fetch_add(1, Ordering::Relaxed);
+        self.mine().attempt_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn stopped(&self, reason: StopReason) {
-        self.inner.stopped[index(reason)].fetch_add(1, Ordering::Relaxed);
+        self.mine().stopped[index(reason)].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -140,5 +161,41 @@ fn index(reason: StopReason) -> usize {
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Metrics").field(&self.snapshot()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn striped_counts_are_exact_across_threads() {
+        let metrics = Metrics::new(Budget::default());
+        std::thread::scope(|scope| {
+            // More threads than stripes, so that some share one.
+            for _ in 0..(2 * STRIPES + 3) {
+                let metrics = metrics.clone();
+                scope.spawn(move || {
+                    for _ in 0..1_000 {
+                        metrics.request();
+                        metrics.stopped(StopReason::Succeeded);
+                    }
+                    metrics.retry();
+                    metrics.budget_refusal();
+                    metrics.attempt_timeout();
+                    metrics.stopped(StopReason::Deadline);
+                });
+            }
+        });
+        let s = metrics.snapshot();
+        let threads = 2 * STRIPES as u64 + 3;
+        assert_eq!(s.requests, threads * 1_000);
+        assert_eq!(s.succeeded, threads * 1_000);
+        assert_eq!(s.retries, threads);
+        assert_eq!(s.attempts, threads * 1_001);
+        assert_eq!(s.budget_refusals, threads);
+        assert_eq!(s.attempt_timeouts, threads);
+        assert_eq!(s.deadline, threads);
+        assert_eq!(s.give_ups(), threads);
     }
 }

@@ -11,7 +11,7 @@ use tower_service::Service;
 use crate::classify::{Classify, CloneRequest, Replay};
 use crate::error::{BoxError, LastFailure, RetryError, StopReason};
 use crate::future::ResponseFuture;
-use crate::layer::Policy;
+use crate::layer::{Handle, Policy};
 use crate::metrics::Metrics;
 
 /// Retries transient failures of `S`, as its [`RetryLayer`](crate::RetryLayer) configured.
@@ -23,14 +23,22 @@ use crate::metrics::Metrics;
 ///
 /// Each call keeps a copy of the request (made by the [`Replay`] hook) for classification and
 /// retries, and a clone of the inner service to send retries on.
+///
+/// Every `Retry` (each clone included) holds its own small handle on the policy its layer
+/// shares, and each request's future holds a clone of that handle: requests through one
+/// service count references on its own cache line, not on one that every service's requests
+/// write. Building or cloning a `Retry` allocates that handle.
 pub struct Retry<S, C, K = CloneRequest> {
     inner: S,
-    policy: Arc<Policy<C, K>>,
+    policy: Handle<C, K>,
 }
 
 impl<S, C, K> Retry<S, C, K> {
     pub(crate) fn from_policy(inner: S, policy: Arc<Policy<C, K>>) -> Self {
-        Retry { inner, policy }
+        Retry {
+            inner,
+            policy: Arc::new(policy),
+        }
     }
 
     /// The counters shared with the layer that built this service.
@@ -115,7 +123,7 @@ impl<S: Clone, C, K> Clone for Retry<S, C, K> {
     fn clone(&self) -> Self {
         Retry {
             inner: self.inner.clone(),
-            policy: self.policy.clone(),
+            policy: Arc::new(Arc::clone(&self.policy)),
         }
     }
 }

@@ -1,0 +1,70 @@
+//! Striping: spreading counters that every caller updates over several cache lines, so that
+//! callers on different threads do not write the same line.
+//!
+//! Each thread is given a stripe number, round-robin, the first time it asks; a striped counter
+//! keeps one slot per stripe (a power of two of them) and readers sum the slots. Two threads may
+//! share a stripe (more threads than stripes), so every update is still an atomic
+//! read-modify-write and totals stay exact; striping only makes those updates uncontended.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Stripes of the counters: a power of two.
+pub(crate) const STRIPES: usize = 16;
+
+/// Pads and aligns its content to 128 bytes: a cache line, and the pair of lines that x86's
+/// adjacent-line prefetcher fetches together, so that neighbouring stripes never share one.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// This thread's stripe number, assigned round-robin on first use. Reduce it modulo the
+/// number of stripes (a power of two: mask it).
+pub(crate) fn current() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX
+        .try_with(|index| match index.get() {
+            usize::MAX => {
+                let assigned = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+                index.set(assigned);
+                assigned
+            }
+            assigned => assigned,
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_get_distinct_stripes_round_robin() {
+        let mine = current();
+        assert_eq!(current(), mine, "stable on one thread");
+        let others: Vec<usize> = (0..4)
+            .map(|_| std::thread::spawn(current).join().unwrap())
+            .collect();
+        assert!(others.iter().all(|&s| s < STRIPES));
+        // Consecutive first uses get consecutive stripes (other tests may interleave, so
+        // only check that they are not all the same).
+        assert!(others.iter().any(|&s| s != others[0]));
+    }
+
+    #[test]
+    fn padded_is_128_bytes_aligned() {
+        assert_eq!(std::mem::align_of::<Padded<u8>>(), 128);
+        assert_eq!(std::mem::size_of::<Padded<[u64; 9]>>(), 128);
+    }
+}
