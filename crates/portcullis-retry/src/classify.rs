@@ -40,6 +40,15 @@ impl Decision {
 pub trait Classify<Req, Rsp, E> {
     /// Classifies the result of sending `req`.
     fn classify(&self, req: &Req, result: Result<&Rsp, &E>) -> Decision;
+
+    /// Classifies an attempt of `req` that the per-attempt timeout cut short, so there is no
+    /// result to look at. By default a timeout is transient; a classifier that refuses to
+    /// retry some requests whatever happened (the HTTP one, for non-idempotent methods) says
+    /// so here too, since a timed-out request may still have taken effect.
+    fn classify_timeout(&self, req: &Req) -> Decision {
+        let _ = req;
+        Decision::RETRY
+    }
 }
 
 /// Retries the results a predicate returns `true` for; other errors are permanent and other

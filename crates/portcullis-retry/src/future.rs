@@ -147,7 +147,11 @@ where
                                 );
                             }
                             policy.metrics.attempt_timeout();
-                            Decision::RETRY
+                            match this.request.as_ref() {
+                                Some(req) => policy.classify.classify_timeout(req),
+                                // No copy to send again: nothing to ask the classifier about.
+                                None => Decision::Permanent,
+                            }
                         }
                     };
                     let after = match decision {

@@ -70,6 +70,48 @@ mod http_scenarios {
             .unwrap()
     }
 
+    /// A timed-out attempt may have reached the server, so the classifier's rule for methods
+    /// holds for timeouts too: a GET is tried again, a POST is not (unless opted in).
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_out_post_is_not_retried_a_timed_out_get_is() {
+        for (method, opt_in, expected_calls) in [
+            (Method::GET, false, 3),
+            (Method::POST, false, 1),
+            (Method::POST, true, 3),
+        ] {
+            let layer = RetryLayer::builder(HttpClassify::new().retry_non_idempotent(opt_in))
+                .budget(budget())
+                .backoff(fixed(10))
+                .attempt_timeout(Duration::from_millis(100))
+                .deadline(Duration::from_secs(3))
+                .build()
+                .unwrap();
+            let calls = Arc::new(Mutex::new(0u32));
+            let svc = layer.layer(service_fn({
+                let calls = calls.clone();
+                move |_req: Request<()>| {
+                    *calls.lock().unwrap() += 1;
+                    std::future::pending::<Result<Rsp, BoxError>>()
+                }
+            }));
+            let req = Request::builder().method(method.clone()).body(()).unwrap();
+            let error = svc.oneshot(req).await.unwrap_err();
+            let error = error.downcast_ref::<RetryError>().unwrap();
+            assert!(error.is_timeout());
+            assert_eq!(
+                *calls.lock().unwrap(),
+                expected_calls,
+                "{method} opt-in {opt_in}"
+            );
+            let reason = if expected_calls == 1 {
+                StopReason::Permanent
+            } else {
+                StopReason::AttemptsExhausted
+            };
+            assert_eq!(error.reason(), reason, "{method} opt-in {opt_in}");
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn permanent_statuses_are_never_retried() {
         for code in [404, 409, 400, 500] {

@@ -58,13 +58,16 @@ impl<Req, Rsp> Classify<Req, Rsp, Status> for GrpcClassify {
 /// The decision for a status `code` with an optional raw `grpc-retry-pushback-ms` value; for
 /// callers that read the status from `grpc-status` headers themselves.
 pub fn classify_code(code: Code, pushback: Option<&str>) -> Decision {
+    // A success is a success, whatever pushback came with it.
+    if code == Code::Ok {
+        return Decision::Success;
+    }
     let pushback = match pushback.map(parse_pushback) {
         None => None,
         Some(Some(delay)) => Some(delay),
         Some(None) => return Decision::Permanent,
     };
     match code {
-        Code::Ok => Decision::Success,
         Code::Unavailable => Decision::Retry { after: pushback },
         Code::ResourceExhausted if pushback.is_some() => Decision::Retry { after: pushback },
         _ => Decision::Permanent,
@@ -109,6 +112,13 @@ mod tests {
         }
         let ok: Result<&(), &Status> = Ok(&());
         assert_eq!(GrpcClassify::new().classify(&(), ok), Decision::Success);
+    }
+
+    #[test]
+    fn ok_is_a_success_whatever_the_pushback() {
+        for pushback in [None, Some("-1"), Some("soon"), Some("100")] {
+            assert_eq!(classify_code(Code::Ok, pushback), Decision::Success);
+        }
     }
 
     #[test]

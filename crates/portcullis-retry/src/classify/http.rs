@@ -85,6 +85,16 @@ impl<B, RB, E> Classify<Request<B>, Response<RB>, E> for HttpClassify {
             after: retry_after(rsp),
         }
     }
+
+    /// A timed-out attempt may have reached the server: only idempotent methods (or every
+    /// method, with [`HttpClassify::retry_non_idempotent`]) are tried again.
+    fn classify_timeout(&self, req: &Request<B>) -> Decision {
+        if self.replayable(req.method()) {
+            Decision::RETRY
+        } else {
+            Decision::Permanent
+        }
+    }
 }
 
 fn retry_after<B>(rsp: &Response<B>) -> Option<Duration> {
@@ -133,6 +143,19 @@ mod tests {
             );
         }
         assert_eq!(classify(&c, Method::PUT, Err(&())), Decision::RETRY);
+    }
+
+    #[test]
+    fn timeouts_follow_the_method_rule() {
+        let request = |method: Method| Request::builder().method(method).body(()).unwrap();
+        let c = HttpClassify::new();
+        let timeout = |c: &HttpClassify, method| {
+            Classify::<Request<()>, Response<()>, ()>::classify_timeout(c, &request(method))
+        };
+        assert_eq!(timeout(&c, Method::GET), Decision::RETRY);
+        assert_eq!(timeout(&c, Method::POST), Decision::Permanent);
+        let c = c.retry_non_idempotent(true);
+        assert_eq!(timeout(&c, Method::POST), Decision::RETRY);
     }
 
     #[test]
