@@ -5,7 +5,7 @@ use crate::common::{fmt_ns, histogram, nanos, quantile_ns, Config, Row};
 use crate::svg::{self, Series};
 use hdrhistogram::Histogram;
 use portcullis_p2c::make::{self, DEFAULT_DECAY, DEFAULT_RTT};
-use portcullis_p2c::P2cPool;
+use portcullis_p2c::{failure, P2cPool};
 use portcullis_pool::{Pool, Update};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -212,12 +212,13 @@ where
     outcome
 }
 
-const BALANCERS: [&str; 5] = [
+const BALANCERS: [&str; 6] = [
     "P2cPool + PeakEwma",
     "P2cPool + PendingRequests",
     "tower p2c Balance + PeakEwma",
     "round robin",
     "random",
+    "P2cPool + failure-aware PeakEwma",
 ];
 
 fn simulate(balancer: usize, scenario: Scenario, requests: u64) -> Outcome {
@@ -275,13 +276,23 @@ fn simulate(balancer: usize, scenario: Scenario, requests: u64) -> Outcome {
                 };
                 drive(rr, requests).await
             }
-            _ => {
+            4 => {
                 let random = Random {
                     endpoints: sims(),
                     rng: SmallRng::seed_from_u64(42),
                     chosen: None,
                 };
                 drive(random, requests).await
+            }
+            _ => {
+                let maker = failure::failure_aware(
+                    make::peak_ewma(maker),
+                    failure::ErrorsOnly,
+                    Duration::from_secs(1),
+                );
+                let mut pool = P2cPool::with_seed(maker, 42);
+                pool.update_pool(reset);
+                drive(pool, requests).await
             }
         }
     })
@@ -351,7 +362,9 @@ pub(crate) fn run(config: &Config, rows: &mut Vec<Row>) {
         item: "3",
         what: "one endpoint failing fast: errors, success p99".into(),
         portcullis: format!(
-            "PeakEwma {:.2}% / {}; Pending {:.2}% / {}",
+            "failure-aware PeakEwma {:.2}% / {}; PeakEwma {:.2}% / {}; Pending {:.2}% / {}",
+            100.0 * failing[5].errors as f64 / requests as f64,
+            fmt_ns(quantile_ns(&failing[5].latency, 0.99)),
             100.0 * failing[0].errors as f64 / requests as f64,
             fmt_ns(quantile_ns(&failing[0].latency, 0.99)),
             100.0 * failing[1].errors as f64 / requests as f64,
