@@ -43,7 +43,7 @@ where
     ready: KeyedVec<K, ReadyEndpoint<M::Endpoint>>,
     pending: KeyedVec<K, PendingEndpoint<M::Endpoint>>,
     failed: KeyedVec<K, FailedEndpoint>,
-    chosen: Option<Chosen<K>>,
+    chosen: Option<Chosen>,
     next_id: u64,
     backoff: Backoff,
     rng: SmallRng,
@@ -83,8 +83,11 @@ struct FailedEndpoint {
 
 /// The endpoint `poll_ready` reserved. `pos` is only a hint into the ready set (removals move
 /// entries); `key` and `id` are what identify it.
-struct Chosen<K> {
-    key: K,
+/// The endpoint `poll_ready` reserved: its instance id, and where it stood then. The id is
+/// what identifies it (a replaced endpoint has a new one); the position is only where to look
+/// first. No key is kept, so choosing never clones one (a `String` key would allocate).
+#[derive(Copy, Clone, Debug)]
+struct Chosen {
     id: u64,
     pos: usize,
 }
@@ -147,10 +150,12 @@ where
     }
 
     /// The key of the endpoint that the last successful `poll_ready` reserved, which the next
-    /// `call` goes to (or fails with [`EndpointGone`] if discovery removed or replaced it since).
-    /// Useful to record which endpoint served a request.
+    /// `call` goes to; `None` if nothing is reserved, or if discovery removed or replaced that
+    /// endpoint since (the next `call` then fails with [`EndpointGone`]). Useful to record
+    /// which endpoint served a request.
     pub fn chosen(&self) -> Option<&K> {
-        self.chosen.as_ref().map(|c| &c.key)
+        let pos = self.locate(self.chosen.as_ref()?)?;
+        self.ready.get_index(pos).map(|(key, _)| key)
     }
 
     fn counts(&self) -> EndpointCounts {
@@ -188,15 +193,15 @@ where
     }
 
     /// Finds the chosen endpoint in the ready set, if it is still there.
-    fn locate(&self, chosen: &Chosen<K>) -> Option<usize> {
+    fn locate(&self, chosen: &Chosen) -> Option<usize> {
         if let Some((_, ep)) = self.ready.get_index(chosen.pos) {
             if ep.id == chosen.id {
                 return Some(chosen.pos);
             }
         }
-        let pos = self.ready.position(&chosen.key)?;
-        let (_, ep) = self.ready.get_index(pos)?;
-        (ep.id == chosen.id).then_some(pos)
+        // Only after a change to the ready set moved it (a removal's swap, say): rare, so a
+        // scan by id costs less than keeping a key clone on every selection.
+        self.ready.position_where(|ep| ep.id == chosen.id)
     }
 
     /// Moves an endpoint whose readiness failed to the backoff set.
@@ -296,7 +301,7 @@ where
     }
 
     /// Samples two distinct ready endpoints and keeps the less loaded one.
-    fn select(&mut self) -> Option<Chosen<K>> {
+    fn select(&mut self) -> Option<Chosen> {
         let pos = match self.ready.len() {
             0 => return None,
             // Nothing to compare: no draw, so a lone endpoint costs no randomness.
@@ -320,11 +325,7 @@ where
         };
         let (key, ep) = self.ready.get_index(pos)?;
         trace!(?key, ready = self.ready.len(), "p2c selected endpoint");
-        Some(Chosen {
-            key: key.clone(),
-            id: ep.id,
-            pos,
-        })
+        Some(Chosen { id: ep.id, pos })
     }
 }
 
@@ -399,7 +400,7 @@ where
                 None => ResponseFuture::failed(EndpointGone::new()),
             },
             None => {
-                debug!(key = ?chosen.key, "Chosen endpoint removed before call");
+                debug!(id = chosen.id, "Chosen endpoint removed before call");
                 ResponseFuture::failed(EndpointGone::new())
             }
         }
@@ -567,7 +568,7 @@ mod tests {
         let mut t = task::spawn(());
         for _ in 0..1_000 {
             assert_ready_ok!(t.enter(|cx, _| pool.poll_ready(cx)));
-            if pool.chosen.as_ref().map(|c| c.key) == Some(key) {
+            if pool.chosen() == Some(&key) {
                 return;
             }
             // Drop the choice without calling, so the next poll draws again.

@@ -33,6 +33,11 @@ impl<K, V> KeyedVec<K, V> {
     pub(crate) fn get_index(&self, pos: usize) -> Option<(&K, &V)> {
         self.entries.get(pos).map(|(k, v)| (k, v))
     }
+
+    /// The position of the first value `f` accepts (a linear scan).
+    pub(crate) fn position_where(&self, mut f: impl FnMut(&V) -> bool) -> Option<usize> {
+        self.entries.iter().position(|(_, v)| f(v))
+    }
 }
 
 impl<K: Hash + Eq + Clone, V> KeyedVec<K, V> {
@@ -40,6 +45,8 @@ impl<K: Hash + Eq + Clone, V> KeyedVec<K, V> {
         self.index.contains_key(key)
     }
 
+    /// Where `key` stands; the tests check the index against the entries with it.
+    #[cfg(test)]
     pub(crate) fn position(&self, key: &K) -> Option<usize> {
         self.index.get(key).copied()
     }
