@@ -190,6 +190,8 @@ where
         Poll::Ready(Ok(()))
     }
 
+    /// Every endpoint in one state, following the mock's readiness: ready when it is ready,
+    /// failed when its readiness fails, pending otherwise (not ready yet).
     fn endpoints(&self) -> EndpointCounts {
         let state = lock(&self.shared);
         let n = state.endpoints.len();
@@ -198,12 +200,12 @@ where
                 ready: n,
                 ..Default::default()
             },
-            _ if state.pool_pending => EndpointCounts {
-                pending: n,
+            Readiness::Fail(_) | Readiness::Panic => EndpointCounts {
+                failed: n,
                 ..Default::default()
             },
-            _ => EndpointCounts {
-                failed: n,
+            Readiness::Pending => EndpointCounts {
+                pending: n,
                 ..Default::default()
             },
         }
