@@ -71,6 +71,8 @@ where
     started: Instant,
     /// The clock as read once in this poll (see `Running::now`).
     now: Option<Instant>,
+    /// The last latency computed, with the instants it was computed from.
+    last_latency: Option<(Instant, Instant, Duration)>,
     /// Per-peer deadline timers of finished calls, reset and reused by the next ones, so a
     /// fan-out allocates at most `max_in_flight` of them.
     spare_timers: Vec<Pin<Box<Sleep>>>,
@@ -116,6 +118,7 @@ where
             started,
             // Not `started`: the first poll may come later, and peer deadlines count from it.
             now: None,
+            last_latency: None,
             spare_timers: Vec::new(),
             metrics: metrics.clone(),
             done: false,
@@ -202,7 +205,7 @@ where
             self.top_up(cx);
             match self.in_flight.poll_next_unpin(cx) {
                 Poll::Ready(Some(ended)) => {
-                    let latency = self.now().saturating_duration_since(ended.started);
+                    let latency = self.latency_since(ended.started);
                     if let Some(timer) = ended.timer {
                         self.spare_timers.push(timer);
                     }
@@ -242,6 +245,20 @@ where
         *self.now.get_or_insert_with(Instant::now)
     }
 
+    /// From `started` to this poll's instant. Peers that start in one poll and end in another
+    /// share both instants, so the last result is kept rather than subtracted again.
+    fn latency_since(&mut self, started: Instant) -> Duration {
+        let now = self.now();
+        match self.last_latency {
+            Some((s, n, latency)) if s == started && n == now => latency,
+            _ => {
+                let latency = now.saturating_duration_since(started);
+                self.last_latency = Some((started, now, latency));
+                latency
+            }
+        }
+    }
+
     /// Starts peer calls until `max_in_flight` are in flight, the shared limit has no permit,
     /// or every peer has been called.
     fn top_up(&mut self, cx: &mut Context<'_>) {
@@ -274,22 +291,26 @@ where
             };
             let call = service.clone().oneshot(request);
             let started = self.now();
-            let timer = self
+            let deadline = self
                 .per_peer_timeout
-                .and_then(|timeout| started.checked_add(timeout))
-                .map(|deadline| match self.spare_timers.pop() {
-                    Some(mut timer) => {
-                        timer.as_mut().reset(deadline);
-                        timer
-                    }
-                    None => Box::pin(sleep_until(deadline)),
-                });
+                .and_then(|timeout| started.checked_add(timeout));
+            // A reused timer still holds an old deadline; it is set only if the call has to
+            // wait, so a peer that answers on its first poll costs no timer work at all.
+            let (timer, armed) = match deadline {
+                None => (None, false),
+                Some(deadline) => match self.spare_timers.pop() {
+                    Some(timer) => (Some(timer), false),
+                    None => (Some(Box::pin(sleep_until(deadline))), true),
+                },
+            };
             self.in_flight.push(PeerCall {
                 index,
                 started,
                 permit,
                 call,
+                deadline,
                 timer,
+                armed,
             });
         }
         self.peak_in_flight = self.peak_in_flight.max(self.in_flight.len());
@@ -412,9 +433,12 @@ pin_project! {
         permit: Option<OwnedSemaphorePermit>,
         #[pin]
         call: Oneshot<S, Req>,
+        deadline: Option<Instant>,
         // Boxed, so that a fan-out without per-peer deadlines does not move a timer's worth
         // of bytes with every peer call; the boxes are reused (see `spare_timers`).
         timer: Option<Pin<Box<Sleep>>>,
+        // Whether `timer` is set to `deadline` (a reused one is not until the call waits).
+        armed: bool,
     }
 }
 
@@ -438,11 +462,14 @@ where
             Poll::Ready(Ok(response)) => Outcome::Response(response),
             Poll::Ready(Err(error)) => Outcome::Error(error),
             Poll::Pending => {
-                let timed_out = this
-                    .timer
-                    .as_mut()
-                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
-                if !timed_out {
+                let (Some(timer), Some(deadline)) = (this.timer.as_mut(), *this.deadline) else {
+                    return Poll::Pending;
+                };
+                if !*this.armed {
+                    timer.as_mut().reset(deadline);
+                    *this.armed = true;
+                }
+                if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 Outcome::TimedOut
