@@ -493,3 +493,70 @@ async fn call_without_poll_ready_is_a_typed_error() {
     downcast::<NotReady>(&assert_ready_err!(call.poll()));
     assert_eq!(h.control.calls(), 0);
 }
+
+/// A worker that dies while the queue is in failfast must not leave callers being told to
+/// fail fast forever: they learn that the worker is gone.
+#[tokio::test(start_paused = true)]
+async fn worker_dying_in_failfast_gives_worker_gone_not_failfast() {
+    let (mock, control) = pool::pair::<&str, u16, &str, &str>();
+    let (_discovery, stream) = discovery::channel();
+    let config = PoolQueueConfig::new(4, FAILFAST).unwrap();
+    let queue = PoolQueue::new(mock, stream, config).unwrap();
+
+    let error = queue.clone().oneshot("a").await.unwrap_err();
+    downcast::<FailFast>(&error);
+    assert!(queue.metrics().failfast_active());
+
+    // In failfast the worker watches readiness, so this wakes it and it panics.
+    control.panic_on_ready();
+    tokio::task::yield_now().await;
+    let error = queue.clone().oneshot("b").await.unwrap_err();
+    downcast::<WorkerGone>(&error);
+    assert!(!queue.metrics().failfast_active());
+}
+
+/// A caller that was told "ready" during failfast, and calls after the queue left it, gets its
+/// request sent rather than a failfast error for a state that no longer holds.
+#[tokio::test(start_paused = true)]
+async fn a_failfast_decision_is_dropped_once_failfast_ends() {
+    let mut h = harness(2);
+    let mut first = Caller::new(&h.queue).send("a");
+    assert_pending!(h.worker.poll());
+    tokio::time::advance(FAILFAST).await;
+    assert_pending!(h.worker.poll());
+    downcast::<FailFast>(&assert_ready_err!(first.poll()));
+
+    let mut late = Caller::new(&h.queue);
+    assert_ready_ok!(late.poll_ready(), "ready at once: in failfast");
+
+    h.control.set_ready(true);
+    assert_pending!(h.worker.poll());
+    assert!(!h.queue.metrics().failfast_active());
+
+    let mut call = task::spawn(late.queue.call("b"));
+    assert_pending!(h.worker.poll());
+    let (request, responder) = h.control.try_next_request().expect("dispatched");
+    assert_eq!(request, "b");
+    responder.respond("sent");
+    assert_eq!(assert_ready_ok!(call.poll()), "sent");
+    assert_eq!(h.queue.metrics().snapshot().rejected_in_failfast, 0);
+}
+
+/// With the worker spawned (not polled by hand), a pool failure reaches a waiting caller at
+/// once: the mock wakes the worker as a real pool's `poll_pool` would, not only when the
+/// failfast timer happens to fire.
+#[tokio::test(start_paused = true)]
+async fn a_pool_failure_reaches_a_waiting_caller_at_once() {
+    let (mock, control) = pool::pair::<&str, u16, &str, &str>();
+    let (_discovery, stream) = discovery::channel();
+    let config = PoolQueueConfig::new(4, Duration::from_secs(30)).unwrap();
+    let queue = PoolQueue::new(mock, stream, config).unwrap();
+
+    let waiting = tokio::spawn(queue.clone().oneshot("r"));
+    tokio::task::yield_now().await;
+    let started = tokio::time::Instant::now();
+    control.fail_pool("store unreachable");
+    let error = waiting.await.unwrap().unwrap_err();
+    assert_pool_failed(&error, FailureSource::Pool, "store unreachable");
+    assert_eq!(started.elapsed(), Duration::ZERO);
+}

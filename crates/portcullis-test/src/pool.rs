@@ -183,8 +183,10 @@ where
         if let Some(message) = &state.pool_failure {
             return Poll::Ready(Err(Box::new(MockError(message.clone()))));
         }
+        // Kept even when there is nothing to drive, so that a later `fail_pool` or
+        // `set_pool_pending` wakes the task that owns the pool, as a real pool's would.
+        state.pool_waker = Some(cx.waker().clone());
         if state.pool_pending {
-            state.pool_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
         Poll::Ready(Ok(()))

@@ -94,7 +94,8 @@ where
     F: Send + 'static,
 {
     /// Builds a queue in front of `pool`, fed by `discovery`, and spawns its worker on the
-    /// current tokio runtime.
+    /// current tokio runtime, which must have its time driver enabled (`enable_time` or
+    /// `enable_all`; `#[tokio::main]` does): the failfast timer is a tokio timer.
     ///
     /// Fails with [`BuildError::NoRuntime`] when no runtime is running.
     pub fn new<P, D, K, T>(
@@ -143,7 +144,9 @@ where
 }
 
 impl<Req, F> PoolQueue<Req, F> {
-    /// Builds a queue and returns its worker for the caller to spawn (on any executor).
+    /// Builds a queue and returns its worker for the caller to spawn. The worker arms a tokio
+    /// timer for failfast, so it must run where tokio's time driver is reachable: a tokio
+    /// runtime with time enabled, or another executor inside a tokio runtime's context.
     ///
     /// Requests wait until the worker runs. If the worker is dropped unspawned, callers get
     /// [`WorkerGone`].

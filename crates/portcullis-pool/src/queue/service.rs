@@ -75,8 +75,17 @@ where
         if let Some(error) = self.shared.terminal_error() {
             return Poll::Ready(Err(Box::new(error.clone())));
         }
-        if !matches!(self.ready, Readiness::Unpolled) {
-            return Poll::Ready(Ok(()));
+        // A stopped worker (panicked, or its runtime gone) outranks everything else a handle
+        // may have decided before.
+        if self.shared.is_closed() {
+            return Poll::Ready(Err(self.shared.closed_error()));
+        }
+        match self.ready {
+            Readiness::Reserved(_) => return Poll::Ready(Ok(())),
+            // Decided in failfast, which has ended since: take a slot like any other caller.
+            Readiness::FailFast if !self.shared.in_failfast() => self.ready = Readiness::Unpolled,
+            Readiness::FailFast => return Poll::Ready(Ok(())),
+            Readiness::Unpolled => {}
         }
         // In failfast a caller must not wait for a slot, nor take one: it is answered at once.
         if self.shared.in_failfast() {
@@ -112,6 +121,14 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let permit = match std::mem::replace(&mut self.ready, Readiness::Unpolled) {
             Readiness::Reserved(permit) => permit,
+            // Failfast ended between `poll_ready` and `call`: send the request if a slot is
+            // free now rather than fail it for a state that no longer holds.
+            Readiness::FailFast if !self.shared.in_failfast() => {
+                match self.shared.semaphore.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => return ResponseFuture::failed(Box::new(NotReady::new())),
+                }
+            }
             Readiness::FailFast => {
                 self.shared
                     .rejected_in_failfast

@@ -179,6 +179,17 @@ impl Shared {
         self.state.0.failfast.load(Ordering::Acquire)
     }
 
+    /// Whether the worker has stopped (for any reason): no slot will ever be free again.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.semaphore.is_closed()
+    }
+
+    /// Clears the failfast flag without counting an exit: the worker is gone, and callers
+    /// must learn that rather than be told to fail fast.
+    pub(crate) fn clear_failfast(&self) {
+        self.state.0.failfast.store(false, Ordering::Release);
+    }
+
     pub(crate) fn set_failfast(&self, active: bool) {
         self.state.0.failfast.store(active, Ordering::Release);
         let counter = if active {

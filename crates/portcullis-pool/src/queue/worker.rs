@@ -372,9 +372,21 @@ where
     P: Pool<K, T, Req>,
 {
     /// However the worker ends (done, failed, panicked, or dropped with its runtime), callers
-    /// waiting for a slot must wake and learn of it rather than wait forever.
+    /// waiting for a slot must wake and learn of it rather than wait forever, and no caller
+    /// may be left in failfast (which would hide that the worker is gone).
+    ///
+    /// A request that reached the channel after the last drain (a sender racing the close) is
+    /// answered here with the same error later callers get: the terminal error if there was
+    /// one, `WorkerGone` otherwise. Nothing here can panic, so this is safe during unwinding.
     fn drop(&mut self) {
+        self.shared.clear_failfast();
         self.shared.semaphore.close();
+        self.rx.close();
+        let waiting = self.waiting.take().into_iter();
+        let queued = std::iter::from_fn(|| self.rx.try_recv().ok());
+        for message in waiting.chain(queued).collect::<Vec<_>>() {
+            let _ = message.tx.send(Err(self.shared.closed_error()));
+        }
     }
 }
 
