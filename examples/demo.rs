@@ -224,7 +224,7 @@ fn portcullis_stack(
         }),
         |response: &Response<Bytes>| response.status().is_server_error(),
         Duration::from_secs(1),
-    );
+    )?;
     let pool = P2cPool::new(maker);
     let queue = PoolQueue::new(
         pool,

@@ -289,7 +289,8 @@ fn simulate(balancer: usize, scenario: Scenario, requests: u64) -> Outcome {
                     make::peak_ewma(maker),
                     failure::ErrorsOnly,
                     Duration::from_secs(1),
-                );
+                )
+                .expect("a non-zero half-life");
                 let mut pool = P2cPool::with_seed(maker, 42);
                 pool.update_pool(reset);
                 drive(pool, requests).await

@@ -70,6 +70,9 @@ pub enum ConfigError {
         /// The configured decay window.
         decay: Duration,
     },
+    /// A failure-aware load whose failure rate would halve in zero time: it could never
+    /// register a failure.
+    ZeroHalfLife,
 }
 
 impl fmt::Display for ConfigError {
@@ -79,6 +82,9 @@ impl fmt::Display for ConfigError {
                 f,
                 "invalid rebuild backoff: base {base:?} must be non-zero and at most max {max:?}"
             ),
+            ConfigError::ZeroHalfLife => {
+                f.write_str("failure-aware load: half_life must be greater than zero")
+            }
             ConfigError::InvalidPeakEwma { default_rtt, decay } => write!(
                 f,
                 "invalid PeakEWMA parameters: default_rtt {default_rtt:?} and decay {decay:?} must be non-zero"

@@ -33,11 +33,13 @@
 //!     }),
 //!     |status: &u16| *status >= 500,
 //!     Duration::from_secs(1),
-//! );
+//! )
+//! .expect("a non-zero half-life");
 //! let pool: P2cPool<&str, (), _, ()> = P2cPool::new(maker);
 //! # drop(pool);
 //! ```
 
+use crate::error::ConfigError;
 use crate::make::MakeEndpoint;
 use pin_project_lite::pin_project;
 use std::{
@@ -55,13 +57,18 @@ use tokio::time::Instant;
 use tower::load::Load;
 use tower_service::Service;
 
-/// How many failure levels [`FailureAwareLoad`] distinguishes: a rate in `[0, 1/LEVELS)` is
-/// level 0 (healthy), and so on up to `LEVELS - 1`.
+/// How many failure levels [`FailureAwareLoad`] distinguishes: a rate below 0.4 is level 0
+/// (healthy), then one level per 0.2 up to `LEVELS - 1` at 0.8 and above.
 pub const LEVELS: u8 = 4;
 
-/// The weight of one response in the failure rate's moving average: four failures in a row
-/// take a healthy endpoint past three quarters.
+/// The weight of one response in the failure rate's moving average. One failure takes a
+/// healthy endpoint's rate to 0.3, still level 0, so a single sporadic error never takes an
+/// endpoint out of rotation; two in a row (0.51) do, and five (0.83) reach the top level.
 pub const WEIGHT: f64 = 0.3;
+
+/// The rate at which level 1 starts, and the width of each level above it.
+const FIRST_LEVEL: f64 = 0.4;
+const LEVEL_WIDTH: f64 = 0.2;
 
 /// Decides whether a successful (`Ok`) response counts as a failure of the endpoint.
 pub trait ClassifyResponse<Rsp> {
@@ -90,12 +97,21 @@ impl<Rsp> ClassifyResponse<Rsp> for ErrorsOnly {
 
 /// Wraps `maker`'s endpoints in [`FailureAware`], with `classify` deciding which `Ok`
 /// responses are failures and the failure rate halving every `half_life` without failures.
-pub fn failure_aware<M, C>(maker: M, classify: C, half_life: Duration) -> FailureAwareMaker<M, C> {
-    FailureAwareMaker {
+///
+/// A zero `half_life` is refused: the rate would forget every failure at once.
+pub fn failure_aware<M, C>(
+    maker: M,
+    classify: C,
+    half_life: Duration,
+) -> Result<FailureAwareMaker<M, C>, ConfigError> {
+    if half_life.is_zero() {
+        return Err(ConfigError::ZeroHalfLife);
+    }
+    Ok(FailureAwareMaker {
         inner: maker,
         classify: Arc::new(classify),
         half_life,
-    }
+    })
 }
 
 /// The maker [`failure_aware`] returns.
@@ -192,8 +208,11 @@ impl Health {
 
     fn level(&self) -> u8 {
         let rate = self.rate_now();
+        if rate < FIRST_LEVEL {
+            return 0;
+        }
         // Saturating float-to-int conversion; NaN cannot occur (rates stay in [0, 1]).
-        ((rate * f64::from(LEVELS)) as u8).min(LEVELS - 1)
+        (1 + ((rate - FIRST_LEVEL) / LEVEL_WIDTH) as u8).min(LEVELS - 1)
     }
 
     fn record(&self, failed: bool) {
@@ -347,14 +366,33 @@ mod tests {
         for _ in 0..4 {
             ep.ready().await.unwrap().call(503).await.unwrap();
         }
-        // 1 - 0.7^4 ≈ 0.76: level 3 of 4.
-        assert_eq!(ep.load().failure_level, 3);
+        // 1 - 0.7^4 ≈ 0.76: level 2 (0.6 ≤ rate < 0.8).
+        assert_eq!(ep.load().failure_level, 2);
         assert!((ep.failure_rate() - (1.0 - 0.7f64.powi(4))).abs() < 1e-9);
 
         // Two half-lives without failures: 0.76 / 4 = 0.19, level 0.
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(ep.load().failure_level, 0);
         assert_eq!(ep.load().load, 7, "the inner load is kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_sporadic_failure_keeps_the_endpoint_in_rotation_two_in_a_row_do_not() {
+        let mut ep = endpoint();
+        ep.ready().await.unwrap().call(503).await.unwrap();
+        assert_eq!(ep.load().failure_level, 0, "rate 0.3");
+        ep.ready().await.unwrap().call(503).await.unwrap();
+        assert_eq!(ep.load().failure_level, 1, "rate 0.51");
+        for _ in 0..3 {
+            ep.ready().await.unwrap().call(503).await.unwrap();
+        }
+        assert_eq!(ep.load().failure_level, LEVELS - 1, "rate 0.83");
+    }
+
+    #[test]
+    fn a_zero_half_life_is_refused() {
+        let refused = failure_aware((), ErrorsOnly, Duration::ZERO).map(|_| ());
+        assert_eq!(refused, Err(ConfigError::ZeroHalfLife));
     }
 
     #[tokio::test(start_paused = true)]

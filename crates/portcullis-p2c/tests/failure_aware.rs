@@ -104,7 +104,8 @@ async fn failure_aware_load_starves_the_failing_endpoint_then_restores_it() {
         make::peak_ewma(fleet.maker()),
         failure::ErrorsOnly,
         Duration::from_secs(1),
-    );
+    )
+    .expect("a non-zero half-life");
     let queue = queue(maker);
 
     send(&queue, 2_000).await;
@@ -141,7 +142,8 @@ async fn healthy_endpoints_share_evenly_with_the_wrapper() {
         make::peak_ewma(fleet.maker()),
         failure::ErrorsOnly,
         Duration::from_secs(1),
-    );
+    )
+    .expect("a non-zero half-life");
     send(&queue(maker), 2_000).await;
     for key in 0..ENDPOINTS {
         let share = share(&fleet, key);
