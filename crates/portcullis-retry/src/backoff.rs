@@ -96,6 +96,11 @@ impl Backoff {
         (raw as u64).min(cap)
     }
 
+    /// The longest delay this backoff ever draws.
+    pub fn cap(&self) -> Duration {
+        self.cap
+    }
+
     /// The worst-case total sleep over `retries` retries.
     pub fn worst_case(&self, retries: u32) -> Duration {
         let cap = duration_nanos(self.cap);

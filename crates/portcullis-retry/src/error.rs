@@ -16,7 +16,8 @@ pub enum StopReason {
     BudgetExhausted,
     /// A retry was wanted but `max_attempts` were made.
     AttemptsExhausted,
-    /// The overall deadline elapsed, or the next delay would have ended past it.
+    /// The overall deadline elapsed, or the next delay would have ended past it (with no
+    /// deadline configured: a server asked for a delay longer than the backoff's cap).
     Deadline,
 }
 

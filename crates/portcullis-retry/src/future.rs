@@ -36,6 +36,9 @@ pin_project! {
         attempts: u32,
         deadline: Option<Instant>,
         rng: Option<SmallRng>,
+        // The outcome of the attempt being retried, kept while backing off and waiting for
+        // readiness: if the retry never goes out, the caller gets it, not a made-up timeout.
+        last: Option<Outcome<S::Response, S::Error>>,
     }
 }
 
@@ -79,6 +82,7 @@ where
             attempts: 1,
             deadline,
             rng: None,
+            last: None,
         }
     }
 }
@@ -176,6 +180,15 @@ where
                         return finish(policy, StopReason::Permanent, *this.attempts, outcome);
                     };
                     let retry = *this.attempts - 1;
+                    // A server-suggested delay replaces the backoff. With no deadline to bound
+                    // it, one longer than the backoff's cap would park the caller for as long
+                    // as the server likes: stop instead, with the server's answer in hand.
+                    if let (Some(after), None) = (after, *this.deadline) {
+                        if after > policy.backoff.cap() {
+                            tracing::debug!(?after, "server delay longer than the backoff cap");
+                            return finish(policy, StopReason::Deadline, *this.attempts, outcome);
+                        }
+                    }
                     let delay = after.unwrap_or_else(|| {
                         let rng = this.rng.get_or_insert_with(|| policy.rng.rng());
                         policy.backoff.delay(retry, rng)
@@ -200,7 +213,6 @@ where
                             outcome,
                         );
                     }
-                    policy.metrics.retry();
                     tracing::debug!(
                         attempt = *this.attempts + 1,
                         ?delay,
@@ -208,6 +220,7 @@ where
                         "retrying"
                     );
                     *this.next = Some(next);
+                    *this.last = Some(outcome);
                     if delay.is_zero() {
                         *this.timer_at = *this.deadline;
                         this.state.set(State::Ready);
@@ -222,6 +235,12 @@ where
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
+                    // Timers fire on millisecond ticks, so a backoff that ended just before
+                    // the deadline may be noticed just after it: no retry goes out then.
+                    if this.deadline.is_some_and(|d| Instant::now() >= d) {
+                        let last = this.last.take().unwrap_or(Outcome::TimedOut);
+                        return finish(policy, StopReason::Deadline, *this.attempts, last);
+                    }
                     match this.service.poll_ready(cx) {
                         Poll::Ready(Ok(())) => {}
                         Poll::Ready(Err(e)) => {
@@ -230,12 +249,8 @@ where
                         }
                         Poll::Pending => {
                             ready!(poll_timer(this.timer.as_mut(), *this.timer_at, cx));
-                            return finish(
-                                policy,
-                                StopReason::Deadline,
-                                *this.attempts,
-                                Outcome::<S::Response, S::Error>::TimedOut,
-                            );
+                            let last = this.last.take().unwrap_or(Outcome::TimedOut);
+                            return finish(policy, StopReason::Deadline, *this.attempts, last);
                         }
                     }
                     let Some(req) = this.next.take() else {
@@ -247,6 +262,9 @@ where
                             Outcome::<S::Response, S::Error>::TimedOut,
                         );
                     };
+                    // Counted as a retry only now that it goes out.
+                    policy.metrics.retry();
+                    *this.last = None;
                     let future = this.service.call(req);
                     *this.attempts += 1;
                     let attempt_end = policy

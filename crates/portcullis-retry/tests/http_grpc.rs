@@ -228,3 +228,39 @@ mod grpc_scenarios {
         assert_eq!(log.len(), 1);
     }
 }
+
+/// With no deadline configured, a server asking for a delay longer than the backoff's cap
+/// would park the caller for as long as it likes: the layer stops and returns the answer.
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn a_server_delay_past_the_backoff_cap_with_no_deadline_stops() {
+    use http::{Request, Response};
+    use portcullis_retry::classify::http::HttpClassify;
+    let layer = RetryLayer::builder(HttpClassify::new())
+        .budget(budget())
+        .backoff(fixed(10))
+        .build()
+        .unwrap();
+    let calls = Arc::new(Mutex::new(0u32));
+    let svc = layer.layer(service_fn({
+        let calls = calls.clone();
+        move |_req: Request<()>| {
+            *calls.lock().unwrap() += 1;
+            async move {
+                Ok::<_, BoxError>(
+                    Response::builder()
+                        .status(503)
+                        .header("retry-after", "86400")
+                        .body(())
+                        .unwrap(),
+                )
+            }
+        }
+    }));
+    let started = Instant::now();
+    let response = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(*calls.lock().unwrap(), 1);
+    assert_eq!(layer.metrics().snapshot().deadline, 1);
+}

@@ -386,3 +386,80 @@ async fn over_a_box_error_service_it_is_a_box_clone_service_and_the_reason_downc
     let s = layer.metrics().snapshot();
     assert_eq!((s.requests, s.retries, s.attempts_exhausted), (2, 3, 1));
 }
+
+/// Timers fire on millisecond ticks: a backoff that ends just before the deadline is noticed
+/// at the deadline, and no retry may go out then. The caller gets the failure it had.
+#[tokio::test(start_paused = true)]
+async fn no_retry_goes_out_at_the_deadline() {
+    let backoff = Backoff::new(
+        Duration::from_micros(99_500),
+        1.0,
+        Duration::from_micros(99_500),
+    )
+    .jitter(Jitter::None);
+    let layer = RetryLayer::builder(transient())
+        .budget(no_reserve(1.0))
+        .backoff(backoff)
+        .max_attempts(2)
+        .deadline(ms(100))
+        .build()
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let svc = layer.layer(scripted(vec![Err("reset"), Ok(7)], log.clone()));
+    let err = retry_error(svc.oneshot(1).await.unwrap_err());
+    assert_eq!(log.lock().unwrap().len(), 1, "the retry was not sent");
+    assert_eq!(err.reason(), StopReason::Deadline);
+    assert!(!err.is_timeout(), "the last failure is the first attempt's");
+    assert_eq!(err.inner().map(|e| e.to_string()).as_deref(), Some("reset"));
+    let snapshot = layer.metrics().snapshot();
+    assert_eq!((snapshot.attempts, snapshot.retries), (1, 0));
+}
+
+/// A retry that waits for the service's readiness until the deadline never goes out: the
+/// caller gets the last attempt's result (here a 503 response, as `Ok`), and no retry is
+/// counted.
+#[tokio::test(start_paused = true)]
+async fn a_retry_stuck_waiting_for_readiness_returns_the_last_result() {
+    #[derive(Clone)]
+    struct ReadyOnce {
+        calls: Arc<AtomicU32>,
+    }
+    impl Service<u32> for ReadyOnce {
+        type Response = u16;
+        type Error = &'static str;
+        type Future = std::future::Ready<Res>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), &'static str>> {
+            if self.calls.load(Ordering::SeqCst) == 0 {
+                std::task::Poll::Ready(Ok(()))
+            } else {
+                std::task::Poll::Pending
+            }
+        }
+        fn call(&mut self, _: u32) -> Self::Future {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok(503))
+        }
+    }
+    let layer = RetryLayer::builder(transient())
+        .budget(no_reserve(1.0))
+        .backoff(Backoff::new(ms(10), 1.0, ms(10)).jitter(Jitter::None))
+        .deadline(ms(200))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let svc = layer.layer(ReadyOnce {
+        calls: calls.clone(),
+    });
+    let started = Instant::now();
+    assert_eq!(svc.oneshot(1).await.unwrap(), 503);
+    assert_eq!(started.elapsed(), ms(200));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let snapshot = layer.metrics().snapshot();
+    assert_eq!(
+        (snapshot.attempts, snapshot.retries, snapshot.deadline),
+        (1, 0, 1)
+    );
+}
