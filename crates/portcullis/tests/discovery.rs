@@ -231,7 +231,7 @@ async fn file_yields_only_when_the_set_changes() {
     tokio::time::advance(INTERVAL).await;
     assert_pending!(updates.poll_next());
 
-    // An empty file is an empty set.
+    // A file of comments only is an empty set.
     file.write("# drained\n");
     tokio::time::advance(INTERVAL).await;
     assert_eq!(
@@ -240,15 +240,53 @@ async fn file_yields_only_when_the_set_changes() {
     );
 }
 
+/// A typo (here a missing port) must not take the endpoints it names out of the pool: a file
+/// with a line that is not an address is ignored until it parses.
 #[tokio::test(start_paused = true)]
-async fn file_skips_lines_that_are_not_addresses() {
+async fn a_file_with_a_bad_line_is_ignored_until_it_parses() {
     let file = TempFile::new("bad-lines");
-    file.write("10.0.0.1:80\nnot an address\n10.0.0.2\n[::1]:443\n");
+    file.write("10.0.0.1:80\n10.0.0.2:80\n");
     let mut updates = task::spawn(AddrFile::new(&file.0, INTERVAL).unwrap().updates());
-    let (a, v6) = (addr("10.0.0.1:80"), addr("[::1]:443"));
+    let (a, b, v6) = (addr("10.0.0.1:80"), addr("10.0.0.2:80"), addr("[::1]:443"));
+    assert_eq!(
+        assert_ready!(updates.poll_next()),
+        Some(Ok(Update::Reset(vec![(a, a), (b, b)])))
+    );
+
+    file.write("10.0.0.1\nnot an address\n[::1]:443\n");
+    tokio::time::advance(INTERVAL).await;
+    assert_pending!(updates.poll_next(), "the last set stays in force");
+
+    file.write("10.0.0.1:80\n[::1]:443\n");
+    tokio::time::advance(INTERVAL).await;
     assert_eq!(
         assert_ready!(updates.poll_next()),
         Some(Ok(Update::Reset(vec![(a, a), (v6, v6)])))
+    );
+}
+
+/// A write caught half-way (truncated to nothing) keeps the set; a file of comments only says
+/// "no endpoints".
+#[tokio::test(start_paused = true)]
+async fn an_emptied_file_keeps_the_set_a_commented_one_clears_it() {
+    let file = TempFile::new("emptied");
+    file.write("10.0.0.1:80\n");
+    let mut updates = task::spawn(AddrFile::new(&file.0, INTERVAL).unwrap().updates());
+    let a = addr("10.0.0.1:80");
+    assert_eq!(
+        assert_ready!(updates.poll_next()),
+        Some(Ok(Update::Reset(vec![(a, a)])))
+    );
+
+    file.write("");
+    tokio::time::advance(INTERVAL).await;
+    assert_pending!(updates.poll_next());
+
+    file.write("# no endpoints for now\n");
+    tokio::time::advance(INTERVAL).await;
+    assert_eq!(
+        assert_ready!(updates.poll_next()),
+        Some(Ok(Update::Reset(vec![])))
     );
 }
 

@@ -25,8 +25,14 @@ use tokio::time::{Interval, MissedTickBehavior};
 /// The stream never fails and never ends, so that a bad edit of the file can never stop the
 /// pool behind it:
 ///
-/// - a line that is not a socket address is skipped and logged at warn (once per change of
-///   the file's contents, not on every poll);
+/// - a file with a line that is not a socket address is ignored, whole, until it parses: the
+///   last set stays in force and the bad lines are logged at warn (once per change of the
+///   file's contents, not on every poll). A typo such as a missing port must not take the
+///   endpoints it names out of the pool;
+/// - a file that is empty or blank, once a set has been read, is taken for a write caught
+///   half-way (a truncate before the new contents) and ignored too. To say "no endpoints",
+///   leave a comment line in it. Better still, replace the file atomically (write a temporary
+///   file, then rename it over this one);
 /// - a file that is missing or unreadable (or not UTF-8) keeps the last set in force and is
 ///   logged at warn once, when it becomes unreadable; it is logged at info when it can be read
 ///   again, and its new set yielded if it changed.
@@ -189,8 +195,23 @@ impl Seen {
         if self.contents.as_deref() == Some(contents.as_str()) {
             return None;
         }
-        let addrs = parse(path, &contents);
+        let blank = contents.trim().is_empty();
+        let parsed = parse(path, &contents);
         self.contents = Some(contents);
+        let Some(addrs) = parsed else {
+            tracing::warn!(
+                path = %path.display(),
+                "Address file has lines that are not addresses; keeping the last endpoint set"
+            );
+            return None;
+        };
+        if blank && self.set.is_some() {
+            tracing::warn!(
+                path = %path.display(),
+                "Address file is empty (a write caught half-way?); keeping the last endpoint set"
+            );
+            return None;
+        }
         let set: BTreeSet<SocketAddr> = addrs.iter().copied().collect();
         if self.set.as_ref() == Some(&set) {
             return None;
@@ -201,10 +222,12 @@ impl Seen {
     }
 }
 
-/// The addresses in `contents`, in order, each once; bad lines are logged and skipped.
-fn parse(path: &Path, contents: &str) -> Vec<SocketAddr> {
+/// The addresses in `contents`, in order, each once; `None` if any line is not an address
+/// (each such line is logged).
+fn parse(path: &Path, contents: &str) -> Option<Vec<SocketAddr>> {
     let mut seen = BTreeSet::new();
     let mut addrs = Vec::new();
+    let mut bad = false;
     for (index, line) in contents.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -216,16 +239,19 @@ fn parse(path: &Path, contents: &str) -> Vec<SocketAddr> {
                     addrs.push(addr);
                 }
             }
-            Err(error) => tracing::warn!(
-                path = %path.display(),
-                line = index + 1,
-                text = line,
-                %error,
-                "Skipping a line of the address file that is not a socket address"
-            ),
+            Err(error) => {
+                bad = true;
+                tracing::warn!(
+                    path = %path.display(),
+                    line = index + 1,
+                    text = line,
+                    %error,
+                    "A line of the address file is not a socket address"
+                );
+            }
         }
     }
-    addrs
+    (!bad).then_some(addrs)
 }
 
 // === impl ZeroPollInterval ===
@@ -243,14 +269,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_skips_comments_blanks_duplicates_and_bad_lines() {
+    fn parse_skips_comments_blanks_and_duplicates() {
         let addrs = parse(
             Path::new("test"),
-            "  # header\n\n 10.0.0.1:80 \nnot-an-addr\n[::1]:443\n10.0.0.1:80\n10.0.0.2\n",
+            "  # header\n\n 10.0.0.1:80 \n[::1]:443\n10.0.0.1:80\n",
         );
         let expected: Vec<SocketAddr> =
             vec!["10.0.0.1:80".parse().unwrap(), "[::1]:443".parse().unwrap()];
-        assert_eq!(addrs, expected);
+        assert_eq!(addrs, Some(expected));
+    }
+
+    #[test]
+    fn parse_refuses_a_file_with_any_bad_line() {
+        let contents = "10.0.0.1:80\nnot-an-addr\n10.0.0.2\n";
+        assert_eq!(parse(Path::new("test"), contents), None);
     }
 
     #[test]
