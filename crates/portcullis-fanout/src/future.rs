@@ -376,8 +376,11 @@ where
                 "fan-out overall deadline elapsed"
             );
         }
-        // Stragglers are dropped (cancelled) before the caller sees the report.
+        // Stragglers are dropped (cancelled) before the caller sees the report, and so is a
+        // pending acquire of the shared limit, whose permit would otherwise stay parked in it
+        // until the finished future is dropped.
         self.in_flight.clear();
+        self.limit = None;
         self.counts.cancelled = self.slots.len() - self.counts.finished();
         let met = self.is_met();
         self.done = true;
