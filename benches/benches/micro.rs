@@ -13,18 +13,17 @@ use portcullis_pool::{PoolQueue, PoolQueueConfig, Update};
 use portcullis_retry::classify::predicate;
 use portcullis_retry::RetryLayer;
 use std::convert::Infallible;
-use std::future::{ready, Ready};
 use std::sync::Arc;
 use std::time::Duration;
 use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PendingRequests};
-use tower::retry::budget::{Budget as _, TpsBudget};
-use tower::retry::{Policy, Retry};
+use tower::retry::budget::TpsBudget;
+use tower::retry::Retry;
 use tower::{Layer, ServiceExt};
 
-use portcullis_benches::Echo;
+use portcullis_benches::{Echo, TowerBudgetPolicy};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -104,41 +103,13 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-#[derive(Clone)]
-struct TowerPolicy {
-    budget: Arc<TpsBudget>,
-    attempts: u32,
-}
-
-impl<Res, E> Policy<u64, Res, E> for TowerPolicy {
-    type Future = Ready<()>;
-
-    fn retry(&mut self, _: &mut u64, result: &mut Result<Res, E>) -> Option<Ready<()>> {
-        self.attempts += 1;
-        if self.attempts == 1 {
-            self.budget.deposit();
-        }
-        match result {
-            Err(_) if self.attempts < 3 && self.budget.withdraw() => Some(ready(())),
-            _ => None,
-        }
-    }
-
-    fn clone_request(&mut self, request: &u64) -> Option<u64> {
-        Some(*request)
-    }
-}
-
 fn retry(c: &mut Criterion) {
     let rt = runtime();
     let ours = RetryLayer::builder(predicate(|r: Result<&u64, &Infallible>| r.is_err()))
         .build()
         .expect("valid")
         .layer(Echo);
-    let policy = TowerPolicy {
-        budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2)),
-        attempts: 0,
-    };
+    let policy = TowerBudgetPolicy::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2), 3);
     let tower = Retry::new(policy, Echo);
     let mut group = c.benchmark_group("retry, one request, success");
     group.bench_function("portcullis Retry + Budget", |b| {

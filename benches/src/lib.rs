@@ -1,9 +1,12 @@
-//! What the benchmarks in `benches/` share: the trivial endpoint every comparison runs over.
+//! What the benchmarks in `benches/` share: the trivial endpoint every comparison runs over,
+//! and tower's retry policy configured like portcullis's retry.
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use tower::retry::{budget::Budget as _, budget::TpsBudget, Policy};
 use tower_service::Service;
 
 /// An endpoint that is always ready and answers each request with itself at once, so that a
@@ -22,5 +25,47 @@ impl Service<u64> for Echo {
 
     fn call(&mut self, request: u64) -> Self::Future {
         ready(Ok(request))
+    }
+}
+
+/// tower's `Retry` policy with its `TpsBudget`, configured like portcullis's retry: every first
+/// attempt deposits, every retry withdraws, at most `max_attempts` attempts, no backoff. tower
+/// clones the policy for each request, so the attempt count is per request.
+#[derive(Clone, Debug)]
+pub struct TowerBudgetPolicy {
+    budget: Arc<TpsBudget>,
+    max_attempts: u32,
+    attempts: u32,
+}
+
+impl TowerBudgetPolicy {
+    /// A policy over `budget`, allowing `max_attempts` attempts per request.
+    pub fn new(budget: TpsBudget, max_attempts: u32) -> Self {
+        Self {
+            budget: Arc::new(budget),
+            max_attempts,
+            attempts: 0,
+        }
+    }
+}
+
+impl<Res, E> Policy<u64, Res, E> for TowerBudgetPolicy {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _: &mut u64, result: &mut Result<Res, E>) -> Option<Ready<()>> {
+        self.attempts += 1;
+        if self.attempts == 1 {
+            self.budget.deposit();
+        }
+        match result {
+            Err(_) if self.attempts < self.max_attempts && self.budget.withdraw() => {
+                Some(ready(()))
+            }
+            _ => None,
+        }
+    }
+
+    fn clone_request(&mut self, request: &u64) -> Option<u64> {
+        Some(*request)
     }
 }

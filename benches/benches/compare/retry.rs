@@ -4,6 +4,7 @@
 
 use crate::common::{drive, median, Config, Echo, Row};
 use crate::svg;
+use portcullis_benches::TowerBudgetPolicy;
 use portcullis_retry::classify::predicate;
 use portcullis_retry::{Budget, RetryLayer};
 use std::convert::Infallible;
@@ -12,52 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tower::retry::budget::{Budget as _, TpsBudget};
-use tower::retry::{Policy, Retry};
+use tower::retry::budget::TpsBudget;
+use tower::retry::Retry;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
 const ATTEMPTS: u32 = 3;
 const RATIO: f32 = 0.2;
 const MIN_PER_SEC: u32 = 10;
 const TTL: Duration = Duration::from_secs(10);
-
-/// tower's retry with its budget, configured like ours: every first attempt deposits, every
-/// retry withdraws, at most [`ATTEMPTS`] attempts. tower clones the policy per request, so the
-/// attempt count is per request.
-#[derive(Clone)]
-struct TowerPolicy {
-    budget: Arc<TpsBudget>,
-    attempts: u32,
-}
-
-impl TowerPolicy {
-    fn new(budget: TpsBudget) -> Self {
-        Self {
-            budget: Arc::new(budget),
-            attempts: 0,
-        }
-    }
-}
-
-impl<Res, E> Policy<u64, Res, E> for TowerPolicy {
-    type Future = Ready<()>;
-
-    fn retry(&mut self, _: &mut u64, result: &mut Result<Res, E>) -> Option<Ready<()>> {
-        self.attempts += 1;
-        if self.attempts == 1 {
-            self.budget.deposit();
-        }
-        match result {
-            Ok(_) => None,
-            Err(_) if self.attempts < ATTEMPTS && self.budget.withdraw() => Some(ready(())),
-            Err(_) => None,
-        }
-    }
-
-    fn clone_request(&mut self, request: &u64) -> Option<u64> {
-        Some(*request)
-    }
-}
 
 fn transient_errors(result: Result<&u64, &BoxError>) -> bool {
     result.is_err()
@@ -74,7 +37,7 @@ fn cost(rt: &tokio::runtime::Runtime, config: &Config) -> [f64; 3] {
             .expect("valid")
             .layer(Echo);
         let tower = Retry::new(
-            TowerPolicy::new(TpsBudget::new(TTL, MIN_PER_SEC, RATIO)),
+            TowerBudgetPolicy::new(TpsBudget::new(TTL, MIN_PER_SEC, RATIO), ATTEMPTS),
             Echo,
         );
         let mut samples = [Vec::new(), Vec::new(), Vec::new()];
@@ -160,7 +123,7 @@ fn amplification(retrier: Retrier, outage: bool, reserve: bool, requests: u64) -
             .expect("valid")
             .layer(endpoint.clone());
         let tower = Retry::new(
-            TowerPolicy::new(TpsBudget::new(TTL, min_per_sec, RATIO)),
+            TowerBudgetPolicy::new(TpsBudget::new(TTL, min_per_sec, RATIO), ATTEMPTS),
             endpoint.clone(),
         );
         // One logical request a millisecond: `requests` ms of simulated time.
