@@ -2,9 +2,9 @@
 
 use crate::config::{FanOutConfig, Policy, SharedLimit};
 use crate::error::FanOutError;
+use crate::in_flight::InFlight;
 use crate::metrics::Metrics;
 use crate::report::{Counts, Outcome, Report, Slot};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
@@ -63,7 +63,7 @@ where
     per_peer_timeout: Option<Duration>,
     deadline: Option<Instant>,
     limit: Option<PollSemaphore>,
-    in_flight: FuturesUnordered<PeerCall<S, Req>>,
+    in_flight: InFlight<PeerCall<S, Req>>,
     next: usize,
     slots: Vec<Slot<S::Response, S::Error>>,
     counts: Counts,
@@ -110,7 +110,7 @@ where
                 .overall_timeout
                 .and_then(|timeout| started.checked_add(timeout)),
             limit: limit.map(|l| PollSemaphore::new(l.semaphore())),
-            in_flight: FuturesUnordered::new(),
+            in_flight: InFlight::with_capacity(config.max_in_flight.min(peers)),
             next: 0,
             slots: (0..peers).map(|_| Slot::NOT_STARTED).collect(),
             counts: Counts::default(),
@@ -203,7 +203,7 @@ where
         }
         loop {
             self.top_up(cx);
-            match self.in_flight.poll_next_unpin(cx) {
+            match self.in_flight.poll_next(cx) {
                 Poll::Ready(Some(ended)) => {
                     let latency = self.latency_since(ended.started);
                     if let Some(timer) = ended.timer {
@@ -360,7 +360,7 @@ where
     fn finish(&mut self, overall_timed_out: bool) -> Report<K, S::Response, S::Error> {
         if overall_timed_out {
             let now = self.now();
-            for call in Pin::new(&self.in_flight).iter_pin_ref() {
+            for call in self.in_flight.iter() {
                 let call = call.project_ref();
                 if let Some(slot) = self.slots.get_mut(*call.index) {
                     *slot = Slot {

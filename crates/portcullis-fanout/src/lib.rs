@@ -77,6 +77,7 @@
 mod config;
 mod error;
 mod future;
+mod in_flight;
 mod layer;
 mod metrics;
 mod report;
