@@ -6,6 +6,7 @@
 //! cargo bench -p portcullis-benches --bench compare            # the default run
 //! cargo bench -p portcullis-benches --bench compare -- --quick # smaller, for a quick look
 //! cargo bench -p portcullis-benches --bench compare -- --only fanout  # one section (profiling)
+//! cargo bench -p portcullis-benches --bench compare -- --write-plots  # also replace docs/plots/
 //! ```
 //!
 //! Absolute times depend on the machine; the ratios between stacks measured in the same run

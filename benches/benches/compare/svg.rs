@@ -20,10 +20,16 @@ pub(crate) struct Series {
     pub(crate) points: Vec<(f64, f64)>,
 }
 
-/// Where the plots go: `docs/plots/` of the workspace.
+/// Where the plots go: the workspace's `target/plots/`, or with `--write-plots` the published
+/// `docs/plots/` (so that a quick or partial run never replaces the published figures).
 pub(crate) fn write(file: &str, svg: &str) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/plots");
-    std::fs::create_dir_all(&dir).expect("create docs/plots");
+    let publish = std::env::args().any(|a| a == "--write-plots");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(if publish {
+        "../docs/plots"
+    } else {
+        "../target/plots"
+    });
+    std::fs::create_dir_all(&dir).expect("create the plots folder");
     let path = dir.join(file);
     std::fs::write(&path, svg).expect("write plot");
     println!("\nwrote {}", path.display());
