@@ -358,6 +358,9 @@ where
     }
 
     fn finish(&mut self, overall_timed_out: bool) -> Report<K, S::Response, S::Error> {
+        // Calls cut short by the overall deadline: the report gives their time so far, but the
+        // latency histogram, which is about calls that ended on their own, does not take it.
+        let mut cut = Vec::new();
         if overall_timed_out {
             let now = self.now();
             for call in self.in_flight.iter() {
@@ -365,9 +368,10 @@ where
                 if let Some(slot) = self.slots.get_mut(*call.index) {
                     *slot = Slot {
                         outcome: Outcome::TimedOut,
-                        latency: Some(now.saturating_duration_since(*call.started)),
+                        latency: None,
                     };
                     self.counts.timed_out += 1;
+                    cut.push((*call.index, now.saturating_duration_since(*call.started)));
                 }
             }
             tracing::warn!(
@@ -392,6 +396,11 @@ where
             &self.slots,
         );
         tracing::debug!(met, counts = ?self.counts, peak_in_flight = self.peak_in_flight, "fan-out ended");
+        for (index, latency) in cut {
+            if let Some(slot) = self.slots.get_mut(index) {
+                slot.latency = Some(latency);
+            }
+        }
         Report {
             keys: self.keys.clone(),
             slots: std::mem::take(&mut self.slots),

@@ -118,6 +118,16 @@ async fn overall_deadline_ends_the_call_and_marks_unfinished_peers() {
     assert_eq!(snapshot.overall_timeouts, 1);
     assert_eq!(snapshot.policy_not_met, 1);
     assert_eq!(snapshot.peer_calls.cancelled, 4);
+    // The report keeps the cut calls' 50 ms so far; the latency histogram holds only the four
+    // calls that ended on their own (100 ms each).
+    let latency = snapshot.peer_latency_us.as_ref().unwrap();
+    assert_eq!(latency.len(), 4);
+    // 100 ms within the histogram's three significant figures (the cut calls were at 50 ms).
+    let fastest = snapshot.peer_latency_quantile(0.0).unwrap();
+    assert!(
+        ms(99) < fastest && fastest <= ms(100),
+        "fastest {fastest:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
