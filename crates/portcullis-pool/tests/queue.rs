@@ -560,3 +560,45 @@ async fn a_pool_failure_reaches_a_waiting_caller_at_once() {
     assert_pool_failed(&error, FailureSource::Pool, "store unreachable");
     assert_eq!(started.elapsed(), Duration::ZERO);
 }
+
+/// A failfast decision that outlived failfast, when no slot is free: the caller still gets the
+/// failfast answer `poll_ready` promised, not a usage error.
+#[tokio::test(start_paused = true)]
+async fn a_lapsed_failfast_decision_with_no_free_slot_still_fails_fast() {
+    let mut h = harness(1);
+    let mut first = Caller::new(&h.queue).send("a");
+    assert_pending!(h.worker.poll());
+    tokio::time::advance(FAILFAST).await;
+    assert_pending!(h.worker.poll());
+    downcast::<FailFast>(&assert_ready_err!(first.poll()));
+
+    let mut late = Caller::new(&h.queue);
+    assert_ready_ok!(late.poll_ready(), "ready at once: in failfast");
+    h.control.set_ready(true);
+    assert_pending!(h.worker.poll());
+
+    // Another caller takes the only slot before the late one calls.
+    let mut other = Caller::new(&h.queue);
+    assert_ready_ok!(other.poll_ready());
+    let mut call = task::spawn(late.queue.call("b"));
+    downcast::<FailFast>(&assert_ready_err!(call.poll()));
+    assert_eq!(h.queue.metrics().snapshot().rejected_in_failfast, 1);
+}
+
+/// A failfast decision that outlived the worker: the caller learns the worker is gone.
+#[tokio::test(start_paused = true)]
+async fn a_lapsed_failfast_decision_after_the_worker_died_gives_worker_gone() {
+    let mut h = harness(2);
+    let mut first = Caller::new(&h.queue).send("a");
+    assert_pending!(h.worker.poll());
+    tokio::time::advance(FAILFAST).await;
+    assert_pending!(h.worker.poll());
+    downcast::<FailFast>(&assert_ready_err!(first.poll()));
+
+    let mut late = Caller::new(&h.queue);
+    assert_ready_ok!(late.poll_ready(), "ready at once: in failfast");
+    drop(h.worker);
+
+    let mut call = task::spawn(late.queue.call("b"));
+    downcast::<WorkerGone>(&assert_ready_err!(call.poll()));
+}

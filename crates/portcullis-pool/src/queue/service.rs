@@ -12,7 +12,7 @@ use std::{
     task::{Context, Poll},
 };
 use tokio::{
-    sync::{mpsc, oneshot, OwnedSemaphorePermit},
+    sync::{mpsc, oneshot, OwnedSemaphorePermit, TryAcquireError},
     time::Instant,
 };
 use tokio_util::sync::PollSemaphore;
@@ -54,6 +54,14 @@ impl<Req, F> PoolQueue<Req, F> {
             ready: Readiness::Unpolled,
             acquiring: false,
         }
+    }
+
+    fn reject_in_failfast<T>(&self) -> ResponseFuture<T> {
+        self.shared
+            .rejected_in_failfast
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::trace!("rejected in failfast");
+        ResponseFuture::failed(Box::new(FailFast::new(self.shared.failfast_timeout)))
     }
 
     /// The queue's metrics. Every handle of one queue returns the same metrics.
@@ -126,18 +134,15 @@ where
             Readiness::FailFast if !self.shared.in_failfast() => {
                 match self.shared.semaphore.clone().try_acquire_owned() {
                     Ok(permit) => permit,
-                    Err(_) => return ResponseFuture::failed(Box::new(NotReady::new())),
+                    // The worker stopped meanwhile: the error every later caller gets.
+                    Err(TryAcquireError::Closed) => {
+                        return ResponseFuture::failed(self.shared.closed_error())
+                    }
+                    // No slot free: the failfast answer `poll_ready` promised stands.
+                    Err(TryAcquireError::NoPermits) => return self.reject_in_failfast(),
                 }
             }
-            Readiness::FailFast => {
-                self.shared
-                    .rejected_in_failfast
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::trace!("rejected in failfast");
-                return ResponseFuture::failed(Box::new(FailFast::new(
-                    self.shared.failfast_timeout,
-                )));
-            }
+            Readiness::FailFast => return self.reject_in_failfast(),
             Readiness::Unpolled => return ResponseFuture::failed(Box::new(NotReady::new())),
         };
         let (tx, rx) = oneshot::channel();
