@@ -37,7 +37,8 @@ pin_project! {
         deadline: Option<Instant>,
         rng: Option<SmallRng>,
         // The outcome of the attempt being retried, kept while backing off and waiting for
-        // readiness: if the retry never goes out, the caller gets it, not a made-up timeout.
+        // readiness: if the retry never goes out, the caller gets it, not a made-up timeout
+        // (a response only until the service turns out not to be ready; see `Ready`).
         last: Option<Outcome<S::Response, S::Error>>,
     }
 }
@@ -248,6 +249,12 @@ where
                             return finish(policy, StopReason::Permanent, *this.attempts, outcome);
                         }
                         Poll::Pending => {
+                            // A response kept for the caller may be what keeps the service
+                            // busy (an HTTP/1 connection whose body is unread): let it go
+                            // rather than wait on ourselves. Errors and timeouts hold nothing.
+                            if matches!(this.last, Some(Outcome::Done(Ok(_)))) {
+                                *this.last = None;
+                            }
                             ready!(poll_timer(this.timer.as_mut(), *this.timer_at, cx));
                             let last = this.last.take().unwrap_or(Outcome::TimedOut);
                             return finish(policy, StopReason::Deadline, *this.attempts, last);

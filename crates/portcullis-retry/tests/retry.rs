@@ -416,8 +416,8 @@ async fn no_retry_goes_out_at_the_deadline() {
 }
 
 /// A retry that waits for the service's readiness until the deadline never goes out: the
-/// caller gets the last attempt's result (here a 503 response, as `Ok`), and no retry is
-/// counted.
+/// caller gets the last attempt's error (not a made-up timeout), and no retry is counted. (A
+/// response is let go while the service is not ready; see the next test.)
 #[tokio::test(start_paused = true)]
 async fn a_retry_stuck_waiting_for_readiness_returns_the_last_result() {
     #[derive(Clone)]
@@ -440,7 +440,7 @@ async fn a_retry_stuck_waiting_for_readiness_returns_the_last_result() {
         }
         fn call(&mut self, _: u32) -> Self::Future {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            std::future::ready(Ok(503))
+            std::future::ready(Err("reset"))
         }
     }
     let layer = RetryLayer::builder(transient())
@@ -454,12 +454,88 @@ async fn a_retry_stuck_waiting_for_readiness_returns_the_last_result() {
         calls: calls.clone(),
     });
     let started = Instant::now();
-    assert_eq!(svc.oneshot(1).await.unwrap(), 503);
+    let err = retry_error(svc.oneshot(1).await.unwrap_err());
     assert_eq!(started.elapsed(), ms(200));
+    assert_eq!(err.reason(), StopReason::Deadline);
+    assert!(
+        !err.is_timeout(),
+        "the last failure is the attempt's own error"
+    );
+    assert_eq!(err.inner().map(|e| e.to_string()).as_deref(), Some("reset"));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let snapshot = layer.metrics().snapshot();
     assert_eq!(
         (snapshot.attempts, snapshot.retries, snapshot.deadline),
         (1, 0, 1)
     );
+}
+
+/// A service that is busy while a response it gave is alive (an HTTP/1 connection whose body
+/// is unread). The retry layer must not hold the response it is retrying while it waits for
+/// that service: the retry would wait on itself, forever with no deadline.
+#[tokio::test(start_paused = true)]
+async fn a_held_response_is_released_when_the_service_is_not_ready() {
+    use std::sync::atomic::AtomicBool;
+    use std::task::{Poll, Waker};
+
+    #[derive(Clone, Default)]
+    struct Connection {
+        busy: Arc<AtomicBool>,
+        waiting: Arc<Mutex<Option<Waker>>>,
+        calls: Arc<AtomicU32>,
+    }
+    /// A response; the connection is busy until it is dropped.
+    struct Held {
+        status: u16,
+        connection: Connection,
+    }
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.connection.busy.store(false, Ordering::SeqCst);
+            if let Some(waker) = self.connection.waiting.lock().unwrap().take() {
+                waker.wake();
+            }
+        }
+    }
+    impl Service<u32> for Connection {
+        type Response = Held;
+        type Error = &'static str;
+        type Future = std::future::Ready<Result<Held, &'static str>>;
+        fn poll_ready(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<Result<(), &'static str>> {
+            if self.busy.load(Ordering::SeqCst) {
+                *self.waiting.lock().unwrap() = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        }
+        fn call(&mut self, _: u32) -> Self::Future {
+            self.busy.store(true, Ordering::SeqCst);
+            let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+            let status = if first { 503 } else { 200 };
+            std::future::ready(Ok(Held {
+                status,
+                connection: self.clone(),
+            }))
+        }
+    }
+
+    let layer = RetryLayer::builder(predicate(
+        |res: Result<&Held, &&'static str>| matches!(res, Ok(held) if held.status == 503),
+    ))
+    .budget(no_reserve(1.0))
+    .backoff(Backoff::new(ms(10), 1.0, ms(10)).jitter(Jitter::None))
+    .build()
+    .unwrap();
+    let connection = Connection::default();
+    let svc = layer.layer(connection.clone());
+    let held = tokio::time::timeout(Duration::from_secs(5), svc.oneshot(1))
+        .await
+        .expect("the retry went out instead of waiting on the response it held")
+        .unwrap();
+    assert_eq!(held.status, 200);
+    assert_eq!(connection.calls.load(Ordering::SeqCst), 2);
 }
