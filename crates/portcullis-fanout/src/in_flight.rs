@@ -14,7 +14,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Weak,
     },
     task::{Context, Poll, Wake, Waker},
 };
@@ -41,7 +41,9 @@ struct ReadySlots {
 
 struct SlotWaker {
     index: usize,
-    ready: Arc<ReadySlots>,
+    // Weak: a peer that keeps a waker after the fan-out has ended must not keep the fan-out's
+    // bitmap, and the caller's task waker inside it, alive.
+    ready: Weak<ReadySlots>,
 }
 
 impl Wake for SlotWaker {
@@ -50,8 +52,10 @@ impl Wake for SlotWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.ready.mark(self.index);
-        self.ready.task.wake();
+        if let Some(ready) = self.ready.upgrade() {
+            ready.mark(self.index);
+            ready.task.wake();
+        }
     }
 }
 
@@ -94,7 +98,7 @@ impl<F: Future> InFlight<F> {
                 self.slots.push(Box::pin(None));
                 self.wakers.push(Waker::from(Arc::new(SlotWaker {
                     index,
-                    ready: self.ready.clone(),
+                    ready: Arc::downgrade(&self.ready),
                 })));
                 index
             }
@@ -107,7 +111,8 @@ impl<F: Future> InFlight<F> {
     }
 
     /// Polls the woken calls and returns the first to end; `Ready(None)` when none is in
-    /// flight.
+    /// flight. Like a `Stream`, it is to be called until it returns `Pending`: slots of the
+    /// current round not yet polled are polled by the next call, without a new wake.
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
         if self.len == 0 {
             return Poll::Ready(None);
