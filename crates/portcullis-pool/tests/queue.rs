@@ -298,11 +298,7 @@ async fn failfast_interrupted_by_readiness_just_before_the_timeout() {
 #[tokio::test(start_paused = true)]
 async fn recovers_after_failfast_on_its_own() {
     let mut h = harness(2);
-    let mut call = Caller::new(&h.queue).send("a");
-    assert_pending!(h.worker.poll());
-    tokio::time::advance(FAILFAST).await;
-    assert_pending!(h.worker.poll());
-    downcast::<FailFast>(&assert_ready_err!(call.poll()));
+    h.enter_failfast().await;
     assert!(h.queue.metrics().failfast_active());
 
     // With nothing queued, the worker still watches readiness and leaves failfast by itself.
@@ -520,11 +516,7 @@ async fn worker_dying_in_failfast_gives_worker_gone_not_failfast() {
 #[tokio::test(start_paused = true)]
 async fn a_failfast_decision_is_dropped_once_failfast_ends() {
     let mut h = harness(2);
-    let mut first = Caller::new(&h.queue).send("a");
-    assert_pending!(h.worker.poll());
-    tokio::time::advance(FAILFAST).await;
-    assert_pending!(h.worker.poll());
-    downcast::<FailFast>(&assert_ready_err!(first.poll()));
+    h.enter_failfast().await;
 
     let mut late = Caller::new(&h.queue);
     assert_ready_ok!(late.poll_ready(), "ready at once: in failfast");
@@ -566,11 +558,7 @@ async fn a_pool_failure_reaches_a_waiting_caller_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_lapsed_failfast_decision_with_no_free_slot_still_fails_fast() {
     let mut h = harness(1);
-    let mut first = Caller::new(&h.queue).send("a");
-    assert_pending!(h.worker.poll());
-    tokio::time::advance(FAILFAST).await;
-    assert_pending!(h.worker.poll());
-    downcast::<FailFast>(&assert_ready_err!(first.poll()));
+    h.enter_failfast().await;
 
     let mut late = Caller::new(&h.queue);
     assert_ready_ok!(late.poll_ready(), "ready at once: in failfast");
@@ -589,11 +577,7 @@ async fn a_lapsed_failfast_decision_with_no_free_slot_still_fails_fast() {
 #[tokio::test(start_paused = true)]
 async fn a_lapsed_failfast_decision_after_the_worker_died_gives_worker_gone() {
     let mut h = harness(2);
-    let mut first = Caller::new(&h.queue).send("a");
-    assert_pending!(h.worker.poll());
-    tokio::time::advance(FAILFAST).await;
-    assert_pending!(h.worker.poll());
-    downcast::<FailFast>(&assert_ready_err!(first.poll()));
+    h.enter_failfast().await;
 
     let mut late = Caller::new(&h.queue);
     assert_ready_ok!(late.poll_ready(), "ready at once: in failfast");

@@ -36,6 +36,18 @@ pub struct Harness {
     pub discovery: Discovery,
 }
 
+impl Harness {
+    /// One request waits until the failfast timeout and is failed with `FailFast`; the queue
+    /// is then in failfast.
+    pub async fn enter_failfast(&mut self) {
+        let mut first = Caller::new(&self.queue).send("a");
+        tokio_test::assert_pending!(self.worker.poll());
+        tokio::time::advance(FAILFAST).await;
+        tokio_test::assert_pending!(self.worker.poll());
+        downcast::<portcullis_pool::FailFast>(&tokio_test::assert_ready_err!(first.poll()));
+    }
+}
+
 pub fn harness(capacity: usize) -> Harness {
     let (mock, control) = pool::pair();
     let (discovery, stream) = discovery::channel();
