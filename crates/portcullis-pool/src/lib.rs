@@ -17,6 +17,6 @@ pub use pool::{EndpointCounts, Pool, Update, UpdateKind};
 pub mod queue;
 
 pub use queue::{
-    BoxError, BuildError, FailFast, PoolFailed, PoolQueue, PoolQueueConfig, PoolQueueLayer,
+    BoxError, BuildError, FailFast, NoSlot, PoolFailed, PoolQueue, PoolQueueConfig, PoolQueueLayer,
     PoolQueueMetrics, WorkerGone,
 };

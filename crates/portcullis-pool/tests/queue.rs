@@ -4,7 +4,7 @@
 mod support;
 
 use portcullis_pool::{
-    queue::{FailureSource, NotReady},
+    queue::{FailureSource, NoSlot, NotReady},
     BoxError, BuildError, FailFast, PoolFailed, PoolQueue, PoolQueueConfig, PoolQueueLayer, Update,
     UpdateKind, WorkerGone,
 };
@@ -293,6 +293,147 @@ async fn failfast_interrupted_by_readiness_just_before_the_timeout() {
     tokio::time::advance(FAILFAST - Duration::from_millis(1)).await;
     assert_pending!(h.worker.poll());
     assert_pending!(later.poll());
+}
+
+/// Three callers queued at t=0; the first gives up at 0.9 s, the second would at 1.8 s. The
+/// clock measures how long the queue has waited with no endpoint ready, whoever is at the head,
+/// so failfast comes at 1 s for everybody still waiting (it came at 2.8 s for the third caller
+/// when every cancellation restarted the clock).
+#[tokio::test(start_paused = true)]
+async fn callers_that_give_up_do_not_restart_the_failfast_clock() {
+    let mut h = harness(4);
+    let first = Caller::new(&h.queue).send("a");
+    let mut second = Caller::new(&h.queue).send("b");
+    let mut third = Caller::new(&h.queue).send("c");
+    assert_pending!(h.worker.poll());
+
+    tokio::time::advance(Duration::from_millis(900)).await;
+    drop(first);
+    assert!(h.worker.is_woken(), "the worker notices the head leave");
+    assert_pending!(h.worker.poll());
+    assert_pending!(second.poll());
+
+    tokio::time::advance(Duration::from_millis(99)).await;
+    assert_pending!(h.worker.poll());
+    assert_pending!(second.poll());
+    assert_pending!(third.poll());
+
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(h.worker.is_woken());
+    assert_pending!(h.worker.poll());
+    for call in [&mut second, &mut third] {
+        let error = assert_ready_err!(call.poll(), "failfast at 1 s, not later");
+        assert_eq!(downcast::<FailFast>(&error).timeout(), FAILFAST);
+    }
+    let snapshot = h.queue.metrics().snapshot();
+    assert_eq!(snapshot.failfast_entered, 1);
+    assert_eq!(snapshot.cancelled, 1);
+    assert_eq!(h.control.calls(), 0);
+}
+
+/// One caller at a time, each giving up before the failfast timeout and coming back after a
+/// pause (a retry layer whose attempt timeout is shorter than the failfast timeout): the clock
+/// stands still while nothing waits and resumes, so failfast comes after one timeout of waiting
+/// in all instead of never.
+#[tokio::test(start_paused = true)]
+async fn serial_callers_that_give_up_still_reach_failfast() {
+    let mut h = harness(4);
+    let attempt = Duration::from_millis(400);
+    let pause = Duration::from_millis(100);
+
+    for _ in 0..2 {
+        let call = Caller::new(&h.queue).send("r");
+        assert_pending!(h.worker.poll());
+        tokio::time::advance(attempt).await;
+        assert_pending!(h.worker.poll());
+        drop(call);
+        assert_pending!(h.worker.poll());
+        // Nothing waits during the pause: the clock stands still, and nothing fires.
+        tokio::time::advance(pause).await;
+        assert_pending!(h.worker.poll());
+        assert!(!h.queue.metrics().failfast_active());
+    }
+
+    // 800 ms waited so far: the third caller waits the 200 ms left, not a whole timeout.
+    let mut call = Caller::new(&h.queue).send("r");
+    assert_pending!(h.worker.poll());
+    tokio::time::advance(Duration::from_millis(199)).await;
+    assert_pending!(h.worker.poll());
+    assert_pending!(call.poll());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_pending!(h.worker.poll());
+    downcast::<FailFast>(&assert_ready_err!(call.poll()));
+    let snapshot = h.queue.metrics().snapshot();
+    assert_eq!(snapshot.failfast_entered, 1);
+    assert_eq!(snapshot.cancelled, 2);
+}
+
+/// The clock goes back to zero only when an endpoint is ready: a wait after a dispatch gets a
+/// whole timeout again.
+#[tokio::test(start_paused = true)]
+async fn a_ready_endpoint_resets_the_failfast_clock_kept_by_callers_that_gave_up() {
+    let mut h = harness(4);
+    let gave_up = Caller::new(&h.queue).send("a");
+    assert_pending!(h.worker.poll());
+    tokio::time::advance(Duration::from_millis(900)).await;
+    drop(gave_up);
+    assert_pending!(h.worker.poll());
+
+    h.control.set_ready(true);
+    let _served = Caller::new(&h.queue).send("b");
+    assert_pending!(h.worker.poll());
+    assert_eq!(h.control.calls(), 1);
+
+    h.control.set_ready(false);
+    let mut call = Caller::new(&h.queue).send("c");
+    assert_pending!(h.worker.poll());
+    tokio::time::advance(FAILFAST - Duration::from_millis(1)).await;
+    assert_pending!(h.worker.poll());
+    assert_pending!(call.poll());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_pending!(h.worker.poll());
+    downcast::<FailFast>(&assert_ready_err!(call.poll()));
+}
+
+/// Handles that were polled ready and never call hold every slot, so nothing reaches the
+/// worker and failfast cannot start. A caller waiting for a slot is still bounded: after the
+/// failfast timeout it gets `NoSlot`, and a later poll waits afresh.
+#[tokio::test(start_paused = true)]
+async fn a_caller_waiting_for_a_slot_held_by_abandoned_reservations_gets_no_slot() {
+    let mut h = harness(2);
+    let mut holders: Vec<Caller> = (0..2).map(|_| Caller::new(&h.queue)).collect();
+    for holder in &mut holders {
+        assert_ready_ok!(holder.poll_ready());
+    }
+    let mut waiting = Caller::new(&h.queue);
+    assert_pending!(waiting.poll_ready());
+    assert_pending!(h.worker.poll());
+
+    tokio::time::advance(FAILFAST - Duration::from_millis(1)).await;
+    assert!(!waiting.task.is_woken());
+    assert_pending!(waiting.poll_ready());
+
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(waiting.task.is_woken(), "the slot timer wakes the caller");
+    let error = assert_ready_err!(waiting.poll_ready());
+    assert_eq!(downcast::<NoSlot>(&error).waited(), FAILFAST);
+    let snapshot = h.queue.metrics().snapshot();
+    assert_eq!(
+        snapshot.failfast_entered, 0,
+        "the worker never saw a request"
+    );
+
+    // The next poll waits afresh, and a released reservation serves it.
+    assert_pending!(waiting.poll_ready());
+    tokio::time::advance(FAILFAST / 2).await;
+    drop(holders.pop());
+    assert!(waiting.task.is_woken());
+    assert_ready_ok!(waiting.poll_ready());
+    tokio::time::advance(FAILFAST).await;
+    assert_ready_ok!(
+        waiting.poll_ready(),
+        "a reserved slot is kept, not timed out"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -119,6 +119,41 @@ impl fmt::Display for WorkerGone {
 
 impl std::error::Error for WorkerGone {}
 
+/// A caller waited the failfast timeout for a slot in the queue and none came free.
+///
+/// Slots are held by requests waiting in the queue and by handles polled ready that have not
+/// called yet. Requests waiting on an unready pool are failed by failfast within the same
+/// timeout, which frees their slots; this error ends the wait when the slots stay taken anyway,
+/// for instance by handles that reserved a slot and never sent a request. Not terminal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoSlot {
+    waited: Duration,
+}
+
+impl NoSlot {
+    pub(crate) const fn new(waited: Duration) -> Self {
+        Self { waited }
+    }
+
+    /// How long the caller waited for a slot (the failfast timeout).
+    pub const fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+impl fmt::Display for NoSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no pool queue slot came free in {:?}: every slot is held by a waiting request or \
+             a reserved handle",
+            self.waited
+        )
+    }
+}
+
+impl std::error::Error for NoSlot {}
+
 /// `call` was invoked without a successful `poll_ready` first, so the request holds no slot in
 /// the queue. The request is returned unsent, as this error.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]

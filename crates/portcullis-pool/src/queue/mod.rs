@@ -21,7 +21,11 @@
 //! - enters *failfast* when requests wait and no endpoint has been ready for the failfast
 //!   timeout: the waiting requests fail with [`FailFast`], new ones fail at once (their
 //!   `poll_ready` returns at once and their `call` returns the error, holding no slot), and it
-//!   leaves failfast on its own as soon as an endpoint is ready;
+//!   leaves failfast on its own as soon as an endpoint is ready. The clock measures the queue's
+//!   wait, whoever waits: callers that give up do not restart it (the rules are in
+//!   `queue/failfast.rs`);
+//! - bounds a caller's wait for a slot by the failfast timeout too ([`NoSlot`]), so slots held
+//!   by handles that never call cannot starve the others;
 //! - treats a discovery error or a pool error as terminal: every waiting and later request
 //!   gets a [`PoolFailed`] naming the cause; if the worker panics or its runtime goes away,
 //!   callers get [`WorkerGone`], never a panic;
@@ -63,6 +67,7 @@
 
 mod config;
 mod error;
+mod failfast;
 mod future;
 mod layer;
 mod message;
@@ -72,7 +77,9 @@ mod shared;
 mod worker;
 
 pub use config::PoolQueueConfig;
-pub use error::{BoxError, BuildError, FailFast, FailureSource, NotReady, PoolFailed, WorkerGone};
+pub use error::{
+    BoxError, BuildError, FailFast, FailureSource, NoSlot, NotReady, PoolFailed, WorkerGone,
+};
 pub use future::ResponseFuture;
 pub use layer::PoolQueueLayer;
 pub use metrics::{InQueueTimes, PoolQueueMetrics, PoolQueueSnapshot, UpdateCounts};

@@ -1,5 +1,6 @@
 use super::{
-    error::{BoxError, FailFast, NotReady},
+    error::{BoxError, FailFast, NoSlot, NotReady},
+    failfast::SlotWait,
     future::ResponseFuture,
     message::Message,
     metrics::PoolQueueMetrics,
@@ -29,6 +30,8 @@ pub struct PoolQueue<Req, F> {
     ready: Readiness,
     /// Whether this handle is queued for a slot (its last `poll_acquire` was pending).
     acquiring: bool,
+    /// How long this handle has waited for a slot; bounded by the failfast timeout.
+    slot_wait: SlotWait,
 }
 
 /// What the last `poll_ready` decided, for the next `call` to act on.
@@ -53,6 +56,16 @@ impl<Req, F> PoolQueue<Req, F> {
             shared,
             ready: Readiness::Unpolled,
             acquiring: false,
+            slot_wait: SlotWait::default(),
+        }
+    }
+
+    /// Stops waiting for a slot. The slot the semaphore may already have handed this handle
+    /// would otherwise stay parked in it until the next poll.
+    fn leave_slot_line(&mut self) {
+        self.slot_wait.done();
+        if std::mem::take(&mut self.acquiring) {
+            self.semaphore = PollSemaphore::new(self.shared.semaphore.clone());
         }
     }
 
@@ -97,21 +110,25 @@ where
         }
         // In failfast a caller must not wait for a slot, nor take one: it is answered at once.
         if self.shared.in_failfast() {
-            if std::mem::take(&mut self.acquiring) {
-                // Leave the line for a slot: the slot the semaphore may already have handed
-                // this handle would otherwise stay parked in it until the next poll.
-                self.semaphore = PollSemaphore::new(self.shared.semaphore.clone());
-            }
+            self.leave_slot_line();
             self.ready = Readiness::FailFast;
             return Poll::Ready(Ok(()));
         }
         match self.semaphore.poll_acquire(cx) {
             Poll::Pending => {
                 self.acquiring = true;
+                let timeout = self.shared.failfast_timeout;
+                if self.slot_wait.poll_elapsed(timeout, cx).is_ready() {
+                    self.leave_slot_line();
+                    self.shared.no_slot.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(?timeout, "no slot came free in the failfast timeout");
+                    return Poll::Ready(Err(Box::new(NoSlot::new(timeout))));
+                }
                 Poll::Pending
             }
             Poll::Ready(Some(permit)) => {
                 self.acquiring = false;
+                self.slot_wait.done();
                 // Failfast may have begun while this caller waited for the slot; the failed
                 // requests released the very slots that woke it.
                 self.ready = if self.shared.in_failfast() {
@@ -170,6 +187,7 @@ impl<Req, F> Clone for PoolQueue<Req, F> {
             shared: self.shared.clone(),
             ready: Readiness::Unpolled,
             acquiring: false,
+            slot_wait: SlotWait::default(),
         }
     }
 }

@@ -103,6 +103,8 @@ pub(crate) struct Shared {
     pub(crate) failfast_entered: AtomicU64,
     pub(crate) failfast_exited: AtomicU64,
     pub(crate) rejected_in_failfast: AtomicU64,
+    /// Callers that waited the failfast timeout for a slot and got `NoSlot`.
+    pub(crate) no_slot: AtomicU64,
     pub(crate) cancelled: AtomicU64,
     pub(crate) updates: [AtomicU64; 4],
     pub(crate) endpoints_ready: AtomicUsize,
@@ -138,6 +140,7 @@ impl Shared {
             failfast_entered: AtomicU64::new(0),
             failfast_exited: AtomicU64::new(0),
             rejected_in_failfast: AtomicU64::new(0),
+            no_slot: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             updates: Default::default(),
             endpoints_ready: AtomicUsize::new(0),

@@ -1,5 +1,6 @@
 use super::{
     error::{BoxError, FailFast, FailureSource, PoolFailed},
+    failfast::Failfast,
     message::Message,
     shared::{Outcome, Shared},
 };
@@ -13,10 +14,7 @@ use std::{
     sync::Arc,
     task::{Context, Poll},
 };
-use tokio::{
-    sync::mpsc,
-    time::{Instant, Sleep},
-};
+use tokio::{sync::mpsc, time::Instant};
 
 /// How many discovery updates the worker applies in one turn before it looks at requests
 /// again, so that a flood of updates cannot starve dispatch (nor the reverse).
@@ -51,36 +49,6 @@ where
     _update: PhantomData<fn(Update<K, T>)>,
 }
 
-/// The failfast timer and state.
-struct Failfast {
-    timeout: std::time::Duration,
-    /// Armed while a request waits and no endpoint is ready. Made on first use, so that a
-    /// worker can be built outside a runtime (see `PoolQueue::pair`).
-    sleep: Option<Pin<Box<Sleep>>>,
-    armed: bool,
-    active: bool,
-}
-
-/// Where a timeout too long to represent as an instant ends, as tokio's own `sleep` does.
-const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
-
-impl Failfast {
-    fn arm(&mut self, now: Instant) {
-        let Some(deadline) = now
-            .checked_add(self.timeout)
-            .or_else(|| now.checked_add(FAR_FUTURE))
-        else {
-            // The clock is at its very end; a timer could never fire, so none is set.
-            return;
-        };
-        match self.sleep.as_mut() {
-            Some(sleep) => sleep.as_mut().reset(deadline),
-            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
-        self.armed = true;
-    }
-}
-
 impl<P, D, K, T, Req> Worker<P, D, K, T, Req>
 where
     P: Pool<K, T, Req>,
@@ -94,18 +62,12 @@ where
         rx: mpsc::UnboundedReceiver<Message<Req, P::Future>>,
         shared: Arc<Shared>,
     ) -> Self {
-        let timeout = shared.failfast_timeout;
         Self {
             pool,
             discovery: Some(Box::pin(discovery)),
             rx,
             waiting: None,
-            failfast: Failfast {
-                timeout,
-                sleep: None,
-                armed: false,
-                active: false,
-            },
+            failfast: Failfast::new(shared.clone()),
             shared,
             endpoints: None,
             now: None,
@@ -182,13 +144,15 @@ where
                     Poll::Ready(Some(message)) => self.waiting = Some(message),
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
                     Poll::Pending => {
+                        let now = self.now();
+                        self.failfast.nothing_waits(now);
                         // In failfast, readiness is watched with nothing queued: the queue
                         // leaves failfast on its own as soon as an endpoint is ready.
-                        if self.failfast.active {
+                        if self.failfast.is_active() {
                             if let Poll::Ready(ready) = self.pool.poll_ready(cx) {
                                 ready
                                     .map_err(|e| PoolFailed::new(FailureSource::Pool, e.into()))?;
-                                self.leave_failfast();
+                                self.failfast.endpoint_ready();
                             }
                         }
                         return Poll::Pending;
@@ -198,8 +162,7 @@ where
 
             match self.pool.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
-                    self.leave_failfast();
-                    self.failfast.armed = false;
+                    self.failfast.endpoint_ready();
                     if let Some(message) = self.waiting.take() {
                         self.dispatch(message);
                     }
@@ -211,23 +174,18 @@ where
                     let Some(message) = self.waiting.as_mut() else {
                         return Poll::Pending;
                     };
-                    if self.failfast.active {
-                        let error = FailFast::new(self.failfast.timeout);
-                        if let Some(message) = self.waiting.take() {
-                            self.answer(message, Outcome::FailFast, Box::new(error));
-                        }
+                    if self.failfast.is_active() {
+                        self.fail_fast_waiting();
                         continue;
                     }
                     if message.poll_canceled(cx).is_ready() {
+                        // The clock runs on for whoever is next in line (see `failfast.rs`).
                         self.waiting = None;
-                        self.failfast.armed = false;
                         self.skip_canceled();
                         continue;
                     }
-                    if !self.failfast.armed {
-                        let now = self.now();
-                        self.failfast.arm(now);
-                    }
+                    let now = self.now();
+                    self.failfast.request_waits(now);
                     return Poll::Pending;
                 }
             }
@@ -277,31 +235,19 @@ where
 
     // === failfast ===
 
-    /// Enters failfast once the timer fires: the waiting request fails now, and so does every
-    /// request that reaches the worker until an endpoint is ready.
+    /// Enters failfast once the clock reaches the timeout (see `failfast.rs`): the waiting
+    /// request fails now, and so does every request that reaches the worker until an endpoint
+    /// is ready.
     fn poll_failfast(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(sleep) = self.failfast.sleep.as_mut().filter(|_| self.failfast.armed) else {
-            return Poll::Pending;
-        };
-        if sleep.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        self.failfast.armed = false;
-        self.failfast.active = true;
-        self.shared.set_failfast(true);
-        tracing::info!(timeout = ?self.failfast.timeout, "entering failfast: no endpoint ready");
-        if let Some(message) = self.waiting.take() {
-            let error = FailFast::new(self.failfast.timeout);
-            self.answer(message, Outcome::FailFast, Box::new(error));
-        }
+        std::task::ready!(self.failfast.poll_expired(cx));
+        self.fail_fast_waiting();
         Poll::Ready(())
     }
 
-    fn leave_failfast(&mut self) {
-        if self.failfast.active {
-            self.failfast.active = false;
-            self.shared.set_failfast(false);
-            tracing::info!("leaving failfast: an endpoint is ready");
+    fn fail_fast_waiting(&mut self) {
+        if let Some(message) = self.waiting.take() {
+            let error = FailFast::new(self.failfast.timeout());
+            self.answer(message, Outcome::FailFast, Box::new(error));
         }
     }
 
@@ -312,9 +258,7 @@ where
     fn terminate(&mut self, error: PoolFailed) {
         tracing::error!(%error, "pool queue stopped");
         self.shared.terminate(error.clone());
-        if self.failfast.active {
-            self.leave_failfast();
-        }
+        self.failfast.stop();
         self.rx.close();
         let waiting = self.waiting.take().into_iter();
         let queued = std::iter::from_fn(|| self.rx.try_recv().ok());
@@ -398,8 +342,7 @@ where
         f.debug_struct("Worker")
             .field("discovery_ended", &self.discovery.is_none())
             .field("waiting", &self.waiting.is_some())
-            .field("failfast_armed", &self.failfast.armed)
-            .field("failfast_active", &self.failfast.active)
+            .field("failfast", &self.failfast)
             .finish()
     }
 }
