@@ -18,6 +18,8 @@ pub struct PoolQueueMetrics {
 }
 
 /// The metrics of a [`PoolQueue`](super::PoolQueue) at one instant.
+///
+/// Its `Debug` prints the in-queue histograms as summaries (see [`InQueueTimes`]).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct PoolQueueSnapshot {
@@ -34,6 +36,9 @@ pub struct PoolQueueSnapshot {
     pub failfast_exited: u64,
     /// Requests refused at once, without a slot, because the queue was in failfast.
     pub rejected_in_failfast: u64,
+    /// Callers that waited the failfast timeout for a slot and got
+    /// [`NoSlot`](super::NoSlot).
+    pub no_slot: u64,
     /// Requests skipped by the worker because their caller had gone away.
     pub cancelled: u64,
     /// Discovery updates applied, by kind.
@@ -80,7 +85,10 @@ impl UpdateCounts {
 ///
 /// The queue records waits exactly below 32 µs and to within 1/32 (about 3 %) above, each
 /// read back as the lowest value of its bucket.
-#[derive(Clone, Debug)]
+///
+/// Its `Debug` prints each histogram as its count, median, 99th percentile and maximum, in
+/// microseconds: a histogram's own `Debug` lists every one of its counts.
+#[derive(Clone)]
 pub struct InQueueTimes {
     /// Requests handed to the pool.
     pub dispatched: Histogram<u64>,
@@ -108,6 +116,7 @@ impl PoolQueueMetrics {
             failfast_entered: s.failfast_entered.load(Ordering::Relaxed),
             failfast_exited: s.failfast_exited.load(Ordering::Relaxed),
             rejected_in_failfast: s.rejected_in_failfast.load(Ordering::Relaxed),
+            no_slot: s.no_slot.load(Ordering::Relaxed),
             cancelled: s.cancelled.load(Ordering::Relaxed),
             updates: self.updates(),
             endpoints: EndpointCounts {
@@ -152,6 +161,36 @@ impl PoolQueueMetrics {
     }
 }
 
+// === impl InQueueTimes ===
+
+impl fmt::Debug for InQueueTimes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InQueueTimes")
+            .field("dispatched", &Summary(&self.dispatched))
+            .field("failfast", &Summary(&self.failfast))
+            .field("failed", &Summary(&self.failed))
+            .finish()
+    }
+}
+
+/// A histogram of microseconds, printed as its count, median, 99th percentile and maximum.
+struct Summary<'a>(&'a Histogram<u64>);
+
+impl fmt::Debug for Summary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = self.0;
+        let mut summary = f.debug_struct("Histogram");
+        summary.field("count", &h.len());
+        if !h.is_empty() {
+            summary
+                .field("p50", &h.value_at_quantile(0.5))
+                .field("p99", &h.value_at_quantile(0.99))
+                .field("max", &h.max());
+        }
+        summary.finish()
+    }
+}
+
 impl fmt::Debug for PoolQueueMetrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PoolQueueMetrics")
@@ -160,5 +199,73 @@ impl fmt::Debug for PoolQueueMetrics {
             .field("failfast_active", &self.shared.in_failfast())
             .field("updates", &self.updates())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A histogram shaped like the queue's (1 µs to an hour, three significant figures), whose
+    /// derived `Debug` would print every one of its 23,552 counts.
+    fn histogram(waits_us: &[u64]) -> Histogram<u64> {
+        let mut h = Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .unwrap_or_else(|e| panic!("constant bounds: {e}"));
+        for &us in waits_us {
+            h.saturating_record(us);
+        }
+        h
+    }
+
+    #[test]
+    fn snapshot_debug_is_a_short_summary_naming_every_field() {
+        let snapshot = PoolQueueSnapshot {
+            capacity: 64,
+            depth: 3,
+            failfast_active: true,
+            failfast_entered: 2,
+            failfast_exited: 1,
+            rejected_in_failfast: 7,
+            no_slot: 6,
+            cancelled: 4,
+            updates: UpdateCounts {
+                reset: 1,
+                add: 2,
+                remove: 3,
+                does_not_exist: 0,
+            },
+            endpoints: EndpointCounts {
+                ready: 0,
+                pending: 5,
+                failed: 1,
+            },
+            discovery_ended: false,
+            in_queue: InQueueTimes {
+                dispatched: histogram(&(1..=100).collect::<Vec<_>>()),
+                failfast: histogram(&[250_000, 250_000]),
+                failed: histogram(&[]),
+            },
+        };
+        let debug = format!("{snapshot:?}");
+        assert!(debug.len() < 2_000, "{} chars: {debug}", debug.len());
+        for field in [
+            "capacity: 64",
+            "depth: 3",
+            "failfast_active: true",
+            "failfast_entered: 2",
+            "failfast_exited: 1",
+            "rejected_in_failfast: 7",
+            "no_slot: 6",
+            "cancelled: 4",
+            "updates: UpdateCounts { reset: 1, add: 2, remove: 3, does_not_exist: 0 }",
+            "endpoints: EndpointCounts { ready: 0, pending: 5, failed: 1 }",
+            "discovery_ended: false",
+            "dispatched: Histogram { count: 100, p50: 50, p99: 99, max: 100 }",
+            // 250 000 µs to the histogram's three significant figures.
+            "failfast: Histogram { count: 2, p50: 250111, p99: 250111, max: 250111 }",
+            "failed: Histogram { count: 0 }",
+        ] {
+            assert!(debug.contains(field), "{field} not in {debug}");
+        }
     }
 }
