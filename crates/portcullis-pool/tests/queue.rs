@@ -436,6 +436,60 @@ async fn a_caller_waiting_for_a_slot_held_by_abandoned_reservations_gets_no_slot
     );
 }
 
+/// A full queue whose requests wait on an unready pool is failfast's case: a caller that began
+/// waiting for a slot at the same instant as the queue's clock fails fast, whichever of the two
+/// timers is polled first (a burst must not get `NoSlot` or `FailFast` by the luck of the draw).
+#[tokio::test(start_paused = true)]
+async fn a_slot_wait_that_ends_with_the_failfast_clock_fails_fast_not_no_slot() {
+    let mut h = harness(1);
+    let mut queued = Caller::new(&h.queue).send("a");
+    assert_pending!(h.worker.poll());
+    let mut waiting = Caller::new(&h.queue);
+    assert_pending!(waiting.poll_ready());
+
+    tokio::time::advance(FAILFAST).await;
+    // The caller's timer is polled before the worker has entered failfast.
+    assert!(!h.queue.metrics().failfast_active());
+    assert_ready_ok!(waiting.poll_ready(), "ready with a failfast decision");
+    assert_pending!(h.worker.poll());
+    downcast::<FailFast>(&assert_ready_err!(queued.poll()));
+    let mut call = task::spawn(waiting.queue.call("b"));
+    downcast::<FailFast>(&assert_ready_err!(call.poll()));
+    assert_eq!(h.queue.metrics().snapshot().no_slot, 0);
+}
+
+/// A caller whose slot timer fires while the failfast clock runs with a later deadline (the
+/// slots were held by a reservation that has since become a waiting request) waits for that
+/// deadline and fails fast, rather than getting `NoSlot` just before failfast would answer.
+#[tokio::test(start_paused = true)]
+async fn a_slot_wait_outlasted_by_a_running_failfast_clock_waits_for_it() {
+    let mut h = harness(1);
+    let mut holder = Caller::new(&h.queue);
+    assert_ready_ok!(holder.poll_ready());
+    let mut waiting = Caller::new(&h.queue);
+    assert_pending!(waiting.poll_ready());
+
+    tokio::time::advance(FAILFAST / 2).await;
+    let mut queued = task::spawn(holder.queue.call("a"));
+    assert_pending!(h.worker.poll());
+
+    tokio::time::advance(FAILFAST / 2).await;
+    assert!(waiting.task.is_woken());
+    assert_pending!(
+        waiting.poll_ready(),
+        "the clock's deadline is half a timeout away"
+    );
+
+    tokio::time::advance(FAILFAST / 2).await;
+    assert_pending!(h.worker.poll());
+    downcast::<FailFast>(&assert_ready_err!(queued.poll()));
+    assert!(waiting.task.is_woken());
+    assert_ready_ok!(waiting.poll_ready());
+    let mut call = task::spawn(waiting.queue.call("b"));
+    downcast::<FailFast>(&assert_ready_err!(call.poll()));
+    assert_eq!(h.queue.metrics().snapshot().no_slot, 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn recovers_after_failfast_on_its_own() {
     let mut h = harness(2);

@@ -24,10 +24,15 @@
 //! # A caller waiting for a slot
 //!
 //! A caller whose `poll_ready` waits for a slot is bounded by the failfast timeout as well
-//! ([`SlotWait`]). A full queue whose requests wait for an endpoint is already covered by the
-//! clock above (failfast answers them, and their slots wake the caller), but slots can also be
-//! held by handles that were polled ready and never called: nothing reaches the worker then,
-//! and only this bound ends the wait, with [`NoSlot`](super::NoSlot).
+//! ([`SlotWait`]). When its timer fires, what it gets depends on the failfast clock:
+//!
+//! - the clock runs (the queue is full of requests waiting on an unready pool): the queue is
+//!   stuck for want of an endpoint, which is failfast's case. The caller fails fast at the
+//!   clock's deadline, or at once if that has passed, so the same burst never gets two
+//!   different errors depending on which timer tokio polled first;
+//! - the clock stands still: the slots are held while nothing waits on the pool, by handles
+//!   that were polled ready and never called, or by a queue that drains slower than callers
+//!   arrive. Nothing else would end the wait: the caller gets [`NoSlot`](super::NoSlot).
 
 use super::shared::Shared;
 use std::{
@@ -95,9 +100,13 @@ impl Failfast {
 
     /// An endpoint is ready: the clock goes back to zero, and failfast, if on, ends.
     pub(crate) fn endpoint_ready(&mut self) {
-        if self.is_active() {
-            self.shared.set_failfast(false);
-            tracing::info!("leaving failfast: an endpoint is ready");
+        match self.state {
+            State::Active => {
+                self.shared.set_failfast(false);
+                tracing::info!("leaving failfast: an endpoint is ready");
+            }
+            State::Running { .. } => self.shared.set_failfast_deadline(None),
+            State::Still { .. } => {}
         }
         self.state = State::Still {
             waited: Duration::ZERO,
@@ -114,6 +123,7 @@ impl Failfast {
         let Some(deadline) = deadline_after(now, self.timeout.saturating_sub(waited)) else {
             return;
         };
+        self.shared.set_failfast_deadline(Some(deadline));
         match self.sleep.as_mut() {
             Some(sleep) => sleep.as_mut().reset(deadline),
             None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -126,6 +136,7 @@ impl Failfast {
         if let State::Running { since, waited } = self.state {
             let waited = waited.saturating_add(now.saturating_duration_since(since));
             self.state = State::Still { waited };
+            self.shared.set_failfast_deadline(None);
         }
     }
 
@@ -143,6 +154,7 @@ impl Failfast {
         }
         self.state = State::Active;
         self.shared.set_failfast(true);
+        self.shared.set_failfast_deadline(None);
         tracing::info!(timeout = ?self.timeout, "entering failfast: no endpoint ready");
         Poll::Ready(())
     }
@@ -150,7 +162,7 @@ impl Failfast {
     /// The worker stops: callers must learn why from the terminal error rather than be told
     /// to fail fast.
     pub(crate) fn stop(&mut self) {
-        if self.is_active() {
+        if !matches!(self.state, State::Still { .. }) {
             self.endpoint_ready();
         }
     }
@@ -165,8 +177,17 @@ impl std::fmt::Debug for Failfast {
     }
 }
 
+/// What ends a caller's wait for a slot.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SlotWaitEnd {
+    /// The queue is stuck for want of an endpoint: fail fast.
+    FailFast,
+    /// The slots stay taken with nothing waiting on the pool: [`NoSlot`](super::NoSlot).
+    NoSlot,
+}
+
 /// The bound on one caller's wait for a slot: the failfast timeout, from the first time its
-/// `poll_ready` found no slot free.
+/// `poll_ready` found no slot free (see the module docs for which error ends it).
 #[derive(Debug, Default)]
 pub(crate) struct SlotWait {
     sleep: Option<Pin<Box<Sleep>>>,
@@ -174,31 +195,50 @@ pub(crate) struct SlotWait {
 }
 
 impl SlotWait {
-    /// Called each time the caller finds no slot free. `Ready` once it has waited `timeout`.
+    /// Called each time the caller finds no slot free; `Ready` once the wait is over.
     ///
     /// Outside a tokio runtime with a time driver no timer can be set and the wait is not
     /// bounded here (the queue's worker needs that runtime anyway).
-    pub(crate) fn poll_elapsed(&mut self, timeout: Duration, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_end(&mut self, shared: &Shared, cx: &mut Context<'_>) -> Poll<SlotWaitEnd> {
         if !self.waiting {
             self.waiting = true;
-            let now = Instant::now();
-            let Some(deadline) = deadline_after(now, timeout) else {
+            let Some(deadline) = deadline_after(Instant::now(), shared.failfast_timeout) else {
                 return Poll::Pending;
             };
-            match self.sleep.as_mut() {
-                Some(sleep) => sleep.as_mut().reset(deadline),
-                None => {
-                    if tokio::runtime::Handle::try_current().is_err() {
-                        return Poll::Pending;
-                    }
-                    self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline)));
+            if !self.arm(deadline) {
+                return Poll::Pending;
+            }
+        }
+        loop {
+            let Some(sleep) = self.sleep.as_mut() else {
+                return Poll::Pending;
+            };
+            std::task::ready!(sleep.as_mut().poll(cx));
+            match shared.failfast_deadline() {
+                None => return Poll::Ready(SlotWaitEnd::NoSlot),
+                Some(deadline) if deadline <= Instant::now() => {
+                    return Poll::Ready(SlotWaitEnd::FailFast)
+                }
+                // Failfast will answer the requests that hold the slots by then.
+                Some(deadline) => {
+                    self.arm(deadline);
                 }
             }
         }
+    }
+
+    /// Sets the timer; `false` when there is no runtime to set it on.
+    fn arm(&mut self, deadline: Instant) -> bool {
         match self.sleep.as_mut() {
-            Some(sleep) => sleep.as_mut().poll(cx),
-            None => Poll::Pending,
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return false;
+                }
+                self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline)));
+            }
         }
+        true
     }
 
     /// The caller got a slot, or stopped waiting for one: the next wait starts afresh.

@@ -1,6 +1,6 @@
 use super::{
     error::{BoxError, FailFast, NoSlot, NotReady},
-    failfast::SlotWait,
+    failfast::{SlotWait, SlotWaitEnd},
     future::ResponseFuture,
     message::Message,
     metrics::PoolQueueMetrics,
@@ -117,14 +117,22 @@ where
         match self.semaphore.poll_acquire(cx) {
             Poll::Pending => {
                 self.acquiring = true;
-                let timeout = self.shared.failfast_timeout;
-                if self.slot_wait.poll_elapsed(timeout, cx).is_ready() {
-                    self.leave_slot_line();
-                    self.shared.no_slot.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(?timeout, "no slot came free in the failfast timeout");
-                    return Poll::Ready(Err(Box::new(NoSlot::new(timeout))));
+                let end = std::task::ready!(self.slot_wait.poll_end(&self.shared, cx));
+                self.leave_slot_line();
+                match end {
+                    // Answered like any caller in failfast: `call` fails unless a slot is
+                    // free by then.
+                    SlotWaitEnd::FailFast => {
+                        self.ready = Readiness::FailFast;
+                        Poll::Ready(Ok(()))
+                    }
+                    SlotWaitEnd::NoSlot => {
+                        let timeout = self.shared.failfast_timeout;
+                        self.shared.no_slot.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(?timeout, "no slot came free in the failfast timeout");
+                        Poll::Ready(Err(Box::new(NoSlot::new(timeout))))
+                    }
                 }
-                Poll::Pending
             }
             Poll::Ready(Some(permit)) => {
                 self.acquiring = false;

@@ -6,10 +6,10 @@ use crate::{EndpointCounts, UpdateKind};
 use hdrhistogram::Histogram;
 use std::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-    Arc, OnceLock,
+    Arc, Mutex, OnceLock, PoisonError,
 };
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::{sync::Semaphore, time::Instant};
 
 /// What became of a request that entered the queue.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -95,6 +95,10 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
 pub(crate) struct Shared {
     pub(crate) capacity: usize,
     pub(crate) failfast_timeout: Duration,
+    /// When the running failfast clock reaches the timeout; `None` while it stands still or
+    /// failfast is on. Written by the worker on the clock's transitions only, read by a caller
+    /// whose wait for a slot timed out (see `failfast.rs`): both rare, so a mutex serves.
+    failfast_deadline: Mutex<Option<Instant>>,
     /// Slots; closed when the worker stops, so that callers waiting for a slot wake up.
     pub(crate) semaphore: Arc<Semaphore>,
     /// Read by every caller's `poll_ready`, written almost never.
@@ -132,6 +136,7 @@ impl Shared {
         Self {
             capacity,
             failfast_timeout,
+            failfast_deadline: Mutex::new(None),
             semaphore: Arc::new(Semaphore::new(capacity)),
             state: CacheLine(State {
                 terminal: OnceLock::new(),
@@ -177,6 +182,20 @@ impl Shared {
     }
 
     // === failfast ===
+
+    pub(crate) fn set_failfast_deadline(&self, deadline: Option<Instant>) {
+        *self
+            .failfast_deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = deadline;
+    }
+
+    pub(crate) fn failfast_deadline(&self) -> Option<Instant> {
+        *self
+            .failfast_deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 
     pub(crate) fn in_failfast(&self) -> bool {
         self.state.0.failfast.load(Ordering::Acquire)
