@@ -15,6 +15,14 @@
 //! of one kind its own prefix. Times are in seconds; counters get the `_total` suffix from the
 //! encoder.
 //!
+//! A prefix must be ASCII letters, digits and `_`, not starting with a digit
+//! (`[a-zA-Z_][a-zA-Z0-9_]*`), or empty; anything else is refused with [`InvalidPrefix`] and
+//! nothing is registered. Prometheus metric names also allow `:`, but colons are reserved for
+//! recording rules, so a prefix may not hold one. An empty prefix adds nothing: the names are
+//! the ones below, after the registry's own prefix if it has one
+//! ([`Registry::with_prefix`]). Every name and label this module adds itself is a valid
+//! Prometheus name.
+//!
 //! | function | metric | type | labels |
 //! | --- | --- | --- | --- |
 //! | [`register_pool_queue`] | `pool_queue_depth` | gauge | |
@@ -24,6 +32,7 @@
 //! | | `pool_queue_failfast_entered` | counter | |
 //! | | `pool_queue_failfast_exited` | counter | |
 //! | | `pool_queue_rejected_in_failfast` | counter | |
+//! | | `pool_queue_no_slot` | counter | |
 //! | | `pool_queue_cancelled` | counter | |
 //! | | `pool_queue_endpoints` | gauge | `state` = `ready`, `pending`, `failed` |
 //! | | `pool_queue_discovery_updates` | counter | `kind` = `reset`, `add`, `remove`, `does_not_exist` |
@@ -52,7 +61,8 @@
 //!
 //! Histograms are encoded from the HDR histograms the crates keep, with the fixed bucket
 //! bounds of [`LATENCY_BUCKETS`]: each bucket counts the recorded values at or below its bound
-//! (to the histogram's precision), and the sum is the mean times the count.
+//! (to the histogram's precision: 1/32 of a value for the queue, 1/16 for the fan-out), and the
+//! sum is the mean times the count.
 //!
 //! # Example
 //!
@@ -76,8 +86,8 @@
 //! )?;
 //!
 //! let mut registry = Registry::default();
-//! portcullis::prometheus::register_pool_queue(&mut registry, "portcullis_api", queue.metrics());
-//! portcullis::prometheus::register_p2c(&mut registry, "portcullis_api", p2c);
+//! portcullis::prometheus::register_pool_queue(&mut registry, "portcullis_api", queue.metrics())?;
+//! portcullis::prometheus::register_p2c(&mut registry, "portcullis_api", p2c)?;
 //!
 //! assert_eq!(queue.oneshot(()).await?, "a");
 //!
@@ -107,36 +117,136 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
 ];
 
 /// Registers a [`PoolQueueCollector`] for `metrics` under `prefix` (see the
-/// [module docs](self) for the metric names).
-pub fn register_pool_queue(registry: &mut Registry, prefix: &str, metrics: PoolQueueMetrics) {
-    registry
-        .sub_registry_with_prefix(prefix)
-        .register_collector(Box::new(PoolQueueCollector::new(metrics)));
+/// [module docs](self) for the metric names), or refuses a prefix Prometheus would reject.
+pub fn register_pool_queue(
+    registry: &mut Registry,
+    prefix: &str,
+    metrics: PoolQueueMetrics,
+) -> Result<(), InvalidPrefix> {
+    register(registry, prefix, PoolQueueCollector::new(metrics))
 }
 
 /// Registers a [`P2cCollector`] for `metrics` under `prefix` (see the
-/// [module docs](self) for the metric names).
-pub fn register_p2c(registry: &mut Registry, prefix: &str, metrics: P2cMetrics) {
-    registry
-        .sub_registry_with_prefix(prefix)
-        .register_collector(Box::new(P2cCollector::new(metrics)));
+/// [module docs](self) for the metric names), or refuses a prefix Prometheus would reject.
+pub fn register_p2c(
+    registry: &mut Registry,
+    prefix: &str,
+    metrics: P2cMetrics,
+) -> Result<(), InvalidPrefix> {
+    register(registry, prefix, P2cCollector::new(metrics))
 }
 
 /// Registers a [`RetryCollector`] for `metrics` under `prefix` (see the
-/// [module docs](self) for the metric names).
-pub fn register_retry(registry: &mut Registry, prefix: &str, metrics: RetryMetrics) {
-    registry
-        .sub_registry_with_prefix(prefix)
-        .register_collector(Box::new(RetryCollector::new(metrics)));
+/// [module docs](self) for the metric names), or refuses a prefix Prometheus would reject.
+pub fn register_retry(
+    registry: &mut Registry,
+    prefix: &str,
+    metrics: RetryMetrics,
+) -> Result<(), InvalidPrefix> {
+    register(registry, prefix, RetryCollector::new(metrics))
 }
 
 /// Registers a [`FanOutCollector`] for `metrics` under `prefix` (see the
-/// [module docs](self) for the metric names).
-pub fn register_fanout(registry: &mut Registry, prefix: &str, metrics: FanOutMetrics) {
-    registry
-        .sub_registry_with_prefix(prefix)
-        .register_collector(Box::new(FanOutCollector::new(metrics)));
+/// [module docs](self) for the metric names), or refuses a prefix Prometheus would reject.
+pub fn register_fanout(
+    registry: &mut Registry,
+    prefix: &str,
+    metrics: FanOutMetrics,
+) -> Result<(), InvalidPrefix> {
+    register(registry, prefix, FanOutCollector::new(metrics))
 }
+
+fn register(
+    registry: &mut Registry,
+    prefix: &str,
+    collector: impl Collector,
+) -> Result<(), InvalidPrefix> {
+    validate_prefix(prefix)?;
+    // An empty prefix would still be joined to the names with `_`.
+    let registry = if prefix.is_empty() {
+        registry
+    } else {
+        registry.sub_registry_with_prefix(prefix)
+    };
+    registry.register_collector(Box::new(collector));
+    Ok(())
+}
+
+/// Checks `prefix` as the `register_*` functions do, say when a configuration is loaded: `Ok`
+/// for `[a-zA-Z_][a-zA-Z0-9_]*` and for the empty prefix.
+pub fn validate_prefix(prefix: &str) -> Result<(), InvalidPrefix> {
+    let refused = prefix.char_indices().find(|&(position, c)| {
+        let allowed = c.is_ascii_alphabetic() || c == '_' || (position > 0 && c.is_ascii_digit());
+        !allowed
+    });
+    match refused {
+        None => Ok(()),
+        Some((position, found)) => Err(InvalidPrefix {
+            prefix: prefix.to_owned(),
+            position,
+            found,
+        }),
+    }
+}
+
+// === impl InvalidPrefix ===
+
+/// A metric-name prefix Prometheus would reject, refused by the `register_*` functions; see
+/// the [module docs](self#names) for what a prefix may hold.
+///
+/// ```
+/// use portcullis::prometheus::{register_fanout, validate_prefix};
+/// use portcullis::fanout::Metrics;
+/// use prometheus_client::registry::Registry;
+///
+/// let mut registry = Registry::default();
+/// let error = register_fanout(&mut registry, "api-v2", Metrics::new()).unwrap_err();
+/// assert_eq!((error.prefix(), error.found(), error.position()), ("api-v2", '-', 3));
+/// assert!(validate_prefix("api_v2").is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidPrefix {
+    prefix: String,
+    position: usize,
+    found: char,
+}
+
+impl InvalidPrefix {
+    /// The prefix refused.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The first character refused.
+    pub fn found(&self) -> char {
+        self.found
+    }
+
+    /// Where that character starts in the prefix, in bytes.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+}
+
+impl fmt::Display for InvalidPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (prefix, found, position) = (&self.prefix, self.found, self.position);
+        if position == 0 && found.is_ascii_digit() {
+            write!(
+                f,
+                "Prometheus metric prefix {prefix:?} starts with a digit ({found:?})"
+            )
+        } else {
+            write!(
+                f,
+                "Prometheus metric prefix {prefix:?} holds {found:?} at byte {position}: \
+                 a prefix is ASCII letters, digits and '_', not starting with a digit"
+            )
+        }
+    }
+}
+
+impl std::error::Error for InvalidPrefix {}
 
 // === impl PoolQueueCollector ===
 
@@ -208,6 +318,12 @@ impl Collector for PoolQueueCollector {
             "pool_queue_rejected_in_failfast",
             "Requests refused at once because the queue was failing fast.",
             s.rejected_in_failfast,
+        )?;
+        counter(
+            e,
+            "pool_queue_no_slot",
+            "Callers that waited the failfast timeout for a queue slot and got NoSlot.",
+            s.no_slot,
         )?;
         counter(
             e,

@@ -101,9 +101,9 @@ async fn retry_queue_and_p2c_metrics_are_exported() {
     .unwrap();
 
     let mut registry = Registry::default();
-    prometheus::register_retry(&mut registry, "api", retry.metrics().clone());
-    prometheus::register_pool_queue(&mut registry, "api", queue.metrics());
-    prometheus::register_p2c(&mut registry, "api", p2c);
+    prometheus::register_retry(&mut registry, "api", retry.metrics().clone()).unwrap();
+    prometheus::register_pool_queue(&mut registry, "api", queue.metrics()).unwrap();
+    prometheus::register_p2c(&mut registry, "api", p2c).unwrap();
 
     let svc = ServiceBuilder::new().retry_budget(retry).service(queue);
     for i in 0..10 {
@@ -199,7 +199,7 @@ async fn failfast_is_exported_under_its_own_prefix() {
     )
     .unwrap();
     let mut registry = Registry::default();
-    prometheus::register_pool_queue(&mut registry, "empty", queue.metrics());
+    prometheus::register_pool_queue(&mut registry, "empty", queue.metrics()).unwrap();
 
     // No endpoint: the request waits out the failfast timeout, then fails.
     let error = queue.clone().oneshot(1).await.unwrap_err();
@@ -256,7 +256,7 @@ async fn fanout_metrics_are_exported_with_a_latency_histogram() {
     )
     .unwrap();
     let mut registry = Registry::default();
-    prometheus::register_fanout(&mut registry, "purge", fanout.metrics().clone());
+    prometheus::register_fanout(&mut registry, "purge", fanout.metrics().clone()).unwrap();
 
     let report = fanout.oneshot("/purge").await.unwrap();
     assert_eq!(report.counts().responses, 2);
@@ -343,15 +343,15 @@ async fn every_kind_in_one_registry_has_unique_families() {
     let mut registry = Registry::default();
     // Two stacks of the same kinds, told apart by their prefixes.
     for stack in ["one", "two"] {
-        prometheus::register_pool_queue(&mut registry, stack, queue.metrics());
-        prometheus::register_p2c(&mut registry, stack, p2c.clone());
-        prometheus::register_retry(&mut registry, stack, retry.metrics().clone());
-        prometheus::register_fanout(&mut registry, stack, fanout.metrics().clone());
+        prometheus::register_pool_queue(&mut registry, stack, queue.metrics()).unwrap();
+        prometheus::register_p2c(&mut registry, stack, p2c.clone()).unwrap();
+        prometheus::register_retry(&mut registry, stack, retry.metrics().clone()).unwrap();
+        prometheus::register_fanout(&mut registry, stack, fanout.metrics().clone()).unwrap();
     }
     let text = render(&registry);
     assert!(text.ends_with("# EOF\n"));
     let families = assert_families_unique(&text);
-    assert_eq!(families.len(), 2 * (11 + 4 + 9 + 8), "{text}");
+    assert_eq!(families.len(), 2 * (12 + 4 + 9 + 8), "{text}");
     // An empty histogram still has all its buckets, at zero.
     assert_sample(
         &text,
@@ -372,4 +372,175 @@ fn assert_families_unique(text: &str) -> HashSet<&str> {
         }
     }
     families
+}
+
+/// What `register_*` makes of `prefix`: the names it exposes, or the error.
+fn register_all(prefix: &str) -> Result<String, prometheus::InvalidPrefix> {
+    let retry = RetryLayer::builder(retry::classify::predicate(|res: Result<&(), &BoxError>| {
+        res.is_err()
+    }))
+    .build()
+    .unwrap();
+    let mut registry = Registry::default();
+    let results = [
+        prometheus::register_p2c(&mut registry, prefix, p2c::P2cMetrics::default()),
+        prometheus::register_retry(&mut registry, prefix, retry.metrics().clone()),
+        prometheus::register_fanout(&mut registry, prefix, fanout::Metrics::new()),
+    ];
+    // Every kind answers the same, and a refused prefix registers nothing.
+    let text = render(&registry);
+    if let Some(Err(error)) = results.iter().find(|r| r.is_err()) {
+        assert!(results.iter().all(Result::is_err), "{results:?}");
+        assert_eq!(text, "# EOF\n");
+        return Err(error.clone());
+    }
+    Ok(text)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_prefix_with_a_dash_is_refused() {
+    let error = register_all("api-v2").unwrap_err();
+    assert_eq!(error.prefix(), "api-v2");
+    assert_eq!((error.found(), error.position()), ('-', 3));
+    assert!(error.to_string().contains("\"api-v2\""), "{error}");
+    // The queue's register function refuses it too.
+    let queue = PoolQueue::new(
+        P2cPool::with_peak_ewma(|_: &&'static str, _: &()| {
+            service_fn(|_: u32| async { Ok::<_, Infallible>(()) })
+        }),
+        futures_util::stream::pending::<Result<Update<&'static str, ()>, BoxError>>(),
+        PoolQueueConfig::default(),
+    )
+    .unwrap();
+    let mut registry = Registry::default();
+    let refused = prometheus::register_pool_queue(&mut registry, "api-v2", queue.metrics());
+    assert_eq!(refused, Err(error));
+    assert_eq!(render(&registry), "# EOF\n");
+}
+
+#[test]
+fn a_prefix_starting_with_a_digit_is_refused() {
+    let error = register_all("2xx").unwrap_err();
+    assert_eq!((error.found(), error.position()), ('2', 0));
+    assert!(error.to_string().contains("starts with a digit"), "{error}");
+    // A digit after the first character is fine.
+    assert!(register_all("api2").is_ok());
+}
+
+#[test]
+fn a_prefix_with_non_ascii_letters_is_refused() {
+    let error = register_all("caché").unwrap_err();
+    assert_eq!((error.found(), error.position()), ('é', 4));
+    let error = register_all("é").unwrap_err();
+    assert_eq!((error.found(), error.position()), ('é', 0));
+}
+
+#[test]
+fn a_prefix_with_a_colon_space_or_dot_is_refused() {
+    // Colons are valid in metric names but reserved for recording rules.
+    for (prefix, found, position) in [
+        ("job:api", ':', 3),
+        ("api v2", ' ', 3),
+        ("api.v2", '.', 3),
+        ("api\n", '\n', 3),
+    ] {
+        let error = register_all(prefix).unwrap_err();
+        assert_eq!(
+            (error.found(), error.position()),
+            (found, position),
+            "{prefix:?}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_prefix_adds_nothing_to_the_names() {
+    let text = register_all("").unwrap();
+    assert_sample(&text, "p2c_endpoints{state=\"ready\"}", 0.0);
+    assert_sample(&text, "retry_requests_total", 0.0);
+    assert_sample(&text, "fanout_fan_outs_total", 0.0);
+    assert_every_name_valid(&text);
+
+    // Under a registry's own prefix, an empty one joins nothing more.
+    let mut registry = Registry::with_prefix("app");
+    prometheus::register_fanout(&mut registry, "", fanout::Metrics::new()).unwrap();
+    let text = render(&registry);
+    assert_sample(&text, "app_fanout_fan_outs_total", 0.0);
+    assert_every_name_valid(&text);
+}
+
+#[test]
+fn a_valid_prefix_names_every_metric() {
+    for prefix in ["api", "_Api_v2", "portcullis_backends_"] {
+        let text = register_all(prefix).unwrap();
+        assert_sample(&text, &format!("{prefix}_fanout_fan_outs_total"), 0.0);
+        assert_sample(&text, &format!("{prefix}_retry_requests_total"), 0.0);
+        assert_every_name_valid(&text);
+    }
+    assert_eq!(prometheus::validate_prefix("portcullis_api"), Ok(()));
+}
+
+/// The names and labels the collectors add themselves, not only the user's prefix, are ones
+/// Prometheus accepts.
+#[tokio::test(start_paused = true)]
+async fn every_name_and_label_exported_is_valid_for_prometheus() {
+    let pool = P2cPool::with_peak_ewma(|_: &&'static str, _: &()| {
+        service_fn(|_: u32| async { Ok::<_, Infallible>(()) })
+    });
+    let p2c = pool.metrics();
+    let queue = PoolQueue::new(
+        pool,
+        futures_util::stream::pending::<Result<Update<&'static str, ()>, BoxError>>(),
+        PoolQueueConfig::default(),
+    )
+    .unwrap();
+    let retry = RetryLayer::builder(retry::classify::predicate(|res: Result<&(), &BoxError>| {
+        res.is_err()
+    }))
+    .build()
+    .unwrap();
+    let mut registry = Registry::default();
+    prometheus::register_pool_queue(&mut registry, "api", queue.metrics()).unwrap();
+    prometheus::register_p2c(&mut registry, "api", p2c).unwrap();
+    prometheus::register_retry(&mut registry, "api", retry.metrics().clone()).unwrap();
+    prometheus::register_fanout(&mut registry, "api", fanout::Metrics::new()).unwrap();
+    let text = render(&registry);
+    let checked = assert_every_name_valid(&text);
+    assert!(checked > 100, "{checked} samples in:\n{text}");
+}
+
+/// Prometheus's metric and label names, without the colon a recording rule may add.
+fn is_prometheus_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks the name and every label name of every sample and family, and returns how many
+/// samples there were.
+#[track_caller]
+fn assert_every_name_valid(text: &str) -> usize {
+    let mut samples = 0;
+    for line in text.lines().filter(|line| *line != "# EOF") {
+        let series = match line.strip_prefix("# ") {
+            Some(descriptor) => descriptor.split_whitespace().nth(1).unwrap(),
+            None => {
+                samples += 1;
+                line.split_whitespace().next().unwrap()
+            }
+        };
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        assert!(is_prometheus_name(name), "{name:?} in {line:?}");
+        for label in labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|l| !l.is_empty())
+        {
+            let (label, _) = label.split_once('=').unwrap();
+            assert!(is_prometheus_name(label), "label {label:?} in {line:?}");
+        }
+    }
+    samples
 }
