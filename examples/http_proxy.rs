@@ -6,13 +6,16 @@
 //! cargo run --example http_proxy            # starts 3 local backends and prints what to try
 //! ```
 //!
-//! The backends file holds one `SocketAddr` per line (`#` comments allowed) and is re-read
-//! every second: edit it and the proxy follows, with no restart and no request needed.
+//! The backends file holds one `SocketAddr` per line (`#` comments allowed), then the line
+//! `# end`, and is re-read every second: edit it and the proxy follows, with no restart and
+//! no request needed. A file without its `# end` line is taken for a write caught half-way
+//! and not applied (the proxy keeps its backends), so an editor saving in place is safe; a
+//! file with `# end` and no address removes every backend.
 
 use portcullis_examples::{
     backend::{Backend, Behavior},
     endpoint::BoxError,
-    proxy::{Proxy, ProxyConfig},
+    proxy::{write_backends_file, Proxy, ProxyConfig},
 };
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use tokio::time::Instant;
@@ -21,8 +24,9 @@ const USAGE: &str = "\
 usage: http_proxy [--listen ADDR] [--backends FILE]
 
   --listen ADDR     where to serve (default 127.0.0.1:8080)
-  --backends FILE   backend addresses, one SocketAddr per line, re-read every second;
-                    without it, 3 local backends are started and written to a temp file
+  --backends FILE   backend addresses, one SocketAddr per line, then the line `# end`,
+                    re-read every second; without it, 3 local backends are started and
+                    written to a temp file
 
 routes:
   GET  /metrics          Prometheus (OpenMetrics) text of every stack
@@ -97,11 +101,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 "portcullis-http-proxy-{}.addrs",
                 std::process::id()
             ));
-            let lines: String = demo_backends
-                .iter()
-                .map(|b| format!("# {}\n{}\n", b.name, b.addr))
-                .collect();
-            std::fs::write(&path, lines)
+            let lines = demo_backends.iter().map(|b| (b.name.as_str(), b.addr));
+            write_backends_file(&path, lines)
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             path
         }
@@ -125,7 +126,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
              \x20 curl -X POST http://{addr}/admin/purge\n\
              \x20 curl -X POST -H 'accept: text/plain' http://{addr}/admin/purge/images\n\
              \x20 curl http://{addr}/metrics\n\
-             and remove a line from {} to take a backend out (applied within a second).",
+             and remove an address from {} to take a backend out (applied within a second;\n\
+             keep its last line, `# end`: without it the file is not applied).",
             backends.display()
         );
     }

@@ -32,7 +32,7 @@ use std::{
     convert::Infallible,
     fmt::{self, Write as _},
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -50,7 +50,8 @@ type PurgeStack = BoxCloneSyncService<ProxyRequest, PurgeReport, BoxError>;
 /// How the proxy is set up. [`ProxyConfig::new`] has the defaults; every field may be changed.
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
-    /// The file of backend addresses, one `SocketAddr` per line.
+    /// The file of backend addresses, one `SocketAddr` per line, then the line `# end` (see
+    /// [`AddrFile`]; [`write_backends_file`] writes one).
     pub backends: PathBuf,
     /// How often the file is re-read.
     pub poll_interval: Duration,
@@ -94,6 +95,47 @@ impl ProxyConfig {
             max_body_bytes: 4 << 20,
         }
     }
+}
+
+/// Writes a backends file for [`AddrFile`] whole: each address after a `# name` comment, then
+/// the end line, into a temporary file in the same directory that is then renamed over
+/// `path`. A proxy reading `path` meanwhile sees the old file or the new one, never a part.
+///
+/// One writer at a time: the temporary file's name is fixed per process.
+pub fn write_backends_file<'a>(
+    path: &Path,
+    backends: impl IntoIterator<Item = (&'a str, SocketAddr)>,
+) -> std::io::Result<()> {
+    let mut contents = String::new();
+    for (name, addr) in backends {
+        let _ = writeln!(contents, "# {name}\n{addr}");
+    }
+    let _ = writeln!(contents, "{}", AddrFile::END_LINE);
+
+    let Some(name) = path.file_name() else {
+        let error = format!("{}: not a file name", path.display());
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, error));
+    };
+    // The same directory, so that the rename stays on one file system (there it is atomic).
+    let mut temporary = std::ffi::OsString::from(".");
+    temporary.push(name);
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = path.with_file_name(temporary);
+    let replaced = write_synced(&temporary, contents.as_bytes())
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if replaced.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    replaced
+}
+
+/// Writes `contents` to a new file at `path` and waits for them to reach the disk, so that a
+/// rename after it cannot leave an empty file behind a crash.
+fn write_synced(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
 }
 
 /// The metrics handles of both stacks (also exported at `GET /metrics`).
@@ -183,20 +225,20 @@ impl Proxy {
         };
         let mut registry = Registry::default();
         let proxy = "portcullis_proxy";
-        portcullis::prometheus::register_pool_queue(&mut registry, proxy, metrics.queue.clone());
-        portcullis::prometheus::register_p2c(&mut registry, proxy, metrics.p2c.clone());
-        portcullis::prometheus::register_retry(&mut registry, proxy, metrics.retry.clone());
+        portcullis::prometheus::register_pool_queue(&mut registry, proxy, metrics.queue.clone())?;
+        portcullis::prometheus::register_p2c(&mut registry, proxy, metrics.p2c.clone())?;
+        portcullis::prometheus::register_retry(&mut registry, proxy, metrics.retry.clone())?;
         let purge_prefix = "portcullis_purge";
         portcullis::prometheus::register_pool_queue(
             &mut registry,
             purge_prefix,
             metrics.purge_queue.clone(),
-        );
+        )?;
         portcullis::prometheus::register_fanout(
             &mut registry,
             purge_prefix,
             metrics.fan_out.clone(),
-        );
+        )?;
 
         let listener = TcpListener::bind(listen)
             .await

@@ -14,7 +14,7 @@ use portcullis::retry::{Backoff, Budget, Jitter};
 use portcullis_examples::{
     backend::{Backend, Behavior},
     endpoint::{self, HttpClient},
-    proxy::{Proxy, ProxyConfig, ProxyMetrics},
+    proxy::{write_backends_file, Proxy, ProxyConfig, ProxyMetrics},
 };
 use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 use tokio::time::{timeout, Instant};
@@ -43,9 +43,9 @@ impl AddrsFile {
         file
     }
 
+    /// Replaces the file whole, as the proxy's own writer does.
     fn write(&self, backends: &[&Backend]) {
-        let lines: String = backends.iter().map(|b| format!("{}\n", b.addr)).collect();
-        std::fs::write(&self.0, lines).unwrap();
+        write_backends_file(&self.0, backends.iter().map(|b| (b.name.as_str(), b.addr))).unwrap();
     }
 }
 

@@ -6,41 +6,87 @@ use futures_core::Stream;
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio::time::{Interval, MissedTickBehavior};
 
 /// A file of socket addresses that discovery re-reads on an interval.
 ///
-/// The file holds one [`SocketAddr`] per line (`10.0.0.1:8080`, `[::1]:8080`); surrounding
-/// whitespace, blank lines and lines starting with `#` are ignored. [`AddrFile::updates`] makes
-/// a stream that reads the file at once and then every `poll_interval`, and yields
-/// `Update::Reset(vec![(addr, addr), ..])` (the address is both key and target) whenever the
-/// set of addresses differs from the last one it yielded. The first successful read is always
-/// yielded, even if it names no address.
+/// The file holds one [`SocketAddr`] per line (`10.0.0.1:8080`, `[::1]:8080`) and ends with
+/// the line `# end` ([`AddrFile::END_LINE`]); surrounding whitespace, blank lines and other
+/// lines starting with `#` are ignored:
+///
+/// ```text
+/// # replicas
+/// 10.0.0.1:8080
+/// 10.0.0.2:8080
+/// # end
+/// ```
+///
+/// [`AddrFile::updates`] makes a stream that reads the file at once and then every
+/// `poll_interval`, and yields `Update::Reset(vec![(addr, addr), ..])` (the address is both
+/// key and target) whenever a complete file names a set of addresses that differs from the
+/// last one it yielded. The first complete file read is always yielded, even if it names no
+/// address.
+///
+/// # What a writer must do
+///
+/// End the file with the line `# end`, followed by a newline, and put that line nowhere else.
+/// A file is *complete*, and only then applied, when its `# end` line is there once, is ended
+/// by a newline, and has nothing but blank space after it. A read that catches a write
+/// half-way sees a prefix of what is being written, and no proper prefix of a complete file
+/// is complete with other addresses: it stops before the end line or inside it (`# en`, or
+/// `# end` without its newline). So the start of a rewrite (`# replicas\n`) and an address
+/// cut short (`10.0.0.2:80`, the start of `10.0.0.2:8080`) are never applied: the last set
+/// stays in force until a read sees the whole file. This holds for a writer that rewrites the
+/// file in place (truncate then write, as `std::fs::write` and a shell's `>` do) and for one
+/// that appends line by line, `# end` last. A read that got an old file whole and then the
+/// tail of its replacement holds two end lines, and is refused too.
+///
+/// Replacing the file atomically is still the better way to write it: write a temporary file
+/// in the same directory, then rename it over this one. A read then only ever sees a whole
+/// file, old or new, whatever the file system does with reads that race a write.
+///
+/// # No endpoints
+///
+/// To remove every endpoint on purpose, write a file whose only address-or-end line is
+/// `# end` (comments may come before it). An empty file, or one of comments only, has no end
+/// line: like any write caught half-way it keeps the last set.
+///
+/// # What keeps the last set
 ///
 /// The stream never fails and never ends, so that a bad edit of the file can never stop the
-/// pool behind it:
+/// pool behind it. In each of these cases the last set stays in force:
 ///
-/// - a file with a line that is not a socket address is ignored, whole, until it parses: the
-///   last set stays in force and the bad lines are logged at warn (once per change of the
-///   file's contents, not on every poll). A typo such as a missing port must not take the
-///   endpoints it names out of the pool;
-/// - a file that is empty or blank, once a set has been read, is taken for a write caught
-///   half-way (a truncate before the new contents) and ignored too. To say "no endpoints",
-///   leave a comment line in it. Better still, replace the file atomically (write a temporary
-///   file, then rename it over this one);
-/// - a file that is missing or unreadable (or not UTF-8) keeps the last set in force and is
-///   logged at warn once, when it becomes unreadable; it is logged at info when it can be read
-///   again, and its new set yielded if it changed.
+/// - an incomplete file (above). One read of it is logged at debug only, since a writer in
+///   the middle of a rewrite is no fault; if the same contents are read again an interval
+///   later, they are logged at warn, once (a forgotten end line shows up after one
+///   interval);
+/// - a complete file with a line that is not a socket address is ignored, whole, until it
+///   parses, and the bad lines are logged at warn (once per change of the file's contents,
+///   not on every poll). A typo such as a missing port must not take the endpoints it names
+///   out of the pool;
+/// - a file that is missing or unreadable (or not UTF-8) is logged at warn once, when it
+///   becomes unreadable; it is logged at info when it can be read again, and its new set
+///   yielded if it changed.
 ///
-/// The file is read with `std::fs` on the task that polls the stream (the `PoolQueue`
-/// worker), which suits the small files this is meant for; the interval is a
-/// [`tokio::time::Interval`], created on first poll, so the stream must be polled inside a
-/// tokio runtime with time enabled (and paused-time tests can advance it).
+/// # Reading without blocking
+///
+/// The stream does no file I/O in `poll_next`: at each tick it hands the read to tokio's
+/// blocking pool ([`tokio::task::spawn_blocking`]) and is woken when the read is done, so the
+/// task that polls it (the `PoolQueue` worker) never waits on the file system, on a
+/// current-thread runtime as on a multi-thread one. A read that hangs (a stuck network file
+/// system) only delays the next read; the last set stays in force meanwhile. The interval is
+/// a [`tokio::time::Interval`], created on first poll, so the stream must be polled inside a
+/// tokio runtime with time enabled. Paused-time tests work: on a current-thread runtime tokio
+/// does not auto-advance paused time while a blocking task is in flight, so a read that
+/// starts at a tick ends at that tick.
 ///
 /// ```
 /// use portcullis::discovery::AddrFile;
@@ -49,10 +95,17 @@ use tokio::time::{Interval, MissedTickBehavior};
 /// use std::net::SocketAddr;
 /// use std::time::Duration;
 ///
+/// /// Replaces the file whole: a temporary file in the same directory, renamed over it.
+/// fn replace(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+///     let temporary = path.with_extension("addrs.tmp");
+///     std::fs::write(&temporary, contents)?;
+///     std::fs::rename(&temporary, path)
+/// }
+///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let path = std::env::temp_dir().join(format!("portcullis-doc-{}.addrs", std::process::id()));
-/// std::fs::write(&path, "# replicas\n10.0.0.1:8080\n\n10.0.0.2:8080\n")?;
+/// replace(&path, "# replicas\n10.0.0.1:8080\n\n10.0.0.2:8080\n# end\n")?;
 ///
 /// let file = AddrFile::new(&path, Duration::from_secs(5))?;
 /// let mut updates = file.updates();
@@ -60,7 +113,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 /// let b: SocketAddr = "10.0.0.2:8080".parse()?;
 /// assert_eq!(updates.next().await, Some(Ok(Update::Reset(vec![(a, a), (b, b)]))));
 ///
-/// std::fs::write(&path, "10.0.0.2:8080\n")?;
+/// replace(&path, "10.0.0.2:8080\n# end\n")?;
 /// // Read again at the next tick (paused time advances to it).
 /// assert_eq!(updates.next().await, Some(Ok(Update::Reset(vec![(b, b)]))));
 /// # std::fs::remove_file(&path)?;
@@ -80,6 +133,8 @@ pub struct AddrFileUpdates {
     /// Created on first poll: a tokio interval needs a runtime, and the stream may be made
     /// outside one (a `PoolQueueLayer` calls its discovery function where it is applied).
     interval: Option<Interval>,
+    /// The read in flight on the blocking pool, if any.
+    read: Option<JoinHandle<io::Result<String>>>,
     seen: Seen,
 }
 
@@ -88,10 +143,22 @@ pub struct AddrFileUpdates {
 struct Seen {
     /// The last contents read, so an unchanged file is not parsed (nor warned about) again.
     contents: Option<String>,
+    /// Why `contents` were incomplete, while not yet warned about: a second read of the same
+    /// incomplete contents is no longer a write caught half-way.
+    incomplete_unwarned: Option<Incomplete>,
     /// The last set yielded.
     set: Option<BTreeSet<SocketAddr>>,
     /// Whether the last read failed, so a lasting failure is logged once.
     unreadable: bool,
+}
+
+/// Why a file's contents are not complete (see [`AddrFile`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Incomplete {
+    /// No end line, or one not yet ended by its newline.
+    NoEndLine,
+    /// Something other than blank space after the end line (a second one, say).
+    EndLineNotLast,
 }
 
 /// An [`AddrFile`] poll interval of zero, which would re-read the file in a busy loop.
@@ -101,6 +168,10 @@ pub struct ZeroPollInterval;
 // === impl AddrFile ===
 
 impl AddrFile {
+    /// The line that ends a complete address file (surrounding whitespace allowed); see
+    /// [`AddrFile`].
+    pub const END_LINE: &'static str = "# end";
+
     /// The file at `path`, to be re-read every `poll_interval`.
     ///
     /// Refuses a zero interval. The file need not exist yet.
@@ -132,6 +203,7 @@ impl AddrFile {
         AddrFileUpdates {
             file: self.clone(),
             interval: None,
+            read: None,
             seen: Seen::default(),
         }
     }
@@ -151,20 +223,32 @@ impl Stream for AddrFileUpdates {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let period = this.file.poll_interval;
-        let interval = this.interval.get_or_insert_with(|| {
-            let mut interval = tokio::time::interval(period);
-            // After a stall, one read brings the set up to date; a burst of catch-up reads
-            // would only read the same file again.
-            interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
-            interval
-        });
         loop {
-            ready!(interval.poll_tick(cx));
-            if let Some(addrs) = this.seen.reload(&this.file.path) {
-                let endpoints = addrs.into_iter().map(|addr| (addr, addr)).collect();
-                return Poll::Ready(Some(Ok(Update::Reset(endpoints))));
+            if let Some(read) = &mut this.read {
+                let read = ready!(Pin::new(read).poll(cx));
+                this.read = None;
+                // The read cannot panic; a runtime shutting down cancels it.
+                let contents = read.unwrap_or_else(|cancelled| Err(io::Error::other(cancelled)));
+                if let Some(addrs) = this.seen.apply(&this.file.path, contents) {
+                    let endpoints = addrs.into_iter().map(|addr| (addr, addr)).collect();
+                    return Poll::Ready(Some(Ok(Update::Reset(endpoints))));
+                }
             }
+            let period = this.file.poll_interval;
+            let interval = this.interval.get_or_insert_with(|| {
+                let mut interval = tokio::time::interval(period);
+                // After a stall (or a slow read), one read brings the set up to date; a burst
+                // of catch-up reads would only read the same file again.
+                interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                interval
+            });
+            ready!(interval.poll_tick(cx));
+            // Off the polling task: this stream runs inside the PoolQueue worker, which must
+            // never block, and a read of a file can (a slow disk, a hung network mount).
+            let path = this.file.path.clone();
+            this.read = Some(tokio::task::spawn_blocking(move || {
+                std::fs::read_to_string(path)
+            }));
         }
     }
 }
@@ -172,10 +256,11 @@ impl Stream for AddrFileUpdates {
 // === impl Seen ===
 
 impl Seen {
-    /// Reads the file and returns its addresses (in file order, without duplicates) if their
-    /// set differs from the last one returned.
-    fn reload(&mut self, path: &Path) -> Option<Vec<SocketAddr>> {
-        let contents = match std::fs::read_to_string(path) {
+    /// Takes the result of one read of the file and returns its addresses (in file order,
+    /// without duplicates) if the file is complete and their set differs from the last one
+    /// returned.
+    fn apply(&mut self, path: &Path, read: io::Result<String>) -> Option<Vec<SocketAddr>> {
+        let contents = match read {
             Ok(contents) => contents,
             Err(error) => {
                 if !self.unreadable {
@@ -193,25 +278,38 @@ impl Seen {
             tracing::info!(path = %path.display(), "Address file readable again");
         }
         if self.contents.as_deref() == Some(contents.as_str()) {
+            if let Some(incomplete) = self.incomplete_unwarned.take() {
+                tracing::warn!(
+                    path = %path.display(),
+                    %incomplete,
+                    "Address file still incomplete a poll interval later: it must end with its \
+                     end line, once; keeping the last endpoint set"
+                );
+            }
             return None;
         }
-        let blank = contents.trim().is_empty();
-        let parsed = parse(path, &contents);
+        let parsed = complete(&contents).map(|body| parse(path, body));
         self.contents = Some(contents);
-        let Some(addrs) = parsed else {
-            tracing::warn!(
-                path = %path.display(),
-                "Address file has lines that are not addresses; keeping the last endpoint set"
-            );
-            return None;
+        self.incomplete_unwarned = None;
+        let addrs = match parsed {
+            Ok(Some(addrs)) => addrs,
+            Ok(None) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "Address file has lines that are not addresses; keeping the last endpoint set"
+                );
+                return None;
+            }
+            Err(incomplete) => {
+                tracing::debug!(
+                    path = %path.display(),
+                    %incomplete,
+                    "Address file incomplete (a write caught half-way?); keeping the last endpoint set"
+                );
+                self.incomplete_unwarned = Some(incomplete);
+                return None;
+            }
         };
-        if blank && self.set.is_some() {
-            tracing::warn!(
-                path = %path.display(),
-                "Address file is empty (a write caught half-way?); keeping the last endpoint set"
-            );
-            return None;
-        }
         let set: BTreeSet<SocketAddr> = addrs.iter().copied().collect();
         if self.set.as_ref() == Some(&set) {
             return None;
@@ -220,6 +318,31 @@ impl Seen {
         self.set = Some(set);
         Some(addrs)
     }
+}
+
+/// The part of `contents` before its end line, if the file is complete: the end line is
+/// there, ended by a newline, with nothing but blank space after it (so only once).
+///
+/// Only a newline ends a line here, so every line of a prefix of a file that is ended by a
+/// newline is a whole line of the file; a prefix that stops inside the end line has no
+/// newline after it. Hence no proper prefix of a complete file is complete, except one that
+/// only lacks some of the blank space after the end line (and has the same addresses).
+fn complete(contents: &str) -> Result<&str, Incomplete> {
+    let mut start = 0;
+    for line in contents.split_inclusive('\n') {
+        let end = start + line.len();
+        if line.trim() == AddrFile::END_LINE {
+            return if !line.ends_with('\n') {
+                Err(Incomplete::NoEndLine)
+            } else if !contents[end..].trim().is_empty() {
+                Err(Incomplete::EndLineNotLast)
+            } else {
+                Ok(&contents[..start])
+            };
+        }
+        start = end;
+    }
+    Err(Incomplete::NoEndLine)
 }
 
 /// The addresses in `contents`, in order, each once; `None` if any line is not an address
@@ -254,6 +377,18 @@ fn parse(path: &Path, contents: &str) -> Option<Vec<SocketAddr>> {
     (!bad).then_some(addrs)
 }
 
+// === impl Incomplete ===
+
+impl fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let end_line = AddrFile::END_LINE;
+        match self {
+            Self::NoEndLine => write!(f, "no `{end_line}` line ended by a newline"),
+            Self::EndLineNotLast => write!(f, "more than blank space after the `{end_line}` line"),
+        }
+    }
+}
+
 // === impl ZeroPollInterval ===
 
 impl fmt::Display for ZeroPollInterval {
@@ -283,6 +418,75 @@ mod tests {
     fn parse_refuses_a_file_with_any_bad_line() {
         let contents = "10.0.0.1:80\nnot-an-addr\n10.0.0.2\n";
         assert_eq!(parse(Path::new("test"), contents), None);
+    }
+
+    const WHOLE: &str = "# replicas\n10.0.0.1:8080\n[::1]:8080\n# end\n";
+    const BODY: &str = "# replicas\n10.0.0.1:8080\n[::1]:8080\n";
+
+    #[test]
+    fn complete_is_what_comes_before_the_end_line() {
+        assert_eq!(complete(WHOLE), Ok(BODY));
+        // Surrounding whitespace, CRLF and blank space after the end line are allowed.
+        assert_eq!(
+            complete("10.0.0.1:80\r\n  # end \r\n\n \n"),
+            Ok("10.0.0.1:80\r\n")
+        );
+        // The end line alone: complete, with no address.
+        assert_eq!(complete("# end\n"), Ok(""));
+        assert_eq!(parse(Path::new("test"), ""), Some(vec![]));
+    }
+
+    #[test]
+    fn no_proper_prefix_of_a_complete_file_is_complete() {
+        let whole = format!("{WHOLE}\n  \n");
+        let end_line_ends = WHOLE.len();
+        for cut in 0..whole.len() {
+            let prefix = &whole[..cut];
+            let expected = if cut < end_line_ends {
+                Err(Incomplete::NoEndLine)
+            } else {
+                Ok(BODY)
+            };
+            assert_eq!(complete(prefix), expected, "{prefix:?}");
+        }
+    }
+
+    #[test]
+    fn a_file_without_its_end_line_is_incomplete() {
+        for contents in [
+            "",
+            "\n",
+            "# replicas\n",
+            "10.0.0.2:80",
+            "10.0.0.1:8080\n# end",
+            "10.0.0.1:8080\n# en",
+            // Not the end line: another comment, or a prefix of one.
+            "# end of zone a\n",
+            "# endpoints",
+            "#end\n",
+        ] {
+            assert_eq!(
+                complete(contents),
+                Err(Incomplete::NoEndLine),
+                "{contents:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_with_more_after_its_end_line_is_incomplete() {
+        for contents in [
+            // An old file read whole, then the tail of its replacement.
+            "10.0.0.1:80\n# end\n10.0.0.2:80\n# end\n",
+            "10.0.0.1:80\n# end\n10.0.0.2:80\n",
+            "# end\n# end\n",
+        ] {
+            assert_eq!(
+                complete(contents),
+                Err(Incomplete::EndLineNotLast),
+                "{contents:?}"
+            );
+        }
     }
 
     #[test]
