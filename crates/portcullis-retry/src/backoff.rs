@@ -101,21 +101,89 @@ impl Backoff {
         self.cap
     }
 
-    /// The worst-case total sleep over `retries` retries.
+    /// The worst-case total sleep over `retries` retries: the sum of [`ceiling`](Self::ceiling)
+    /// for every retry from 0 to `retries - 1` (saturating at [`Duration::MAX`]).
+    ///
+    /// Computed in constant time whatever `retries` is (at most 1 024 ceilings are added one
+    /// by one), so building a layer with `max_attempts(u32::MAX)` is immediate:
+    ///
+    /// * exact for 1 024 retries or fewer, and for any number when the ceilings are constant
+    ///   (factor 1, or a zero base) or reach the cap within the first 1 024 retries (every
+    ///   factor of 1.045 or more does, whatever the base and cap);
+    /// * otherwise (a factor within a few percent of 1, or one [`RetryBuilder::build`] refuses),
+    ///   a closed-form upper bound: never below the exact sum and, for a factor above 1, above
+    ///   it by less than 1 ns per retry past the 1 024th plus one part in a million.
+    ///
+    /// [`RetryBuilder::build`]: crate::RetryBuilder::build
     pub fn worst_case(&self, retries: u32) -> Duration {
-        let cap = duration_nanos(self.cap);
-        let mut total = 0u64;
-        for n in 0..retries {
-            let ceiling = self.ceiling_nanos(n);
-            if ceiling >= cap {
-                // Ceilings never shrink (factor ≥ 1), so every later one is the cap too: add
-                // them at once rather than loop up to `u32::MAX` times.
-                let remaining = u64::from(retries - n);
-                return Duration::from_nanos(total.saturating_add(cap.saturating_mul(remaining)));
-            }
-            total = total.saturating_add(ceiling);
+        nanos_duration(self.worst_case_nanos(retries))
+    }
+
+    /// In `u128` nanoseconds: `u32::MAX` ceilings of up to `u64::MAX` each never overflow it,
+    /// so a total past `u64::MAX` ns is still compared rightly with a longer deadline.
+    fn worst_case_nanos(&self, retries: u32) -> u128 {
+        let cap = u128::from(duration_nanos(self.cap));
+        let base = duration_nanos(self.base);
+        if self.factor == 1.0 || base == 0 {
+            // base × 1^n is base exactly, and 0 × anything is 0 (NaN, for 0 × inf, casts to
+            // 0): every ceiling is the first.
+            return u128::from(self.ceiling_nanos(0)) * u128::from(retries);
         }
-        Duration::from_nanos(total)
+        let exact = retries.min(EXACT_TERMS);
+        let mut total = 0u128;
+        for n in 0..exact {
+            let ceiling = u128::from(self.ceiling_nanos(n));
+            if ceiling >= cap {
+                // Ceilings never shrink (factor ≥ 1), so every later one is the cap too.
+                return total + cap * u128::from(retries - n);
+            }
+            total += ceiling;
+        }
+        let rest = retries - exact;
+        if rest == 0 {
+            return total;
+        }
+        if self.factor.is_finite() && self.factor > 1.0 {
+            total + self.geometric_tail(exact, rest, cap, retries)
+        } else {
+            // A factor `build` refuses: no ceiling exceeds the cap.
+            total + cap * u128::from(rest)
+        }
+    }
+
+    /// An upper bound on the ceilings of the `rest` retries from `first` on, for a finite
+    /// factor above 1 whose ceilings are still below `cap` at `first`: the real-valued
+    /// geometric sum of `base × factor^n` up to the retry whose value reaches the cap, then
+    /// the cap for each later retry.
+    fn geometric_tail(&self, first: u32, rest: u32, cap: u128, retries: u32) -> u128 {
+        // The same rounded base the ceilings are computed from (1 or more: base 0 is handled
+        // by the caller).
+        let base = duration_nanos(self.base) as f64;
+        let ln_factor = (self.factor - 1.0).ln_1p();
+        // Retries from `first` on whose real-valued ceiling is below the cap. Any count is a
+        // valid split (a term counted at its real value where the cap applies is only larger),
+        // so rounding here costs tightness, never soundness.
+        let below = ((cap as f64 / base).ln() / ln_factor - f64::from(first)).ceil();
+        // `as` saturates (and maps NaN to 0).
+        let below = (below as u32).min(rest);
+        // base × factor^first × (factor^below - 1) / (factor - 1), without the cancellation
+        // of `factor^below - 1` for a factor close to 1.
+        let sum =
+            base * (f64::from(first) * ln_factor).exp() * (f64::from(below) * ln_factor).exp_m1()
+                / (self.factor - 1.0);
+        // `powi` multiplies the factor by itself, so a ceiling carries a relative rounding
+        // error of up to about `retry` units in the last place: cover it, and the few roundings
+        // of this formula, with a margin of that size.
+        let margin = 1.0 + (f64::from(retries) + 64.0) * f64::EPSILON;
+        let geometric = (sum * margin).ceil();
+        let capped = cap * u128::from(below);
+        let geometric = if geometric.is_finite() && geometric >= 0.0 {
+            // `as` saturates.
+            (geometric as u128).min(capped)
+        } else {
+            capped
+        };
+        geometric + cap * u128::from(rest - below)
     }
 
     /// Draws the `retry`th delay from `rng`.
@@ -143,8 +211,23 @@ impl Backoff {
     }
 }
 
+/// How many ceilings [`Backoff::worst_case`] adds one by one before it switches to a closed
+/// form: enough that every ordinary backoff (a factor of 1.045 or more, whatever its base and
+/// cap) reaches its cap first and gets an exact total, few enough to cost microseconds.
+const EXACT_TERMS: u32 = 1024;
+
 fn duration_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// `nanos` as a [`Duration`], saturating at [`Duration::MAX`].
+fn nanos_duration(nanos: u128) -> Duration {
+    const NANOS_PER_SEC: u128 = 1_000_000_000;
+    match u64::try_from(nanos / NANOS_PER_SEC) {
+        // The remainder is below 10^9.
+        Ok(secs) => Duration::new(secs, (nanos % NANOS_PER_SEC) as u32),
+        Err(_) => Duration::MAX,
+    }
 }
 
 /// Hands out per-request generators from one seed: a counter mixed into the seed, so
@@ -232,7 +315,11 @@ mod tests {
         assert_eq!(b.ceiling(2), Duration::from_nanos(6));
         let mut rng = RngSource::new(Some(3)).rng();
         let full = Backoff::new(ms(1), 1.0, ms(1));
-        assert!((0..20).any(|_| full.delay(0, &mut rng).subsec_nanos() % 1_000_000 != 0));
+        // Some delay is not a whole number of milliseconds.
+        assert!((0..20).any(|_| {
+            let d = full.delay(0, &mut rng);
+            d.subsec_nanos() != d.subsec_millis() * 1_000_000
+        }));
     }
 
     #[test]
@@ -247,7 +334,126 @@ mod tests {
         );
     }
 
+    /// The definition, one ceiling at a time: the slow reference `worst_case` must agree with.
+    fn worst_case_by_loop(b: &Backoff, retries: u32) -> u128 {
+        (0..retries).map(|n| u128::from(b.ceiling_nanos(n))).sum()
+    }
+
+    #[test]
+    fn worst_case_matches_the_sum_of_ceilings_on_small_cases() {
+        let mut checked = 0;
+        for base in [0u64, 1, 3, 7, 1_000, 999_999, 25_000_000] {
+            for factor in [1.0, 1.05, 1.1, 1.5, 2.0, 3.0, 10.0, 1e300] {
+                for extra in [0u64, 1, 5, 1_000, 1_000_000_000] {
+                    let b = Backoff::new(
+                        Duration::from_nanos(base),
+                        factor,
+                        Duration::from_nanos(base + extra),
+                    );
+                    for retries in [0u32, 1, 2, 3, 10, 100, 1023, 1024, 1025, 3000] {
+                        assert_eq!(
+                            b.worst_case(retries).as_nanos(),
+                            worst_case_by_loop(&b, retries),
+                            "base {base} ns, factor {factor}, cap {} ns, {retries} retries",
+                            base + extra
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 7 * 8 * 5 * 10);
+    }
+
+    #[test]
+    fn worst_case_past_1024_uncapped_retries_is_a_tight_upper_bound() {
+        // Factors so close to 1 that the ceilings are still below the cap after 1 024
+        // retries: the closed form takes over, never below the exact sum and above it by less
+        // than 1 ns per retry past the 1 024th plus one part in a million.
+        for (base, factor, cap) in [
+            (1u64, 1.001, 1_000_000_000u64),
+            (1_000_000, 1.0001, 60_000_000_000),
+            (3, 1.000_000_1, 10),
+            (25_000_000, 1.000_01, 1_000_000_000),
+            (7, 1.0 + f64::EPSILON, u64::MAX),
+        ] {
+            let b = Backoff::new(
+                Duration::from_nanos(base),
+                factor,
+                Duration::from_nanos(cap),
+            );
+            for retries in [1025u32, 2_000, 20_000, 200_000] {
+                let exact = worst_case_by_loop(&b, retries);
+                let fast = b.worst_case(retries).as_nanos();
+                let slack = u128::from(retries - 1024) + exact / 1_000_000;
+                assert!(
+                    exact <= fast && fast <= exact + slack,
+                    "base {base} ns, factor {factor}, cap {cap} ns, {retries} retries: \
+                     {fast} vs exactly {exact}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn worst_case_of_u32_max_retries_is_immediate_for_every_factor() {
+        // The loop this replaced ran once per retry until the cap: 4 294 967 295 times for a
+        // constant backoff or a zero base.
+        let ms = Duration::from_millis;
+        let constant = Backoff::new(ms(10), 1.0, ms(100));
+        assert_eq!(constant.worst_case(u32::MAX), ms(10) * u32::MAX);
+        let zero = Backoff::new(Duration::ZERO, 2.0, ms(100));
+        assert_eq!(zero.worst_case(u32::MAX), Duration::ZERO);
+        let zero_constant = Backoff::new(Duration::ZERO, 1.0, Duration::ZERO);
+        assert_eq!(zero_constant.worst_case(u32::MAX), Duration::ZERO);
+        // Past u64::MAX ns the total is still exact, and it saturates at Duration::MAX rather
+        // than overflow.
+        let long = Backoff::new(Duration::from_nanos(u64::MAX), 1.0, Duration::MAX);
+        assert_eq!(long.worst_case(2).as_nanos(), 2 * u128::from(u64::MAX));
+        let huge = Backoff::new(Duration::MAX, 1.0, Duration::MAX);
+        assert_eq!(huge.worst_case(u32::MAX), Duration::MAX);
+        // Barely above 1: the ceilings never reach the cap within u32::MAX retries, so the sum
+        // is close to base × retries (1 + δ)^n summed: between its two bounds.
+        let creeping = Backoff::new(ms(1), 1.0 + 1e-12, ms(1000));
+        let total = creeping.worst_case(u32::MAX).as_secs_f64();
+        let n = f64::from(u32::MAX);
+        let expected = 1e-3 * ((n * 1e-12).exp_m1() / 1e-12);
+        assert!(
+            (total - expected).abs() / expected < 2e-6,
+            "{total} vs {expected}"
+        );
+        // Factors `build` refuses still answer at once, without panicking, with a bound.
+        for factor in [0.5, 0.0, -2.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let b = Backoff::new(ms(10), factor, ms(100));
+            let bound = b.worst_case(u32::MAX);
+            assert!(bound <= ms(100) * u32::MAX, "factor {factor}");
+            assert!(
+                b.worst_case(3000).as_nanos() >= worst_case_by_loop(&b, 3000),
+                "factor {factor}"
+            );
+        }
+    }
+
     proptest! {
+        #[test]
+        fn worst_case_is_never_below_the_sum_of_ceilings(
+            base in 0u64..1_000_000_000,
+            factor in 1.0f64..1.01,
+            extra in 0u64..100_000_000_000,
+            retries in 0u32..5_000,
+        ) {
+            let cap = Duration::from_nanos(base + extra);
+            let b = Backoff::new(Duration::from_nanos(base), factor, cap);
+            let exact = worst_case_by_loop(&b, retries);
+            let fast = b.worst_case(retries).as_nanos();
+            let slack = u128::from(retries.saturating_sub(1024)) + exact / 1_000_000;
+            prop_assert!(exact <= fast);
+            prop_assert!(fast <= exact + slack);
+            if retries <= 1024 {
+                prop_assert_eq!(fast, exact);
+            }
+        }
+
         #[test]
         fn every_delay_is_within_bounds(
             base in 0u64..1_000_000_000,

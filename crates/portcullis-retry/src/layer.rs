@@ -161,7 +161,9 @@ impl<C, K> RetryBuilder<C, K> {
     /// Checks the configuration and builds the layer.
     ///
     /// Refuses a deadline that is not strictly longer than the worst-case backoff total
-    /// ([`Backoff::worst_case`] over `max_attempts - 1` retries).
+    /// ([`Backoff::worst_case`] over `max_attempts - 1` retries). That total is computed in
+    /// constant time, in nanoseconds that do not overflow, so any `max_attempts` (up to
+    /// `u32::MAX`) with any backoff builds at once and gets the right answer.
     pub fn build(self) -> Result<RetryLayer<C, K>, ConfigError> {
         if self.max_attempts == 0 {
             return Err(ConfigError::ZeroAttempts);
