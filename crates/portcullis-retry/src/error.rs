@@ -64,7 +64,9 @@ pub enum LastFailure {
 /// A give-up with a *response* (say the third 503) returns that response as `Ok`; the reason
 /// is then only in the [metrics](crate::Metrics). An error always carries the reason and, when
 /// the last attempt reached the inner service, the inner error itself (never dropped), which is
-/// also this error's [`source`](Error::source).
+/// this error's [`source`](Error::source). Its `Display` describes only this layer's failure
+/// ("retry gave up after 3 attempts: attempts exhausted"), so a chain printed by walking
+/// `source()` names the inner error once.
 pub struct RetryError {
     reason: StopReason,
     attempts: u32,
@@ -129,16 +131,20 @@ impl fmt::Debug for RetryError {
     }
 }
 
+/// Describes this layer's failure only: the reason, the attempt count and whether the last
+/// attempt timed out. The inner error is not repeated here: it is the [`source`](Error::source),
+/// so a reporter that walks the chain prints it once.
 impl fmt::Display for RetryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "gave up after {} attempt(s): {}",
-            self.attempts, self.reason
-        )?;
-        match &self.last {
-            LastFailure::Inner(e) => write!(f, ": {e}"),
-            LastFailure::TimedOut => f.write_str(": last attempt timed out"),
+        match self.attempts {
+            0 => f.write_str("retry gave up before the first attempt")?,
+            1 => f.write_str("retry gave up after 1 attempt")?,
+            n => write!(f, "retry gave up after {n} attempts")?,
+        }
+        write!(f, ": {}", self.reason)?;
+        match self.last {
+            LastFailure::Inner(_) => Ok(()),
+            LastFailure::TimedOut => f.write_str(" (the last attempt timed out)"),
         }
     }
 }
@@ -197,7 +203,8 @@ pub enum ConfigError {
     /// The worst-case total backoff sleep is not strictly below the overall deadline, so the
     /// deadline, not the attempt count, would end every failing sequence.
     BackoffExceedsDeadline {
-        /// The sum of the per-retry delay ceilings over `max_attempts - 1` retries.
+        /// The sum of the per-retry delay ceilings over `max_attempts - 1` retries, as
+        /// [`Backoff::worst_case`](crate::Backoff::worst_case) computes it.
         worst_case: Duration,
         /// The overall deadline.
         deadline: Duration,
@@ -224,7 +231,8 @@ impl fmt::Display for ConfigError {
                 f,
                 "worst-case backoff total {worst_case:?} is not below the deadline {deadline:?}"
             ),
-            ConfigError::Budget(e) => write!(f, "invalid budget: {e}"),
+            // The budget's own error is the source, not repeated here.
+            ConfigError::Budget(_) => f.write_str("invalid budget configuration"),
         }
     }
 }
@@ -261,7 +269,7 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "gave up after 2 attempt(s): retry budget exhausted: reset"
+            "retry gave up after 2 attempts: retry budget exhausted"
         );
         let source = err.source().expect("the inner error is the source");
         assert_eq!(
@@ -286,11 +294,92 @@ mod tests {
         let timed_out = RetryError::new(StopReason::Deadline, 3, LastFailure::TimedOut);
         assert_eq!(
             timed_out.to_string(),
-            "gave up after 3 attempt(s): deadline elapsed: last attempt timed out"
+            "retry gave up after 3 attempts: deadline elapsed (the last attempt timed out)"
         );
         assert!(timed_out.is_timeout());
         assert!(timed_out.source().is_none());
         assert!(timed_out.inner().is_none());
         assert!(matches!(timed_out.last_failure(), LastFailure::TimedOut));
+    }
+
+    /// What an error reporter prints: the error, then each `source()` in turn.
+    fn chain(err: &(dyn Error + 'static)) -> String {
+        let mut text = err.to_string();
+        let mut source = err.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
+    #[test]
+    fn a_printed_source_chain_names_the_inner_error_once() {
+        // The inner error has a source of its own: each link appears exactly once.
+        #[derive(Debug)]
+        struct Refused(std::io::Error);
+        impl fmt::Display for Refused {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("peer refused the update")
+            }
+        }
+        impl Error for Refused {
+            fn source(&self) -> Option<&(dyn Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let inner = Refused(std::io::Error::other("connection reset"));
+        let err = RetryError::new(
+            StopReason::AttemptsExhausted,
+            3,
+            LastFailure::Inner(inner.into()),
+        );
+        let text = chain(&err);
+        assert_eq!(
+            text,
+            "retry gave up after 3 attempts: attempts exhausted: peer refused the update: \
+             connection reset"
+        );
+        assert_eq!(text.matches("peer refused the update").count(), 1);
+        assert_eq!(text.matches("connection reset").count(), 1);
+
+        // Boxed, as `Retry` returns it: the same chain.
+        let boxed: BoxError = err.into();
+        assert_eq!(chain(&*boxed), text);
+
+        // One attempt, none at all, and a timeout (no source: the text says it).
+        let one = RetryError::new(
+            StopReason::Permanent,
+            1,
+            LastFailure::Inner(std::io::Error::other("not found").into()),
+        );
+        assert_eq!(
+            chain(&one),
+            "retry gave up after 1 attempt: permanent failure: not found"
+        );
+        let none = RetryError::new(
+            StopReason::Permanent,
+            0,
+            LastFailure::Inner(std::io::Error::other("closed").into()),
+        );
+        assert_eq!(
+            chain(&none),
+            "retry gave up before the first attempt: permanent failure: closed"
+        );
+        let timed_out = RetryError::new(StopReason::Deadline, 2, LastFailure::TimedOut);
+        assert_eq!(
+            chain(&timed_out),
+            "retry gave up after 2 attempts: deadline elapsed (the last attempt timed out)"
+        );
+    }
+
+    #[test]
+    fn a_printed_config_error_chain_names_the_budget_error_once() {
+        let err = ConfigError::from(BudgetError::ZeroTtl);
+        assert_eq!(
+            chain(&err),
+            "invalid budget configuration: budget ttl is zero"
+        );
     }
 }

@@ -150,6 +150,75 @@ async fn config_with_backoff_total_not_below_deadline_is_refused() {
     ));
 }
 
+#[test]
+fn building_with_u32_max_attempts_is_immediate_for_a_constant_or_zero_backoff() {
+    // Each of these took minutes when the worst case was summed one retry at a time: the
+    // ceilings of a constant backoff (factor 1) or a zero base never reach the cap.
+    let build = |backoff: Backoff, deadline: Duration| {
+        RetryLayer::builder(transient())
+            .backoff(backoff)
+            .max_attempts(u32::MAX)
+            .deadline(deadline)
+            .build()
+    };
+    let started = std::time::Instant::now();
+
+    // Constant 1 ms under a 1 s cap: u32::MAX - 1 retries sleep at most 4 294 967.294 s.
+    let constant = Backoff::new(ms(1), 1.0, ms(1000));
+    let worst_case = ms(1) * (u32::MAX - 1);
+    assert_eq!(
+        build(constant, worst_case).unwrap_err(),
+        ConfigError::BackoffExceedsDeadline {
+            worst_case,
+            deadline: worst_case
+        }
+    );
+    assert!(build(constant, worst_case + Duration::from_nanos(1)).is_ok());
+    assert!(build(constant, Duration::MAX).is_ok());
+
+    // A zero base sleeps nothing, whatever the factor: any deadline fits.
+    for factor in [1.0, 2.0, f64::MAX] {
+        let zero = Backoff::new(Duration::ZERO, factor, ms(1000));
+        assert!(
+            build(zero, Duration::from_nanos(1)).is_ok(),
+            "factor {factor}"
+        );
+    }
+
+    // A factor barely above 1 never reaches the cap either: answered in closed form.
+    let creeping = Backoff::new(ms(1), 1.0 + 1e-12, ms(1000));
+    let worst_case = creeping.worst_case(u32::MAX - 1);
+    assert!(worst_case > ms(1) * (u32::MAX - 1));
+    assert!(build(creeping, worst_case).is_err());
+    assert!(build(creeping, worst_case + Duration::from_nanos(1)).is_ok());
+
+    // Past u64::MAX ns: still compared rightly, saturating at Duration::MAX, never a panic.
+    let long = Backoff::new(Duration::from_nanos(u64::MAX), 1.0, Duration::MAX);
+    let two_caps = Duration::from_nanos(u64::MAX) * 2;
+    let long_build = |deadline| {
+        RetryLayer::builder(transient())
+            .backoff(long)
+            .max_attempts(3)
+            .deadline(deadline)
+            .build()
+    };
+    assert!(long_build(two_caps).is_err());
+    assert!(long_build(two_caps + Duration::from_nanos(1)).is_ok());
+    let huge = Backoff::new(Duration::MAX, 1.0, Duration::MAX);
+    assert_eq!(
+        build(huge, Duration::MAX).unwrap_err(),
+        ConfigError::BackoffExceedsDeadline {
+            worst_case: Duration::MAX,
+            deadline: Duration::MAX
+        }
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn per_attempt_timeout_triggers_a_retry() {
     let layer = RetryLayer::builder(transient())
@@ -379,9 +448,10 @@ async fn over_a_box_error_service_it_is_a_box_clone_service_and_the_reason_downc
             .as_deref(),
         Some("refused #2")
     );
+    // Display is this layer's failure only; the inner error is the source.
     assert_eq!(
         err.to_string(),
-        "gave up after 3 attempt(s): attempts exhausted: refused #2"
+        "retry gave up after 3 attempts: attempts exhausted"
     );
     let s = layer.metrics().snapshot();
     assert_eq!((s.requests, s.retries, s.attempts_exhausted), (2, 3, 1));
