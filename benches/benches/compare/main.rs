@@ -57,7 +57,7 @@ fn main() {
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1).cloned());
-    let wanted = |name: &str| only.as_deref().map_or(true, |o| o == name);
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
 
     let started = Instant::now();
     let mut rows: Vec<Row> = Vec::new();

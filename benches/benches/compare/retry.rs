@@ -73,7 +73,7 @@ impl Service<u64> for Flaky {
 
     fn call(&mut self, request: u64) -> Self::Future {
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        let fails = self.outage || splitmix64(n) % 10 == 0;
+        let fails = self.outage || splitmix64(n).is_multiple_of(10);
         ready(if fails {
             Err("unavailable".into())
         } else {
