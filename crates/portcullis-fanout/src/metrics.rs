@@ -5,6 +5,7 @@
 
 use crate::report::{Counts, Slot};
 use hdrhistogram::Histogram;
+use portcullis_pool::HistogramSummary;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -257,28 +258,9 @@ impl fmt::Debug for MetricsSnapshot {
             .field("updates_applied", &self.updates_applied)
             .field(
                 "peer_latency_us",
-                &self.peer_latency_us.as_ref().map(LatencySummary),
+                &self.peer_latency_us.as_ref().map(HistogramSummary),
             )
             .finish()
-    }
-}
-
-/// Prints a histogram of microseconds as its count, median, 99th percentile and maximum: its
-/// own `Debug` prints every count.
-struct LatencySummary<'a>(&'a Histogram<u64>);
-
-impl fmt::Debug for LatencySummary<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let h = self.0;
-        let mut summary = f.debug_struct("Histogram");
-        summary.field("count", &h.len());
-        if !h.is_empty() {
-            summary
-                .field("p50", &h.value_at_quantile(0.5))
-                .field("p99", &h.value_at_quantile(0.99))
-                .field("max", &h.max());
-        }
-        summary.finish()
     }
 }
 

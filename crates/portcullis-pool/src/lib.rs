@@ -17,6 +17,6 @@ pub use pool::{EndpointCounts, Pool, Update, UpdateKind};
 pub mod queue;
 
 pub use queue::{
-    BoxError, BuildError, FailFast, NoSlot, PoolFailed, PoolQueue, PoolQueueConfig, PoolQueueLayer,
-    PoolQueueMetrics, WorkerGone,
+    BoxError, BuildError, FailFast, HistogramSummary, NoSlot, PoolFailed, PoolQueue,
+    PoolQueueConfig, PoolQueueLayer, PoolQueueMetrics, WorkerGone,
 };

@@ -319,35 +319,8 @@ async fn fanout_metrics_are_exported_with_a_latency_histogram() {
 
 #[tokio::test(start_paused = true)]
 async fn every_kind_in_one_registry_has_unique_families() {
-    let pool = P2cPool::with_peak_ewma(|_: &&'static str, _: &()| {
-        service_fn(|_: u32| async { Ok::<_, Infallible>(()) })
-    });
-    let p2c = pool.metrics();
-    let queue = PoolQueue::new(
-        pool,
-        futures_util::stream::pending::<Result<Update<&'static str, ()>, BoxError>>(),
-        PoolQueueConfig::default(),
-    )
-    .unwrap();
-    let retry = RetryLayer::builder(retry::classify::predicate(|res: Result<&(), &BoxError>| {
-        res.is_err()
-    }))
-    .build()
-    .unwrap();
-    let fanout = FanOut::new(
-        [("a", service_fn(|_: u32| async { Ok::<_, Infallible>(()) }))],
-        FanOutConfig::new(),
-    )
-    .unwrap();
-
-    let mut registry = Registry::default();
     // Two stacks of the same kinds, told apart by their prefixes.
-    for stack in ["one", "two"] {
-        prometheus::register_pool_queue(&mut registry, stack, queue.metrics()).unwrap();
-        prometheus::register_p2c(&mut registry, stack, p2c.clone()).unwrap();
-        prometheus::register_retry(&mut registry, stack, retry.metrics().clone()).unwrap();
-        prometheus::register_fanout(&mut registry, stack, fanout.metrics().clone()).unwrap();
-    }
+    let registry = register_every_kind(&["one", "two"]);
     let text = render(&registry);
     assert!(text.ends_with("# EOF\n"));
     let families = assert_families_unique(&text);
@@ -484,6 +457,15 @@ fn a_valid_prefix_names_every_metric() {
 /// Prometheus accepts.
 #[tokio::test(start_paused = true)]
 async fn every_name_and_label_exported_is_valid_for_prometheus() {
+    let registry = register_every_kind(&["api"]);
+    let text = render(&registry);
+    let checked = assert_every_name_valid(&text);
+    assert!(checked > 100, "{checked} samples in:\n{text}");
+}
+
+/// A registry with one collector of every kind under each prefix, over an idle queue, pool,
+/// retry layer and fan-out. Must run inside a runtime (the queue spawns its worker).
+fn register_every_kind(prefixes: &[&str]) -> Registry {
     let pool = P2cPool::with_peak_ewma(|_: &&'static str, _: &()| {
         service_fn(|_: u32| async { Ok::<_, Infallible>(()) })
     });
@@ -499,14 +481,19 @@ async fn every_name_and_label_exported_is_valid_for_prometheus() {
     }))
     .build()
     .unwrap();
+    let fanout = FanOut::new(
+        [("a", service_fn(|_: u32| async { Ok::<_, Infallible>(()) }))],
+        FanOutConfig::new(),
+    )
+    .unwrap();
     let mut registry = Registry::default();
-    prometheus::register_pool_queue(&mut registry, "api", queue.metrics()).unwrap();
-    prometheus::register_p2c(&mut registry, "api", p2c).unwrap();
-    prometheus::register_retry(&mut registry, "api", retry.metrics().clone()).unwrap();
-    prometheus::register_fanout(&mut registry, "api", fanout::Metrics::new()).unwrap();
-    let text = render(&registry);
-    let checked = assert_every_name_valid(&text);
-    assert!(checked > 100, "{checked} samples in:\n{text}");
+    for &prefix in prefixes {
+        prometheus::register_pool_queue(&mut registry, prefix, queue.metrics()).unwrap();
+        prometheus::register_p2c(&mut registry, prefix, p2c.clone()).unwrap();
+        prometheus::register_retry(&mut registry, prefix, retry.metrics().clone()).unwrap();
+        prometheus::register_fanout(&mut registry, prefix, fanout.metrics().clone()).unwrap();
+    }
+    registry
 }
 
 /// Prometheus's metric and label names, without the colon a recording rule may add.

@@ -166,17 +166,32 @@ impl PoolQueueMetrics {
 impl fmt::Debug for InQueueTimes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InQueueTimes")
-            .field("dispatched", &Summary(&self.dispatched))
-            .field("failfast", &Summary(&self.failfast))
-            .field("failed", &Summary(&self.failed))
+            .field("dispatched", &HistogramSummary(&self.dispatched))
+            .field("failfast", &HistogramSummary(&self.failfast))
+            .field("failed", &HistogramSummary(&self.failed))
             .finish()
     }
 }
 
-/// A histogram of microseconds, printed as its count, median, 99th percentile and maximum.
-struct Summary<'a>(&'a Histogram<u64>);
+/// A short `Debug` view of a histogram: its count, median, 99th percentile and maximum.
+///
+/// hdrhistogram's own `Debug` prints every bucket (some 70,000 characters for the in-queue
+/// times); the snapshots of this crate and of `portcullis-fanout` print this instead.
+///
+/// ```
+/// use portcullis_pool::HistogramSummary;
+///
+/// let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+/// histogram.record(100).unwrap();
+/// assert_eq!(
+///     format!("{:?}", HistogramSummary(&histogram)),
+///     "Histogram { count: 1, p50: 100, p99: 100, max: 100 }"
+/// );
+/// ```
+#[derive(Clone, Copy)]
+pub struct HistogramSummary<'a>(pub &'a Histogram<u64>);
 
-impl fmt::Debug for Summary<'_> {
+impl fmt::Debug for HistogramSummary<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let h = self.0;
         let mut summary = f.debug_struct("Histogram");

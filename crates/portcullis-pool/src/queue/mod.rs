@@ -82,7 +82,9 @@ pub use error::{
 };
 pub use future::ResponseFuture;
 pub use layer::PoolQueueLayer;
-pub use metrics::{InQueueTimes, PoolQueueMetrics, PoolQueueSnapshot, UpdateCounts};
+pub use metrics::{
+    HistogramSummary, InQueueTimes, PoolQueueMetrics, PoolQueueSnapshot, UpdateCounts,
+};
 pub use service::PoolQueue;
 pub use worker::Worker;
 
