@@ -115,10 +115,14 @@ impl Failfast {
 
     /// A request waits and the pool is not ready: the clock runs (it may already be running,
     /// for an earlier request of the same wait).
-    pub(crate) fn request_waits(&mut self, now: Instant) {
+    ///
+    /// `now` is read only when the clock starts, so a worker polled again and again while
+    /// the same request waits reads no clock.
+    pub(crate) fn request_waits(&mut self, now: impl FnOnce() -> Instant) {
         let State::Still { waited } = self.state else {
             return;
         };
+        let now = now();
         self.state = State::Running { since: now, waited };
         let Some(deadline) = deadline_after(now, self.timeout.saturating_sub(waited)) else {
             return;
@@ -132,9 +136,11 @@ impl Failfast {
 
     /// Nothing waits any more (the waiting callers gave up): the clock stands still, keeping
     /// what it measured.
-    pub(crate) fn nothing_waits(&mut self, now: Instant) {
+    ///
+    /// `now` is read only when the clock was running: an idle worker reads no clock.
+    pub(crate) fn nothing_waits(&mut self, now: impl FnOnce() -> Instant) {
         if let State::Running { since, waited } = self.state {
-            let waited = waited.saturating_add(now.saturating_duration_since(since));
+            let waited = waited.saturating_add(now().saturating_duration_since(since));
             self.state = State::Still { waited };
             self.shared.set_failfast_deadline(None);
         }
@@ -259,8 +265,8 @@ mod tests {
     async fn the_clock_keeps_what_it_measured_while_nothing_waits() {
         let mut f = failfast(Duration::from_secs(1));
         let start = Instant::now();
-        f.request_waits(start);
-        f.nothing_waits(start + Duration::from_millis(600));
+        f.request_waits(|| start);
+        f.nothing_waits(|| start + Duration::from_millis(600));
         assert_eq!(
             f.state,
             State::Still {
@@ -269,7 +275,7 @@ mod tests {
         );
         // Resumed 5 s later, it needs only the 400 ms left.
         tokio::time::advance(Duration::from_secs(5)).await;
-        f.request_waits(Instant::now());
+        f.request_waits(Instant::now);
         let mut task = tokio_test::task::spawn(());
         assert!(task.enter(|cx, _| f.poll_expired(cx)).is_pending());
         tokio::time::advance(Duration::from_millis(400)).await;
@@ -280,10 +286,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_ready_endpoint_sets_the_clock_back_to_zero() {
         let mut f = failfast(Duration::from_secs(1));
-        f.request_waits(Instant::now());
+        f.request_waits(Instant::now);
         tokio::time::advance(Duration::from_millis(900)).await;
         f.endpoint_ready();
-        f.request_waits(Instant::now());
+        f.request_waits(Instant::now);
         let mut task = tokio_test::task::spawn(());
         tokio::time::advance(Duration::from_millis(999)).await;
         assert!(task.enter(|cx, _| f.poll_expired(cx)).is_pending());
@@ -294,9 +300,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_second_waiting_request_does_not_rearm_the_running_clock() {
         let mut f = failfast(Duration::from_secs(1));
-        f.request_waits(Instant::now());
+        f.request_waits(Instant::now);
         tokio::time::advance(Duration::from_millis(700)).await;
-        f.request_waits(Instant::now());
+        f.request_waits(Instant::now);
         tokio::time::advance(Duration::from_millis(300)).await;
         let mut task = tokio_test::task::spawn(());
         assert!(task.enter(|cx, _| f.poll_expired(cx)).is_ready());

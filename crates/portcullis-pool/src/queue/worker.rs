@@ -144,8 +144,8 @@ where
                     Poll::Ready(Some(message)) => self.waiting = Some(message),
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
                     Poll::Pending => {
-                        let now = self.now();
-                        self.failfast.nothing_waits(now);
+                        let now = &mut self.now;
+                        self.failfast.nothing_waits(|| turn_clock(now));
                         // In failfast, readiness is watched with nothing queued: the queue
                         // leaves failfast on its own as soon as an endpoint is ready.
                         if self.failfast.is_active() {
@@ -184,8 +184,8 @@ where
                         self.skip_canceled();
                         continue;
                     }
-                    let now = self.now();
-                    self.failfast.request_waits(now);
+                    let now = &mut self.now;
+                    self.failfast.request_waits(|| turn_clock(now));
                     return Poll::Pending;
                 }
             }
@@ -193,7 +193,7 @@ where
     }
 
     fn now(&mut self) -> Instant {
-        *self.now.get_or_insert_with(Instant::now)
+        turn_clock(&mut self.now)
     }
 
     fn dispatch(&mut self, message: Message<Req, P::Future>) {
@@ -266,6 +266,11 @@ where
             self.answer(message, Outcome::Failed, Box::new(error.clone()));
         }
     }
+}
+
+/// The clock, read at most once a turn (see `Worker::now`).
+fn turn_clock(now: &mut Option<Instant>) -> Instant {
+    *now.get_or_insert_with(Instant::now)
 }
 
 impl<P, D, K, T, Req> Future for Worker<P, D, K, T, Req>
