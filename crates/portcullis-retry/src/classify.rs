@@ -162,6 +162,50 @@ impl<F> fmt::Debug for ReplayFn<F> {
     }
 }
 
+/// Whether `error` says that a [`PoolQueue`](portcullis_pool::PoolQueue) refused the request
+/// rather than that an endpoint failed it: a [`FailFast`](portcullis_pool::FailFast) (no
+/// endpoint has been ready for the failfast timeout) or a [`NoSlot`](portcullis_pool::NoSlot)
+/// (the queue stayed full), found as `error` itself, inside a [`BoxError`](crate::BoxError), or
+/// anywhere in the source chain (a tonic `Status` made from one, say).
+///
+/// Retrying such a request sends it straight back into the queue that refused it: it spends
+/// budget and cannot succeed sooner than the queue recovers. The HTTP and gRPC classifiers
+/// therefore treat it as permanent unless told otherwise.
+///
+/// ```
+/// use portcullis_retry::{classify::is_queue_refusal, BoxError};
+///
+/// let refused: BoxError = "connection refused".into();
+/// assert!(!is_queue_refusal(&refused));
+/// ```
+pub fn is_queue_refusal<E: 'static>(error: &E) -> bool {
+    let any: &dyn std::any::Any = error;
+    if any.is::<portcullis_pool::FailFast>() || any.is::<portcullis_pool::NoSlot>() {
+        return true;
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> =
+        if let Some(boxed) = any.downcast_ref::<crate::BoxError>() {
+            Some(&**boxed)
+        } else if let Some(boxed) = any.downcast_ref::<Box<dyn std::error::Error + Send>>() {
+            Some(&**boxed)
+        } else if let Some(boxed) = any.downcast_ref::<Box<dyn std::error::Error>>() {
+            Some(&**boxed)
+        } else {
+            None
+        };
+    #[cfg(feature = "grpc")]
+    if let Some(status) = any.downcast_ref::<tonic::Status>() {
+        next = std::error::Error::source(status);
+    }
+    while let Some(error) = next {
+        if error.is::<portcullis_pool::FailFast>() || error.is::<portcullis_pool::NoSlot>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,11 @@ pub const PUSHBACK: &str = "grpc-retry-pushback-ms";
 /// - a non-negative integer becomes the next delay, replacing the backoff's;
 /// - a negative or malformed value means "stop": [`Decision::Permanent`].
 ///
-/// Every other code is permanent and an `Ok` response succeeds.
+/// Every other code is permanent and an `Ok` response succeeds. A status made from a
+/// [`PoolQueue`](portcullis_pool::PoolQueue)'s refusal (failfast or no slot, found in its source
+/// chain: see [`is_queue_refusal`](super::is_queue_refusal)) is permanent whatever its code,
+/// unless [`retry_queue_refusals`](Self::retry_queue_refusals) opts in: such a retry goes back
+/// into the queue that refused it.
 ///
 /// ```
 /// use portcullis_retry::classify::{grpc::GrpcClassify, Classify, Decision};
@@ -30,13 +34,21 @@ pub const PUSHBACK: &str = "grpc-retry-pushback-ms";
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcClassify {
-    _priv: (),
+    queue_refusals: bool,
 }
 
 impl GrpcClassify {
     /// The classifier.
     pub const fn new() -> Self {
-        Self { _priv: () }
+        Self {
+            queue_refusals: false,
+        }
+    }
+
+    /// Also retries a status made from the queue's refusal (failfast, or no slot).
+    pub const fn retry_queue_refusals(mut self, yes: bool) -> Self {
+        self.queue_refusals = yes;
+        self
     }
 }
 
@@ -44,6 +56,9 @@ impl<Req, Rsp> Classify<Req, Rsp, Status> for GrpcClassify {
     fn classify(&self, _req: &Req, result: Result<&Rsp, &Status>) -> Decision {
         match result {
             Ok(_) => Decision::Success,
+            Err(status) if !self.queue_refusals && super::is_queue_refusal(status) => {
+                Decision::Permanent
+            }
             Err(status) => {
                 let pushback = status
                     .metadata()

@@ -12,7 +12,10 @@ use super::{Classify, Decision};
 /// - 429, 502, 503, 504: retried; a `Retry-After` of delta-seconds becomes the next delay (an
 ///   HTTP-date `Retry-After` is ignored and the backoff applies).
 /// - Any other 4xx or 5xx (404, 409, 500, 501, …): [`Decision::Permanent`].
-/// - An `Err` from the inner service (a transport error): retried.
+/// - An `Err` from the inner service (a transport error): retried, except a
+///   [`PoolQueue`](portcullis_pool::PoolQueue)'s refusal ([`FailFast`](portcullis_pool::FailFast),
+///   [`NoSlot`](portcullis_pool::NoSlot); see [`is_queue_refusal`](super::is_queue_refusal)),
+///   which is permanent unless [`retry_queue_refusals`](Self::retry_queue_refusals) opts in.
 ///
 /// Requests with a non-idempotent method (anything but GET, HEAD, OPTIONS, TRACE, PUT and
 /// DELETE) are never retried, because the server may have acted on them, unless
@@ -30,6 +33,7 @@ use super::{Classify, Decision};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpClassify {
     non_idempotent: bool,
+    queue_refusals: bool,
 }
 
 impl HttpClassify {
@@ -37,7 +41,15 @@ impl HttpClassify {
     pub const fn new() -> Self {
         Self {
             non_idempotent: false,
+            queue_refusals: false,
         }
+    }
+
+    /// Also retries a request the queue below refused (failfast, or no slot): off by default,
+    /// as such a retry goes back into the queue that refused it.
+    pub const fn retry_queue_refusals(mut self, yes: bool) -> Self {
+        self.queue_refusals = yes;
+        self
     }
 
     /// Also retries POST, PATCH and other non-idempotent methods.
@@ -60,10 +72,13 @@ impl HttpClassify {
     }
 }
 
-impl<B, RB, E> Classify<Request<B>, Response<RB>, E> for HttpClassify {
+impl<B, RB, E: 'static> Classify<Request<B>, Response<RB>, E> for HttpClassify {
     fn classify(&self, req: &Request<B>, result: Result<&Response<RB>, &E>) -> Decision {
         let rsp = match result {
             Ok(rsp) => rsp,
+            Err(error) if !self.queue_refusals && super::is_queue_refusal(error) => {
+                return Decision::Permanent
+            }
             Err(_) if self.replayable(req.method()) => return Decision::RETRY,
             Err(_) => return Decision::Permanent,
         };
