@@ -26,8 +26,8 @@ use portcullis_examples::{
     plot,
 };
 use portcullis_p2c::{failure, make, P2cPool};
-use portcullis_pool::{PoolQueue, PoolQueueConfig, Update};
-use portcullis_retry::{classify::http::HttpClassify, Backoff, RetryLayer};
+use portcullis_pool::{PoolQueue, Update};
+use portcullis_retry::{classify::http::HttpClassify, Backoff, Retry};
 use std::{
     net::SocketAddr,
     pin::Pin,
@@ -67,11 +67,11 @@ struct Outcome {
     /// From the idle-time discovery change to the pool receiving it.
     update_applied_after: Option<Duration>,
     /// The retry layer's own account, where it keeps one.
-    retry: Option<portcullis_retry::MetricsSnapshot>,
+    retry: Option<portcullis_retry::RetrySnapshot>,
 }
 
 /// A stack to drive, and the retry metrics it exposes (tower's retry keeps none).
-type Stack = (HttpService, Option<portcullis_retry::Metrics>);
+type Stack = (HttpService, Option<portcullis_retry::RetryMetrics>);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), BoxError> {
@@ -225,21 +225,16 @@ fn portcullis_stack(
         |response: &Response<Bytes>| response.status().is_server_error(),
         Duration::from_secs(1),
     )?;
-    let pool = P2cPool::new(maker);
-    let queue = PoolQueue::new(
-        pool,
-        updates,
-        PoolQueueConfig::new(1024, Duration::from_secs(1))?,
-    )?;
-    let retry = RetryLayer::builder(HttpClassify::new())
+    let pool = P2cPool::builder().build(maker).unwrap();
+    let queue = PoolQueue::builder()
+        .capacity(1024)
+        .failfast_timeout(Duration::from_secs(1))
+        .build(pool, updates)?;
+    let retry = Retry::builder()
         .max_attempts(3)
-        .backoff(Backoff::new(
-            Duration::from_millis(2),
-            2.0,
-            Duration::from_millis(50),
-        ))
+        .backoff(Backoff::new(Duration::from_millis(2), 2.0, Duration::from_millis(50)).unwrap())
         .deadline(Duration::from_secs(1))
-        .build()?;
+        .build_layer(HttpClassify::new())?;
     let service = retry.layer(queue);
     Ok((BoxCloneService::new(service), Some(retry.metrics().clone())))
 }
@@ -428,4 +423,34 @@ fn print_table(outcomes: &[&Outcome]) {
             None => "never".into(),
         },
     );
+    print_legend();
+}
+
+/// What the case is and what each row of the table means, so the output reads without the
+/// source.
+fn print_legend() {
+    let changed_at = IDLE / 4;
+    let resumed_after = IDLE - changed_at;
+    let legend = [
+        String::new(),
+        format!("The case: {CALLERS} callers each send one request after another for {LOAD:?}; then nothing is sent for"),
+        format!("{IDLE:?}; then {LOAD:?} more of the same load. Each stack gets its own backends: fast-1 and fast-2"),
+        format!("(answer in {FAST:?}), slow ({SLOW:?}), flaky (503 for the first {UNAVAILABLE_FOR:?} of load), doomed (removed by"),
+        format!("discovery {changed_at:?} into the idle time) and fresh (added by discovery at the same moment)."),
+        String::new(),
+        "- requests: requests the callers completed in both load phases (a faster stack completes more)".into(),
+        "- p50/p99/p99.9 latency: as a caller sees it, with queueing, every attempt and every backoff".into(),
+        "- success rate: the share of requests that ended in a 2xx response".into(),
+        "- backend calls per request: calls the backends received / requests; above 1.000 is retries".into(),
+        "- retries refused by the budget: retries the retry budget did not allow (tower's Retry has none)".into(),
+        "- requests to the removed backend: calls that reached `doomed` after discovery removed it".into(),
+        "- idle discovery change applied after: from the discovery change, made while no request".into(),
+        "  flows, to the stack taking it from discovery. tower's Balance reads discovery only when".into(),
+        format!("  it is polled for a request, so for tower this is when traffic resumed ({resumed_after:?} after the"),
+        "  change), however fast tower is; portcullis's PoolQueue worker takes each change as it".into(),
+        "  arrives, with no request in flight.".into(),
+    ];
+    for line in legend {
+        println!("{line}");
+    }
 }

@@ -38,8 +38,9 @@ use portcullis_examples::{
     endpoint::BoxError,
     grpc::{self, Fault, Faults, HealthBackend},
 };
-use portcullis_pool::PoolQueueConfig;
-use portcullis_retry::{classify::grpc::GrpcClassify, Backoff, RetryError, RetryLayer, StopReason};
+use portcullis_retry::{
+    classify::grpc::GrpcClassify, Backoff, Retry, RetryError, RetryLayer, StopReason,
+};
 use std::{
     net::SocketAddr,
     sync::{
@@ -83,7 +84,12 @@ async fn main() -> Result<(), BoxError> {
 
     let retry = retry_layer()?;
     let targets: Vec<_> = backends.iter().map(HealthBackend::target).collect();
-    let queue = grpc::transport(&targets, PoolQueueConfig::new(64, Duration::from_secs(1))?)?;
+    let queue = grpc::transport(
+        &targets,
+        portcullis_pool::PoolQueue::builder()
+            .capacity(64)
+            .failfast_timeout(Duration::from_secs(1)),
+    )?;
     let pool_metrics = queue.metrics();
     let client = retry.layer(grpc::HealthCheck::new(queue));
 
@@ -211,16 +217,12 @@ async fn main() -> Result<(), BoxError> {
 }
 
 fn retry_layer() -> Result<RetryLayer<GrpcClassify>, BoxError> {
-    Ok(RetryLayer::builder(GrpcClassify::new())
+    Ok(Retry::builder()
         .max_attempts(3)
-        .backoff(Backoff::new(
-            Duration::from_millis(5),
-            2.0,
-            Duration::from_millis(50),
-        ))
+        .backoff(Backoff::new(Duration::from_millis(5), 2.0, Duration::from_millis(50)).unwrap())
         .attempt_timeout(Duration::from_millis(500))
         .deadline(Duration::from_secs(1))
-        .build()?)
+        .build_layer(GrpcClassify::new())?)
 }
 
 /// One check of `service` through a fresh stack over `targets`: what came back, how many
@@ -230,7 +232,12 @@ async fn once(
     service: &str,
 ) -> Result<(String, u64, Duration), BoxError> {
     let retry = retry_layer()?;
-    let queue = grpc::transport(targets, PoolQueueConfig::new(8, Duration::from_secs(1))?)?;
+    let queue = grpc::transport(
+        targets,
+        portcullis_pool::PoolQueue::builder()
+            .capacity(8)
+            .failfast_timeout(Duration::from_secs(1)),
+    )?;
     let client = retry.layer(grpc::HealthCheck::new(queue));
     let started = Instant::now();
     let result = client.oneshot(grpc::check_request(service)).await;

@@ -7,11 +7,10 @@
 use criterion::Criterion;
 use futures_util::future::FutureExt;
 use futures_util::{stream, StreamExt};
-use portcullis_fanout::{FanOut, FanOutConfig};
+use portcullis_fanout::FanOut;
 use portcullis_p2c::{make, P2cPool};
-use portcullis_pool::{PoolQueue, PoolQueueConfig, Update};
+use portcullis_pool::{PoolQueue, Update};
 use portcullis_retry::classify::predicate;
-use portcullis_retry::RetryLayer;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,13 +55,18 @@ fn dispatch(c: &mut Criterion) {
         .map(|_| PendingRequests::new(Echo, CompleteOnResponse::default()))
         .collect();
     let balance: Buffer<u64, _> = Buffer::new(Balance::new(ServiceList::new(endpoints)), 1024);
-    let pool = P2cPool::with_seed(make::pending_requests(|_: &usize, _: &()| Echo), 7);
+    let pool = P2cPool::builder()
+        .seed(7)
+        .build(make::pending_requests(|_: &usize, _: &()| Echo))
+        .unwrap();
     let discovery = stream::iter([Ok::<_, Infallible>(Update::Reset(
         (0..10).map(|k| (k, ())).collect(),
     ))])
     .chain(stream::pending());
-    let config = PoolQueueConfig::new(1024, Duration::from_secs(3)).expect("valid");
-    let queue = PoolQueue::new(pool, discovery, config).expect("inside a runtime");
+    let config = PoolQueue::builder()
+        .capacity(1024)
+        .failfast_timeout(Duration::from_secs(3));
+    let queue = config.build(pool, discovery).expect("inside a runtime");
 
     let mut group = c.benchmark_group("dispatch, one caller");
     group.bench_function("tower Buffer (1 endpoint)", |b| {
@@ -80,7 +84,10 @@ fn dispatch(c: &mut Criterion) {
 fn fanout(c: &mut Criterion) {
     let rt = runtime();
     let peers: Vec<(usize, Echo)> = (0..200).map(|k| (k, Echo)).collect();
-    let ours = FanOut::new(peers.clone(), FanOutConfig::new().max_in_flight(16)).expect("valid");
+    let ours = FanOut::builder()
+        .max_in_flight(16)
+        .build(peers.clone())
+        .expect("valid");
     let peers = Arc::new(peers);
     let mut group = c.benchmark_group("fan-out to 200 peers, K = 16");
     group.bench_function("FanOut", |b| {
@@ -105,8 +112,8 @@ fn fanout(c: &mut Criterion) {
 
 fn retry(c: &mut Criterion) {
     let rt = runtime();
-    let ours = RetryLayer::builder(predicate(|r: Result<&u64, &Infallible>| r.is_err()))
-        .build()
+    let ours = portcullis_retry::Retry::builder()
+        .build_layer(predicate(|r: Result<&u64, &Infallible>| r.is_err()))
         .expect("valid")
         .layer(Echo);
     let policy = TowerBudgetPolicy::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2), 3);

@@ -26,7 +26,7 @@ use futures_util::{
 };
 use http::Uri;
 use portcullis_p2c::P2cPool;
-use portcullis_pool::{PoolQueue, PoolQueueConfig, Update};
+use portcullis_pool::{PoolQueue, PoolQueueBuilder, Update};
 use portcullis_retry::classify::grpc::PUSHBACK;
 use std::{
     collections::VecDeque,
@@ -301,7 +301,7 @@ where
 /// queue keeps driving the channels for as long as it lives.
 pub fn transport(
     endpoints: &[(String, SocketAddr)],
-    config: PoolQueueConfig,
+    config: PoolQueueBuilder,
 ) -> Result<
     PoolQueue<GrpcRequest, impl Future<Output = Result<GrpcResponse, BoxError>> + Send + 'static>,
     BoxError,
@@ -310,14 +310,15 @@ pub fn transport(
         .iter()
         .map(|(name, addr)| Ok((name.clone(), format!("http://{addr}").parse::<Uri>()?)))
         .collect::<Result<Vec<_>, BoxError>>()?;
-    let pool = P2cPool::with_peak_ewma(|_: &String, uri: &Uri| {
-        Endpoint::from(uri.clone())
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy()
-    });
+    let pool =
+        P2cPool::builder().build(portcullis_p2c::make::peak_ewma(|_: &String, uri: &Uri| {
+            Endpoint::from(uri.clone())
+                .connect_timeout(Duration::from_secs(1))
+                .connect_lazy()
+        }))?;
     let discovery = futures_util::stream::iter([Ok::<_, BoxError>(Update::Reset(targets))])
         .chain(futures_util::stream::pending());
-    Ok(PoolQueue::new(pool, discovery, config)?)
+    Ok(config.build(pool, discovery)?)
 }
 
 /// `grpc.health.v1.Health/Check` as a [`Service`] from the request message to the response

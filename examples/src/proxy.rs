@@ -22,11 +22,13 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use portcullis::fanout::{FanOut, FanOutConfig, Outcome, Policy, Report};
+use portcullis::fanout::{FanOut, FanOutBuilder, FanOutMetrics, Outcome, Policy, Report};
 use portcullis::p2c::{P2cMetrics, P2cPool};
-use portcullis::pool::{FailFast, PoolQueue, PoolQueueConfig, PoolQueueMetrics, Update};
+use portcullis::pool::{FailFast, PoolQueue, PoolQueueBuilder, PoolQueueMetrics, Update};
 use portcullis::prelude::AddrFile;
-use portcullis::retry::{classify::http::HttpClassify, Backoff, Budget, RetryError, RetryLayer};
+use portcullis::retry::{
+    classify::http::HttpClassify, Backoff, Budget, Retry, RetryError, RetryMetrics,
+};
 use prometheus_client::registry::Registry;
 use std::{
     convert::Infallible,
@@ -56,7 +58,7 @@ pub struct ProxyConfig {
     /// How often the file is re-read.
     pub poll_interval: Duration,
     /// Queue capacity and failfast timeout (both stacks).
-    pub queue: PoolQueueConfig,
+    pub queue: PoolQueueBuilder,
     /// Attempts per request, the first included.
     pub max_attempts: u32,
     /// Backoff between attempts.
@@ -68,7 +70,7 @@ pub struct ProxyConfig {
     /// Bounds a request's whole attempt sequence, backoff included.
     pub deadline: Duration,
     /// Concurrency, deadlines and policy of the admin fan-out.
-    pub fan_out: FanOutConfig,
+    pub fan_out: FanOutBuilder,
     /// The largest request body the proxy reads (it must hold it to replay it).
     pub max_body_bytes: usize,
 }
@@ -81,13 +83,14 @@ impl ProxyConfig {
         Self {
             backends: backends.into(),
             poll_interval: Duration::from_secs(1),
-            queue: PoolQueueConfig::default(),
+            queue: PoolQueue::builder(),
             max_attempts: 3,
-            backoff: Backoff::new(Duration::from_millis(10), 2.0, Duration::from_millis(200)),
+            backoff: Backoff::new(Duration::from_millis(10), 2.0, Duration::from_millis(200))
+                .unwrap(),
             budget: Budget::default(),
             attempt_timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(5),
-            fan_out: FanOutConfig::new()
+            fan_out: FanOut::builder()
                 .max_in_flight(16)
                 .per_peer_timeout(Duration::from_secs(2))
                 .overall_timeout(Duration::from_secs(5))
@@ -146,11 +149,11 @@ pub struct ProxyMetrics {
     /// The request stack's p2c pool.
     pub p2c: P2cMetrics,
     /// The request stack's retry layer.
-    pub retry: portcullis::retry::Metrics,
+    pub retry: RetryMetrics,
     /// The admin fan-out's queue.
     pub purge_queue: PoolQueueMetrics,
     /// The admin fan-out.
-    pub fan_out: portcullis::fanout::Metrics,
+    pub fan_out: FanOutMetrics,
 }
 
 /// A bound proxy; [`Proxy::run`] serves it.
@@ -191,28 +194,31 @@ impl Proxy {
         let file = AddrFile::new(&config.backends, config.poll_interval)?;
         let client = endpoint::client();
 
-        let pool = P2cPool::with_peak_ewma({
+        let pool = P2cPool::builder().build(portcullis::p2c::make::peak_ewma({
             let client = client.clone();
             move |_: &SocketAddr, addr: &SocketAddr| HttpEndpoint::new(client.clone(), *addr)
-        });
+        }))?;
         let p2c = pool.metrics();
-        let queue = PoolQueue::new(pool, file.updates(), config.queue)?;
-        let retry = RetryLayer::builder(HttpClassify::new())
+        let queue = config.queue.build(pool, file.updates())?;
+        let retry = Retry::builder()
             .max_attempts(config.max_attempts)
             .backoff(config.backoff)
             .budget(config.budget.clone())
             .attempt_timeout(config.attempt_timeout)
             .deadline(config.deadline)
-            .build()?;
+            .build_layer(HttpClassify::new())?;
         let queue_metrics = queue.metrics();
         let requests = BoxCloneSyncService::new(retry.layer(queue));
 
         let peers = file
             .updates()
             .map(move |update| update.map(|u| peers(&client, u)));
-        let fan_out = FanOut::new(Vec::<(SocketAddr, HttpEndpoint)>::new(), config.fan_out)?;
-        let fan_out_metrics = fan_out.metrics().clone();
-        let purge_queue = PoolQueue::new(fan_out, peers, config.queue)?;
+        let fan_out = config
+            .fan_out
+            .clone()
+            .build(Vec::<(SocketAddr, HttpEndpoint)>::new())?;
+        let fan_out_metrics = fan_out.metrics();
+        let purge_queue = config.queue.build(fan_out, peers)?;
         let purge_queue_metrics = purge_queue.metrics();
         let purge = BoxCloneSyncService::new(purge_queue);
 

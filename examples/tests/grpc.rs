@@ -6,10 +6,9 @@
 //! p2c picks. Real time (the servers and sockets are real); every wait is bounded.
 
 use portcullis_examples::grpc::{self, Call, Fault, Faults, HealthBackend};
-use portcullis_pool::PoolQueueConfig;
 use portcullis_retry::{
     classify::grpc::{GrpcClassify, PUSHBACK},
-    Backoff, BoxError, Metrics, MetricsSnapshot, RetryError, RetryLayer, StopReason,
+    Backoff, BoxError, Retry, RetryError, RetryLayer, RetryMetrics, RetrySnapshot, StopReason,
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tonic::Code;
@@ -50,12 +49,12 @@ impl Fleet {
 }
 
 fn retry_layer() -> RetryLayer<GrpcClassify> {
-    RetryLayer::builder(GrpcClassify::new())
+    Retry::builder()
         .max_attempts(3)
-        .backoff(Backoff::new(Duration::from_millis(1), 2.0, BACKOFF_CAP))
+        .backoff(Backoff::new(Duration::from_millis(1), 2.0, BACKOFF_CAP).unwrap())
         .attempt_timeout(Duration::from_secs(2))
         .deadline(Duration::from_secs(3))
-        .build()
+        .build_layer(GrpcClassify::new())
         .expect("valid retry config")
 }
 
@@ -63,7 +62,7 @@ fn retry_layer() -> RetryLayer<GrpcClassify> {
 async fn check(
     targets: &[(String, SocketAddr)],
     service: &str,
-) -> (Result<ServingStatus, BoxError>, MetricsSnapshot) {
+) -> (Result<ServingStatus, BoxError>, RetrySnapshot) {
     let layer = retry_layer();
     let (result, metrics) = check_with(&layer, targets, service).await;
     (result, metrics.snapshot())
@@ -73,8 +72,10 @@ async fn check_with(
     layer: &RetryLayer<GrpcClassify>,
     targets: &[(String, SocketAddr)],
     service: &str,
-) -> (Result<ServingStatus, BoxError>, Metrics) {
-    let config = PoolQueueConfig::new(16, Duration::from_secs(2)).expect("valid queue config");
+) -> (Result<ServingStatus, BoxError>, RetryMetrics) {
+    let config = portcullis_pool::PoolQueue::builder()
+        .capacity(16)
+        .failfast_timeout(Duration::from_secs(2));
     let queue = grpc::transport(targets, config).expect("transport");
     let client = layer.layer(grpc::HealthCheck::new(queue));
     let result = tokio::time::timeout(CALL_TIMEOUT, client.oneshot(grpc::check_request(service)))

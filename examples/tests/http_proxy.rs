@@ -62,6 +62,7 @@ fn config(file: &AddrsFile) -> ProxyConfig {
     config.poll_interval = Duration::from_millis(50);
     config.max_attempts = 5;
     config.backoff = Backoff::new(Duration::from_millis(100), 2.0, Duration::from_millis(400))
+        .unwrap()
         .jitter(Jitter::None);
     config.budget = Budget::builder().ratio(10.0).build().unwrap();
     config.deadline = Duration::from_secs(4);

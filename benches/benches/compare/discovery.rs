@@ -6,7 +6,7 @@ use crate::common::{fmt_mib, fmt_ns, histogram, nanos, quantile_ns, rss_bytes, C
 use futures_util::Stream;
 use hdrhistogram::Histogram;
 use portcullis_p2c::{make, P2cPool};
-use portcullis_pool::{EndpointCounts, Pool, PoolQueue, PoolQueueConfig, Update};
+use portcullis_pool::{EndpointCounts, Pool, PoolQueue, Update};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,14 +104,14 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
         // === portcullis: updates paced 1 ms apart, nothing else happening ===
         let applied = Arc::new(Mutex::new(histogram()));
         let pool = Stamped {
-            inner: P2cPool::with_seed(make::pending_requests(|_: &usize, _: &Instant| Echo), 7),
+            inner: P2cPool::builder().seed(7).build(make::pending_requests(|_: &usize, _: &Instant| Echo)).unwrap(),
             applied: applied.clone(),
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<Update<usize, Instant>>();
         let discovery =
             futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|u| u.map(Ok::<_, Infallible>)));
-        let queue_config = PoolQueueConfig::new(64, Duration::from_secs(3)).expect("valid");
-        let queue = PoolQueue::new(pool, discovery, queue_config).expect("inside a runtime");
+        let queue_config = PoolQueue::builder().capacity(64).failfast_timeout(Duration::from_secs(3));
+        let queue = queue_config.build(pool, discovery).expect("inside a runtime");
         for i in 0..latency_updates {
             tx.send(Update::Add(vec![(i as usize % KEYS, Instant::now())]))
                 .expect("worker alive");
@@ -184,11 +184,11 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
         println!("| updates sent | PoolQueue + P2cPool | applied | tower Buffer + Balance | read by Balance |");
         println!("| --- | --- | --- | --- | --- |");
 
-        let pool = P2cPool::with_seed(make::pending_requests(|_: &usize, _: &Instant| Echo), 7);
+        let pool = P2cPool::builder().seed(7).build(make::pending_requests(|_: &usize, _: &Instant| Echo)).unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel::<Update<usize, Instant>>();
         let discovery =
             futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|u| u.map(Ok::<_, Infallible>)));
-        let queue = PoolQueue::new(pool, discovery, queue_config).expect("inside a runtime");
+        let queue = queue_config.build(pool, discovery).expect("inside a runtime");
         let start_ours = rss_bytes() as f64;
         let mut ours_points = Vec::new();
         let ours_started = Instant::now();

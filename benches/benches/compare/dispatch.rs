@@ -5,7 +5,7 @@ use crate::common::{drive, fmt_ns, histogram, median, quantile_ns, Config, Echo,
 use futures_util::{stream, StreamExt};
 use hdrhistogram::Histogram;
 use portcullis_p2c::{make, P2cPool};
-use portcullis_pool::{PoolQueue, PoolQueueConfig, Update};
+use portcullis_pool::{PoolQueue, Update};
 use std::convert::Infallible;
 use std::time::Duration;
 use tower::balance::p2c::Balance;
@@ -86,12 +86,19 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
         let balance: Buffer<u64, _> =
             Buffer::new(Balance::new(ServiceList::new(endpoints)), CAPACITY);
 
-        let pool = P2cPool::with_seed(make::pending_requests(|_: &usize, _: &()| Echo), 7);
+        let pool = P2cPool::builder()
+            .seed(7)
+            .build(make::pending_requests(|_: &usize, _: &()| Echo))
+            .unwrap();
         let reset = Update::Reset((0..ENDPOINTS).map(|k| (k, ())).collect());
         // One reset, then a discovery that stays open and quiet.
         let discovery = stream::iter([Ok::<_, Infallible>(reset)]).chain(stream::pending());
-        let queue_config = PoolQueueConfig::new(CAPACITY, Duration::from_secs(3)).expect("valid");
-        let queue = PoolQueue::new(pool, discovery, queue_config).expect("inside a runtime");
+        let queue_config = PoolQueue::builder()
+            .capacity(CAPACITY)
+            .failfast_timeout(Duration::from_secs(3));
+        let queue = queue_config
+            .build(pool, discovery)
+            .expect("inside a runtime");
 
         let mut stacks = [
             Stack::new("tower Buffer (1 endpoint)", &callers),

@@ -5,7 +5,7 @@
 use crate::common::{fmt_ns, median, Config, Echo, Row};
 use futures_util::future::{join_all, FutureExt};
 use futures_util::{stream, StreamExt};
-use portcullis_fanout::{FanOut, FanOutConfig, Policy};
+use portcullis_fanout::{FanOut, Policy};
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
@@ -112,15 +112,15 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
     let fanouts: u64 = config.pick(2_000, 500);
     let rounds = config.pick(5, 3);
     let trivial: Vec<(usize, Echo)> = (0..PEERS).map(|k| (k, Echo)).collect();
-    let plain =
-        FanOut::new(trivial.clone(), FanOutConfig::new().max_in_flight(LIMIT)).expect("valid");
-    let deadline = FanOut::new(
-        trivial.clone(),
-        FanOutConfig::new()
-            .max_in_flight(LIMIT)
-            .per_peer_timeout(Duration::from_secs(1)),
-    )
-    .expect("valid");
+    let plain = FanOut::builder()
+        .max_in_flight(LIMIT)
+        .build(trivial.clone())
+        .expect("valid");
+    let deadline = FanOut::builder()
+        .max_in_flight(LIMIT)
+        .per_peer_timeout(Duration::from_secs(1))
+        .build(trivial.clone())
+        .expect("valid");
     let trivial = Arc::new(trivial);
 
     let names = [
@@ -211,14 +211,12 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
     let hung_runs = config.pick(5, 3);
     let (ours_elapsed, ours_peak, timed_out, buffered_elapsed, buffered_peak, naive) =
         rt.block_on(async {
-            let fanout = FanOut::new(
-                peers(&in_flight),
-                FanOutConfig::new()
-                    .max_in_flight(LIMIT)
-                    .per_peer_timeout(PER_PEER)
-                    .policy(Policy::All),
-            )
-            .expect("valid");
+            let fanout = FanOut::builder()
+                .max_in_flight(LIMIT)
+                .per_peer_timeout(PER_PEER)
+                .policy(Policy::All)
+                .build(peers(&in_flight))
+                .expect("valid");
             let mut elapsed = Vec::new();
             let mut peak = 0;
             // Every run must time out exactly the hung peer.

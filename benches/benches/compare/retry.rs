@@ -7,7 +7,7 @@ use crate::common::{drive, median, Config, Echo, Row};
 use crate::svg;
 use portcullis_benches::TowerBudgetPolicy;
 use portcullis_retry::classify::predicate;
-use portcullis_retry::{Budget, RetryLayer};
+use portcullis_retry::Budget;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,8 +33,8 @@ fn cost(rt: &tokio::runtime::Runtime, config: &Config) -> [f64; 3] {
     let total: u64 = config.pick(512_000, 128_000);
     let rounds = config.pick(5, 3);
     rt.block_on(async {
-        let ours = RetryLayer::builder(predicate(|r: Result<&u64, &Infallible>| r.is_err()))
-            .build()
+        let ours = portcullis_retry::Retry::builder()
+            .build_layer(predicate(|r: Result<&u64, &Infallible>| r.is_err()))
             .expect("valid")
             .layer(Echo);
         let tower = Retry::new(
@@ -110,7 +110,7 @@ fn amplification(retrier: Retrier, outage: bool, reserve: bool, requests: u64) -
     };
     let min_per_sec = if reserve { MIN_PER_SEC } else { 0 };
     let succeeded = rt.block_on(async move {
-        let ours = RetryLayer::builder(predicate(transient_errors))
+        let ours = portcullis_retry::Retry::builder()
             .budget(
                 Budget::builder()
                     .ratio(f64::from(RATIO))
@@ -120,7 +120,7 @@ fn amplification(retrier: Retrier, outage: bool, reserve: bool, requests: u64) -
                     .expect("valid"),
             )
             .max_attempts(ATTEMPTS)
-            .build()
+            .build_layer(predicate(transient_errors))
             .expect("valid")
             .layer(endpoint.clone());
         let tower = Retry::new(

@@ -242,12 +242,18 @@ fn simulate(balancer: usize, scenario: Scenario, requests: u64) -> Outcome {
         let maker = move |k: &usize, p: &Profile| Sim::new(*k, p, origin);
         match balancer {
             0 => {
-                let mut pool = P2cPool::with_seed(make::peak_ewma(maker), 42);
+                let mut pool = P2cPool::builder()
+                    .seed(42)
+                    .build(make::peak_ewma(maker))
+                    .unwrap();
                 pool.update_pool(reset);
                 drive(pool, requests).await
             }
             1 => {
-                let mut pool = P2cPool::with_seed(make::pending_requests(maker), 42);
+                let mut pool = P2cPool::builder()
+                    .seed(42)
+                    .build(make::pending_requests(maker))
+                    .unwrap();
                 pool.update_pool(reset);
                 drive(pool, requests).await
             }
@@ -291,7 +297,7 @@ fn simulate(balancer: usize, scenario: Scenario, requests: u64) -> Outcome {
                     Duration::from_secs(1),
                 )
                 .expect("a non-zero half-life");
-                let mut pool = P2cPool::with_seed(maker, 42);
+                let mut pool = P2cPool::builder().seed(42).build(maker).unwrap();
                 pool.update_pool(reset);
                 drive(pool, requests).await
             }

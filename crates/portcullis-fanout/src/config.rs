@@ -1,7 +1,9 @@
 //! What a fan-out waits for, how many peer calls it may run, and for how long.
 
-use crate::error::ConfigError;
+use crate::error::BuildError;
+use crate::{FanOut, FanOutLayer, FanOutMetrics};
 use std::fmt;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -23,109 +25,143 @@ pub enum Policy {
     Quorum(usize),
 }
 
-// === impl FanOutConfig ===
+// === impl FanOutBuilder ===
 
-/// Limits and deadlines of a fan-out. Checked when a [`FanOutLayer`](crate::FanOutLayer) or
-/// [`FanOut`](crate::FanOut) is built.
+/// Builds a [`FanOut`] or its [`FanOutLayer`]: how many peer calls may run, for how long, and
+/// when a fan-out is complete.
+///
+/// The settings are checked when the fan-out or layer is built, and only then
+/// ([`build`](Self::build), [`build_layer`](Self::build_layer)).
 ///
 /// ```
-/// use portcullis_fanout::{FanOutConfig, Policy};
+/// use portcullis_fanout::{BuildError, FanOut, Policy};
 /// use std::time::Duration;
 ///
-/// const CONFIG: FanOutConfig = FanOutConfig::new()
+/// let layer = FanOut::builder()
 ///     .max_in_flight(16)
 ///     .per_peer_timeout(Duration::from_millis(200))
 ///     .overall_timeout(Duration::from_secs(1))
-///     .policy(Policy::Quorum(2));
-/// assert!(CONFIG.validate().is_ok());
+///     .policy(Policy::Quorum(2))
+///     .build_layer()?;
+/// assert_eq!(layer.policy(), Policy::Quorum(2));
+///
+/// let refused = FanOut::builder().max_in_flight(0).build_layer();
+/// assert_eq!(refused.err(), Some(BuildError::ZeroMaxInFlight));
+/// # Ok::<(), BuildError>(())
 /// ```
+#[derive(Clone, Debug, Default)]
+pub struct FanOutBuilder {
+    config: Config,
+    limit: Option<SharedLimit>,
+    metrics: Option<FanOutMetrics>,
+}
+
+/// The checked settings of a fan-out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FanOutConfig {
+pub(crate) struct Config {
     pub(crate) max_in_flight: usize,
     pub(crate) per_peer_timeout: Option<Duration>,
     pub(crate) overall_timeout: Option<Duration>,
     pub(crate) policy: Policy,
 }
 
-impl FanOutConfig {
-    /// The default limit of peer calls in flight per fan-out.
-    pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
-
-    /// At most [`Self::DEFAULT_MAX_IN_FLIGHT`] peer calls in flight, no deadline, [`Policy::All`].
-    pub const fn new() -> Self {
+impl Default for Config {
+    fn default() -> Self {
         Self {
-            max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight: FanOutBuilder::DEFAULT_MAX_IN_FLIGHT,
             per_peer_timeout: None,
             overall_timeout: None,
-            policy: Policy::All,
+            policy: FanOutBuilder::DEFAULT_POLICY,
         }
     }
+}
 
-    /// At most `n` peer calls in flight per fan-out (0 is refused at build time).
-    pub const fn max_in_flight(mut self, n: usize) -> Self {
-        self.max_in_flight = n;
+impl FanOutBuilder {
+    /// The default [`max_in_flight`](Self::max_in_flight).
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+    /// The default [`policy`](Self::policy).
+    pub const DEFAULT_POLICY: Policy = Policy::All;
+
+    /// At most [`Self::DEFAULT_MAX_IN_FLIGHT`] peer calls in flight, no deadline,
+    /// [`Policy::All`], no shared limit, metrics of its own.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// At most `n` peer calls in flight per fan-out. At least 1.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.config.max_in_flight = n;
         self
     }
 
-    /// Each peer call, readiness included, ends as timed out after `timeout`.
-    pub const fn per_peer_timeout(mut self, timeout: Duration) -> Self {
-        self.per_peer_timeout = Some(timeout);
+    /// Each peer call, readiness included, ends as timed out after `timeout`. No longer than
+    /// the overall timeout.
+    pub fn per_peer_timeout(mut self, timeout: Duration) -> Self {
+        self.config.per_peer_timeout = Some(timeout);
         self
     }
 
     /// The whole fan-out ends after `timeout`, counted from `call`; peer calls still in flight
     /// are reported as timed out, peers not yet called as cancelled.
-    pub const fn overall_timeout(mut self, timeout: Duration) -> Self {
-        self.overall_timeout = Some(timeout);
+    pub fn overall_timeout(mut self, timeout: Duration) -> Self {
+        self.config.overall_timeout = Some(timeout);
         self
     }
 
-    /// When the fan-out is complete.
-    pub const fn policy(mut self, policy: Policy) -> Self {
-        self.policy = policy;
+    /// When the fan-out is complete. A quorum of 0 is refused.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.config.policy = policy;
         self
     }
 
-    /// The configured limit of peer calls in flight per fan-out.
-    pub const fn get_max_in_flight(&self) -> usize {
-        self.max_in_flight
+    /// Also bounds peer calls in flight by `limit`, shared by every fan-out holding a clone of
+    /// it (every fan-out a layer builds, and any other given the same limit).
+    pub fn shared_limit(mut self, limit: SharedLimit) -> Self {
+        self.limit = Some(limit);
+        self
     }
 
-    /// The configured per-peer timeout.
-    pub const fn get_per_peer_timeout(&self) -> Option<Duration> {
-        self.per_peer_timeout
+    /// Publishes to `metrics` (shared with whoever else holds a clone) instead of metrics of
+    /// the fan-out's (or layer's) own.
+    pub fn metrics(mut self, metrics: FanOutMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
-    /// The configured overall timeout.
-    pub const fn get_overall_timeout(&self) -> Option<Duration> {
-        self.overall_timeout
-    }
-
-    /// The configured completion policy.
-    pub const fn get_policy(&self) -> Policy {
-        self.policy
-    }
-
-    /// Checks the configuration as a build would.
-    pub const fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_in_flight == 0 {
-            return Err(ConfigError::ZeroMaxInFlight);
+    /// Checks every setting.
+    fn check(self) -> Result<(Config, Option<SharedLimit>, FanOutMetrics), BuildError> {
+        let config = self.config;
+        if config.max_in_flight == 0 {
+            return Err(BuildError::ZeroMaxInFlight);
         }
-        if let Policy::Quorum(0) = self.policy {
-            return Err(ConfigError::ZeroQuorum);
+        if let Policy::Quorum(0) = config.policy {
+            return Err(BuildError::ZeroQuorum);
         }
-        if let (Some(per_peer), Some(overall)) = (self.per_peer_timeout, self.overall_timeout) {
-            if per_peer.as_nanos() > overall.as_nanos() {
-                return Err(ConfigError::PerPeerTimeoutExceedsOverall { per_peer, overall });
+        if let (Some(per_peer), Some(overall)) = (config.per_peer_timeout, config.overall_timeout) {
+            if per_peer > overall {
+                return Err(BuildError::PerPeerTimeoutExceedsOverall { per_peer, overall });
             }
         }
-        Ok(())
+        Ok((config, self.limit, self.metrics.unwrap_or_default()))
     }
-}
 
-impl Default for FanOutConfig {
-    fn default() -> Self {
-        Self::new()
+    /// A fan-out over `peers`; a key given twice keeps its position and its last service.
+    pub fn build<K, S>(
+        self,
+        peers: impl IntoIterator<Item = (K, S)>,
+    ) -> Result<FanOut<K, S>, BuildError>
+    where
+        K: Hash + Eq + Clone,
+    {
+        let (config, limit, metrics) = self.check()?;
+        Ok(FanOut::from_checked(peers, config, limit, metrics))
+    }
+
+    /// A layer that builds a fan-out over each peer set it wraps; the fan-outs share the
+    /// layer's metrics and shared limit.
+    pub fn build_layer(self) -> Result<FanOutLayer, BuildError> {
+        let (config, limit, metrics) = self.check()?;
+        Ok(FanOutLayer::from_checked(config, limit, metrics))
     }
 }
 
@@ -144,12 +180,12 @@ pub struct SharedLimit {
 
 impl SharedLimit {
     /// A limit of `permits` peer calls in flight across all fan-outs sharing it.
-    pub fn new(permits: usize) -> Result<Self, ConfigError> {
+    pub fn new(permits: usize) -> Result<Self, BuildError> {
         if permits == 0 {
-            return Err(ConfigError::ZeroSharedLimit);
+            return Err(BuildError::ZeroSharedLimit);
         }
         if permits > Semaphore::MAX_PERMITS {
-            return Err(ConfigError::SharedLimitTooLarge {
+            return Err(BuildError::SharedLimitTooLarge {
                 permits,
                 max: Semaphore::MAX_PERMITS,
             });
@@ -189,39 +225,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn validate_refuses_unworkable_configs() {
+    fn build_refuses_unworkable_settings() {
+        let refused = |builder: FanOutBuilder| builder.build_layer().err();
         assert_eq!(
-            FanOutConfig::new().max_in_flight(0).validate(),
-            Err(ConfigError::ZeroMaxInFlight)
+            refused(FanOutBuilder::new().max_in_flight(0)),
+            Some(BuildError::ZeroMaxInFlight)
         );
         assert_eq!(
-            FanOutConfig::new().policy(Policy::Quorum(0)).validate(),
-            Err(ConfigError::ZeroQuorum)
+            refused(FanOutBuilder::new().policy(Policy::Quorum(0))),
+            Some(BuildError::ZeroQuorum)
         );
         let per_peer = Duration::from_secs(2);
         let overall = Duration::from_secs(1);
         assert_eq!(
-            FanOutConfig::new()
-                .per_peer_timeout(per_peer)
-                .overall_timeout(overall)
-                .validate(),
-            Err(ConfigError::PerPeerTimeoutExceedsOverall { per_peer, overall })
+            refused(
+                FanOutBuilder::new()
+                    .per_peer_timeout(per_peer)
+                    .overall_timeout(overall)
+            ),
+            Some(BuildError::PerPeerTimeoutExceedsOverall { per_peer, overall })
         );
         // Equal deadlines are allowed: the per-peer one is then merely redundant.
-        assert!(FanOutConfig::new()
-            .per_peer_timeout(overall)
-            .overall_timeout(overall)
-            .validate()
-            .is_ok());
-        assert!(FanOutConfig::new().validate().is_ok());
+        assert_eq!(
+            refused(
+                FanOutBuilder::new()
+                    .per_peer_timeout(overall)
+                    .overall_timeout(overall)
+            ),
+            None
+        );
+        assert_eq!(refused(FanOutBuilder::new()), None);
     }
 
     #[test]
     fn shared_limit_refuses_zero() {
-        assert_eq!(
-            SharedLimit::new(0).err(),
-            Some(ConfigError::ZeroSharedLimit)
-        );
+        assert_eq!(SharedLimit::new(0).err(), Some(BuildError::ZeroSharedLimit));
         let limit = SharedLimit::new(3).unwrap();
         assert_eq!((limit.permits(), limit.available()), (3, 3));
     }

@@ -1,6 +1,7 @@
 //! Typed errors: configuration refused when a layer or service is built, and the one check
 //! that can only be made when a call starts.
 
+use portcullis_pool::PolledAfterCompletion;
 use std::fmt;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 /// [`SharedLimit`]: crate::SharedLimit
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum BuildError {
     /// `max_in_flight` is 0: no peer call could ever start.
     ZeroMaxInFlight,
     /// A shared limit of 0 permits: no peer call could ever start.
@@ -35,16 +36,16 @@ pub enum ConfigError {
     },
 }
 
-impl fmt::Display for ConfigError {
+impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::ZeroMaxInFlight => f.write_str("fan-out max_in_flight must be at least 1"),
-            ConfigError::ZeroSharedLimit => f.write_str("fan-out shared limit must be at least 1"),
-            ConfigError::SharedLimitTooLarge { permits, max } => {
+            BuildError::ZeroMaxInFlight => f.write_str("fan-out max_in_flight must be at least 1"),
+            BuildError::ZeroSharedLimit => f.write_str("fan-out shared limit must be at least 1"),
+            BuildError::SharedLimitTooLarge { permits, max } => {
                 write!(f, "fan-out shared limit {permits} exceeds the maximum {max}")
             }
-            ConfigError::ZeroQuorum => f.write_str("fan-out quorum must be at least 1"),
-            ConfigError::PerPeerTimeoutExceedsOverall { per_peer, overall } => write!(
+            BuildError::ZeroQuorum => f.write_str("fan-out quorum must be at least 1"),
+            BuildError::PerPeerTimeoutExceedsOverall { per_peer, overall } => write!(
                 f,
                 "fan-out per-peer timeout ({per_peer:?}) is longer than the overall timeout ({overall:?})"
             ),
@@ -52,7 +53,7 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for BuildError {}
 
 /// Why a fan-out could not be carried out at all.
 ///
@@ -68,6 +69,8 @@ pub enum FanOutError {
         /// How many peers the set held when the call was made.
         peers: usize,
     },
+    /// The response future was polled again after it had returned.
+    PolledAfterCompletion(PolledAfterCompletion),
 }
 
 impl fmt::Display for FanOutError {
@@ -77,8 +80,16 @@ impl fmt::Display for FanOutError {
                 f,
                 "fan-out quorum of {quorum} cannot be met by a peer set of {peers}"
             ),
+            FanOutError::PolledAfterCompletion(error) => error.fmt(f),
         }
     }
 }
 
-impl std::error::Error for FanOutError {}
+impl std::error::Error for FanOutError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FanOutError::PolledAfterCompletion(error) => Some(error),
+            FanOutError::QuorumExceedsPeers { .. } => None,
+        }
+    }
+}

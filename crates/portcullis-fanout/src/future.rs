@@ -1,11 +1,12 @@
 //! The response future: every peer call of one fan-out lives inside it.
 
-use crate::config::{FanOutConfig, Policy, SharedLimit};
+use crate::config::{Config, Policy, SharedLimit};
 use crate::error::FanOutError;
 use crate::in_flight::InFlight;
-use crate::metrics::Metrics;
+use crate::metrics::FanOutMetrics;
 use crate::report::{Counts, Outcome, Report, Slot};
 use pin_project_lite::pin_project;
+use portcullis_pool::PolledAfterCompletion;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -49,7 +50,7 @@ where
 }
 
 /// One fan-out in progress. The per-peer path (`top_up`, `settle`) touches only this struct:
-/// counts are kept here and published to the shared [`Metrics`] once, at the end.
+/// counts are kept here and published to the shared [`FanOutMetrics`] once, at the end.
 struct Running<K, S, Req>
 where
     S: Service<Req>,
@@ -76,7 +77,7 @@ where
     /// Per-peer deadline timers of finished calls, reset and reused by the next ones, so a
     /// fan-out allocates at most `max_in_flight` of them.
     spare_timers: Vec<Pin<Box<Sleep>>>,
-    metrics: Metrics,
+    metrics: FanOutMetrics,
     done: bool,
 }
 
@@ -90,9 +91,9 @@ where
         keys: Arc<Vec<K>>,
         services: Arc<Vec<S>>,
         request: Req,
-        config: &FanOutConfig,
+        config: &Config,
         limit: Option<&SharedLimit>,
-        metrics: &Metrics,
+        metrics: &FanOutMetrics,
     ) -> Self {
         let peers = services.len();
         let started = Instant::now();
@@ -130,7 +131,7 @@ where
         }
     }
 
-    pub(crate) fn refused(error: FanOutError, metrics: &Metrics) -> Self {
+    pub(crate) fn refused(error: FanOutError, metrics: &FanOutMetrics) -> Self {
         metrics.refused();
         Self {
             overall: None,
@@ -152,11 +153,15 @@ where
         let this = self.project();
         let _entered = this.span.enter();
         match this.state {
-            // `None` only if polled again after completion, which the `Future` contract rules out.
             State::Refused(error) => match error.take() {
                 Some(error) => Poll::Ready(Err(error)),
-                None => Poll::Pending,
+                None => Poll::Ready(Err(FanOutError::PolledAfterCompletion(
+                    PolledAfterCompletion::new(),
+                ))),
             },
+            State::Running(running) if running.done => Poll::Ready(Err(
+                FanOutError::PolledAfterCompletion(PolledAfterCompletion::new()),
+            )),
             State::Running(running) => Poll::Ready(Ok(ready!(running.poll(this.overall, cx)))),
         }
     }
@@ -198,9 +203,6 @@ where
         mut overall: Pin<&mut Option<Sleep>>,
         cx: &mut Context<'_>,
     ) -> Poll<Report<K, S::Response, S::Error>> {
-        if self.done {
-            return Poll::Pending;
-        }
         loop {
             self.top_up(cx);
             match self.in_flight.poll_next(cx) {
@@ -499,7 +501,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use crate::{FanOut, FanOutConfig, Outcome};
+    use crate::{FanOut, Outcome};
     use std::convert::Infallible;
     use std::future::{ready, Ready};
     use std::task::{Context, Poll};
@@ -535,14 +537,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waiting_for_readiness_counts_against_the_per_peer_deadline() {
-        let mut fanout = FanOut::new(
-            [
+        let mut fanout = FanOut::builder()
+            .per_peer_timeout(Duration::from_millis(50))
+            .build([
                 ("up", Peer { ready: true }),
                 ("stuck", Peer { ready: false }),
-            ],
-            FanOutConfig::new().per_peer_timeout(Duration::from_millis(50)),
-        )
-        .unwrap();
+            ])
+            .unwrap();
         let future = fanout.call(());
         assert_send(&future);
         assert!(format!("{future:?}").contains("peers: 2, started_peers: 0, in_flight: 0"));
@@ -554,5 +555,35 @@ mod tests {
         let report = assert_ready!(call.poll()).unwrap();
         assert_eq!(report.get(&"up"), Some(&Outcome::Response(())));
         assert_eq!(report.get(&"stuck"), Some(&Outcome::TimedOut));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polled_after_completion_is_a_typed_error_not_a_hang() {
+        use crate::FanOutError;
+        use portcullis_pool::PolledAfterCompletion;
+        let mut fanout = FanOut::builder()
+            .build([("up", Peer { ready: true })])
+            .unwrap();
+        let mut call = task::spawn(fanout.call(()));
+        assert!(assert_ready!(call.poll()).is_ok());
+        assert_eq!(
+            assert_ready!(call.poll()).unwrap_err(),
+            FanOutError::PolledAfterCompletion(PolledAfterCompletion::new())
+        );
+
+        // A refused call (quorum above the peer set) answers once, then the same way.
+        let mut fanout = FanOut::builder()
+            .policy(crate::Policy::Quorum(2))
+            .build([("up", Peer { ready: true })])
+            .unwrap();
+        let mut call = task::spawn(fanout.call(()));
+        assert!(matches!(
+            assert_ready!(call.poll()),
+            Err(FanOutError::QuorumExceedsPeers { .. })
+        ));
+        assert_eq!(
+            assert_ready!(call.poll()).unwrap_err(),
+            FanOutError::PolledAfterCompletion(PolledAfterCompletion::new())
+        );
     }
 }

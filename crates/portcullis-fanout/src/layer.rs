@@ -1,69 +1,79 @@
 //! [`FanOutLayer`]: builds a [`FanOut`] over a peer set.
 
-use crate::config::{FanOutConfig, SharedLimit};
-use crate::error::ConfigError;
-use crate::metrics::Metrics;
+use crate::config::{Config, Policy, SharedLimit};
+use crate::metrics::FanOutMetrics;
 use crate::service::FanOut;
 use std::hash::Hash;
+use std::time::Duration;
 use tower_layer::Layer;
 
 /// Builds a [`FanOut`] over a list of `(key, peer service)` pairs.
 ///
-/// The configuration is checked once, when the layer is built; every fan-out it builds shares
-/// its [`Metrics`] and its [`SharedLimit`], if any.
+/// Made by [`FanOutBuilder::build_layer`](crate::FanOutBuilder::build_layer), which checks the
+/// settings; every fan-out it builds shares its [`FanOutMetrics`] and its [`SharedLimit`], if
+/// any.
 ///
 /// ```
-/// use portcullis_fanout::{FanOutConfig, FanOutLayer, SharedLimit};
+/// use portcullis_fanout::{FanOut, SharedLimit};
 /// use tower::{service_fn, Layer};
 ///
-/// let layer = FanOutLayer::new(FanOutConfig::new().max_in_flight(8))?
-///     .with_shared_limit(SharedLimit::new(32)?);
+/// let layer = FanOut::builder()
+///     .max_in_flight(8)
+///     .shared_limit(SharedLimit::new(32)?)
+///     .build_layer()?;
 /// let peer = service_fn(|req: u32| async move { Ok::<_, std::convert::Infallible>(req) });
 /// let fanout = layer.layer(vec![("a", peer), ("b", peer)]);
 /// assert_eq!(fanout.len(), 2);
-/// # Ok::<(), portcullis_fanout::ConfigError>(())
+/// # Ok::<(), portcullis_fanout::BuildError>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct FanOutLayer {
-    config: FanOutConfig,
+    config: Config,
     limit: Option<SharedLimit>,
-    metrics: Metrics,
+    metrics: FanOutMetrics,
 }
 
 impl FanOutLayer {
-    /// A layer with this configuration, refused if it cannot work (see
-    /// [`FanOutConfig::validate`]).
-    ///
-    /// Not `const`: the layer owns the [`Metrics`] its fan-outs share.
-    pub fn new(config: FanOutConfig) -> Result<Self, ConfigError> {
-        config.validate()?;
-        Ok(Self {
+    pub(crate) fn from_checked(
+        config: Config,
+        limit: Option<SharedLimit>,
+        metrics: FanOutMetrics,
+    ) -> Self {
+        Self {
             config,
-            limit: None,
-            metrics: Metrics::new(),
-        })
-    }
-
-    /// Also bounds peer calls in flight by `limit`, shared by every fan-out this layer builds.
-    pub fn with_shared_limit(mut self, limit: SharedLimit) -> Self {
-        self.limit = Some(limit);
-        self
-    }
-
-    /// Publishes to `metrics` instead of the layer's own.
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = metrics;
-        self
+            limit,
+            metrics,
+        }
     }
 
     /// The metrics every fan-out built by this layer publishes to.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+    pub fn metrics(&self) -> FanOutMetrics {
+        self.metrics.clone()
     }
 
-    /// The layer's configuration.
-    pub fn config(&self) -> FanOutConfig {
-        self.config
+    /// The limit of peer calls in flight per fan-out.
+    pub fn max_in_flight(&self) -> usize {
+        self.config.max_in_flight
+    }
+
+    /// The per-peer timeout, if any.
+    pub fn per_peer_timeout(&self) -> Option<Duration> {
+        self.config.per_peer_timeout
+    }
+
+    /// The overall timeout, if any.
+    pub fn overall_timeout(&self) -> Option<Duration> {
+        self.config.overall_timeout
+    }
+
+    /// The completion policy.
+    pub fn policy(&self) -> Policy {
+        self.config.policy
+    }
+
+    /// The shared limit, if any.
+    pub fn shared_limit(&self) -> Option<&SharedLimit> {
+        self.limit.as_ref()
     }
 }
 
@@ -74,23 +84,6 @@ where
     type Service = FanOut<K, S>;
 
     fn layer(&self, peers: Vec<(K, S)>) -> Self::Service {
-        FanOut::from_validated(peers, self.config, self.limit.clone(), self.metrics.clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn build_refuses_bad_config() {
-        let config = FanOutConfig::new()
-            .per_peer_timeout(Duration::from_secs(5))
-            .overall_timeout(Duration::from_secs(1));
-        assert!(matches!(
-            FanOutLayer::new(config),
-            Err(ConfigError::PerPeerTimeoutExceedsOverall { .. })
-        ));
+        FanOut::from_checked(peers, self.config, self.limit.clone(), self.metrics.clone())
     }
 }

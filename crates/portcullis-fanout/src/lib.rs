@@ -6,20 +6,20 @@
 //! The naive fan-out (one task per peer, wait for all) lets one slow replica stall every
 //! operation, and opens as many connections as there are peers at once. [`FanOut`] instead:
 //!
-//! - keeps at most [`max_in_flight`](FanOutConfig::max_in_flight) peer calls in flight per
+//! - keeps at most [`max_in_flight`](FanOutBuilder::max_in_flight) peer calls in flight per
 //!   call, and optionally no more than a [`SharedLimit`] across all calls;
 //! - spawns nothing: the peer futures live inside the [`ResponseFuture`], so dropping it
 //!   cancels every peer call;
 //! - makes each peer call ready-then-call on the peer's own clone, so no slot is reserved and
 //!   left unused;
-//! - ends a peer call at the [per-peer deadline](FanOutConfig::per_peer_timeout) and the whole
-//!   fan-out at the [overall deadline](FanOutConfig::overall_timeout);
+//! - ends a peer call at the [per-peer deadline](FanOutBuilder::per_peer_timeout) and the whole
+//!   fan-out at the [overall deadline](FanOutBuilder::overall_timeout);
 //! - stops as soon as its [`Policy`] (all, first success, quorum of n) is settled, cancelling
 //!   the stragglers;
 //! - reports every peer's [`Outcome`] (response, error, timed out, cancelled) in a [`Report`].
 //!
 //! Peer failures are not errors of the fan-out; the future's `Err` ([`FanOutError`]) is kept
-//! for calls that cannot start. Configurations that cannot work are [`ConfigError`]s when the
+//! for calls that cannot start. Configurations that cannot work are [`BuildError`]s when the
 //! layer or service is built.
 //!
 //! The peer set is static or kept current with [`portcullis_pool::Update`]: `FanOut` is a
@@ -32,7 +32,7 @@
 //! deadline, with the other two replicas' answers.
 //!
 //! ```
-//! use portcullis_fanout::{FanOut, FanOutConfig, Outcome, Policy};
+//! use portcullis_fanout::{FanOut, Outcome, Policy};
 //! use std::convert::Infallible;
 //! use std::time::Duration;
 //! use tower::{service_fn, ServiceExt};
@@ -45,14 +45,15 @@
 //!         Ok::<_, Infallible>(format!("synced {route}"))
 //!     })
 //! };
-//! let config = FanOutConfig::new()
+//! let fanout = FanOut::builder()
 //!     .max_in_flight(16)
 //!     .per_peer_timeout(Duration::from_millis(200))
-//!     .policy(Policy::All);
-//! let fanout = FanOut::new(
-//!     [("replica-a", replica(5)), ("replica-b", replica(1_000)), ("replica-c", replica(7))],
-//!     config,
-//! )?;
+//!     .policy(Policy::All)
+//!     .build([
+//!         ("replica-a", replica(5)),
+//!         ("replica-b", replica(1_000)),
+//!         ("replica-c", replica(7)),
+//!     ])?;
 //!
 //! let report = fanout.clone().oneshot("/route").await?;
 //! assert_eq!(report.get(&"replica-a"), Some(&Outcome::Response("synced /route".into())));
@@ -83,10 +84,13 @@ mod metrics;
 mod report;
 mod service;
 
-pub use config::{FanOutConfig, Policy, SharedLimit};
-pub use error::{ConfigError, FanOutError};
+pub use config::{FanOutBuilder, Policy, SharedLimit};
+pub use error::{BuildError, FanOutError};
 pub use future::ResponseFuture;
 pub use layer::FanOutLayer;
-pub use metrics::{Metrics, MetricsSnapshot, PeerCallCounts};
+pub use metrics::{FanOutMetrics, FanOutSnapshot, PeerCallCounts};
 pub use report::{Counts, Outcome, Report};
 pub use service::FanOut;
+
+/// The boxed error of every portcullis service (one alias, defined in `portcullis-pool`).
+pub use portcullis_pool::BoxError;

@@ -5,7 +5,7 @@
 
 use crate::report::{Counts, Slot};
 use hdrhistogram::Histogram;
-use portcullis_pool::HistogramSummary;
+use portcullis_pool::{HistogramSummary, UpdateCounters, UpdateCounts, UpdateKind};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -19,26 +19,26 @@ const LATENCY_MAX_US: u64 = 3_600_000_000;
 /// within 1/16 (6.25 %) of what was recorded, and exactly below 32 µs.
 ///
 /// That is finer than anything exported from it (the Prometheus buckets are 2 to 2.5 apart) and
-/// keeps the histogram at 464 counts, 3,712 bytes, allocated once per [`Metrics`] and copied
+/// keeps the histogram at 464 counts, 3,712 bytes, allocated once per [`FanOutMetrics`] and copied
 /// by every snapshot. Three significant figures, as before, held 23,552 counts (188,416
 /// bytes) for a precision nobody graphs.
 const LATENCY_SIGNIFICANT_FIGURES: u8 = 1;
 
 /// A cheap `Clone` handle to a fan-out's metrics; every clone sees the same numbers.
 ///
-/// One `Metrics` costs a few hundred bytes of counters and a latency histogram of 3,712 bytes
-/// (see [`MetricsSnapshot::peer_latency_us`]); a [`FanOutLayer`](crate::FanOutLayer) shares
+/// One `FanOutMetrics` costs a few hundred bytes of counters and a latency histogram of 3,712 bytes
+/// (see [`FanOutSnapshot::peer_latency_us`]); a [`FanOutLayer`](crate::FanOutLayer) shares
 /// one among every fan-out it builds.
 ///
 /// ```
-/// use portcullis_fanout::Metrics;
+/// use portcullis_fanout::FanOutMetrics;
 ///
-/// let metrics = Metrics::new();
+/// let metrics = FanOutMetrics::new();
 /// let snapshot = metrics.snapshot();
 /// assert_eq!(snapshot.fan_outs, 0);
 /// ```
 #[derive(Clone)]
-pub struct Metrics {
+pub struct FanOutMetrics {
     inner: Arc<Inner>,
 }
 
@@ -55,7 +55,7 @@ struct Inner {
     timed_out: AtomicU64,
     cancelled: AtomicU64,
     peak_in_flight: AtomicUsize,
-    updates_applied: AtomicU64,
+    updates: UpdateCounters,
     latency_us: Mutex<Option<Histogram<u64>>>,
 }
 
@@ -77,7 +77,7 @@ pub struct PeerCallCounts {
 /// Its `Debug` prints the latency histogram as a summary (count, p50, p99, max), not its
 /// counts.
 #[derive(Clone)]
-pub struct MetricsSnapshot {
+pub struct FanOutSnapshot {
     /// Fan-outs started (calls accepted).
     pub fan_outs: u64,
     /// Fan-outs that ended with their policy met.
@@ -94,8 +94,9 @@ pub struct MetricsSnapshot {
     pub peer_calls: PeerCallCounts,
     /// The most peer calls one fan-out had in flight at once.
     pub peak_in_flight: usize,
-    /// Peer-set updates applied through [`Pool::update_pool`](portcullis_pool::Pool::update_pool).
-    pub updates_applied: u64,
+    /// Peer-set updates applied through [`Pool::update_pool`](portcullis_pool::Pool::update_pool),
+    /// by kind.
+    pub updates: UpdateCounts,
     /// Latency of peer calls that ended on their own (answered, failed or timed out), in
     /// microseconds, each value kept to within 1/16 (6.25 %) and exactly below 32 µs (an
     /// HDR histogram with one significant figure, from 1 µs to an hour: 464 counts, 3,712
@@ -103,7 +104,7 @@ pub struct MetricsSnapshot {
     pub peer_latency_us: Option<Histogram<u64>>,
 }
 
-impl Metrics {
+impl FanOutMetrics {
     /// Fresh metrics, all zero.
     pub fn new() -> Self {
         let inner = Inner {
@@ -121,9 +122,9 @@ impl Metrics {
     }
 
     /// The current values.
-    pub fn snapshot(&self) -> MetricsSnapshot {
+    pub fn snapshot(&self) -> FanOutSnapshot {
         let i = &*self.inner;
-        MetricsSnapshot {
+        FanOutSnapshot {
             fan_outs: i.fan_outs.load(Relaxed),
             policy_met: i.policy_met.load(Relaxed),
             policy_not_met: i.policy_not_met.load(Relaxed),
@@ -137,7 +138,7 @@ impl Metrics {
                 cancelled: i.cancelled.load(Relaxed),
             },
             peak_in_flight: i.peak_in_flight.load(Relaxed),
-            updates_applied: i.updates_applied.load(Relaxed),
+            updates: i.updates.counts(),
             peer_latency_us: self.histogram().clone(),
         }
     }
@@ -159,8 +160,8 @@ impl Metrics {
         self.inner.refused.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn update_applied(&self) {
-        self.inner.updates_applied.fetch_add(1, Relaxed);
+    pub(crate) fn update_applied(&self, kind: UpdateKind) {
+        self.inner.updates.record(kind);
     }
 
     /// Publishes one fan-out's counts; `met` is `None` when its future was dropped.
@@ -217,21 +218,23 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
+impl Default for FanOutMetrics {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl fmt::Debug for Metrics {
+impl fmt::Debug for FanOutMetrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Metrics").field(&self.snapshot()).finish()
+        f.debug_tuple("FanOutMetrics")
+            .field(&self.snapshot())
+            .finish()
     }
 }
 
-// === impl MetricsSnapshot ===
+// === impl FanOutSnapshot ===
 
-impl MetricsSnapshot {
+impl FanOutSnapshot {
     /// Peer-call latency at quantile `q` (0.0..=1.0), if any peer call has ended, within 1/16
     /// of the recorded one: the highest value of the histogram bucket it falls in (the lowest
     /// for `q = 0.0`).
@@ -244,9 +247,9 @@ impl MetricsSnapshot {
     }
 }
 
-impl fmt::Debug for MetricsSnapshot {
+impl fmt::Debug for FanOutSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MetricsSnapshot")
+        f.debug_struct("FanOutSnapshot")
             .field("fan_outs", &self.fan_outs)
             .field("policy_met", &self.policy_met)
             .field("policy_not_met", &self.policy_not_met)
@@ -255,7 +258,7 @@ impl fmt::Debug for MetricsSnapshot {
             .field("refused", &self.refused)
             .field("peer_calls", &self.peer_calls)
             .field("peak_in_flight", &self.peak_in_flight)
-            .field("updates_applied", &self.updates_applied)
+            .field("updates", &self.updates)
             .field(
                 "peer_latency_us",
                 &self.peer_latency_us.as_ref().map(HistogramSummary),
@@ -268,8 +271,8 @@ impl fmt::Debug for MetricsSnapshot {
 mod tests {
     use super::*;
 
-    /// What one `Metrics` allocates: its shared counters and the histogram's counts.
-    fn allocated_bytes(metrics: &Metrics) -> usize {
+    /// What one `FanOutMetrics` allocates: its shared counters and the histogram's counts.
+    fn allocated_bytes(metrics: &FanOutMetrics) -> usize {
         let counts = metrics
             .histogram()
             .as_ref()
@@ -279,7 +282,7 @@ mod tests {
 
     #[test]
     fn one_metrics_allocates_under_4_kib() {
-        let metrics = Metrics::new();
+        let metrics = FanOutMetrics::new();
         let histogram = metrics.histogram().clone();
         let counts = histogram.as_ref().map_or(0, |h| h.distinct_values());
         // 28 powers of two (1 µs to an hour) of 16 sub-buckets, plus the first 16.
@@ -295,7 +298,7 @@ mod tests {
 
     #[test]
     fn latencies_read_back_within_a_sixteenth() {
-        let metrics = Metrics::new();
+        let metrics = FanOutMetrics::new();
         let mut guard = metrics.histogram();
         let Some(h) = guard.as_mut() else {
             panic!("constant bounds are valid");

@@ -1,9 +1,9 @@
 //! [`FanOut`]: the service, and its [`Pool`] face for peer-set updates.
 
-use crate::config::{FanOutConfig, Policy, SharedLimit};
-use crate::error::{ConfigError, FanOutError};
+use crate::config::{Config, FanOutBuilder, Policy, SharedLimit};
+use crate::error::FanOutError;
 use crate::future::ResponseFuture;
-use crate::metrics::Metrics;
+use crate::metrics::FanOutMetrics;
 use crate::report::Report;
 use portcullis_pool::{EndpointCounts, Pool, Update};
 use std::collections::hash_map::{Entry, HashMap};
@@ -12,6 +12,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tower_service::Service;
 
 /// Sends a clone of each request to every peer of a keyed peer set and resolves to a
@@ -27,38 +28,35 @@ use tower_service::Service;
 /// - `poll_ready` is always ready: limits are applied per peer call inside the response
 ///   future, so `FanOut` never holds a caller back from starting a fan-out.
 ///
-/// Cloning is cheap (the peer set is shared until updated) and clones share the [`Metrics`]
+/// Cloning is cheap (the peer set is shared until updated) and clones share the [`FanOutMetrics`]
 /// and any [`SharedLimit`].
 pub struct FanOut<K, S> {
     keys: Arc<Vec<K>>,
     services: Arc<Vec<S>>,
-    config: FanOutConfig,
+    config: Config,
     limit: Option<SharedLimit>,
-    metrics: Metrics,
+    metrics: FanOutMetrics,
 }
 
 // === impl FanOut ===
+
+impl FanOut<(), ()> {
+    /// A [`FanOutBuilder`] with the default settings: the one way to make a fan-out or its
+    /// layer.
+    pub fn builder() -> FanOutBuilder {
+        FanOutBuilder::new()
+    }
+}
 
 impl<K, S> FanOut<K, S>
 where
     K: Hash + Eq + Clone,
 {
-    /// A fan-out over `peers`; a key given twice keeps its position and its last service.
-    ///
-    /// Refuses a configuration that cannot work (see [`FanOutConfig::validate`]).
-    pub fn new(
+    pub(crate) fn from_checked(
         peers: impl IntoIterator<Item = (K, S)>,
-        config: FanOutConfig,
-    ) -> Result<Self, ConfigError> {
-        config.validate()?;
-        Ok(Self::from_validated(peers, config, None, Metrics::new()))
-    }
-
-    pub(crate) fn from_validated(
-        peers: impl IntoIterator<Item = (K, S)>,
-        config: FanOutConfig,
+        config: Config,
         limit: Option<SharedLimit>,
-        metrics: Metrics,
+        metrics: FanOutMetrics,
     ) -> Self {
         let mut keys = Vec::new();
         let mut services = Vec::new();
@@ -74,26 +72,29 @@ where
 }
 
 impl<K, S> FanOut<K, S> {
-    /// Also bounds peer calls in flight by `limit`, shared with every fan-out holding a clone.
-    pub fn with_shared_limit(mut self, limit: SharedLimit) -> Self {
-        self.limit = Some(limit);
-        self
-    }
-
-    /// Publishes to `metrics` instead of this fan-out's own.
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = metrics;
-        self
-    }
-
     /// This fan-out's metrics.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+    pub fn metrics(&self) -> FanOutMetrics {
+        self.metrics.clone()
     }
 
-    /// This fan-out's configuration.
-    pub fn config(&self) -> FanOutConfig {
-        self.config
+    /// The limit of peer calls in flight per fan-out.
+    pub fn max_in_flight(&self) -> usize {
+        self.config.max_in_flight
+    }
+
+    /// The per-peer timeout, if any.
+    pub fn per_peer_timeout(&self) -> Option<Duration> {
+        self.config.per_peer_timeout
+    }
+
+    /// The overall timeout, if any.
+    pub fn overall_timeout(&self) -> Option<Duration> {
+        self.config.overall_timeout
+    }
+
+    /// The completion policy.
+    pub fn policy(&self) -> Policy {
+        self.config.policy
     }
 
     /// The shared limit, if any.
@@ -264,7 +265,7 @@ where
         let kind = update.kind();
         let named = update.len();
         self.apply(update);
-        self.metrics.update_applied();
+        self.metrics.update_applied(kind);
         tracing::debug!(
             kind = kind.as_str(),
             named,
@@ -300,13 +301,15 @@ mod tests {
 
     #[test]
     fn duplicate_keys_keep_position_and_last_service() {
-        let f = FanOut::new([("a", 1), ("b", 2), ("a", 3)], FanOutConfig::new()).unwrap();
+        let f = FanOut::builder()
+            .build([("a", 1), ("b", 2), ("a", 3)])
+            .unwrap();
         assert_eq!(keys(&f), vec![("a", 3), ("b", 2)]);
     }
 
     #[test]
     fn updates_reset_add_remove_clear() {
-        let mut f = FanOut::new([("a", 1), ("b", 2)], FanOutConfig::new()).unwrap();
+        let mut f = FanOut::builder().build([("a", 1), ("b", 2)]).unwrap();
         let snapshot = f.clone();
 
         f.apply(Update::Add(vec![("c", 3), ("a", 10)]));
@@ -326,7 +329,10 @@ mod tests {
 
     #[test]
     fn build_refuses_bad_config() {
-        let err = FanOut::new([("a", 1)], FanOutConfig::new().max_in_flight(0)).unwrap_err();
-        assert_eq!(err, ConfigError::ZeroMaxInFlight);
+        let err = FanOut::builder()
+            .max_in_flight(0)
+            .build([("a", 1)])
+            .unwrap_err();
+        assert_eq!(err, crate::BuildError::ZeroMaxInFlight);
     }
 }

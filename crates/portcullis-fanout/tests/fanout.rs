@@ -2,9 +2,7 @@
 
 mod support;
 
-use portcullis_fanout::{
-    ConfigError, FanOut, FanOutConfig, FanOutError, FanOutLayer, Outcome, Policy, SharedLimit,
-};
+use portcullis_fanout::{BuildError, FanOut, FanOutError, Outcome, Policy, SharedLimit};
 use portcullis_pool::{Pool, Update};
 use std::time::Duration;
 use support::{ms, peers, Behavior, Peer, PeerError, Stats};
@@ -19,11 +17,10 @@ async fn bounded_in_flight_and_every_peer_called_once() {
     let stats = Stats::new(200);
     // Varied latencies so completions interleave and the set is topped up one by one.
     let behaviors: Vec<_> = (0..200).map(|i| Answer(ms(1 + (i * 7) % 13))).collect();
-    let fanout = FanOut::new(
-        peers(&behaviors, &stats),
-        FanOutConfig::new().max_in_flight(16),
-    )
-    .unwrap();
+    let fanout = FanOut::builder()
+        .max_in_flight(16)
+        .build(peers(&behaviors, &stats))
+        .unwrap();
 
     let report = fanout.clone().oneshot(()).await.unwrap();
 
@@ -62,13 +59,11 @@ async fn one_hung_peer_costs_at_most_the_per_peer_deadline() {
     let mut behaviors = vec![Answer(ms(1)); 200];
     behaviors[7] = Hang;
     let per_peer = ms(200);
-    let fanout = FanOut::new(
-        peers(&behaviors, &stats),
-        FanOutConfig::new()
-            .max_in_flight(16)
-            .per_peer_timeout(per_peer),
-    )
-    .unwrap();
+    let fanout = FanOut::builder()
+        .max_in_flight(16)
+        .per_peer_timeout(per_peer)
+        .build(peers(&behaviors, &stats))
+        .unwrap();
 
     let start = Instant::now();
     let report = fanout.clone().oneshot(()).await.unwrap();
@@ -87,13 +82,11 @@ async fn one_hung_peer_costs_at_most_the_per_peer_deadline() {
 #[tokio::test(start_paused = true)]
 async fn overall_deadline_ends_the_call_and_marks_unfinished_peers() {
     let stats = Stats::new(10);
-    let fanout = FanOut::new(
-        peers(&[Answer(ms(100)); 10], &stats),
-        FanOutConfig::new()
-            .max_in_flight(2)
-            .overall_timeout(ms(250)),
-    )
-    .unwrap();
+    let fanout = FanOut::builder()
+        .max_in_flight(2)
+        .overall_timeout(ms(250))
+        .build(peers(&[Answer(ms(100)); 10], &stats))
+        .unwrap();
 
     let start = Instant::now();
     let report = fanout.clone().oneshot(()).await.unwrap();
@@ -143,13 +136,11 @@ async fn first_success_returns_at_once_and_cancels_the_rest() {
         Answer(ms(30)),
         Hang,
     ];
-    let fanout = FanOut::new(
-        peers(&behaviors, &stats),
-        FanOutConfig::new()
-            .max_in_flight(3)
-            .policy(Policy::FirstSuccess),
-    )
-    .unwrap();
+    let fanout = FanOut::builder()
+        .max_in_flight(3)
+        .policy(Policy::FirstSuccess)
+        .build(peers(&behaviors, &stats))
+        .unwrap();
 
     let start = Instant::now();
     let report = fanout.oneshot(()).await.unwrap();
@@ -178,11 +169,10 @@ async fn quorum_returns_once_met_and_cancels_the_rest() {
         Answer(ms(40)),
         Hang,
     ];
-    let fanout = FanOut::new(
-        peers(&behaviors, &stats),
-        FanOutConfig::new().policy(Policy::Quorum(3)),
-    )
-    .unwrap();
+    let fanout = FanOut::builder()
+        .policy(Policy::Quorum(3))
+        .build(peers(&behaviors, &stats))
+        .unwrap();
 
     let start = Instant::now();
     let report = fanout.oneshot(()).await.unwrap();
@@ -198,11 +188,10 @@ async fn quorum_returns_once_met_and_cancels_the_rest() {
 #[tokio::test(start_paused = true)]
 async fn quorum_ends_early_once_it_cannot_be_met() {
     let stats = Stats::new(3);
-    let fanout = FanOut::new(
-        peers(&[Fail(ms(5)), Fail(ms(10)), Answer(ms(500))], &stats),
-        FanOutConfig::new().policy(Policy::Quorum(2)),
-    )
-    .unwrap();
+    let fanout = FanOut::builder()
+        .policy(Policy::Quorum(2))
+        .build(peers(&[Fail(ms(5)), Fail(ms(10)), Answer(ms(500))], &stats))
+        .unwrap();
 
     let start = Instant::now();
     let report = fanout.oneshot(()).await.unwrap();
@@ -218,9 +207,11 @@ async fn quorum_ends_early_once_it_cannot_be_met() {
 async fn shared_limit_bounds_concurrent_fan_outs_together() {
     let stats = Stats::new(50);
     let limit = SharedLimit::new(10).unwrap();
-    let layer = FanOutLayer::new(FanOutConfig::new().max_in_flight(8))
-        .unwrap()
-        .with_shared_limit(limit.clone());
+    let layer = FanOut::builder()
+        .max_in_flight(8)
+        .shared_limit(limit.clone())
+        .build_layer()
+        .unwrap();
     let one = layer.layer(peers(&[Answer(ms(10)); 50], &stats));
     let two = layer.layer(peers(&[Answer(ms(10)); 50], &stats));
 
@@ -243,14 +234,12 @@ async fn shared_limit_bounds_concurrent_fan_outs_together() {
 async fn dropping_the_response_future_cancels_everything() {
     let stats = Stats::new(20);
     let limit = SharedLimit::new(100).unwrap();
-    let mut fanout = FanOut::new(
-        peers(&[Answer(ms(1_000)); 20], &stats),
-        FanOutConfig::new()
-            .max_in_flight(8)
-            .per_peer_timeout(ms(500)),
-    )
-    .unwrap()
-    .with_shared_limit(limit.clone());
+    let mut fanout = FanOut::builder()
+        .max_in_flight(8)
+        .per_peer_timeout(ms(500))
+        .shared_limit(limit.clone())
+        .build(peers(&[Answer(ms(1_000)); 20], &stats))
+        .unwrap();
 
     let mut call = task::spawn(tower::Service::call(&mut fanout, ()));
     assert_pending!(call.poll());
@@ -271,9 +260,10 @@ async fn dropping_the_response_future_cancels_everything() {
 
 #[tokio::test(start_paused = true)]
 async fn empty_peer_set_returns_at_once_with_an_empty_report() {
-    let mut fanout =
-        FanOut::<usize, Peer>::new(Vec::new(), FanOutConfig::new().overall_timeout(ms(100)))
-            .unwrap();
+    let mut fanout = FanOut::builder()
+        .overall_timeout(ms(100))
+        .build(Vec::<(usize, Peer)>::new())
+        .unwrap();
 
     let mut call = task::spawn(tower::Service::call(&mut fanout, ()));
     let report = assert_ready!(call.poll()).unwrap();
@@ -288,7 +278,7 @@ async fn empty_peer_set_returns_at_once_with_an_empty_report() {
 async fn peer_set_updates_apply_between_calls() {
     let stats = Stats::new(10);
     let peer = |id| (id, Peer::new(id, Answer(ms(10)), &stats));
-    let mut fanout = FanOut::new(vec![peer(0), peer(1)], FanOutConfig::new()).unwrap();
+    let mut fanout = FanOut::builder().build(vec![peer(0), peer(1)]).unwrap();
     let keys = |f: &FanOut<usize, Peer>| f.keys().to_vec();
 
     let report = fanout.clone().oneshot(()).await.unwrap();
@@ -323,7 +313,7 @@ async fn peer_set_updates_apply_between_calls() {
     assert!(report.is_empty());
 
     assert_eq!(stats.calls(), [3, 3, 2, 0, 0, 1, 1, 0, 0, 0]);
-    assert_eq!(fanout.metrics().snapshot().updates_applied, 4);
+    assert_eq!(fanout.metrics().snapshot().updates.total(), 4);
     assert!(Pool::<usize, Peer, ()>::poll_pool(
         &mut fanout,
         &mut std::task::Context::from_waker(futures_noop_waker())
@@ -343,37 +333,41 @@ fn futures_noop_waker() -> &'static std::task::Waker {
 #[tokio::test(start_paused = true)]
 async fn config_errors_are_typed() {
     assert_eq!(
-        FanOutLayer::new(FanOutConfig::new().max_in_flight(0)).unwrap_err(),
-        ConfigError::ZeroMaxInFlight
+        FanOut::builder()
+            .max_in_flight(0)
+            .build_layer()
+            .unwrap_err(),
+        BuildError::ZeroMaxInFlight
     );
     assert_eq!(
-        FanOutLayer::new(FanOutConfig::new().policy(Policy::Quorum(0))).unwrap_err(),
-        ConfigError::ZeroQuorum
+        FanOut::builder()
+            .policy(Policy::Quorum(0))
+            .build_layer()
+            .unwrap_err(),
+        BuildError::ZeroQuorum
     );
     assert_eq!(
-        FanOutLayer::new(
-            FanOutConfig::new()
-                .per_peer_timeout(ms(300))
-                .overall_timeout(ms(200))
-        )
-        .unwrap_err(),
-        ConfigError::PerPeerTimeoutExceedsOverall {
+        FanOut::builder()
+            .per_peer_timeout(ms(300))
+            .overall_timeout(ms(200))
+            .build_layer()
+            .unwrap_err(),
+        BuildError::PerPeerTimeoutExceedsOverall {
             per_peer: ms(300),
             overall: ms(200)
         }
     );
     assert_eq!(
         SharedLimit::new(0).unwrap_err(),
-        ConfigError::ZeroSharedLimit
+        BuildError::ZeroSharedLimit
     );
 
     // A quorum larger than the peer set can only be seen at call time.
     let stats = Stats::new(3);
-    let mut fanout = FanOut::new(
-        peers(&[Answer(ms(1)); 3], &stats),
-        FanOutConfig::new().policy(Policy::Quorum(3)),
-    )
-    .unwrap();
+    let mut fanout = FanOut::builder()
+        .policy(Policy::Quorum(3))
+        .build(peers(&[Answer(ms(1)); 3], &stats))
+        .unwrap();
     assert!(fanout.clone().oneshot(()).await.unwrap().policy_met());
 
     Pool::<usize, Peer, ()>::update_pool(&mut fanout, Update::Remove(vec![2]));
@@ -403,14 +397,12 @@ async fn seed_one_slow_replica_does_not_stall_operations() {
     let replicas = peers(&[Answer(ms(3)), Answer(ms(1_000)), Answer(ms(5))], &stats);
 
     for policy in [Policy::All, Policy::Quorum(2)] {
-        let fanout = FanOut::new(
-            replicas.clone(),
-            FanOutConfig::new()
-                .per_peer_timeout(per_peer)
-                .overall_timeout(ms(500))
-                .policy(policy),
-        )
-        .unwrap();
+        let fanout = FanOut::builder()
+            .per_peer_timeout(per_peer)
+            .overall_timeout(ms(500))
+            .policy(policy)
+            .build(replicas.clone())
+            .unwrap();
         let start = Instant::now();
         for _operation in 0..5 {
             let op = Instant::now();
@@ -439,17 +431,16 @@ async fn seed_one_slow_replica_does_not_stall_operations() {
 /// the fan-out future was made: a future polled late must not time its peers out early.
 #[tokio::test(start_paused = true)]
 async fn per_peer_deadline_counts_from_the_first_poll() {
-    let mut fanout = FanOut::new(
-        vec![(
+    let mut fanout = FanOut::builder()
+        .per_peer_timeout(Duration::from_millis(100))
+        .build(vec![(
             1u32,
             tower::service_fn(|_: ()| async {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 Ok::<_, std::convert::Infallible>("done")
             }),
-        )],
-        FanOutConfig::new().per_peer_timeout(Duration::from_millis(100)),
-    )
-    .unwrap();
+        )])
+        .unwrap();
     let future = fanout.ready().await.unwrap().call(());
     tokio::time::advance(Duration::from_secs(1)).await;
     let report = future.await.unwrap();
@@ -462,13 +453,12 @@ async fn per_peer_deadline_counts_from_the_first_poll() {
 #[tokio::test(start_paused = true)]
 async fn per_fanout_latency_histogram_stays_under_4_kib() {
     let stats = Stats::new(3);
-    let fanout = FanOut::new(
-        peers(&[Answer(ms(1)), Answer(ms(3_600_000)), Hang], &stats),
-        FanOutConfig::new().per_peer_timeout(Duration::from_secs(7_200)),
-    )
-    .unwrap();
+    let fanout = FanOut::builder()
+        .per_peer_timeout(Duration::from_secs(7_200))
+        .build(peers(&[Answer(ms(1)), Answer(ms(3_600_000)), Hang], &stats))
+        .unwrap();
     let before = fanout.metrics().snapshot();
-    let counts = |s: &portcullis_fanout::MetricsSnapshot| {
+    let counts = |s: &portcullis_fanout::FanOutSnapshot| {
         s.peer_latency_us.as_ref().unwrap().distinct_values()
     };
     assert!(counts(&before) * std::mem::size_of::<u64>() <= 4 * 1024);
@@ -498,11 +488,10 @@ async fn snapshot_percentiles_are_right_within_a_sixteenth() {
         .collect();
     let behaviors: Vec<_> = latencies.iter().map(|&d| Answer(d)).collect();
     let stats = Stats::new(behaviors.len());
-    let fanout = FanOut::new(
-        peers(&behaviors, &stats),
-        FanOutConfig::new().max_in_flight(64),
-    )
-    .unwrap();
+    let fanout = FanOut::builder()
+        .max_in_flight(64)
+        .build(peers(&behaviors, &stats))
+        .unwrap();
 
     let report = fanout.clone().oneshot(()).await.unwrap();
     assert_eq!(report.counts().responses, 500);
@@ -527,7 +516,7 @@ async fn snapshot_percentiles_are_right_within_a_sixteenth() {
 #[tokio::test(start_paused = true)]
 async fn metrics_debug_is_a_short_summary() {
     let stats = Stats::new(3);
-    let layer = FanOutLayer::new(FanOutConfig::new()).unwrap();
+    let layer = FanOut::builder().build_layer().unwrap();
     let fanout = layer.layer(peers(&[Answer(ms(2)), Answer(ms(20)), Fail(ms(5))], &stats));
     fanout.clone().oneshot(()).await.unwrap();
 
@@ -541,7 +530,7 @@ async fn metrics_debug_is_a_short_summary() {
         "refused",
         "peer_calls",
         "peak_in_flight: 3",
-        "updates_applied",
+        "updates",
         "peer_latency_us: Some(Histogram { count: 3, p50: ",
         "p99: ",
         "max: ",

@@ -1,6 +1,6 @@
 //! Configuration of a [`P2cPool`].
 
-use crate::error::ConfigError;
+use crate::error::BuildError;
 use crate::make::MakeEndpoint;
 use crate::P2cPool;
 use rand::rngs::SmallRng;
@@ -8,50 +8,52 @@ use rand::SeedableRng;
 use std::hash::Hash;
 use std::time::Duration;
 
-/// The default delay before a failed endpoint is first rebuilt.
-pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
-
-/// The default cap on the rebuild delay of an endpoint that keeps failing.
-pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// Builds a [`P2cPool`] with non-default settings.
+/// Builds a [`P2cPool`]; see [`P2cPool::builder`].
+///
+/// The settings are checked when the pool is built ([`build`](Self::build)), and only then.
 ///
 /// ```
-/// use portcullis_p2c::{Builder, P2cPool};
+/// use portcullis_p2c::P2cPool;
 /// use std::time::Duration;
 /// use tower::load::Constant;
 /// use tower::service_fn;
 ///
-/// let pool = Builder::new()
+/// let pool = P2cPool::builder()
 ///     .backoff(Duration::from_millis(50), Duration::from_secs(5))
 ///     .seed(7)
 ///     .build(|key: &&'static str, _target: &()| {
 ///         let key = *key;
 ///         Constant::new(service_fn(move |_: ()| async move { Ok::<_, std::io::Error>(key) }), 0)
-///     })
-///     .expect("valid configuration");
+///     })?;
 /// # let _: P2cPool<&'static str, (), _, ()> = pool;
+/// # Ok::<(), portcullis_p2c::BuildError>(())
 /// ```
-#[derive(Debug)]
-pub struct Builder {
+#[derive(Clone, Debug)]
+pub struct P2cPoolBuilder {
     backoff_base: Duration,
     backoff_max: Duration,
     rng: Option<SmallRng>,
 }
 
-impl Default for Builder {
+impl Default for P2cPoolBuilder {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Builder {
-    /// Default settings: backoff from [`DEFAULT_BACKOFF_BASE`] doubling up to
-    /// [`DEFAULT_BACKOFF_MAX`], random source seeded from the OS.
+impl P2cPoolBuilder {
+    /// The default delay before a failed endpoint is first rebuilt.
+    pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
+    /// The default cap on the rebuild delay of an endpoint that keeps failing.
+    pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+    /// Default settings: backoff from [`DEFAULT_BACKOFF_BASE`](Self::DEFAULT_BACKOFF_BASE)
+    /// doubling up to [`DEFAULT_BACKOFF_MAX`](Self::DEFAULT_BACKOFF_MAX), random source seeded
+    /// from the OS.
     pub const fn new() -> Self {
         Self {
-            backoff_base: DEFAULT_BACKOFF_BASE,
-            backoff_max: DEFAULT_BACKOFF_MAX,
+            backoff_base: Self::DEFAULT_BACKOFF_BASE,
+            backoff_max: Self::DEFAULT_BACKOFF_MAX,
             rng: None,
         }
     }
@@ -60,7 +62,7 @@ impl Builder {
     /// doubling with every consecutive failure, never more than `max`. An endpoint's count of
     /// failures starts over once it has been ready.
     ///
-    /// `base` must be non-zero and at most `max`, or [`Builder::build`] fails.
+    /// `base` must be non-zero and at most `max`, or [`build`](Self::build) fails.
     pub const fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.backoff_base = base;
         self.backoff_max = max;
@@ -80,7 +82,7 @@ impl Builder {
     }
 
     /// Builds the pool, empty until its first update.
-    pub fn build<K, T, M, Req>(self, maker: M) -> Result<P2cPool<K, T, M, Req>, ConfigError>
+    pub fn build<K, T, M, Req>(self, maker: M) -> Result<P2cPool<K, T, M, Req>, BuildError>
     where
         K: Hash + Eq + Clone,
         M: MakeEndpoint<K, T>,
@@ -99,18 +101,11 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
-    pub(crate) fn new(base: Duration, max: Duration) -> Result<Self, ConfigError> {
+    pub(crate) fn new(base: Duration, max: Duration) -> Result<Self, BuildError> {
         if base.is_zero() || base > max {
-            return Err(ConfigError::InvalidBackoff { base, max });
+            return Err(BuildError::InvalidBackoff { base, max });
         }
         Ok(Self { base, max })
-    }
-
-    pub(crate) const fn default_const() -> Self {
-        Self {
-            base: DEFAULT_BACKOFF_BASE,
-            max: DEFAULT_BACKOFF_MAX,
-        }
     }
 
     /// The delay after `failures` consecutive failures (1 for the first).
@@ -139,10 +134,13 @@ mod tests {
     #[test]
     fn invalid_backoff_is_a_typed_error() {
         let zero = Backoff::new(Duration::ZERO, Duration::from_secs(1));
-        assert!(matches!(zero, Err(ConfigError::InvalidBackoff { .. })));
+        assert!(matches!(zero, Err(BuildError::InvalidBackoff { .. })));
         let inverted = Backoff::new(Duration::from_secs(2), Duration::from_secs(1));
-        assert!(matches!(inverted, Err(ConfigError::InvalidBackoff { .. })));
-        let defaults = Backoff::default_const();
-        assert!(Backoff::new(defaults.base, defaults.max).is_ok());
+        assert!(matches!(inverted, Err(BuildError::InvalidBackoff { .. })));
+        assert!(Backoff::new(
+            P2cPoolBuilder::DEFAULT_BACKOFF_BASE,
+            P2cPoolBuilder::DEFAULT_BACKOFF_MAX
+        )
+        .is_ok());
     }
 }

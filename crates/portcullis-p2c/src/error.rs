@@ -31,30 +31,12 @@ impl fmt::Display for EndpointGone {
 
 impl std::error::Error for EndpointGone {}
 
-/// `call` was invoked without a successful `poll_ready` before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct NotReady {
-    _p: (),
-}
-
-impl NotReady {
-    pub(crate) const fn new() -> Self {
-        Self { _p: () }
-    }
-}
-
-impl fmt::Display for NotReady {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("call without a successful poll_ready")
-    }
-}
-
-impl std::error::Error for NotReady {}
+pub use portcullis_pool::NotReady;
 
 /// A configuration that cannot work, reported when the pool (or a maker) is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum BuildError {
     /// The rebuild backoff's base is zero (a failing endpoint would be rebuilt in a hot loop)
     /// or larger than its maximum.
     InvalidBackoff {
@@ -75,17 +57,17 @@ pub enum ConfigError {
     ZeroHalfLife,
 }
 
-impl fmt::Display for ConfigError {
+impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::InvalidBackoff { base, max } => write!(
+            BuildError::InvalidBackoff { base, max } => write!(
                 f,
                 "invalid rebuild backoff: base {base:?} must be non-zero and at most max {max:?}"
             ),
-            ConfigError::ZeroHalfLife => {
+            BuildError::ZeroHalfLife => {
                 f.write_str("failure-aware load: half_life must be greater than zero")
             }
-            ConfigError::InvalidPeakEwma { default_rtt, decay } => write!(
+            BuildError::InvalidPeakEwma { default_rtt, decay } => write!(
                 f,
                 "invalid PeakEWMA parameters: default_rtt {default_rtt:?} and decay {decay:?} must be non-zero"
             ),
@@ -93,4 +75,4 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for BuildError {}

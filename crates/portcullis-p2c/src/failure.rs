@@ -33,13 +33,13 @@
 //!     }),
 //!     |status: &u16| *status >= 500,
 //!     Duration::from_secs(1),
-//! )
-//! .expect("a non-zero half-life");
-//! let pool: P2cPool<&str, (), _, ()> = P2cPool::new(maker);
+//! )?;
+//! let pool: P2cPool<&str, (), _, ()> = P2cPool::builder().build(maker)?;
 //! # drop(pool);
+//! # Ok::<(), portcullis_p2c::BuildError>(())
 //! ```
 
-use crate::error::ConfigError;
+use crate::error::BuildError;
 use crate::make::MakeEndpoint;
 use pin_project_lite::pin_project;
 use std::{
@@ -103,9 +103,9 @@ pub fn failure_aware<M, C>(
     maker: M,
     classify: C,
     half_life: Duration,
-) -> Result<FailureAwareMaker<M, C>, ConfigError> {
+) -> Result<FailureAwareMaker<M, C>, BuildError> {
     if half_life.is_zero() {
-        return Err(ConfigError::ZeroHalfLife);
+        return Err(BuildError::ZeroHalfLife);
     }
     Ok(FailureAwareMaker {
         inner: maker,
@@ -392,7 +392,7 @@ mod tests {
     #[test]
     fn a_zero_half_life_is_refused() {
         let refused = failure_aware((), ErrorsOnly, Duration::ZERO).map(|_| ());
-        assert_eq!(refused, Err(ConfigError::ZeroHalfLife));
+        assert_eq!(refused, Err(BuildError::ZeroHalfLife));
     }
 
     #[tokio::test(start_paused = true)]

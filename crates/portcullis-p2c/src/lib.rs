@@ -19,13 +19,13 @@
 //!   with [`error::EndpointGone`]: a request is never sent to an endpoint it was not reserved
 //!   on (tower issue 856).
 //! - **Failures are local.** An endpoint whose `poll_ready` fails is evicted (logged at warn,
-//!   counted) and rebuilt from its target after an exponential backoff ([`Builder::backoff`]),
+//!   counted) and rebuilt from its target after an exponential backoff
+//!   ([`P2cPoolBuilder::backoff`]),
 //!   unless discovery removed it meanwhile, so a static endpoint list never shrinks for good.
 //!   The pool itself never fails: its error type is [`BoxError`] for the endpoints' errors.
 //! - **Randomness** is a [`SmallRng`](rand::rngs::SmallRng), seedable with
-//!   [`P2cPool::with_seed`] or [`Builder::seed`] for reproducible tests.
-//! - **Loads.** Works with tower's [`PeakEwma`](tower::load::PeakEwma) ([`P2cPool::with_peak_ewma`],
-//!   [`make::peak_ewma`]), [`PendingRequests`](tower::load::PendingRequests)
+//!   [`P2cPoolBuilder::seed`] for reproducible tests.
+//! - **Loads.** Works with tower's [`PeakEwma`](tower::load::PeakEwma) ([`make::peak_ewma`]), [`PendingRequests`](tower::load::PendingRequests)
 //!   ([`make::pending_requests`]) and [`Constant`](tower::load::Constant).
 //! - **Failing endpoints lose.** A latency-based load ranks an endpoint that fails *fast* as
 //!   the least loaded of all; [`failure::failure_aware`] wraps endpoints so that their recent
@@ -38,7 +38,7 @@
 //! # Example
 //!
 //! ```
-//! use portcullis_p2c::P2cPool;
+//! use portcullis_p2c::{make::peak_ewma, P2cPool};
 //! use portcullis_pool::{Pool, Update};
 //! use std::convert::Infallible;
 //! use std::net::SocketAddr;
@@ -47,12 +47,12 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), portcullis_p2c::BoxError> {
 //! // Each endpoint answers with its own address; a real maker would connect to `addr`.
-//! let mut pool = P2cPool::with_peak_ewma(|addr: &SocketAddr, _target: &()| {
+//! let mut pool = P2cPool::builder().build(peak_ewma(|addr: &SocketAddr, _target: &()| {
 //!     let addr = *addr;
 //!     service_fn(move |req: &'static str| async move {
 //!         Ok::<_, Infallible>(format!("{addr} answered {req}"))
 //!     })
-//! });
+//! }))?;
 //!
 //! pool.update_pool(Update::Reset(vec![
 //!     ("10.0.0.1:80".parse()?, ()),
@@ -82,11 +82,12 @@ mod metrics;
 mod service;
 mod set;
 
-pub use builder::{Builder, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX};
+pub use builder::P2cPoolBuilder;
+pub use error::BuildError;
 pub use future::ResponseFuture;
 pub use make::MakeEndpoint;
 pub use metrics::{P2cMetrics, P2cSnapshot};
 pub use service::{EndpointState, P2cPool};
 
 /// The boxed error the pool returns: an endpoint's error, or one of [`error`]'s types.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use portcullis_pool::BoxError;

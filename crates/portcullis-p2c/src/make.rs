@@ -1,6 +1,6 @@
 //! Building endpoints from discovery targets.
 
-use crate::error::ConfigError;
+use crate::error::BuildError;
 use std::time::Duration;
 use tower::load::{CompleteOnResponse, PeakEwma, PendingRequests};
 
@@ -61,9 +61,9 @@ impl<M> PeakEwmaMaker<M> {
     /// Wraps `maker`'s endpoints in [`PeakEwma`] with the given default RTT and decay window.
     ///
     /// Both must be non-zero: tower's `PeakEwma` divides by the decay.
-    pub fn new(maker: M, default_rtt: Duration, decay: Duration) -> Result<Self, ConfigError> {
+    pub fn new(maker: M, default_rtt: Duration, decay: Duration) -> Result<Self, BuildError> {
         if default_rtt.is_zero() || decay.is_zero() {
-            return Err(ConfigError::InvalidPeakEwma { default_rtt, decay });
+            return Err(BuildError::InvalidPeakEwma { default_rtt, decay });
         }
         Ok(Self {
             inner: maker,
@@ -123,7 +123,7 @@ mod tests {
         let maker = |_: &u32, _: &()| ();
         assert!(matches!(
             PeakEwmaMaker::new(maker, Duration::ZERO, DEFAULT_DECAY),
-            Err(ConfigError::InvalidPeakEwma { .. })
+            Err(BuildError::InvalidPeakEwma { .. })
         ));
         assert!(PeakEwmaMaker::new(maker, DEFAULT_RTT, Duration::ZERO).is_err());
         assert!(PeakEwmaMaker::new(maker, DEFAULT_RTT, DEFAULT_DECAY).is_ok());

@@ -1,6 +1,6 @@
 //! A cheap, cloneable view of a pool's state and history.
 
-use portcullis_pool::UpdateKind;
+use portcullis_pool::{UpdateCounters, UpdateCounts, UpdateKind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ struct Inner {
     ready: AtomicUsize,
     pending: AtomicUsize,
     failed: AtomicUsize,
-    updates: [AtomicU64; 4],
+    updates: UpdateCounters,
     evictions: AtomicU64,
     rebuilds: AtomicU64,
 }
@@ -34,9 +34,8 @@ pub struct P2cSnapshot {
     pub pending: usize,
     /// Endpoints that failed and wait, backing off, to be rebuilt.
     pub failed: usize,
-    /// Discovery updates applied, indexed like [`UpdateKind::ALL`]; see
-    /// [`P2cSnapshot::updates`].
-    pub updates_by_kind: [u64; 4],
+    /// Discovery updates applied, by kind.
+    pub updates: UpdateCounts,
     /// Endpoints evicted because their readiness failed.
     pub evictions: u64,
     /// Endpoints rebuilt from their target after a backoff.
@@ -53,12 +52,7 @@ impl P2cMetrics {
             ready: i.ready.load(Relaxed),
             pending: i.pending.load(Relaxed),
             failed: i.failed.load(Relaxed),
-            updates_by_kind: [
-                i.updates[0].load(Relaxed),
-                i.updates[1].load(Relaxed),
-                i.updates[2].load(Relaxed),
-                i.updates[3].load(Relaxed),
-            ],
+            updates: i.updates.counts(),
             evictions: i.evictions.load(Relaxed),
             rebuilds: i.rebuilds.load(Relaxed),
         }
@@ -71,7 +65,7 @@ impl P2cMetrics {
     }
 
     pub(crate) fn update_applied(&self, kind: UpdateKind) {
-        self.inner.updates[kind_index(kind)].fetch_add(1, Relaxed);
+        self.inner.updates.record(kind);
     }
 
     pub(crate) fn evicted(&self) {
@@ -83,35 +77,9 @@ impl P2cMetrics {
     }
 }
 
-// === impl P2cSnapshot ===
-
-impl P2cSnapshot {
-    /// Updates of one kind applied so far.
-    pub fn updates(&self, kind: UpdateKind) -> u64 {
-        self.updates_by_kind[kind_index(kind)]
-    }
-}
-
-// Mirrors the order of `UpdateKind::ALL`, which is the documented metric order.
-const fn kind_index(kind: UpdateKind) -> usize {
-    match kind {
-        UpdateKind::Reset => 0,
-        UpdateKind::Add => 1,
-        UpdateKind::Remove => 2,
-        UpdateKind::DoesNotExist => 3,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kind_index_follows_all_order() {
-        for (i, kind) in UpdateKind::ALL.into_iter().enumerate() {
-            assert_eq!(kind_index(kind), i);
-        }
-    }
 
     #[test]
     fn clones_share_counters() {
@@ -122,8 +90,8 @@ mod tests {
         m.rebuilt();
         m.set_counts(3, 2, 1);
         let snap = other.snapshot();
-        assert_eq!(snap.updates(UpdateKind::Remove), 1);
-        assert_eq!(snap.updates(UpdateKind::Add), 0);
+        assert_eq!(snap.updates.get(UpdateKind::Remove), 1);
+        assert_eq!(snap.updates.get(UpdateKind::Add), 0);
         assert_eq!((snap.ready, snap.pending, snap.failed), (3, 2, 1));
         assert_eq!((snap.evictions, snap.rebuilds), (1, 1));
     }

@@ -3,13 +3,14 @@
 use crate::builder::Backoff;
 use crate::error::{EndpointGone, NotReady};
 use crate::future::ResponseFuture;
-use crate::make::{peak_ewma, MakeEndpoint, PeakEwmaMaker};
+use crate::make::MakeEndpoint;
 use crate::metrics::P2cMetrics;
 use crate::set::KeyedVec;
 use crate::BoxError;
+use crate::P2cPoolBuilder;
 use portcullis_pool::{EndpointCounts, Pool, Update};
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -94,27 +95,18 @@ struct Chosen {
 
 // === impl P2cPool ===
 
+impl P2cPool<(), (), fn(&(), &()), ()> {
+    /// A [`P2cPoolBuilder`] with the default settings: the one way to make a pool.
+    pub const fn builder() -> P2cPoolBuilder {
+        P2cPoolBuilder::new()
+    }
+}
+
 impl<K, T, M, Req> P2cPool<K, T, M, Req>
 where
     K: Hash + Eq + Clone,
     M: MakeEndpoint<K, T>,
 {
-    /// An empty pool with default settings (see [`Builder::new`](crate::Builder::new)) and a random source seeded
-    /// from the OS.
-    pub fn new(maker: M) -> Self {
-        Self::from_parts(maker, Backoff::default_const(), SmallRng::from_entropy())
-    }
-
-    /// An empty pool with default settings whose random source is seeded with `seed`, so
-    /// that its choices are reproducible.
-    pub fn with_seed(maker: M, seed: u64) -> Self {
-        Self::from_parts(
-            maker,
-            Backoff::default_const(),
-            SmallRng::seed_from_u64(seed),
-        )
-    }
-
     pub(crate) fn from_parts(maker: M, backoff: Backoff, rng: SmallRng) -> Self {
         Self {
             maker,
@@ -223,20 +215,6 @@ where
                 failures,
             },
         );
-    }
-}
-
-impl<K, T, M, Req> P2cPool<K, T, PeakEwmaMaker<M>, Req>
-where
-    K: Hash + Eq + Clone,
-    M: MakeEndpoint<K, T>,
-{
-    /// An empty pool whose endpoints are wrapped in tower's [`PeakEwma`] load with
-    /// [`DEFAULT_RTT`](crate::make::DEFAULT_RTT) and [`DEFAULT_DECAY`](crate::make::DEFAULT_DECAY).
-    ///
-    /// [`PeakEwma`]: tower::load::PeakEwma
-    pub fn with_peak_ewma(maker: M) -> Self {
-        Self::new(peak_ewma(maker))
     }
 }
 
@@ -535,12 +513,12 @@ mod tests {
         seed: u64,
     ) -> P2cPool<u32, (), impl MakeEndpoint<u32, (), Endpoint = Ep>, ()> {
         let controls = controls.to_vec();
-        P2cPool::with_seed(
-            move |key: &u32, _: &()| {
+        P2cPool::builder()
+            .seed(seed)
+            .build(move |key: &u32, _: &()| {
                 Constant::new(controls[*key as usize].endpoint_with_id(*key), 0)
-            },
-            seed,
-        )
+            })
+            .unwrap()
     }
 
     /// The ready set in insertion order [0, 1, 2].

@@ -3,7 +3,7 @@
 //! the failure rate first, and gives the endpoint its share back once it recovers.
 
 use portcullis_p2c::{failure, make, BoxError, MakeEndpoint, P2cPool};
-use portcullis_pool::{PoolQueue, PoolQueueConfig, Update};
+use portcullis_pool::{PoolQueue, Update};
 use portcullis_test::endpoint::{SimControl, SimEndpoint};
 use std::{collections::HashMap, time::Duration};
 use tower::{load::Load, Service, ServiceExt};
@@ -55,11 +55,13 @@ where
     <M::Endpoint as Service<u32>>::Future: Send + 'static,
     <M::Endpoint as Load>::Metric: std::fmt::Debug,
 {
-    let pool = P2cPool::with_seed(maker, 11);
+    let pool = P2cPool::builder().seed(11).build(maker).unwrap();
     let (updates, stream) = portcullis_test::discovery::channel();
     updates.send(Update::Reset((0..ENDPOINTS).map(|k| (k, ())).collect()));
-    let config = PoolQueueConfig::new(1024, Duration::from_secs(5)).unwrap();
-    PoolQueue::new(pool, stream, config).unwrap()
+    let config = PoolQueue::builder()
+        .capacity(1024)
+        .failfast_timeout(Duration::from_secs(5));
+    config.build(pool, stream).unwrap()
 }
 
 /// Sends one request a millisecond for `millis` ms and waits for all of them.

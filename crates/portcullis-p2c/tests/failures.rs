@@ -2,7 +2,7 @@
 
 mod support;
 
-use portcullis_p2c::{Builder, EndpointState, P2cPool};
+use portcullis_p2c::{EndpointState, P2cPool};
 use portcullis_pool::{Pool, Update};
 use std::time::Duration;
 use support::{poll_pool, poll_ready, ready_call, Fleet, BACKOFF_BASE};
@@ -133,14 +133,14 @@ async fn an_endpoint_removed_while_backing_off_is_not_rebuilt() {
 #[tokio::test(start_paused = true)]
 async fn invalid_backoff_is_a_build_error() {
     let fleet = Fleet::default();
-    let zero = Builder::new()
+    let zero = P2cPool::builder()
         .backoff(Duration::ZERO, Duration::from_secs(1))
         .build::<u32, u32, _, ()>(fleet.clone());
     assert!(zero.is_err());
-    let inverted = Builder::new()
+    let inverted = P2cPool::builder()
         .backoff(Duration::from_secs(2), Duration::from_secs(1))
         .build::<u32, u32, _, ()>(fleet.clone());
     let err = inverted.unwrap_err();
     assert!(err.to_string().contains("backoff"), "{err}");
-    let _default: P2cPool<u32, u32, Fleet, ()> = P2cPool::new(fleet);
+    let _default: P2cPool<u32, u32, Fleet, ()> = P2cPool::builder().build(fleet).unwrap();
 }

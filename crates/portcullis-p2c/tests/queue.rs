@@ -2,7 +2,7 @@
 //! while no request flows (the idle-balancer failure of seed 002).
 
 use portcullis_p2c::{make, BoxError, P2cPool};
-use portcullis_pool::{PoolQueue, PoolQueueConfig, Update};
+use portcullis_pool::{PoolQueue, Update};
 use portcullis_test::{discovery, endpoint::SimControl};
 use std::future::Future;
 use std::{collections::HashMap, time::Duration};
@@ -29,11 +29,13 @@ fn queue(
             .map(|control| control.endpoint_with_id::<&'static str, &'static str>(*key))
             .unwrap_or_else(|| SimControl::new().endpoint_with_id(*key))
     });
-    let pool = P2cPool::with_seed(maker, 7);
+    let pool = P2cPool::builder().seed(7).build(maker).unwrap();
     let (updates, stream) = discovery::channel();
-    let config = PoolQueueConfig::new(16, Duration::from_secs(1)).unwrap();
+    let config = PoolQueue::builder()
+        .capacity(16)
+        .failfast_timeout(Duration::from_secs(1));
     Stack {
-        queue: PoolQueue::new(pool, stream, config).unwrap(),
+        queue: config.build(pool, stream).unwrap(),
         updates,
     }
 }

@@ -181,7 +181,10 @@ async fn pending_requests_load_avoids_the_busy_endpoint() {
         let control = &controls[(*key - 1) as usize].1;
         control.endpoint_with_id::<(), u32>(*key)
     };
-    let mut pool = P2cPool::with_seed(make::pending_requests(maker), 31);
+    let mut pool = P2cPool::builder()
+        .seed(31)
+        .build(make::pending_requests(maker))
+        .unwrap();
     pool.update_pool(Update::Reset(vec![(1, ()), (2, ())]));
     a.set_hang(true);
     b.set_hang(true);
@@ -219,7 +222,9 @@ async fn peak_ewma_prefers_the_fast_endpoint() {
         "slow" => s.endpoint_with_id::<(), &'static str>("slow"),
         _ => f.endpoint_with_id::<(), &'static str>("fast"),
     };
-    let mut pool = P2cPool::with_peak_ewma(maker);
+    let mut pool = P2cPool::builder()
+        .build(portcullis_p2c::make::peak_ewma(maker))
+        .unwrap();
     pool.update_pool(Update::Reset(vec![("slow", ()), ("fast", ())]));
 
     // Sequential requests: once each endpoint has answered once, the fast one's estimate

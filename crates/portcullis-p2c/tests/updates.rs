@@ -127,7 +127,10 @@ async fn metrics_count_updates_and_endpoints() {
     pool.update_pool(Update::DoesNotExist);
 
     let snap = metrics.snapshot();
-    let by_kind: Vec<u64> = UpdateKind::ALL.iter().map(|k| snap.updates(*k)).collect();
+    let by_kind: Vec<u64> = UpdateKind::ALL
+        .iter()
+        .map(|k| snap.updates.get(*k))
+        .collect();
     assert_eq!(by_kind, vec![1, 2, 1, 1]);
     assert_eq!((snap.ready, snap.pending, snap.failed), (0, 0, 0));
     assert_eq!((snap.evictions, snap.rebuilds), (0, 0));

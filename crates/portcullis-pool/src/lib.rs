@@ -11,12 +11,16 @@
 )]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod error;
 mod pool;
+
+pub use error::{NotReady, PolledAfterCompletion};
 
 pub use pool::{EndpointCounts, Pool, Update, UpdateKind};
 pub mod queue;
 
 pub use queue::{
-    BoxError, BuildError, FailFast, HistogramSummary, NoSlot, PoolFailed, PoolQueue,
-    PoolQueueConfig, PoolQueueLayer, PoolQueueMetrics, WorkerGone,
+    BoxError, BuildError, FailFast, HistogramSummary, InQueueTimes, NoSlot, PoolFailed, PoolQueue,
+    PoolQueueBuilder, PoolQueueLayer, PoolQueueMetrics, PoolQueueSnapshot, UpdateCounters,
+    UpdateCounts, WorkerGone,
 };

@@ -45,6 +45,40 @@ impl<K, T> Update<K, T> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The same update with each target mapped by `f` (keys and kind unchanged), so that one
+    /// discovery stream can feed pools that want different targets: a `P2cPool` that builds
+    /// endpoints from addresses and a `FanOut` whose targets are the peer services, say.
+    ///
+    /// ```
+    /// use portcullis_pool::Update;
+    ///
+    /// let update = Update::Add(vec![("a", 8080_u16), ("b", 8081)]);
+    /// let mapped = update.map(|key, port| format!("{key}.local:{port}"));
+    /// assert_eq!(mapped, Update::Add(vec![("a", "a.local:8080".to_string()), ("b", "b.local:8081".to_string())]));
+    /// ```
+    pub fn map<U>(self, mut f: impl FnMut(&K, T) -> U) -> Update<K, U> {
+        match self {
+            Update::Reset(eps) => Update::Reset(
+                eps.into_iter()
+                    .map(|(k, t)| {
+                        let u = f(&k, t);
+                        (k, u)
+                    })
+                    .collect(),
+            ),
+            Update::Add(eps) => Update::Add(
+                eps.into_iter()
+                    .map(|(k, t)| {
+                        let u = f(&k, t);
+                        (k, u)
+                    })
+                    .collect(),
+            ),
+            Update::Remove(keys) => Update::Remove(keys),
+            Update::DoesNotExist => Update::DoesNotExist,
+        }
+    }
 }
 
 /// The kind of an [`Update`], without its payload.

@@ -4,9 +4,9 @@
 mod support;
 
 use portcullis_pool::{
-    queue::{FailureSource, NoSlot, NotReady},
-    BoxError, BuildError, FailFast, PoolFailed, PoolQueue, PoolQueueConfig, PoolQueueLayer, Update,
-    UpdateKind, WorkerGone,
+    queue::{FailureSource, NoSlot},
+    BoxError, BuildError, FailFast, NotReady, PoolFailed, PoolQueue, Update, UpdateKind,
+    WorkerGone,
 };
 use portcullis_test::{discovery, pool};
 use std::time::Duration;
@@ -561,8 +561,8 @@ async fn a_response_that_never_completes_does_not_delay_the_next_dispatch() {
 async fn worker_panic_gives_a_typed_error_to_waiting_and_later_callers() {
     let (mock, control) = pool::pair::<&str, u16, &str, &str>();
     let (_discovery, stream) = discovery::channel();
-    let config = PoolQueueConfig::new(4, FAILFAST).unwrap();
-    let queue = PoolQueue::new(mock, stream, config).unwrap();
+    let config = PoolQueue::builder().capacity(4).failfast_timeout(FAILFAST);
+    let queue = config.build(mock, stream).unwrap();
 
     control.panic_on_ready();
     let error = queue.clone().oneshot("r").await.unwrap_err();
@@ -577,8 +577,8 @@ async fn worker_panic_gives_a_typed_error_to_waiting_and_later_callers() {
 async fn dropping_every_handle_stops_the_worker_and_drops_pool_and_discovery() {
     let (mock, control) = pool::pair::<&str, u16, &str, &str>();
     let (discovery, stream) = discovery::channel();
-    let config = PoolQueueConfig::new(4, FAILFAST).unwrap();
-    let (queue, worker) = PoolQueue::pair(mock, stream, config);
+    let config = PoolQueue::builder().capacity(4).failfast_timeout(FAILFAST);
+    let (queue, worker) = config.build_unspawned(mock, stream).unwrap();
     let worker = tokio::spawn(worker);
 
     // A request queued by a handle that is then dropped is still answered before the
@@ -606,9 +606,9 @@ fn runtime_shutdown_gives_callers_worker_gone() {
         .unwrap();
     let (mock, _control) = pool::pair::<&str, u16, &str, &str>();
     let (_discovery, stream) = discovery::channel();
-    let config = PoolQueueConfig::new(4, FAILFAST).unwrap();
+    let config = PoolQueue::builder().capacity(4).failfast_timeout(FAILFAST);
     let (queue, mut waiting) = runtime.block_on(async {
-        let queue = PoolQueue::new(mock, stream, config).unwrap();
+        let queue = config.build(mock, stream).unwrap();
         let mut caller = Caller::new(&queue);
         let call = caller.send("r");
         tokio::task::yield_now().await;
@@ -623,33 +623,54 @@ fn runtime_shutdown_gives_callers_worker_gone() {
 
 #[test]
 fn invalid_configuration_is_refused_with_a_typed_error() {
+    let refused = |builder: portcullis_pool::PoolQueueBuilder| {
+        builder
+            .build_layer::<&str, _>(|| discovery::scripted::<&str, u16>(Vec::new()))
+            .err()
+    };
     assert_eq!(
-        PoolQueueConfig::new(0, FAILFAST),
-        Err(BuildError::ZeroCapacity)
+        refused(PoolQueue::builder().capacity(0).failfast_timeout(FAILFAST)),
+        Some(BuildError::ZeroCapacity)
     );
     assert_eq!(
-        PoolQueueConfig::new(1, Duration::ZERO),
-        Err(BuildError::ZeroFailfastTimeout)
+        refused(
+            PoolQueue::builder()
+                .capacity(1)
+                .failfast_timeout(Duration::ZERO)
+        ),
+        Some(BuildError::ZeroFailfastTimeout)
     );
     assert!(matches!(
-        PoolQueueConfig::new(usize::MAX, FAILFAST),
-        Err(BuildError::CapacityTooLarge { .. })
+        refused(
+            PoolQueue::builder()
+                .capacity(usize::MAX)
+                .failfast_timeout(FAILFAST)
+        ),
+        Some(BuildError::CapacityTooLarge { .. })
     ));
-
-    // Outside a runtime, `new` refuses rather than panicking.
+    // A setting is checked by every build, not only the layer's.
     let (mock, _control) = pool::pair::<&str, u16, &str, &str>();
     let (_discovery, stream) = discovery::channel();
-    let config = PoolQueueConfig::new(1, FAILFAST).unwrap();
-    let error = PoolQueue::new(mock, stream, config).unwrap_err();
+    let error = PoolQueue::builder()
+        .capacity(0)
+        .build(mock, stream)
+        .unwrap_err();
+    assert_eq!(error, BuildError::ZeroCapacity);
+
+    // Outside a runtime, `build` refuses rather than panicking.
+    let (mock, _control) = pool::pair::<&str, u16, &str, &str>();
+    let (_discovery, stream) = discovery::channel();
+    let config = PoolQueue::builder().capacity(1).failfast_timeout(FAILFAST);
+    let error = config.build(mock, stream).unwrap_err();
     assert_eq!(error, BuildError::NoRuntime);
 }
 
 #[test]
 fn layer_without_a_runtime_answers_with_worker_gone() {
     let (mock, _control) = pool::pair::<&str, u16, &str, &str>();
-    let layer = PoolQueueLayer::new(PoolQueueConfig::default(), || {
-        discovery::scripted::<&str, u16>(Vec::new())
-    });
+    let layer = PoolQueue::builder()
+        .build_layer(|| discovery::scripted::<&str, u16>(Vec::new()))
+        .unwrap();
     let mut queue = tower::layer::Layer::layer(&layer, mock);
     let mut caller = task::spawn(());
     let error =
@@ -660,12 +681,14 @@ fn layer_without_a_runtime_answers_with_worker_gone() {
 #[tokio::test(start_paused = true)]
 async fn layer_builds_a_queue_with_fresh_discovery() {
     let (mock, control) = pool::pair::<&str, u16, &str, &str>();
-    let layer = PoolQueueLayer::new(PoolQueueConfig::default(), || {
-        discovery::scripted(vec![(
-            Duration::ZERO,
-            discovery::Step::Update(Update::Add(vec![("a", 1)])),
-        )])
-    });
+    let layer = PoolQueue::builder()
+        .build_layer(|| {
+            discovery::scripted(vec![(
+                Duration::ZERO,
+                discovery::Step::Update(Update::Add(vec![("a", 1)])),
+            )])
+        })
+        .unwrap();
     let queue = tower::ServiceBuilder::new().layer(layer).service(mock);
     control.set_ready(true);
     let call = tokio::spawn(queue.clone().oneshot("r"));
@@ -691,8 +714,8 @@ async fn call_without_poll_ready_is_a_typed_error() {
 async fn worker_dying_in_failfast_gives_worker_gone_not_failfast() {
     let (mock, control) = pool::pair::<&str, u16, &str, &str>();
     let (_discovery, stream) = discovery::channel();
-    let config = PoolQueueConfig::new(4, FAILFAST).unwrap();
-    let queue = PoolQueue::new(mock, stream, config).unwrap();
+    let config = PoolQueue::builder().capacity(4).failfast_timeout(FAILFAST);
+    let queue = config.build(mock, stream).unwrap();
 
     let error = queue.clone().oneshot("a").await.unwrap_err();
     downcast::<FailFast>(&error);
@@ -736,8 +759,10 @@ async fn a_failfast_decision_is_dropped_once_failfast_ends() {
 async fn a_pool_failure_reaches_a_waiting_caller_at_once() {
     let (mock, control) = pool::pair::<&str, u16, &str, &str>();
     let (_discovery, stream) = discovery::channel();
-    let config = PoolQueueConfig::new(4, Duration::from_secs(30)).unwrap();
-    let queue = PoolQueue::new(mock, stream, config).unwrap();
+    let config = PoolQueue::builder()
+        .capacity(4)
+        .failfast_timeout(Duration::from_secs(30));
+    let queue = config.build(mock, stream).unwrap();
 
     let waiting = tokio::spawn(queue.clone().oneshot("r"));
     tokio::task::yield_now().await;

@@ -2,7 +2,7 @@
 //! `call` runs inside it, though in the worker's task, so whatever the endpoint logs carries
 //! the request's context.
 
-use portcullis_pool::{EndpointCounts, Pool, PoolQueue, PoolQueueConfig, Update};
+use portcullis_pool::{EndpointCounts, Pool, PoolQueue, Update};
 use portcullis_test::{discovery, pool};
 use std::{
     sync::{Arc, Mutex},
@@ -63,8 +63,10 @@ async fn the_callers_span_is_entered_around_the_dispatch() {
         spans: spans.clone(),
     };
     let (_updates, stream) = discovery::channel();
-    let config = PoolQueueConfig::new(4, Duration::from_secs(1)).unwrap();
-    let (queue, worker) = PoolQueue::pair(recording, stream, config);
+    let config = PoolQueue::builder()
+        .capacity(4)
+        .failfast_timeout(Duration::from_secs(1));
+    let (queue, worker) = config.build_unspawned(recording, stream).unwrap();
     let mut worker = task::spawn(worker);
 
     let mut traced = queue.clone();

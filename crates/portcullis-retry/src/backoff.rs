@@ -15,7 +15,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::error::ConfigError;
+use crate::error::BuildError;
 
 /// How a delay is drawn under the ceiling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,9 +35,13 @@ pub enum Jitter {
 /// use std::time::Duration;
 /// use portcullis_retry::Backoff;
 ///
-/// let backoff = Backoff::new(Duration::from_millis(10), 2.0, Duration::from_millis(100)).seed(7);
+/// let backoff = Backoff::new(Duration::from_millis(10), 2.0, Duration::from_millis(100))?.seed(7);
 /// assert_eq!(backoff.ceiling(0), Duration::from_millis(10));
 /// assert_eq!(backoff.ceiling(5), Duration::from_millis(100));
+///
+/// // Checked where it is made: a factor below 1 would shrink the delays.
+/// assert!(Backoff::new(Duration::from_millis(10), 0.5, Duration::from_millis(100)).is_err());
+/// # Ok::<(), portcullis_retry::BuildError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
@@ -49,22 +53,49 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// 25 ms base, factor 2, 1 s cap, full jitter, random seed.
+    /// [`DEFAULT_BASE`](Self::DEFAULT_BASE) × [`DEFAULT_FACTOR`](Self::DEFAULT_FACTOR)^n,
+    /// capped at [`DEFAULT_CAP`](Self::DEFAULT_CAP), full jitter, random seed.
     fn default() -> Self {
-        Backoff::new(Duration::from_millis(25), 2.0, Duration::from_secs(1))
+        DEFAULT_BACKOFF
     }
 }
 
+/// The default backoff, checked when this crate compiles.
+const DEFAULT_BACKOFF: Backoff = match Backoff::new(
+    Backoff::DEFAULT_BASE,
+    Backoff::DEFAULT_FACTOR,
+    Backoff::DEFAULT_CAP,
+) {
+    Ok(backoff) => backoff,
+    Err(_) => panic!("the default backoff is invalid"),
+};
+
 impl Backoff {
+    /// The default base delay.
+    pub const DEFAULT_BASE: Duration = Duration::from_millis(25);
+    /// The default growth factor.
+    pub const DEFAULT_FACTOR: f64 = 2.0;
+    /// The default cap.
+    pub const DEFAULT_CAP: Duration = Duration::from_secs(1);
+
     /// `base × factor^n`, capped at `cap`, with full jitter.
-    pub fn new(base: Duration, factor: f64, cap: Duration) -> Self {
-        Self {
+    ///
+    /// Refuses a factor that is not finite or below 1 ([`BuildError::BackoffFactor`]) and a
+    /// cap below the base ([`BuildError::BackoffCapBelowBase`]).
+    pub const fn new(base: Duration, factor: f64, cap: Duration) -> Result<Self, BuildError> {
+        if !factor.is_finite() || factor < 1.0 {
+            return Err(BuildError::BackoffFactor(factor));
+        }
+        if cap.as_nanos() < base.as_nanos() {
+            return Err(BuildError::BackoffCapBelowBase { base, cap });
+        }
+        Ok(Self {
             base,
             factor,
             cap,
             jitter: Jitter::Full,
             seed: None,
-        }
+        })
     }
 
     /// How delays are drawn under the ceiling.
@@ -110,11 +141,9 @@ impl Backoff {
     /// * exact for 1 024 retries or fewer, and for any number when the ceilings are constant
     ///   (factor 1, or a zero base) or reach the cap within the first 1 024 retries (every
     ///   factor of 1.045 or more does, whatever the base and cap);
-    /// * otherwise (a factor within a few percent of 1, or one [`RetryBuilder::build`] refuses),
+    /// * otherwise (a factor within a few percent of 1),
     ///   a closed-form upper bound: never below the exact sum and, for a factor above 1, above
     ///   it by less than 1 ns per retry past the 1 024th plus one part in a million.
-    ///
-    /// [`RetryBuilder::build`]: crate::RetryBuilder::build
     pub fn worst_case(&self, retries: u32) -> Duration {
         nanos_duration(self.worst_case_nanos(retries))
     }
@@ -196,19 +225,6 @@ impl Backoff {
         };
         Duration::from_nanos(nanos)
     }
-
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if !self.factor.is_finite() || self.factor < 1.0 {
-            return Err(ConfigError::BackoffFactor(self.factor));
-        }
-        if self.cap < self.base {
-            return Err(ConfigError::BackoffCapBelowBase {
-                base: self.base,
-                cap: self.cap,
-            });
-        }
-        Ok(())
-    }
 }
 
 /// How many ceilings [`Backoff::worst_case`] adds one by one before it switches to a closed
@@ -284,7 +300,7 @@ mod tests {
 
     #[test]
     fn sequences_differ_between_requests() {
-        let b = Backoff::new(ms(10), 2.0, ms(1000));
+        let b = Backoff::new(ms(10), 2.0, ms(1000)).unwrap();
         let source = RngSource::new(Some(42));
         let seq = |rng: &mut SmallRng| (0..5).map(|n| b.delay(n, rng)).collect::<Vec<_>>();
         let a = seq(&mut source.rng());
@@ -298,7 +314,7 @@ mod tests {
 
     #[test]
     fn jitter_applies_at_the_cap() {
-        let b = Backoff::new(ms(10), 2.0, ms(40));
+        let b = Backoff::new(ms(10), 2.0, ms(40)).unwrap();
         let mut rng = RngSource::new(Some(1)).rng();
         let capped: Vec<_> = (0..50).map(|_| b.delay(20, &mut rng)).collect();
         assert!(capped.iter().all(|d| *d <= ms(40)));
@@ -309,12 +325,13 @@ mod tests {
 
     #[test]
     fn nanosecond_precision() {
-        let b =
-            Backoff::new(Duration::from_nanos(3), 1.5, Duration::from_secs(1)).jitter(Jitter::None);
+        let b = Backoff::new(Duration::from_nanos(3), 1.5, Duration::from_secs(1))
+            .unwrap()
+            .jitter(Jitter::None);
         assert_eq!(b.ceiling(1), Duration::from_nanos(4));
         assert_eq!(b.ceiling(2), Duration::from_nanos(6));
         let mut rng = RngSource::new(Some(3)).rng();
-        let full = Backoff::new(ms(1), 1.0, ms(1));
+        let full = Backoff::new(ms(1), 1.0, ms(1)).unwrap();
         // Some delay is not a whole number of milliseconds.
         assert!((0..20).any(|_| {
             let d = full.delay(0, &mut rng);
@@ -324,7 +341,7 @@ mod tests {
 
     #[test]
     fn worst_case_sums_ceilings() {
-        let b = Backoff::new(ms(100), 2.0, ms(300));
+        let b = Backoff::new(ms(100), 2.0, ms(300)).unwrap();
         assert_eq!(b.worst_case(0), Duration::ZERO);
         assert_eq!(b.worst_case(4), ms(100 + 200 + 300 + 300));
         // Past the cap the total is computed, not looped: u32::MAX retries answer at once.
@@ -349,7 +366,8 @@ mod tests {
                         Duration::from_nanos(base),
                         factor,
                         Duration::from_nanos(base + extra),
-                    );
+                    )
+                    .unwrap();
                     for retries in [0u32, 1, 2, 3, 10, 100, 1023, 1024, 1025, 3000] {
                         assert_eq!(
                             b.worst_case(retries).as_nanos(),
@@ -381,7 +399,8 @@ mod tests {
                 Duration::from_nanos(base),
                 factor,
                 Duration::from_nanos(cap),
-            );
+            )
+            .unwrap();
             for retries in [1025u32, 2_000, 20_000, 200_000] {
                 let exact = worst_case_by_loop(&b, retries);
                 let fast = b.worst_case(retries).as_nanos();
@@ -400,21 +419,21 @@ mod tests {
         // The loop this replaced ran once per retry until the cap: 4 294 967 295 times for a
         // constant backoff or a zero base.
         let ms = Duration::from_millis;
-        let constant = Backoff::new(ms(10), 1.0, ms(100));
+        let constant = Backoff::new(ms(10), 1.0, ms(100)).unwrap();
         assert_eq!(constant.worst_case(u32::MAX), ms(10) * u32::MAX);
-        let zero = Backoff::new(Duration::ZERO, 2.0, ms(100));
+        let zero = Backoff::new(Duration::ZERO, 2.0, ms(100)).unwrap();
         assert_eq!(zero.worst_case(u32::MAX), Duration::ZERO);
-        let zero_constant = Backoff::new(Duration::ZERO, 1.0, Duration::ZERO);
+        let zero_constant = Backoff::new(Duration::ZERO, 1.0, Duration::ZERO).unwrap();
         assert_eq!(zero_constant.worst_case(u32::MAX), Duration::ZERO);
         // Past u64::MAX ns the total is still exact, and it saturates at Duration::MAX rather
         // than overflow.
-        let long = Backoff::new(Duration::from_nanos(u64::MAX), 1.0, Duration::MAX);
+        let long = Backoff::new(Duration::from_nanos(u64::MAX), 1.0, Duration::MAX).unwrap();
         assert_eq!(long.worst_case(2).as_nanos(), 2 * u128::from(u64::MAX));
-        let huge = Backoff::new(Duration::MAX, 1.0, Duration::MAX);
+        let huge = Backoff::new(Duration::MAX, 1.0, Duration::MAX).unwrap();
         assert_eq!(huge.worst_case(u32::MAX), Duration::MAX);
         // Barely above 1: the ceilings never reach the cap within u32::MAX retries, so the sum
         // is close to base × retries (1 + δ)^n summed: between its two bounds.
-        let creeping = Backoff::new(ms(1), 1.0 + 1e-12, ms(1000));
+        let creeping = Backoff::new(ms(1), 1.0 + 1e-12, ms(1000)).unwrap();
         let total = creeping.worst_case(u32::MAX).as_secs_f64();
         let n = f64::from(u32::MAX);
         let expected = 1e-3 * ((n * 1e-12).exp_m1() / 1e-12);
@@ -422,13 +441,13 @@ mod tests {
             (total - expected).abs() / expected < 2e-6,
             "{total} vs {expected}"
         );
-        // Factors `build` refuses still answer at once, without panicking, with a bound.
+        // Factors that would shrink or break the delays cannot make a backoff at all.
         for factor in [0.5, 0.0, -2.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-            let b = Backoff::new(ms(10), factor, ms(100));
-            let bound = b.worst_case(u32::MAX);
-            assert!(bound <= ms(100) * u32::MAX, "factor {factor}");
             assert!(
-                b.worst_case(3000).as_nanos() >= worst_case_by_loop(&b, 3000),
+                matches!(
+                    Backoff::new(ms(10), factor, ms(100)),
+                    Err(BuildError::BackoffFactor(_))
+                ),
                 "factor {factor}"
             );
         }
@@ -443,7 +462,7 @@ mod tests {
             retries in 0u32..5_000,
         ) {
             let cap = Duration::from_nanos(base + extra);
-            let b = Backoff::new(Duration::from_nanos(base), factor, cap);
+            let b = Backoff::new(Duration::from_nanos(base), factor, cap).unwrap();
             let exact = worst_case_by_loop(&b, retries);
             let fast = b.worst_case(retries).as_nanos();
             let slack = u128::from(retries.saturating_sub(1024)) + exact / 1_000_000;
@@ -464,7 +483,7 @@ mod tests {
             jitter in prop_oneof![Just(Jitter::Full), Just(Jitter::Equal), Just(Jitter::None)],
         ) {
             let cap = Duration::from_nanos(base + extra);
-            let b = Backoff::new(Duration::from_nanos(base), factor, cap).jitter(jitter);
+            let b = Backoff::new(Duration::from_nanos(base), factor, cap).unwrap().jitter(jitter);
             let mut rng = RngSource::new(Some(seed)).rng();
             let d = b.delay(retry, &mut rng);
             let ceiling = b.ceiling(retry);

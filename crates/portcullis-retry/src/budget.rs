@@ -88,7 +88,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::error::BudgetError;
+use crate::error::BuildError;
 use crate::stripe::{self, Padded, STRIPES};
 
 const RATIO_SCALE: u64 = 1000;
@@ -206,16 +206,46 @@ const MAX_TICKS_PER_SEC: u64 = 1 << 32;
 
 impl Default for BudgetBuilder {
     fn default() -> Self {
-        Self {
-            ratio: 0.2,
-            min_per_sec: 10,
-            ttl: Duration::from_secs(10),
-            slots: 10,
-        }
+        Self::new()
     }
 }
 
+/// A budget's checked settings, in the units the hot path counts in.
+#[derive(Clone, Copy, Debug)]
+struct Parts {
+    deposit: u64,
+    cost: u64,
+    slot_nanos: u64,
+    slots: u32,
+    min_per_sec: u32,
+}
+
+/// The default settings, checked when this crate compiles.
+const DEFAULT_PARTS: Parts = match BudgetBuilder::new().check() {
+    Ok(parts) => parts,
+    Err(_) => panic!("the default budget settings are invalid"),
+};
+
 impl BudgetBuilder {
+    /// The default [`ratio`](Self::ratio).
+    pub const DEFAULT_RATIO: f64 = 0.2;
+    /// The default [`min_per_sec`](Self::min_per_sec).
+    pub const DEFAULT_MIN_PER_SEC: u32 = 10;
+    /// The default [`ttl`](Self::ttl).
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+    /// The default [`slots`](Self::slots).
+    pub const DEFAULT_SLOTS: u32 = 10;
+
+    /// A builder with the default settings.
+    pub const fn new() -> Self {
+        Self {
+            ratio: Self::DEFAULT_RATIO,
+            min_per_sec: Self::DEFAULT_MIN_PER_SEC,
+            ttl: Self::DEFAULT_TTL,
+            slots: Self::DEFAULT_SLOTS,
+        }
+    }
+
     /// Retries allowed per first attempt, read to 1/1000 (default `0.2`; `0..=1000`).
     pub fn ratio(mut self, ratio: f64) -> Self {
         self.ratio = ratio;
@@ -251,40 +281,51 @@ impl BudgetBuilder {
         self
     }
 
-    /// Checks the configuration and builds the budget.
-    pub fn build(self) -> Result<Budget, BudgetError> {
+    /// Checks the settings and builds the budget.
+    pub fn build(self) -> Result<Budget, BuildError> {
+        Ok(Budget::from_parts(self.check()?))
+    }
+
+    /// Checks every setting and reduces the ratio to whole deposit and cost units. `const`, so
+    /// that the defaults are checked when the crate compiles.
+    const fn check(self) -> Result<Parts, BuildError> {
         if !self.ratio.is_finite() || self.ratio < 0.0 || self.ratio > MAX_RATIO {
-            return Err(BudgetError::Ratio(self.ratio));
+            return Err(BuildError::BudgetRatio(self.ratio));
         }
         if self.ttl.is_zero() {
-            return Err(BudgetError::ZeroTtl);
+            return Err(BuildError::BudgetZeroTtl);
         }
         if self.slots == 0 || self.slots > MAX_SLOTS {
-            return Err(BudgetError::Slots(self.slots));
+            return Err(BuildError::BudgetSlots(self.slots));
         }
-        let ttl_nanos = u64::try_from(self.ttl.as_nanos()).map_err(|_| BudgetError::TtlTooLong)?;
-        let slot_nanos = ttl_nanos / u64::from(self.slots);
+        let ttl_nanos = self.ttl.as_nanos();
+        if ttl_nanos > u64::MAX as u128 {
+            return Err(BuildError::BudgetTtlTooLong(self.ttl));
+        }
+        let slot_nanos = ttl_nanos as u64 / self.slots as u64;
         if slot_nanos == 0 {
-            return Err(BudgetError::Slots(self.slots));
+            return Err(BuildError::BudgetSlots(self.slots));
         }
-        // Rounded once here so that the hot path is integer-only.
-        let milli = (self.ratio * RATIO_SCALE as f64).round() as u64;
-        let g = gcd(milli, RATIO_SCALE).max(1);
-        let (deposit, cost) = (milli / g, RATIO_SCALE / g);
-
-        Ok(Budget::from_parts(
-            deposit,
-            cost,
+        // Rounded once here (half away from zero; the ratio is not negative) so that the hot
+        // path is integer-only.
+        let milli = (self.ratio * RATIO_SCALE as f64 + 0.5) as u64;
+        let g = gcd(milli, RATIO_SCALE);
+        let g = if g == 0 { 1 } else { g };
+        Ok(Parts {
+            deposit: milli / g,
+            cost: RATIO_SCALE / g,
             slot_nanos,
-            self.slots,
-            self.min_per_sec,
-        ))
+            slots: self.slots,
+            min_per_sec: self.min_per_sec,
+        })
     }
 }
 
-fn gcd(mut a: u64, mut b: u64) -> u64 {
+const fn gcd(mut a: u64, mut b: u64) -> u64 {
     while b != 0 {
-        (a, b) = (b, a % b);
+        let r = a % b;
+        a = b;
+        b = r;
     }
     a
 }
@@ -305,7 +346,14 @@ impl Budget {
         BudgetBuilder::default()
     }
 
-    fn from_parts(deposit: u64, cost: u64, slot_nanos: u64, slots: u32, min_per_sec: u32) -> Self {
+    fn from_parts(parts: Parts) -> Self {
+        let Parts {
+            deposit,
+            cost,
+            slot_nanos,
+            slots,
+            min_per_sec,
+        } = parts;
         let stripe_words = (CELLS + 2 * slots as usize).div_ceil(LINE_WORDS) * LINE_WORDS;
         let stripe_lines = stripe_words / LINE_WORDS;
         let mut stripes = STRIPES;
@@ -372,9 +420,10 @@ impl Budget {
 }
 
 impl Default for Budget {
-    /// Ratio 0.2, 10 retries per second reserve, ttl 10 s in 10 slots.
+    /// The budget of [`BudgetBuilder::default`]: ratio 0.2, 10 retries per second reserve,
+    /// ttl 10 s in 10 slots.
     fn default() -> Self {
-        Budget::from_parts(1, 5, 1_000_000_000, 10, 10)
+        Budget::from_parts(DEFAULT_PARTS)
     }
 }
 
@@ -959,27 +1008,30 @@ mod tests {
         let b = Budget::builder;
         assert_eq!(
             b().ratio(-0.1).build().unwrap_err(),
-            BudgetError::Ratio(-0.1)
+            BuildError::BudgetRatio(-0.1)
         );
         assert!(matches!(
             b().ratio(1000.5).build(),
-            Err(BudgetError::Ratio(_))
+            Err(BuildError::BudgetRatio(_))
         ));
         assert!(matches!(
             b().ratio(f64::NAN).build(),
-            Err(BudgetError::Ratio(_))
+            Err(BuildError::BudgetRatio(_))
         ));
         assert_eq!(
             b().ttl(Duration::ZERO).build().unwrap_err(),
-            BudgetError::ZeroTtl
+            BuildError::BudgetZeroTtl
         );
-        assert_eq!(b().slots(0).build().unwrap_err(), BudgetError::Slots(0));
+        assert_eq!(
+            b().slots(0).build().unwrap_err(),
+            BuildError::BudgetSlots(0)
+        );
         assert_eq!(
             b().ttl(Duration::from_nanos(5))
                 .slots(10)
                 .build()
                 .unwrap_err(),
-            BudgetError::Slots(10)
+            BuildError::BudgetSlots(10)
         );
         assert!(b().ratio(1000.0).build().is_ok());
     }
@@ -1039,7 +1091,7 @@ mod tests {
                 .slots(1)
                 .build()
                 .unwrap_err(),
-            BudgetError::TtlTooLong
+            BuildError::BudgetTtlTooLong(longest + Duration::from_nanos(1))
         );
         let b = Budget::builder()
             .ratio(0.999)
@@ -1089,7 +1141,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_cell_carries_into_its_second_word() {
         // Deposits of 2^31 units: the second fills the cell's 32 bits, the third carries.
-        let b = Budget::from_parts(1 << 31, 1 << 31, 1_000_000_000, 10, 0);
+        let b = Budget::from_parts(Parts {
+            deposit: 1 << 31,
+            cost: 1 << 31,
+            slot_nanos: 1_000_000_000,
+            slots: 10,
+            min_per_sec: 0,
+        });
         for _ in 0..3 {
             b.deposit();
         }
@@ -1107,7 +1165,13 @@ mod tests {
         // Threads on the real clock, 50 µs slots, a carry every 4 deposits: cells carry while
         // other threads expire them. Once everything has expired, every unit deposited has
         // expired exactly once.
-        let b = Budget::from_parts(1 << 30, 1 << 30, 50_000, 4, 0);
+        let b = Budget::from_parts(Parts {
+            deposit: 1 << 30,
+            cost: 1 << 30,
+            slot_nanos: 50_000,
+            slots: 4,
+            min_per_sec: 0,
+        });
         let threads = 8u64;
         let per_thread = 50_000u64;
         let granted: u64 = std::thread::scope(|scope| {

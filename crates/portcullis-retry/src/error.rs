@@ -6,6 +6,7 @@ use std::time::Duration;
 
 /// Why a request's attempt sequence ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum StopReason {
     /// The classifier accepted a result.
     Succeeded,
@@ -36,10 +37,11 @@ impl fmt::Display for StopReason {
 /// A type-erased error, as tower's middleware use: `Box<dyn Error + Send + Sync>`.
 ///
 /// The same type as `tower::BoxError`; [`Retry`](crate::Retry) returns it as its error.
-pub type BoxError = Box<dyn Error + Send + Sync>;
+pub use portcullis_pool::BoxError;
 
 /// What the last attempt ended with.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum LastFailure {
     /// The inner service's own error, as it returned it (converted into a [`BoxError`]).
     Inner(BoxError),
@@ -62,7 +64,7 @@ pub enum LastFailure {
 /// ```
 ///
 /// A give-up with a *response* (say the third 503) returns that response as `Ok`; the reason
-/// is then only in the [metrics](crate::Metrics). An error always carries the reason and, when
+/// is then only in the [metrics](crate::RetryMetrics). An error always carries the reason and, when
 /// the last attempt reached the inner service, the inner error itself (never dropped), which is
 /// this error's [`source`](Error::source). Its `Display` describes only this layer's failure
 /// ("retry gave up after 3 attempts: attempts exhausted"), so a chain printed by walking
@@ -158,35 +160,12 @@ impl Error for RetryError {
     }
 }
 
-/// An invalid [`Budget`](crate::Budget) configuration.
+/// A retry layer, budget or backoff setting that cannot work, refused when it is built
+/// ([`RetryBuilder::build_layer`](crate::RetryBuilder::build_layer),
+/// [`BudgetBuilder::build`](crate::BudgetBuilder::build), [`Backoff::new`](crate::Backoff::new)).
 #[derive(Debug, Clone, PartialEq)]
-pub enum BudgetError {
-    /// `ratio` must be finite and within `0..=1000`.
-    Ratio(f64),
-    /// `ttl` must be longer than zero.
-    ZeroTtl,
-    /// `ttl` must fit in `u64` nanoseconds (about 584 years).
-    TtlTooLong,
-    /// `slots` must be within `1..=100_000` and no more than `ttl` in nanoseconds.
-    Slots(u32),
-}
-
-impl fmt::Display for BudgetError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BudgetError::Ratio(r) => write!(f, "budget ratio {r} is not within 0..=1000"),
-            BudgetError::ZeroTtl => f.write_str("budget ttl is zero"),
-            BudgetError::TtlTooLong => f.write_str("budget ttl does not fit in u64 nanoseconds"),
-            BudgetError::Slots(n) => write!(f, "budget slot count {n} is out of range for its ttl"),
-        }
-    }
-}
-
-impl Error for BudgetError {}
-
-/// An invalid [`RetryLayer`](crate::RetryLayer) configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ConfigError {
+#[non_exhaustive]
+pub enum BuildError {
     /// `max_attempts` must be at least 1.
     ZeroAttempts,
     /// The backoff factor must be finite and at least 1.
@@ -198,8 +177,10 @@ pub enum ConfigError {
         /// The cap.
         cap: Duration,
     },
-    /// A per-attempt timeout or deadline of zero can never succeed.
-    ZeroTimeout,
+    /// An `attempt_timeout` of zero: no attempt could ever succeed.
+    ZeroAttemptTimeout,
+    /// A `deadline` of zero: no request could ever succeed.
+    ZeroDeadline,
     /// The worst-case total backoff sleep is not strictly below the overall deadline, so the
     /// deadline, not the attempt count, would end every failing sequence.
     BackoffExceedsDeadline {
@@ -209,48 +190,48 @@ pub enum ConfigError {
         /// The overall deadline.
         deadline: Duration,
     },
-    /// The budget's own configuration is invalid.
-    Budget(BudgetError),
+    /// The budget `ratio` must be finite and within `0..=1000`.
+    BudgetRatio(f64),
+    /// The budget `ttl` must be longer than zero.
+    BudgetZeroTtl,
+    /// The budget `ttl` must fit in `u64` nanoseconds (about 584 years).
+    BudgetTtlTooLong(Duration),
+    /// The budget `slots` must be within `1..=100_000` and no more than `ttl` in nanoseconds.
+    BudgetSlots(u32),
 }
 
-impl fmt::Display for ConfigError {
+impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::ZeroAttempts => f.write_str("max_attempts must be at least 1"),
-            ConfigError::BackoffFactor(x) => {
-                write!(f, "backoff factor {x} must be finite and >= 1")
+            BuildError::ZeroAttempts => f.write_str("retry max_attempts must be at least 1"),
+            BuildError::BackoffFactor(x) => {
+                write!(f, "retry backoff factor {x} must be finite and >= 1")
             }
-            ConfigError::BackoffCapBelowBase { base, cap } => {
-                write!(f, "backoff cap {cap:?} is below its base {base:?}")
+            BuildError::BackoffCapBelowBase { base, cap } => {
+                write!(f, "retry backoff cap {cap:?} is below its base {base:?}")
             }
-            ConfigError::ZeroTimeout => f.write_str("a timeout or deadline of zero"),
-            ConfigError::BackoffExceedsDeadline {
+            BuildError::ZeroAttemptTimeout => f.write_str("retry attempt_timeout of zero"),
+            BuildError::ZeroDeadline => f.write_str("retry deadline of zero"),
+            BuildError::BackoffExceedsDeadline {
                 worst_case,
                 deadline,
             } => write!(
                 f,
-                "worst-case backoff total {worst_case:?} is not below the deadline {deadline:?}"
+                "retry worst-case backoff total {worst_case:?} is not below the deadline {deadline:?}"
             ),
-            // The budget's own error is the source, not repeated here.
-            ConfigError::Budget(_) => f.write_str("invalid budget configuration"),
+            BuildError::BudgetRatio(r) => write!(f, "retry budget ratio {r} is not within 0..=1000"),
+            BuildError::BudgetZeroTtl => f.write_str("retry budget ttl is zero"),
+            BuildError::BudgetTtlTooLong(ttl) => {
+                write!(f, "retry budget ttl {ttl:?} does not fit in u64 nanoseconds")
+            }
+            BuildError::BudgetSlots(n) => {
+                write!(f, "retry budget slot count {n} is out of range for its ttl")
+            }
         }
     }
 }
 
-impl Error for ConfigError {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        match self {
-            ConfigError::Budget(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl From<BudgetError> for ConfigError {
-    fn from(e: BudgetError) -> Self {
-        ConfigError::Budget(e)
-    }
-}
+impl Error for BuildError {}
 
 #[cfg(test)]
 mod tests {
@@ -371,15 +352,6 @@ mod tests {
         assert_eq!(
             chain(&timed_out),
             "retry gave up after 2 attempts: deadline elapsed (the last attempt timed out)"
-        );
-    }
-
-    #[test]
-    fn a_printed_config_error_chain_names_the_budget_error_once() {
-        let err = ConfigError::from(BudgetError::ZeroTtl);
-        assert_eq!(
-            chain(&err),
-            "invalid budget configuration: budget ttl is zero"
         );
     }
 }

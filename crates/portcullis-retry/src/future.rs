@@ -1,5 +1,6 @@
 //! The response future: one state machine per request, no allocation, timer made lazily.
 
+use portcullis_pool::PolledAfterCompletion;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -52,6 +53,8 @@ pin_project! {
         Backoff,
         // Waiting for the service to be ready for the retry in `next`.
         Ready,
+        // Returned its output: polled again, it fails with `PolledAfterCompletion`.
+        Done,
     }
 }
 
@@ -123,6 +126,27 @@ where
     type Output = Result<S::Response, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let StateProj::Done = self.as_mut().project().state.project() {
+            return Poll::Ready(Err(Box::new(PolledAfterCompletion::new())));
+        }
+        let output = ready!(self.as_mut().poll_attempts(cx));
+        self.project().state.set(State::Done);
+        Poll::Ready(output)
+    }
+}
+
+impl<S, Req, C, K> ResponseFuture<S, Req, C, K>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<Req, S::Response, S::Error>,
+    K: Replay<Req>,
+{
+    /// Drives the attempts to the sequence's end.
+    fn poll_attempts(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, BoxError>> {
         loop {
             let mut this = self.as_mut().project();
             let policy: &Policy<C, K> = this.policy;
@@ -235,6 +259,10 @@ where
                     *this.timer_at = *this.deadline;
                     this.state.set(State::Ready);
                 }
+                // `poll` answers a finished future before it gets here.
+                StateProj::Done => {
+                    return Poll::Ready(Err(Box::new(PolledAfterCompletion::new())));
+                }
                 StateProj::Ready => {
                     // Timers fire on millisecond ticks, so a backoff that ended just before
                     // the deadline may be noticed just after it: no retry goes out then.
@@ -315,6 +343,7 @@ where
             State::Called { .. } => "called",
             State::Backoff => "backoff",
             State::Ready => "ready",
+            State::Done => "done",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)

@@ -9,19 +9,25 @@ use tower_layer::Layer;
 use crate::backoff::{Backoff, RngSource};
 use crate::budget::Budget;
 use crate::classify::CloneRequest;
-use crate::error::ConfigError;
-use crate::metrics::Metrics;
+use crate::error::BuildError;
+use crate::metrics::RetryMetrics;
 use crate::service::Retry;
 
 /// Wraps services in [`Retry`]. Every clone, and every service it builds, shares one budget,
-/// one random source and one set of [metrics](Metrics).
+/// one random source and one set of [metrics](RetryMetrics). Made by
+/// [`RetryBuilder::build_layer`].
 pub struct RetryLayer<C, K = CloneRequest> {
     pub(crate) policy: Arc<Policy<C, K>>,
 }
 
-/// Builds a [`RetryLayer`]; see [`RetryLayer::builder`].
-pub struct RetryBuilder<C, K = CloneRequest> {
-    classify: C,
+/// Builds a [`Retry`] or its [`RetryLayer`]: attempts, timeouts, backoff, budget and how a
+/// request is replayed; see [`Retry::builder`].
+///
+/// The settings are checked when the layer or service is built, and only then
+/// ([`build_layer`](Self::build_layer), [`build`](Self::build)); the classifier, what the
+/// retries are decided by, is given there.
+#[derive(Clone)]
+pub struct RetryBuilder<K = CloneRequest> {
     replay: K,
     budget: Budget,
     backoff: Backoff,
@@ -42,35 +48,40 @@ pub(crate) struct Policy<C, K> {
     pub(crate) max_attempts: u32,
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) deadline: Option<Duration>,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: RetryMetrics,
 }
 
 // === impl RetryLayer ===
 
-impl<C> RetryLayer<C> {
-    /// A layer with the defaults: 3 attempts, [`Budget::default`], [`Backoff::default`], no
-    /// timeouts.
-    pub fn new(classify: C) -> Self {
-        RetryLayer {
-            policy: Arc::new(RetryBuilder::new(classify).into_policy()),
-        }
-    }
-
-    /// A builder starting from the defaults of [`new`](Self::new).
-    pub fn builder(classify: C) -> RetryBuilder<C> {
-        RetryBuilder::new(classify)
-    }
-}
-
 impl<C, K> RetryLayer<C, K> {
     /// The counters shared by this layer and every service it built.
-    pub fn metrics(&self) -> &Metrics {
-        &self.policy.metrics
+    pub fn metrics(&self) -> RetryMetrics {
+        self.policy.metrics.clone()
     }
 
     /// The budget shared by this layer and every service it built.
-    pub fn budget(&self) -> &Budget {
-        &self.policy.budget
+    pub fn budget(&self) -> Budget {
+        self.policy.budget.clone()
+    }
+
+    /// Attempts per request, the first included.
+    pub fn max_attempts(&self) -> u32 {
+        self.policy.max_attempts
+    }
+
+    /// The per-attempt timeout, if any.
+    pub fn attempt_timeout(&self) -> Option<Duration> {
+        self.policy.attempt_timeout
+    }
+
+    /// The deadline of a whole attempt sequence, if any.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.policy.deadline
+    }
+
+    /// The backoff between attempts.
+    pub fn backoff(&self) -> Backoff {
+        self.policy.backoff
     }
 }
 
@@ -100,25 +111,34 @@ impl<C, K> fmt::Debug for RetryLayer<C, K> {
 
 // === impl RetryBuilder ===
 
-impl<C> RetryBuilder<C> {
-    fn new(classify: C) -> Self {
+impl RetryBuilder {
+    /// The default [`max_attempts`](Self::max_attempts).
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+    /// The defaults: [`DEFAULT_MAX_ATTEMPTS`](Self::DEFAULT_MAX_ATTEMPTS) attempts,
+    /// [`Budget::default`], [`Backoff::default`], no timeouts, requests replayed by cloning.
+    pub fn new() -> Self {
         RetryBuilder {
-            classify,
             replay: CloneRequest,
             budget: Budget::default(),
             backoff: Backoff::default(),
-            max_attempts: 3,
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             attempt_timeout: None,
             deadline: None,
         }
     }
 }
 
-impl<C, K> RetryBuilder<C, K> {
+impl Default for RetryBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K> RetryBuilder<K> {
     /// How a retry gets its copy of the request (default: [`CloneRequest`]).
-    pub fn replay<K2>(self, replay: K2) -> RetryBuilder<C, K2> {
+    pub fn replay<K2>(self, replay: K2) -> RetryBuilder<K2> {
         RetryBuilder {
-            classify: self.classify,
             replay,
             budget: self.budget,
             backoff: self.backoff,
@@ -140,57 +160,70 @@ impl<C, K> RetryBuilder<C, K> {
         self
     }
 
-    /// Attempts per request, the first included (default 3).
+    /// Attempts per request, the first included. At least 1.
     pub fn max_attempts(mut self, max_attempts: u32) -> Self {
         self.max_attempts = max_attempts;
         self
     }
 
-    /// Cuts each attempt short after `timeout`; a timed-out attempt is transient.
+    /// Cuts each attempt short after `timeout`; a timed-out attempt is transient. Not zero.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = Some(timeout);
         self
     }
 
-    /// Caps the whole attempt sequence, backoff included, at `deadline` from the call.
+    /// Caps the whole attempt sequence, backoff included, at `deadline` from the call. Longer
+    /// than the backoff's worst case.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
     }
 
-    /// Checks the configuration and builds the layer.
+    /// Checks the settings and builds a layer whose retries `classify` decides.
     ///
     /// Refuses a deadline that is not strictly longer than the worst-case backoff total
     /// ([`Backoff::worst_case`] over `max_attempts - 1` retries). That total is computed in
     /// constant time, in nanoseconds that do not overflow, so any `max_attempts` (up to
     /// `u32::MAX`) with any backoff builds at once and gets the right answer.
-    pub fn build(self) -> Result<RetryLayer<C, K>, ConfigError> {
+    pub fn build_layer<C>(self, classify: C) -> Result<RetryLayer<C, K>, BuildError> {
+        self.check()?;
+        Ok(RetryLayer {
+            policy: Arc::new(self.into_policy(classify)),
+        })
+    }
+
+    /// Checks the settings and wraps `inner` in a [`Retry`] whose retries `classify` decides.
+    pub fn build<S, C>(self, inner: S, classify: C) -> Result<Retry<S, C, K>, BuildError> {
+        Ok(self.build_layer(classify)?.layer(inner))
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
         if self.max_attempts == 0 {
-            return Err(ConfigError::ZeroAttempts);
+            return Err(BuildError::ZeroAttempts);
         }
-        self.backoff.validate()?;
-        if self.attempt_timeout == Some(Duration::ZERO) || self.deadline == Some(Duration::ZERO) {
-            return Err(ConfigError::ZeroTimeout);
+        if self.attempt_timeout == Some(Duration::ZERO) {
+            return Err(BuildError::ZeroAttemptTimeout);
+        }
+        if self.deadline == Some(Duration::ZERO) {
+            return Err(BuildError::ZeroDeadline);
         }
         if let Some(deadline) = self.deadline {
             let worst_case = self.backoff.worst_case(self.max_attempts - 1);
             if worst_case >= deadline {
-                return Err(ConfigError::BackoffExceedsDeadline {
+                return Err(BuildError::BackoffExceedsDeadline {
                     worst_case,
                     deadline,
                 });
             }
         }
-        Ok(RetryLayer {
-            policy: Arc::new(self.into_policy()),
-        })
+        Ok(())
     }
 
-    fn into_policy(self) -> Policy<C, K> {
+    fn into_policy<C>(self, classify: C) -> Policy<C, K> {
         Policy {
             rng: RngSource::new(self.backoff.seed_value()),
-            metrics: Metrics::new(self.budget.clone()),
-            classify: self.classify,
+            metrics: RetryMetrics::new(self.budget.clone()),
+            classify,
             replay: self.replay,
             budget: self.budget,
             backoff: self.backoff,
@@ -201,7 +234,7 @@ impl<C, K> RetryBuilder<C, K> {
     }
 }
 
-impl<C, K> fmt::Debug for RetryBuilder<C, K> {
+impl<K> fmt::Debug for RetryBuilder<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryBuilder")
             .field("budget", &self.budget)

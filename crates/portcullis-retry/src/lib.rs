@@ -17,7 +17,7 @@
 //! 5. An optional per-attempt timeout cuts an attempt short and counts as transient; the
 //!    overall deadline bounds every attempt, readiness wait and sleep.
 //!
-//! The sequence ends with a [`StopReason`], counted in [`Metrics`]. A final *response* such as
+//! The sequence ends with a [`StopReason`], counted in [`RetryMetrics`]. A final *response* such as
 //! a third 503 is returned as it is, and its reason is in the metrics only.
 //!
 //! # Errors
@@ -37,19 +37,19 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use portcullis_retry::{classify::predicate, Backoff, BoxError, Budget, RetryError, RetryLayer, StopReason};
+//! use portcullis_retry::{classify::predicate, Backoff, BoxError, Budget, Retry, RetryError, StopReason};
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
-//! let layer = RetryLayer::builder(predicate(|res: Result<&u16, &std::io::Error>| {
-//!         matches!(res, Ok(503) | Err(_))
-//!     }))
+//! let layer = Retry::builder()
 //!     .max_attempts(3)
 //!     .budget(Budget::builder().ratio(0.2).build().expect("valid budget"))
-//!     .backoff(Backoff::new(Duration::from_millis(10), 2.0, Duration::from_millis(100)))
+//!     .backoff(Backoff::new(Duration::from_millis(10), 2.0, Duration::from_millis(100)).expect("valid backoff"))
 //!     .deadline(Duration::from_secs(1))
-//!     .build()
+//!     .build_layer(predicate(|res: Result<&u16, &std::io::Error>| {
+//!         matches!(res, Ok(503) | Err(_))
+//!     }))
 //!     .expect("valid retry config");
 //!
 //! let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -97,8 +97,8 @@ mod stripe;
 pub use backoff::{Backoff, Jitter};
 pub use budget::{Budget, BudgetBuilder};
 pub use classify::{Classify, Decision};
-pub use error::{BoxError, BudgetError, ConfigError, LastFailure, RetryError, StopReason};
+pub use error::{BoxError, BuildError, LastFailure, RetryError, StopReason};
 pub use future::ResponseFuture;
 pub use layer::{RetryBuilder, RetryLayer};
-pub use metrics::{Metrics, MetricsSnapshot};
+pub use metrics::{RetryMetrics, RetrySnapshot};
 pub use service::Retry;

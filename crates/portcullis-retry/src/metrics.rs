@@ -14,7 +14,7 @@ use crate::stripe::{self, Padded, STRIPES};
 
 /// A cheap, cloneable handle to a layer's counters.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct RetryMetrics {
     inner: Arc<[Padded<Counters>; STRIPES]>,
     budget: Budget,
 }
@@ -32,7 +32,7 @@ struct Counters {
 /// A point-in-time copy of the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub struct MetricsSnapshot {
+pub struct RetrySnapshot {
     /// Logical requests (first attempts).
     pub requests: u64,
     /// Calls to the inner service: `requests + retries`.
@@ -59,7 +59,7 @@ pub struct MetricsSnapshot {
     pub budget_reserve: u64,
 }
 
-impl MetricsSnapshot {
+impl RetrySnapshot {
     /// Requests that ended for `reason`.
     pub fn stopped(&self, reason: StopReason) -> u64 {
         match reason {
@@ -77,7 +77,7 @@ impl MetricsSnapshot {
     }
 }
 
-impl Metrics {
+impl RetryMetrics {
     pub(crate) fn new(budget: Budget) -> Self {
         Self {
             inner: Arc::default(),
@@ -86,7 +86,7 @@ impl Metrics {
     }
 
     /// Reads every counter.
-    pub fn snapshot(&self) -> MetricsSnapshot {
+    pub fn snapshot(&self) -> RetrySnapshot {
         let sum = |f: fn(&Counters) -> &AtomicU64| -> u64 {
             self.inner
                 .iter()
@@ -101,7 +101,7 @@ impl Metrics {
                 .map(|c| c.stopped[index(r)].load(Ordering::Relaxed))
                 .fold(0, u64::wrapping_add)
         };
-        MetricsSnapshot {
+        RetrySnapshot {
             requests,
             attempts: requests + retries,
             retries,
@@ -158,9 +158,11 @@ fn index(reason: StopReason) -> usize {
     }
 }
 
-impl fmt::Debug for Metrics {
+impl fmt::Debug for RetryMetrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Metrics").field(&self.snapshot()).finish()
+        f.debug_tuple("RetryMetrics")
+            .field(&self.snapshot())
+            .finish()
     }
 }
 
@@ -170,7 +172,7 @@ mod tests {
 
     #[test]
     fn striped_counts_are_exact_across_threads() {
-        let metrics = Metrics::new(Budget::default());
+        let metrics = RetryMetrics::new(Budget::default());
         std::thread::scope(|scope| {
             // More threads than stripes, so that some share one.
             for _ in 0..(2 * STRIPES + 3) {

@@ -12,7 +12,7 @@ use crate::classify::{Classify, CloneRequest, Replay};
 use crate::error::{BoxError, LastFailure, RetryError, StopReason};
 use crate::future::ResponseFuture;
 use crate::layer::{Handle, Policy};
-use crate::metrics::Metrics;
+use crate::metrics::RetryMetrics;
 
 /// Retries transient failures of `S`, as its [`RetryLayer`](crate::RetryLayer) configured.
 ///
@@ -33,6 +33,14 @@ pub struct Retry<S, C, K = CloneRequest> {
     policy: Handle<C, K>,
 }
 
+impl Retry<(), ()> {
+    /// A [`RetryBuilder`](crate::RetryBuilder) with the default settings: the one way to make
+    /// a retry layer or service.
+    pub fn builder() -> crate::RetryBuilder {
+        crate::RetryBuilder::new()
+    }
+}
+
 impl<S, C, K> Retry<S, C, K> {
     pub(crate) fn from_policy(inner: S, policy: Arc<Policy<C, K>>) -> Self {
         Retry {
@@ -42,8 +50,8 @@ impl<S, C, K> Retry<S, C, K> {
     }
 
     /// The counters shared with the layer that built this service.
-    pub fn metrics(&self) -> &Metrics {
-        &self.policy.metrics
+    pub fn metrics(&self) -> RetryMetrics {
+        self.policy.metrics.clone()
     }
 
     /// The inner service.

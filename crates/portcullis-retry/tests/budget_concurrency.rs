@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_retry::classify::predicate;
-use portcullis_retry::{Backoff, Budget, RetryLayer};
+use portcullis_retry::{Backoff, Budget, Retry};
 use tower::{service_fn, Layer, ServiceExt};
 
 /// The inner error: a unit error, as `Retry` needs `S::Error: Into<BoxError>`.
@@ -28,11 +28,15 @@ async fn shared_budget_is_exact_across_tasks() {
         .ttl(Duration::from_secs(3600))
         .build()
         .unwrap();
-    let layer = RetryLayer::builder(predicate(|res: Result<&u16, &Failed>| res.is_err()))
+    let layer = Retry::builder()
         .budget(budget.clone())
-        .backoff(Backoff::new(Duration::ZERO, 1.0, Duration::ZERO).seed(3))
+        .backoff(
+            Backoff::new(Duration::ZERO, 1.0, Duration::ZERO)
+                .unwrap()
+                .seed(3),
+        )
         .max_attempts(2)
-        .build()
+        .build_layer(predicate(|res: Result<&u16, &Failed>| res.is_err()))
         .unwrap();
     let calls = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..8)

@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use portcullis_retry::{Backoff, BoxError, Budget, Jitter, RetryError, RetryLayer, StopReason};
+use portcullis_retry::{
+    Backoff, BoxError, Budget, Jitter, Retry, RetryError, RetryLayer, StopReason,
+};
 use tokio::time::Instant;
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -18,7 +20,7 @@ fn budget() -> Budget {
 
 fn fixed(ms: u64) -> Backoff {
     let d = Duration::from_millis(ms);
-    Backoff::new(d, 1.0, d).jitter(Jitter::None)
+    Backoff::new(d, 1.0, d).unwrap().jitter(Jitter::None)
 }
 
 #[cfg(feature = "http")]
@@ -62,11 +64,11 @@ mod http_scenarios {
     }
 
     fn layer() -> RetryLayer<HttpClassify> {
-        RetryLayer::builder(HttpClassify::new())
+        Retry::builder()
             .budget(budget())
             .backoff(fixed(10))
             .deadline(Duration::from_secs(3))
-            .build()
+            .build_layer(HttpClassify::new())
             .unwrap()
     }
 
@@ -79,12 +81,12 @@ mod http_scenarios {
             (Method::POST, false, 1),
             (Method::POST, true, 3),
         ] {
-            let layer = RetryLayer::builder(HttpClassify::new().retry_non_idempotent(opt_in))
+            let layer = Retry::builder()
                 .budget(budget())
                 .backoff(fixed(10))
                 .attempt_timeout(Duration::from_millis(100))
                 .deadline(Duration::from_secs(3))
-                .build()
+                .build_layer(HttpClassify::new().retry_non_idempotent(opt_in))
                 .unwrap();
             let calls = Arc::new(Mutex::new(0u32));
             let svc = layer.layer(service_fn({
@@ -168,10 +170,10 @@ mod http_scenarios {
     /// would park the caller for as long as it likes: the layer stops and returns the answer.
     #[tokio::test(start_paused = true)]
     async fn a_server_delay_past_the_backoff_cap_with_no_deadline_stops() {
-        let layer = RetryLayer::builder(HttpClassify::new())
+        let layer = Retry::builder()
             .budget(budget())
             .backoff(fixed(10))
-            .build()
+            .build_layer(HttpClassify::new())
             .unwrap();
         let (res, log) = run(&layer, Method::GET, &[(503, Some("86400"))]).await;
         assert_eq!(res.unwrap().status(), 503);
@@ -216,11 +218,11 @@ mod grpc_scenarios {
     }
 
     fn layer() -> RetryLayer<GrpcClassify> {
-        RetryLayer::builder(GrpcClassify::new())
+        Retry::builder()
             .budget(budget())
             .backoff(fixed(10))
             .deadline(Duration::from_secs(1))
-            .build()
+            .build_layer(GrpcClassify::new())
             .unwrap()
     }
 

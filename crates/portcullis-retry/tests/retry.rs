@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use portcullis_retry::classify::{predicate, Predicate};
 use portcullis_retry::{
-    Backoff, BoxError, Budget, ConfigError, Jitter, RetryError, RetryLayer, StopReason,
+    Backoff, BoxError, Budget, BuildError, Jitter, Retry, RetryError, StopReason,
 };
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
@@ -53,7 +53,7 @@ fn scripted(
 
 #[tokio::test(start_paused = true)]
 async fn permanent_error_is_returned_at_once_with_the_inner_error() {
-    let layer = RetryLayer::new(transient());
+    let layer = Retry::builder().build_layer(transient()).unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let svc = layer.layer(scripted(vec![Err("bad request")], log.clone()));
     let err = retry_error(svc.oneshot(1).await.unwrap_err());
@@ -70,9 +70,9 @@ async fn permanent_error_is_returned_at_once_with_the_inner_error() {
 
 #[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_until_success() {
-    let layer = RetryLayer::builder(transient())
+    let layer = Retry::builder()
         .budget(no_reserve(10.0))
-        .build()
+        .build_layer(transient())
         .unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let svc = layer.layer(scripted(vec![Err("reset"), Ok(503), Ok(200)], log.clone()));
@@ -86,10 +86,10 @@ async fn transient_failures_are_retried_until_success() {
 
 #[tokio::test(start_paused = true)]
 async fn attempts_exhausted_returns_the_last_response() {
-    let layer = RetryLayer::builder(transient())
+    let layer = Retry::builder()
         .budget(no_reserve(10.0))
         .max_attempts(2)
-        .build()
+        .build_layer(transient())
         .unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let svc = layer.layer(scripted(vec![Ok(503), Ok(503), Ok(200)], log.clone()));
@@ -100,9 +100,9 @@ async fn attempts_exhausted_returns_the_last_response() {
 
 #[tokio::test(start_paused = true)]
 async fn budget_refusal_stops_and_keeps_the_inner_error() {
-    let layer = RetryLayer::builder(transient())
+    let layer = Retry::builder()
         .budget(no_reserve(0.0))
-        .build()
+        .build_layer(transient())
         .unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let svc = layer.layer(scripted(vec![Err("reset")], log.clone()));
@@ -118,35 +118,34 @@ async fn budget_refusal_stops_and_keeps_the_inner_error() {
 
 #[tokio::test(start_paused = true)]
 async fn config_with_backoff_total_not_below_deadline_is_refused() {
-    let backoff = Backoff::new(ms(100), 2.0, ms(300));
+    let backoff = Backoff::new(ms(100), 2.0, ms(300)).unwrap();
     // 3 attempts: 100 + 200 = 300 ms of worst-case sleep.
     let build = |deadline| {
-        RetryLayer::builder(transient())
+        Retry::builder()
             .backoff(backoff)
             .max_attempts(3)
             .deadline(deadline)
-            .build()
+            .build_layer(transient())
     };
     assert_eq!(
         build(ms(300)).unwrap_err(),
-        ConfigError::BackoffExceedsDeadline {
+        BuildError::BackoffExceedsDeadline {
             worst_case: ms(300),
             deadline: ms(300)
         }
     );
     assert!(build(ms(301)).is_ok());
     assert_eq!(
-        RetryLayer::builder(transient())
+        Retry::builder()
             .max_attempts(0)
-            .build()
+            .build_layer(transient())
             .unwrap_err(),
-        ConfigError::ZeroAttempts
+        BuildError::ZeroAttempts
     );
+    // A backoff is checked where it is made, so a layer never holds a bad one.
     assert!(matches!(
-        RetryLayer::builder(transient())
-            .backoff(Backoff::new(ms(10), 0.5, ms(100)))
-            .build(),
-        Err(ConfigError::BackoffFactor(_))
+        Backoff::new(ms(10), 0.5, ms(100)),
+        Err(BuildError::BackoffFactor(_))
     ));
 }
 
@@ -155,20 +154,20 @@ fn building_with_u32_max_attempts_is_immediate_for_a_constant_or_zero_backoff() 
     // Each of these took minutes when the worst case was summed one retry at a time: the
     // ceilings of a constant backoff (factor 1) or a zero base never reach the cap.
     let build = |backoff: Backoff, deadline: Duration| {
-        RetryLayer::builder(transient())
+        Retry::builder()
             .backoff(backoff)
             .max_attempts(u32::MAX)
             .deadline(deadline)
-            .build()
+            .build_layer(transient())
     };
     let started = std::time::Instant::now();
 
     // Constant 1 ms under a 1 s cap: u32::MAX - 1 retries sleep at most 4 294 967.294 s.
-    let constant = Backoff::new(ms(1), 1.0, ms(1000));
+    let constant = Backoff::new(ms(1), 1.0, ms(1000)).unwrap();
     let worst_case = ms(1) * (u32::MAX - 1);
     assert_eq!(
         build(constant, worst_case).unwrap_err(),
-        ConfigError::BackoffExceedsDeadline {
+        BuildError::BackoffExceedsDeadline {
             worst_case,
             deadline: worst_case
         }
@@ -178,7 +177,7 @@ fn building_with_u32_max_attempts_is_immediate_for_a_constant_or_zero_backoff() 
 
     // A zero base sleeps nothing, whatever the factor: any deadline fits.
     for factor in [1.0, 2.0, f64::MAX] {
-        let zero = Backoff::new(Duration::ZERO, factor, ms(1000));
+        let zero = Backoff::new(Duration::ZERO, factor, ms(1000)).unwrap();
         assert!(
             build(zero, Duration::from_nanos(1)).is_ok(),
             "factor {factor}"
@@ -186,28 +185,28 @@ fn building_with_u32_max_attempts_is_immediate_for_a_constant_or_zero_backoff() 
     }
 
     // A factor barely above 1 never reaches the cap either: answered in closed form.
-    let creeping = Backoff::new(ms(1), 1.0 + 1e-12, ms(1000));
+    let creeping = Backoff::new(ms(1), 1.0 + 1e-12, ms(1000)).unwrap();
     let worst_case = creeping.worst_case(u32::MAX - 1);
     assert!(worst_case > ms(1) * (u32::MAX - 1));
     assert!(build(creeping, worst_case).is_err());
     assert!(build(creeping, worst_case + Duration::from_nanos(1)).is_ok());
 
     // Past u64::MAX ns: still compared rightly, saturating at Duration::MAX, never a panic.
-    let long = Backoff::new(Duration::from_nanos(u64::MAX), 1.0, Duration::MAX);
+    let long = Backoff::new(Duration::from_nanos(u64::MAX), 1.0, Duration::MAX).unwrap();
     let two_caps = Duration::from_nanos(u64::MAX) * 2;
     let long_build = |deadline| {
-        RetryLayer::builder(transient())
+        Retry::builder()
             .backoff(long)
             .max_attempts(3)
             .deadline(deadline)
-            .build()
+            .build_layer(transient())
     };
     assert!(long_build(two_caps).is_err());
     assert!(long_build(two_caps + Duration::from_nanos(1)).is_ok());
-    let huge = Backoff::new(Duration::MAX, 1.0, Duration::MAX);
+    let huge = Backoff::new(Duration::MAX, 1.0, Duration::MAX).unwrap();
     assert_eq!(
         build(huge, Duration::MAX).unwrap_err(),
-        ConfigError::BackoffExceedsDeadline {
+        BuildError::BackoffExceedsDeadline {
             worst_case: Duration::MAX,
             deadline: Duration::MAX
         }
@@ -221,11 +220,15 @@ fn building_with_u32_max_attempts_is_immediate_for_a_constant_or_zero_backoff() 
 
 #[tokio::test(start_paused = true)]
 async fn per_attempt_timeout_triggers_a_retry() {
-    let layer = RetryLayer::builder(transient())
+    let layer = Retry::builder()
         .budget(no_reserve(10.0))
-        .backoff(Backoff::new(ms(10), 1.0, ms(10)).jitter(Jitter::None))
+        .backoff(
+            Backoff::new(ms(10), 1.0, ms(10))
+                .unwrap()
+                .jitter(Jitter::None),
+        )
         .attempt_timeout(ms(100))
-        .build()
+        .build_layer(transient())
         .unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     let svc = layer.layer(service_fn({
@@ -249,13 +252,13 @@ async fn per_attempt_timeout_triggers_a_retry() {
 
 #[tokio::test(start_paused = true)]
 async fn deadline_cuts_a_hung_attempt() {
-    let layer = RetryLayer::builder(transient())
+    let layer = Retry::builder()
         .budget(no_reserve(10.0))
-        .backoff(Backoff::new(ms(10), 1.0, ms(10)))
+        .backoff(Backoff::new(ms(10), 1.0, ms(10)).unwrap())
         .max_attempts(5)
         .attempt_timeout(ms(400))
         .deadline(ms(1000))
-        .build()
+        .build_layer(transient())
         .unwrap();
     let svc = layer.layer(service_fn(|_req: u32| async {
         std::future::pending::<()>().await;
@@ -271,11 +274,11 @@ async fn deadline_cuts_a_hung_attempt() {
 
 #[tokio::test(start_paused = true)]
 async fn backoff_sequences_differ_between_requests() {
-    let layer = RetryLayer::builder(transient())
+    let layer = Retry::builder()
         .budget(no_reserve(10.0))
-        .backoff(Backoff::new(ms(100), 2.0, ms(1000)).seed(9))
+        .backoff(Backoff::new(ms(100), 2.0, ms(1000)).unwrap().seed(9))
         .max_attempts(4)
-        .build()
+        .build_layer(transient())
         .unwrap();
     let logs: Vec<_> = (0..2).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
     let futures = logs.iter().map(|log| {
@@ -296,7 +299,11 @@ async fn backoff_sequences_differ_between_requests() {
         "two requests failing together must not back off in lockstep"
     );
     for (n, gap) in a.iter().chain(&b).enumerate() {
-        assert!(*gap <= Backoff::new(ms(100), 2.0, ms(1000)).ceiling((n % 3) as u32));
+        assert!(
+            *gap <= Backoff::new(ms(100), 2.0, ms(1000))
+                .unwrap()
+                .ceiling((n % 3) as u32)
+        );
     }
 }
 
@@ -316,7 +323,7 @@ where
 async fn total_outage_costs_at_most_one_plus_ratio_calls_per_request() {
     let ratio = 0.2;
     let min_per_sec = 10;
-    let layer = RetryLayer::builder(transient())
+    let layer = Retry::builder()
         .budget(
             Budget::builder()
                 .ratio(ratio)
@@ -324,8 +331,8 @@ async fn total_outage_costs_at_most_one_plus_ratio_calls_per_request() {
                 .build()
                 .unwrap(),
         )
-        .backoff(Backoff::new(ms(1), 2.0, ms(10)).seed(1))
-        .build()
+        .backoff(Backoff::new(ms(1), 2.0, ms(10)).unwrap().seed(1))
+        .build_layer(transient())
         .unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     let mut svc = layer.layer(service_fn({
@@ -359,9 +366,9 @@ async fn total_outage_costs_at_most_one_plus_ratio_calls_per_request() {
 
 #[tokio::test(start_paused = true)]
 async fn clones_of_a_layer_share_budget_and_metrics() {
-    let layer = RetryLayer::builder(transient())
+    let layer = Retry::builder()
         .budget(no_reserve(0.5))
-        .build()
+        .build_layer(transient())
         .unwrap();
     let other = layer.clone();
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -402,14 +409,18 @@ impl std::error::Error for Refused {}
 #[tokio::test(start_paused = true)]
 async fn over_a_box_error_service_it_is_a_box_clone_service_and_the_reason_downcasts() {
     // The classifier sees the inner service's own error type, here `BoxError`.
-    let layer = RetryLayer::builder(predicate(|res: Result<&u16, &BoxError>| {
-        res.is_err_and(|e| e.downcast_ref::<Refused>().is_some())
-    }))
-    .budget(no_reserve(10.0))
-    .backoff(Backoff::new(ms(10), 1.0, ms(10)).jitter(Jitter::None))
-    .max_attempts(3)
-    .build()
-    .unwrap();
+    let layer = Retry::builder()
+        .budget(no_reserve(10.0))
+        .backoff(
+            Backoff::new(ms(10), 1.0, ms(10))
+                .unwrap()
+                .jitter(Jitter::None),
+        )
+        .max_attempts(3)
+        .build_layer(predicate(|res: Result<&u16, &BoxError>| {
+            res.is_err_and(|e| e.downcast_ref::<Refused>().is_some())
+        }))
+        .unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     let inner = service_fn({
         let calls = calls.clone();
@@ -466,13 +477,14 @@ async fn no_retry_goes_out_at_the_deadline() {
         1.0,
         Duration::from_micros(99_500),
     )
+    .unwrap()
     .jitter(Jitter::None);
-    let layer = RetryLayer::builder(transient())
+    let layer = Retry::builder()
         .budget(no_reserve(1.0))
         .backoff(backoff)
         .max_attempts(2)
         .deadline(ms(100))
-        .build()
+        .build_layer(transient())
         .unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let svc = layer.layer(scripted(vec![Err("reset"), Ok(7)], log.clone()));
@@ -513,11 +525,15 @@ async fn a_retry_stuck_waiting_for_readiness_returns_the_last_result() {
             std::future::ready(Err("reset"))
         }
     }
-    let layer = RetryLayer::builder(transient())
+    let layer = Retry::builder()
         .budget(no_reserve(1.0))
-        .backoff(Backoff::new(ms(10), 1.0, ms(10)).jitter(Jitter::None))
+        .backoff(
+            Backoff::new(ms(10), 1.0, ms(10))
+                .unwrap()
+                .jitter(Jitter::None),
+        )
         .deadline(ms(200))
-        .build()
+        .build_layer(transient())
         .unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     let svc = layer.layer(ReadyOnce {
@@ -593,13 +609,17 @@ async fn a_held_response_is_released_when_the_service_is_not_ready() {
         }
     }
 
-    let layer = RetryLayer::builder(predicate(
-        |res: Result<&Held, &&'static str>| matches!(res, Ok(held) if held.status == 503),
-    ))
-    .budget(no_reserve(1.0))
-    .backoff(Backoff::new(ms(10), 1.0, ms(10)).jitter(Jitter::None))
-    .build()
-    .unwrap();
+    let layer = Retry::builder()
+        .budget(no_reserve(1.0))
+        .backoff(
+            Backoff::new(ms(10), 1.0, ms(10))
+                .unwrap()
+                .jitter(Jitter::None),
+        )
+        .build_layer(predicate(
+            |res: Result<&Held, &&'static str>| matches!(res, Ok(held) if held.status == 503),
+        ))
+        .unwrap();
     let connection = Connection::default();
     let svc = layer.layer(connection.clone());
     let held = tokio::time::timeout(Duration::from_secs(5), svc.oneshot(1))
@@ -608,4 +628,28 @@ async fn a_held_response_is_released_when_the_service_is_not_ready() {
         .unwrap();
     assert_eq!(held.status, 200);
     assert_eq!(connection.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn polled_after_completion_is_a_typed_error() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let layer = Retry::builder().build_layer(transient()).unwrap();
+    let mut svc = layer.layer(service_fn({
+        let calls = calls.clone();
+        move |_: &'static str| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<u16, &'static str>(200) }
+        }
+    }));
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let mut call = tokio_test::task::spawn(svc.call("GET /"));
+    assert_eq!(tokio_test::assert_ready!(call.poll()).unwrap(), 200);
+    let error = tokio_test::assert_ready!(call.poll()).unwrap_err();
+    assert!(
+        error.is::<portcullis_pool::PolledAfterCompletion>(),
+        "{error}"
+    );
+    // Neither the inner service nor the metrics saw a second request.
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(layer.metrics().snapshot().requests, 1);
 }

@@ -26,7 +26,7 @@ pub mod endpoint;
 pub mod pool;
 
 /// The boxed error type used by the harnesses.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use portcullis_pool::BoxError;
 
 /// An error a harness was told to produce.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,19 +1,21 @@
 //! [`ServiceBuilderExt`]: one `ServiceBuilder` method per portcullis layer.
 
 use crate::fanout::FanOutLayer;
-use crate::pool::{PoolQueueConfig, PoolQueueLayer};
+use crate::pool::PoolQueueLayer;
 use crate::retry::RetryLayer;
 use tower::ServiceBuilder;
 use tower_layer::Stack;
 
 /// Adds portcullis's layers to [`tower::ServiceBuilder`], so that a stack reads as one chain.
 ///
-/// Each method is `ServiceBuilder::layer` with the portcullis layer it names; layers listed
-/// first are outermost. The configurations are checked when they are built
-/// ([`PoolQueueConfig::new`], [`FanOutLayer::new`], [`RetryBuilder::build`]), so the chain
-/// itself cannot fail.
+/// Each method is `ServiceBuilder::layer` with the portcullis layer it names, built by that
+/// piece's builder; layers listed first are outermost. The settings are checked when the
+/// layers are built ([`PoolQueueBuilder::build_layer`], [`FanOutBuilder::build_layer`],
+/// [`RetryBuilder::build_layer`]), so the chain itself cannot fail.
 ///
-/// [`RetryBuilder::build`]: crate::retry::RetryBuilder::build
+/// [`PoolQueueBuilder::build_layer`]: crate::pool::PoolQueueBuilder::build_layer
+/// [`FanOutBuilder::build_layer`]: crate::fanout::FanOutBuilder::build_layer
+/// [`RetryBuilder::build_layer`]: crate::retry::RetryBuilder::build_layer
 ///
 /// # Example
 ///
@@ -35,8 +37,8 @@ use tower_layer::Stack;
 /// let (publish, peers) = watch::channel(vec![("a", peer("a")), ("b", peer("b"))]);
 ///
 /// let svc = ServiceBuilder::new()
-///     .pool_queue(PoolQueueConfig::default(), move || discovery::from_watch(peers.clone()))
-///     .fan_out(FanOutLayer::new(FanOutConfig::new().max_in_flight(4))?)
+///     .pool_queue(PoolQueue::builder().build_layer(move || discovery::from_watch(peers.clone()))?)
+///     .fan_out(FanOut::builder().max_in_flight(4).build_layer()?)
 ///     .service(Vec::new());
 ///
 /// let report = svc.clone().oneshot(7).await?;
@@ -52,15 +54,11 @@ use tower_layer::Stack;
 pub trait ServiceBuilderExt<L>: sealed::Sealed {
     /// Queues requests in front of a [`Pool`](crate::pool::Pool) (such as a
     /// [`P2cPool`](crate::p2c::P2cPool)) with a [`PoolQueueLayer`]: the pool is the service
-    /// this layer wraps, and its worker reads the discovery stream that `make_discovery`
-    /// returns (see [`discovery`](crate::discovery) for ready-made streams).
-    ///
-    /// `make_discovery` is called once per service the layer builds, as a discovery stream can
-    /// be consumed only once.
+    /// this layer wraps, and its worker reads the discovery stream the layer's
+    /// `make_discovery` returns (see [`discovery`](crate::discovery) for ready-made streams).
     fn pool_queue<Req, MkD>(
         self,
-        config: PoolQueueConfig,
-        make_discovery: MkD,
+        layer: PoolQueueLayer<Req, MkD>,
     ) -> ServiceBuilder<Stack<PoolQueueLayer<Req, MkD>, L>>;
 
     /// Sends each request to every peer of the wrapped peer set with a [`FanOutLayer`]: the
@@ -68,7 +66,7 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
     fn fan_out(self, layer: FanOutLayer) -> ServiceBuilder<Stack<FanOutLayer, L>>;
 
     /// Retries transient failures of the wrapped service, paid for by the layer's budget, with
-    /// a [`RetryLayer`] built by [`RetryLayer::builder`] (or [`RetryLayer::new`]).
+    /// a [`RetryLayer`] built by [`Retry::builder`](crate::retry::Retry::builder).
     ///
     /// Named `retry_budget` rather than `retry` so that it does not clash with tower's own
     /// `ServiceBuilder::retry` (behind tower's `retry` feature), which takes a tower policy.
@@ -81,10 +79,9 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     fn pool_queue<Req, MkD>(
         self,
-        config: PoolQueueConfig,
-        make_discovery: MkD,
+        layer: PoolQueueLayer<Req, MkD>,
     ) -> ServiceBuilder<Stack<PoolQueueLayer<Req, MkD>, L>> {
-        self.layer(PoolQueueLayer::new(config, make_discovery))
+        self.layer(layer)
     }
 
     fn fan_out(self, layer: FanOutLayer) -> ServiceBuilder<Stack<FanOutLayer, L>> {

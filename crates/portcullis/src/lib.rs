@@ -53,27 +53,30 @@
 //! let (publish, endpoints) = watch::channel(vec![(a, ())]);
 //!
 //! // The pool builds one endpoint per address (a real maker would connect to it).
-//! let pool = P2cPool::with_peak_ewma(|addr: &SocketAddr, _: &()| {
+//! let pool = P2cPool::builder().build(p2c::make::peak_ewma(|addr: &SocketAddr, _: &()| {
 //!     let addr = *addr;
 //!     service_fn(move |req: String| async move {
 //!         Ok::<_, BoxError>(format!("{addr} answered {req}"))
 //!     })
-//! });
+//! }))?;
 //!
 //! // Retry what failed in the queue or the pool, within a budget and a deadline.
-//! let retry = RetryLayer::builder(retry::classify::predicate(
-//!     |res: Result<&String, &BoxError>| res.is_err(),
-//! ))
-//! .max_attempts(3)
-//! .budget(Budget::builder().ratio(0.2).build()?)
-//! .deadline(Duration::from_secs(5))
-//! .build()?;
+//! let retry = Retry::builder()
+//!     .max_attempts(3)
+//!     .budget(Budget::builder().ratio(0.2).build()?)
+//!     .deadline(Duration::from_secs(5))
+//!     .build_layer(retry::classify::predicate(
+//!         |res: Result<&String, &BoxError>| res.is_err(),
+//!     ))?;
+//!
+//! let queue = PoolQueue::builder()
+//!     .capacity(64)
+//!     .failfast_timeout(Duration::from_secs(3))
+//!     .build_layer(move || discovery::from_watch(endpoints.clone()))?;
 //!
 //! let svc = ServiceBuilder::new()
 //!     .retry_budget(retry)
-//!     .pool_queue(PoolQueueConfig::new(64, Duration::from_secs(3))?, move || {
-//!         discovery::from_watch(endpoints.clone())
-//!     })
+//!     .pool_queue(queue)
 //!     .service(pool);
 //!
 //! let answer = svc.clone().oneshot("hello".to_string()).await?;
@@ -104,12 +107,10 @@
 //!         Ok::<_, Infallible>(format!("{name} synced {route}"))
 //!     })
 //! };
-//! let fan_out = FanOutLayer::new(
-//!     FanOutConfig::new()
+//! let fan_out = FanOut::builder()
 //!         .max_in_flight(8)
 //!         .per_peer_timeout(Duration::from_millis(100))
-//!         .policy(Policy::Quorum(2)),
-//! )?;
+//!         .policy(Policy::Quorum(2)).build_layer()?;
 //!
 //! let svc = ServiceBuilder::new()
 //!     .fan_out(fan_out)
@@ -126,10 +127,12 @@
 //! # Features
 //!
 //! - `http`: the HTTP classifier of [`retry::classify`] (transport errors, 429, 502, 503 and
-//!   504 on idempotent methods are transient; every other 4xx and 5xx is permanent; honours
-//!   `Retry-After`).
+//!   504 on idempotent methods are transient; every other 4xx and 5xx, and the queue's own
+//!   refusals, are permanent; honours `Retry-After`), and `endpoint::http`, a `P2cPool`
+//!   endpoint maker over hyper-util's client.
 //! - `grpc`: the gRPC classifier of [`retry::classify`] (`UNAVAILABLE`, and
-//!   `RESOURCE_EXHAUSTED` with a pushback, are transient; honours `grpc-retry-pushback-ms`).
+//!   `RESOURCE_EXHAUSTED` with a pushback, are transient; honours `grpc-retry-pushback-ms`),
+//!   and `endpoint::grpc`, a `P2cPool` endpoint maker of tonic `Channel`s.
 //! - `prometheus`: the `portcullis::prometheus` module registers every crate's metrics with a
 //!   `prometheus-client` registry (queue depth and latency, failfast, endpoints by state,
 //!   retries and budget refusals, fan-out outcomes).
@@ -144,6 +147,14 @@
 
 mod builder;
 pub mod discovery;
+#[cfg(any(feature = "http", feature = "grpc"))]
+pub mod endpoint;
+
+/// The repository README's stack, run as a doctest so that it stays true. Only in doctests:
+/// the README is outside the published package.
+#[cfg(all(doctest, feature = "http"))]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 
@@ -177,7 +188,7 @@ pub mod retry {
 /// The boxed error type of tower middleware, and the error of
 /// [`PoolQueue`](pool::PoolQueue), [`P2cPool`](p2c::P2cPool) and [`Retry`](retry::Retry)
 /// (find out what failed with `downcast_ref`).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use portcullis_pool::BoxError;
 
 /// The types a stack is built from, and [`ServiceBuilderExt`].
 ///
@@ -189,11 +200,13 @@ pub mod prelude {
     pub use crate::{fanout, p2c, pool, retry, BoxError, ServiceBuilderExt};
 
     pub use crate::fanout::{
-        FanOut, FanOutConfig, FanOutLayer, Outcome, Policy, Report, SharedLimit,
+        FanOut, FanOutBuilder, FanOutLayer, Outcome, Policy, Report, SharedLimit,
     };
-    pub use crate::p2c::P2cPool;
-    pub use crate::pool::{Pool, PoolQueue, PoolQueueConfig, PoolQueueLayer, Update};
-    pub use crate::retry::{Backoff, Budget, Classify, Decision, RetryError, RetryLayer};
+    pub use crate::p2c::{P2cPool, P2cPoolBuilder};
+    pub use crate::pool::{Pool, PoolQueue, PoolQueueBuilder, PoolQueueLayer, Update};
+    pub use crate::retry::{
+        Backoff, Budget, Classify, Decision, Retry, RetryBuilder, RetryError, RetryLayer,
+    };
 
     pub use tower::ServiceBuilder;
 }

@@ -1,7 +1,7 @@
 //! Prometheus export of every portcullis metric (feature `prometheus`).
 //!
 //! portcullis keeps its metrics as cheap snapshot handles ([`PoolQueueMetrics`],
-//! [`P2cMetrics`], [`retry::Metrics`](RetryMetrics), [`fanout::Metrics`](FanOutMetrics)) so that
+//! [`P2cMetrics`], [`retry::RetryMetrics`](RetryMetrics), [`fanout::FanOutMetrics`](FanOutMetrics)) so that
 //! the hot path never touches an exporter. This module turns each handle into a
 //! [`prometheus_client`] [`Collector`] that takes a snapshot on every scrape and encodes it:
 //! one collector per handle, registered with one `register_*` function per kind.
@@ -56,7 +56,7 @@
 //! | | `fanout_refused` | counter | |
 //! | | `fanout_peer_calls` | counter | `outcome` = `response`, `error`, `timed_out`, `cancelled` |
 //! | | `fanout_peak_in_flight` | gauge | |
-//! | | `fanout_peer_set_updates` | counter | |
+//! | | `fanout_peer_set_updates` | counter | `kind` |
 //! | | `fanout_peer_latency_seconds` | histogram | |
 //!
 //! Histograms are encoded from the HDR histograms the crates keep, with the fixed bucket
@@ -74,16 +74,12 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), BoxError> {
-//! let pool = P2cPool::with_peak_ewma(|name: &&'static str, _: &()| {
+//! let pool = P2cPool::builder().build(p2c::make::peak_ewma(|name: &&'static str, _: &()| {
 //!     let name = *name;
 //!     service_fn(move |_: ()| async move { Ok::<_, BoxError>(name) })
-//! });
+//! }))?;
 //! let p2c = pool.metrics();
-//! let queue = PoolQueue::new(
-//!     pool,
-//!     futures_util::stream::iter([Ok::<_, BoxError>(Update::Reset(vec![("a", ())]))]),
-//!     PoolQueueConfig::new(16, Duration::from_secs(1))?,
-//! )?;
+//! let queue = PoolQueue::builder().capacity(16).failfast_timeout(Duration::from_secs(1)).build(pool, futures_util::stream::iter([Ok::<_, BoxError>(Update::Reset(vec![("a", ())]))]))?;
 //!
 //! let mut registry = Registry::default();
 //! portcullis::prometheus::register_pool_queue(&mut registry, "portcullis_api", queue.metrics())?;
@@ -99,10 +95,10 @@
 //! # }
 //! ```
 
-use crate::fanout::Metrics as FanOutMetrics;
+use crate::fanout::FanOutMetrics;
 use crate::p2c::P2cMetrics;
 use crate::pool::{PoolQueueMetrics, UpdateKind};
-use crate::retry::Metrics as RetryMetrics;
+use crate::retry::RetryMetrics;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -196,11 +192,11 @@ pub fn validate_prefix(prefix: &str) -> Result<(), InvalidPrefix> {
 ///
 /// ```
 /// use portcullis::prometheus::{register_fanout, validate_prefix};
-/// use portcullis::fanout::Metrics;
+/// use portcullis::fanout::FanOutMetrics;
 /// use prometheus_client::registry::Registry;
 ///
 /// let mut registry = Registry::default();
-/// let error = register_fanout(&mut registry, "api-v2", Metrics::new()).unwrap_err();
+/// let error = register_fanout(&mut registry, "api-v2", FanOutMetrics::new()).unwrap_err();
 /// assert_eq!((error.prefix(), error.found(), error.position()), ("api-v2", '-', 3));
 /// assert!(validate_prefix("api_v2").is_ok());
 /// ```
@@ -397,7 +393,7 @@ impl Collector for P2cCollector {
             "Discovery updates applied, by kind.",
             MetricType::Counter,
             "kind",
-            UpdateKind::ALL.map(|kind| (kind.as_str(), s.updates(kind))),
+            UpdateKind::ALL.map(|kind| (kind.as_str(), s.updates.get(kind))),
         )?;
         counter(
             e,
@@ -558,11 +554,13 @@ impl Collector for FanOutCollector {
             "The most peer calls one fan-out had in flight at once.",
             s.peak_in_flight,
         )?;
-        counter(
+        labelled(
             e,
             "fanout_peer_set_updates",
-            "Peer-set updates applied.",
-            s.updates_applied,
+            "Peer-set updates applied, by kind.",
+            MetricType::Counter,
+            "kind",
+            UpdateKind::ALL.map(|kind| (kind.as_str(), s.updates.get(kind))),
         )?;
         let mut family = e.encode_descriptor(
             "fanout_peer_latency_seconds",

@@ -4,16 +4,13 @@
 //! paused time) without a panic. A configuration that is accepted and then panics, or hangs
 //! the component, is the failure these properties pin.
 
-use portcullis::fanout::{
-    ConfigError as FanOutConfigError, FanOut, FanOutConfig, Policy, SharedLimit,
-};
-use portcullis::p2c::error::ConfigError as P2cConfigError;
+use portcullis::fanout::{BuildError as FanOutBuildError, FanOut, Policy, SharedLimit};
 use portcullis::p2c::make::{pending_requests, PeakEwmaMaker};
-use portcullis::p2c::Builder;
-use portcullis::pool::{BuildError, FailFast, PoolQueue, PoolQueueConfig};
+use portcullis::p2c::{BuildError as P2cBuildError, P2cPool};
+use portcullis::pool::{BuildError, FailFast, PoolQueue, PoolQueueBuilder};
 use portcullis::retry::backoff::Jitter;
 use portcullis::retry::classify::predicate;
-use portcullis::retry::{Backoff, Budget, BudgetError, ConfigError, RetryError, RetryLayer};
+use portcullis::retry::{Backoff, Budget, BuildError as RetryBuildError, Retry, RetryError};
 use portcullis_test::endpoint::SimControl;
 use portcullis_test::{discovery, pool};
 use proptest::prelude::*;
@@ -84,23 +81,26 @@ proptest! {
 
     #[test]
     fn pool_queue_config(capacity in count(), failfast in duration()) {
-        let config = PoolQueueConfig::new(capacity, failfast);
-        match config {
+        let builder = PoolQueue::builder().capacity(capacity).failfast_timeout(failfast);
+        // The layer's build checks exactly what the queue's does.
+        let layer = builder.build_layer::<u32, _>(|| discovery::scripted::<u32, u32>(Vec::new()));
+        match layer {
             Err(BuildError::ZeroCapacity) => prop_assert_eq!(capacity, 0),
             Err(BuildError::CapacityTooLarge { .. }) => {
-                prop_assert!(capacity > PoolQueueConfig::MAX_CAPACITY)
+                prop_assert!(capacity > PoolQueueBuilder::MAX_CAPACITY)
             }
             Err(BuildError::ZeroFailfastTimeout) => prop_assert!(failfast.is_zero()),
             Err(other) => prop_assert!(false, "unexpected {other:?}"),
-            Ok(config) => {
-                prop_assert!(capacity > 0 && capacity <= PoolQueueConfig::MAX_CAPACITY);
+            Ok(layer) => {
+                prop_assert_eq!((layer.capacity(), layer.failfast_timeout()), (capacity, failfast));
+                prop_assert!(capacity > 0 && capacity <= PoolQueueBuilder::MAX_CAPACITY);
                 prop_assert!(!failfast.is_zero());
                 // A request waits on a pool with no ready endpoint: it is still waiting, or
                 // failed fast, after a second; the worker never dies of the configuration.
                 paused_runtime().block_on(async move {
                     let (mock, _control) = pool::pair::<u32, u32, u32, u32>();
                     let (_updates, stream) = discovery::channel();
-                    let queue = PoolQueue::new(mock, stream, config).unwrap();
+                    let queue = builder.build(mock, stream).unwrap();
                     let call = tokio::spawn(queue.clone().oneshot(1));
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     if call.is_finished() {
@@ -118,7 +118,7 @@ proptest! {
 
     #[test]
     fn p2c_builder(base in duration(), max in duration(), seed in any::<u64>(), rtt in duration(), decay in duration()) {
-        let built = Builder::new()
+        let built = P2cPool::builder()
             .backoff(base, max)
             .seed(seed)
             .build::<u32, u32, _, ()>(pending_requests(|_: &u32, _: &u32| {
@@ -127,7 +127,7 @@ proptest! {
                 control.endpoint_with_id::<(), u32>(0)
             }));
         match built {
-            Err(P2cConfigError::InvalidBackoff { .. }) => prop_assert!(base.is_zero() || base > max),
+            Err(P2cBuildError::InvalidBackoff { .. }) => prop_assert!(base.is_zero() || base > max),
             Err(other) => prop_assert!(false, "unexpected {other:?}"),
             Ok(mut pool) => {
                 prop_assert!(!base.is_zero() && base <= max);
@@ -146,7 +146,7 @@ proptest! {
         }
         let maker = |_: &u32, _: &u32| ();
         match PeakEwmaMaker::new(maker, rtt, decay) {
-            Err(P2cConfigError::InvalidPeakEwma { .. }) => prop_assert!(rtt.is_zero() || decay.is_zero()),
+            Err(P2cBuildError::InvalidPeakEwma { .. }) => prop_assert!(rtt.is_zero() || decay.is_zero()),
             Err(other) => prop_assert!(false, "unexpected {other:?}"),
             Ok(_) => prop_assert!(!rtt.is_zero() && !decay.is_zero()),
         }
@@ -160,23 +160,25 @@ proptest! {
         policy in prop_oneof![Just(Policy::All), Just(Policy::FirstSuccess), (0usize..6).prop_map(Policy::Quorum)],
         limit in 1usize..64,
     ) {
-        let mut config = FanOutConfig::new().max_in_flight(max_in_flight).policy(policy);
-        if let Some(t) = per_peer { config = config.per_peer_timeout(t); }
-        if let Some(t) = overall { config = config.overall_timeout(t); }
+        let mut builder = FanOut::builder().max_in_flight(max_in_flight).policy(policy);
+        if let Some(t) = per_peer { builder = builder.per_peer_timeout(t); }
+        if let Some(t) = overall { builder = builder.overall_timeout(t); }
+        let shared = SharedLimit::new(limit);
+        if let Ok(shared) = &shared { builder = builder.shared_limit(shared.clone()); }
         let peers = (0..3u32).map(|id| (id, service_fn(move |_: ()| ready(Ok::<_, &'static str>(id)))));
-        let built = FanOut::new(peers, config);
-        prop_assert_eq!(built.as_ref().err().copied(), config.validate().err());
+        // The layer's build checks exactly what the fan-out's does.
+        prop_assert_eq!(builder.clone().build_layer().err(), builder.clone().build(peers.clone()).err());
+        let built = builder.build(peers);
         match &built {
-            Err(FanOutConfigError::ZeroMaxInFlight) => prop_assert_eq!(max_in_flight, 0),
-            Err(FanOutConfigError::ZeroQuorum) => prop_assert_eq!(policy, Policy::Quorum(0)),
-            Err(FanOutConfigError::PerPeerTimeoutExceedsOverall { .. }) => prop_assert!(per_peer > overall),
+            Err(FanOutBuildError::ZeroMaxInFlight) => prop_assert_eq!(max_in_flight, 0),
+            Err(FanOutBuildError::ZeroQuorum) => prop_assert_eq!(policy, Policy::Quorum(0)),
+            Err(FanOutBuildError::PerPeerTimeoutExceedsOverall { .. }) => prop_assert!(per_peer > overall),
             Err(other) => prop_assert!(false, "unexpected {other:?}"),
             Ok(_) => {}
         }
         let shared = SharedLimit::new(limit);
-        if let (Ok(fanout), Ok(shared)) = (built, shared) {
+        if let (Ok(fanout), Ok(_)) = (built, shared) {
             paused_runtime().block_on(async move {
-                let fanout = fanout.with_shared_limit(shared);
                 match fanout.oneshot(()).await {
                     Ok(report) => assert!(report.policy_met(), "{policy:?}"),
                     Err(error) => assert!(matches!(policy, Policy::Quorum(q) if q > 3), "{error}"),
@@ -188,8 +190,8 @@ proptest! {
     #[test]
     fn shared_limit(limit in count()) {
         match SharedLimit::new(limit) {
-            Err(FanOutConfigError::ZeroSharedLimit) => prop_assert_eq!(limit, 0),
-            Err(FanOutConfigError::SharedLimitTooLarge { permits, max }) => {
+            Err(FanOutBuildError::ZeroSharedLimit) => prop_assert_eq!(limit, 0),
+            Err(FanOutBuildError::SharedLimitTooLarge { permits, max }) => {
                 prop_assert_eq!(permits, limit);
                 prop_assert!(limit > max);
             }
@@ -210,19 +212,34 @@ proptest! {
         deadline in proptest::option::of(duration()),
         retry_everything in any::<bool>(),
     ) {
-        let backoff = Backoff::new(base, factor, cap).jitter(jitter).seed(seed);
+        // The backoff is checked where it is made.
+        let backoff = match Backoff::new(base, factor, cap) {
+            Err(RetryBuildError::BackoffFactor(f)) => {
+                prop_assert!(!(f.is_finite() && f >= 1.0));
+                return Ok(());
+            }
+            Err(RetryBuildError::BackoffCapBelowBase { .. }) => {
+                prop_assert!(factor.is_finite() && factor >= 1.0 && cap < base);
+                return Ok(());
+            }
+            Err(other) => {
+                prop_assert!(false, "unexpected {other:?}");
+                return Ok(());
+            }
+            Ok(backoff) => {
+                prop_assert!(factor.is_finite() && factor >= 1.0 && cap >= base);
+                backoff.jitter(jitter).seed(seed)
+            }
+        };
         let classify = predicate(if retry_everything { always_retry } else { never_retry });
-        let mut builder = RetryLayer::builder(classify).max_attempts(max_attempts).backoff(backoff);
+        let mut builder = Retry::builder().max_attempts(max_attempts).backoff(backoff);
         if let Some(t) = attempt_timeout { builder = builder.attempt_timeout(t); }
         if let Some(d) = deadline { builder = builder.deadline(d); }
-        match builder.build() {
-            Err(ConfigError::ZeroAttempts) => prop_assert_eq!(max_attempts, 0),
-            Err(ConfigError::BackoffFactor(f)) => prop_assert!(!(f.is_finite() && f >= 1.0)),
-            Err(ConfigError::BackoffCapBelowBase { .. }) => prop_assert!(cap < base),
-            Err(ConfigError::ZeroTimeout) => {
-                prop_assert!(attempt_timeout == Some(Duration::ZERO) || deadline == Some(Duration::ZERO))
-            }
-            Err(ConfigError::BackoffExceedsDeadline { worst_case, deadline: d }) => {
+        match builder.build_layer(classify) {
+            Err(RetryBuildError::ZeroAttempts) => prop_assert_eq!(max_attempts, 0),
+            Err(RetryBuildError::ZeroAttemptTimeout) => prop_assert_eq!(attempt_timeout, Some(Duration::ZERO)),
+            Err(RetryBuildError::ZeroDeadline) => prop_assert_eq!(deadline, Some(Duration::ZERO)),
+            Err(RetryBuildError::BackoffExceedsDeadline { worst_case, deadline: d }) => {
                 prop_assert_eq!(Some(d), deadline);
                 prop_assert!(worst_case >= d);
             }
@@ -255,10 +272,11 @@ proptest! {
     #[test]
     fn budget_builder(ratio in factor(), min_per_sec in any::<u32>(), ttl in duration(), slots in prop_oneof![Just(0u32), 1u32..100, any::<u32>()]) {
         match Budget::builder().ratio(ratio).min_per_sec(min_per_sec).ttl(ttl).slots(slots).build() {
-            Err(BudgetError::Ratio(r)) => prop_assert!(!(0.0..=1000.0).contains(&r)),
-            Err(BudgetError::ZeroTtl) => prop_assert!(ttl.is_zero()),
-            Err(BudgetError::TtlTooLong) => prop_assert!(ttl.as_nanos() > u128::from(u64::MAX)),
-            Err(BudgetError::Slots(n)) => prop_assert_eq!(n, slots),
+            Err(RetryBuildError::BudgetRatio(r)) => prop_assert!(!(0.0..=1000.0).contains(&r)),
+            Err(RetryBuildError::BudgetZeroTtl) => prop_assert!(ttl.is_zero()),
+            Err(RetryBuildError::BudgetTtlTooLong(t)) => prop_assert!(t == ttl && ttl.as_nanos() > u128::from(u64::MAX)),
+            Err(RetryBuildError::BudgetSlots(n)) => prop_assert_eq!(n, slots),
+            Err(other) => prop_assert!(false, "unexpected {other:?}"),
             Ok(budget) => {
                 prop_assert!((0.0..=1000.0).contains(&ratio));
                 paused_runtime().block_on(async move {

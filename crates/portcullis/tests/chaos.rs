@@ -18,10 +18,10 @@
 
 mod support;
 
-use portcullis::pool::{PoolQueue, PoolQueueConfig, Update};
+use portcullis::pool::{PoolQueue, Update};
 use portcullis::retry::backoff::Jitter;
 use portcullis::retry::classify::predicate;
-use portcullis::retry::{Backoff, BoxError, Budget, RetryError, RetryLayer};
+use portcullis::retry::{Backoff, BoxError, Budget, Retry, RetryError};
 use portcullis_test::discovery;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -82,18 +82,18 @@ async fn run(seed: u64, ops: usize) {
     let (updates, stream) = discovery::channel();
     let mut live: BTreeMap<u32, u32> = (0..4).map(|k| (k, 0)).collect();
     updates.send(Update::Reset(live.iter().map(|(k, t)| (*k, *t)).collect()));
-    let queue = PoolQueue::new(
-        fleet.pool::<u32>(seed),
-        stream,
-        PoolQueueConfig::new(32, FAILFAST).unwrap(),
-    )
-    .unwrap();
-    let retry = RetryLayer::builder(predicate(retry_on_error))
+    let queue = PoolQueue::builder()
+        .capacity(32)
+        .failfast_timeout(FAILFAST)
+        .build(fleet.pool::<u32>(seed), stream)
+        .unwrap();
+    let retry = Retry::builder()
         .max_attempts(3)
         .attempt_timeout(ATTEMPT_TIMEOUT)
         .deadline(DEADLINE)
         .backoff(
             Backoff::new(ms(10), 2.0, ms(100))
+                .unwrap()
                 .jitter(Jitter::Full)
                 .seed(seed),
         )
@@ -104,7 +104,7 @@ async fn run(seed: u64, ops: usize) {
                 .build()
                 .unwrap(),
         )
-        .build()
+        .build_layer(predicate(retry_on_error))
         .unwrap();
     let svc = retry.layer(queue);
 

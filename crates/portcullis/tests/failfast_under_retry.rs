@@ -36,15 +36,15 @@ struct Outcome {
 /// Retries every error, each attempt giving up after `ATTEMPT_TIMEOUT`.
 fn retry_layer() -> RetryLayer<impl Classify<String, (u32, u32), BoxError> + Send + Sync + 'static>
 {
-    RetryLayer::builder(retry::classify::predicate(
-        |res: Result<&(u32, u32), &BoxError>| res.is_err(),
-    ))
-    .max_attempts(3)
-    .attempt_timeout(ATTEMPT_TIMEOUT)
-    .backoff(Backoff::new(ms(10), 2.0, ms(40)))
-    .deadline(Duration::from_secs(2))
-    .build()
-    .unwrap()
+    Retry::builder()
+        .max_attempts(3)
+        .attempt_timeout(ATTEMPT_TIMEOUT)
+        .backoff(Backoff::new(ms(10), 2.0, ms(40)).unwrap())
+        .deadline(Duration::from_secs(2))
+        .build_layer(retry::classify::predicate(
+            |res: Result<&(u32, u32), &BoxError>| res.is_err(),
+        ))
+        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
@@ -57,9 +57,13 @@ async fn failfast_engages_under_a_retry_whose_attempts_give_up_before_the_timeou
 
     let svc = ServiceBuilder::new()
         .retry_budget(retry_layer())
-        .pool_queue(PoolQueueConfig::new(64, FAILFAST).unwrap(), move || {
-            discovery::from_watch(endpoints.clone())
-        })
+        .pool_queue(
+            PoolQueue::builder()
+                .capacity(64)
+                .failfast_timeout(FAILFAST)
+                .build_layer(move || discovery::from_watch(endpoints.clone()))
+                .unwrap(),
+        )
         .service(fleet.pool::<String>(7));
     let queue_metrics = svc.get_ref().metrics();
 

@@ -54,51 +54,48 @@ impl Service<u32> for Broken {
 async fn retry_queue_and_p2c_metrics_are_exported() {
     // Two healthy replicas and one whose readiness fails; the first two calls fail.
     let failures_left = Arc::new(AtomicU32::new(2));
-    let pool = P2cPool::with_seed(
-        portcullis::p2c::make::pending_requests(move |name: &&'static str, _: &()| {
-            let name = *name;
-            let failures_left = failures_left.clone();
-            let healthy = service_fn(move |_: u32| {
-                let fail = failures_left
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok();
-                async move {
-                    if fail {
-                        Err::<&'static str, BoxError>("connection reset".into())
-                    } else {
-                        Ok(name)
+    let pool = P2cPool::builder()
+        .seed(3)
+        .build(portcullis::p2c::make::pending_requests(
+            move |name: &&'static str, _: &()| {
+                let name = *name;
+                let failures_left = failures_left.clone();
+                let healthy = service_fn(move |_: u32| {
+                    let fail = failures_left
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    async move {
+                        if fail {
+                            Err::<&'static str, BoxError>("connection reset".into())
+                        } else {
+                            Ok(name)
+                        }
                     }
+                });
+                if name == "broken" {
+                    tower::util::Either::Left(Broken)
+                } else {
+                    tower::util::Either::Right(healthy)
                 }
-            });
-            if name == "broken" {
-                tower::util::Either::Left(Broken)
-            } else {
-                tower::util::Either::Right(healthy)
-            }
-        }),
-        3,
-    );
+            },
+        ))
+        .unwrap();
     let p2c = pool.metrics();
     let (publish, endpoints) =
         tokio::sync::watch::channel(vec![("a", ()), ("b", ()), ("broken", ())]);
-    let queue = PoolQueue::new(
-        pool,
-        discovery::from_watch(endpoints),
-        PoolQueueConfig::new(8, Duration::from_secs(1)).unwrap(),
-    )
-    .unwrap();
-    let retry = RetryLayer::builder(retry::classify::predicate(
-        |res: Result<&&'static str, &BoxError>| res.is_err(),
-    ))
-    .max_attempts(3)
-    .backoff(Backoff::new(
-        Duration::from_millis(1),
-        2.0,
-        Duration::from_millis(10),
-    ))
-    .deadline(Duration::from_secs(1))
-    .build()
-    .unwrap();
+    let queue = PoolQueue::builder()
+        .capacity(8)
+        .failfast_timeout(Duration::from_secs(1))
+        .build(pool, discovery::from_watch(endpoints))
+        .unwrap();
+    let retry = Retry::builder()
+        .max_attempts(3)
+        .backoff(Backoff::new(Duration::from_millis(1), 2.0, Duration::from_millis(10)).unwrap())
+        .deadline(Duration::from_secs(1))
+        .build_layer(retry::classify::predicate(
+            |res: Result<&&'static str, &BoxError>| res.is_err(),
+        ))
+        .unwrap();
 
     let mut registry = Registry::default();
     prometheus::register_retry(&mut registry, "api", retry.metrics().clone()).unwrap();
@@ -189,15 +186,19 @@ async fn retry_queue_and_p2c_metrics_are_exported() {
 
 #[tokio::test(start_paused = true)]
 async fn failfast_is_exported_under_its_own_prefix() {
-    let pool = P2cPool::with_peak_ewma(|_: &&'static str, _: &()| {
-        service_fn(|_: u32| async { Ok::<_, Infallible>(()) })
-    });
-    let queue = PoolQueue::new(
-        pool,
-        futures_util::stream::pending::<Result<Update<&'static str, ()>, BoxError>>(),
-        PoolQueueConfig::new(4, Duration::from_millis(100)).unwrap(),
-    )
-    .unwrap();
+    let pool = P2cPool::builder()
+        .build(portcullis::p2c::make::peak_ewma(
+            |_: &&'static str, _: &()| service_fn(|_: u32| async { Ok::<_, Infallible>(()) }),
+        ))
+        .unwrap();
+    let queue = PoolQueue::builder()
+        .capacity(4)
+        .failfast_timeout(Duration::from_millis(100))
+        .build(
+            pool,
+            futures_util::stream::pending::<Result<Update<&'static str, ()>, BoxError>>(),
+        )
+        .unwrap();
     let mut registry = Registry::default();
     prometheus::register_pool_queue(&mut registry, "empty", queue.metrics()).unwrap();
 
@@ -244,17 +245,15 @@ async fn fanout_metrics_are_exported_with_a_latency_histogram() {
             Ok::<_, Infallible>(delay_ms)
         })
     };
-    let fanout = FanOut::new(
-        [
+    let fanout = FanOut::builder()
+        .max_in_flight(8)
+        .per_peer_timeout(Duration::from_millis(80))
+        .build([
             ("fast", peer(3)),
             ("slow", peer(20)),
             ("hung", peer(60_000)),
-        ],
-        FanOutConfig::new()
-            .max_in_flight(8)
-            .per_peer_timeout(Duration::from_millis(80)),
-    )
-    .unwrap();
+        ])
+        .unwrap();
     let mut registry = Registry::default();
     prometheus::register_fanout(&mut registry, "purge", fanout.metrics().clone()).unwrap();
 
@@ -349,16 +348,16 @@ fn assert_families_unique(text: &str) -> HashSet<&str> {
 
 /// What `register_*` makes of `prefix`: the names it exposes, or the error.
 fn register_all(prefix: &str) -> Result<String, prometheus::InvalidPrefix> {
-    let retry = RetryLayer::builder(retry::classify::predicate(|res: Result<&(), &BoxError>| {
-        res.is_err()
-    }))
-    .build()
-    .unwrap();
+    let retry = Retry::builder()
+        .build_layer(retry::classify::predicate(|res: Result<&(), &BoxError>| {
+            res.is_err()
+        }))
+        .unwrap();
     let mut registry = Registry::default();
     let results = [
         prometheus::register_p2c(&mut registry, prefix, p2c::P2cMetrics::default()),
         prometheus::register_retry(&mut registry, prefix, retry.metrics().clone()),
-        prometheus::register_fanout(&mut registry, prefix, fanout::Metrics::new()),
+        prometheus::register_fanout(&mut registry, prefix, fanout::FanOutMetrics::new()),
     ];
     // Every kind answers the same, and a refused prefix registers nothing.
     let text = render(&registry);
@@ -377,14 +376,18 @@ async fn a_prefix_with_a_dash_is_refused() {
     assert_eq!((error.found(), error.position()), ('-', 3));
     assert!(error.to_string().contains("\"api-v2\""), "{error}");
     // The queue's register function refuses it too.
-    let queue = PoolQueue::new(
-        P2cPool::with_peak_ewma(|_: &&'static str, _: &()| {
-            service_fn(|_: u32| async { Ok::<_, Infallible>(()) })
-        }),
-        futures_util::stream::pending::<Result<Update<&'static str, ()>, BoxError>>(),
-        PoolQueueConfig::default(),
-    )
-    .unwrap();
+    let queue = PoolQueue::builder()
+        .build(
+            P2cPool::builder()
+                .build(portcullis::p2c::make::peak_ewma(
+                    |_: &&'static str, _: &()| {
+                        service_fn(|_: u32| async { Ok::<_, Infallible>(()) })
+                    },
+                ))
+                .unwrap(),
+            futures_util::stream::pending::<Result<Update<&'static str, ()>, BoxError>>(),
+        )
+        .unwrap();
     let mut registry = Registry::default();
     let refused = prometheus::register_pool_queue(&mut registry, "api-v2", queue.metrics());
     assert_eq!(refused, Err(error));
@@ -436,7 +439,7 @@ fn an_empty_prefix_adds_nothing_to_the_names() {
 
     // Under a registry's own prefix, an empty one joins nothing more.
     let mut registry = Registry::with_prefix("app");
-    prometheus::register_fanout(&mut registry, "", fanout::Metrics::new()).unwrap();
+    prometheus::register_fanout(&mut registry, "", fanout::FanOutMetrics::new()).unwrap();
     let text = render(&registry);
     assert_sample(&text, "app_fanout_fan_outs_total", 0.0);
     assert_every_name_valid(&text);
@@ -466,26 +469,26 @@ async fn every_name_and_label_exported_is_valid_for_prometheus() {
 /// A registry with one collector of every kind under each prefix, over an idle queue, pool,
 /// retry layer and fan-out. Must run inside a runtime (the queue spawns its worker).
 fn register_every_kind(prefixes: &[&str]) -> Registry {
-    let pool = P2cPool::with_peak_ewma(|_: &&'static str, _: &()| {
-        service_fn(|_: u32| async { Ok::<_, Infallible>(()) })
-    });
+    let pool = P2cPool::builder()
+        .build(portcullis::p2c::make::peak_ewma(
+            |_: &&'static str, _: &()| service_fn(|_: u32| async { Ok::<_, Infallible>(()) }),
+        ))
+        .unwrap();
     let p2c = pool.metrics();
-    let queue = PoolQueue::new(
-        pool,
-        futures_util::stream::pending::<Result<Update<&'static str, ()>, BoxError>>(),
-        PoolQueueConfig::default(),
-    )
-    .unwrap();
-    let retry = RetryLayer::builder(retry::classify::predicate(|res: Result<&(), &BoxError>| {
-        res.is_err()
-    }))
-    .build()
-    .unwrap();
-    let fanout = FanOut::new(
-        [("a", service_fn(|_: u32| async { Ok::<_, Infallible>(()) }))],
-        FanOutConfig::new(),
-    )
-    .unwrap();
+    let queue = PoolQueue::builder()
+        .build(
+            pool,
+            futures_util::stream::pending::<Result<Update<&'static str, ()>, BoxError>>(),
+        )
+        .unwrap();
+    let retry = Retry::builder()
+        .build_layer(retry::classify::predicate(|res: Result<&(), &BoxError>| {
+            res.is_err()
+        }))
+        .unwrap();
+    let fanout = FanOut::builder()
+        .build([("a", service_fn(|_: u32| async { Ok::<_, Infallible>(()) }))])
+        .unwrap();
     let mut registry = Registry::default();
     for &prefix in prefixes {
         prometheus::register_pool_queue(&mut registry, prefix, queue.metrics()).unwrap();

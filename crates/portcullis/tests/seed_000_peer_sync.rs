@@ -15,11 +15,11 @@
 
 mod support;
 
-use portcullis::fanout::{FanOut, FanOutConfig, Outcome, Policy};
+use portcullis::fanout::{FanOut, Outcome, Policy};
 use portcullis::retry::backoff::Jitter;
 use portcullis::retry::classify::predicate;
 use portcullis::retry::{
-    Backoff, BoxError, Budget, ConfigError, RetryError, RetryLayer, StopReason,
+    Backoff, BoxError, Budget, BuildError, Retry, RetryError, RetryLayer, StopReason,
 };
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -124,26 +124,27 @@ const PER_PEER_DEADLINE: Duration = Duration::from_millis(200);
 /// backoff whose worst case fits inside the per-peer deadline.
 fn retry() -> Result<
     RetryLayer<impl portcullis::retry::Classify<&'static str, usize, SyncError> + Clone>,
-    ConfigError,
+    BuildError,
 > {
-    RetryLayer::builder(predicate(|res: Result<&usize, &SyncError>| {
-        matches!(res, Err(SyncError::Unavailable))
-    }))
-    .max_attempts(4)
-    .backoff(
-        Backoff::new(ms(10), 2.0, ms(50))
-            .jitter(Jitter::Equal)
-            .seed(7),
-    )
-    .budget(
-        Budget::builder()
-            .ratio(0.2)
-            .min_per_sec(10)
-            .build()
-            .unwrap(),
-    )
-    .deadline(PER_PEER_DEADLINE)
-    .build()
+    Retry::builder()
+        .max_attempts(4)
+        .backoff(
+            Backoff::new(ms(10), 2.0, ms(50))
+                .unwrap()
+                .jitter(Jitter::Equal)
+                .seed(7),
+        )
+        .budget(
+            Budget::builder()
+                .ratio(0.2)
+                .min_per_sec(10)
+                .build()
+                .unwrap(),
+        )
+        .deadline(PER_PEER_DEADLINE)
+        .build_layer(predicate(|res: Result<&usize, &SyncError>| {
+            matches!(res, Err(SyncError::Unavailable))
+        }))
 }
 
 fn retry_error(error: &BoxError) -> &RetryError {
@@ -165,11 +166,11 @@ async fn three_replicas_one_slow_returns_at_the_per_peer_deadline() {
         .iter()
         .enumerate()
         .map(|(id, b)| (id, retry.layer(peer(id, *b, stats.clone()))));
-    let config = FanOutConfig::new()
+    let config = FanOut::builder()
         .max_in_flight(16)
         .per_peer_timeout(PER_PEER_DEADLINE)
         .policy(Policy::All);
-    let fanout = FanOut::new(peers, config).unwrap();
+    let fanout = config.build(peers).unwrap();
 
     let started = Instant::now();
     let report = fanout.oneshot("/route").await.unwrap();
@@ -206,11 +207,11 @@ async fn two_hundred_peers_stay_within_k_and_retry_only_transient_failures() {
         _ => Peer::Healthy(ms(1 + (id % 5) as u64)),
     };
     let peers = (0..PEERS).map(|id| (id, retry.layer(peer(id, behaviour(id), stats.clone()))));
-    let config = FanOutConfig::new()
+    let config = FanOut::builder()
         .max_in_flight(K)
         .per_peer_timeout(PER_PEER_DEADLINE)
         .policy(Policy::All);
-    let fanout = FanOut::new(peers, config).unwrap();
+    let fanout = config.build(peers).unwrap();
 
     let started = Instant::now();
     let report = fanout.clone().oneshot("/route").await.unwrap();
@@ -264,18 +265,18 @@ async fn two_hundred_peers_stay_within_k_and_retry_only_transient_failures() {
 async fn retry_sleeps_fit_inside_the_per_peer_deadline() {
     // The seed's configuration: a retry budget larger than the request timeout is refused
     // when the layer is built, not discovered in production.
-    let too_long = RetryLayer::builder(predicate(|res: Result<&usize, &SyncError>| res.is_err()))
+    let too_long = Retry::builder()
         .max_attempts(4)
-        .backoff(Backoff::new(ms(100), 2.0, ms(1_000)))
+        .backoff(Backoff::new(ms(100), 2.0, ms(1_000)).unwrap())
         .deadline(PER_PEER_DEADLINE)
-        .build();
+        .build_layer(predicate(|res: Result<&usize, &SyncError>| res.is_err()));
     assert!(
-        matches!(too_long, Err(ConfigError::BackoffExceedsDeadline { deadline, .. }) if deadline == PER_PEER_DEADLINE)
+        matches!(too_long, Err(BuildError::BackoffExceedsDeadline { deadline, .. }) if deadline == PER_PEER_DEADLINE)
     );
 
     // The accepted policy's worst case fits, and a peer that never recovers is given up on
     // before the deadline, with growing gaps between attempts.
-    let backoff = Backoff::new(ms(10), 2.0, ms(50));
+    let backoff = Backoff::new(ms(10), 2.0, ms(50)).unwrap();
     assert!(backoff.worst_case(3) < PER_PEER_DEADLINE);
     let stats = Stats::new(1);
     let retry = retry().unwrap();

@@ -18,7 +18,7 @@
 mod support;
 
 use futures_util::future::join_all;
-use portcullis::pool::{FailFast, PoolQueue, PoolQueueConfig, PoolQueueMetrics, Update};
+use portcullis::pool::{FailFast, PoolQueue, PoolQueueMetrics, Update};
 use portcullis::BoxError;
 use portcullis_test::discovery;
 use std::sync::{Arc, Mutex};
@@ -53,13 +53,19 @@ fn side(other: Slot) -> (Side, PoolQueueMetrics) {
         });
         Limited::new(handler, WORKERS)
     };
-    let pool =
-        portcullis::p2c::P2cPool::with_seed(portcullis::p2c::make::pending_requests(maker), 1);
+    let pool = portcullis::p2c::P2cPool::builder()
+        .seed(1)
+        .build(portcullis::p2c::make::pending_requests(maker))
+        .unwrap();
     let (updates, stream) = discovery::channel();
     updates.send(Update::Reset(vec![(1, ()), (2, ())]));
     // A static set: discovery ends after it, and the queue keeps serving it.
     drop(updates);
-    let queue = PoolQueue::new(pool, stream, PoolQueueConfig::new(2, FAILFAST).unwrap()).unwrap();
+    let queue = PoolQueue::builder()
+        .capacity(2)
+        .failfast_timeout(FAILFAST)
+        .build(pool, stream)
+        .unwrap();
     let metrics = queue.metrics();
     (BoxCloneService::new(queue), metrics)
 }

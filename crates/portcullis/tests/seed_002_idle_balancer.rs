@@ -15,7 +15,7 @@
 
 mod support;
 
-use portcullis::pool::{PoolQueue, PoolQueueConfig, Update};
+use portcullis::pool::{PoolQueue, Update};
 use portcullis_test::{alloc::CountingAllocator, discovery};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -160,12 +160,11 @@ async fn idle_balancer_follows_ten_minutes_of_churn_and_memory_stays_flat() {
         fleet.control(key);
     }
     let (updates, stream) = discovery::channel();
-    let queue = PoolQueue::new(
-        fleet.pool::<&'static str>(2),
-        stream,
-        PoolQueueConfig::new(16, Duration::from_secs(3)).unwrap(),
-    )
-    .unwrap();
+    let queue = PoolQueue::builder()
+        .capacity(16)
+        .failfast_timeout(Duration::from_secs(3))
+        .build(fleet.pool::<&'static str>(2), stream)
+        .unwrap();
     let metrics = queue.metrics();
     let mut churn = Churn {
         rng: SmallRng::seed_from_u64(0x5eed_0002),

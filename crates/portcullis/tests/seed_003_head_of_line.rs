@@ -11,9 +11,9 @@
 mod support;
 
 use futures_util::future::join_all;
-use portcullis::pool::{PoolQueue, PoolQueueConfig, Update};
+use portcullis::pool::{PoolQueue, Update};
 use portcullis::retry::classify::predicate;
-use portcullis::retry::{BoxError, RetryError, RetryLayer, StopReason};
+use portcullis::retry::{BoxError, Retry, RetryError, StopReason};
 use portcullis_test::discovery;
 use std::time::Duration;
 use support::{settle, Fleet};
@@ -43,17 +43,16 @@ async fn a_hung_replica_does_not_delay_requests_to_the_others() {
     let fleet = fleet();
     let (updates, stream) = discovery::channel();
     updates.send(Update::Reset((1..=4).map(|k| (k, 0)).collect()));
-    let queue = PoolQueue::new(
-        fleet.pool::<u32>(3),
-        stream,
-        PoolQueueConfig::new(64, Duration::from_secs(3)).unwrap(),
-    )
-    .unwrap();
+    let queue = PoolQueue::builder()
+        .capacity(64)
+        .failfast_timeout(Duration::from_secs(3))
+        .build(fleet.pool::<u32>(3), stream)
+        .unwrap();
     // One attempt, bounded by the deadline: what a caller with a request timeout does.
-    let deadline = RetryLayer::builder(predicate(never_retry))
+    let deadline = Retry::builder()
         .max_attempts(1)
         .deadline(DEADLINE)
-        .build()
+        .build_layer(predicate(never_retry))
         .unwrap();
     let svc = deadline.layer(queue.clone());
     settle().await;
@@ -119,12 +118,11 @@ async fn a_caller_that_stops_polling_holds_up_nobody() {
     fleet.control(HUNG).set_hang(false);
     let (updates, stream) = discovery::channel();
     updates.send(Update::Reset((1..=4).map(|k| (k, 0)).collect()));
-    let queue = PoolQueue::new(
-        fleet.pool::<u32>(5),
-        stream,
-        PoolQueueConfig::new(1, Duration::from_secs(3)).unwrap(),
-    )
-    .unwrap();
+    let queue = PoolQueue::builder()
+        .capacity(1)
+        .failfast_timeout(Duration::from_secs(3))
+        .build(fleet.pool::<u32>(5), stream)
+        .unwrap();
     settle().await;
 
     // A caller is dispatched, then never polls its response again.

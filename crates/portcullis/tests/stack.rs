@@ -42,7 +42,10 @@ fn pool(
         let control = replicas.get(key).cloned().unwrap_or_default();
         control.endpoint_with_id(*key)
     };
-    let pool = P2cPool::with_seed(pending_requests(maker), 7);
+    let pool = P2cPool::builder()
+        .seed(7)
+        .build(pending_requests(maker))
+        .unwrap();
     let metrics = pool.metrics();
     (pool, metrics)
 }
@@ -53,18 +56,14 @@ fn set(addrs: &[SocketAddr]) -> Vec<(SocketAddr, SocketAddr)> {
 
 fn retry_layer() -> RetryLayer<impl Classify<String, SocketAddr, BoxError> + Send + Sync + 'static>
 {
-    RetryLayer::builder(retry::classify::predicate(
-        |res: Result<&SocketAddr, &BoxError>| res.is_err(),
-    ))
-    .max_attempts(3)
-    .backoff(Backoff::new(
-        Duration::from_millis(10),
-        2.0,
-        Duration::from_millis(40),
-    ))
-    .deadline(Duration::from_secs(1))
-    .build()
-    .unwrap()
+    Retry::builder()
+        .max_attempts(3)
+        .backoff(Backoff::new(Duration::from_millis(10), 2.0, Duration::from_millis(40)).unwrap())
+        .deadline(Duration::from_secs(1))
+        .build_layer(retry::classify::predicate(
+            |res: Result<&SocketAddr, &BoxError>| res.is_err(),
+        ))
+        .unwrap()
 }
 
 /// Lets every task run until the runtime is idle (paused time only moves when it is).
@@ -86,8 +85,11 @@ async fn stack_serves_concurrent_requests_across_replicas() {
     let svc = ServiceBuilder::new()
         .retry_budget(retry.clone())
         .pool_queue(
-            PoolQueueConfig::new(64, Duration::from_secs(3)).unwrap(),
-            move || discovery::from_watch(endpoints.clone()),
+            PoolQueue::builder()
+                .capacity(64)
+                .failfast_timeout(Duration::from_secs(3))
+                .build_layer(move || discovery::from_watch(endpoints.clone()))
+                .unwrap(),
         )
         .service(pool);
 
@@ -132,9 +134,11 @@ async fn a_failed_call_is_retried_through_the_queue() {
 
     let svc = ServiceBuilder::new()
         .retry_budget(retry.clone())
-        .pool_queue(PoolQueueConfig::default(), move || {
-            discovery::from_watch(endpoints.clone())
-        })
+        .pool_queue(
+            PoolQueue::builder()
+                .build_layer(move || discovery::from_watch(endpoints.clone()))
+                .unwrap(),
+        )
         .service(pool);
 
     let call = tokio::spawn(svc.oneshot("hello".to_string()));
@@ -159,9 +163,11 @@ async fn watch_updates_reach_the_pool_while_idle() {
 
     let svc = ServiceBuilder::new()
         .retry_budget(retry_layer())
-        .pool_queue(PoolQueueConfig::default(), move || {
-            discovery::from_watch(endpoints.clone())
-        })
+        .pool_queue(
+            PoolQueue::builder()
+                .build_layer(move || discovery::from_watch(endpoints.clone()))
+                .unwrap(),
+        )
         .service(pool);
     let queue_metrics = svc.get_ref().metrics();
 
@@ -202,9 +208,11 @@ async fn discovery_end_keeps_serving_the_last_set() {
 
     let svc = ServiceBuilder::new()
         .retry_budget(retry_layer())
-        .pool_queue(PoolQueueConfig::default(), move || {
-            discovery::from_watch(endpoints.clone())
-        })
+        .pool_queue(
+            PoolQueue::builder()
+                .build_layer(move || discovery::from_watch(endpoints.clone()))
+                .unwrap(),
+        )
         .service(pool);
     // The layer holds a receiver clone in its discovery function, not the sender: dropping the
     // sender ends the worker's stream.
@@ -224,18 +232,19 @@ async fn fan_out_behind_a_pool_queue_follows_discovery() {
         })
     };
     let (publish, peers) = watch::channel(vec![("a", peer("a", 5)), ("b", peer("b", 500))]);
-    let fan_out = FanOutLayer::new(
-        FanOutConfig::new()
-            .max_in_flight(4)
-            .per_peer_timeout(Duration::from_millis(50)),
-    )
-    .unwrap();
+    let fan_out = FanOut::builder()
+        .max_in_flight(4)
+        .per_peer_timeout(Duration::from_millis(50))
+        .build_layer()
+        .unwrap();
     let fan_out_metrics = fan_out.metrics().clone();
 
     let svc = ServiceBuilder::new()
-        .pool_queue(PoolQueueConfig::default(), move || {
-            discovery::from_watch(peers.clone())
-        })
+        .pool_queue(
+            PoolQueue::builder()
+                .build_layer(move || discovery::from_watch(peers.clone()))
+                .unwrap(),
+        )
         .fan_out(fan_out)
         .service(Vec::new());
 

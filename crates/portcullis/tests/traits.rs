@@ -20,9 +20,9 @@ fn handles_are_clone_send_and_sync() {
     shared::<Retry<PoolQueue<http::Request<()>, MockResponse<http::Response<()>>>, HttpClassify>>();
     shared::<Budget>();
     shared::<FanOut<u32, SimEndpoint<u32, u32>>>();
-    shared::<portcullis::fanout::Metrics>();
+    shared::<portcullis::fanout::FanOutMetrics>();
     shared::<portcullis::p2c::P2cMetrics>();
-    shared::<portcullis::retry::Metrics>();
+    shared::<portcullis::retry::RetryMetrics>();
 }
 
 #[test]

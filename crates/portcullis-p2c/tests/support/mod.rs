@@ -2,7 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use futures_util::FutureExt;
-use portcullis_p2c::{BoxError, Builder, MakeEndpoint, P2cPool};
+use portcullis_p2c::{BoxError, MakeEndpoint, P2cPool};
 use portcullis_test::endpoint::{SimControl, SimEndpoint};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -68,7 +68,7 @@ impl Fleet {
     }
 
     pub fn pool(&self, seed: u64) -> TestPool {
-        Builder::new()
+        P2cPool::builder()
             .backoff(BACKOFF_BASE, BACKOFF_MAX)
             .seed(seed)
             .build(self.clone())

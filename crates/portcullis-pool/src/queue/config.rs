@@ -1,71 +1,164 @@
-use super::error::BuildError;
+use super::{
+    error::{BoxError, BuildError},
+    layer::PoolQueueLayer,
+    worker::Worker,
+    PoolQueue,
+};
+use crate::{Pool, Update};
+use futures_core::TryStream;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// How a [`PoolQueue`](super::PoolQueue) is sized and when it fails fast.
+/// Builds a [`PoolQueue`] or its [`PoolQueueLayer`]: how many requests may wait, and when the
+/// queue fails fast.
 ///
-/// Built with [`PoolQueueConfig::new`], which refuses values the queue cannot honour.
+/// The settings are checked when the queue or layer is built, and only then
+/// ([`build`](Self::build), [`build_layer`](Self::build_layer)).
 ///
 /// ```
-/// use portcullis_pool::{BuildError, PoolQueueConfig};
-/// use std::time::Duration;
+/// use portcullis_pool::{BuildError, PoolQueue, Update};
+/// use std::{convert::Infallible, time::Duration};
 ///
-/// let config = PoolQueueConfig::new(64, Duration::from_secs(3)).unwrap();
-/// assert_eq!(config.capacity(), 64);
-/// assert_eq!(PoolQueueConfig::new(0, Duration::from_secs(3)), Err(BuildError::ZeroCapacity));
+/// // A discovery stream that never changes, for the layer to hand each queue it builds.
+/// let discovery = || futures_util::stream::pending::<Result<Update<&str, u16>, Infallible>>();
+///
+/// // The layer's first type parameter is the request type of the queues it builds.
+/// let layer = PoolQueue::builder()
+///     .capacity(64)
+///     .failfast_timeout(Duration::from_secs(3))
+///     .build_layer::<String, _>(discovery)?;
+/// assert_eq!(layer.capacity(), 64);
+///
+/// let refused = PoolQueue::builder().capacity(0).build_layer::<String, _>(discovery);
+/// assert_eq!(refused.err(), Some(BuildError::ZeroCapacity));
+/// # Ok::<(), BuildError>(())
 /// ```
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct PoolQueueConfig {
+pub struct PoolQueueBuilder {
     capacity: usize,
     failfast_timeout: Duration,
 }
 
-impl PoolQueueConfig {
-    /// The capacity of [`PoolQueueConfig::default`].
+/// The settings of a built queue: checked, so every value here is one the queue can honour.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Config {
+    pub(crate) capacity: usize,
+    pub(crate) failfast_timeout: Duration,
+}
+
+impl PoolQueueBuilder {
+    /// The default [`capacity`](Self::capacity).
     pub const DEFAULT_CAPACITY: usize = 100;
-    /// The failfast timeout of [`PoolQueueConfig::default`].
+    /// The default [`failfast_timeout`](Self::failfast_timeout).
     pub const DEFAULT_FAILFAST_TIMEOUT: Duration = Duration::from_secs(3);
     /// The largest capacity a queue can have.
     pub const MAX_CAPACITY: usize = Semaphore::MAX_PERMITS;
 
-    /// A configuration with room for `capacity` waiting requests (exactly: the
-    /// `capacity + 1`th caller is not ready), that fails fast once requests have waited
-    /// `failfast_timeout` with no endpoint ready.
-    pub const fn new(capacity: usize, failfast_timeout: Duration) -> Result<Self, BuildError> {
-        if capacity == 0 {
-            return Err(BuildError::ZeroCapacity);
-        }
-        if capacity > Self::MAX_CAPACITY {
-            return Err(BuildError::CapacityTooLarge {
-                capacity,
-                max: Self::MAX_CAPACITY,
-            });
-        }
-        if failfast_timeout.is_zero() {
-            return Err(BuildError::ZeroFailfastTimeout);
-        }
-        Ok(Self {
-            capacity,
-            failfast_timeout,
-        })
-    }
-
-    /// How many requests may wait in the queue.
-    pub const fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// How long requests may wait with no endpoint ready before the queue fails fast.
-    pub const fn failfast_timeout(&self) -> Duration {
-        self.failfast_timeout
-    }
-}
-
-impl Default for PoolQueueConfig {
-    fn default() -> Self {
+    /// A builder with the default settings.
+    pub const fn new() -> Self {
         Self {
             capacity: Self::DEFAULT_CAPACITY,
             failfast_timeout: Self::DEFAULT_FAILFAST_TIMEOUT,
         }
+    }
+
+    /// Room for `capacity` waiting requests, exactly: the `capacity + 1`th caller is not ready.
+    /// At least 1 and at most [`MAX_CAPACITY`](Self::MAX_CAPACITY).
+    pub const fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Fail fast once requests have waited this long with no endpoint ready. Not zero.
+    pub const fn failfast_timeout(mut self, timeout: Duration) -> Self {
+        self.failfast_timeout = timeout;
+        self
+    }
+
+    /// Checks every setting.
+    pub(crate) const fn check(self) -> Result<Config, BuildError> {
+        if self.capacity == 0 {
+            return Err(BuildError::ZeroCapacity);
+        }
+        if self.capacity > Self::MAX_CAPACITY {
+            return Err(BuildError::CapacityTooLarge {
+                capacity: self.capacity,
+                max: Self::MAX_CAPACITY,
+            });
+        }
+        if self.failfast_timeout.is_zero() {
+            return Err(BuildError::ZeroFailfastTimeout);
+        }
+        Ok(Config {
+            capacity: self.capacity,
+            failfast_timeout: self.failfast_timeout,
+        })
+    }
+
+    /// Builds a queue in front of `pool`, fed by `discovery`, and spawns its worker on the
+    /// current tokio runtime, which must have its time driver enabled (`enable_time` or
+    /// `enable_all`; `#[tokio::main]` does): the failfast timer is a tokio timer.
+    ///
+    /// Fails with a [`BuildError`] for a setting the queue cannot honour, and with
+    /// [`BuildError::NoRuntime`] when no runtime is running.
+    pub fn build<P, D, K, T, Req>(
+        self,
+        pool: P,
+        discovery: D,
+    ) -> Result<PoolQueue<Req, P::Future>, BuildError>
+    where
+        P: Pool<K, T, Req> + Send + 'static,
+        P::Error: Into<BoxError>,
+        P::Future: Send + 'static,
+        D: TryStream<Ok = Update<K, T>> + Send + 'static,
+        D::Error: Into<BoxError>,
+        K: 'static,
+        T: 'static,
+        Req: Send + 'static,
+    {
+        let config = self.check()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        let (queue, worker) = PoolQueue::pair(pool, discovery, config);
+        runtime.spawn(tracing::Instrument::instrument(
+            worker,
+            tracing::info_span!("pool_queue"),
+        ));
+        Ok(queue)
+    }
+
+    /// Builds a queue and returns its worker for the caller to spawn. The worker arms a tokio
+    /// timer for failfast, so it must run where tokio's time driver is reachable: a tokio
+    /// runtime with time enabled, or another executor inside a tokio runtime's context.
+    ///
+    /// Requests wait until the worker runs. If the worker is dropped unspawned, callers get
+    /// [`WorkerGone`](super::WorkerGone).
+    #[allow(clippy::type_complexity)]
+    pub fn build_unspawned<P, D, K, T, Req>(
+        self,
+        pool: P,
+        discovery: D,
+    ) -> Result<(PoolQueue<Req, P::Future>, Worker<P, D, K, T, Req>), BuildError>
+    where
+        P: Pool<K, T, Req>,
+        P::Error: Into<BoxError>,
+        D: TryStream<Ok = Update<K, T>>,
+        D::Error: Into<BoxError>,
+    {
+        Ok(PoolQueue::pair(pool, discovery, self.check()?))
+    }
+
+    /// Builds a layer that puts a queue in front of each pool it wraps, with discovery from
+    /// `make_discovery` (called once per pool, as a discovery stream can be read only once).
+    pub fn build_layer<Req, MkD>(
+        self,
+        make_discovery: MkD,
+    ) -> Result<PoolQueueLayer<Req, MkD>, BuildError> {
+        Ok(PoolQueueLayer::new(self.check()?, make_discovery))
+    }
+}
+
+impl Default for PoolQueueBuilder {
+    fn default() -> Self {
+        Self::new()
     }
 }

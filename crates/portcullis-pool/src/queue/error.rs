@@ -41,6 +41,7 @@ impl std::error::Error for FailFast {}
 
 /// What failed, terminally, behind a [`PoolFailed`] error.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FailureSource {
     /// The discovery stream returned an error.
     Discovery,
@@ -153,25 +154,6 @@ impl fmt::Display for NoSlot {
 }
 
 impl std::error::Error for NoSlot {}
-
-/// `call` was invoked without a successful `poll_ready` first, so the request holds no slot in
-/// the queue. The request is returned unsent, as this error.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub struct NotReady(());
-
-impl NotReady {
-    pub(crate) const fn new() -> Self {
-        Self(())
-    }
-}
-
-impl fmt::Display for NotReady {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("pool queue called before poll_ready returned ready")
-    }
-}
-
-impl std::error::Error for NotReady {}
 
 /// A [`PoolQueue`](super::PoolQueue) or its layer was configured with an invalid value.
 #[derive(Clone, Debug, PartialEq, Eq)]

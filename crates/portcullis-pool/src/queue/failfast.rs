@@ -59,7 +59,7 @@ pub(crate) struct Failfast {
     timeout: Duration,
     state: State,
     /// The timer, made on first use (so a worker can be built outside a runtime, see
-    /// `PoolQueue::pair`) and reset rather than re-made afterwards.
+    /// `PoolQueue::pair`, for `PoolQueueBuilder::build`) and reset rather than re-made afterwards.
     sleep: Option<Pin<Box<Sleep>>>,
     shared: Arc<Shared>,
 }

@@ -1,4 +1,5 @@
 use super::error::{BoxError, WorkerGone};
+use crate::PolledAfterCompletion;
 use pin_project_lite::pin_project;
 use std::{
     fmt,
@@ -31,6 +32,8 @@ pin_project! {
             #[pin]
             fut: F,
         },
+        // Returned its output: polled again, it fails with `PolledAfterCompletion`.
+        Done,
     }
 }
 
@@ -57,24 +60,26 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
+        let output = loop {
             match this.state.as_mut().project() {
                 StateProj::Failed { error } => {
-                    let error = error
+                    break Err(error
                         .take()
-                        .unwrap_or_else(|| Box::new(PolledAfterCompletion));
-                    return Poll::Ready(Err(error));
+                        .unwrap_or_else(|| Box::new(PolledAfterCompletion::new())));
                 }
                 StateProj::Queued { rx } => match ready!(Pin::new(rx).poll(cx)) {
                     Ok(Ok(fut)) => this.state.set(State::Dispatched { fut }),
-                    Ok(Err(error)) => return Poll::Ready(Err(error)),
+                    Ok(Err(error)) => break Err(error),
                     // The worker answers every request it takes, even when it stops on a
                     // terminal error; one dropped unanswered means the worker itself is gone.
-                    Err(_) => return Poll::Ready(Err(Box::new(WorkerGone::new()))),
+                    Err(_) => break Err(Box::new(WorkerGone::new())),
                 },
-                StateProj::Dispatched { fut } => return fut.poll(cx).map_err(Into::into),
+                StateProj::Dispatched { fut } => break ready!(fut.poll(cx)).map_err(Into::into),
+                StateProj::Done => return Poll::Ready(Err(Box::new(PolledAfterCompletion::new()))),
             }
-        }
+        };
+        this.state.set(State::Done);
+        Poll::Ready(output)
     }
 }
 
@@ -84,6 +89,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
             State::Failed { .. } => "failed",
             State::Queued { .. } => "queued",
             State::Dispatched { .. } => "dispatched",
+            State::Done => "done",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -91,14 +97,41 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     }
 }
 
-/// A failed response future was polled again after it returned its error.
-#[derive(Debug)]
-struct PolledAfterCompletion;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::future::{ready, Ready};
+    use tokio_test::{assert_ready, task};
 
-impl fmt::Display for PolledAfterCompletion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("response future polled after completion")
+    fn after_completion<T: fmt::Debug>(output: Poll<Result<T, BoxError>>) {
+        let error = assert_ready!(output).unwrap_err();
+        assert!(error.is::<PolledAfterCompletion>(), "{error}");
+    }
+
+    #[test]
+    fn polled_after_completion_is_a_typed_error_in_every_state() {
+        // Dispatched: the endpoint's future is not polled again.
+        let (tx, rx) = oneshot::channel::<Result<Ready<Result<u8, Infallible>>, BoxError>>();
+        let mut dispatched = task::spawn(ResponseFuture::queued(rx));
+        assert!(tx.send(Ok(ready(Ok(7)))).is_ok());
+        assert_eq!(assert_ready!(dispatched.poll()).unwrap(), 7);
+        after_completion(dispatched.poll());
+
+        // Answered with an error by the worker: the spent receiver is not polled again.
+        let (tx, rx) = oneshot::channel::<Result<Ready<Result<u8, Infallible>>, BoxError>>();
+        let mut refused = task::spawn(ResponseFuture::queued(rx));
+        assert!(tx.send(Err(Box::new(WorkerGone::new()))).is_ok());
+        assert!(assert_ready!(refused.poll())
+            .unwrap_err()
+            .is::<WorkerGone>());
+        after_completion(refused.poll());
+
+        // Failed at once (failfast, not ready).
+        let mut failed = task::spawn(ResponseFuture::<Ready<Result<u8, Infallible>>>::failed(
+            Box::new(WorkerGone::new()),
+        ));
+        assert!(assert_ready!(failed.poll()).is_err());
+        after_completion(failed.poll());
     }
 }
-
-impl std::error::Error for PolledAfterCompletion {}

@@ -1,6 +1,7 @@
-use super::{config::PoolQueueConfig, error::BoxError, PoolQueue};
+use super::{config::Config, error::BoxError, PoolQueue};
 use crate::{Pool, Update};
 use futures_core::TryStream;
+use std::time::Duration;
 use std::{fmt, marker::PhantomData};
 use tower_layer::Layer;
 
@@ -10,23 +11,33 @@ use tower_layer::Layer;
 /// fresh one for each pool it wraps (for a `tokio::sync::watch` of endpoint sets, a new
 /// `WatchStream` over a clone of the receiver, say).
 ///
-/// The configuration is checked when it is built ([`PoolQueueConfig::new`]). If the layer is
+/// Built by [`PoolQueueBuilder::build_layer`](super::PoolQueueBuilder::build_layer), which
+/// checks the settings. If the layer is
 /// applied where no tokio runtime is running, the queue it returns answers every request with
 /// a [`WorkerGone`](super::WorkerGone) error rather than panicking.
 pub struct PoolQueueLayer<Req, MkD> {
-    config: PoolQueueConfig,
+    config: Config,
     make_discovery: MkD,
     _req: PhantomData<fn(Req)>,
 }
 
 impl<Req, MkD> PoolQueueLayer<Req, MkD> {
-    /// A layer that queues requests in front of a pool, with discovery from `make_discovery`.
-    pub const fn new(config: PoolQueueConfig, make_discovery: MkD) -> Self {
+    pub(crate) const fn new(config: Config, make_discovery: MkD) -> Self {
         Self {
             config,
             make_discovery,
             _req: PhantomData,
         }
+    }
+
+    /// How many requests may wait in each queue this layer builds.
+    pub const fn capacity(&self) -> usize {
+        self.config.capacity
+    }
+
+    /// How long requests may wait with no endpoint ready before a queue fails fast.
+    pub const fn failfast_timeout(&self) -> Duration {
+        self.config.failfast_timeout
     }
 }
 

@@ -3,7 +3,10 @@ use crate::{EndpointCounts, UpdateKind};
 use hdrhistogram::Histogram;
 use std::{
     fmt,
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 /// A cheap, cloneable view of a [`PoolQueue`](super::PoolQueue)'s metrics.
@@ -81,6 +84,29 @@ impl UpdateCounts {
     }
 }
 
+/// Counts discovery updates by kind, for any pool's metrics: one relaxed atomic add per
+/// update, read back as [`UpdateCounts`]. The queue, `P2cPool` and `FanOut` all count with it.
+#[derive(Debug, Default)]
+pub struct UpdateCounters([AtomicU64; 4]);
+
+impl UpdateCounters {
+    /// Counts one update of `kind`.
+    pub fn record(&self, kind: UpdateKind) {
+        self.0[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The updates counted so far, by kind.
+    pub fn counts(&self) -> UpdateCounts {
+        let count = |kind: UpdateKind| self.0[kind.index()].load(Ordering::Relaxed);
+        UpdateCounts {
+            reset: count(UpdateKind::Reset),
+            add: count(UpdateKind::Add),
+            remove: count(UpdateKind::Remove),
+            does_not_exist: count(UpdateKind::DoesNotExist),
+        }
+    }
+}
+
 /// Histograms of time spent in the queue (microseconds), one per outcome.
 ///
 /// The queue records waits exactly below 32 µs and to within 1/32 (about 3 %) above, each
@@ -151,13 +177,7 @@ impl PoolQueueMetrics {
 
     /// Discovery updates applied so far, by kind.
     pub fn updates(&self) -> UpdateCounts {
-        let count = |kind: UpdateKind| self.shared.updates[kind.index()].load(Ordering::Relaxed);
-        UpdateCounts {
-            reset: count(UpdateKind::Reset),
-            add: count(UpdateKind::Add),
-            remove: count(UpdateKind::Remove),
-            does_not_exist: count(UpdateKind::DoesNotExist),
-        }
+        self.shared.updates.counts()
     }
 }
 

@@ -38,7 +38,7 @@
 //! # Example
 //!
 //! ```
-//! use portcullis_pool::{PoolQueue, PoolQueueConfig, Update};
+//! use portcullis_pool::{PoolQueue, Update};
 //! use portcullis_test::{discovery, pool};
 //! use std::time::Duration;
 //! use tower::ServiceExt;
@@ -49,8 +49,10 @@
 //! let (mock, control) = pool::pair::<&str, u16, &str, String>();
 //! let (updates, stream) = discovery::channel();
 //!
-//! let config = PoolQueueConfig::new(64, Duration::from_secs(3))?;
-//! let queue = PoolQueue::new(mock, stream, config)?;
+//! let queue = PoolQueue::builder()
+//!     .capacity(64)
+//!     .failfast_timeout(Duration::from_secs(3))
+//!     .build(mock, stream)?;
 //!
 //! // Applied by the worker at once, with no request in flight.
 //! updates.send(Update::Add(vec![("replica-a", 8080)]));
@@ -76,14 +78,14 @@ mod service;
 mod shared;
 mod worker;
 
-pub use config::PoolQueueConfig;
-pub use error::{
-    BoxError, BuildError, FailFast, FailureSource, NoSlot, NotReady, PoolFailed, WorkerGone,
-};
+use config::Config;
+pub use config::PoolQueueBuilder;
+pub use error::{BoxError, BuildError, FailFast, FailureSource, NoSlot, PoolFailed, WorkerGone};
 pub use future::ResponseFuture;
 pub use layer::PoolQueueLayer;
 pub use metrics::{
-    HistogramSummary, InQueueTimes, PoolQueueMetrics, PoolQueueSnapshot, UpdateCounts,
+    HistogramSummary, InQueueTimes, PoolQueueMetrics, PoolQueueSnapshot, UpdateCounters,
+    UpdateCounts,
 };
 pub use service::PoolQueue;
 pub use worker::Worker;
@@ -97,42 +99,23 @@ use tracing::Instrument;
 
 // === impl PoolQueue ===
 
+impl PoolQueue<(), ()> {
+    /// A [`PoolQueueBuilder`] with the default settings: the one way to make a queue or its
+    /// layer.
+    pub const fn builder() -> PoolQueueBuilder {
+        PoolQueueBuilder::new()
+    }
+}
+
 impl<Req, F> PoolQueue<Req, F>
 where
     Req: Send + 'static,
     F: Send + 'static,
 {
-    /// Builds a queue in front of `pool`, fed by `discovery`, and spawns its worker on the
-    /// current tokio runtime, which must have its time driver enabled (`enable_time` or
-    /// `enable_all`; `#[tokio::main]` does): the failfast timer is a tokio timer.
-    ///
-    /// Fails with [`BuildError::NoRuntime`] when no runtime is running.
-    pub fn new<P, D, K, T>(
-        pool: P,
-        discovery: D,
-        config: PoolQueueConfig,
-    ) -> Result<Self, BuildError>
-    where
-        P: Pool<K, T, Req, Future = F> + Send + 'static,
-        P::Error: Into<BoxError>,
-        D: TryStream<Ok = Update<K, T>> + Send + 'static,
-        D::Error: Into<BoxError>,
-        K: 'static,
-        T: 'static,
-    {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
-        let (queue, worker) = Self::pair(pool, discovery, config);
-        runtime.spawn(worker.instrument(tracing::info_span!("pool_queue")));
-        Ok(queue)
-    }
-
-    /// Like [`PoolQueue::new`], but for the layer, which cannot return an error: with no
-    /// runtime, the queue answers every request with [`WorkerGone`].
-    pub(crate) fn spawn_or_closed<P, D, K, T>(
-        pool: P,
-        discovery: D,
-        config: PoolQueueConfig,
-    ) -> Self
+    /// Builds a queue and spawns its worker if a runtime is running, for the layer, which
+    /// cannot return an error: with no runtime, the queue answers every request with
+    /// [`WorkerGone`].
+    pub(crate) fn spawn_or_closed<P, D, K, T>(pool: P, discovery: D, config: Config) -> Self
     where
         P: Pool<K, T, Req, Future = F> + Send + 'static,
         P::Error: Into<BoxError>,
@@ -153,16 +136,11 @@ where
 }
 
 impl<Req, F> PoolQueue<Req, F> {
-    /// Builds a queue and returns its worker for the caller to spawn. The worker arms a tokio
-    /// timer for failfast, so it must run where tokio's time driver is reachable: a tokio
-    /// runtime with time enabled, or another executor inside a tokio runtime's context.
-    ///
-    /// Requests wait until the worker runs. If the worker is dropped unspawned, callers get
-    /// [`WorkerGone`].
-    pub fn pair<P, D, K, T>(
+    /// A queue and its unspawned worker.
+    pub(crate) fn pair<P, D, K, T>(
         pool: P,
         discovery: D,
-        config: PoolQueueConfig,
+        config: Config,
     ) -> (Self, Worker<P, D, K, T, Req>)
     where
         P: Pool<K, T, Req, Future = F>,
@@ -170,7 +148,7 @@ impl<Req, F> PoolQueue<Req, F> {
         D: TryStream<Ok = Update<K, T>>,
         D::Error: Into<BoxError>,
     {
-        let shared = Arc::new(Shared::new(config.capacity(), config.failfast_timeout()));
+        let shared = Arc::new(Shared::new(config.capacity, config.failfast_timeout));
         let (tx, rx) = mpsc::unbounded_channel();
         let worker = Worker::new(pool, discovery, rx, shared.clone());
         (PoolQueue::new_handle(tx, shared), worker)

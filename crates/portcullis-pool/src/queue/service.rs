@@ -1,11 +1,12 @@
 use super::{
-    error::{BoxError, FailFast, NoSlot, NotReady},
+    error::{BoxError, FailFast, NoSlot},
     failfast::{SlotWait, SlotWaitEnd},
     future::ResponseFuture,
     message::Message,
     metrics::PoolQueueMetrics,
     shared::Shared,
 };
+use crate::NotReady;
 use std::{
     fmt,
     future::Future,
@@ -75,6 +76,16 @@ impl<Req, F> PoolQueue<Req, F> {
             .fetch_add(1, Ordering::Relaxed);
         tracing::trace!("rejected in failfast");
         ResponseFuture::failed(Box::new(FailFast::new(self.shared.failfast_timeout)))
+    }
+
+    /// How many requests may wait in the queue.
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity
+    }
+
+    /// How long requests may wait with no endpoint ready before the queue fails fast.
+    pub fn failfast_timeout(&self) -> std::time::Duration {
+        self.shared.failfast_timeout
     }
 
     /// The queue's metrics. Every handle of one queue returns the same metrics.

@@ -2,6 +2,7 @@
 //! counters behind [`PoolQueueMetrics`](super::PoolQueueMetrics).
 
 use super::error::{BoxError, PoolFailed, WorkerGone};
+use super::metrics::UpdateCounters;
 use crate::{EndpointCounts, UpdateKind};
 use hdrhistogram::Histogram;
 use std::sync::{
@@ -110,7 +111,7 @@ pub(crate) struct Shared {
     /// Callers that waited the failfast timeout for a slot and got `NoSlot`.
     pub(crate) no_slot: AtomicU64,
     pub(crate) cancelled: AtomicU64,
-    pub(crate) updates: [AtomicU64; 4],
+    pub(crate) updates: UpdateCounters,
     pub(crate) endpoints_ready: AtomicUsize,
     pub(crate) endpoints_pending: AtomicUsize,
     pub(crate) endpoints_failed: AtomicUsize,
@@ -225,7 +226,7 @@ impl Shared {
     // === metrics ===
 
     pub(crate) fn record_update(&self, kind: UpdateKind) {
-        self.updates[kind.index()].fetch_add(1, Ordering::Relaxed);
+        self.updates.record(kind);
     }
 
     pub(crate) fn record_endpoints(&self, counts: EndpointCounts) {

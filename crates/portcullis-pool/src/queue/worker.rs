@@ -23,8 +23,9 @@ const UPDATES_PER_TURN: usize = 1024;
 /// The background task behind a [`PoolQueue`](super::PoolQueue): it owns the pool and the
 /// discovery stream.
 ///
-/// [`PoolQueue::new`](super::PoolQueue::new) spawns it on the current tokio runtime;
-/// [`PoolQueue::pair`](super::PoolQueue::pair) hands it back for the caller to spawn. It
+/// [`PoolQueueBuilder::build`](super::PoolQueueBuilder::build) spawns it on the current tokio
+/// runtime; [`PoolQueueBuilder::build_unspawned`](super::PoolQueueBuilder::build_unspawned)
+/// hands it back for the caller to spawn. It
 /// finishes when every handle is dropped and every queued request is answered, or when the
 /// pool or discovery fails.
 #[must_use = "the worker does nothing unless it is spawned"]

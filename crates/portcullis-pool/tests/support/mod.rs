@@ -2,7 +2,7 @@
 //! test polls by hand, so that every step is deterministic.
 #![allow(dead_code, unreachable_pub)]
 
-use portcullis_pool::{queue::Worker, BoxError, PoolQueue, PoolQueueConfig};
+use portcullis_pool::{queue::Worker, BoxError, PoolQueue};
 use portcullis_test::{
     discovery::{self, DiscoverySender, DiscoveryStream},
     pool::{self, MockPool, MockResponse, PoolControl},
@@ -51,8 +51,10 @@ impl Harness {
 pub fn harness(capacity: usize) -> Harness {
     let (mock, control) = pool::pair();
     let (discovery, stream) = discovery::channel();
-    let config = PoolQueueConfig::new(capacity, FAILFAST).unwrap();
-    let (queue, worker) = PoolQueue::pair(mock, stream, config);
+    let config = PoolQueue::builder()
+        .capacity(capacity)
+        .failfast_timeout(FAILFAST);
+    let (queue, worker) = config.build_unspawned(mock, stream).unwrap();
     Harness {
         queue,
         worker: task::spawn(worker),

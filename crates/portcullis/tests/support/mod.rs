@@ -87,7 +87,10 @@ impl Fleet {
         PendingRequestsMaker<impl Fn(&u32, &u32) -> FleetEndpoint<Req> + Clone>,
         Req,
     > {
-        P2cPool::with_seed(pending_requests(self.maker()), seed)
+        P2cPool::builder()
+            .seed(seed)
+            .build(pending_requests(self.maker()))
+            .unwrap()
     }
 }
 
