@@ -37,13 +37,13 @@ pub enum Policy {
 /// use portcullis_fanout::{BuildError, FanOut, Policy};
 /// use std::time::Duration;
 ///
-/// let layer = FanOut::builder()
+/// let fanout = FanOut::builder()
 ///     .max_in_flight(16)
 ///     .per_peer_timeout(Duration::from_millis(200))
 ///     .overall_timeout(Duration::from_secs(1))
 ///     .policy(Policy::Quorum(2))
-///     .build_layer()?;
-/// assert_eq!(layer.policy(), Policy::Quorum(2));
+///     .build(vec![("a", ()), ("b", ())])?;
+/// assert_eq!(fanout.policy(), Policy::Quorum(2));
 ///
 /// let refused = FanOut::builder().max_in_flight(0).build_layer();
 /// assert_eq!(refused.err(), Some(BuildError::ZeroMaxInFlight));

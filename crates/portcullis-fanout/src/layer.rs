@@ -1,17 +1,16 @@
 //! [`FanOutLayer`]: builds a [`FanOut`] over a peer set.
 
-use crate::config::{Config, Policy, SharedLimit};
+use crate::config::{Config, SharedLimit};
 use crate::metrics::FanOutMetrics;
 use crate::service::FanOut;
 use std::hash::Hash;
-use std::time::Duration;
 use tower_layer::Layer;
 
 /// Builds a [`FanOut`] over a list of `(key, peer service)` pairs.
 ///
 /// Made by [`FanOutBuilder::build_layer`](crate::FanOutBuilder::build_layer), which checks the
 /// settings; every fan-out it builds shares its [`FanOutMetrics`] and its [`SharedLimit`], if
-/// any.
+/// any, and answers what its settings are ([`FanOut::max_in_flight`] and the like).
 ///
 /// ```
 /// use portcullis_fanout::{FanOut, SharedLimit};
@@ -49,26 +48,6 @@ impl FanOutLayer {
     /// The metrics every fan-out built by this layer publishes to.
     pub fn metrics(&self) -> FanOutMetrics {
         self.metrics.clone()
-    }
-
-    /// The limit of peer calls in flight per fan-out.
-    pub fn max_in_flight(&self) -> usize {
-        self.config.max_in_flight
-    }
-
-    /// The per-peer timeout, if any.
-    pub fn per_peer_timeout(&self) -> Option<Duration> {
-        self.config.per_peer_timeout
-    }
-
-    /// The overall timeout, if any.
-    pub fn overall_timeout(&self) -> Option<Duration> {
-        self.config.overall_timeout
-    }
-
-    /// The completion policy.
-    pub fn policy(&self) -> Policy {
-        self.config.policy
     }
 
     /// The shared limit, if any.

@@ -58,23 +58,18 @@ impl<K, T> Update<K, T> {
     /// assert_eq!(mapped, Update::Add(vec![("a", "a.local:8080".to_string()), ("b", "b.local:8081".to_string())]));
     /// ```
     pub fn map<U>(self, mut f: impl FnMut(&K, T) -> U) -> Update<K, U> {
+        let mut map_all = |endpoints: Vec<(K, T)>| {
+            endpoints
+                .into_iter()
+                .map(|(key, target)| {
+                    let mapped = f(&key, target);
+                    (key, mapped)
+                })
+                .collect()
+        };
         match self {
-            Update::Reset(eps) => Update::Reset(
-                eps.into_iter()
-                    .map(|(k, t)| {
-                        let u = f(&k, t);
-                        (k, u)
-                    })
-                    .collect(),
-            ),
-            Update::Add(eps) => Update::Add(
-                eps.into_iter()
-                    .map(|(k, t)| {
-                        let u = f(&k, t);
-                        (k, u)
-                    })
-                    .collect(),
-            ),
+            Update::Reset(endpoints) => Update::Reset(map_all(endpoints)),
+            Update::Add(endpoints) => Update::Add(map_all(endpoints)),
             Update::Remove(keys) => Update::Remove(keys),
             Update::DoesNotExist => Update::DoesNotExist,
         }
