@@ -16,6 +16,9 @@ use crate::error::{BoxError, LastFailure, RetryError, StopReason};
 use crate::layer::{Handle, Policy};
 use crate::service::{self, earliest};
 
+/// The resolution of tokio's timer: a sleep ends on the first tick at or after its deadline.
+const TIMER_TICK: std::time::Duration = std::time::Duration::from_millis(1);
+
 pin_project! {
     /// The future [`Retry`](crate::Retry) returns.
     pub struct ResponseFuture<S, Req, C, K>
@@ -220,8 +223,13 @@ where
                     });
                     let wake = service::after(Instant::now(), delay);
                     // Never sleep past the deadline: a retry that could only start after it
-                    // is pointless, so stop now with the result in hand.
-                    if this.deadline.is_some_and(|d| wake >= d) {
+                    // is pointless, so stop now with the result in hand. tokio's timer fires
+                    // on the first tick (1 ms) at or after `wake`, so a sleep ending within a
+                    // tick of the deadline could wake after it: that one is not slept either.
+                    if this
+                        .deadline
+                        .is_some_and(|d| service::after(wake, TIMER_TICK) > d)
+                    {
                         tracing::debug!(
                             ?delay,
                             attempts = *this.attempts,

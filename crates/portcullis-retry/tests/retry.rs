@@ -653,3 +653,34 @@ async fn polled_after_completion_is_a_typed_error() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(layer.metrics().snapshot().requests, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_backoff_ending_within_a_timer_tick_of_the_deadline_is_not_slept() {
+    // tokio's timer wakes on the first 1 ms tick at or after a sleep's end: a 3 ns backoff
+    // under a 4 ns deadline would wake 1 ms later, long past the deadline. Found by the
+    // builder properties (`max_attempts = 2, base = 3ns, factor = 1, deadline = 4ns`).
+    for (backoff, deadline) in [
+        (Duration::from_nanos(3), Duration::from_nanos(4)),
+        (Duration::from_micros(99_500), ms(100)),
+    ] {
+        let layer = Retry::builder()
+            .max_attempts(2)
+            .backoff(
+                Backoff::new(backoff, 1.0, backoff)
+                    .unwrap()
+                    .jitter(Jitter::None),
+            )
+            .deadline(deadline)
+            .build_layer(transient())
+            .unwrap();
+        let svc = layer.layer(service_fn(|_: &'static str| async {
+            Err::<u16, &'static str>("reset")
+        }));
+        let started = Instant::now();
+        let error = svc.oneshot("GET /").await.unwrap_err();
+        let error = error.downcast_ref::<RetryError>().unwrap();
+        assert_eq!(error.reason(), StopReason::Deadline, "{backoff:?}");
+        assert_eq!(error.attempts(), 1, "{backoff:?}");
+        assert!(started.elapsed() <= deadline, "{:?}", started.elapsed());
+    }
+}
