@@ -2,13 +2,6 @@
 //! [`PoolQueue`], a buffer over a `Pool` whose worker applies discovery updates as they arrive
 //! (idle or not), drives pending endpoints with no request in flight, and fails fast when no
 //! endpoint is ready.
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod error;
@@ -16,7 +9,8 @@ mod pool;
 
 pub use error::{NotReady, PolledAfterCompletion};
 
-pub use pool::{EndpointCounts, Pool, Update, UpdateKind};
+pub use pool::{EndpointCounts, EndpointSet, Pool, Update, UpdateKind};
+pub mod time;
 pub mod queue;
 
 pub use queue::{

@@ -46,6 +46,48 @@ impl<K, T> Update<K, T> {
         self.len() == 0
     }
 
+    /// Applies the update to an endpoint set: the one place where each kind of update is
+    /// mapped to what a set does (`Reset` replaces, `Add` adds or replaces, `Remove` removes,
+    /// `DoesNotExist` clears).
+    ///
+    /// ```
+    /// use portcullis_pool::{EndpointSet, Update};
+    ///
+    /// #[derive(Default)]
+    /// struct Names(Vec<(&'static str, u16)>);
+    ///
+    /// impl EndpointSet<&'static str, u16> for Names {
+    ///     fn reset(&mut self, endpoints: Vec<(&'static str, u16)>) {
+    ///         self.0 = endpoints;
+    ///     }
+    ///     fn add(&mut self, endpoints: Vec<(&'static str, u16)>) {
+    ///         for (key, target) in endpoints {
+    ///             self.0.retain(|(k, _)| *k != key);
+    ///             self.0.push((key, target));
+    ///         }
+    ///     }
+    ///     fn remove(&mut self, keys: Vec<&'static str>) {
+    ///         self.0.retain(|(k, _)| !keys.contains(k));
+    ///     }
+    ///     fn clear(&mut self) {
+    ///         self.0.clear();
+    ///     }
+    /// }
+    ///
+    /// let mut names = Names::default();
+    /// Update::Add(vec![("a", 1), ("b", 2)]).apply_to(&mut names);
+    /// Update::Remove(vec!["a"]).apply_to(&mut names);
+    /// assert_eq!(names.0, vec![("b", 2)]);
+    /// ```
+    pub fn apply_to<S: EndpointSet<K, T> + ?Sized>(self, set: &mut S) {
+        match self {
+            Update::Reset(endpoints) => set.reset(endpoints),
+            Update::Add(endpoints) => set.add(endpoints),
+            Update::Remove(keys) => set.remove(keys),
+            Update::DoesNotExist => set.clear(),
+        }
+    }
+
     /// The same update with each target mapped by `f` (keys and kind unchanged), so that one
     /// discovery stream can feed pools that want different targets: a `P2cPool` that builds
     /// endpoints from addresses and a `FanOut` whose targets are the peer services, say.
@@ -74,6 +116,21 @@ impl<K, T> Update<K, T> {
             Update::DoesNotExist => Update::DoesNotExist,
         }
     }
+}
+
+/// An endpoint set that discovery [`Update`]s are applied to with [`Update::apply_to`]:
+/// `P2cPool`'s, `FanOut`'s peer set, the test pool's. Each method is one kind of update; what
+/// "replace" means (rebuild an endpoint whose target changed, keep the position of a key given
+/// again) is the set's to decide and document.
+pub trait EndpointSet<K, T> {
+    /// [`Update::Reset`]: the set becomes exactly `endpoints`.
+    fn reset(&mut self, endpoints: Vec<(K, T)>);
+    /// [`Update::Add`]: each endpoint is added, or replaces the one with its key.
+    fn add(&mut self, endpoints: Vec<(K, T)>);
+    /// [`Update::Remove`]: each key is removed (an unknown key is ignored).
+    fn remove(&mut self, keys: Vec<K>);
+    /// [`Update::DoesNotExist`]: every endpoint is removed.
+    fn clear(&mut self);
 }
 
 /// The kind of an [`Update`], without its payload.
@@ -108,7 +165,8 @@ impl UpdateKind {
         }
     }
 
-    pub(crate) const fn index(self) -> usize {
+    /// The kind's position in [`UpdateKind::ALL`], for counters kept in an array.
+    pub const fn index(self) -> usize {
         match self {
             UpdateKind::Reset => 0,
             UpdateKind::Add => 1,

@@ -14,7 +14,8 @@ use tower_service::Service;
 use crate::classify::{Classify, Decision, Replay};
 use crate::error::{BoxError, LastFailure, RetryError, StopReason};
 use crate::layer::{Handle, Policy};
-use crate::service::{self, earliest};
+use crate::service::earliest;
+use portcullis_pool::time::deadline_after;
 
 /// The resolution of tokio's timer: a sleep ends on the first tick at or after its deadline.
 const TIMER_TICK: std::time::Duration = std::time::Duration::from_millis(1);
@@ -221,14 +222,14 @@ where
                         let rng = this.rng.get_or_insert_with(|| policy.rng.rng());
                         policy.backoff.delay(retry, rng)
                     });
-                    let wake = service::after(Instant::now(), delay);
+                    let wake = deadline_after(Instant::now(), delay);
                     // Never sleep past the deadline: a retry that could only start after it
                     // is pointless, so stop now with the result in hand. tokio's timer fires
                     // on the first tick (1 ms) at or after `wake`, so a sleep ending within a
                     // tick of the deadline could wake after it: that one is not slept either.
                     if this
                         .deadline
-                        .is_some_and(|d| service::after(wake, TIMER_TICK) > d)
+                        .is_some_and(|d| deadline_after(wake, TIMER_TICK) > d)
                     {
                         tracing::debug!(
                             ?delay,
@@ -312,7 +313,7 @@ where
                     *this.attempts += 1;
                     let attempt_end = policy
                         .attempt_timeout
-                        .map(|t| service::after(Instant::now(), t));
+                        .map(|t| deadline_after(Instant::now(), t));
                     *this.timer_at = earliest(attempt_end, *this.deadline);
                     this.state.set(State::Called { future });
                 }

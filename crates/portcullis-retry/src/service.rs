@@ -5,6 +5,7 @@ use std::mem;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use portcullis_pool::time::deadline_after;
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -89,10 +90,10 @@ where
         let copy = policy.replay.replay(&req);
         let now =
             (policy.deadline.is_some() || policy.attempt_timeout.is_some()).then(Instant::now);
-        let deadline = now.zip(policy.deadline).map(|(now, d)| after(now, d));
+        let deadline = now.zip(policy.deadline).map(|(now, d)| deadline_after(now, d));
         let attempt_end = now
             .zip(policy.attempt_timeout)
-            .map(|(now, t)| after(now, t));
+            .map(|(now, t)| deadline_after(now, t));
 
         // The ready service takes this call; its clone waits in the future for retries.
         let clone = self.inner.clone();
@@ -109,15 +110,6 @@ where
     }
 }
 
-/// Where a timeout too long to represent as an instant ends, as tokio's own `sleep` does.
-const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
-
-/// `now + duration`, saturating at a far-future instant instead of overflowing.
-pub(crate) fn after(now: Instant, duration: std::time::Duration) -> Instant {
-    now.checked_add(duration)
-        .or_else(|| now.checked_add(FAR_FUTURE))
-        .unwrap_or(now)
-}
 
 pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {

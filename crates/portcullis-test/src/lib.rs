@@ -11,13 +11,6 @@
 //! Everything here runs on tokio's clock, so tests stay deterministic under
 //! `#[tokio::test(start_paused = true)]`.
 // Only `alloc` implements `GlobalAlloc`, which cannot be done without `unsafe`.
-#![deny(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod alloc;

@@ -136,13 +136,6 @@
 //! - `prometheus`: the `portcullis::prometheus` module registers every crate's metrics with a
 //!   `prometheus-client` registry (queue depth and latency, failfast, endpoints by state,
 //!   retries and budget refusals, fan-out outcomes).
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod builder;

@@ -42,17 +42,8 @@ use std::{
     task::{Context, Poll},
     time::Duration,
 };
+use crate::time::deadline_after;
 use tokio::time::{Instant, Sleep};
-
-/// Where a timeout too long to represent as an instant ends, as tokio's own `sleep` does.
-const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
-
-/// `now + duration`, or a far-future instant when that does not fit; `None` only when the
-/// clock itself is at its end (a timer could never fire).
-fn deadline_after(now: Instant, duration: Duration) -> Option<Instant> {
-    now.checked_add(duration)
-        .or_else(|| now.checked_add(FAR_FUTURE))
-}
 
 /// The worker's failfast state.
 pub(crate) struct Failfast {
@@ -124,9 +115,7 @@ impl Failfast {
         };
         let now = now();
         self.state = State::Running { since: now, waited };
-        let Some(deadline) = deadline_after(now, self.timeout.saturating_sub(waited)) else {
-            return;
-        };
+        let deadline = deadline_after(now, self.timeout.saturating_sub(waited));
         self.shared.set_failfast_deadline(Some(deadline));
         match self.sleep.as_mut() {
             Some(sleep) => sleep.as_mut().reset(deadline),
@@ -208,9 +197,7 @@ impl SlotWait {
     pub(crate) fn poll_end(&mut self, shared: &Shared, cx: &mut Context<'_>) -> Poll<SlotWaitEnd> {
         if !self.waiting {
             self.waiting = true;
-            let Some(deadline) = deadline_after(Instant::now(), shared.failfast_timeout) else {
-                return Poll::Pending;
-            };
+            let deadline = deadline_after(Instant::now(), shared.failfast_timeout);
             if !self.arm(deadline) {
                 return Poll::Pending;
             }
