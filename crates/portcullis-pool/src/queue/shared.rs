@@ -1,6 +1,7 @@
 //! State the worker and every handle share: the terminal error, the failfast flag and the
 //! counters behind [`PoolQueueMetrics`](super::PoolQueueMetrics).
 
+use crossbeam_utils::CachePadded;
 use super::error::{BoxError, PoolFailed, WorkerGone};
 use super::metrics::UpdateCounters;
 use crate::{EndpointCounts, UpdateKind};
@@ -103,7 +104,10 @@ pub(crate) struct Shared {
     /// Slots; closed when the worker stops, so that callers waiting for a slot wake up.
     pub(crate) semaphore: Arc<Semaphore>,
     /// Read by every caller's `poll_ready`, written almost never.
-    state: CacheLine<State>,
+    /// On a cache line of its own (`CachePadded`: 128 bytes where the prefetcher pulls line
+    /// pairs), so that the worker's frequent counter writes beside it do not invalidate the
+    /// line every caller reads.
+    state: CachePadded<State>,
 
     pub(crate) failfast_entered: AtomicU64,
     pub(crate) failfast_exited: AtomicU64,
@@ -126,12 +130,6 @@ struct State {
     failfast: AtomicBool,
 }
 
-/// Keeps what it holds on a cache line of its own, so that the worker's frequent counter
-/// writes beside it do not invalidate the line every caller reads.
-#[derive(Debug)]
-#[repr(align(64))]
-struct CacheLine<T>(T);
-
 impl Shared {
     pub(crate) fn new(capacity: usize, failfast_timeout: Duration) -> Self {
         Self {
@@ -139,7 +137,7 @@ impl Shared {
             failfast_timeout,
             failfast_deadline: Mutex::new(None),
             semaphore: Arc::new(Semaphore::new(capacity)),
-            state: CacheLine(State {
+            state: CachePadded::new(State {
                 terminal: OnceLock::new(),
                 failfast: AtomicBool::new(false),
             }),
@@ -165,18 +163,18 @@ impl Shared {
 
     /// Records the error that stopped the worker and wakes every caller waiting for a slot.
     pub(crate) fn terminate(&self, error: PoolFailed) {
-        let _ = self.state.0.terminal.set(error);
+        let _ = self.state.terminal.set(error);
         self.semaphore.close();
     }
 
     pub(crate) fn terminal_error(&self) -> Option<&PoolFailed> {
-        self.state.0.terminal.get()
+        self.state.terminal.get()
     }
 
     /// The error for a caller that finds the worker unreachable: the terminal error if there
     /// was one, otherwise the worker went away on its own.
     pub(crate) fn closed_error(&self) -> BoxError {
-        match self.state.0.terminal.get() {
+        match self.state.terminal.get() {
             Some(error) => Box::new(error.clone()),
             None => Box::new(WorkerGone::new()),
         }
@@ -199,7 +197,7 @@ impl Shared {
     }
 
     pub(crate) fn in_failfast(&self) -> bool {
-        self.state.0.failfast.load(Ordering::Acquire)
+        self.state.failfast.load(Ordering::Acquire)
     }
 
     /// Whether the worker has stopped (for any reason): no slot will ever be free again.
@@ -210,11 +208,11 @@ impl Shared {
     /// Clears the failfast flag without counting an exit: the worker is gone, and callers
     /// must learn that rather than be told to fail fast.
     pub(crate) fn clear_failfast(&self) {
-        self.state.0.failfast.store(false, Ordering::Release);
+        self.state.failfast.store(false, Ordering::Release);
     }
 
     pub(crate) fn set_failfast(&self, active: bool) {
-        self.state.0.failfast.store(active, Ordering::Release);
+        self.state.failfast.store(active, Ordering::Release);
         let counter = if active {
             &self.failfast_entered
         } else {

@@ -275,14 +275,14 @@ impl Seen {
             }
         };
         if std::mem::take(&mut self.unreadable) {
-            tracing::info!(path = %path.display(), "Address file readable again");
+            tracing::info!(path = %path.display(), "address file readable again");
         }
         if self.contents.as_deref() == Some(contents.as_str()) {
             if let Some(incomplete) = self.incomplete_unwarned.take() {
                 tracing::warn!(
                     path = %path.display(),
                     %incomplete,
-                    "Address file still incomplete a poll interval later: it must end with its \
+                    "address file still incomplete a poll interval later: it must end with its \
                      end line, once; keeping the last endpoint set"
                 );
             }
@@ -296,7 +296,7 @@ impl Seen {
             Ok(None) => {
                 tracing::warn!(
                     path = %path.display(),
-                    "Address file has lines that are not addresses; keeping the last endpoint set"
+                    "address file has lines that are not addresses; keeping the last endpoint set"
                 );
                 return None;
             }
@@ -304,7 +304,7 @@ impl Seen {
                 tracing::debug!(
                     path = %path.display(),
                     %incomplete,
-                    "Address file incomplete (a write caught half-way?); keeping the last endpoint set"
+                    "address file incomplete (a write caught half-way?); keeping the last endpoint set"
                 );
                 self.incomplete_unwarned = Some(incomplete);
                 return None;
@@ -314,7 +314,7 @@ impl Seen {
         if self.set.as_ref() == Some(&set) {
             return None;
         }
-        tracing::info!(path = %path.display(), endpoints = set.len(), "Address file changed");
+        tracing::info!(path = %path.display(), endpoints = set.len(), "address file changed");
         self.set = Some(set);
         Some(addrs)
     }

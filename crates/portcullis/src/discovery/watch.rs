@@ -4,26 +4,14 @@ use crate::pool::Update;
 use futures_core::Stream;
 use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
 
-/// Waits for the next change; yields the receiver back, or `None` once the sender is gone.
-type Changed<C> = Pin<Box<dyn Future<Output = Option<watch::Receiver<C>>> + Send>>;
-
-/// The stream [`from_watch`] returns.
+/// The stream [`from_watch`] returns: tokio-stream's [`WatchStream`], each set as a `Reset`.
 pub struct FromWatch<C> {
-    state: State<C>,
-}
-
-enum State<C> {
-    /// The current set has not been yielded yet.
-    Current(watch::Receiver<C>),
-    /// The current set was yielded; waiting for the sender to publish another.
-    Waiting(Changed<C>),
-    /// The sender is gone and every set it published was yielded.
-    Ended,
+    sets: WatchStream<C>,
 }
 
 /// Turns a [`watch::Receiver`] of complete endpoint sets (a `Vec<(K, T)>`, a
@@ -37,8 +25,7 @@ enum State<C> {
 ///
 /// Each call takes its own receiver, so a `PoolQueueLayer`'s discovery function is
 /// `move || from_watch(rx.clone())`. The set type must be `Send + Sync + 'static` (the stream
-/// is read by the queue's worker task); waiting for a change allocates one small future per
-/// set yielded, as sets change rarely.
+/// is read by the queue's worker task). Built on tokio-stream's [`WatchStream`].
 ///
 /// ```
 /// use portcullis::discovery::from_watch;
@@ -59,9 +46,12 @@ enum State<C> {
 /// assert_eq!(updates.next().await, None);
 /// # }
 /// ```
-pub fn from_watch<C>(endpoints: watch::Receiver<C>) -> FromWatch<C> {
+pub fn from_watch<C>(endpoints: watch::Receiver<C>) -> FromWatch<C>
+where
+    C: Clone + Send + Sync + 'static,
+{
     FromWatch {
-        state: State::Current(endpoints),
+        sets: WatchStream::new(endpoints),
     }
 }
 
@@ -72,36 +62,13 @@ where
     type Item = Result<Update<K, T>, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let mut endpoints = match std::mem::replace(&mut this.state, State::Ended) {
-            State::Current(endpoints) => endpoints,
-            State::Waiting(mut changed) => match changed.as_mut().poll(cx) {
-                Poll::Ready(Some(endpoints)) => endpoints,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => {
-                    this.state = State::Waiting(changed);
-                    return Poll::Pending;
-                }
-            },
-            State::Ended => return Poll::Ready(None),
-        };
-        // Cloned out so that the channel's read lock is held no longer than the clone takes,
-        // and never while the consumer applies the update.
-        let set = endpoints.borrow_and_update().clone();
-        this.state = State::Waiting(Box::pin(async move {
-            endpoints.changed().await.ok().map(|()| endpoints)
-        }));
-        Poll::Ready(Some(Ok(Update::Reset(set.into_iter().collect()))))
+        let set = ready!(Pin::new(&mut self.sets).poll_next(cx));
+        Poll::Ready(set.map(|set| Ok(Update::Reset(set.into_iter().collect()))))
     }
 }
 
 impl<C> fmt::Debug for FromWatch<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            State::Current(_) => "current",
-            State::Waiting(_) => "waiting",
-            State::Ended => "ended",
-        };
-        f.debug_struct("FromWatch").field("state", &state).finish()
+        f.debug_struct("FromWatch").finish_non_exhaustive()
     }
 }

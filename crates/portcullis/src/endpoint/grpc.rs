@@ -150,7 +150,7 @@ impl MakeGrpcEndpoint {
             Err(error) => {
                 // `make_endpoint` cannot fail, so the endpoint carries the failure: a channel
                 // without an authority fails every call with tonic's invalid-URI error.
-                tracing::warn!(%target, %error, "Cannot build a gRPC URI for the endpoint");
+                tracing::warn!(%target, %error, "cannot build a gRPC URI for the endpoint");
                 self.channel(Uri::default())
             }
         }
