@@ -10,8 +10,8 @@ mod pool;
 pub use error::{NotReady, PolledAfterCompletion};
 
 pub use pool::{EndpointCounts, EndpointSet, Pool, Update, UpdateKind};
-pub mod time;
 pub mod queue;
+pub mod time;
 
 pub use queue::{
     BoxError, BuildError, FailFast, HistogramSummary, InQueueTimes, NoSlot, PoolFailed, PoolQueue,

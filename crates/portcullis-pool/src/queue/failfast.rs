@@ -35,6 +35,7 @@
 //!   arrive. Nothing else would end the wait: the caller gets [`NoSlot`](super::NoSlot).
 
 use super::shared::Shared;
+use crate::time::deadline_after;
 use std::{
     future::Future,
     pin::Pin,
@@ -42,7 +43,6 @@ use std::{
     task::{Context, Poll},
     time::Duration,
 };
-use crate::time::deadline_after;
 use tokio::time::{Instant, Sleep};
 
 /// The worker's failfast state.

@@ -1,10 +1,10 @@
 //! State the worker and every handle share: the terminal error, the failfast flag and the
 //! counters behind [`PoolQueueMetrics`](super::PoolQueueMetrics).
 
-use crossbeam_utils::CachePadded;
 use super::error::{BoxError, PoolFailed, WorkerGone};
 use super::metrics::UpdateCounters;
 use crate::{EndpointCounts, UpdateKind};
+use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
 use std::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
