@@ -8,16 +8,18 @@
 //!   a target `T`; a maker ([`MakeEndpoint`], any `Fn(&K, &T) -> S`) builds the endpoint.
 //!   [`Update::Reset`](portcullis_pool::Update::Reset) is diffed against what the pool has: an
 //!   unchanged target is not rebuilt, a changed one is replaced, a missing one removed.
-//!   `Add` of a changed target replaces that endpoint; `Remove` evicts; `DoesNotExist` clears.
+//!   `Add` of a changed target replaces that endpoint (of a key named twice, the last target
+//!   counts); `Remove` drops the endpoint; `DoesNotExist` drops them all.
 //! - **Ready cache.** New endpoints are *pending* until their `poll_ready` says ready.
 //!   [`Pool::poll_pool`](portcullis_pool::Pool::poll_pool) and `poll_ready` both drive them.
 //! - **Power of two choices.** `poll_ready` draws two distinct ready endpoints at random and
 //!   keeps the one with the lower [`tower::load::Load`]; with one ready endpoint there is no
-//!   draw. The choice is remembered by key and endpoint identity (never by a position that a
-//!   removal can shift) and polled again before `poll_ready` returns, so `call` goes to the
-//!   endpoint that was found ready or, if discovery removed or replaced it in between, fails
-//!   with [`error::EndpointGone`]: a request is never sent to an endpoint it was not reserved
-//!   on (tower issue 856).
+//!   draw. The choice is remembered by the endpoint's instance id, which every build of an
+//!   endpoint gets anew (its position in the ready set is kept only as a hint where to look
+//!   first, since a removal can shift it), and polled again before `poll_ready` returns, so
+//!   `call` goes to the endpoint that was found ready or, if discovery removed or replaced it
+//!   in between, fails with [`error::EndpointGone`]: a request is never sent to an endpoint it
+//!   was not reserved on (tower issue 856).
 //! - **Failures are local.** An endpoint whose `poll_ready` fails is evicted (logged at warn,
 //!   counted) and rebuilt from its target after an exponential backoff
 //!   ([`P2cPoolBuilder::backoff`]),
@@ -72,15 +74,16 @@ pub mod failure;
 mod future;
 pub mod make;
 mod metrics;
+mod ready_cache;
 mod service;
-mod set;
 
 pub use builder::P2cPoolBuilder;
 pub use error::BuildError;
 pub use future::ResponseFuture;
 pub use make::MakeEndpoint;
 pub use metrics::{P2cMetrics, P2cSnapshot};
-pub use service::{EndpointState, P2cPool};
+pub use ready_cache::EndpointState;
+pub use service::P2cPool;
 
 /// The boxed error the pool returns: an endpoint's error, or one of [`error`]'s types.
 pub use portcullis_pool::BoxError;

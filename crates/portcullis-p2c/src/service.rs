@@ -1,35 +1,33 @@
-//! [`P2cPool`]: the ready cache, discovery updates, eviction/rebuild and p2c selection.
+//! [`P2cPool`]: power-of-two-choices selection over a [`ReadyCache`], and the `Service` and
+//! `Pool` impls that drive it.
 
 use crate::builder::Backoff;
 use crate::error::{EndpointGone, NotReady};
 use crate::future::ResponseFuture;
 use crate::make::MakeEndpoint;
 use crate::metrics::P2cMetrics;
-use crate::set::KeyedVec;
+use crate::ready_cache::{ReadyCache, ReadyRef};
 use crate::BoxError;
+use crate::EndpointState;
 use crate::P2cPoolBuilder;
 use portcullis_pool::{EndpointCounts, Pool, Update};
 use rand::rngs::SmallRng;
 use rand::Rng;
-use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::hash::Hash;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::time::Sleep;
 use tower::load::Load;
 use tower_service::Service;
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, trace};
 
 /// A power-of-two-choices load balancer over endpoints that discovery keeps current.
 ///
 /// See the [crate documentation](crate) for the behaviour and an example.
 ///
 /// `K` identifies an endpoint, `T` is the target it is built from by the maker `M` (see
-/// [`MakeEndpoint`]), and `Req` is the request type. Keys are cloned once per selection, so
-/// prefer cheap keys (`SocketAddr`, `Arc<str>`).
+/// [`MakeEndpoint`]), and `Req` is the request type. A key is cloned when its endpoint is added
+/// or replaced and when an [`Update::Reset`] drops it, never per request.
 ///
 /// Failed endpoints are rebuilt after a [`tokio::time::sleep`], so the pool must be polled
 /// inside a tokio runtime with its time driver enabled.
@@ -37,60 +35,13 @@ pub struct P2cPool<K, T, M, Req>
 where
     M: MakeEndpoint<K, T>,
 {
-    maker: M,
-    /// Every known key and what it was built from; each key is in exactly one of the three
-    /// state sets below.
-    targets: HashMap<K, T>,
-    ready: KeyedVec<K, ReadyEndpoint<M::Endpoint>>,
-    pending: KeyedVec<K, PendingEndpoint<M::Endpoint>>,
-    failed: KeyedVec<K, FailedEndpoint>,
-    chosen: Option<Chosen>,
-    next_id: u64,
-    backoff: Backoff,
+    endpoints: ReadyCache<K, T, M>,
+    /// The endpoint the last successful `poll_ready` reserved, for the next `call`: found by
+    /// its instance id, so a removal or replacement in between is detected, never rerouted.
+    chosen: Option<ReadyRef>,
     rng: SmallRng,
     metrics: P2cMetrics,
     _req: PhantomData<fn(Req)>,
-}
-
-/// Where an endpoint of a [`P2cPool`] is in its life, as told by [`P2cPool::endpoint_state`].
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum EndpointState {
-    /// In the ready set: a candidate for selection.
-    Ready,
-    /// Being driven to readiness.
-    Pending,
-    /// Evicted after a failure, waiting for its backoff to elapse before it is rebuilt.
-    BackingOff,
-}
-
-struct ReadyEndpoint<S> {
-    /// Identifies this built instance: a key that is replaced gets a new id, so a choice
-    /// made before the replacement can never reach the new endpoint.
-    id: u64,
-    svc: S,
-}
-
-struct PendingEndpoint<S> {
-    id: u64,
-    svc: S,
-    /// Consecutive failures before this build, for the next backoff.
-    failures: u32,
-}
-
-struct FailedEndpoint {
-    rebuild_at: Pin<Box<Sleep>>,
-    failures: u32,
-}
-
-/// The endpoint `poll_ready` reserved. `pos` is only a hint into the ready set (removals move
-/// entries); `key` and `id` are what identify it.
-/// The endpoint `poll_ready` reserved: its instance id, and where it stood then. The id is
-/// what identifies it (a replaced endpoint has a new one); the position is only where to look
-/// first. No key is kept, so choosing never clones one (a `String` key would allocate).
-#[derive(Copy, Clone, Debug)]
-struct Chosen {
-    id: u64,
-    pos: usize,
 }
 
 // === impl P2cPool ===
@@ -108,17 +59,12 @@ where
     M: MakeEndpoint<K, T>,
 {
     pub(crate) fn from_parts(maker: M, backoff: Backoff, rng: SmallRng) -> Self {
+        let metrics = P2cMetrics::default();
         Self {
-            maker,
-            targets: HashMap::new(),
-            ready: KeyedVec::new(),
-            pending: KeyedVec::new(),
-            failed: KeyedVec::new(),
+            endpoints: ReadyCache::new(maker, backoff, metrics.clone()),
             chosen: None,
-            next_id: 0,
-            backoff,
             rng,
-            metrics: P2cMetrics::default(),
+            metrics,
             _req: PhantomData,
         }
     }
@@ -130,15 +76,7 @@ where
 
     /// The state of the endpoint for `key`, or `None` if the pool does not know the key.
     pub fn endpoint_state(&self, key: &K) -> Option<EndpointState> {
-        if self.ready.contains_key(key) {
-            Some(EndpointState::Ready)
-        } else if self.pending.contains_key(key) {
-            Some(EndpointState::Pending)
-        } else if self.failed.contains_key(key) {
-            Some(EndpointState::BackingOff)
-        } else {
-            None
-        }
+        self.endpoints.state(key)
     }
 
     /// The key of the endpoint that the last successful `poll_ready` reserved, which the next
@@ -146,141 +84,16 @@ where
     /// endpoint since (the next `call` then fails with [`EndpointGone`]). Useful to record
     /// which endpoint served a request.
     pub fn chosen(&self) -> Option<&K> {
-        let pos = self.locate(self.chosen.as_ref()?)?;
-        self.ready.get_index(pos).map(|(key, _)| key)
-    }
-
-    fn counts(&self) -> EndpointCounts {
-        EndpointCounts {
-            ready: self.ready.len(),
-            pending: self.pending.len(),
-            failed: self.failed.len(),
-        }
-    }
-
-    fn sync_gauges(&self) {
-        self.metrics
-            .set_counts(self.ready.len(), self.pending.len(), self.failed.len());
-    }
-
-    /// Builds the endpoint for `key` and queues it to be driven to readiness.
-    fn build(&mut self, key: K, failures: u32) {
-        let Some(target) = self.targets.get(&key) else {
-            return;
-        };
-        let svc = self.maker.make_endpoint(&key, target);
-        let id = self.next_id;
-        self.next_id += 1;
-        self.pending
-            .insert(key, PendingEndpoint { id, svc, failures });
-    }
-
-    /// Drops the endpoint for `key`, whatever its state.
-    fn drop_endpoint(&mut self, key: &K) {
-        // A key is in at most one set; the chosen endpoint, if it was this one, is detected as
-        // gone by its id.
-        if self.ready.remove(key).is_none() && self.pending.remove(key).is_none() {
-            self.failed.remove(key);
-        }
-    }
-
-    /// Finds the chosen endpoint in the ready set, if it is still there.
-    fn locate(&self, chosen: &Chosen) -> Option<usize> {
-        if let Some((_, ep)) = self.ready.get_index(chosen.pos) {
-            if ep.id == chosen.id {
-                return Some(chosen.pos);
-            }
-        }
-        // Only after a change to the ready set moved it (a removal's swap, say): rare, so a
-        // scan by id costs less than keeping a key clone on every selection.
-        self.ready.position_where(|ep| ep.id == chosen.id)
-    }
-
-    /// Moves an endpoint whose readiness failed to the backoff set.
-    fn evict(&mut self, cx: &mut Context<'_>, key: K, failures: u32, error: BoxError)
-    where
-        K: fmt::Debug,
-    {
-        let delay = self.backoff.delay(failures);
-        warn!(?key, %error, failures, ?delay, "Evicting failed endpoint");
-        self.metrics.evicted();
-        let mut rebuild_at = Box::pin(tokio::time::sleep(delay));
-        // Registers the timer with this task now, so `Pending` from the pool has a waker
-        // behind it. The delay is never zero, so this cannot complete here.
-        let _ = rebuild_at.as_mut().poll(cx);
-        self.failed.insert(
-            key,
-            FailedEndpoint {
-                rebuild_at,
-                failures,
-            },
-        );
-    }
-}
-
-impl<K, T, M, Req> P2cPool<K, T, M, Req>
-where
-    K: Hash + Eq + Clone + fmt::Debug,
-    M: MakeEndpoint<K, T>,
-    M::Endpoint: Service<Req> + Load,
-    <M::Endpoint as Service<Req>>::Error: Into<BoxError>,
-{
-    /// Rebuilds endpoints whose backoff has elapsed and promotes pending endpoints that are
-    /// ready. Every endpoint still waiting has `cx`'s waker registered.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        let mut changed = false;
-
-        // Before the pending pass, so a rebuilt endpoint is polled in this same pass.
-        let mut i = 0;
-        while let Some((_, failed)) = self.failed.get_index_mut(i) {
-            if failed.rebuild_at.as_mut().poll(cx).is_pending() {
-                i += 1;
-                continue;
-            }
-            if let Some((key, failed)) = self.failed.swap_remove_index(i) {
-                info!(?key, failures = failed.failures, "Rebuilding endpoint");
-                self.metrics.rebuilt();
-                self.build(key, failed.failures);
-                changed = true;
-            }
-        }
-
-        let mut i = 0;
-        while let Some((_, pending)) = self.pending.get_index_mut(i) {
-            let poll = pending.svc.poll_ready(cx);
-            if poll.is_pending() {
-                i += 1;
-                continue;
-            }
-            let Some((key, pending)) = self.pending.swap_remove_index(i) else {
-                break;
-            };
-            changed = true;
-            match poll {
-                Poll::Ready(Ok(())) => {
-                    debug!(?key, "Endpoint ready");
-                    let ready = ReadyEndpoint {
-                        id: pending.id,
-                        svc: pending.svc,
-                    };
-                    self.ready.insert(key, ready);
-                }
-                Poll::Ready(Err(error)) => {
-                    let failures = pending.failures.saturating_add(1);
-                    self.evict(cx, key, failures, error.into());
-                }
-                Poll::Pending => {}
-            }
-        }
-
-        if changed {
-            self.sync_gauges();
-        }
+        self.endpoints.key_of(self.chosen?)
     }
 
     /// Samples two distinct ready endpoints and keeps the less loaded one.
-    fn select(&mut self) -> Option<Chosen> {
-        let pos = match self.ready.len() {
+    fn select(&mut self) -> Option<ReadyRef>
+    where
+        K: fmt::Debug,
+        M::Endpoint: Load,
+    {
+        let pos = match self.endpoints.ready_len() {
             0 => return None,
             // Nothing to compare: no draw, so a lone endpoint costs no randomness.
             1 => 0,
@@ -290,8 +103,8 @@ where
                 if b >= a {
                     b += 1;
                 }
-                let a_load = self.ready.get_index(a).map(|(_, ep)| ep.svc.load());
-                let b_load = self.ready.get_index(b).map(|(_, ep)| ep.svc.load());
+                let a_load = self.endpoints.get_ready(a).map(|(_, _, svc)| svc.load());
+                let b_load = self.endpoints.get_ready(b).map(|(_, _, svc)| svc.load());
                 // `a` is itself a uniform draw, so keeping it on a tie (or when the loads do
                 // not compare, e.g. NaN) spreads ties evenly without a third draw.
                 if b_load < a_load {
@@ -301,9 +114,13 @@ where
                 }
             }
         };
-        let (key, ep) = self.ready.get_index(pos)?;
-        trace!(?key, ready = self.ready.len(), "p2c selected endpoint");
-        Some(Chosen { id: ep.id, pos })
+        let (key, chosen, _) = self.endpoints.get_ready(pos)?;
+        trace!(
+            ?key,
+            ready = self.endpoints.ready_len(),
+            "endpoint selected"
+        );
+        Some(chosen)
     }
 }
 
@@ -319,45 +136,25 @@ where
     type Future = ResponseFuture<<M::Endpoint as Service<Req>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.drive(cx);
+        self.endpoints.drive::<Req>(cx);
         loop {
             // Whatever was chosen is polled again right here, so the endpoint is known ready
             // in the same task turn as the `call` that follows.
             if let Some(chosen) = self.chosen.take() {
-                if let Some(pos) = self.locate(&chosen) {
-                    let poll = match self.ready.get_index_mut(pos) {
-                        Some((_, ep)) => ep.svc.poll_ready(cx),
-                        None => Poll::Pending,
-                    };
-                    if let Poll::Ready(Ok(())) = poll {
-                        self.chosen = Some(Chosen { pos, ..chosen });
-                        return Poll::Ready(Ok(()));
-                    }
-                    if let Some((key, ep)) = self.ready.swap_remove_index(pos) {
-                        match poll {
-                            Poll::Ready(Err(error)) => self.evict(cx, key, 1, error.into()),
-                            _ => {
-                                trace!(?key, "Chosen endpoint no longer ready");
-                                let pending = PendingEndpoint {
-                                    id: ep.id,
-                                    svc: ep.svc,
-                                    failures: 0,
-                                };
-                                self.pending.insert(key, pending);
-                            }
-                        }
-                        self.sync_gauges();
-                    }
+                if let Some(chosen) = self.endpoints.check_ready::<Req>(cx, chosen) {
+                    self.chosen = Some(chosen);
+                    return Poll::Ready(Ok(()));
                 }
             }
 
             match self.select() {
                 Some(chosen) => self.chosen = Some(chosen),
                 None => {
+                    let counts = self.endpoints.counts();
                     trace!(
-                        pending = self.pending.len(),
-                        failed = self.failed.len(),
-                        "No endpoint ready"
+                        pending = counts.pending,
+                        failed = counts.failed,
+                        "no endpoint ready"
                     );
                     return Poll::Pending;
                 }
@@ -369,16 +166,13 @@ where
         let Some(chosen) = self.chosen.take() else {
             return ResponseFuture::failed(NotReady::new());
         };
-        match self.locate(&chosen) {
-            Some(pos) => match self.ready.get_index_mut(pos) {
-                Some((key, ep)) => {
-                    trace!(?key, "Dispatching request");
-                    ResponseFuture::called(ep.svc.call(req))
-                }
-                None => ResponseFuture::failed(EndpointGone::new()),
-            },
+        match self.endpoints.get_mut(chosen) {
+            Some((key, svc)) => {
+                trace!(?key, "dispatching request");
+                ResponseFuture::called(svc.call(req))
+            }
             None => {
-                debug!(id = chosen.id, "Chosen endpoint removed before call");
+                debug!(id = chosen.id(), "chosen endpoint removed before call");
                 ResponseFuture::failed(EndpointGone::new())
             }
         }
@@ -395,56 +189,15 @@ where
 {
     fn update_pool(&mut self, update: Update<K, T>) {
         let kind = update.kind();
-        debug!(kind = kind.as_str(), len = update.len(), "Applying update");
-        match update {
-            Update::Reset(endpoints) => {
-                let wanted: HashMap<K, T> = endpoints.into_iter().collect();
-                let stale: Vec<K> = self
-                    .targets
-                    .keys()
-                    .filter(|key| !wanted.contains_key(*key))
-                    .cloned()
-                    .collect();
-                for key in stale {
-                    self.remove(&key);
-                }
-                for (key, target) in wanted {
-                    self.upsert(key, target);
-                }
-            }
-            Update::Add(endpoints) => {
-                // Only the last target named for a key counts, so an update that names a key
-                // twice but ends on its current target does not rebuild it.
-                let wanted: HashMap<K, T> = endpoints.into_iter().collect();
-                for (key, target) in wanted {
-                    self.upsert(key, target);
-                }
-            }
-            Update::Remove(keys) => {
-                for key in &keys {
-                    self.remove(key);
-                }
-            }
-            Update::DoesNotExist => {
-                if !self.targets.is_empty() {
-                    info!(
-                        endpoints = self.targets.len(),
-                        "Service does not exist; removing every endpoint"
-                    );
-                }
-                self.targets.clear();
-                self.ready.clear();
-                self.pending.clear();
-                self.failed.clear();
-            }
-        }
+        debug!(kind = kind.as_str(), len = update.len(), "applying update");
+        update.apply_to(&mut self.endpoints);
         self.metrics.update_applied(kind);
-        self.sync_gauges();
+        self.endpoints.sync_gauges();
     }
 
     fn poll_pool(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.drive(cx);
-        if self.pending.is_empty() && self.failed.is_empty() {
+        self.endpoints.drive::<Req>(cx);
+        if self.endpoints.is_settled() {
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
@@ -452,34 +205,7 @@ where
     }
 
     fn endpoints(&self) -> EndpointCounts {
-        self.counts()
-    }
-}
-
-impl<K, T, M, Req> P2cPool<K, T, M, Req>
-where
-    K: Hash + Eq + Clone + fmt::Debug,
-    T: PartialEq,
-    M: MakeEndpoint<K, T>,
-{
-    fn upsert(&mut self, key: K, target: T) {
-        match self.targets.get(&key) {
-            Some(current) if *current == target => return,
-            Some(_) => {
-                info!(?key, "Replacing endpoint: target changed");
-                self.drop_endpoint(&key);
-            }
-            None => info!(?key, "Adding endpoint"),
-        }
-        self.targets.insert(key.clone(), target);
-        self.build(key, 0);
-    }
-
-    fn remove(&mut self, key: &K) {
-        if self.targets.remove(key).is_some() {
-            info!(?key, "Removing endpoint");
-            self.drop_endpoint(key);
-        }
+        self.endpoints.counts()
     }
 }
 
@@ -488,12 +214,13 @@ where
     M: MakeEndpoint<K, T>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let counts = self.endpoints.counts();
         f.debug_struct("P2cPool")
-            .field("ready", &self.ready.len())
-            .field("pending", &self.pending.len())
-            .field("failed", &self.failed.len())
+            .field("ready", &counts.ready)
+            .field("pending", &counts.pending)
+            .field("failed", &counts.failed)
             .field("chosen", &self.chosen.is_some())
-            .field("backoff", &self.backoff)
+            .field("backoff", self.endpoints.backoff())
             .finish_non_exhaustive()
     }
 }
@@ -533,7 +260,7 @@ mod tests {
             assert_ready_ok!(t.enter(|cx, _| pool.poll_pool(cx)));
         }
         let order: Vec<u32> = (0..controls.len())
-            .filter_map(|pos| pool.ready.get_index(pos).map(|(k, _)| *k))
+            .filter_map(|pos| pool.endpoints.get_ready(pos).map(|(k, ..)| *k))
             .collect();
         assert_eq!(order, (0..controls.len() as u32).collect::<Vec<_>>());
         pool
@@ -563,7 +290,7 @@ mod tests {
         let mut pool = ordered_pool(&controls, 7);
         choose(&mut pool, 1);
         pool.update_pool(Update::Remove(vec![1]));
-        assert_eq!(pool.ready.get_index(1).map(|(k, _)| *k), Some(2));
+        assert_eq!(pool.endpoints.get_ready(1).map(|(k, ..)| *k), Some(2));
         let err = pool.call(()).now_or_never().unwrap().unwrap_err();
         assert!(err.is::<EndpointGone>());
         assert_eq!(controls.iter().map(SimControl::calls).sum::<u64>(), 0);
@@ -575,7 +302,7 @@ mod tests {
         let mut pool = ordered_pool(&controls, 8);
         choose(&mut pool, 2);
         pool.update_pool(Update::Remove(vec![0]));
-        assert_eq!(pool.ready.get_index(0).map(|(k, _)| *k), Some(2));
+        assert_eq!(pool.endpoints.get_ready(0).map(|(k, ..)| *k), Some(2));
         assert_eq!(pool.call(()).now_or_never().unwrap().unwrap(), 2);
         assert_eq!(controls[2].calls(), 1);
     }

@@ -1,0 +1,457 @@
+//! [`ReadyCache`]: every endpoint a [`P2cPool`](crate::P2cPool) knows, in one of three sets,
+//! and what moves it between them.
+//!
+//! - **Pending**: built from its target, being driven to readiness. [`ReadyCache::drive`]
+//!   polls each one and promotes it to *ready* when it says so, or evicts it when it fails.
+//! - **Ready**: a candidate for selection. An endpoint found not ready again when it is checked
+//!   before a call ([`ReadyCache::check_ready`]) goes back to *pending*, or is evicted if it
+//!   failed.
+//! - **Failed**: evicted after a failure, waiting for its backoff; [`ReadyCache::drive`] rebuilds
+//!   it from its target once the backoff has elapsed, and it is *pending* again.
+//!
+//! Discovery updates change which keys the cache holds (`update.rs`, through
+//! [`EndpointSet`](portcullis_pool::EndpointSet)); choosing among the ready endpoints is the
+//! pool's (`service.rs`).
+//!
+//! Each set is an [`IndexMap`]: its dense storage is what makes sampling a ready endpoint by
+//! position O(1), and its index keeps lookups and removals by key O(1). Removals swap the last
+//! entry into the hole (`swap_remove`), so a position is not stable across a change to the
+//! set: an endpoint is identified across calls by its [`ReadyRef`], whose instance id is
+//! checked before its position is trusted.
+
+mod update;
+
+use crate::builder::Backoff;
+use crate::make::MakeEndpoint;
+use crate::metrics::P2cMetrics;
+use crate::BoxError;
+use indexmap::IndexMap;
+use portcullis_pool::EndpointCounts;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::time::Sleep;
+use tower_service::Service;
+use tracing::{debug, info, trace, warn};
+
+/// Where an endpoint of a [`P2cPool`](crate::P2cPool) is in its life, as told by
+/// [`P2cPool::endpoint_state`](crate::P2cPool::endpoint_state).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EndpointState {
+    /// In the ready set: a candidate for selection.
+    Ready,
+    /// Being driven to readiness.
+    Pending,
+    /// Evicted after a failure, waiting for its backoff to elapse before it is rebuilt.
+    BackingOff,
+}
+
+/// The endpoints built from discovery's targets, each in exactly one of the ready, pending
+/// and failed sets, and the maker that builds them.
+pub(crate) struct ReadyCache<K, T, M>
+where
+    M: MakeEndpoint<K, T>,
+{
+    maker: M,
+    /// Every known key and what it was built from; each key is in exactly one of the three
+    /// sets below.
+    targets: IndexMap<K, T>,
+    ready: IndexMap<K, ReadyEndpoint<M::Endpoint>>,
+    pending: IndexMap<K, PendingEndpoint<M::Endpoint>>,
+    failed: IndexMap<K, FailedEndpoint>,
+    /// The instance id the next built endpoint gets.
+    next_id: u64,
+    backoff: Backoff,
+    /// Shared with the pool; the cache counts evictions and rebuilds and keeps the gauges.
+    metrics: P2cMetrics,
+}
+
+/// A ready endpoint as it was found: its instance id, which is what identifies it, and its
+/// position in the ready set then, which is only where to look for it first.
+///
+/// Every endpoint built gets a new instance id, so a reference taken before its key was
+/// replaced (or its endpoint evicted and rebuilt) can never reach the new endpoint. No key is
+/// kept, so taking a reference never clones one (a `String` key would allocate).
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct ReadyRef {
+    id: u64,
+    pos: usize,
+}
+
+struct ReadyEndpoint<S> {
+    id: u64,
+    svc: S,
+}
+
+struct PendingEndpoint<S> {
+    id: u64,
+    svc: S,
+    /// Consecutive failures before this build, for the next backoff.
+    failures: u32,
+}
+
+struct FailedEndpoint {
+    rebuild_at: Pin<Box<Sleep>>,
+    failures: u32,
+}
+
+// === impl ReadyRef ===
+
+impl ReadyRef {
+    /// The instance id of the endpoint referred to, for logs.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+// === impl ReadyCache ===
+
+impl<K, T, M> ReadyCache<K, T, M>
+where
+    M: MakeEndpoint<K, T>,
+{
+    pub(crate) fn new(maker: M, backoff: Backoff, metrics: P2cMetrics) -> Self {
+        Self {
+            maker,
+            targets: IndexMap::new(),
+            ready: IndexMap::new(),
+            pending: IndexMap::new(),
+            failed: IndexMap::new(),
+            next_id: 0,
+            backoff,
+            metrics,
+        }
+    }
+
+    pub(crate) fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+
+    pub(crate) fn counts(&self) -> EndpointCounts {
+        EndpointCounts {
+            ready: self.ready.len(),
+            pending: self.pending.len(),
+            failed: self.failed.len(),
+        }
+    }
+
+    pub(crate) fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Whether nothing is left to drive: no endpoint is pending or waiting to be rebuilt.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.pending.is_empty() && self.failed.is_empty()
+    }
+
+    pub(crate) fn sync_gauges(&self) {
+        self.metrics
+            .set_counts(self.ready.len(), self.pending.len(), self.failed.len());
+    }
+}
+
+impl<K, T, M> ReadyCache<K, T, M>
+where
+    K: Hash + Eq,
+    M: MakeEndpoint<K, T>,
+{
+    /// The state of the endpoint for `key`, or `None` if the cache does not know the key.
+    pub(crate) fn state(&self, key: &K) -> Option<EndpointState> {
+        if self.ready.contains_key(key) {
+            Some(EndpointState::Ready)
+        } else if self.pending.contains_key(key) {
+            Some(EndpointState::Pending)
+        } else if self.failed.contains_key(key) {
+            Some(EndpointState::BackingOff)
+        } else {
+            None
+        }
+    }
+
+    /// The ready endpoint at `pos`: its key, a reference to it, and the endpoint.
+    pub(crate) fn get_ready(&self, pos: usize) -> Option<(&K, ReadyRef, &M::Endpoint)> {
+        let (key, ep) = self.ready.get_index(pos)?;
+        Some((key, ReadyRef { id: ep.id, pos }, &ep.svc))
+    }
+
+    /// The key of the endpoint `r` refers to, if it is still in the ready set.
+    pub(crate) fn key_of(&self, r: ReadyRef) -> Option<&K> {
+        let pos = self.find(r)?;
+        self.ready.get_index(pos).map(|(key, _)| key)
+    }
+
+    /// The endpoint `r` refers to, if it is still in the ready set.
+    pub(crate) fn get_mut(&mut self, r: ReadyRef) -> Option<(&K, &mut M::Endpoint)> {
+        let pos = self.find(r)?;
+        self.ready
+            .get_index_mut(pos)
+            .map(|(key, ep)| (key, &mut ep.svc))
+    }
+
+    /// Where the endpoint `r` refers to stands in the ready set now, if it is still there.
+    fn find(&self, r: ReadyRef) -> Option<usize> {
+        if let Some((_, ep)) = self.ready.get_index(r.pos) {
+            if ep.id == r.id {
+                return Some(r.pos);
+            }
+        }
+        // Only after a change to the ready set moved it (a removal's swap, say): rare, so a
+        // scan by id costs less than keeping a key clone in every reference.
+        self.ready.values().position(|ep| ep.id == r.id)
+    }
+
+    /// Builds the endpoint for `key` from its target, with a new instance id, and queues it
+    /// to be driven to readiness.
+    fn build(&mut self, key: K, failures: u32) {
+        let Some(target) = self.targets.get(&key) else {
+            return;
+        };
+        let svc = self.maker.make_endpoint(&key, target);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending
+            .insert(key, PendingEndpoint { id, svc, failures });
+    }
+
+    /// Drops the endpoint for `key`, whatever its state. A [`ReadyRef`] to it finds it gone.
+    fn drop_endpoint(&mut self, key: &K) {
+        // A key is in at most one set.
+        if self.ready.swap_remove(key).is_none() && self.pending.swap_remove(key).is_none() {
+            self.failed.swap_remove(key);
+        }
+    }
+
+    /// Moves an endpoint whose readiness failed to the failed set, to be rebuilt after its
+    /// backoff.
+    fn evict(&mut self, cx: &mut Context<'_>, key: K, failures: u32, error: BoxError)
+    where
+        K: fmt::Debug,
+    {
+        let delay = self.backoff.delay(failures);
+        warn!(?key, %error, failures, ?delay, "evicting endpoint: readiness failed");
+        self.metrics.evicted();
+        let mut rebuild_at = Box::pin(tokio::time::sleep(delay));
+        // Registers the timer with this task now, so `Pending` from the pool has a waker
+        // behind it. The delay is never zero, so this cannot complete here.
+        let _ = rebuild_at.as_mut().poll(cx);
+        self.failed.insert(
+            key,
+            FailedEndpoint {
+                rebuild_at,
+                failures,
+            },
+        );
+    }
+}
+
+impl<K, T, M> ReadyCache<K, T, M>
+where
+    K: Hash + Eq + fmt::Debug,
+    M: MakeEndpoint<K, T>,
+{
+    /// Rebuilds endpoints whose backoff has elapsed and promotes pending endpoints that are
+    /// ready. Every endpoint still waiting has `cx`'s waker registered.
+    pub(crate) fn drive<Req>(&mut self, cx: &mut Context<'_>)
+    where
+        M::Endpoint: Service<Req>,
+        <M::Endpoint as Service<Req>>::Error: Into<BoxError>,
+    {
+        let mut changed = false;
+
+        // Before the pending pass, so a rebuilt endpoint is polled in this same pass.
+        let mut i = 0;
+        while let Some((_, failed)) = self.failed.get_index_mut(i) {
+            if failed.rebuild_at.as_mut().poll(cx).is_pending() {
+                i += 1;
+                continue;
+            }
+            if let Some((key, failed)) = self.failed.swap_remove_index(i) {
+                info!(
+                    ?key,
+                    failures = failed.failures,
+                    "rebuilding endpoint: backoff elapsed"
+                );
+                self.metrics.rebuilt();
+                self.build(key, failed.failures);
+                changed = true;
+            }
+        }
+
+        let mut i = 0;
+        while let Some((_, pending)) = self.pending.get_index_mut(i) {
+            let poll = pending.svc.poll_ready(cx);
+            if poll.is_pending() {
+                i += 1;
+                continue;
+            }
+            let Some((key, pending)) = self.pending.swap_remove_index(i) else {
+                break;
+            };
+            changed = true;
+            match poll {
+                Poll::Ready(Ok(())) => {
+                    debug!(?key, "endpoint ready");
+                    let ready = ReadyEndpoint {
+                        id: pending.id,
+                        svc: pending.svc,
+                    };
+                    self.ready.insert(key, ready);
+                }
+                Poll::Ready(Err(error)) => {
+                    let failures = pending.failures.saturating_add(1);
+                    self.evict(cx, key, failures, error.into());
+                }
+                Poll::Pending => {}
+            }
+        }
+
+        if changed {
+            self.sync_gauges();
+        }
+    }
+
+    /// Polls the endpoint `r` refers to again, right before a call: `Some` with where it
+    /// stands now if it is still ready. `None` if it is gone, or was found not ready (it goes
+    /// back to the pending set) or failed (it is evicted).
+    pub(crate) fn check_ready<Req>(&mut self, cx: &mut Context<'_>, r: ReadyRef) -> Option<ReadyRef>
+    where
+        M::Endpoint: Service<Req>,
+        <M::Endpoint as Service<Req>>::Error: Into<BoxError>,
+    {
+        let pos = self.find(r)?;
+        let (_, ep) = self.ready.get_index_mut(pos)?;
+        let poll = ep.svc.poll_ready(cx);
+        if let Poll::Ready(Ok(())) = poll {
+            return Some(ReadyRef { pos, ..r });
+        }
+        let (key, ep) = self.ready.swap_remove_index(pos)?;
+        match poll {
+            Poll::Ready(Err(error)) => self.evict(cx, key, 1, error.into()),
+            _ => {
+                trace!(?key, "chosen endpoint no longer ready");
+                let pending = PendingEndpoint {
+                    id: ep.id,
+                    svc: ep.svc,
+                    failures: 0,
+                };
+                self.pending.insert(key, pending);
+            }
+        }
+        self.sync_gauges();
+        None
+    }
+}
+
+impl<K, T, M> fmt::Debug for ReadyCache<K, T, M>
+where
+    M: MakeEndpoint<K, T>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadyCache")
+            .field("ready", &self.ready.len())
+            .field("pending", &self.pending.len())
+            .field("failed", &self.failed.len())
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_pool::EndpointSet;
+    use portcullis_test::endpoint::{SimControl, SimEndpoint};
+    use std::time::Duration;
+    use tokio_test::task;
+
+    type Ep = SimEndpoint<(), u32>;
+
+    fn cache_of(
+        controls: &[SimControl],
+    ) -> ReadyCache<u32, u32, impl MakeEndpoint<u32, u32, Endpoint = Ep>> {
+        let controls = controls.to_vec();
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).unwrap();
+        let maker =
+            move |key: &u32, _: &u32| controls[*key as usize].endpoint_with_id::<(), u32>(*key);
+        ReadyCache::new(maker, backoff, P2cMetrics::default())
+    }
+
+    fn drive<M: MakeEndpoint<u32, u32, Endpoint = Ep>>(cache: &mut ReadyCache<u32, u32, M>) {
+        task::spawn(()).enter(|cx, _| cache.drive::<()>(cx));
+    }
+
+    fn check_ready<M: MakeEndpoint<u32, u32, Endpoint = Ep>>(
+        cache: &mut ReadyCache<u32, u32, M>,
+        r: ReadyRef,
+    ) -> Option<ReadyRef> {
+        task::spawn(()).enter(|cx, _| cache.check_ready::<()>(cx, r))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reference_finds_its_endpoint_after_a_removal_moved_it() {
+        let controls = vec![SimControl::new(), SimControl::new(), SimControl::new()];
+        let mut cache = cache_of(&controls);
+        for key in 0..3 {
+            cache.add(vec![(key, 0)]);
+            drive(&mut cache);
+        }
+        let (_, last, _) = cache.get_ready(2).unwrap();
+        cache.remove(vec![0]);
+        // The removal swapped the last endpoint into the hole.
+        assert_eq!(cache.get_ready(0).map(|(key, ..)| *key), Some(2));
+        let found = check_ready(&mut cache, last).unwrap();
+        assert_eq!(found.pos, 0);
+        assert_eq!(cache.get_mut(last).map(|(key, _)| *key), Some(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replaced_or_rebuilt_endpoint_is_a_new_instance() {
+        let controls = vec![SimControl::new()];
+        let mut cache = cache_of(&controls);
+        cache.add(vec![(0, 1)]);
+        drive(&mut cache);
+        let (_, first, _) = cache.get_ready(0).unwrap();
+
+        cache.add(vec![(0, 2)]);
+        drive(&mut cache);
+        assert_eq!(cache.state(&0), Some(EndpointState::Ready));
+        assert!(
+            cache.key_of(first).is_none(),
+            "the replaced endpoint is gone"
+        );
+        let (_, second, _) = cache.get_ready(0).unwrap();
+
+        controls[0].set_fail_ready(true);
+        assert!(check_ready(&mut cache, second).is_none());
+        assert_eq!(cache.state(&0), Some(EndpointState::BackingOff));
+        controls[0].set_fail_ready(false);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        drive(&mut cache);
+        assert_eq!(cache.state(&0), Some(EndpointState::Ready));
+        assert!(
+            cache.key_of(second).is_none(),
+            "the rebuilt endpoint is another"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_endpoint_found_not_ready_goes_back_to_pending_with_its_identity() {
+        let controls = vec![SimControl::new()];
+        let mut cache = cache_of(&controls);
+        cache.add(vec![(0, 0)]);
+        drive(&mut cache);
+        let (_, r, _) = cache.get_ready(0).unwrap();
+
+        controls[0].set_ready(false);
+        assert!(check_ready(&mut cache, r).is_none());
+        assert_eq!(cache.state(&0), Some(EndpointState::Pending));
+        assert_eq!(cache.metrics.snapshot().evictions, 0);
+
+        controls[0].set_ready(true);
+        drive(&mut cache);
+        assert_eq!(cache.state(&0), Some(EndpointState::Ready));
+        assert_eq!(cache.key_of(r), Some(&0), "not rebuilt: the same instance");
+    }
+}
