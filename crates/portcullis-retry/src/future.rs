@@ -1,4 +1,5 @@
 //! The response future: one state machine per request, no allocation, timer made lazily.
+//! Whether and when a retry goes out is [`Policy::next_attempt`]'s to decide (`policy.rs`).
 
 use portcullis_pool::PolledAfterCompletion;
 use std::fmt;
@@ -13,12 +14,9 @@ use tower_service::Service;
 
 use crate::classify::{Classify, Decision, Replay};
 use crate::error::{BoxError, LastFailure, RetryError, StopReason};
-use crate::layer::{Handle, Policy};
+use crate::policy::{Handle, Next, Policy, Sequence};
 use crate::service::earliest;
 use portcullis_pool::time::deadline_after;
-
-/// The resolution of tokio's timer: a sleep ends on the first tick at or after its deadline.
-const TIMER_TICK: std::time::Duration = std::time::Duration::from_millis(1);
 
 pin_project! {
     /// The future [`Retry`](crate::Retry) returns.
@@ -163,104 +161,31 @@ where
                             Outcome::TimedOut
                         }
                     };
-                    // The clock is read only where it is needed: a success reads none.
-                    let decision = match (&outcome, this.request.as_ref()) {
-                        (Outcome::Done(result), Some(req)) => {
-                            policy.classify.classify(req, result.as_ref())
-                        }
-                        (Outcome::Done(Ok(_)), None) => Decision::Success,
-                        (Outcome::Done(Err(_)), None) => Decision::Permanent,
-                        (Outcome::TimedOut, _) => {
-                            if this.deadline.is_some_and(|d| Instant::now() >= d) {
-                                return finish(
-                                    policy,
-                                    StopReason::Deadline,
-                                    *this.attempts,
-                                    outcome,
-                                );
-                            }
-                            policy.metrics.attempt_timeout();
-                            match this.request.as_ref() {
-                                Some(req) => policy.classify.classify_timeout(req),
-                                // No copy to send again: nothing to ask the classifier about.
-                                None => Decision::Permanent,
-                            }
-                        }
+                    let decision =
+                        match classify(policy, &outcome, this.request.as_ref(), *this.deadline) {
+                            Ok(decision) => decision,
+                            Err(reason) => return finish(policy, reason, *this.attempts, outcome),
+                        };
+                    let sequence = Sequence {
+                        attempts: *this.attempts,
+                        request: this.request.as_ref(),
+                        deadline: *this.deadline,
+                        rng: this.rng,
                     };
-                    let after = match decision {
-                        Decision::Success => {
-                            return finish(policy, StopReason::Succeeded, *this.attempts, outcome)
+                    match policy.next_attempt(decision, sequence) {
+                        Next::Stop(reason) => {
+                            return finish(policy, reason, *this.attempts, outcome);
                         }
-                        Decision::Permanent => {
-                            return finish(policy, StopReason::Permanent, *this.attempts, outcome)
+                        Next::Retry { request, at } => {
+                            *this.next = Some(request);
+                            *this.last = Some(outcome);
+                            // No delay: straight to waiting for readiness, until the deadline.
+                            *this.timer_at = at.or(*this.deadline);
+                            this.state.set(match at {
+                                Some(_) => State::Backoff,
+                                None => State::Ready,
+                            });
                         }
-                        Decision::Retry { after } => after,
-                    };
-                    if *this.attempts >= policy.max_attempts {
-                        return finish(
-                            policy,
-                            StopReason::AttemptsExhausted,
-                            *this.attempts,
-                            outcome,
-                        );
-                    }
-                    let Some(next) = this.request.as_ref().and_then(|r| policy.replay.replay(r))
-                    else {
-                        return finish(policy, StopReason::Permanent, *this.attempts, outcome);
-                    };
-                    let retry = *this.attempts - 1;
-                    // A server-suggested delay replaces the backoff. With no deadline to bound
-                    // it, one longer than the backoff's cap would park the caller for as long
-                    // as the server likes: stop instead, with the server's answer in hand.
-                    if let (Some(after), None) = (after, *this.deadline) {
-                        if after > policy.backoff.cap() {
-                            tracing::debug!(?after, "server delay longer than the backoff cap");
-                            return finish(policy, StopReason::Deadline, *this.attempts, outcome);
-                        }
-                    }
-                    let delay = after.unwrap_or_else(|| {
-                        let rng = this.rng.get_or_insert_with(|| policy.rng.rng());
-                        policy.backoff.delay(retry, rng)
-                    });
-                    let wake = deadline_after(Instant::now(), delay);
-                    // Never sleep past the deadline: a retry that could only start after it
-                    // is pointless, so stop now with the result in hand. tokio's timer fires
-                    // on the first tick (1 ms) at or after `wake`, so a sleep ending within a
-                    // tick of the deadline could wake after it: that one is not slept either.
-                    if this
-                        .deadline
-                        .is_some_and(|d| deadline_after(wake, TIMER_TICK) > d)
-                    {
-                        tracing::debug!(
-                            ?delay,
-                            attempts = *this.attempts,
-                            "next delay ends past the deadline"
-                        );
-                        return finish(policy, StopReason::Deadline, *this.attempts, outcome);
-                    }
-                    if !policy.budget.withdraw() {
-                        policy.metrics.budget_refusal();
-                        return finish(
-                            policy,
-                            StopReason::BudgetExhausted,
-                            *this.attempts,
-                            outcome,
-                        );
-                    }
-                    tracing::debug!(
-                        attempt = *this.attempts + 1,
-                        ?delay,
-                        server_delay = after.is_some(),
-                        "retrying"
-                    );
-                    *this.next = Some(next);
-                    *this.last = Some(outcome);
-                    if delay.is_zero() {
-                        *this.timer_at = *this.deadline;
-                        this.state.set(State::Ready);
-                    } else {
-                        *this.timer_at = Some(wake);
-                        this.state.set(State::Backoff);
                     }
                 }
                 StateProj::Backoff => {
@@ -320,6 +245,36 @@ where
             }
         }
     }
+}
+
+/// Asks the classifier about an attempt's outcome; `Err` for an attempt the overall deadline
+/// cut short, which is not asked about. The clock is read only where it is needed: a success
+/// reads none.
+fn classify<C, K, Req, T, E>(
+    policy: &Policy<C, K>,
+    outcome: &Outcome<T, E>,
+    request: Option<&Req>,
+    deadline: Option<Instant>,
+) -> Result<Decision, StopReason>
+where
+    C: Classify<Req, T, E>,
+{
+    Ok(match (outcome, request) {
+        (Outcome::Done(result), Some(req)) => policy.classify.classify(req, result.as_ref()),
+        (Outcome::Done(Ok(_)), None) => Decision::Success,
+        (Outcome::Done(Err(_)), None) => Decision::Permanent,
+        (Outcome::TimedOut, _) => {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(StopReason::Deadline);
+            }
+            policy.metrics.attempt_timeout();
+            match request {
+                Some(req) => policy.classify.classify_timeout(req),
+                // No copy to send again: nothing to ask the classifier about.
+                None => Decision::Permanent,
+            }
+        }
+    })
 }
 
 /// Ends the sequence. Only a give-up with an error allocates: the inner error is converted

@@ -11,6 +11,7 @@ use crate::budget::Budget;
 use crate::classify::CloneRequest;
 use crate::error::BuildError;
 use crate::metrics::RetryMetrics;
+use crate::policy::Policy;
 use crate::service::Retry;
 
 /// Wraps services in [`Retry`]. Every clone, and every service it builds, shares one budget,
@@ -34,21 +35,6 @@ pub struct RetryBuilder<K = CloneRequest> {
     max_attempts: u32,
     attempt_timeout: Option<Duration>,
     deadline: Option<Duration>,
-}
-
-/// A [`Retry`]'s own reference to its layer's shared policy (see [`Retry`]'s docs).
-pub(crate) type Handle<C, K> = Arc<Arc<Policy<C, K>>>;
-
-pub(crate) struct Policy<C, K> {
-    pub(crate) classify: C,
-    pub(crate) replay: K,
-    pub(crate) budget: Budget,
-    pub(crate) backoff: Backoff,
-    pub(crate) rng: RngSource,
-    pub(crate) max_attempts: u32,
-    pub(crate) attempt_timeout: Option<Duration>,
-    pub(crate) deadline: Option<Duration>,
-    pub(crate) metrics: RetryMetrics,
 }
 
 // === impl RetryLayer ===
@@ -239,21 +225,6 @@ impl<K> fmt::Debug for RetryBuilder<K> {
         f.debug_struct("RetryBuilder")
             .field("budget", &self.budget)
             .field("backoff", &self.backoff)
-            .field("max_attempts", &self.max_attempts)
-            .field("attempt_timeout", &self.attempt_timeout)
-            .field("deadline", &self.deadline)
-            .finish_non_exhaustive()
-    }
-}
-
-// === impl Policy ===
-
-impl<C, K> fmt::Debug for Policy<C, K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Policy")
-            .field("budget", &self.budget)
-            .field("backoff", &self.backoff)
-            .field("rng", &self.rng)
             .field("max_attempts", &self.max_attempts)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("deadline", &self.deadline)

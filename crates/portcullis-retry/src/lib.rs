@@ -84,6 +84,8 @@ mod error;
 mod future;
 mod layer;
 mod metrics;
+// The retry decision, in the order of the list above: `Policy::next_attempt`.
+mod policy;
 mod service;
 mod stripe;
 

@@ -8,18 +8,20 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crossbeam_utils::CachePadded;
+
 use crate::budget::Budget;
 use crate::error::StopReason;
-use crate::stripe::{self, Padded, STRIPES};
+use crate::stripe::{self, STRIPES};
 
 /// A cheap, cloneable handle to a layer's counters.
 #[derive(Clone)]
 pub struct RetryMetrics {
-    inner: Arc<[Padded<Counters>; STRIPES]>,
+    inner: Arc<[CachePadded<Counters>; STRIPES]>,
     budget: Budget,
 }
 
-/// One stripe of the counters: 9 words, padded to its own 128 bytes.
+/// One stripe of the counters: 9 words, padded to cache lines of its own (128 bytes on x86_64).
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,

@@ -12,8 +12,8 @@ use tower_service::Service;
 use crate::classify::{Classify, CloneRequest, Replay};
 use crate::error::{BoxError, LastFailure, RetryError, StopReason};
 use crate::future::ResponseFuture;
-use crate::layer::{Handle, Policy};
 use crate::metrics::RetryMetrics;
+use crate::policy::{Handle, Policy};
 
 /// Retries transient failures of `S`, as its [`RetryLayer`](crate::RetryLayer) configured.
 ///
@@ -90,7 +90,9 @@ where
         let copy = policy.replay.replay(&req);
         let now =
             (policy.deadline.is_some() || policy.attempt_timeout.is_some()).then(Instant::now);
-        let deadline = now.zip(policy.deadline).map(|(now, d)| deadline_after(now, d));
+        let deadline = now
+            .zip(policy.deadline)
+            .map(|(now, d)| deadline_after(now, d));
         let attempt_end = now
             .zip(policy.attempt_timeout)
             .map(|(now, t)| deadline_after(now, t));
@@ -109,7 +111,6 @@ where
         )
     }
 }
-
 
 pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
