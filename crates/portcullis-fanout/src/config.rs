@@ -1,29 +1,14 @@
-//! What a fan-out waits for, how many peer calls it may run, and for how long.
+//! How many peer calls a fan-out may run, for how long, and which [`Policy`] it follows: the
+//! builder, its checked settings, and the limit fan-outs can share.
 
 use crate::error::BuildError;
+use crate::policy::Policy;
 use crate::{FanOut, FanOutLayer, FanOutMetrics};
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-
-/// When a fan-out is complete.
-///
-/// Once the policy is settled (met, or impossible to meet) the peer calls still in flight are
-/// dropped, which cancels them, and reported as [`Outcome::Cancelled`](crate::Outcome), as are
-/// the peers not yet called.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Policy {
-    /// Wait for every peer to answer, fail or time out. Met when every peer answered `Ok`.
-    All,
-    /// Done at the first `Ok` response (met), or when every peer has failed (not met).
-    FirstSuccess,
-    /// Done once this many peers answered `Ok` (met), or as soon as the peers left can no longer
-    /// make up the quorum (not met). A quorum larger than the peer set at call time is a
-    /// [`FanOutError`](crate::FanOutError); 0 is refused at build time.
-    Quorum(usize),
-}
 
 // === impl FanOutBuilder ===
 
@@ -95,14 +80,17 @@ impl FanOutBuilder {
     }
 
     /// Each peer call, readiness included, ends as timed out after `timeout`. No longer than
-    /// the overall timeout.
+    /// the overall timeout. A timeout too long for the clock means practically never (see
+    /// [`deadline_after`](portcullis_pool::time::deadline_after)).
     pub fn per_peer_timeout(mut self, timeout: Duration) -> Self {
         self.config.per_peer_timeout = Some(timeout);
         self
     }
 
     /// The whole fan-out ends after `timeout`, counted from `call`; peer calls still in flight
-    /// are reported as timed out, peers not yet called as cancelled.
+    /// are reported as timed out, peers not yet called as cancelled. A timeout too long for
+    /// the clock means practically never (see
+    /// [`deadline_after`](portcullis_pool::time::deadline_after)).
     pub fn overall_timeout(mut self, timeout: Duration) -> Self {
         self.config.overall_timeout = Some(timeout);
         self

@@ -1,11 +1,13 @@
 //! The response future: every peer call of one fan-out lives inside it.
 
-use crate::config::{Config, Policy, SharedLimit};
+use crate::config::{Config, SharedLimit};
 use crate::error::FanOutError;
 use crate::in_flight::InFlight;
 use crate::metrics::FanOutMetrics;
+use crate::policy::Policy;
 use crate::report::{Counts, Outcome, Report, Slot};
 use pin_project_lite::pin_project;
+use portcullis_pool::time::deadline_after;
 use portcullis_pool::PolledAfterCompletion;
 use std::fmt;
 use std::future::Future;
@@ -106,10 +108,9 @@ where
             policy: config.policy,
             max_in_flight: config.max_in_flight,
             per_peer_timeout: config.per_peer_timeout,
-            // A deadline too far away to represent is no deadline.
             deadline: config
                 .overall_timeout
-                .and_then(|timeout| started.checked_add(timeout)),
+                .map(|timeout| deadline_after(started, timeout)),
             limit: limit.map(|l| PollSemaphore::new(l.semaphore())),
             in_flight: InFlight::with_capacity(config.max_in_flight.min(peers)),
             next: 0,
@@ -212,7 +213,7 @@ where
                         self.spare_timers.push(timer);
                     }
                     self.settle(ended.index, ended.outcome, latency);
-                    if self.is_settled() {
+                    if self.policy.is_settled(&self.counts, self.slots.len()) {
                         return Poll::Ready(self.finish(false));
                     }
                 }
@@ -295,7 +296,7 @@ where
             let started = self.now();
             let deadline = self
                 .per_peer_timeout
-                .and_then(|timeout| started.checked_add(timeout));
+                .map(|timeout| deadline_after(started, timeout));
             // A reused timer still holds an old deadline; it is set only if the call has to
             // wait, so a peer that answers on its first poll costs no timer work at all.
             let (timer, armed) = match deadline {
@@ -336,29 +337,6 @@ where
         }
     }
 
-    /// Whether the policy is met or can no longer be met.
-    fn is_settled(&self) -> bool {
-        let peers = self.slots.len();
-        let Counts { responses, .. } = self.counts;
-        let finished = self.counts.finished();
-        match self.policy {
-            Policy::All => finished == peers,
-            Policy::FirstSuccess => responses > 0 || finished == peers,
-            Policy::Quorum(quorum) => {
-                responses >= quorum || responses + (peers - finished) < quorum
-            }
-        }
-    }
-
-    fn is_met(&self) -> bool {
-        let responses = self.counts.responses;
-        match self.policy {
-            Policy::All => responses == self.slots.len(),
-            Policy::FirstSuccess => responses > 0,
-            Policy::Quorum(quorum) => responses >= quorum,
-        }
-    }
-
     fn finish(&mut self, overall_timed_out: bool) -> Report<K, S::Response, S::Error> {
         // Calls cut short by the overall deadline: the report gives their time so far, but the
         // latency histogram, which is about calls that ended on their own, does not take it.
@@ -388,7 +366,7 @@ where
         self.in_flight.clear();
         self.limit = None;
         self.counts.cancelled = self.slots.len() - self.counts.finished();
-        let met = self.is_met();
+        let met = self.policy.is_met(&self.counts, self.slots.len());
         self.done = true;
         self.metrics.fan_out_ended(
             &self.counts,
@@ -554,6 +532,25 @@ mod tests {
         assert!(call.is_woken());
         let report = assert_ready!(call.poll()).unwrap();
         assert_eq!(report.get(&"up"), Some(&Outcome::Response(())));
+        assert_eq!(report.get(&"stuck"), Some(&Outcome::TimedOut));
+    }
+
+    /// A timeout too long for the clock is practically never, not no deadline at all.
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_too_long_for_the_clock_ends_in_the_far_future() {
+        use portcullis_pool::time::FAR_FUTURE;
+        let mut fanout = FanOut::builder()
+            .overall_timeout(Duration::MAX)
+            .build([("stuck", Peer { ready: false })])
+            .unwrap();
+        let mut call = task::spawn(fanout.call(()));
+        assert_pending!(call.poll());
+
+        tokio::time::advance(FAR_FUTURE - Duration::from_millis(1)).await;
+        assert_pending!(call.poll());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let report = assert_ready!(call.poll()).unwrap();
+        assert!(report.overall_timed_out());
         assert_eq!(report.get(&"stuck"), Some(&Outcome::TimedOut));
     }
 

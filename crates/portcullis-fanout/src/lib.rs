@@ -74,14 +74,16 @@ mod future;
 mod in_flight;
 mod layer;
 mod metrics;
+mod policy;
 mod report;
 mod service;
 
-pub use config::{FanOutBuilder, Policy, SharedLimit};
+pub use config::{FanOutBuilder, SharedLimit};
 pub use error::{BuildError, FanOutError};
 pub use future::ResponseFuture;
 pub use layer::FanOutLayer;
 pub use metrics::{FanOutMetrics, FanOutSnapshot, PeerCallCounts};
+pub use policy::Policy;
 pub use report::{Counts, Outcome, Report};
 pub use service::FanOut;
 

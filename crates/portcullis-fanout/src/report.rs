@@ -1,6 +1,6 @@
 //! What a fan-out reports: every peer's outcome by key, counts, and whether the policy was met.
 
-use crate::config::Policy;
+use crate::policy::Policy;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;

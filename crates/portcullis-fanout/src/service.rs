@@ -1,11 +1,12 @@
-//! [`FanOut`]: the service, and its [`Pool`] face for peer-set updates.
+//! [`FanOut`]: the service, and its [`EndpointSet`] and [`Pool`] faces for peer-set updates.
 
-use crate::config::{Config, FanOutBuilder, Policy, SharedLimit};
+use crate::config::{Config, FanOutBuilder, SharedLimit};
 use crate::error::FanOutError;
 use crate::future::ResponseFuture;
 use crate::metrics::FanOutMetrics;
+use crate::policy::Policy;
 use crate::report::Report;
-use portcullis_pool::{EndpointCounts, Pool, Update};
+use portcullis_pool::{EndpointCounts, EndpointSet, Pool, Update};
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::HashSet;
 use std::fmt;
@@ -118,46 +119,57 @@ impl<K, S> FanOut<K, S> {
     }
 }
 
-impl<K, S> FanOut<K, S>
+/// The peer set as discovery's [`EndpointSet`], which [`Update::apply_to`] changes. Every
+/// change is copy-on-write: a fan-out in flight keeps the set it started with, and later calls
+/// see the new one.
+///
+/// - `reset`: the set becomes `peers`, in their order (a key given twice as in `add`);
+/// - `add`: new keys are appended; a key already present (or given twice) keeps its position
+///   and takes its last service;
+/// - `remove`: the keys are dropped, the others keep their order (the set is copied only if
+///   one of the keys is present);
+/// - `clear`: the set is emptied.
+///
+/// [`Pool::update_pool`] applies an update the same way and also counts it in the
+/// [`FanOutMetrics`] and logs it; applied through `apply_to` directly, it is neither.
+impl<K, S> EndpointSet<K, S> for FanOut<K, S>
 where
     K: Hash + Eq + Clone,
     S: Clone,
 {
-    fn apply(&mut self, update: Update<K, S>) {
-        match update {
-            Update::Reset(peers) => {
-                let (mut keys, mut services) = (Vec::new(), Vec::new());
-                insert_all(&mut keys, &mut services, peers);
-                self.keys = Arc::new(keys);
-                self.services = Arc::new(services);
-            }
-            Update::Add(peers) => {
-                // Copy-on-write: a fan-out in flight keeps the set it started with.
-                insert_all(
-                    Arc::make_mut(&mut self.keys),
-                    Arc::make_mut(&mut self.services),
-                    peers,
-                );
-            }
-            Update::Remove(gone) => {
-                let gone: HashSet<K> = gone.into_iter().collect();
-                if self.keys.iter().any(|k| gone.contains(k)) {
-                    let (keys, services) = self
-                        .keys
-                        .iter()
-                        .zip(self.services.iter())
-                        .filter(|(k, _)| !gone.contains(*k))
-                        .map(|(k, s)| (k.clone(), s.clone()))
-                        .unzip();
-                    self.keys = Arc::new(keys);
-                    self.services = Arc::new(services);
-                }
-            }
-            Update::DoesNotExist => {
-                self.keys = Arc::new(Vec::new());
-                self.services = Arc::new(Vec::new());
-            }
+    fn reset(&mut self, peers: Vec<(K, S)>) {
+        let (mut keys, mut services) = (Vec::new(), Vec::new());
+        insert_all(&mut keys, &mut services, peers);
+        self.keys = Arc::new(keys);
+        self.services = Arc::new(services);
+    }
+
+    fn add(&mut self, peers: Vec<(K, S)>) {
+        insert_all(
+            Arc::make_mut(&mut self.keys),
+            Arc::make_mut(&mut self.services),
+            peers,
+        );
+    }
+
+    fn remove(&mut self, gone: Vec<K>) {
+        let gone: HashSet<K> = gone.into_iter().collect();
+        if self.keys.iter().any(|k| gone.contains(k)) {
+            let (keys, services) = self
+                .keys
+                .iter()
+                .zip(self.services.iter())
+                .filter(|(k, _)| !gone.contains(*k))
+                .map(|(k, s)| (k.clone(), s.clone()))
+                .unzip();
+            self.keys = Arc::new(keys);
+            self.services = Arc::new(services);
         }
+    }
+
+    fn clear(&mut self) {
+        self.keys = Arc::new(Vec::new());
+        self.services = Arc::new(Vec::new());
     }
 }
 
@@ -264,7 +276,7 @@ where
     fn update_pool(&mut self, update: Update<K, S>) {
         let kind = update.kind();
         let named = update.len();
-        self.apply(update);
+        update.apply_to(self);
         self.metrics.update_applied(kind);
         tracing::debug!(
             kind = kind.as_str(),
@@ -312,18 +324,18 @@ mod tests {
         let mut f = FanOut::builder().build([("a", 1), ("b", 2)]).unwrap();
         let snapshot = f.clone();
 
-        f.apply(Update::Add(vec![("c", 3), ("a", 10)]));
+        Update::Add(vec![("c", 3), ("a", 10)]).apply_to(&mut f);
         assert_eq!(keys(&f), vec![("a", 10), ("b", 2), ("c", 3)]);
         // A clone taken before (as a fan-out in flight holds) is untouched.
         assert_eq!(keys(&snapshot), vec![("a", 1), ("b", 2)]);
 
-        f.apply(Update::Remove(vec!["b", "zz"]));
+        Update::Remove(vec!["b", "zz"]).apply_to(&mut f);
         assert_eq!(keys(&f), vec![("a", 10), ("c", 3)]);
 
-        f.apply(Update::Reset(vec![("d", 4), ("a", 11)]));
+        Update::Reset(vec![("d", 4), ("a", 11)]).apply_to(&mut f);
         assert_eq!(keys(&f), vec![("d", 4), ("a", 11)]);
 
-        f.apply(Update::DoesNotExist);
+        Update::DoesNotExist.apply_to(&mut f);
         assert!(f.is_empty());
     }
 

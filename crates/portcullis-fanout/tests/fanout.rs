@@ -4,8 +4,10 @@ mod support;
 
 use portcullis_fanout::{BuildError, FanOut, FanOutError, Outcome, Policy, SharedLimit};
 use portcullis_pool::{Pool, Update};
+use portcullis_test::endpoint::SimError;
+use portcullis_test::time::ms;
 use std::time::Duration;
-use support::{ms, peers, Behavior, Peer, PeerError, Stats};
+use support::{Behavior, Peer, Replicas};
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready, task};
 use tower::{Layer, Service, ServiceExt};
@@ -14,19 +16,27 @@ use Behavior::{Answer, Fail, Hang};
 
 #[tokio::test(start_paused = true)]
 async fn bounded_in_flight_and_every_peer_called_once() {
-    let stats = Stats::new(200);
     // Varied latencies so completions interleave and the set is topped up one by one.
     let behaviors: Vec<_> = (0..200).map(|i| Answer(ms(1 + (i * 7) % 13))).collect();
+    let replicas = Replicas::new(&behaviors);
     let fanout = FanOut::builder()
         .max_in_flight(16)
-        .build(peers(&behaviors, &stats))
+        .build(replicas.peers())
         .unwrap();
 
     let report = fanout.clone().oneshot(()).await.unwrap();
 
-    assert!(stats.peak() <= 16, "peak {}", stats.peak());
-    assert_eq!(stats.peak(), 16);
-    assert!(stats.calls().iter().all(|&c| c == 1), "{:?}", stats.calls());
+    assert!(
+        replicas.peak_in_flight() <= 16,
+        "peak {}",
+        replicas.peak_in_flight()
+    );
+    assert_eq!(replicas.peak_in_flight(), 16);
+    assert!(
+        replicas.calls().iter().all(|&c| c == 1),
+        "{:?}",
+        replicas.calls()
+    );
     assert_eq!(report.counts().responses, 200);
     assert_eq!(report.peak_in_flight(), 16);
     assert!(report.policy_met());
@@ -55,14 +65,14 @@ fn assert_within_a_sixteenth(read: Duration, recorded: Duration) {
 
 #[tokio::test(start_paused = true)]
 async fn one_hung_peer_costs_at_most_the_per_peer_deadline() {
-    let stats = Stats::new(200);
     let mut behaviors = vec![Answer(ms(1)); 200];
     behaviors[7] = Hang;
+    let replicas = Replicas::new(&behaviors);
     let per_peer = ms(200);
     let fanout = FanOut::builder()
         .max_in_flight(16)
         .per_peer_timeout(per_peer)
-        .build(peers(&behaviors, &stats))
+        .build(replicas.peers())
         .unwrap();
 
     let start = Instant::now();
@@ -74,18 +84,18 @@ async fn one_hung_peer_costs_at_most_the_per_peer_deadline() {
     assert_eq!(report.counts().responses, 199);
     assert_eq!(report.counts().timed_out, 1);
     // The hung peer's future was dropped at its deadline, not leaked.
-    assert_eq!(stats.dropped(), 1);
-    assert_eq!(stats.in_flight(), 0);
+    assert_eq!(replicas.dropped(), 1);
+    assert_eq!(replicas.in_flight(), 0);
     assert_eq!(fanout.metrics().snapshot().peer_calls.timed_out, 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn overall_deadline_ends_the_call_and_marks_unfinished_peers() {
-    let stats = Stats::new(10);
+    let replicas = Replicas::new(&[Answer(ms(100)); 10]);
     let fanout = FanOut::builder()
         .max_in_flight(2)
         .overall_timeout(ms(250))
-        .build(peers(&[Answer(ms(100)); 10], &stats))
+        .build(replicas.peers())
         .unwrap();
 
     let start = Instant::now();
@@ -112,8 +122,8 @@ async fn overall_deadline_ends_the_call_and_marks_unfinished_peers() {
         ]
     );
     assert_eq!(report.latency(&4), Some(ms(50)));
-    assert_eq!(stats.dropped(), 2);
-    assert_eq!(stats.calls()[6..], [0, 0, 0, 0]);
+    assert_eq!(replicas.dropped(), 2);
+    assert_eq!(replicas.calls()[6..], [0, 0, 0, 0]);
     let snapshot = fanout.metrics().snapshot();
     assert_eq!(snapshot.overall_timeouts, 1);
     assert_eq!(snapshot.policy_not_met, 1);
@@ -128,18 +138,17 @@ async fn overall_deadline_ends_the_call_and_marks_unfinished_peers() {
 
 #[tokio::test(start_paused = true)]
 async fn first_success_returns_at_once_and_cancels_the_rest() {
-    let stats = Stats::new(5);
-    let behaviors = [
+    let replicas = Replicas::new(&[
         Answer(ms(50)),
         Fail(ms(10)),
         Answer(ms(20)),
         Answer(ms(30)),
         Hang,
-    ];
+    ]);
     let fanout = FanOut::builder()
         .max_in_flight(3)
         .policy(Policy::FirstSuccess)
-        .build(peers(&behaviors, &stats))
+        .build(replicas.peers())
         .unwrap();
 
     let start = Instant::now();
@@ -148,30 +157,29 @@ async fn first_success_returns_at_once_and_cancels_the_rest() {
     assert_eq!(start.elapsed(), ms(20));
     assert!(report.policy_met());
     assert_eq!(report.get(&2), Some(&Outcome::Response(2)));
-    assert_eq!(report.get(&1), Some(&Outcome::Error(PeerError(1))));
+    assert_eq!(report.get(&1), Some(&Outcome::Error(SimError::Call)));
     for cancelled in [0, 3, 4] {
         assert_eq!(report.get(&cancelled), Some(&Outcome::Cancelled));
     }
     // Peers 0 and 3 were in flight: their futures were dropped when the fan-out returned.
-    assert_eq!(stats.dropped(), 2);
-    assert_eq!(stats.in_flight(), 0);
+    assert_eq!(replicas.dropped(), 2);
+    assert_eq!(replicas.in_flight(), 0);
     // Peer 4 was never started.
-    assert_eq!(stats.calls(), [1, 1, 1, 1, 0]);
+    assert_eq!(replicas.calls(), [1, 1, 1, 1, 0]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn quorum_returns_once_met_and_cancels_the_rest() {
-    let stats = Stats::new(5);
-    let behaviors = [
+    let replicas = Replicas::new(&[
         Answer(ms(10)),
         Answer(ms(20)),
         Answer(ms(30)),
         Answer(ms(40)),
         Hang,
-    ];
+    ]);
     let fanout = FanOut::builder()
         .policy(Policy::Quorum(3))
-        .build(peers(&behaviors, &stats))
+        .build(replicas.peers())
         .unwrap();
 
     let start = Instant::now();
@@ -181,16 +189,16 @@ async fn quorum_returns_once_met_and_cancels_the_rest() {
     assert!(report.policy_met());
     assert_eq!(report.counts().responses, 3);
     assert_eq!(report.counts().cancelled, 2);
-    assert_eq!(stats.dropped(), 2);
-    assert_eq!(stats.in_flight(), 0);
+    assert_eq!(replicas.dropped(), 2);
+    assert_eq!(replicas.in_flight(), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn quorum_ends_early_once_it_cannot_be_met() {
-    let stats = Stats::new(3);
+    let replicas = Replicas::new(&[Fail(ms(5)), Fail(ms(10)), Answer(ms(500))]);
     let fanout = FanOut::builder()
         .policy(Policy::Quorum(2))
-        .build(peers(&[Fail(ms(5)), Fail(ms(10)), Answer(ms(500))], &stats))
+        .build(replicas.peers())
         .unwrap();
 
     let start = Instant::now();
@@ -200,58 +208,58 @@ async fn quorum_ends_early_once_it_cannot_be_met() {
     assert!(!report.policy_met());
     assert_eq!(report.counts().errors, 2);
     assert_eq!(report.get(&2), Some(&Outcome::Cancelled));
-    assert_eq!(stats.dropped(), 1);
+    assert_eq!(replicas.dropped(), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn shared_limit_bounds_concurrent_fan_outs_together() {
-    let stats = Stats::new(50);
+    let replicas = Replicas::new(&[Answer(ms(10)); 50]);
     let limit = SharedLimit::new(10).unwrap();
     let layer = FanOut::builder()
         .max_in_flight(8)
         .shared_limit(limit.clone())
         .build_layer()
         .unwrap();
-    let one = layer.layer(peers(&[Answer(ms(10)); 50], &stats));
-    let two = layer.layer(peers(&[Answer(ms(10)); 50], &stats));
+    let one = layer.layer(replicas.peers());
+    let two = layer.layer(replicas.peers());
 
     let (a, b) = tokio::join!(one.oneshot(()), two.oneshot(()));
     let (a, b) = (a.unwrap(), b.unwrap());
 
     assert_eq!(
-        stats.peak(),
+        replicas.peak_in_flight(),
         10,
         "8 + 8 would be allowed without the shared limit"
     );
     assert_eq!(a.counts().responses + b.counts().responses, 100);
     assert!(a.peak_in_flight() <= 8 && b.peak_in_flight() <= 8);
-    assert!(stats.calls().iter().all(|&c| c == 2));
+    assert!(replicas.calls().iter().all(|&c| c == 2));
     assert_eq!(limit.available(), 10, "every permit given back");
     assert_eq!(layer.metrics().snapshot().fan_outs, 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn dropping_the_response_future_cancels_everything() {
-    let stats = Stats::new(20);
+    let replicas = Replicas::new(&[Answer(ms(1_000)); 20]);
     let limit = SharedLimit::new(100).unwrap();
     let mut fanout = FanOut::builder()
         .max_in_flight(8)
         .per_peer_timeout(ms(500))
         .shared_limit(limit.clone())
-        .build(peers(&[Answer(ms(1_000)); 20], &stats))
+        .build(replicas.peers())
         .unwrap();
 
     let mut call = task::spawn(tower::Service::call(&mut fanout, ()));
     assert_pending!(call.poll());
     tokio::time::advance(ms(10)).await;
     assert_pending!(call.poll());
-    assert_eq!(stats.in_flight(), 8);
+    assert_eq!(replicas.in_flight(), 8);
     assert_eq!(limit.available(), 92);
 
     drop(call);
 
-    assert_eq!(stats.in_flight(), 0);
-    assert_eq!(stats.dropped(), 8);
+    assert_eq!(replicas.in_flight(), 0);
+    assert_eq!(replicas.dropped(), 8);
     assert_eq!(limit.available(), 100);
     let snapshot = fanout.metrics().snapshot();
     assert_eq!(snapshot.dropped, 1);
@@ -276,8 +284,8 @@ async fn empty_peer_set_returns_at_once_with_an_empty_report() {
 
 #[tokio::test(start_paused = true)]
 async fn peer_set_updates_apply_between_calls() {
-    let stats = Stats::new(10);
-    let peer = |id| (id, Peer::new(id, Answer(ms(10)), &stats));
+    let replicas = Replicas::new(&[Answer(ms(10)); 10]);
+    let peer = |id| replicas.peer(id);
     let mut fanout = FanOut::builder().build(vec![peer(0), peer(1)]).unwrap();
     let keys = |f: &FanOut<usize, Peer>| f.keys().to_vec();
 
@@ -312,7 +320,7 @@ async fn peer_set_updates_apply_between_calls() {
     let report = fanout.clone().oneshot(()).await.unwrap();
     assert!(report.is_empty());
 
-    assert_eq!(stats.calls(), [3, 3, 2, 0, 0, 1, 1, 0, 0, 0]);
+    assert_eq!(replicas.calls(), [3, 3, 2, 0, 0, 1, 1, 0, 0, 0]);
     assert_eq!(fanout.metrics().snapshot().updates.total(), 4);
     assert!(Pool::<usize, Peer, ()>::poll_pool(
         &mut fanout,
@@ -363,10 +371,10 @@ async fn config_errors_are_typed() {
     );
 
     // A quorum larger than the peer set can only be seen at call time.
-    let stats = Stats::new(3);
+    let replicas = Replicas::new(&[Answer(ms(1)); 3]);
     let mut fanout = FanOut::builder()
         .policy(Policy::Quorum(3))
-        .build(peers(&[Answer(ms(1)); 3], &stats))
+        .build(replicas.peers())
         .unwrap();
     assert!(fanout.clone().oneshot(()).await.unwrap().policy_met());
 
@@ -384,7 +392,7 @@ async fn config_errors_are_typed() {
         "fan-out quorum of 3 cannot be met by a peer set of 2"
     );
     assert_eq!(fanout.metrics().snapshot().refused, 1);
-    assert_eq!(stats.calls(), [1, 1, 1]);
+    assert_eq!(replicas.calls(), [1, 1, 1]);
 }
 
 /// Seed 000 (peer route sync): three replicas, one answering in 1 s while the per-peer
@@ -392,16 +400,15 @@ async fn config_errors_are_typed() {
 /// other two replicas' results, instead of adding a second to every operation.
 #[tokio::test(start_paused = true)]
 async fn seed_one_slow_replica_does_not_stall_operations() {
-    let stats = Stats::new(3);
+    let replicas = Replicas::new(&[Answer(ms(3)), Answer(ms(1_000)), Answer(ms(5))]);
     let per_peer = ms(200);
-    let replicas = peers(&[Answer(ms(3)), Answer(ms(1_000)), Answer(ms(5))], &stats);
 
     for policy in [Policy::All, Policy::Quorum(2)] {
         let fanout = FanOut::builder()
             .per_peer_timeout(per_peer)
             .overall_timeout(ms(500))
             .policy(policy)
-            .build(replicas.clone())
+            .build(replicas.peers())
             .unwrap();
         let start = Instant::now();
         for _operation in 0..5 {
@@ -423,8 +430,8 @@ async fn seed_one_slow_replica_does_not_stall_operations() {
             start.elapsed()
         );
     }
-    assert_eq!(stats.in_flight(), 0);
-    assert_eq!(stats.calls(), [10, 10, 10]);
+    assert_eq!(replicas.in_flight(), 0);
+    assert_eq!(replicas.calls(), [10, 10, 10]);
 }
 
 /// The per-peer deadline counts from when a peer call starts (the first poll), not from when
@@ -452,10 +459,10 @@ async fn per_peer_deadline_counts_from_the_first_poll() {
 /// three-significant-figure one, and a snapshot copies just that.
 #[tokio::test(start_paused = true)]
 async fn per_fanout_latency_histogram_stays_under_4_kib() {
-    let stats = Stats::new(3);
+    let replicas = Replicas::new(&[Answer(ms(1)), Answer(ms(3_600_000)), Hang]);
     let fanout = FanOut::builder()
         .per_peer_timeout(Duration::from_secs(7_200))
-        .build(peers(&[Answer(ms(1)), Answer(ms(3_600_000)), Hang], &stats))
+        .build(replicas.peers())
         .unwrap();
     let before = fanout.metrics().snapshot();
     let counts = |s: &portcullis_fanout::FanOutSnapshot| {
@@ -487,10 +494,10 @@ async fn snapshot_percentiles_are_right_within_a_sixteenth() {
         .map(|_| Duration::from_micros(1_000 + next() % 9_999_000))
         .collect();
     let behaviors: Vec<_> = latencies.iter().map(|&d| Answer(d)).collect();
-    let stats = Stats::new(behaviors.len());
+    let replicas = Replicas::new(&behaviors);
     let fanout = FanOut::builder()
         .max_in_flight(64)
-        .build(peers(&behaviors, &stats))
+        .build(replicas.peers())
         .unwrap();
 
     let report = fanout.clone().oneshot(()).await.unwrap();
@@ -515,9 +522,9 @@ async fn snapshot_percentiles_are_right_within_a_sixteenth() {
 /// histogram, not its hundreds of counts.
 #[tokio::test(start_paused = true)]
 async fn metrics_debug_is_a_short_summary() {
-    let stats = Stats::new(3);
+    let replicas = Replicas::new(&[Answer(ms(2)), Answer(ms(20)), Fail(ms(5))]);
     let layer = FanOut::builder().build_layer().unwrap();
-    let fanout = layer.layer(peers(&[Answer(ms(2)), Answer(ms(20)), Fail(ms(5))], &stats));
+    let fanout = layer.layer(replicas.peers());
     fanout.clone().oneshot(()).await.unwrap();
 
     let snapshot = format!("{:?}", fanout.metrics().snapshot());

@@ -1,7 +1,11 @@
-//! Small test peers: each answers, fails or hangs after a scripted delay, and counts its calls,
-//! the calls in flight (and their peak) and the calls dropped before they ended.
+//! The peers of the scenario tests: one simulated replica (`portcullis_test::endpoint`) per
+//! peer, scripted by a [`Behavior`]. Each replica's [`SimControl`] counts its calls and the
+//! calls in flight; [`Replicas`] adds the two counts a `SimControl` does not keep, taken across
+//! every replica of a test: the peak of calls in flight, and the calls dropped before they
+//! ended (cancelled).
 #![allow(dead_code, unreachable_pub)]
 
+use portcullis_test::endpoint::{SimControl, SimEndpoint, SimError};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -15,143 +19,138 @@ use tower::Service;
 pub enum Behavior {
     /// Answers with its id after the delay (at once, without a timer, for `ZERO`).
     Answer(Duration),
-    /// Fails with its id after the delay.
+    /// Fails with [`SimError::Call`] after the delay.
     Fail(Duration),
     /// Never answers.
     Hang,
 }
 
-pub fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
+/// The replicas of a test, ids `0..`, one [`SimControl`] each.
+#[derive(Clone, Debug)]
+pub struct Replicas {
+    shared: Arc<Shared>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerError(pub usize);
-
-/// Counters shared by every peer of a test.
-#[derive(Debug, Default)]
-pub struct Stats {
-    calls: Vec<AtomicUsize>,
-    in_flight: AtomicUsize,
-    peak: AtomicUsize,
-    completed: AtomicUsize,
+#[derive(Debug)]
+struct Shared {
+    controls: Vec<SimControl>,
+    peak_in_flight: AtomicUsize,
     dropped: AtomicUsize,
 }
 
-impl Stats {
-    pub fn new(peers: usize) -> Arc<Self> {
-        Arc::new(Self {
-            calls: (0..peers).map(|_| AtomicUsize::new(0)).collect(),
-            ..Self::default()
-        })
+impl Replicas {
+    /// A replica per behavior, with the behavior's id.
+    pub fn new(behaviors: &[Behavior]) -> Self {
+        let controls = behaviors
+            .iter()
+            .map(|behavior| {
+                let control = SimControl::new();
+                match *behavior {
+                    Behavior::Answer(delay) => control.set_latency(delay),
+                    Behavior::Fail(delay) => {
+                        control.set_latency(delay);
+                        control.set_fail_calls(true);
+                    }
+                    Behavior::Hang => control.set_hang(true),
+                }
+                control
+            })
+            .collect();
+        Self {
+            shared: Arc::new(Shared {
+                controls,
+                peak_in_flight: AtomicUsize::new(0),
+                dropped: AtomicUsize::new(0),
+            }),
+        }
     }
 
-    /// How many times each peer was called.
-    pub fn calls(&self) -> Vec<usize> {
-        self.calls.iter().map(|c| c.load(SeqCst)).collect()
+    /// `(id, Peer)` for the replica `id`.
+    pub fn peer(&self, id: usize) -> (usize, Peer) {
+        let endpoint = self.shared.controls[id].endpoint_with_id(id);
+        let shared = self.shared.clone();
+        (id, Peer { endpoint, shared })
     }
 
+    /// `(id, Peer)` for every replica, in id order.
+    pub fn peers(&self) -> Vec<(usize, Peer)> {
+        (0..self.shared.controls.len())
+            .map(|id| self.peer(id))
+            .collect()
+    }
+
+    /// How many times each replica was called.
+    pub fn calls(&self) -> Vec<u64> {
+        self.shared.controls.iter().map(SimControl::calls).collect()
+    }
+
+    /// Calls in flight, across every replica.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(SeqCst)
+        self.shared.in_flight()
     }
 
-    /// The most calls in flight at once, across every peer sharing these stats.
-    pub fn peak(&self) -> usize {
-        self.peak.load(SeqCst)
-    }
-
-    pub fn completed(&self) -> usize {
-        self.completed.load(SeqCst)
+    /// The most calls in flight at once, across every replica.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak_in_flight.load(SeqCst)
     }
 
     /// Calls whose future was dropped before it ended (cancelled).
     pub fn dropped(&self) -> usize {
-        self.dropped.load(SeqCst)
+        self.shared.dropped.load(SeqCst)
     }
 }
 
-/// Counts a call in flight until dropped; a drop before `finished` is set is a cancellation.
-struct Guard {
-    stats: Arc<Stats>,
-    finished: bool,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.stats.in_flight.fetch_sub(1, SeqCst);
-        if self.finished {
-            self.stats.completed.fetch_add(1, SeqCst);
-        } else {
-            self.stats.dropped.fetch_add(1, SeqCst);
-        }
+impl Shared {
+    fn in_flight(&self) -> usize {
+        self.controls.iter().map(SimControl::in_flight).sum()
     }
 }
 
+/// A replica's endpoint, taking any request (and answering its id).
 #[derive(Clone, Debug)]
 pub struct Peer {
-    pub id: usize,
-    behavior: Behavior,
-    stats: Arc<Stats>,
+    endpoint: SimEndpoint<(), usize>,
+    shared: Arc<Shared>,
 }
 
-impl Peer {
-    pub fn new(id: usize, behavior: Behavior, stats: &Arc<Stats>) -> Self {
-        Self {
-            id,
-            behavior,
-            stats: stats.clone(),
+/// Counts a call that is dropped before it ends.
+struct Unended {
+    shared: Arc<Shared>,
+    ended: bool,
+}
+
+impl Drop for Unended {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.shared.dropped.fetch_add(1, SeqCst);
         }
     }
-}
-
-/// `(id, Peer)` pairs with the given behaviors, ids 0.., sharing `stats`.
-pub fn peers(behaviors: &[Behavior], stats: &Arc<Stats>) -> Vec<(usize, Peer)> {
-    behaviors
-        .iter()
-        .enumerate()
-        .map(|(id, b)| (id, Peer::new(id, *b, stats)))
-        .collect()
 }
 
 impl<Req> Service<Req> for Peer {
     type Response = usize;
-    type Error = PeerError;
-    type Future = Pin<Box<dyn Future<Output = Result<usize, PeerError>> + Send>>;
+    type Error = SimError;
+    type Future = Pin<Box<dyn Future<Output = Result<usize, SimError>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), PeerError>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SimError>> {
+        self.endpoint.poll_ready(cx)
     }
 
     fn call(&mut self, _req: Req) -> Self::Future {
-        let stats = &self.stats;
-        if let Some(calls) = stats.calls.get(self.id) {
-            calls.fetch_add(1, SeqCst);
-        }
-        let now = stats.in_flight.fetch_add(1, SeqCst) + 1;
-        stats.peak.fetch_max(now, SeqCst);
-        let guard = Guard {
-            stats: stats.clone(),
-            finished: false,
+        let call = self.endpoint.call(());
+        // Calls in flight only ever rise at a call, so their peak is seen here.
+        let shared = &self.shared;
+        shared.peak_in_flight.fetch_max(shared.in_flight(), SeqCst);
+        let unended = Unended {
+            shared: shared.clone(),
+            ended: false,
         };
-        let (id, behavior) = (self.id, self.behavior);
         Box::pin(async move {
-            // Moves the whole guard in; a closure-style capture of `guard.finished` alone would
+            // Moves the whole guard in; a closure-style capture of `unended.ended` alone would
             // drop the guard when `call` returns.
-            let mut guard = guard;
-            let result = match behavior {
-                Behavior::Answer(delay) => {
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    Ok(id)
-                }
-                Behavior::Fail(delay) => {
-                    tokio::time::sleep(delay).await;
-                    Err(PeerError(id))
-                }
-                Behavior::Hang => std::future::pending().await,
-            };
-            guard.finished = true;
+            let mut unended = unended;
+            let result = call.await;
+            unended.ended = true;
             result
         })
     }
