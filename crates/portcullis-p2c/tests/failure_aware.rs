@@ -4,60 +4,40 @@
 
 use portcullis_p2c::{failure, make, BoxError, MakeEndpoint, P2cPool};
 use portcullis_pool::{PoolQueue, Update};
-use portcullis_test::endpoint::{SimControl, SimEndpoint};
-use std::{collections::HashMap, time::Duration};
+use portcullis_test::fleet::Fleet;
+use std::future::Future;
+use std::time::Duration;
 use tower::{load::Load, Service, ServiceExt};
 
 const ENDPOINTS: u32 = 4;
 const FAILING: u32 = 0;
 
-struct Fleet {
-    controls: HashMap<u32, SimControl>,
-}
-
-impl Fleet {
-    /// Four replicas answering in 10 ms; replica 0 fails every call at once.
-    fn new() -> Self {
-        let controls: HashMap<u32, SimControl> = (0..ENDPOINTS)
-            .map(|key| {
-                let control = SimControl::new();
-                control.set_latency(Duration::from_millis(10));
-                (key, control)
-            })
-            .collect();
-        let failing = &controls[&FAILING];
-        failing.set_latency(Duration::ZERO);
-        failing.set_fail_calls(true);
-        Self { controls }
+/// Four replicas answering in 10 ms; replica 0 fails every call at once.
+fn fleet() -> Fleet {
+    let fleet = Fleet::new();
+    for key in 0..ENDPOINTS {
+        fleet.control(key).set_latency(Duration::from_millis(10));
     }
-
-    fn maker(&self) -> impl Fn(&u32, &()) -> SimEndpoint<u32, u32> + Send + Sync + 'static {
-        let controls = self.controls.clone();
-        move |key: &u32, _: &()| match controls.get(key) {
-            Some(control) => control.endpoint_with_id(*key),
-            None => SimControl::new().endpoint_with_id(*key),
-        }
-    }
-
-    fn calls(&self, key: u32) -> u64 {
-        self.controls[&key].calls()
-    }
+    let failing = fleet.control(FAILING);
+    failing.set_latency(Duration::ZERO);
+    failing.set_fail_calls(true);
+    fleet
 }
 
 /// A queue over a seeded p2c pool of the four replicas, made by `maker`.
 fn queue<M>(
     maker: M,
-) -> PoolQueue<u32, impl std::future::Future<Output = Result<u32, BoxError>> + Send + 'static>
+) -> PoolQueue<u32, impl Future<Output = Result<(u32, u32), BoxError>> + Send + 'static>
 where
-    M: MakeEndpoint<u32, ()> + Send + 'static,
-    M::Endpoint: Service<u32, Response = u32> + Load + Send + 'static,
+    M: MakeEndpoint<u32, u32> + Send + 'static,
+    M::Endpoint: Service<u32, Response = (u32, u32)> + Load + Send + 'static,
     <M::Endpoint as Service<u32>>::Error: Into<BoxError>,
     <M::Endpoint as Service<u32>>::Future: Send + 'static,
     <M::Endpoint as Load>::Metric: std::fmt::Debug,
 {
     let pool = P2cPool::builder().seed(11).build(maker).unwrap();
     let (updates, stream) = portcullis_test::discovery::channel();
-    updates.send(Update::Reset((0..ENDPOINTS).map(|k| (k, ())).collect()));
+    updates.send(Update::Reset((0..ENDPOINTS).map(|k| (k, 0)).collect()));
     let config = PoolQueue::builder()
         .capacity(1024)
         .failfast_timeout(Duration::from_secs(5));
@@ -67,7 +47,7 @@ where
 /// Sends one request a millisecond for `millis` ms and waits for all of them.
 async fn send<F>(queue: &PoolQueue<u32, F>, millis: u64)
 where
-    F: std::future::Future<Output = Result<u32, BoxError>> + Send + 'static,
+    F: Future<Output = Result<(u32, u32), BoxError>> + Send + 'static,
 {
     let mut calls = Vec::new();
     for i in 0..millis {
@@ -86,8 +66,8 @@ fn share(fleet: &Fleet, key: u32) -> f64 {
 
 #[tokio::test(start_paused = true)]
 async fn peak_ewma_alone_sends_the_fast_failing_endpoint_more_than_its_share() {
-    let fleet = Fleet::new();
-    send(&queue(make::peak_ewma(fleet.maker())), 2_000).await;
+    let fleet = fleet();
+    send(&queue(make::peak_ewma(fleet.maker::<u32>())), 2_000).await;
     eprintln!(
         "PeakEwma alone: failing endpoint's share {:.3}",
         share(&fleet, FAILING)
@@ -101,9 +81,9 @@ async fn peak_ewma_alone_sends_the_fast_failing_endpoint_more_than_its_share() {
 
 #[tokio::test(start_paused = true)]
 async fn failure_aware_load_starves_the_failing_endpoint_then_restores_it() {
-    let fleet = Fleet::new();
+    let fleet = fleet();
     let maker = failure::failure_aware(
-        make::peak_ewma(fleet.maker()),
+        make::peak_ewma(fleet.maker::<u32>()),
         failure::ErrorsOnly,
         Duration::from_secs(1),
     )
@@ -120,8 +100,10 @@ async fn failure_aware_load_starves_the_failing_endpoint_then_restores_it() {
     );
 
     // It recovers: once its rate has decayed it is tried again, succeeds, and regains its share.
-    fleet.controls[&FAILING].set_fail_calls(false);
-    fleet.controls[&FAILING].set_latency(Duration::from_millis(10));
+    fleet.control(FAILING).set_fail_calls(false);
+    fleet
+        .control(FAILING)
+        .set_latency(Duration::from_millis(10));
     let before: Vec<u64> = (0..ENDPOINTS).map(|k| fleet.calls(k)).collect();
     tokio::time::sleep(Duration::from_secs(5)).await;
     send(&queue, 4_000).await;
@@ -137,11 +119,13 @@ async fn failure_aware_load_starves_the_failing_endpoint_then_restores_it() {
 /// The wrapper changes nothing while every endpoint is healthy: shares stay even.
 #[tokio::test(start_paused = true)]
 async fn healthy_endpoints_share_evenly_with_the_wrapper() {
-    let fleet = Fleet::new();
-    fleet.controls[&FAILING].set_fail_calls(false);
-    fleet.controls[&FAILING].set_latency(Duration::from_millis(10));
+    let fleet = fleet();
+    fleet.control(FAILING).set_fail_calls(false);
+    fleet
+        .control(FAILING)
+        .set_latency(Duration::from_millis(10));
     let maker = failure::failure_aware(
-        make::peak_ewma(fleet.maker()),
+        make::peak_ewma(fleet.maker::<u32>()),
         failure::ErrorsOnly,
         Duration::from_secs(1),
     )

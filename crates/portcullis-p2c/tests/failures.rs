@@ -4,8 +4,9 @@ mod support;
 
 use portcullis_p2c::{EndpointState, P2cPool};
 use portcullis_pool::{Pool, Update};
+use portcullis_test::fleet::Fleet;
 use std::time::Duration;
-use support::{poll_pool, poll_ready, ready_call, Fleet, BACKOFF_BASE};
+use support::{poll_pool, poll_ready, pool_over, ready_call, FleetMaker, BACKOFF_BASE};
 use tokio::time::advance;
 use tokio_test::{assert_pending, assert_ready_ok, task};
 
@@ -14,7 +15,7 @@ const MS: Duration = Duration::from_millis(1);
 #[tokio::test(start_paused = true)]
 async fn failed_endpoint_is_evicted_then_rebuilt_after_backoff_and_serves_again() {
     let fleet = Fleet::default();
-    let mut pool = fleet.pool(41);
+    let mut pool = pool_over(&fleet, 41);
     let metrics = pool.metrics();
     let mut t = task::spawn(());
     pool.update_pool(Update::Reset(vec![(1, 0)]));
@@ -47,7 +48,7 @@ async fn failed_endpoint_is_evicted_then_rebuilt_after_backoff_and_serves_again(
 #[tokio::test(start_paused = true)]
 async fn backoff_doubles_while_the_endpoint_keeps_failing_and_resets_once_ready() {
     let fleet = Fleet::default();
-    let mut pool = fleet.pool(42);
+    let mut pool = pool_over(&fleet, 42);
     let mut t = task::spawn(());
     fleet.control(1).set_fail_ready(true);
     pool.update_pool(Update::Add(vec![(1, 0)]));
@@ -79,7 +80,7 @@ async fn backoff_doubles_while_the_endpoint_keeps_failing_and_resets_once_ready(
 #[tokio::test(start_paused = true)]
 async fn one_failing_endpoint_never_fails_the_pool() {
     let fleet = Fleet::default();
-    let mut pool = fleet.pool(43);
+    let mut pool = pool_over(&fleet, 43);
     let mut t = task::spawn(());
     pool.update_pool(Update::Reset(vec![(1, 0), (2, 0), (3, 0)]));
     assert_ready_ok!(poll_pool(&mut t, &mut pool));
@@ -115,7 +116,7 @@ async fn one_failing_endpoint_never_fails_the_pool() {
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_removed_while_backing_off_is_not_rebuilt() {
     let fleet = Fleet::default();
-    let mut pool = fleet.pool(44);
+    let mut pool = pool_over(&fleet, 44);
     let mut t = task::spawn(());
     fleet.control(1).set_fail_ready(true);
     pool.update_pool(Update::Reset(vec![(1, 0), (2, 0)]));
@@ -135,12 +136,13 @@ async fn invalid_backoff_is_a_build_error() {
     let fleet = Fleet::default();
     let zero = P2cPool::builder()
         .backoff(Duration::ZERO, Duration::from_secs(1))
-        .build::<u32, u32, _, ()>(fleet.clone());
+        .build::<u32, u32, _, ()>(FleetMaker(fleet.clone()));
     assert!(zero.is_err());
     let inverted = P2cPool::builder()
         .backoff(Duration::from_secs(2), Duration::from_secs(1))
-        .build::<u32, u32, _, ()>(fleet.clone());
+        .build::<u32, u32, _, ()>(FleetMaker(fleet.clone()));
     let err = inverted.unwrap_err();
     assert!(err.to_string().contains("backoff"), "{err}");
-    let _default: P2cPool<u32, u32, Fleet, ()> = P2cPool::builder().build(fleet).unwrap();
+    let _default: P2cPool<u32, u32, FleetMaker, ()> =
+        P2cPool::builder().build(FleetMaker(fleet)).unwrap();
 }

@@ -7,12 +7,13 @@ use futures_util::FutureExt;
 use portcullis_p2c::error::EndpointGone;
 use portcullis_p2c::EndpointState;
 use portcullis_pool::{Pool, Update};
+use portcullis_test::fleet::Fleet;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use std::collections::HashMap;
 use std::task::Poll;
 use std::time::Duration;
-use support::{poll_pool, poll_ready, Fleet};
+use support::{poll_pool, poll_ready, pool_over};
 use tower::Service;
 
 const KEYS: u32 = 6;
@@ -83,7 +84,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .unwrap();
     rt.block_on(async move {
         let fleet = Fleet::default();
-        let mut pool = fleet.pool(99);
+        let mut pool = pool_over(&fleet, 99);
         let mut model = Model::default();
         let mut task = tokio_test::task::spawn(());
         // Call counts of keys discovery no longer names, as of their removal.

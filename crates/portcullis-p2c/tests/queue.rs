@@ -3,7 +3,7 @@
 
 use portcullis_p2c::{make, BoxError, P2cPool};
 use portcullis_pool::{PoolQueue, Update};
-use portcullis_test::{discovery, endpoint::SimControl};
+use portcullis_test::{discovery, endpoint::SimControl, time::settle};
 use std::future::Future;
 use std::{collections::HashMap, time::Duration};
 use tower::ServiceExt;
@@ -43,12 +43,6 @@ fn queue(
 struct Stack<F> {
     queue: PoolQueue<&'static str, F>,
     updates: discovery::DiscoverySender<&'static str, u32>,
-}
-
-/// Lets the worker run until it is idle. On the paused clock, a sleep only completes once
-/// every task is idle, so this is deterministic.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
 #[tokio::test(start_paused = true)]

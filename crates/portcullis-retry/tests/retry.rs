@@ -8,6 +8,7 @@ use portcullis_retry::classify::{predicate, Predicate};
 use portcullis_retry::{
     Backoff, BoxError, Budget, BuildError, Jitter, Retry, RetryError, StopReason,
 };
+use portcullis_test::time::ms;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, Service, ServiceExt};
@@ -30,10 +31,6 @@ fn no_reserve(ratio: f64) -> Budget {
 fn retry_error(err: BoxError) -> Box<RetryError> {
     err.downcast::<RetryError>()
         .unwrap_or_else(|e| panic!("not a RetryError: {e:?}"))
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
 }
 
 /// A service answering from a script; records when each call arrived.

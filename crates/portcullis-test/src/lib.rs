@@ -7,6 +7,9 @@
 //! - [`alloc`]: a counting global allocator, for tests that show memory does not grow.
 //! - [`endpoint`]: simulated endpoints with latency, failures, hangs and readiness a test
 //!   controls, for stacks with a real balancer inside.
+//! - [`fleet`]: the replicas behind such a balancer, one simulated endpoint control per key,
+//!   and the maker that builds their endpoints.
+//! - [`time`]: [`time::ms`] and [`time::settle`], for tests on the paused clock.
 //!
 //! Everything here runs on tokio's clock, so tests stay deterministic under
 //! `#[tokio::test(start_paused = true)]`.
@@ -16,7 +19,9 @@
 pub mod alloc;
 pub mod discovery;
 pub mod endpoint;
+pub mod fleet;
 pub mod pool;
+pub mod time;
 
 /// The boxed error type used by the harnesses.
 pub use portcullis_pool::BoxError;

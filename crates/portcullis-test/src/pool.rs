@@ -16,7 +16,7 @@
 //! ```
 
 use crate::{BoxError, MockError};
-use portcullis_pool::{EndpointCounts, Pool, Update, UpdateKind};
+use portcullis_pool::{EndpointCounts, EndpointSet, Pool, Update, UpdateKind};
 use std::{
     collections::{HashMap, VecDeque},
     fmt,
@@ -39,7 +39,7 @@ pub fn pair<K, T, Req, Rsp>() -> (MockPool<K, T, Req, Rsp>, PoolControl<K, T, Re
             pool_failure: None,
             ready_waker: None,
             pool_waker: None,
-            endpoints: Vec::new(),
+            endpoints: EndpointList(Vec::new()),
             history: Some(Vec::new()),
             update_counts: HashMap::new(),
             requests: VecDeque::new(),
@@ -97,8 +97,7 @@ struct State<K, T, Req, Rsp> {
     pool_failure: Option<String>,
     ready_waker: Option<Waker>,
     pool_waker: Option<Waker>,
-    /// The endpoint set the updates so far add up to, in the order keys were first added.
-    endpoints: Vec<(K, T)>,
+    endpoints: EndpointList<K, T>,
     history: Option<Vec<Update<K, T>>>,
     update_counts: HashMap<UpdateKind, u64>,
     requests: VecDeque<(Req, Responder<Rsp>)>,
@@ -107,6 +106,11 @@ struct State<K, T, Req, Rsp> {
     calls: u64,
     dropped: bool,
 }
+
+/// The endpoint set the updates so far add up to, in the order keys were first added: a reset
+/// replaces it in the order given, an added key already present keeps its place and takes the
+/// new target.
+struct EndpointList<K, T>(Vec<(K, T)>);
 
 fn lock<K, T, Req, Rsp>(shared: &Shared<K, T, Req, Rsp>) -> MutexGuard<'_, State<K, T, Req, Rsp>> {
     // A test that panicked while holding the lock has failed already; keep the state readable.
@@ -162,19 +166,7 @@ where
         if let Some(history) = state.history.as_mut() {
             history.push(update.clone());
         }
-        match update {
-            Update::Reset(endpoints) => state.endpoints = endpoints,
-            Update::Add(endpoints) => {
-                for (key, target) in endpoints {
-                    match state.endpoints.iter_mut().find(|(k, _)| *k == key) {
-                        Some(slot) => slot.1 = target,
-                        None => state.endpoints.push((key, target)),
-                    }
-                }
-            }
-            Update::Remove(keys) => state.endpoints.retain(|(k, _)| !keys.contains(k)),
-            Update::DoesNotExist => state.endpoints.clear(),
-        }
+        update.apply_to(&mut state.endpoints);
     }
 
     fn poll_pool(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -196,7 +188,7 @@ where
     /// failed when its readiness fails, pending otherwise (not ready yet).
     fn endpoints(&self) -> EndpointCounts {
         let state = lock(&self.shared);
-        let n = state.endpoints.len();
+        let n = state.endpoints.0.len();
         match state.ready {
             Readiness::Ready => EndpointCounts {
                 ready: n,
@@ -223,6 +215,31 @@ impl<K, T, Req, Rsp> Drop for MockPool<K, T, Req, Rsp> {
 impl<K, T, Req, Rsp> fmt::Debug for MockPool<K, T, Req, Rsp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MockPool").finish_non_exhaustive()
+    }
+}
+
+// === impl EndpointList ===
+
+impl<K: PartialEq, T> EndpointSet<K, T> for EndpointList<K, T> {
+    fn reset(&mut self, endpoints: Vec<(K, T)>) {
+        self.0 = endpoints;
+    }
+
+    fn add(&mut self, endpoints: Vec<(K, T)>) {
+        for (key, target) in endpoints {
+            match self.0.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = target,
+                None => self.0.push((key, target)),
+            }
+        }
+    }
+
+    fn remove(&mut self, keys: Vec<K>) {
+        self.0.retain(|(k, _)| !keys.contains(k));
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
@@ -345,7 +362,7 @@ impl<K: Clone, T: Clone, Req, Rsp> PoolControl<K, T, Req, Rsp> {
 
     /// The endpoint set the updates so far add up to.
     pub fn endpoints(&self) -> Vec<(K, T)> {
-        lock(&self.shared).endpoints.clone()
+        lock(&self.shared).endpoints.0.clone()
     }
 }
 
@@ -361,7 +378,7 @@ impl<K, T, Req, Rsp> fmt::Debug for PoolControl<K, T, Req, Rsp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = lock(&self.shared);
         f.debug_struct("PoolControl")
-            .field("endpoints", &state.endpoints.len())
+            .field("endpoints", &state.endpoints.0.len())
             .field("pending_requests", &state.requests.len())
             .field("calls", &state.calls)
             .finish()
@@ -410,5 +427,23 @@ impl<Rsp> Future for MockResponse<Rsp> {
 impl<Rsp> fmt::Debug for MockResponse<Rsp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MockResponse").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_add_up_to_the_endpoint_set_in_first_added_order() {
+        let (mut mock, control) = pair::<&str, u16, (), ()>();
+        mock.update_pool(Update::Reset(vec![("b", 1), ("a", 1)]));
+        mock.update_pool(Update::Add(vec![("c", 1), ("b", 2)]));
+        assert_eq!(control.endpoints(), vec![("b", 2), ("a", 1), ("c", 1)]);
+        mock.update_pool(Update::Remove(vec!["a", "unknown"]));
+        assert_eq!(control.endpoints(), vec![("b", 2), ("c", 1)]);
+        mock.update_pool(Update::DoesNotExist);
+        assert!(control.endpoints().is_empty());
+        assert_eq!(control.updates_received(), 4);
     }
 }

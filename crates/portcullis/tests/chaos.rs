@@ -23,11 +23,12 @@ use portcullis::retry::backoff::Jitter;
 use portcullis::retry::classify::predicate;
 use portcullis::retry::{Backoff, BoxError, Budget, Retry, RetryError};
 use portcullis_test::discovery;
+use portcullis_test::{fleet::Fleet, time::ms};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::{ms, Fleet};
+use support::pool_over;
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 
@@ -85,7 +86,7 @@ async fn run(seed: u64, ops: usize) {
     let queue = PoolQueue::builder()
         .capacity(32)
         .failfast_timeout(FAILFAST)
-        .build(fleet.pool::<u32>(seed), stream)
+        .build(pool_over::<u32>(&fleet, seed), stream)
         .unwrap();
     let retry = Retry::builder()
         .max_attempts(3)

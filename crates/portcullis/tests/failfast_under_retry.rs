@@ -13,8 +13,10 @@ mod support;
 use portcullis::pool::FailFast;
 use portcullis::prelude::*;
 use portcullis::retry::RetryError;
+use portcullis_test::fleet::Fleet;
+use portcullis_test::time::{ms, settle};
 use std::time::Duration;
-use support::{ms, settle, Fleet};
+use support::pool_over;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -64,7 +66,7 @@ async fn failfast_engages_under_a_retry_whose_attempts_give_up_before_the_timeou
                 .build_layer(move || discovery::from_watch(endpoints.clone()))
                 .unwrap(),
         )
-        .service(fleet.pool::<String>(7));
+        .service(pool_over::<String>(&fleet, 7));
     let queue_metrics = svc.get_ref().metrics();
 
     let start = Instant::now();

@@ -13,18 +13,16 @@
 //!   not fit is refused when it is built, and a peer that always fails transiently stops
 //!   retrying before the deadline with growing gaps between attempts.
 
-mod support;
-
 use portcullis::fanout::{FanOut, Outcome, Policy};
 use portcullis::retry::backoff::Jitter;
 use portcullis::retry::classify::predicate;
 use portcullis::retry::{
     Backoff, BoxError, Budget, BuildError, Retry, RetryError, RetryLayer, StopReason,
 };
+use portcullis_test::time::ms;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::ms;
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceExt};
 

@@ -17,11 +17,12 @@ mod support;
 
 use portcullis::pool::{PoolQueue, Update};
 use portcullis_test::{alloc::CountingAllocator, discovery};
+use portcullis_test::{fleet::Fleet, time::settle};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::{settle, Fleet};
+use support::pool_over;
 use tower::ServiceExt;
 
 #[global_allocator]
@@ -163,7 +164,7 @@ async fn idle_balancer_follows_ten_minutes_of_churn_and_memory_stays_flat() {
     let queue = PoolQueue::builder()
         .capacity(16)
         .failfast_timeout(Duration::from_secs(3))
-        .build(fleet.pool::<&'static str>(2), stream)
+        .build(pool_over::<&'static str>(&fleet, 2), stream)
         .unwrap();
     let metrics = queue.metrics();
     let mut churn = Churn {

@@ -15,8 +15,9 @@ use portcullis::pool::{PoolQueue, Update};
 use portcullis::retry::classify::predicate;
 use portcullis::retry::{BoxError, Retry, RetryError, StopReason};
 use portcullis_test::discovery;
+use portcullis_test::{fleet::Fleet, time::settle};
 use std::time::Duration;
-use support::{settle, Fleet};
+use support::pool_over;
 use tokio::time::Instant;
 use tokio_test::{assert_pending, task};
 use tower::{Layer, ServiceExt};
@@ -46,7 +47,7 @@ async fn a_hung_replica_does_not_delay_requests_to_the_others() {
     let queue = PoolQueue::builder()
         .capacity(64)
         .failfast_timeout(Duration::from_secs(3))
-        .build(fleet.pool::<u32>(3), stream)
+        .build(pool_over::<u32>(&fleet, 3), stream)
         .unwrap();
     // One attempt, bounded by the deadline: what a caller with a request timeout does.
     let deadline = Retry::builder()
@@ -121,7 +122,7 @@ async fn a_caller_that_stops_polling_holds_up_nobody() {
     let queue = PoolQueue::builder()
         .capacity(1)
         .failfast_timeout(Duration::from_secs(3))
-        .build(fleet.pool::<u32>(5), stream)
+        .build(pool_over::<u32>(&fleet, 5), stream)
         .unwrap();
     settle().await;
 

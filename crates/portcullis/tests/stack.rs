@@ -5,6 +5,7 @@ use portcullis::p2c::make::{pending_requests, PendingRequestsMaker};
 use portcullis::p2c::P2cMetrics;
 use portcullis::prelude::*;
 use portcullis_test::endpoint::{SimControl, SimEndpoint};
+use portcullis_test::time::settle;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -64,11 +65,6 @@ fn retry_layer() -> RetryLayer<impl Classify<String, SocketAddr, BoxError> + Sen
             |res: Result<&SocketAddr, &BoxError>| res.is_err(),
         ))
         .unwrap()
-}
-
-/// Lets every task run until the runtime is idle (paused time only moves when it is).
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
 #[tokio::test(start_paused = true)]

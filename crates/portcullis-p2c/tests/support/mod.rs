@@ -1,11 +1,10 @@
-//! A fleet of simulated replicas, keyed by `u32`, whose targets are `u32` versions.
+//! A p2c pool over `portcullis_test`'s [`Fleet`] of simulated replicas (keyed by `u32`, whose
+//! targets are `u32` versions), and polling helpers.
 #![allow(dead_code, unreachable_pub)]
 
 use futures_util::FutureExt;
 use portcullis_p2c::{BoxError, MakeEndpoint, P2cPool};
-use portcullis_test::endpoint::{SimControl, SimEndpoint};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use portcullis_test::fleet::{Fleet, FleetEndpoint};
 use std::task::Poll;
 use std::time::Duration;
 use tokio_test::task::Spawn;
@@ -13,79 +12,35 @@ use tower::load::Constant;
 use tower::Service;
 
 /// Each endpoint answers `(key, target)`, so a test sees which instance served it.
-pub type Endpoint = Constant<SimEndpoint<(), (u32, u32)>, u32>;
-pub type TestPool = P2cPool<u32, u32, Fleet, ()>;
+pub type Endpoint = Constant<FleetEndpoint<()>, u32>;
+pub type TestPool = P2cPool<u32, u32, FleetMaker, ()>;
 
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// The replicas behind a pool: one control per key (shared by every rebuild of that key),
-/// a constant load per key, and a count of builds.
-#[derive(Clone, Default)]
-pub struct Fleet {
-    inner: Arc<Mutex<Inner>>,
-}
+/// Builds the fleet's endpoints with the constant load [`Fleet::set_load`] gave their key.
+///
+/// It lives here rather than in `portcullis-test`, which cannot name `MakeEndpoint`: p2c's own
+/// tests depend on `portcullis-test`, so `portcullis-test` depending on p2c would be a cycle.
+#[derive(Clone)]
+pub struct FleetMaker(pub Fleet);
 
-#[derive(Default)]
-struct Inner {
-    controls: HashMap<u32, SimControl>,
-    loads: HashMap<u32, u32>,
-    builds: HashMap<u32, usize>,
-}
-
-impl Fleet {
-    pub fn control(&self, key: u32) -> SimControl {
-        self.inner
-            .lock()
-            .unwrap()
-            .controls
-            .entry(key)
-            .or_default()
-            .clone()
-    }
-
-    /// Takes effect for endpoints built afterwards.
-    pub fn set_load(&self, key: u32, load: u32) {
-        self.inner.lock().unwrap().loads.insert(key, load);
-    }
-
-    pub fn builds(&self, key: u32) -> usize {
-        self.inner
-            .lock()
-            .unwrap()
-            .builds
-            .get(&key)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    pub fn total_builds(&self) -> usize {
-        self.inner.lock().unwrap().builds.values().sum()
-    }
-
-    pub fn calls(&self, key: u32) -> u64 {
-        self.control(key).calls()
-    }
-
-    pub fn pool(&self, seed: u64) -> TestPool {
-        P2cPool::builder()
-            .backoff(BACKOFF_BASE, BACKOFF_MAX)
-            .seed(seed)
-            .build(self.clone())
-            .unwrap()
-    }
-}
-
-impl MakeEndpoint<u32, u32> for Fleet {
+impl MakeEndpoint<u32, u32> for FleetMaker {
     type Endpoint = Endpoint;
 
     fn make_endpoint(&self, key: &u32, target: &u32) -> Endpoint {
-        let control = self.control(*key);
-        let mut inner = self.inner.lock().unwrap();
-        *inner.builds.entry(*key).or_default() += 1;
-        let load = inner.loads.get(key).copied().unwrap_or(0);
-        Constant::new(control.endpoint_with_id((*key, *target)), load)
+        let endpoint = self.0.endpoint(*key, *target);
+        Constant::new(endpoint, self.0.load(*key))
     }
+}
+
+/// A seeded pool over `fleet`, with the test backoff.
+pub fn pool_over(fleet: &Fleet, seed: u64) -> TestPool {
+    P2cPool::builder()
+        .backoff(BACKOFF_BASE, BACKOFF_MAX)
+        .seed(seed)
+        .build(FleetMaker(fleet.clone()))
+        .unwrap()
 }
 
 pub fn poll_ready(task: &mut Spawn<()>, pool: &mut TestPool) -> Poll<Result<(), BoxError>> {

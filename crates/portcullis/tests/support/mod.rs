@@ -1,97 +1,27 @@
-//! Shared helpers of the reliability suite: a fleet of simulated replicas keyed by `u32`, a
-//! concurrency-limited endpoint, and small time helpers.
+//! Shared helpers of the reliability suite: a p2c pool over `portcullis_test`'s [`Fleet`] of
+//! simulated replicas, and a concurrency-limited endpoint.
 #![allow(dead_code, unreachable_pub)]
 
 use portcullis::p2c::make::{pending_requests, PendingRequestsMaker};
 use portcullis::p2c::P2cPool;
-use portcullis_test::endpoint::{SimControl, SimEndpoint};
-use std::collections::HashMap;
+use portcullis_test::fleet::{Fleet, FleetEndpoint};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 use tower::Service;
 
-pub fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// Lets every task run until the runtime is idle; paused time only moves when it is.
-pub async fn settle() {
-    tokio::time::sleep(ms(1)).await;
-}
-
-/// The replicas behind a pool: one [`SimControl`] per key, shared by every build of that key.
-/// Each endpoint answers `(key, target)`, so a test sees which instance served a request.
-#[derive(Clone, Default)]
-pub struct Fleet {
-    controls: Arc<Mutex<HashMap<u32, SimControl>>>,
-}
-
-pub type FleetEndpoint<Req> = SimEndpoint<Req, (u32, u32)>;
-
-impl Fleet {
-    pub fn control(&self, key: u32) -> SimControl {
-        self.controls
-            .lock()
-            .unwrap()
-            .entry(key)
-            .or_default()
-            .clone()
-    }
-
-    pub fn keys(&self) -> Vec<u32> {
-        let mut keys: Vec<u32> = self.controls.lock().unwrap().keys().copied().collect();
-        keys.sort_unstable();
-        keys
-    }
-
-    /// Calls made to every replica, summed.
-    pub fn total_calls(&self) -> u64 {
-        self.controls
-            .lock()
-            .unwrap()
-            .values()
-            .map(SimControl::calls)
-            .sum()
-    }
-
-    /// Response futures of every replica not yet dropped, summed.
-    pub fn total_in_flight(&self) -> usize {
-        self.controls
-            .lock()
-            .unwrap()
-            .values()
-            .map(SimControl::in_flight)
-            .sum()
-    }
-
-    /// A maker for a `P2cPool` over this fleet.
-    pub fn maker<Req: 'static>(&self) -> impl Fn(&u32, &u32) -> FleetEndpoint<Req> + Clone {
-        let fleet = self.clone();
-        move |key: &u32, target: &u32| {
-            let (key, target) = (*key, *target);
-            fleet.control(key).endpoint(move |_: Req| (key, target))
-        }
-    }
-
-    /// A seeded p2c pool over this fleet, with the pending-requests load.
-    #[allow(clippy::type_complexity)]
-    pub fn pool<Req: 'static>(
-        &self,
-        seed: u64,
-    ) -> P2cPool<
-        u32,
-        u32,
-        PendingRequestsMaker<impl Fn(&u32, &u32) -> FleetEndpoint<Req> + Clone>,
-        Req,
-    > {
-        P2cPool::builder()
-            .seed(seed)
-            .build(pending_requests(self.maker()))
-            .unwrap()
-    }
+/// A seeded p2c pool over `fleet`, with the pending-requests load.
+#[allow(clippy::type_complexity)]
+pub fn pool_over<Req: 'static>(
+    fleet: &Fleet,
+    seed: u64,
+) -> P2cPool<u32, u32, PendingRequestsMaker<impl Fn(&u32, &u32) -> FleetEndpoint<Req> + Clone>, Req>
+{
+    P2cPool::builder()
+        .seed(seed)
+        .build(pending_requests(fleet.maker()))
+        .unwrap()
 }
 
 // === impl Limited ===
