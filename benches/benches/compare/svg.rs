@@ -1,17 +1,25 @@
-//! Minimal hand-written SVG charts, so the plots need no plotting crate.
+//! The SVG plots, drawn with `plotters` (its SVG backend only): each function here only says
+//! what a chart shows.
 
-use std::fmt::Write as _;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::PathBuf;
 
-const WIDTH: f64 = 760.0;
-const HEIGHT: f64 = 440.0;
-const LEFT: f64 = 70.0;
-const RIGHT: f64 = 250.0;
-const TOP: f64 = 40.0;
-const BOTTOM: f64 = 60.0;
-const COLORS: [&str; 7] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#7f7f7f", "#17becf",
+const SIZE: (u32, u32) = (760, 440);
+/// The legend sits in this much room right of the plot.
+const LEGEND_WIDTH: u32 = 250;
+const COLORS: [RGBColor; 7] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0x17, 0xbe, 0xcf),
 ];
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+type Drawn = Result<(), DrawingAreaErrorKind<std::io::Error>>;
 
 /// One line of a chart.
 #[derive(Debug)]
@@ -35,170 +43,132 @@ pub(crate) fn write(file: &str, svg: &str) {
     println!("\nwrote {}", path.display());
 }
 
-fn header(out: &mut String, title: &str) {
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-        LEFT + (WIDTH - LEFT - RIGHT) / 2.0,
-        escape(title)
-    );
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// A "nice" upper bound and tick step for values up to `max`.
-fn ticks(max: f64) -> (f64, f64) {
-    let max = if max > 0.0 { max } else { 1.0 };
-    let raw = max / 5.0;
-    let magnitude = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|m| m * magnitude)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * magnitude);
-    ((max / step).ceil() * step, step)
-}
-
-fn legend(out: &mut String, names: impl Iterator<Item = String>) {
-    for (i, name) in names.enumerate() {
-        let y = TOP + 10.0 + i as f64 * 20.0;
-        let x = WIDTH - RIGHT + 15.0;
-        let _ = writeln!(
-            out,
-            r#"<rect x="{x}" y="{}" width="14" height="10" fill="{}"/><text x="{}" y="{}">{}</text>"#,
-            y - 9.0,
-            COLORS[i % COLORS.len()],
-            x + 20.0,
-            y,
-            escape(&name)
-        );
+/// A chart drawn by `draw` on a white page, with a legend of `names` at its right, as SVG.
+fn svg(names: &[&str], draw: impl FnOnce(&Area<'_>) -> Drawn) -> String {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
+        let (plot, legend) = root.split_horizontally(SIZE.0 - LEGEND_WIDTH);
+        root.fill(&WHITE)
+            .and_then(|()| draw(&plot))
+            .and_then(|()| draw_legend(&legend, names))
+            .and_then(|()| root.present())
+            .expect("draw the plot into a string");
     }
+    out
 }
 
-fn y_axis(out: &mut String, top: f64, step: f64, label: &str) -> impl Fn(f64) -> f64 {
-    let plot_h = HEIGHT - TOP - BOTTOM;
-    let y_of = move |v: f64| TOP + plot_h * (1.0 - v / top);
-    let mut v = 0.0;
-    while v <= top + step / 2.0 {
-        let y = y_of(v);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e0e0e0"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
-            WIDTH - RIGHT,
-            LEFT - 6.0,
-            y + 4.0,
-            trim(v)
-        );
-        v += step;
+/// Each name beside a square of its series' colour.
+fn draw_legend(area: &Area<'_>, names: &[&str]) -> Drawn {
+    let style = ("sans-serif", 15)
+        .into_text_style(area)
+        .pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, name) in names.iter().enumerate() {
+        let (x, y) = (15, 45 + 20 * i as i32);
+        let color = COLORS[i % COLORS.len()].filled();
+        area.draw(&Rectangle::new([(x, y - 5), (x + 14, y + 5)], color))?;
+        area.draw(&Text::new(*name, (x + 20, y), &style))?;
     }
-    let _ = writeln!(
-        out,
-        r#"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
-        TOP + plot_h / 2.0,
-        escape(label)
-    );
-    y_of
+    Ok(())
 }
 
-fn trim(v: f64) -> String {
+/// A chart's title, margins and room for the axes' labels.
+fn chart<'a, 'b>(area: &'a Area<'b>, title: &str) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60);
+    builder
+}
+
+/// Text of `size` centred on its point, with the point at the text's `side`.
+fn centred(size: u32, side: VPos) -> TextStyle<'static> {
+    ("sans-serif", size)
+        .into_text_style(&SIZE)
+        .pos(Pos::new(HPos::Center, side))
+}
+
+/// `v` with at most two decimals and no trailing zeros.
+fn trim(v: &f64) -> String {
     let s = format!("{v:.2}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// Latency (ms, y) by percentile (x, on a "nines" scale from p0 to p99.9).
 pub(crate) fn percentile_chart(title: &str, series: &[Series]) -> String {
-    let mut out = String::new();
-    header(&mut out, title);
     let max = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1))
-        .fold(0.0, f64::max);
-    let (top, step) = ticks(max);
-    let y_of = y_axis(&mut out, top, step, "latency (ms)");
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let x_of = |nines: f64| LEFT + plot_w * nines / 3.0;
-    for (nines, label) in [(0.0, "p0"), (1.0, "p90"), (2.0, "p99"), (3.0, "p99.9")] {
-        let x = x_of(nines);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#e0e0e0"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"##,
-            HEIGHT - BOTTOM,
-            HEIGHT - BOTTOM + 18.0
-        );
-    }
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile</text>"#,
-        LEFT + plot_w / 2.0,
-        HEIGHT - 15.0
-    );
-    for (i, s) in series.iter().enumerate() {
-        let points: Vec<String> = s
-            .points
-            .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", x_of(x), y_of(y)))
-            .collect();
-        let _ = writeln!(
-            out,
-            r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#,
-            COLORS[i % COLORS.len()],
-            points.join(" ")
-        );
-    }
-    legend(&mut out, series.iter().map(|s| s.name.clone()));
-    out.push_str("</svg>\n");
-    out
+        .fold(1e-3, f64::max);
+    let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+    svg(&names, |area| {
+        // The nines scale is a log scale of 1 / (1 - q): p0 at 1, p90 at 10, p99 at 100, …
+        let x = (1.0..1e3)
+            .log_scale()
+            .with_key_points(vec![1.0, 10.0, 100.0, 1e3]);
+        let mut chart = chart(area, title).build_cartesian_2d(x, 0.0..max * 1.05)?;
+        chart
+            .configure_mesh()
+            .max_light_lines(0)
+            .x_label_formatter(&|one_in| format!("p{}", trim(&(100.0 - 100.0 / one_in))))
+            .y_label_formatter(&trim)
+            .x_desc("percentile")
+            .y_desc("latency (ms)")
+            .bold_line_style(RGBColor(0xe0, 0xe0, 0xe0))
+            .label_style(("sans-serif", 15))
+            .draw()?;
+        for (i, s) in series.iter().enumerate() {
+            let points = s.points.iter().map(|&(nines, ms)| (10f64.powf(nines), ms));
+            chart.draw_series(LineSeries::new(
+                points,
+                COLORS[i % COLORS.len()].stroke_width(2),
+            ))?;
+        }
+        Ok(())
+    })
 }
 
-/// Grouped bars: `values[series][group]`.
+/// Grouped bars: `values[series][group]`, each bar with its value on top.
 pub(crate) fn bar_chart(
     title: &str,
     groups: &[&str],
     names: &[&str],
     values: &[Vec<f64>],
 ) -> String {
-    let mut out = String::new();
-    header(&mut out, title);
-    let max = values.iter().flatten().copied().fold(0.0, f64::max);
-    let (top, step) = ticks(max);
-    let y_of = y_axis(&mut out, top, step, "calls per logical request");
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let group_w = plot_w / groups.len() as f64;
-    let bar_w = group_w * 0.8 / names.len() as f64;
-    for (g, group) in groups.iter().enumerate() {
-        let x0 = LEFT + g as f64 * group_w + group_w * 0.1;
+    let max = values.iter().flatten().copied().fold(1e-3, f64::max);
+    let bar = 0.8 / names.len() as f64;
+    svg(names, |area| {
+        let x = 0.0..groups.len() as f64;
+        let mut chart = chart(area, title).build_cartesian_2d(x, 0.0..max * 1.1)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .max_light_lines(0)
+            .y_label_formatter(&trim)
+            .y_desc("calls per logical request")
+            .bold_line_style(RGBColor(0xe0, 0xe0, 0xe0))
+            .label_style(("sans-serif", 15))
+            .draw()?;
+        // The groups' names under the axis, each bar's value on top of it.
+        let under = centred(15, VPos::Top);
+        chart.draw_series(groups.iter().enumerate().map(|(g, group)| {
+            EmptyElement::at((g as f64 + 0.5, 0.0)) + Text::new(group.to_string(), (0, 8), &under)
+        }))?;
+        let on_top = centred(12, VPos::Bottom);
         for (s, series) in values.iter().enumerate() {
-            let v = series.get(g).copied().unwrap_or(0.0);
-            let x = x0 + s as f64 * bar_w;
-            let y = y_of(v);
-            let _ = writeln!(
-                out,
-                r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="{}"/><text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{v:.2}</text>"#,
-                bar_w - 2.0,
-                HEIGHT - BOTTOM - y,
-                COLORS[s % COLORS.len()],
-                x + bar_w / 2.0 - 1.0,
-                y - 4.0
-            );
+            let color = COLORS[s % COLORS.len()];
+            let left = |g: usize| g as f64 + 0.1 + s as f64 * bar;
+            chart.draw_series(series.iter().enumerate().map(|(g, &v)| {
+                Rectangle::new([(left(g), 0.0), (left(g) + bar * 0.95, v)], color.filled())
+            }))?;
+            chart.draw_series(series.iter().enumerate().map(|(g, &v)| {
+                EmptyElement::at((left(g) + bar * 0.475, v))
+                    + Text::new(format!("{v:.2}"), (0, -4), &on_top)
+            }))?;
         }
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            x0 + group_w * 0.4,
-            HEIGHT - BOTTOM + 18.0,
-            escape(group)
-        );
-    }
-    legend(&mut out, names.iter().map(|n| (*n).to_string()));
-    out.push_str("</svg>\n");
-    out
+        Ok(())
+    })
 }
