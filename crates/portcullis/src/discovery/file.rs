@@ -267,7 +267,7 @@ impl Seen {
                     tracing::warn!(
                         path = %path.display(),
                         %error,
-                        "Cannot read address file; keeping the last endpoint set"
+                        "cannot read address file; keeping the last endpoint set"
                     );
                 }
                 self.unreadable = true;
