@@ -1,6 +1,8 @@
 //! Configuration of a [`P2cPool`].
 
+use crate::classify::ErrorsOnly;
 use crate::error::BuildError;
+use crate::health::{FailurePercentage, HealthConfig};
 use crate::make::MakeEndpoint;
 use crate::P2cPool;
 use rand::rngs::SmallRng;
@@ -28,11 +30,46 @@ use std::time::Duration;
 /// # let _: P2cPool<&'static str, (), _, ()> = pool;
 /// # Ok::<(), portcullis_p2c::BuildError>(())
 /// ```
+///
+/// # Endpoint health
+///
+/// Off by default, each of these changes which ready endpoints p2c may pick (the rules, and
+/// where each default comes from, are in `docs/p2c.md` and the [`health`](crate::health)
+/// module):
+///
+/// ```
+/// use portcullis_p2c::P2cPool;
+/// use std::time::Duration;
+/// use tower::load::Constant;
+/// use tower::service_fn;
+///
+/// let pool = P2cPool::builder()
+///     // A 5xx response is a failure of its endpoint, as an `Err` is.
+///     .classify(|status: &u16| *status >= 500)
+///     .consecutive_failures(5)
+///     .ejection_time(Duration::from_secs(30), Duration::from_secs(300))
+///     .max_ejection_percent(10)
+///     .demotion(Duration::from_secs(1))
+///     .build(|_: &u32, _: &()| {
+///         Constant::new(service_fn(|_: ()| async { Ok::<u16, std::io::Error>(200) }), 0)
+///     })?;
+/// # let _: P2cPool<u32, (), _, (), _> = pool;
+/// # Ok::<(), portcullis_p2c::BuildError>(())
+/// ```
 #[derive(Clone, Debug)]
-pub struct P2cPoolBuilder {
+pub struct P2cPoolBuilder<C = ErrorsOnly> {
     backoff_base: Duration,
     backoff_max: Duration,
     rng: Option<SmallRng>,
+    classify: C,
+    consecutive_failures: Option<u32>,
+    failure_percentage: Option<FailurePercentage>,
+    ejection_base: Duration,
+    ejection_max: Duration,
+    max_ejection_percent: u8,
+    demotion: Option<Duration>,
+    abandoned_after: Option<Duration>,
+    panic_threshold: u8,
 }
 
 impl Default for P2cPoolBuilder {
@@ -41,21 +78,147 @@ impl Default for P2cPoolBuilder {
     }
 }
 
+/// The health settings of a pool built with none: nothing recorded, nothing ejected.
+#[cfg(test)]
+pub(crate) const NO_HEALTH: HealthConfig = HealthConfig {
+    consecutive_failures: None,
+    failure_percentage: None,
+    ejection_base: P2cPoolBuilder::DEFAULT_EJECTION_BASE,
+    ejection_max: P2cPoolBuilder::DEFAULT_EJECTION_MAX,
+    max_ejection_percent: P2cPoolBuilder::DEFAULT_MAX_EJECTION_PERCENT,
+    demotion: Duration::ZERO,
+    abandoned_after: None,
+    panic_threshold: P2cPoolBuilder::DEFAULT_PANIC_THRESHOLD,
+};
+
 impl P2cPoolBuilder {
     /// The default delay before a failed endpoint is first rebuilt.
     pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
     /// The default cap on the rebuild delay of an endpoint that keeps failing.
     pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+    /// A suggested [`consecutive_failures`](Self::consecutive_failures): Envoy's default for
+    /// its consecutive-5xx outlier detection.
+    pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+    /// The default time of an endpoint's first ejection (Envoy's `base_ejection_time`).
+    pub const DEFAULT_EJECTION_BASE: Duration = Duration::from_secs(30);
+    /// The default cap on an ejection's time (Envoy's `max_ejection_time`).
+    pub const DEFAULT_EJECTION_MAX: Duration = Duration::from_secs(300);
+    /// The default largest share of endpoints ejected at once, in percent (Envoy's
+    /// `max_ejection_percent`); at least one endpoint may always be ejected.
+    pub const DEFAULT_MAX_EJECTION_PERCENT: u8 = 10;
+    /// The default demotion after a failure once outcomes are recorded: the retry crate's
+    /// longest backoff (`Backoff::DEFAULT_CAP`), so a retry's pick still sees the failure.
+    pub const DEFAULT_DEMOTION: Duration = Duration::from_secs(1);
+    /// The default panic threshold, in percent of endpoints healthy (Envoy's
+    /// `healthy_panic_threshold`).
+    pub const DEFAULT_PANIC_THRESHOLD: u8 = 50;
 
     /// Default settings: backoff from [`DEFAULT_BACKOFF_BASE`](Self::DEFAULT_BACKOFF_BASE)
     /// doubling up to [`DEFAULT_BACKOFF_MAX`](Self::DEFAULT_BACKOFF_MAX), random source seeded
-    /// from the OS.
+    /// from the OS, only `Err` a failure, no ejection, no demotion.
     pub const fn new() -> Self {
         Self {
             backoff_base: Self::DEFAULT_BACKOFF_BASE,
             backoff_max: Self::DEFAULT_BACKOFF_MAX,
             rng: None,
+            classify: ErrorsOnly,
+            consecutive_failures: None,
+            failure_percentage: None,
+            ejection_base: Self::DEFAULT_EJECTION_BASE,
+            ejection_max: Self::DEFAULT_EJECTION_MAX,
+            max_ejection_percent: Self::DEFAULT_MAX_EJECTION_PERCENT,
+            demotion: None,
+            abandoned_after: None,
+            panic_threshold: Self::DEFAULT_PANIC_THRESHOLD,
         }
+    }
+}
+
+impl<C> P2cPoolBuilder<C> {
+    /// Decides which `Ok` responses count as failures of their endpoint, for ejection and
+    /// demotion (an `Err` always does). The default, [`ErrorsOnly`], counts none.
+    pub fn classify<C2>(self, classify: C2) -> P2cPoolBuilder<C2> {
+        P2cPoolBuilder {
+            backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max,
+            rng: self.rng,
+            classify,
+            consecutive_failures: self.consecutive_failures,
+            failure_percentage: self.failure_percentage,
+            ejection_base: self.ejection_base,
+            ejection_max: self.ejection_max,
+            max_ejection_percent: self.max_ejection_percent,
+            demotion: self.demotion,
+            abandoned_after: self.abandoned_after,
+            panic_threshold: self.panic_threshold,
+        }
+    }
+
+    /// Ejects an endpoint after `failures` failures in a row (off by default;
+    /// [`DEFAULT_CONSECUTIVE_FAILURES`](P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES) is
+    /// Envoy's). Zero is refused by [`build`](Self::build).
+    pub fn consecutive_failures(mut self, failures: u32) -> Self {
+        self.consecutive_failures = Some(failures);
+        self
+    }
+
+    /// Ejects, at the end of each `interval`, every endpoint that answered at least
+    /// `min_requests` requests in it of which at least `threshold` percent failed (off by
+    /// default; Envoy's defaults are 85 %, 50 requests and 10 s).
+    pub fn failure_percentage(
+        mut self,
+        threshold: u8,
+        min_requests: u32,
+        interval: Duration,
+    ) -> Self {
+        self.failure_percentage = Some(FailurePercentage {
+            threshold,
+            min_requests,
+            interval,
+        });
+        self
+    }
+
+    /// How long an ejection lasts: `base` times the number of times the endpoint has been
+    /// ejected, at most `max`. An endpoint that stays in for `max` after an ejection starts
+    /// over at `base`.
+    pub fn ejection_time(mut self, base: Duration, max: Duration) -> Self {
+        self.ejection_base = base;
+        self.ejection_max = max;
+        self
+    }
+
+    /// The largest share of the pool's endpoints ejected at once, in percent; at least one
+    /// endpoint may be ejected unless it is 0.
+    pub fn max_ejection_percent(mut self, percent: u8) -> Self {
+        self.max_ejection_percent = percent;
+        self
+    }
+
+    /// For how long after a failure an endpoint loses every comparison with an endpoint
+    /// that has not failed in that time, so that a retry goes elsewhere. On by default
+    /// ([`DEFAULT_DEMOTION`](P2cPoolBuilder::DEFAULT_DEMOTION)) once outcomes are recorded
+    /// for ejection, off otherwise; `Duration::ZERO` turns it off.
+    pub fn demotion(mut self, demotion: Duration) -> Self {
+        self.demotion = Some(demotion);
+        self
+    }
+
+    /// Counts a response future dropped unfinished at least `after` its call as a failure:
+    /// its caller gave up on it (an attempt timeout), which is how an endpoint that accepts
+    /// requests and never answers shows. Off by default: a future dropped sooner, or with
+    /// this off, is a cancellation, no outcome at all.
+    pub fn abandoned_after(mut self, after: Duration) -> Self {
+        self.abandoned_after = Some(after);
+        self
+    }
+
+    /// Below this percentage of healthy endpoints (neither ejected nor failed), the pool
+    /// picks among all ready endpoints, ejected ones too, rather than pile all its load on
+    /// the few healthy ones. 0 turns panic mode off.
+    pub fn panic_threshold(mut self, percent: u8) -> Self {
+        self.panic_threshold = percent;
+        self
     }
 
     /// How long a failed endpoint waits before it is rebuilt: `base` after its first failure,
@@ -63,7 +226,7 @@ impl P2cPoolBuilder {
     /// failures starts over once it has been ready.
     ///
     /// `base` must be non-zero and at most `max`, or [`build`](Self::build) fails.
-    pub const fn backoff(mut self, base: Duration, max: Duration) -> Self {
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.backoff_base = base;
         self.backoff_max = max;
         self
@@ -82,14 +245,70 @@ impl P2cPoolBuilder {
     }
 
     /// Builds the pool, empty until its first update.
-    pub fn build<K, T, M, Req>(self, maker: M) -> Result<P2cPool<K, T, M, Req>, BuildError>
+    pub fn build<K, T, M, Req>(self, maker: M) -> Result<P2cPool<K, T, M, Req, C>, BuildError>
     where
         K: Hash + Eq + Clone,
         M: MakeEndpoint<K, T>,
     {
         let backoff = Backoff::new(self.backoff_base, self.backoff_max)?;
+        let health = self.check_health()?;
         let rng = self.rng.unwrap_or_else(SmallRng::from_entropy);
-        Ok(P2cPool::from_parts(maker, backoff, rng))
+        Ok(P2cPool::from_parts(
+            maker,
+            backoff,
+            health,
+            self.classify,
+            rng,
+        ))
+    }
+
+    fn check_health(&self) -> Result<HealthConfig, BuildError> {
+        if self.consecutive_failures == Some(0) {
+            return Err(BuildError::ZeroConsecutiveFailures);
+        }
+        if let Some(fp) = self.failure_percentage {
+            if fp.threshold == 0
+                || fp.threshold > 100
+                || fp.min_requests == 0
+                || fp.interval.is_zero()
+            {
+                return Err(BuildError::InvalidFailurePercentage {
+                    threshold: fp.threshold,
+                    min_requests: fp.min_requests,
+                    interval: fp.interval,
+                });
+            }
+        }
+        if self.ejection_base.is_zero() || self.ejection_base > self.ejection_max {
+            return Err(BuildError::InvalidEjectionTime {
+                base: self.ejection_base,
+                max: self.ejection_max,
+            });
+        }
+        for (setting, percent) in [
+            ("max_ejection_percent", self.max_ejection_percent),
+            ("panic_threshold", self.panic_threshold),
+        ] {
+            if percent > 100 {
+                return Err(BuildError::InvalidPercent { setting, percent });
+            }
+        }
+        let ejects = self.consecutive_failures.is_some() || self.failure_percentage.is_some();
+        let demotion = match self.demotion {
+            Some(demotion) => demotion,
+            None if ejects => P2cPoolBuilder::DEFAULT_DEMOTION,
+            None => Duration::ZERO,
+        };
+        Ok(HealthConfig {
+            consecutive_failures: self.consecutive_failures,
+            failure_percentage: self.failure_percentage,
+            ejection_base: self.ejection_base,
+            ejection_max: self.ejection_max,
+            max_ejection_percent: self.max_ejection_percent,
+            demotion,
+            abandoned_after: self.abandoned_after,
+            panic_threshold: self.panic_threshold,
+        })
     }
 }
 

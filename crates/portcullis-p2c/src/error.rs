@@ -34,7 +34,7 @@ impl std::error::Error for EndpointGone {}
 pub use portcullis_pool::NotReady;
 
 /// A configuration that cannot work, reported when the pool (or a maker) is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum BuildError {
     /// The rebuild backoff's base is zero (a failing endpoint would be rebuilt in a hot loop)
@@ -55,6 +55,49 @@ pub enum BuildError {
     /// A failure-aware load whose failure rate would halve in zero time: it could never
     /// register a failure.
     ZeroHalfLife,
+    /// Outlier ejection after zero consecutive failures: every endpoint would be ejected
+    /// before its first request.
+    ZeroConsecutiveFailures,
+    /// A failure-percentage ejection that cannot work: a threshold of 0 or above 100 percent,
+    /// no minimum number of requests, or a zero interval.
+    InvalidFailurePercentage {
+        /// The configured threshold, in percent of requests failed.
+        threshold: u8,
+        /// The configured minimum number of requests in an interval.
+        min_requests: u32,
+        /// The configured interval.
+        interval: Duration,
+    },
+    /// An ejection time of zero, or a base above its maximum.
+    InvalidEjectionTime {
+        /// The configured time of a first ejection.
+        base: Duration,
+        /// The configured cap on an ejection's time.
+        max: Duration,
+    },
+    /// A percentage above 100: the largest share of endpoints ejected at once, or the share
+    /// of healthy endpoints under which the pool panics.
+    InvalidPercent {
+        /// Which setting: `"max_ejection_percent"` or `"panic_threshold"`.
+        setting: &'static str,
+        /// The configured value.
+        percent: u8,
+    },
+    /// A slow start that cannot ramp: a zero window, an aggression that is not a positive
+    /// finite number, or a minimum weight of 0 or above 100 percent.
+    InvalidSlowStart {
+        /// The configured window.
+        window: Duration,
+        /// The configured aggression.
+        aggression: f64,
+        /// The configured minimum weight, in percent.
+        min_weight_percent: u8,
+    },
+    /// A subset of zero endpoints.
+    InvalidSubset {
+        /// The configured subset size.
+        size: usize,
+    },
 }
 
 impl fmt::Display for BuildError {
@@ -71,6 +114,37 @@ impl fmt::Display for BuildError {
                 f,
                 "invalid PeakEWMA parameters: default_rtt {default_rtt:?} and decay {decay:?} must be non-zero"
             ),
+            BuildError::ZeroConsecutiveFailures => {
+                f.write_str("outlier ejection: consecutive_failures must be at least 1")
+            }
+            BuildError::InvalidFailurePercentage {
+                threshold,
+                min_requests,
+                interval,
+            } => write!(
+                f,
+                "outlier ejection: failure_percentage threshold {threshold}% must be 1..=100, \
+                 min_requests {min_requests} at least 1 and interval {interval:?} non-zero"
+            ),
+            BuildError::InvalidEjectionTime { base, max } => write!(
+                f,
+                "outlier ejection: ejection_time base {base:?} must be non-zero and at most max {max:?}"
+            ),
+            BuildError::InvalidPercent { setting, percent } => {
+                write!(f, "p2c pool: {setting} {percent}% is above 100%")
+            }
+            BuildError::InvalidSlowStart {
+                window,
+                aggression,
+                min_weight_percent,
+            } => write!(
+                f,
+                "slow start: window {window:?} must be non-zero, aggression {aggression} positive \
+                 and finite, min_weight_percent {min_weight_percent}% within 1..=100"
+            ),
+            BuildError::InvalidSubset { size } => {
+                write!(f, "subsetting: subset size {size} must be at least 1")
+            }
         }
     }
 }

@@ -39,6 +39,7 @@
 //! # Ok::<(), portcullis_p2c::BuildError>(())
 //! ```
 
+pub use crate::classify::{ClassifyResponse, ErrorsOnly};
 use crate::error::BuildError;
 use crate::make::MakeEndpoint;
 use pin_project_lite::pin_project;
@@ -69,31 +70,6 @@ pub const WEIGHT: f64 = 0.3;
 /// The rate at which level 1 starts, and the width of each level above it.
 const FIRST_LEVEL: f64 = 0.4;
 const LEVEL_WIDTH: f64 = 0.2;
-
-/// Decides whether a successful (`Ok`) response counts as a failure of the endpoint.
-pub trait ClassifyResponse<Rsp> {
-    /// Whether `response` is a failure (an `Err` always is).
-    fn is_failure(&self, response: &Rsp) -> bool;
-}
-
-impl<Rsp, F> ClassifyResponse<Rsp> for F
-where
-    F: Fn(&Rsp) -> bool,
-{
-    fn is_failure(&self, response: &Rsp) -> bool {
-        self(response)
-    }
-}
-
-/// A classifier for which only `Err` is a failure.
-#[derive(Copy, Clone, Debug, Default)]
-pub struct ErrorsOnly;
-
-impl<Rsp> ClassifyResponse<Rsp> for ErrorsOnly {
-    fn is_failure(&self, _: &Rsp) -> bool {
-        false
-    }
-}
 
 /// Wraps `maker`'s endpoints in [`FailureAware`], with `classify` deciding which `Ok`
 /// responses are failures and the failure rate halving every `half_life` without failures.

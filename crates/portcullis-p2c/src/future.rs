@@ -1,5 +1,7 @@
 //! The pool's response future.
 
+use crate::classify::{ClassifyResponse, ErrorsOnly};
+use crate::health::Recorder;
 use crate::BoxError;
 use pin_project_lite::pin_project;
 #[cfg(doc)]
@@ -15,11 +17,23 @@ pin_project! {
     /// ([`EndpointGone`](crate::error::EndpointGone), [`NotReady`]). Polled again after it
     /// returned, it fails with [`PolledAfterCompletion`].
     ///
-    /// `Send + 'static` whenever the endpoint's future is.
+    /// With endpoint health on, it records the call's outcome for its endpoint when it
+    /// completes, as the pool's classifier `C` judges it.
+    ///
+    /// `Send + 'static` whenever the endpoint's future (and the classifier) is.
     #[derive(Debug)]
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<F, C = ErrorsOnly> {
         #[pin]
         state: State<F>,
+        record: Option<Recorder<C>>,
+    }
+
+    impl<F, C> PinnedDrop for ResponseFuture<F, C> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(record) = this.project().record.take() {
+                record.dropped_unfinished();
+            }
+        }
     }
 }
 
@@ -34,10 +48,11 @@ pin_project! {
     }
 }
 
-impl<F> ResponseFuture<F> {
-    pub(crate) fn called(future: F) -> Self {
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn called(future: F, record: Option<Recorder<C>>) -> Self {
         Self {
             state: State::Called { future },
+            record,
         }
     }
 
@@ -46,21 +61,34 @@ impl<F> ResponseFuture<F> {
             state: State::Failed {
                 error: Some(error.into()),
             },
+            record: None,
         }
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+impl<F, C, T, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
+    C: ClassifyResponse<T>,
 {
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+        let this = self.project();
+        let mut state = this.state;
         let output = match state.as_mut().project() {
-            StateProj::Called { future } => ready!(future.poll(cx)).map_err(Into::into),
+            StateProj::Called { future } => {
+                let result = ready!(future.poll(cx));
+                if let Some(record) = this.record.take() {
+                    let failed = match &result {
+                        Ok(response) => record.classify.is_failure(response),
+                        Err(_) => true,
+                    };
+                    record.outcomes.record(failed, record.count_totals);
+                }
+                result.map_err(Into::into)
+            }
             StateProj::Failed { error } => Err(error
                 .take()
                 .unwrap_or_else(|| Box::new(PolledAfterCompletion::new()))),
@@ -80,14 +108,18 @@ mod tests {
 
     #[test]
     fn polled_after_completion_is_a_typed_error() {
-        let mut called = task::spawn(ResponseFuture::called(ready(Ok::<_, Infallible>(7))));
+        let mut called = task::spawn(ResponseFuture::<_, ErrorsOnly>::called(
+            ready(Ok::<_, Infallible>(7)),
+            None,
+        ));
         assert_eq!(assert_ready!(called.poll()).unwrap(), 7);
         let error = assert_ready!(called.poll()).unwrap_err();
         assert!(error.is::<PolledAfterCompletion>(), "{error}");
 
-        let mut failed = task::spawn(
-            ResponseFuture::<std::future::Ready<Result<u8, Infallible>>>::failed(NotReadyForTest),
-        );
+        let mut failed = task::spawn(ResponseFuture::<
+            std::future::Ready<Result<u8, Infallible>>,
+            ErrorsOnly,
+        >::failed(NotReadyForTest));
         assert!(assert_ready!(failed.poll())
             .unwrap_err()
             .is::<NotReadyForTest>());

@@ -69,15 +69,19 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod builder;
+pub mod classify;
 pub mod error;
 pub mod failure;
 mod future;
+pub mod health;
 pub mod make;
 mod metrics;
 mod ready_cache;
 mod service;
+pub mod subset;
 
 pub use builder::P2cPoolBuilder;
+pub use classify::{ClassifyResponse, ErrorsOnly};
 pub use error::BuildError;
 pub use future::ResponseFuture;
 pub use make::MakeEndpoint;

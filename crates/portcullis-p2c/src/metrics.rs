@@ -1,7 +1,7 @@
 //! A cheap, cloneable view of a pool's state and history.
 
 use portcullis_pool::{UpdateCounters, UpdateCounts, UpdateKind};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// A handle to a [`P2cPool`](crate::P2cPool)'s metrics.
@@ -22,6 +22,10 @@ struct Inner {
     updates: UpdateCounters,
     evictions: AtomicU64,
     rebuilds: AtomicU64,
+    ejected: AtomicUsize,
+    ejections: AtomicU64,
+    panic_mode: AtomicBool,
+    panics: AtomicU64,
 }
 
 /// A point-in-time copy of [`P2cMetrics`].
@@ -40,6 +44,15 @@ pub struct P2cSnapshot {
     pub evictions: u64,
     /// Endpoints rebuilt from their target after a backoff.
     pub rebuilds: u64,
+    /// Endpoints ejected as outliers now.
+    pub ejected: usize,
+    /// Outlier ejections so far.
+    pub ejections: u64,
+    /// Whether the pool is in panic mode now: too few healthy endpoints, so ejected ones are
+    /// picked too.
+    pub panic_mode: bool,
+    /// Times the pool entered panic mode.
+    pub panics: u64,
 }
 
 // === impl P2cMetrics ===
@@ -55,13 +68,29 @@ impl P2cMetrics {
             updates: i.updates.counts(),
             evictions: i.evictions.load(Relaxed),
             rebuilds: i.rebuilds.load(Relaxed),
+            ejected: i.ejected.load(Relaxed),
+            ejections: i.ejections.load(Relaxed),
+            panic_mode: i.panic_mode.load(Relaxed),
+            panics: i.panics.load(Relaxed),
         }
     }
 
-    pub(crate) fn set_counts(&self, ready: usize, pending: usize, failed: usize) {
+    pub(crate) fn set_counts(&self, ready: usize, pending: usize, failed: usize, ejected: usize) {
         self.inner.ready.store(ready, Relaxed);
         self.inner.pending.store(pending, Relaxed);
         self.inner.failed.store(failed, Relaxed);
+        self.inner.ejected.store(ejected, Relaxed);
+    }
+
+    pub(crate) fn ejected(&self) {
+        self.inner.ejections.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn set_panic(&self, panic: bool) {
+        self.inner.panic_mode.store(panic, Relaxed);
+        if panic {
+            self.inner.panics.fetch_add(1, Relaxed);
+        }
     }
 
     pub(crate) fn update_applied(&self, kind: UpdateKind) {
@@ -88,11 +117,16 @@ mod tests {
         m.update_applied(UpdateKind::Remove);
         m.evicted();
         m.rebuilt();
-        m.set_counts(3, 2, 1);
+        m.set_counts(3, 2, 1, 1);
+        m.ejected();
+        m.set_panic(true);
         let snap = other.snapshot();
         assert_eq!(snap.updates.get(UpdateKind::Remove), 1);
         assert_eq!(snap.updates.get(UpdateKind::Add), 0);
         assert_eq!((snap.ready, snap.pending, snap.failed), (3, 2, 1));
         assert_eq!((snap.evictions, snap.rebuilds), (1, 1));
+        assert_eq!((snap.ejected, snap.ejections), (1, 1));
+        assert!(snap.panic_mode);
+        assert_eq!(snap.panics, 1);
     }
 }

@@ -2,8 +2,10 @@
 //! `Pool` impls that drive it.
 
 use crate::builder::Backoff;
+use crate::classify::{ClassifyResponse, ErrorsOnly};
 use crate::error::{EndpointGone, NotReady};
 use crate::future::ResponseFuture;
+use crate::health::{HealthConfig, Recorder};
 use crate::make::MakeEndpoint;
 use crate::metrics::P2cMetrics;
 use crate::ready_cache::{ReadyCache, ReadyRef};
@@ -17,6 +19,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
 use std::task::{Context, Poll};
+use tokio::time::Instant;
 use tower::load::Load;
 use tower_service::Service;
 use tracing::{debug, trace};
@@ -26,16 +29,18 @@ use tracing::{debug, trace};
 /// See the [crate documentation](crate) for the behaviour and an example.
 ///
 /// `K` identifies an endpoint, `T` is the target it is built from by the maker `M` (see
-/// [`MakeEndpoint`]), and `Req` is the request type. A key is cloned when its endpoint is added
-/// or replaced and when an [`Update::Reset`] drops it, never per request.
+/// [`MakeEndpoint`]), and `Req` is the request type; `C` classifies responses for endpoint
+/// health ([`P2cPoolBuilder::classify`]). A key is cloned when its endpoint is added or
+/// replaced and when an [`Update::Reset`] drops it, never per request.
 ///
 /// Failed endpoints are rebuilt after a [`tokio::time::sleep`], so the pool must be polled
 /// inside a tokio runtime with its time driver enabled.
-pub struct P2cPool<K, T, M, Req>
+pub struct P2cPool<K, T, M, Req, C = ErrorsOnly>
 where
     M: MakeEndpoint<K, T>,
 {
     endpoints: ReadyCache<K, T, M>,
+    classify: C,
     /// The endpoint the last successful `poll_ready` reserved, for the next `call`: found by
     /// its instance id, so a removal or replacement in between is detected, never rerouted.
     chosen: Option<ReadyRef>,
@@ -53,15 +58,22 @@ impl P2cPool<(), (), fn(&(), &()), ()> {
     }
 }
 
-impl<K, T, M, Req> P2cPool<K, T, M, Req>
+impl<K, T, M, Req, C> P2cPool<K, T, M, Req, C>
 where
     K: Hash + Eq + Clone,
     M: MakeEndpoint<K, T>,
 {
-    pub(crate) fn from_parts(maker: M, backoff: Backoff, rng: SmallRng) -> Self {
+    pub(crate) fn from_parts(
+        maker: M,
+        backoff: Backoff,
+        health: HealthConfig,
+        classify: C,
+        rng: SmallRng,
+    ) -> Self {
         let metrics = P2cMetrics::default();
         Self {
-            endpoints: ReadyCache::new(maker, backoff, metrics.clone()),
+            endpoints: ReadyCache::new(maker, backoff, health, metrics.clone()),
+            classify,
             chosen: None,
             rng,
             metrics,
@@ -87,32 +99,52 @@ where
         self.endpoints.key_of(self.chosen?)
     }
 
-    /// Samples two distinct ready endpoints and keeps the less loaded one.
-    fn select(&mut self) -> Option<ReadyRef>
+    /// Samples two distinct candidates and keeps the less loaded one; with endpoint health
+    /// on, ejects a candidate that turned out an outlier and draws again, and prefers a
+    /// candidate that has not failed lately.
+    fn select(&mut self, cx: &mut Context<'_>) -> Option<ReadyRef>
     where
         K: fmt::Debug,
         M::Endpoint: Load,
     {
-        let pos = match self.endpoints.ready_len() {
-            0 => return None,
-            // Nothing to compare: no draw, so a lone endpoint costs no randomness.
-            1 => 0,
-            len => {
-                let a = self.rng.gen_range(0..len);
-                let mut b = self.rng.gen_range(0..len - 1);
-                if b >= a {
-                    b += 1;
+        let health = *self.endpoints.health();
+        let ejects = health.ejects();
+        // Each ejection takes one endpoint out; a bound keeps a pick O(1) however many
+        // outliers it meets.
+        let mut ejections_left = 2;
+        let pos = loop {
+            let (a, b) = match self.endpoints.candidates() {
+                0 => return None,
+                // Nothing to compare: no draw, so a lone endpoint costs no randomness.
+                1 => (0, None),
+                len => {
+                    let a = self.rng.gen_range(0..len);
+                    let mut b = self.rng.gen_range(0..len - 1);
+                    if b >= a {
+                        b += 1;
+                    }
+                    (a, Some(b))
                 }
-                let a_load = self.endpoints.get_ready(a).map(|(_, _, svc)| svc.load());
-                let b_load = self.endpoints.get_ready(b).map(|(_, _, svc)| svc.load());
-                // `a` is itself a uniform draw, so keeping it on a tie (or when the loads do
-                // not compare, e.g. NaN) spreads ties evenly without a third draw.
-                if b_load < a_load {
-                    b
-                } else {
-                    a
+            };
+            if ejects
+                && ejections_left > 0
+                && (self.endpoints.eject_if_outlier(cx, a)
+                    || b.is_some_and(|b| self.endpoints.eject_if_outlier(cx, b)))
+            {
+                ejections_left -= 1;
+                continue;
+            }
+            let Some(b) = b else { break a };
+            if !health.demotion.is_zero() {
+                if let Some(pos) = self.prefer_not_failed(a, b, health.demotion) {
+                    break pos;
                 }
             }
+            let a_load = self.endpoints.get_ready(a).map(|(_, _, svc)| svc.load());
+            let b_load = self.endpoints.get_ready(b).map(|(_, _, svc)| svc.load());
+            // `a` is itself a uniform draw, so keeping it on a tie (or when the loads do
+            // not compare, e.g. NaN) spreads ties evenly without a third draw.
+            break if b_load < a_load { b } else { a };
         };
         let (key, chosen, _) = self.endpoints.get_ready(pos)?;
         trace!(
@@ -122,18 +154,43 @@ where
         );
         Some(chosen)
     }
+
+    /// Of two candidates, the one that has not failed within `demotion` if the other has;
+    /// `None` if neither or both have. The clock is read only if one has failed at all.
+    fn prefer_not_failed(
+        &self,
+        a: usize,
+        b: usize,
+        demotion: std::time::Duration,
+    ) -> Option<usize> {
+        let a_outcomes = self.endpoints.outcomes_at(a)?;
+        let b_outcomes = self.endpoints.outcomes_at(b)?;
+        if !a_outcomes.ever_failed() && !b_outcomes.ever_failed() {
+            return None;
+        }
+        let now = Instant::now();
+        match (
+            a_outcomes.failed_within(demotion, now),
+            b_outcomes.failed_within(demotion, now),
+        ) {
+            (true, false) => Some(b),
+            (false, true) => Some(a),
+            _ => None,
+        }
+    }
 }
 
-impl<K, T, M, Req> Service<Req> for P2cPool<K, T, M, Req>
+impl<K, T, M, Req, C> Service<Req> for P2cPool<K, T, M, Req, C>
 where
     K: Hash + Eq + Clone + fmt::Debug,
     M: MakeEndpoint<K, T>,
     M::Endpoint: Service<Req> + Load,
     <M::Endpoint as Service<Req>>::Error: Into<BoxError>,
+    C: ClassifyResponse<<M::Endpoint as Service<Req>>::Response> + Clone,
 {
     type Response = <M::Endpoint as Service<Req>>::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<<M::Endpoint as Service<Req>>::Future>;
+    type Future = ResponseFuture<<M::Endpoint as Service<Req>>::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.endpoints.drive::<Req>(cx);
@@ -147,7 +204,7 @@ where
                 }
             }
 
-            match self.select() {
+            match self.select(cx) {
                 Some(chosen) => self.chosen = Some(chosen),
                 None => {
                     let counts = self.endpoints.counts();
@@ -166,10 +223,17 @@ where
         let Some(chosen) = self.chosen.take() else {
             return ResponseFuture::failed(NotReady::new());
         };
+        let health = *self.endpoints.health();
         match self.endpoints.get_mut(chosen) {
-            Some((key, svc)) => {
+            Some((key, svc, outcomes)) => {
                 trace!(?key, "dispatching request");
-                ResponseFuture::called(svc.call(req))
+                let record = outcomes.map(|outcomes| Recorder {
+                    outcomes: outcomes.clone(),
+                    classify: self.classify.clone(),
+                    count_totals: health.failure_percentage.is_some(),
+                    abandoned: health.abandoned_after.map(|after| (Instant::now(), after)),
+                });
+                ResponseFuture::called(svc.call(req), record)
             }
             None => {
                 debug!(id = chosen.id(), "chosen endpoint removed before call");
@@ -179,13 +243,14 @@ where
     }
 }
 
-impl<K, T, M, Req> Pool<K, T, Req> for P2cPool<K, T, M, Req>
+impl<K, T, M, Req, C> Pool<K, T, Req> for P2cPool<K, T, M, Req, C>
 where
     K: Hash + Eq + Clone + fmt::Debug,
     T: PartialEq,
     M: MakeEndpoint<K, T>,
     M::Endpoint: Service<Req> + Load,
     <M::Endpoint as Service<Req>>::Error: Into<BoxError>,
+    C: ClassifyResponse<<M::Endpoint as Service<Req>>::Response> + Clone,
 {
     fn update_pool(&mut self, update: Update<K, T>) {
         let kind = update.kind();
@@ -209,7 +274,7 @@ where
     }
 }
 
-impl<K, T, M, Req> fmt::Debug for P2cPool<K, T, M, Req>
+impl<K, T, M, Req, C> fmt::Debug for P2cPool<K, T, M, Req, C>
 where
     M: MakeEndpoint<K, T>,
 {
@@ -219,6 +284,7 @@ where
             .field("ready", &counts.ready)
             .field("pending", &counts.pending)
             .field("failed", &counts.failed)
+            .field("health", self.endpoints.health())
             .field("chosen", &self.chosen.is_some())
             .field("backoff", self.endpoints.backoff())
             .finish_non_exhaustive()

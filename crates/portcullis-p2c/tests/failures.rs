@@ -15,7 +15,7 @@ const MS: Duration = Duration::from_millis(1);
 #[tokio::test(start_paused = true)]
 async fn failed_endpoint_is_evicted_then_rebuilt_after_backoff_and_serves_again() {
     let fleet = Fleet::default();
-    let mut pool = pool_over(&fleet, 41);
+    let mut pool = pool_over(&fleet, 41, false);
     let metrics = pool.metrics();
     let mut t = task::spawn(());
     pool.update_pool(Update::Reset(vec![(1, 0)]));
@@ -48,7 +48,7 @@ async fn failed_endpoint_is_evicted_then_rebuilt_after_backoff_and_serves_again(
 #[tokio::test(start_paused = true)]
 async fn backoff_doubles_while_the_endpoint_keeps_failing_and_resets_once_ready() {
     let fleet = Fleet::default();
-    let mut pool = pool_over(&fleet, 42);
+    let mut pool = pool_over(&fleet, 42, false);
     let mut t = task::spawn(());
     fleet.control(1).set_fail_ready(true);
     pool.update_pool(Update::Add(vec![(1, 0)]));
@@ -80,7 +80,7 @@ async fn backoff_doubles_while_the_endpoint_keeps_failing_and_resets_once_ready(
 #[tokio::test(start_paused = true)]
 async fn one_failing_endpoint_never_fails_the_pool() {
     let fleet = Fleet::default();
-    let mut pool = pool_over(&fleet, 43);
+    let mut pool = pool_over(&fleet, 43, false);
     let mut t = task::spawn(());
     pool.update_pool(Update::Reset(vec![(1, 0), (2, 0), (3, 0)]));
     assert_ready_ok!(poll_pool(&mut t, &mut pool));
@@ -116,7 +116,7 @@ async fn one_failing_endpoint_never_fails_the_pool() {
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_removed_while_backing_off_is_not_rebuilt() {
     let fleet = Fleet::default();
-    let mut pool = pool_over(&fleet, 44);
+    let mut pool = pool_over(&fleet, 44, false);
     let mut t = task::spawn(());
     fleet.control(1).set_fail_ready(true);
     pool.update_pool(Update::Reset(vec![(1, 0), (2, 0)]));

@@ -26,6 +26,8 @@ enum Op {
     DoesNotExist,
     SetReady(u32, bool),
     FailReady(u32, bool),
+    /// Later calls to the replica fail (only with endpoint health on, where it matters).
+    FailCalls(u32, bool),
     Advance(u64),
     Request,
     /// `poll_ready`, then a discovery update, then `call`.
@@ -45,6 +47,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::DoesNotExist),
         3 => (0..KEYS, any::<bool>()).prop_map(|(k, r)| Op::SetReady(k, r)),
         2 => (0..KEYS, prop::bool::weighted(0.3)).prop_map(|(k, f)| Op::FailReady(k, f)),
+        2 => (0..KEYS, prop::bool::weighted(0.4)).prop_map(|(k, f)| Op::FailCalls(k, f)),
         2 => (0..1_500u64).prop_map(Op::Advance),
         6 => Just(Op::Request),
         2 => Just(Op::PollPool),
@@ -76,7 +79,9 @@ impl Model {
     }
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// Runs `ops` against a pool without endpoint health, or (`health`) with outlier ejection
+/// after two failures, demotion and panic mode, where the replicas' calls may fail.
+fn run(ops: Vec<Op>, health: bool) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -84,7 +89,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .unwrap();
     rt.block_on(async move {
         let fleet = Fleet::default();
-        let mut pool = pool_over(&fleet, 99);
+        let mut pool = pool_over(&fleet, 99, health);
         let mut model = Model::default();
         let mut task = tokio_test::task::spawn(());
         // Call counts of keys discovery no longer names, as of their removal.
@@ -101,6 +106,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             match op {
                 Op::SetReady(k, ready) => fleet.control(k).set_ready(ready),
                 Op::FailReady(k, fail) => fleet.control(k).set_fail_ready(fail),
+                Op::FailCalls(k, fail) => fleet.control(k).set_fail_calls(fail && health),
                 Op::Advance(ms) => tokio::time::advance(Duration::from_millis(ms)).await,
                 Op::PollPool => {
                     let done = poll_pool(&mut task, &mut pool);
@@ -118,13 +124,33 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         fleet.control(*k).is_ready()
                             && pool.endpoint_state(k) != Some(EndpointState::BackingOff)
                     });
-                    prop_assert_eq!(
-                        poll.is_ready(),
-                        servable,
-                        "poll_ready is ready exactly when some endpoint can serve"
-                    );
+                    if health {
+                        // Ejected endpoints serve in panic mode only.
+                        prop_assert!(!poll.is_ready() || servable);
+                    } else {
+                        prop_assert_eq!(
+                            poll.is_ready(),
+                            servable,
+                            "poll_ready is ready exactly when some endpoint can serve"
+                        );
+                    }
                     if poll.is_ready() {
-                        let (key, target) = pool.call(()).now_or_never().unwrap().unwrap();
+                        let chosen = pool.chosen().copied();
+                        prop_assert!(
+                            chosen.and_then(|k| pool.endpoint_state(&k))
+                                != Some(EndpointState::Ejected)
+                                || pool.metrics().snapshot().panic_mode,
+                            "an ejected endpoint is picked only in panic mode"
+                        );
+                        let result = pool.call(()).now_or_never().unwrap();
+                        let (key, target) = match result {
+                            Ok(answer) => answer,
+                            Err(error) => {
+                                prop_assert!(health, "only failing calls fail: {}", error);
+                                let key = chosen.unwrap();
+                                (key, model.targets[&key])
+                            }
+                        };
                         prop_assert_eq!(
                             model.targets.get(&key),
                             Some(&target),
@@ -150,7 +176,15 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     if let Some((key, target)) = reserved {
                         let result = pool.call(()).now_or_never().unwrap();
                         if model.targets.get(&key) == Some(&target) {
-                            prop_assert_eq!(result.ok(), Some((key, target)));
+                            match result {
+                                Ok(answer) => prop_assert_eq!(answer, (key, target)),
+                                // The replica's own failure, not a misroute.
+                                Err(error) => prop_assert!(
+                                    health && !error.is::<EndpointGone>(),
+                                    "{}",
+                                    error
+                                ),
+                            }
                             prop_assert_eq!(fleet.calls(key), calls_before[key as usize] + 1);
                         } else {
                             let err = result.err();
@@ -198,6 +232,18 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 (snap.ready, snap.pending, snap.failed),
                 (counts.ready, counts.pending, counts.failed)
             );
+            let ejected_ready = (0..KEYS)
+                .filter(|k| pool.endpoint_state(k) == Some(EndpointState::Ejected))
+                .count();
+            prop_assert!(
+                ejected_ready <= snap.ejected,
+                "{} > {}",
+                ejected_ready,
+                snap.ejected
+            );
+            prop_assert!(snap.ejected <= model.targets.len());
+            prop_assert!(health || snap.ejections == 0);
+            prop_assert!(!snap.panic_mode || ejected_ready > 0);
         }
         Ok(())
     })
@@ -213,6 +259,11 @@ proptest! {
 
     #[test]
     fn invariants_hold_over_random_histories(ops in vec(op(), 1..80)) {
-        run(ops)?;
+        run(ops, false)?;
+    }
+
+    #[test]
+    fn invariants_hold_with_endpoint_health(ops in vec(op(), 1..80)) {
+        run(ops, true)?;
     }
 }

@@ -33,7 +33,7 @@ async fn lower_load_wins_whenever_both_are_sampled() {
     let fleet = Fleet::default();
     fleet.set_load(1, 5);
     fleet.set_load(2, 1);
-    let mut pool = pool_over(&fleet, 11);
+    let mut pool = pool_over(&fleet, 11, false);
     let mut t = task::spawn(());
     pool.update_pool(Update::Reset(vec![(1, 0), (2, 0)]));
     let hits = tally(&mut t, &mut pool, 1_000);
@@ -46,7 +46,7 @@ async fn lower_load_wins_whenever_both_are_sampled() {
     for (key, load) in [(1, 40), (2, 30), (3, 20), (4, 10)] {
         fleet.set_load(key, load);
     }
-    let mut pool = pool_over(&fleet, 12);
+    let mut pool = pool_over(&fleet, 12, false);
     pool.update_pool(Update::Reset(vec![(1, 0), (2, 0), (3, 0), (4, 0)]));
     let n = 60_000;
     let hits = tally(&mut t, &mut pool, n);
@@ -67,7 +67,7 @@ async fn lower_load_wins_whenever_both_are_sampled() {
 #[tokio::test(start_paused = true)]
 async fn equal_loads_are_selected_uniformly() {
     let fleet = Fleet::default();
-    let mut pool = pool_over(&fleet, 13);
+    let mut pool = pool_over(&fleet, 13, false);
     let mut t = task::spawn(());
     let keys = [1, 2, 3, 4, 5];
     pool.update_pool(Update::Reset(keys.iter().map(|k| (*k, 0)).collect()));
@@ -89,7 +89,7 @@ async fn removing_the_chosen_endpoint_between_ready_and_call_fails_the_call() {
     let fleet = Fleet::default();
     fleet.set_load(1, 1);
     fleet.set_load(2, 9);
-    let mut pool = pool_over(&fleet, 21);
+    let mut pool = pool_over(&fleet, 21, false);
     let mut t = task::spawn(());
     pool.update_pool(Update::Reset(vec![(1, 0), (2, 0)]));
 
@@ -106,7 +106,7 @@ async fn removing_another_endpoint_between_ready_and_call_keeps_the_choice() {
     let fleet = Fleet::default();
     fleet.set_load(1, 9);
     fleet.set_load(2, 1);
-    let mut pool = pool_over(&fleet, 22);
+    let mut pool = pool_over(&fleet, 22, false);
     let mut t = task::spawn(());
     // Added one at a time so the ready set is [1, 2].
     pool.update_pool(Update::Add(vec![(1, 0)]));
@@ -125,7 +125,7 @@ async fn removing_another_endpoint_between_ready_and_call_keeps_the_choice() {
 #[tokio::test(start_paused = true)]
 async fn replacing_the_chosen_endpoint_between_ready_and_call_fails_the_call() {
     let fleet = Fleet::default();
-    let mut pool = pool_over(&fleet, 23);
+    let mut pool = pool_over(&fleet, 23, false);
     let mut t = task::spawn(());
     pool.update_pool(Update::Reset(vec![(1, 10)]));
     assert_ready_ok!(poll_ready(&mut t, &mut pool));
@@ -143,7 +143,7 @@ async fn replacing_the_chosen_endpoint_between_ready_and_call_fails_the_call() {
 #[tokio::test(start_paused = true)]
 async fn call_without_poll_ready_is_a_typed_error() {
     let fleet = Fleet::default();
-    let mut pool = pool_over(&fleet, 24);
+    let mut pool = pool_over(&fleet, 24, false);
     pool.update_pool(Update::Reset(vec![(1, 0)]));
     let err = pool.call(()).now_or_never().unwrap().unwrap_err();
     assert!(err.is::<NotReady>());
@@ -152,7 +152,7 @@ async fn call_without_poll_ready_is_a_typed_error() {
 #[tokio::test(start_paused = true)]
 async fn no_ready_endpoint_is_pending_and_wakes_when_one_turns_ready() {
     let fleet = Fleet::default();
-    let mut pool = pool_over(&fleet, 25);
+    let mut pool = pool_over(&fleet, 25, false);
     fleet.control(1).set_ready(false);
     fleet.control(2).set_ready(false);
     pool.update_pool(Update::Reset(vec![(1, 0), (2, 0)]));
@@ -249,7 +249,7 @@ async fn peak_ewma_prefers_the_fast_endpoint() {
 fn the_response_future_is_send_and_static() {
     fn assert_send_static<F: Send + 'static>(_: &F) {}
     let fleet = Fleet::default();
-    let mut pool = pool_over(&fleet, 0);
+    let mut pool = pool_over(&fleet, 0, false);
     let fut = pool.call(());
     assert_send_static(&fut);
     fn assert_send<T: Send>(_: &T) {}

@@ -19,7 +19,7 @@ fn counts(ready: usize, pending: usize, failed: usize) -> EndpointCounts {
 #[tokio::test(start_paused = true)]
 async fn reset_diff_rebuilds_only_changed_targets() {
     let fleet = Fleet::default();
-    let mut pool = pool_over(&fleet, 1);
+    let mut pool = pool_over(&fleet, 1, false);
     let mut t = task::spawn(());
 
     pool.update_pool(Update::Reset(vec![(1, 10), (2, 20), (3, 30)]));
@@ -47,7 +47,7 @@ async fn reset_diff_rebuilds_only_changed_targets() {
 #[tokio::test(start_paused = true)]
 async fn add_replaces_only_a_changed_target() {
     let fleet = Fleet::default();
-    let mut pool = pool_over(&fleet, 2);
+    let mut pool = pool_over(&fleet, 2, false);
     let mut t = task::spawn(());
 
     pool.update_pool(Update::Add(vec![(1, 10)]));
@@ -74,7 +74,7 @@ async fn add_replaces_only_a_changed_target() {
 #[tokio::test(start_paused = true)]
 async fn remove_evicts_the_endpoint() {
     let fleet = Fleet::default();
-    let mut pool = pool_over(&fleet, 3);
+    let mut pool = pool_over(&fleet, 3, false);
     let mut t = task::spawn(());
     pool.update_pool(Update::Reset(vec![(1, 0), (2, 0), (3, 0)]));
     assert_ready_ok!(poll_pool(&mut t, &mut pool));
@@ -92,7 +92,7 @@ async fn remove_evicts_the_endpoint() {
 #[tokio::test(start_paused = true)]
 async fn does_not_exist_clears_every_endpoint() {
     let fleet = Fleet::default();
-    let mut pool = pool_over(&fleet, 4);
+    let mut pool = pool_over(&fleet, 4, false);
     let mut t = task::spawn(());
     pool.update_pool(Update::Reset(vec![(1, 0), (2, 0)]));
     fleet.control(3).set_fail_ready(true);
@@ -114,7 +114,7 @@ async fn does_not_exist_clears_every_endpoint() {
 #[tokio::test(start_paused = true)]
 async fn metrics_count_updates_and_endpoints() {
     let fleet = Fleet::default();
-    let mut pool = pool_over(&fleet, 5);
+    let mut pool = pool_over(&fleet, 5, false);
     let metrics = pool.metrics();
     let mut t = task::spawn(());
 

@@ -9,6 +9,9 @@
 //! - **Failed**: evicted after a failure, waiting for its backoff; [`ReadyCache::drive`] rebuilds
 //!   it from its target once the backoff has elapsed, and it is *pending* again.
 //!
+//! A ready endpoint may also be *ejected* (`eject.rs`, [`crate::health`]): still built and in
+//! the ready set, but at its end, past the `healthy` ones that selection samples from.
+//!
 //! Discovery updates change which keys the cache holds (`update.rs`, through
 //! [`EndpointSet`](portcullis_pool::EndpointSet)); choosing among the ready endpoints is the
 //! pool's (`service.rs`).
@@ -19,9 +22,11 @@
 //! set: an endpoint is identified across calls by its [`ReadyRef`], whose instance id is
 //! checked before its position is trusted.
 
+mod eject;
 mod update;
 
 use crate::builder::Backoff;
+use crate::health::{HealthConfig, Outcomes};
 use crate::make::MakeEndpoint;
 use crate::metrics::P2cMetrics;
 use crate::BoxError;
@@ -31,17 +36,22 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 use tracing::{debug, info, trace, warn};
 
 /// Where an endpoint of a [`P2cPool`](crate::P2cPool) is in its life, as told by
 /// [`P2cPool::endpoint_state`](crate::P2cPool::endpoint_state).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum EndpointState {
     /// In the ready set: a candidate for selection.
     Ready,
+    /// Ready, but ejected as an outlier: picked only in panic mode until its ejection time
+    /// has passed.
+    Ejected,
     /// Being driven to readiness.
     Pending,
     /// Evicted after a failure, waiting for its backoff to elapse before it is rebuilt.
@@ -55,10 +65,13 @@ where
     M: MakeEndpoint<K, T>,
 {
     maker: M,
-    /// Every known key and what it was built from; each key is in exactly one of the three
-    /// sets below.
-    targets: IndexMap<K, T>,
+    /// Every known key, what it was built from and its health; each key is in exactly one
+    /// of the three sets below.
+    targets: IndexMap<K, Known<T>>,
+    /// `[healthy.. | ejected..]`: the first `healthy` entries are the candidates for
+    /// selection, the rest are ejected.
     ready: IndexMap<K, ReadyEndpoint<M::Endpoint>>,
+    healthy: usize,
     pending: IndexMap<K, PendingEndpoint<M::Endpoint>>,
     failed: IndexMap<K, FailedEndpoint>,
     /// The instance id the next built endpoint gets.
@@ -66,7 +79,42 @@ where
     backoff: Backoff,
     /// Shared with the pool; the cache counts evictions and rebuilds and keeps the gauges.
     metrics: P2cMetrics,
+    health: HealthConfig,
+    /// What outcome timestamps count from.
+    origin: Instant,
+    /// Keys with an ejection running, wherever their endpoint is.
+    ejected: usize,
+    /// Whether too few endpoints are healthy, so that ejected ones are picked too.
+    panic: bool,
+    /// Fires when the earliest running ejection ends.
+    ejection_timer: Option<Pin<Box<Sleep>>>,
+    /// Fires at the end of each failure-percentage interval.
+    sweep_timer: Option<Pin<Box<Sleep>>>,
 }
+
+/// A key the cache knows: its target and its health, which outlive any one build of its
+/// endpoint.
+struct Known<T> {
+    target: T,
+    /// `None` unless the pool records outcomes.
+    outcomes: Option<Arc<Outcomes>>,
+    ejection: Ejection,
+}
+
+/// A key's ejections.
+#[derive(Debug, Default)]
+struct Ejection {
+    /// When the running ejection ends; `None` when none runs.
+    until: Option<Instant>,
+    /// Ejections so far, which the next ejection's time grows with.
+    count: u32,
+    /// When the last ejection ended.
+    ended: Option<Instant>,
+}
+
+/// A chosen endpoint, for its call: its key, the endpoint, and its outcomes if the pool
+/// records them.
+pub(crate) type ChosenMut<'a, K, S> = (&'a K, &'a mut S, Option<&'a Arc<Outcomes>>);
 
 /// A ready endpoint as it was found: its instance id, which is what identifies it, and its
 /// position in the ready set then, which is only where to look for it first.
@@ -83,6 +131,8 @@ pub(crate) struct ReadyRef {
 struct ReadyEndpoint<S> {
     id: u64,
     svc: S,
+    /// The key's outcomes, where response futures record theirs.
+    outcomes: Option<Arc<Outcomes>>,
 }
 
 struct PendingEndpoint<S> {
@@ -112,17 +162,33 @@ impl<K, T, M> ReadyCache<K, T, M>
 where
     M: MakeEndpoint<K, T>,
 {
-    pub(crate) fn new(maker: M, backoff: Backoff, metrics: P2cMetrics) -> Self {
+    pub(crate) fn new(
+        maker: M,
+        backoff: Backoff,
+        health: HealthConfig,
+        metrics: P2cMetrics,
+    ) -> Self {
         Self {
             maker,
             targets: IndexMap::new(),
             ready: IndexMap::new(),
+            healthy: 0,
             pending: IndexMap::new(),
             failed: IndexMap::new(),
             next_id: 0,
             backoff,
             metrics,
+            health,
+            origin: Instant::now(),
+            ejected: 0,
+            panic: false,
+            ejection_timer: None,
+            sweep_timer: None,
         }
+    }
+
+    pub(crate) fn health(&self) -> &HealthConfig {
+        &self.health
     }
 
     pub(crate) fn backoff(&self) -> &Backoff {
@@ -141,14 +207,50 @@ where
         self.ready.len()
     }
 
+    /// How many ready endpoints selection samples from: the healthy ones, or in panic mode
+    /// all of them.
+    pub(crate) fn candidates(&self) -> usize {
+        if self.panic {
+            self.ready.len()
+        } else {
+            self.healthy
+        }
+    }
+
     /// Whether nothing is left to drive: no endpoint is pending or waiting to be rebuilt.
     pub(crate) fn is_settled(&self) -> bool {
         self.pending.is_empty() && self.failed.is_empty()
     }
 
-    pub(crate) fn sync_gauges(&self) {
-        self.metrics
-            .set_counts(self.ready.len(), self.pending.len(), self.failed.len());
+    /// Publishes the gauges, and enters or leaves panic mode: panic when some ready
+    /// endpoints are ejected and fewer than `panic_threshold` percent of all are healthy
+    /// (ready and not ejected, or still connecting).
+    pub(crate) fn sync_gauges(&mut self) {
+        let healthy = self.healthy + self.pending.len();
+        let total = self.targets.len();
+        let panic = self.ready.len() > self.healthy && self.health.panics(healthy, total);
+        if panic != self.panic {
+            self.panic = panic;
+            let ejected = self.ready.len() - self.healthy;
+            if panic {
+                info!(
+                    healthy,
+                    ejected,
+                    total,
+                    threshold_percent = self.health.panic_threshold,
+                    "entering panic mode: picking ejected endpoints too"
+                );
+            } else {
+                info!(healthy, ejected, total, "leaving panic mode");
+            }
+            self.metrics.set_panic(panic);
+        }
+        self.metrics.set_counts(
+            self.ready.len(),
+            self.pending.len(),
+            self.failed.len(),
+            self.ejected,
+        );
     }
 }
 
@@ -159,8 +261,12 @@ where
 {
     /// The state of the endpoint for `key`, or `None` if the cache does not know the key.
     pub(crate) fn state(&self, key: &K) -> Option<EndpointState> {
-        if self.ready.contains_key(key) {
-            Some(EndpointState::Ready)
+        if let Some(pos) = self.ready.get_index_of(key) {
+            if pos < self.healthy {
+                Some(EndpointState::Ready)
+            } else {
+                Some(EndpointState::Ejected)
+            }
         } else if self.pending.contains_key(key) {
             Some(EndpointState::Pending)
         } else if self.failed.contains_key(key) {
@@ -182,12 +288,49 @@ where
         self.ready.get_index(pos).map(|(key, _)| key)
     }
 
-    /// The endpoint `r` refers to, if it is still in the ready set.
-    pub(crate) fn get_mut(&mut self, r: ReadyRef) -> Option<(&K, &mut M::Endpoint)> {
+    /// The outcomes of the ready endpoint at `pos`, if the pool records them.
+    pub(crate) fn outcomes_at(&self, pos: usize) -> Option<&Outcomes> {
+        self.ready.get_index(pos)?.1.outcomes.as_deref()
+    }
+
+    /// The endpoint `r` refers to, if it is still in the ready set, and its outcomes.
+    pub(crate) fn get_mut(
+        &mut self,
+        r: ReadyRef,
+    ) -> Option<ChosenMut<'_, K, M::Endpoint>> {
         let pos = self.find(r)?;
         self.ready
             .get_index_mut(pos)
-            .map(|(key, ep)| (key, &mut ep.svc))
+            .map(|(key, ep)| (key, &mut ep.svc, ep.outcomes.as_ref()))
+    }
+
+    /// Adds a newly ready endpoint: among the candidates, unless its key is ejected.
+    fn insert_ready(&mut self, key: K, id: u64, svc: M::Endpoint) {
+        let (outcomes, ejected) = match self.targets.get(&key) {
+            Some(known) => (known.outcomes.clone(), known.ejection.until.is_some()),
+            None => (None, false),
+        };
+        let (pos, _) = self
+            .ready
+            .insert_full(key, ReadyEndpoint { id, svc, outcomes });
+        if !ejected {
+            self.ready.swap_indices(pos, self.healthy);
+            self.healthy += 1;
+        }
+    }
+
+    /// Takes the ready endpoint at `pos` out of the ready set, keeping the healthy ones
+    /// first.
+    fn take_ready_at(&mut self, mut pos: usize) -> Option<(K, ReadyEndpoint<M::Endpoint>)> {
+        if pos >= self.ready.len() {
+            return None;
+        }
+        if pos < self.healthy {
+            self.healthy -= 1;
+            self.ready.swap_indices(pos, self.healthy);
+            pos = self.healthy;
+        }
+        self.ready.swap_remove_index(pos)
     }
 
     /// Where the endpoint `r` refers to stands in the ready set now, if it is still there.
@@ -208,7 +351,7 @@ where
         let Some(target) = self.targets.get(&key) else {
             return;
         };
-        let svc = self.maker.make_endpoint(&key, target);
+        let svc = self.maker.make_endpoint(&key, &target.target);
         let id = self.next_id;
         self.next_id += 1;
         self.pending
@@ -218,7 +361,11 @@ where
     /// Drops the endpoint for `key`, whatever its state. A [`ReadyRef`] to it finds it gone.
     fn drop_endpoint(&mut self, key: &K) {
         // A key is in at most one set.
-        if self.ready.swap_remove(key).is_none() && self.pending.swap_remove(key).is_none() {
+        let in_ready = match self.ready.get_index_of(key) {
+            Some(pos) => self.take_ready_at(pos).is_some(),
+            None => false,
+        };
+        if !in_ready && self.pending.swap_remove(key).is_none() {
             self.failed.swap_remove(key);
         }
     }
@@ -258,7 +405,7 @@ where
         M::Endpoint: Service<Req>,
         <M::Endpoint as Service<Req>>::Error: Into<BoxError>,
     {
-        let mut changed = false;
+        let mut changed = self.drive_health(cx);
 
         // Before the pending pass, so a rebuilt endpoint is polled in this same pass.
         let mut i = 0;
@@ -293,11 +440,7 @@ where
             match poll {
                 Poll::Ready(Ok(())) => {
                     debug!(?key, "endpoint ready");
-                    let ready = ReadyEndpoint {
-                        id: pending.id,
-                        svc: pending.svc,
-                    };
-                    self.ready.insert(key, ready);
+                    self.insert_ready(key, pending.id, pending.svc);
                 }
                 Poll::Ready(Err(error)) => {
                     let failures = pending.failures.saturating_add(1);
@@ -326,7 +469,7 @@ where
         if let Poll::Ready(Ok(())) = poll {
             return Some(ReadyRef { pos, ..r });
         }
-        let (key, ep) = self.ready.swap_remove_index(pos)?;
+        let (key, ep) = self.take_ready_at(pos)?;
         match poll {
             Poll::Ready(Err(error)) => self.evict(cx, key, 1, error.into()),
             _ => {
@@ -375,7 +518,12 @@ mod tests {
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).unwrap();
         let maker =
             move |key: &u32, _: &u32| controls[*key as usize].endpoint_with_id::<(), u32>(*key);
-        ReadyCache::new(maker, backoff, P2cMetrics::default())
+        ReadyCache::new(
+            maker,
+            backoff,
+            crate::builder::NO_HEALTH,
+            P2cMetrics::default(),
+        )
     }
 
     fn drive<M: MakeEndpoint<u32, u32, Endpoint = Ep>>(cache: &mut ReadyCache<u32, u32, M>) {
@@ -403,7 +551,7 @@ mod tests {
         assert_eq!(cache.get_ready(0).map(|(key, ..)| *key), Some(2));
         let found = check_ready(&mut cache, last).unwrap();
         assert_eq!(found.pos, 0);
-        assert_eq!(cache.get_mut(last).map(|(key, _)| *key), Some(2));
+        assert_eq!(cache.get_mut(last).map(|(key, ..)| *key), Some(2));
     }
 
     #[tokio::test(start_paused = true)]

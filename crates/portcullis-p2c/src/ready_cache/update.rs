@@ -12,7 +12,7 @@
 //!
 //! [`ReadyRef`]: super::ReadyRef
 
-use super::ReadyCache;
+use super::{Known, ReadyCache};
 use crate::make::MakeEndpoint;
 use indexmap::IndexMap;
 use portcullis_pool::EndpointSet;
@@ -67,6 +67,9 @@ where
         }
         self.targets.clear();
         self.ready.clear();
+        self.healthy = 0;
+        self.ejected = 0;
+        self.ejection_timer = None;
         self.pending.clear();
         self.failed.clear();
     }
@@ -80,20 +83,25 @@ where
 {
     fn upsert(&mut self, key: K, target: T) {
         match self.targets.get(&key) {
-            Some(current) if *current == target => return,
+            Some(current) if current.target == target => return,
             Some(_) => {
                 info!(?key, "replacing endpoint: target changed");
                 self.drop_endpoint(&key);
             }
             None => info!(?key, "adding endpoint"),
         }
-        self.targets.insert(key.clone(), target);
+        // A new target is another endpoint: its health starts afresh.
+        let known = Known::new(target, self.new_outcomes());
+        if let Some(old) = self.targets.insert(key.clone(), known) {
+            self.forget_health(&old);
+        }
         self.build(key, 0);
     }
 
     fn remove_key(&mut self, key: &K) {
-        if self.targets.swap_remove(key).is_some() {
+        if let Some(old) = self.targets.swap_remove(key) {
             info!(?key, "removing endpoint");
+            self.forget_health(&old);
             self.drop_endpoint(key);
         }
     }

@@ -34,13 +34,21 @@ impl MakeEndpoint<u32, u32> for FleetMaker {
     }
 }
 
-/// A seeded pool over `fleet`, with the test backoff.
-pub fn pool_over(fleet: &Fleet, seed: u64) -> TestPool {
-    P2cPool::builder()
+/// A seeded pool over `fleet`, with the test backoff; with `health`, outlier ejection after
+/// two failures in a row for 1 s, at most half the pool, with demotion and panic mode.
+pub fn pool_over(fleet: &Fleet, seed: u64, health: bool) -> TestPool {
+    let builder = P2cPool::builder()
         .backoff(BACKOFF_BASE, BACKOFF_MAX)
-        .seed(seed)
-        .build(FleetMaker(fleet.clone()))
-        .unwrap()
+        .seed(seed);
+    let builder = if health {
+        builder
+            .consecutive_failures(2)
+            .ejection_time(Duration::from_secs(1), Duration::from_secs(4))
+            .max_ejection_percent(50)
+    } else {
+        builder
+    };
+    builder.build(FleetMaker(fleet.clone())).unwrap()
 }
 
 pub fn poll_ready(task: &mut Spawn<()>, pool: &mut TestPool) -> Poll<Result<(), BoxError>> {

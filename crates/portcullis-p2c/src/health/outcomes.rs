@@ -1,0 +1,191 @@
+//! [`Outcomes`]: what an endpoint's calls came to, recorded by the response futures and read
+//! by the pool, without a lock.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// One key's outcomes. Written by response futures on any task, read by the pool's task;
+/// every field is a relaxed atomic, since each is a heuristic read on its own (a decision
+/// made on a value one response old is as good as one made on the newest).
+#[derive(Debug)]
+pub(crate) struct Outcomes {
+    /// Failures since the last success.
+    consecutive: AtomicU32,
+    /// Outcomes since the last failure-percentage sweep.
+    successes: AtomicU32,
+    failures: AtomicU32,
+    /// When the last failure was recorded, in nanoseconds since `origin`, plus one; 0 if
+    /// none was.
+    last_failure: AtomicU64,
+    /// Back from an ejection and not yet answered successfully: one failure ejects again.
+    probation: AtomicBool,
+    origin: Instant,
+}
+
+impl Outcomes {
+    pub(crate) fn new(origin: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            consecutive: AtomicU32::new(0),
+            successes: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            last_failure: AtomicU64::new(0),
+            probation: AtomicBool::new(false),
+            origin,
+        })
+    }
+
+    fn nanos_since_origin(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn record(&self, failed: bool, count_totals: bool) {
+        if failed {
+            self.consecutive.fetch_add(1, Relaxed);
+            if count_totals {
+                self.failures.fetch_add(1, Relaxed);
+            }
+            let stamp = self.nanos_since_origin(Instant::now()).saturating_add(1);
+            self.last_failure.store(stamp, Relaxed);
+        } else {
+            // Loads first: a healthy endpoint's success writes no shared cache line it
+            // need not.
+            if self.consecutive.load(Relaxed) != 0 {
+                self.consecutive.store(0, Relaxed);
+            }
+            if self.probation.load(Relaxed) {
+                self.probation.store(false, Relaxed);
+            }
+            if count_totals {
+                self.successes.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Whether the endpoint has failed `threshold` times in a row, or once while on
+    /// probation.
+    pub(crate) fn should_eject(&self, threshold: Option<u32>) -> bool {
+        let consecutive = self.consecutive.load(Relaxed);
+        match threshold {
+            Some(threshold) if consecutive >= threshold => true,
+            _ => consecutive > 0 && self.probation.load(Relaxed),
+        }
+    }
+
+    /// Whether a failure was recorded less than `window` before `now`. Reads the clock's
+    /// value the caller passes; a caller that has none yet asks [`Self::ever_failed`] first.
+    pub(crate) fn failed_within(&self, window: Duration, now: Instant) -> bool {
+        let stamp = self.last_failure.load(Relaxed);
+        if stamp == 0 {
+            return false;
+        }
+        let since = self.nanos_since_origin(now).saturating_sub(stamp - 1);
+        u128::from(since) < window.as_nanos()
+    }
+
+    /// Whether any failure was recorded since the endpoint's outcomes were last cleared: the
+    /// check that spares a healthy endpoint a clock read.
+    pub(crate) fn ever_failed(&self) -> bool {
+        self.last_failure.load(Relaxed) != 0
+    }
+
+    /// The counts since the last sweep, `(successes, failures)`, and a fresh start.
+    pub(crate) fn take_totals(&self) -> (u32, u32) {
+        (
+            self.successes.swap(0, Relaxed),
+            self.failures.swap(0, Relaxed),
+        )
+    }
+
+    /// Back from an ejection: a clean slate, on probation.
+    pub(crate) fn start_probation(&self) {
+        self.consecutive.store(0, Relaxed);
+        self.successes.store(0, Relaxed);
+        self.failures.store(0, Relaxed);
+        self.last_failure.store(0, Relaxed);
+        self.probation.store(true, Relaxed);
+    }
+
+    pub(crate) fn consecutive(&self) -> u32 {
+        self.consecutive.load(Relaxed)
+    }
+}
+
+/// What a response future needs to record its call's outcome.
+#[derive(Debug)]
+pub(crate) struct Recorder<C> {
+    pub(crate) outcomes: Arc<Outcomes>,
+    pub(crate) classify: C,
+    pub(crate) count_totals: bool,
+    /// When the call was made, if a future dropped unfinished after `abandoned_after`
+    /// counts as a failure.
+    pub(crate) abandoned: Option<(Instant, Duration)>,
+}
+
+impl<C> Recorder<C> {
+    /// Records a failure if the future was dropped unfinished long enough after its call
+    /// that it was given up on (an attempt timeout), not merely cancelled.
+    pub(crate) fn dropped_unfinished(self) {
+        if let Some((called, after)) = self.abandoned {
+            if called.elapsed() >= after {
+                self.outcomes.record(true, self.count_totals);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_and_probation() {
+        let o = Outcomes::new(Instant::now());
+        for _ in 0..4 {
+            o.record(true, false);
+        }
+        assert!(!o.should_eject(Some(5)));
+        o.record(true, false);
+        assert!(o.should_eject(Some(5)));
+        o.record(false, false);
+        assert!(!o.should_eject(Some(5)));
+
+        o.start_probation();
+        assert!(!o.should_eject(Some(5)));
+        o.record(true, false);
+        assert!(o.should_eject(Some(5)), "one failure on probation");
+        o.start_probation();
+        o.record(false, false);
+        o.record(true, false);
+        assert!(!o.should_eject(Some(5)), "a success ended the probation");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_is_recent_for_its_window_only() {
+        let o = Outcomes::new(Instant::now());
+        let window = Duration::from_millis(100);
+        assert!(!o.ever_failed());
+        assert!(!o.failed_within(window, Instant::now()));
+        o.record(true, false);
+        assert!(o.ever_failed());
+        assert!(o.failed_within(window, Instant::now()));
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert!(o.failed_within(window, Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!o.failed_within(window, Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn totals_are_counted_only_when_asked_and_taken_once() {
+        let o = Outcomes::new(Instant::now());
+        o.record(true, false);
+        o.record(false, false);
+        assert_eq!(o.take_totals(), (0, 0));
+        o.record(true, true);
+        o.record(false, true);
+        o.record(false, true);
+        assert_eq!(o.take_totals(), (2, 1));
+        assert_eq!(o.take_totals(), (0, 0));
+    }
+}
