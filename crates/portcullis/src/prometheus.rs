@@ -41,6 +41,10 @@
 //! | | `p2c_discovery_updates` | counter | `kind` |
 //! | | `p2c_evictions` | counter | |
 //! | | `p2c_rebuilds` | counter | |
+//! | | `p2c_ejected` | gauge | |
+//! | | `p2c_ejections` | counter | |
+//! | | `p2c_panic_mode` | gauge (0 or 1) | |
+//! | | `p2c_panics` | counter | |
 //! | [`register_retry`] | `retry_requests` | counter | |
 //! | | `retry_attempts` | counter | |
 //! | | `retry_retries` | counter | |
@@ -406,6 +410,25 @@ impl Collector for P2cCollector {
             "p2c_rebuilds",
             "Endpoints rebuilt from their target after a backoff.",
             s.rebuilds,
+        )?;
+        gauge(
+            e,
+            "p2c_ejected",
+            "Endpoints ejected as outliers now.",
+            s.ejected as u64,
+        )?;
+        counter(e, "p2c_ejections", "Outlier ejections.", s.ejections)?;
+        gauge(
+            e,
+            "p2c_panic_mode",
+            "1 while too few endpoints are healthy and ejected ones are picked too.",
+            u64::from(s.panic_mode),
+        )?;
+        counter(
+            e,
+            "p2c_panics",
+            "Times the pool entered panic mode.",
+            s.panics,
         )
     }
 }

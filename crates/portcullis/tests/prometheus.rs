@@ -323,7 +323,7 @@ async fn every_kind_in_one_registry_has_unique_families() {
     let text = render(&registry);
     assert!(text.ends_with("# EOF\n"));
     let families = assert_families_unique(&text);
-    assert_eq!(families.len(), 2 * (12 + 4 + 9 + 8), "{text}");
+    assert_eq!(families.len(), 2 * (12 + 8 + 9 + 8), "{text}");
     // An empty histogram still has all its buckets, at zero.
     assert_sample(
         &text,
@@ -533,4 +533,41 @@ fn assert_every_name_valid(text: &str) -> usize {
         }
     }
     samples
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejections_and_panic_mode_are_exported() {
+    // Two replicas; "down" fails every call, and one failure ejects it.
+    let mut pool = P2cPool::builder()
+        .consecutive_failures(1)
+        .demotion(Duration::ZERO)
+        .seed(5)
+        .build(portcullis::p2c::make::pending_requests(
+            |name: &&'static str, _: &()| {
+                let down = *name == "down";
+                service_fn(move |_: u32| async move {
+                    if down {
+                        Err::<(), BoxError>("down".into())
+                    } else {
+                        Ok(())
+                    }
+                })
+            },
+        ))
+        .unwrap();
+    pool.update_pool(Update::Reset(vec![("up", ()), ("down", ())]));
+    let metrics = pool.metrics();
+    for i in 0..50 {
+        let _ = pool.ready().await.unwrap().call(i).await;
+    }
+
+    let mut registry = Registry::default();
+    prometheus::register_p2c(&mut registry, "api", metrics).unwrap();
+    let text = render(&registry);
+    assert_sample(&text, "api_p2c_ejected", 1.0);
+    assert_sample(&text, "api_p2c_ejections_total", 1.0);
+    // One of two healthy is not below the 50% panic threshold.
+    assert_sample(&text, "api_p2c_panic_mode", 0.0);
+    assert_sample(&text, "api_p2c_panics_total", 0.0);
+    assert_families_unique(&text);
 }

@@ -205,6 +205,42 @@ impl<K> MakeEndpoint<K, Uri> for MakeGrpcEndpoint {
     }
 }
 
+/// The endpoint-health classifier for gRPC over a tonic [`Channel`]: a response whose HTTP
+/// status is 5xx, or whose `grpc-status` header (a trailers-only response, which is how a
+/// server refuses a call before streaming) is `UNAVAILABLE` (14), is a failure of the
+/// endpoint; every other status is the call's own outcome. Transport errors (`Err`) always
+/// are. Give it to [`P2cPoolBuilder::classify`](crate::p2c::P2cPoolBuilder::classify).
+///
+/// A status sent in trailers after a streamed body is not seen: the pool judges a call when
+/// its response head arrives.
+///
+/// ```
+/// use portcullis::endpoint::grpc::Unavailable;
+/// use portcullis::p2c::ClassifyResponse;
+///
+/// let with_status = |code: &str| {
+///     http::Response::builder().header("grpc-status", code).body(()).unwrap()
+/// };
+/// assert!(Unavailable.is_failure(&with_status("14")));
+/// assert!(!Unavailable.is_failure(&with_status("5")), "NOT_FOUND is the caller's");
+/// assert!(!Unavailable.is_failure(&http::Response::new(())));
+/// ```
+#[derive(Copy, Clone, Debug, Default)]
+pub struct Unavailable;
+
+/// `UNAVAILABLE`'s code in `grpc-status`.
+const UNAVAILABLE: &[u8] = b"14";
+
+impl<B> crate::p2c::ClassifyResponse<http::Response<B>> for Unavailable {
+    fn is_failure(&self, response: &http::Response<B>) -> bool {
+        response.status().is_server_error()
+            || response
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|code| code.as_bytes() == UNAVAILABLE)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

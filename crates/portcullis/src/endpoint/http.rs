@@ -284,6 +284,30 @@ impl fmt::Debug for ResponseFuture {
     }
 }
 
+// === impl ServerErrors ===
+
+/// The endpoint-health classifier for HTTP: a response with a 5xx status is a failure of the
+/// endpoint that sent it (as Envoy's consecutive-5xx outlier detection counts), a 4xx is the
+/// caller's and is not. Give it to [`P2cPoolBuilder::classify`](crate::p2c::P2cPoolBuilder::classify).
+///
+/// ```
+/// use portcullis::endpoint::http::ServerErrors;
+/// use portcullis::p2c::ClassifyResponse;
+///
+/// let response = |status: u16| http::Response::builder().status(status).body(()).unwrap();
+/// assert!(ServerErrors.is_failure(&response(503)));
+/// assert!(!ServerErrors.is_failure(&response(404)));
+/// assert!(!ServerErrors.is_failure(&response(200)));
+/// ```
+#[derive(Copy, Clone, Debug, Default)]
+pub struct ServerErrors;
+
+impl<B> crate::p2c::ClassifyResponse<Response<B>> for ServerErrors {
+    fn is_failure(&self, response: &Response<B>) -> bool {
+        response.status().is_server_error()
+    }
+}
+
 // === impl MakeHttpEndpoint ===
 
 /// Makes an [`HttpEndpoint`] per backend address: a [`MakeEndpoint`] for
