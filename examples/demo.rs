@@ -68,10 +68,16 @@ struct Outcome {
     update_applied_after: Option<Duration>,
     /// The retry layer's own account, where it keeps one.
     retry: Option<portcullis_retry::RetrySnapshot>,
+    /// The pool's own account, where it keeps one.
+    p2c: Option<portcullis_p2c::P2cSnapshot>,
 }
 
-/// A stack to drive, and the retry metrics it exposes (tower's retry keeps none).
-type Stack = (HttpService, Option<portcullis_retry::RetryMetrics>);
+/// A stack to drive, and the retry and pool metrics it exposes (tower's keep none).
+type Stack = (
+    HttpService,
+    Option<portcullis_retry::RetryMetrics>,
+    Option<portcullis_p2c::P2cMetrics>,
+);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), BoxError> {
@@ -138,7 +144,7 @@ where
         let _ = events.send(Event::Add(backend.name.clone(), backend.addr));
     }
     let applied = Arc::new(AppliedAt::default());
-    let (service, retry_metrics) = build(client.clone(), rx, applied.clone())?;
+    let (service, retry_metrics, p2c_metrics) = build(client.clone(), rx, applied.clone())?;
 
     let stats = Arc::new(Stats::new());
     load(&service, &stats, "load", LOAD).await;
@@ -177,6 +183,7 @@ where
         after_removal: backends[4].requests_after_removal(),
         update_applied_after,
         retry: retry_metrics.map(|m| m.snapshot()),
+        p2c: p2c_metrics.map(|m| m.snapshot()),
     })
 }
 
@@ -202,7 +209,7 @@ fn tower_stack(
     let balance = tower::balance::p2c::Balance::new(discover);
     let buffer = tower::buffer::Buffer::new(balance, 1024);
     let retry = tower::retry::Retry::new(NaiveRetry { attempts_left: 2 }, buffer);
-    Ok((BoxCloneService::new(retry), None))
+    Ok((BoxCloneService::new(retry), None, None))
 }
 
 fn portcullis_stack(
@@ -225,7 +232,15 @@ fn portcullis_stack(
         |response: &Response<Bytes>| response.status().is_server_error(),
         Duration::from_secs(1),
     )?;
-    let pool = P2cPool::builder().build(maker).unwrap();
+    // Five failures in a row eject a backend (flaky's 503s), for 1 s at first on the demo's
+    // few-second scale (30 s by default); it returns on probation. A failure also demotes
+    // its backend for a second, so that the retry of a failed request goes elsewhere.
+    let pool = P2cPool::builder()
+        .classify(|response: &Response<Bytes>| response.status().is_server_error())
+        .consecutive_failures(5)
+        .ejection_time(Duration::from_secs(1), Duration::from_secs(10))
+        .build(maker)?;
+    let p2c_metrics = pool.metrics();
     let queue = PoolQueue::builder()
         .capacity(1024)
         .failfast_timeout(Duration::from_secs(1))
@@ -236,7 +251,11 @@ fn portcullis_stack(
         .deadline(Duration::from_secs(1))
         .build_layer(HttpClassify::new())?;
     let service = retry.layer(queue);
-    Ok((BoxCloneService::new(service), Some(retry.metrics().clone())))
+    Ok((
+        BoxCloneService::new(service),
+        Some(retry.metrics().clone()),
+        Some(p2c_metrics),
+    ))
 }
 
 /// tower's retry as it is usually written: up to 3 attempts on any error or 5xx, no budget.
@@ -413,6 +432,10 @@ fn print_table(outcomes: &[&Outcome]) {
         Some(retry) => retry.budget_refusals.to_string(),
         None => "no budget".into(),
     });
+    row("outlier ejections", &|o| match &o.p2c {
+        Some(p2c) => p2c.ejections.to_string(),
+        None => "none kept".into(),
+    });
     row("requests to the removed backend", &|o| {
         o.after_removal.to_string()
     });
@@ -443,6 +466,8 @@ fn print_legend() {
         "- success rate: the share of requests that ended in a 2xx response".into(),
         "- backend calls per request: calls the backends received / requests; above 1.000 is retries".into(),
         "- retries refused by the budget: retries the retry budget did not allow (tower's Retry has none)".into(),
+        "- outlier ejections: backends the pool took out of rotation after 5 failures in a row (flaky's".into(),
+        "  503s), each for 1 s at first; tower's Balance has no ejection".into(),
         "- requests to the removed backend: calls that reached `doomed` after discovery removed it".into(),
         "- idle discovery change applied after: from the discovery change, made while no request".into(),
         "  flows, to the stack taking it from discovery. tower's Balance reads discovery only when".into(),

@@ -5,7 +5,7 @@
 //! [`ProxyConfig::poll_interval`]):
 //!
 //! - **requests**: `Retry` (HTTP classifier, budget, backoff inside a deadline) → `PoolQueue` →
-//!   `P2cPool` (PeakEwma) → [`HttpEndpoint`] per backend, all over one shared hyper client;
+//!   `P2cPool` (PeakEwma, outlier ejection) → [`HttpEndpoint`] per backend, all over one shared hyper client;
 //! - **admin fan-out** (`POST /admin/purge…`): `PoolQueue` → `FanOut` over one `HttpEndpoint`
 //!   per backend, so the peer set follows the file like the pool does; the request goes to
 //!   every backend as `POST /purge…` and the answer reports each backend's outcome (JSON, or
@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::fanout::{FanOut, FanOutBuilder, FanOutMetrics, Outcome, Policy, Report};
-use portcullis::p2c::{P2cMetrics, P2cPool};
+use portcullis::p2c::{P2cMetrics, P2cPool, P2cPoolBuilder};
 use portcullis::pool::{FailFast, PoolQueue, PoolQueueBuilder, PoolQueueMetrics, Update};
 use portcullis::prelude::AddrFile;
 use portcullis::retry::{
@@ -194,10 +194,17 @@ impl Proxy {
         let file = AddrFile::new(&config.backends, config.poll_interval)?;
         let client = endpoint::client();
 
-        let pool = P2cPool::builder().build(portcullis::p2c::make::peak_ewma({
-            let client = client.clone();
-            move |_: &SocketAddr, addr: &SocketAddr| HttpEndpoint::new(client.clone(), *addr)
-        }))?;
+        // Endpoint health: five failures in a row (errors, 5xx, or an attempt timeout that
+        // gave up on the call) eject a backend; a failure demotes it for a second, so the
+        // retry of a request goes to another backend.
+        let pool = P2cPool::builder()
+            .classify(|response: &Response<Bytes>| response.status().is_server_error())
+            .consecutive_failures(P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES)
+            .abandoned_after(config.attempt_timeout)
+            .build(portcullis::p2c::make::peak_ewma({
+                let client = client.clone();
+                move |_: &SocketAddr, addr: &SocketAddr| HttpEndpoint::new(client.clone(), *addr)
+            }))?;
         let p2c = pool.metrics();
         let queue = config.queue.build(pool, file.updates())?;
         let retry = Retry::builder()
