@@ -179,11 +179,9 @@ fn run(ops: Vec<Op>, health: bool) -> Result<(), TestCaseError> {
                             match result {
                                 Ok(answer) => prop_assert_eq!(answer, (key, target)),
                                 // The replica's own failure, not a misroute.
-                                Err(error) => prop_assert!(
-                                    health && !error.is::<EndpointGone>(),
-                                    "{}",
-                                    error
-                                ),
+                                Err(error) => {
+                                    prop_assert!(health && !error.is::<EndpointGone>(), "{}", error)
+                                }
                             }
                             prop_assert_eq!(fleet.calls(key), calls_before[key as usize] + 1);
                         } else {

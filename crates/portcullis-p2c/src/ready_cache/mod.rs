@@ -294,10 +294,7 @@ where
     }
 
     /// The endpoint `r` refers to, if it is still in the ready set, and its outcomes.
-    pub(crate) fn get_mut(
-        &mut self,
-        r: ReadyRef,
-    ) -> Option<ChosenMut<'_, K, M::Endpoint>> {
+    pub(crate) fn get_mut(&mut self, r: ReadyRef) -> Option<ChosenMut<'_, K, M::Endpoint>> {
         let pos = self.find(r)?;
         self.ready
             .get_index_mut(pos)
