@@ -139,7 +139,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod builder;
-pub mod discovery;
 #[cfg(any(feature = "http", feature = "grpc"))]
 pub mod endpoint;
 
@@ -176,6 +175,14 @@ pub mod fanout {
 pub mod retry {
     #[doc(inline)]
     pub use portcullis_retry::*;
+}
+
+/// Discovery sources that feed a [`PoolQueue`](pool::PoolQueue): tower's `Discover`, a
+/// `tokio::sync::watch` of endpoint sets, a file of addresses: the `portcullis-discovery`
+/// crate.
+pub mod discovery {
+    #[doc(inline)]
+    pub use portcullis_discovery::*;
 }
 
 /// The boxed error type of tower middleware, and the error of
