@@ -136,6 +136,8 @@
 //! - `prometheus`: the `portcullis::prometheus` module registers every crate's metrics with a
 //!   `prometheus-client` registry (queue depth and latency, failfast, endpoints by state,
 //!   retries and budget refusals, fan-out outcomes).
+//! - `dns`: `discovery::dns`, endpoints from A/AAAA or SRV records re-resolved on their TTL
+//!   (hickory-resolver).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod builder;
