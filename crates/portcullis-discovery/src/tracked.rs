@@ -22,6 +22,7 @@ enum State<K, T> {
     /// Nothing yielded yet: the first answer, whatever it is, is yielded.
     Unknown,
     /// The last update yielded was `DoesNotExist`.
+    #[cfg_attr(not(feature = "dns"), allow(dead_code))]
     Missing,
     Known(BTreeMap<K, T>),
 }
@@ -73,8 +74,7 @@ impl<K: Ord + Clone, T: PartialEq + Clone> Tracked<K, T> {
     /// Keys put (`Some(target)`) or deleted (`None`), in order: nothing if the set ends as it
     /// was, `Add` if keys were only added or changed, `Remove` if only removed, and a `Reset`
     /// of the whole set if both, so that a consumer never sees the set between the two.
-    // Used by the etcd source.
-    #[allow(dead_code)]
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub(crate) fn change(
         &mut self,
         changes: impl IntoIterator<Item = (K, Option<T>)>,
@@ -131,6 +131,7 @@ impl<K: Ord + Clone, T: PartialEq + Clone> Tracked<K, T> {
 
     /// The system says the name does not exist: `DoesNotExist`, unless that was the last
     /// update yielded.
+    #[cfg_attr(not(feature = "dns"), allow(dead_code))]
     pub(crate) fn does_not_exist(&mut self) -> Option<Update<K, T>> {
         let removed = match &self.state {
             State::Missing => return None,

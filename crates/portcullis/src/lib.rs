@@ -138,6 +138,8 @@
 //!   retries and budget refusals, fan-out outcomes).
 //! - `dns`: `discovery::dns`, endpoints from A/AAAA or SRV records re-resolved on their TTL
 //!   (hickory-resolver).
+//! - `etcd`: `discovery::etcd`, endpoints under an etcd key prefix, listed then watched, and
+//!   registration of this process under a lease (etcd-client; building it needs `protoc`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod builder;
