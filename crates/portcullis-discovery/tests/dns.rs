@@ -181,7 +181,7 @@ async fn next(updates: &mut DnsUpdates) -> Update<SocketAddr, DnsEndpoint> {
 #[tokio::test]
 async fn host_records_added_and_removed() {
     let mut server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]).await;
-    let mut updates = server.client().host("api.test.", 8080).unwrap();
+    let mut updates = server.client().host("api.test.", 8080).unwrap().updates();
     let metrics = updates.metrics();
 
     // The first answer: a Reset.
@@ -219,7 +219,7 @@ async fn host_records_added_and_removed() {
 #[tokio::test]
 async fn re_resolved_on_the_ttl_and_quiet_while_unchanged() {
     let mut server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]).await;
-    let mut updates = server.client().host("api.test.", 80).unwrap();
+    let mut updates = server.client().host("api.test.", 80).unwrap().updates();
     let metrics = updates.metrics();
     next(&mut updates).await;
     let first = Instant::now();
@@ -261,7 +261,7 @@ async fn a_long_ttl_is_clamped_to_max_ttl() {
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    let mut updates = dns.host("api.test.", 80).unwrap();
+    let mut updates = dns.host("api.test.", 80).unwrap().updates();
     next(&mut updates).await;
 
     server.set(vec![Rr::A("api.test.", [127, 0, 0, 11], 3_600)]);
@@ -282,7 +282,7 @@ async fn a_long_ttl_is_clamped_to_max_ttl() {
 #[tokio::test]
 async fn nxdomain_is_does_not_exist_once() {
     let mut server = TestDns::start(vec![Rr::A("other.test.", [127, 0, 0, 1], 1)]).await;
-    let mut updates = server.client().host("api.test.", 80).unwrap();
+    let mut updates = server.client().host("api.test.", 80).unwrap().updates();
     let metrics = updates.metrics();
 
     assert_eq!(next(&mut updates).await, Update::DoesNotExist);
@@ -314,7 +314,11 @@ async fn srv_carries_weight_and_priority() {
         Rr::A("b.test.", [127, 0, 0, 2], 1),
     ])
     .await;
-    let mut updates = server.client().srv("_http._tcp.api.test.").unwrap();
+    let mut updates = server
+        .client()
+        .srv("_http._tcp.api.test.")
+        .unwrap()
+        .updates();
     let a = DnsEndpoint {
         addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
         weight: 5,
@@ -344,7 +348,7 @@ async fn srv_carries_weight_and_priority() {
 #[tokio::test]
 async fn a_server_gone_or_refusing_keeps_the_last_set_until_it_answers() {
     let mut server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]).await;
-    let mut updates = server.client().host("api.test.", 80).unwrap();
+    let mut updates = server.client().host("api.test.", 80).unwrap().updates();
     let metrics = updates.metrics();
     assert_eq!(
         next(&mut updates).await,

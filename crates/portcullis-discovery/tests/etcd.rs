@@ -440,7 +440,6 @@ async fn memory_stays_flat_under_100k_changes() {
         kv.txn(Txn::new().and_then(puts)).await.unwrap();
     }
     let during = ALLOCATOR.live_bytes() - before;
-    println!("flood written: {during} bytes held");
     let flood_bytes = KEYS * ROUNDS * value(0).len();
 
     // Then read to the end: the last value of every key.

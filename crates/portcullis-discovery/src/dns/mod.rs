@@ -1,11 +1,13 @@
 //! DNS discovery (feature `dns`): A/AAAA records of `host:port`, or SRV records, re-resolved
 //! on their TTL, on [hickory-resolver](https://docs.rs/hickory-resolver).
 //!
-//! [`Dns::builder`] makes a [`Dns`], a resolver shared by every stream it makes:
+//! [`Dns::builder`] makes a [`Dns`], a resolver shared by every query it makes:
 //! [`Dns::host`] for the A and AAAA records of a name at one port, [`Dns::srv`] for the SRV
-//! records of a service (each target's A and AAAA records, at the SRV port). Each stream
-//! yields `Update<SocketAddr, DnsEndpoint>`: keyed by address, with the SRV weight and
-//! priority carried in the [`DnsEndpoint`] target.
+//! records of a service (each target's A and AAAA records, at the SRV port). The name is
+//! checked there, once; [`DnsQuery::updates`] then makes as many streams as needed (one per
+//! pool a `PoolQueueLayer` wraps: `move || query.updates()`). Each stream yields
+//! `Update<SocketAddr, DnsEndpoint>`: keyed by address, with the SRV weight and priority
+//! carried in the [`DnsEndpoint`] target.
 //!
 //! # Rules
 //!
@@ -32,7 +34,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dns = Dns::builder().build()?; // the system's name servers
-//! let mut updates = dns.srv("_http._tcp.api.internal.")?;
+//! let mut updates = dns.srv("_http._tcp.api.internal.")?.updates();
 //! let metrics = updates.metrics();
 //! while let Some(Ok(update)) = updates.next().await {
 //!     println!("{:?} ({} resolutions so far)", update, metrics.snapshot().reads);
@@ -87,7 +89,15 @@ pub struct Dns {
     seed: Option<u64>,
 }
 
-/// The stream [`Dns::host`] and [`Dns::srv`] return; see [the module](self).
+/// A checked name to resolve, made by [`Dns::host`] or [`Dns::srv`]: a maker of streams.
+#[derive(Clone)]
+pub struct DnsQuery {
+    dns: Dns,
+    name: String,
+    query: Query,
+}
+
+/// The stream [`DnsQuery::updates`] returns; see [the module](self).
 pub struct DnsUpdates {
     name: String,
     metrics: DiscoveryMetrics,
@@ -106,8 +116,8 @@ impl Dns {
     ///
     /// `host` is looked up as given: end it with a dot (`api.internal.`) to skip the system's
     /// search domains. Refuses a `host` that is not a DNS name.
-    pub fn host(&self, host: &str, port: u16) -> Result<DnsUpdates, BuildError> {
-        Ok(self.updates(
+    pub fn host(&self, host: &str, port: u16) -> Result<DnsQuery, BuildError> {
+        Ok(self.query(
             host,
             Query::Host {
                 name: parse_name(host)?,
@@ -120,8 +130,8 @@ impl Dns {
     /// records at the SRV port, with the SRV weight and priority. A target that does not
     /// resolve adds nothing; one whose lookup fails fails the whole resolution (the last set
     /// stays). Refuses a `service` that is not a DNS name.
-    pub fn srv(&self, service: &str) -> Result<DnsUpdates, BuildError> {
-        Ok(self.updates(
+    pub fn srv(&self, service: &str) -> Result<DnsQuery, BuildError> {
+        Ok(self.query(
             service,
             Query::Srv {
                 name: parse_name(service)?,
@@ -149,15 +159,35 @@ impl Dns {
         self.timeout
     }
 
-    fn updates(&self, name: &str, query: Query) -> DnsUpdates {
+    fn query(&self, name: &str, query: Query) -> DnsQuery {
+        DnsQuery {
+            dns: self.clone(),
+            name: name.to_string(),
+            query,
+        }
+    }
+}
+
+// === impl DnsQuery ===
+
+impl DnsQuery {
+    /// The name this query resolves.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A new stream of this query's endpoints, with metrics of its own; see
+    /// [the module](self).
+    pub fn updates(&self) -> DnsUpdates {
+        let dns = &self.dns;
         let metrics = DiscoveryMetrics::new();
         let resolution = Resolution {
-            resolver: self.resolver.clone(),
-            query,
-            set: Tracked::new("dns", name.to_string(), metrics.clone()),
-            delays: Delays::new(self.seed, self.jitter, self.backoff_base, self.backoff_max),
-            min_ttl: self.min_ttl,
-            max_ttl: self.max_ttl,
+            resolver: dns.resolver.clone(),
+            query: self.query.clone(),
+            set: Tracked::new("dns", self.name.clone(), metrics.clone()),
+            delays: Delays::new(dns.seed, dns.jitter, dns.backoff_base, dns.backoff_max),
+            min_ttl: dns.min_ttl,
+            max_ttl: dns.max_ttl,
             wait: None,
         };
         let updates = stream::unfold(resolution, |mut resolution| async move {
@@ -166,10 +196,20 @@ impl Dns {
         })
         .boxed();
         DnsUpdates {
-            name: name.to_string(),
+            name: self.name.clone(),
             metrics,
             updates,
         }
+    }
+}
+
+impl fmt::Debug for DnsQuery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DnsQuery")
+            .field("name", &self.name)
+            .field("query", &self.query)
+            .field("dns", &self.dns)
+            .finish()
     }
 }
 
