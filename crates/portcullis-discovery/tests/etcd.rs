@@ -4,16 +4,16 @@
 //!
 //! Real sockets and real time: every wait for an event is bounded (`timeout`).
 
-use etcd_client::{Client, CompactionOptions, DeleteOptions, PutOptions, Txn, TxnOp};
+#[path = "support/etcd_server.rs"]
+mod etcd_server;
+
+use etcd_client::{CompactionOptions, DeleteOptions, PutOptions, Txn, TxnOp};
+use etcd_server::EtcdServer;
 use futures_util::StreamExt;
 use portcullis_discovery::etcd::{Etcd, EtcdEndpoint, EtcdUpdates};
 use portcullis_discovery::Update;
 use portcullis_test::alloc::CountingAllocator;
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
@@ -22,106 +22,6 @@ static ALLOCATOR: CountingAllocator = CountingAllocator::new();
 
 /// Longest wait for an update that must come.
 const PATIENCE: Duration = Duration::from_secs(15);
-
-const ETCD: &str = "/usr/bin/etcd";
-
-/// An etcd process of this test's own; killed, and its data removed, on drop.
-struct EtcdServer {
-    child: Option<Child>,
-    dir: PathBuf,
-    client_url: String,
-    peer_url: String,
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-impl EtcdServer {
-    async fn start() -> Self {
-        assert!(
-            Path::new(ETCD).exists(),
-            "{ETCD} is missing: the etcd tests need a real etcd; install it with \
-             `apt-get install -y etcd-server` (scripts/test does)"
-        );
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("portcullis-etcd-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = Self {
-            child: None,
-            dir,
-            client_url: format!("http://127.0.0.1:{}", free_port()),
-            peer_url: format!("http://127.0.0.1:{}", free_port()),
-        };
-        server.run().await;
-        server
-    }
-
-    /// Starts the process (again, on the same ports and data) and waits until it answers.
-    async fn run(&mut self) {
-        let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
-        let child = Command::new(ETCD)
-            .args(["--name", "portcullis-test"])
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .args(["--listen-client-urls", &self.client_url])
-            .args(["--advertise-client-urls", &self.client_url])
-            .args(["--listen-peer-urls", &self.peer_url])
-            .args(["--initial-advertise-peer-urls", &self.peer_url])
-            .args([
-                "--initial-cluster",
-                &format!("portcullis-test={}", self.peer_url),
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut client) = self.client().await {
-                if let Ok(Ok(_)) = timeout(Duration::from_secs(1), client.get("ready", None)).await
-                {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not answer within 30 s; see {}",
-                self.dir.join("etcd.log").display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn client(&self) -> Result<Client, etcd_client::Error> {
-        Client::connect([self.client_url.as_str()], None).await
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Killed and started again: same data, same port.
-    async fn restart(&mut self) {
-        self.kill();
-        self.run().await;
-    }
-}
-
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A source over `server` with a short backoff.
 async fn source(server: &EtcdServer) -> Etcd {
