@@ -136,10 +136,13 @@
 //! - `prometheus`: the `portcullis::prometheus` module registers every crate's metrics with a
 //!   `prometheus-client` registry (queue depth and latency, failfast, endpoints by state,
 //!   retries and budget refusals, fan-out outcomes).
+//! - `dns`: `discovery::dns`, endpoints from A/AAAA or SRV records re-resolved on their TTL
+//!   (hickory-resolver).
+//! - `etcd`: `discovery::etcd`, endpoints under an etcd key prefix, listed then watched, and
+//!   registration of this process under a lease (etcd-client; building it needs `protoc`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod builder;
-pub mod discovery;
 #[cfg(any(feature = "http", feature = "grpc"))]
 pub mod endpoint;
 
@@ -176,6 +179,14 @@ pub mod fanout {
 pub mod retry {
     #[doc(inline)]
     pub use portcullis_retry::*;
+}
+
+/// Discovery sources that feed a [`PoolQueue`](pool::PoolQueue): tower's `Discover`, a
+/// `tokio::sync::watch` of endpoint sets, a file of addresses: the `portcullis-discovery`
+/// crate.
+pub mod discovery {
+    #[doc(inline)]
+    pub use portcullis_discovery::*;
 }
 
 /// The boxed error type of tower middleware, and the error of

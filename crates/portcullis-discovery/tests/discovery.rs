@@ -1,8 +1,8 @@
 //! The discovery adapters: what each yields, when, and when it ends.
 
 use futures_util::{stream, StreamExt};
-use portcullis::discovery::{from_discover, from_watch, AddrFile, AddrFileUpdates};
-use portcullis::pool::Update;
+use portcullis_discovery::Update;
+use portcullis_discovery::{from_discover, from_watch, AddrFile, AddrFileUpdates};
 use portcullis_test::MockError;
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! [`from_watch`]: a `tokio::sync::watch` of endpoint sets as a stream of [`Update`]s.
 
-use crate::pool::Update;
 use futures_core::Stream;
+use portcullis_pool::Update;
 use std::convert::Infallible;
 use std::fmt;
 use std::pin::Pin;
@@ -28,8 +28,8 @@ pub struct FromWatch<C> {
 /// is read by the queue's worker task). Built on tokio-stream's [`WatchStream`].
 ///
 /// ```
-/// use portcullis::discovery::from_watch;
-/// use portcullis::pool::Update;
+/// use portcullis_discovery::from_watch;
+/// use portcullis_discovery::Update;
 /// use futures_util::StreamExt;
 /// use tokio::sync::watch;
 ///

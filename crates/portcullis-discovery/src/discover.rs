@@ -1,8 +1,8 @@
 //! [`from_discover`]: tower's `Discover` as a stream of [`Update`]s.
 
-use crate::pool::Update;
 use futures_core::Stream;
 use pin_project_lite::pin_project;
+use portcullis_pool::Update;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -21,13 +21,13 @@ pin_project! {
 /// `Change::Remove(key)` becomes `Update::Remove(vec![key])`, and errors pass through
 /// unchanged. The stream ends when the `Discover` does.
 ///
-/// The update target is the discovered service itself, which is what a
-/// [`FanOut`](crate::fanout::FanOut) takes; for a [`P2cPool`](crate::p2c::P2cPool), whose
-/// maker builds endpoints from targets, map the changes to targets first.
+/// The update target is the discovered service itself, which is what portcullis' `FanOut`
+/// takes; for a `P2cPool`, whose maker builds endpoints from targets, map the changes to
+/// targets first.
 ///
 /// ```
-/// use portcullis::discovery::from_discover;
-/// use portcullis::pool::Update;
+/// use portcullis_discovery::from_discover;
+/// use portcullis_discovery::Update;
 /// use futures_util::{stream, StreamExt};
 /// use std::convert::Infallible;
 /// use tower::discover::Change;

@@ -1,8 +1,8 @@
 //! [`AddrFile`]: a file of socket addresses, re-read on an interval, as a stream of
 //! [`Update`]s.
 
-use crate::pool::Update;
 use futures_core::Stream;
+use portcullis_pool::Update;
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::fmt;
@@ -89,8 +89,8 @@ use tokio::time::{Interval, MissedTickBehavior};
 /// starts at a tick ends at that tick.
 ///
 /// ```
-/// use portcullis::discovery::AddrFile;
-/// use portcullis::pool::Update;
+/// use portcullis_discovery::AddrFile;
+/// use portcullis_discovery::Update;
 /// use futures_util::StreamExt;
 /// use std::net::SocketAddr;
 /// use std::time::Duration;
@@ -369,7 +369,7 @@ fn parse(path: &Path, contents: &str) -> Option<Vec<SocketAddr>> {
                     line = index + 1,
                     text = line,
                     %error,
-                    "A line of the address file is not a socket address"
+                    "a line of the address file is not a socket address"
                 );
             }
         }

@@ -1,0 +1,84 @@
+//! The waits of a polling source: the jittered re-read delay, and the backoff after failures.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::time::Duration;
+
+/// Jitter and backoff from one seedable random source.
+#[derive(Debug)]
+pub(crate) struct Delays {
+    rng: SmallRng,
+    /// The fraction of a delay that may be taken off it, in `0.0..1.0`.
+    jitter: f64,
+    backoff_base: Duration,
+    backoff_max: Duration,
+    /// Failures in a row, since the last read that got an answer.
+    failures: u32,
+}
+
+impl Delays {
+    pub(crate) fn new(
+        seed: Option<u64>,
+        jitter: f64,
+        backoff_base: Duration,
+        backoff_max: Duration,
+    ) -> Self {
+        Self {
+            rng: seed.map_or_else(SmallRng::from_entropy, SmallRng::seed_from_u64),
+            jitter,
+            backoff_base,
+            backoff_max,
+            failures: 0,
+        }
+    }
+
+    /// `delay` less a random fraction of up to `jitter` of it: clients that started together
+    /// drift apart, and none waits past `delay` (a record's TTL is never overstayed).
+    pub(crate) fn jittered(&mut self, delay: Duration) -> Duration {
+        let cut = self.jitter * self.rng.gen::<f64>();
+        delay.mul_f64(1.0 - cut)
+    }
+
+    /// A read got an answer: the next failure backs off from the base again.
+    pub(crate) fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// A read failed: the wait before the next, doubling from the base up to the maximum,
+    /// jittered.
+    pub(crate) fn failed(&mut self) -> Duration {
+        let doubled = self
+            .backoff_base
+            .saturating_mul(1u32 << self.failures.min(20))
+            .min(self.backoff_max);
+        self.failures = self.failures.saturating_add(1);
+        self.jittered(doubled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_only_shortens_and_is_seeded() {
+        let mut a = Delays::new(Some(7), 0.5, Duration::from_secs(1), Duration::from_secs(8));
+        let mut b = Delays::new(Some(7), 0.5, Duration::from_secs(1), Duration::from_secs(8));
+        let ttl = Duration::from_secs(10);
+        let waits: Vec<_> = (0..100).map(|_| a.jittered(ttl)).collect();
+        assert!(waits
+            .iter()
+            .all(|w| *w <= ttl && *w >= Duration::from_secs(5)));
+        assert!(waits.iter().any(|w| *w != waits[0]), "jitter varies");
+        assert_eq!(waits, (0..100).map(|_| b.jittered(ttl)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_max_and_restarts_after_success() {
+        let mut d = Delays::new(Some(1), 0.0, Duration::from_secs(1), Duration::from_secs(5));
+        let waits: Vec<_> = (0..5).map(|_| d.failed().as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 5, 5]);
+        d.succeeded();
+        assert_eq!(d.failed(), Duration::from_secs(1));
+    }
+}

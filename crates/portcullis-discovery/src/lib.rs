@@ -1,0 +1,57 @@
+//! Discovery sources for a `PoolQueue` (or any consumer of [`Update`]s): where a pool's
+//! endpoints come from.
+//!
+//! Each source is a `Stream<Item = Result<Update<K, T>, E>>`, the shape a `PoolQueue` reads:
+//!
+//! | source | reads | updates |
+//! | --- | --- | --- |
+//! | [`from_discover`] | a tower [`Discover`](tower::discover::Discover) | `Add` per insert, `Remove` per removal; errors pass through |
+//! | [`from_watch`] | a [`tokio::sync::watch::Receiver`] of endpoint sets | `Reset` with the current set, then one per change; ends with the sender |
+//! | [`AddrFile`] | a file of socket addresses ending with the line `# end`, re-read on an interval off the polling task | `Reset` whenever a complete file's set changes; a half-written file keeps the last set; never ends |
+//! | [`dns::Dns`] (feature `dns`) | A/AAAA records of `host:port`, or SRV records, on hickory-resolver, re-resolved on their TTL (clamped, jittered) | `Reset` when the set changed, `DoesNotExist` on NXDOMAIN; failures keep the last set; never ends |
+//! | [`etcd::Etcd`] (feature `etcd`) | keys under a prefix (an address, or JSON with a weight and a zone), on etcd-client: listed, then watched from the list's revision | `Reset` first and after a compaction, then `Add`/`Remove` per change (a `Reset` when one change both adds and removes); resumes after a disconnect from the last revision seen; never ends |
+//!
+//! [`etcd::Registration`] puts this process's own address under the prefix with a lease and
+//! keeps it alive until dropped.
+//!
+//! The DNS and etcd sources count what it reads, what failed and what it yielded in a
+//! [`DiscoveryMetrics`], and logs each change of its set at info, in one form:
+//! `dns api.internal.: 3 endpoints (+1 -0)`, `etcd /services/api/: 2 endpoints (+0 -1)`.
+//!
+//! A `PoolQueueLayer` takes a *function* that makes the stream, since a stream can be consumed
+//! only once: `move || from_watch(rx.clone())`, `move || file.updates()`.
+//!
+//! The repository's `docs/discovery.md` compares the sources: what each yields, how fast a
+//! change arrives, what happens when the system it reads fails, and what each was tested
+//! against.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod discover;
+mod file;
+mod watch;
+
+#[cfg(feature = "dns")]
+pub mod dns;
+#[cfg(feature = "etcd")]
+pub mod etcd;
+
+#[cfg(any(feature = "dns", feature = "etcd"))]
+mod delay;
+#[cfg(any(feature = "dns", feature = "etcd"))]
+mod error;
+#[cfg(any(feature = "dns", feature = "etcd"))]
+mod metrics;
+#[cfg(any(feature = "dns", feature = "etcd"))]
+mod tracked;
+
+#[cfg(any(feature = "dns", feature = "etcd"))]
+pub use self::error::BuildError;
+#[cfg(any(feature = "dns", feature = "etcd"))]
+pub use self::metrics::{DiscoveryMetrics, DiscoverySnapshot};
+
+pub use self::discover::{from_discover, FromDiscover};
+pub use self::file::{AddrFile, AddrFileUpdates, ZeroPollInterval};
+pub use self::watch::{from_watch, FromWatch};
+
+/// What every source yields: [`Update`], from the `portcullis-pool` crate.
+pub use portcullis_pool::{Update, UpdateKind};

@@ -1,0 +1,97 @@
+//! [`DiscoveryMetrics`]: what a DNS or etcd source has read, failed and yielded.
+
+use portcullis_pool::{UpdateCounters, UpdateCounts, UpdateKind};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A handle to one discovery source's metrics (a DNS or an etcd stream).
+///
+/// Cloning is an `Arc` clone; reading is a few relaxed atomic loads, so it can be exported
+/// from any task while the stream is read by another (a `PoolQueue` worker).
+#[derive(Clone, Debug)]
+pub struct DiscoveryMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// What `last_change` counts from.
+    created: Instant,
+    reads: AtomicU64,
+    errors: AtomicU64,
+    updates: UpdateCounters,
+    endpoints: AtomicU64,
+    /// Nanoseconds from `created` to the last update yielded, plus one; 0 before the first.
+    last_change: AtomicU64,
+}
+
+/// A point-in-time copy of [`DiscoveryMetrics`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiscoverySnapshot {
+    /// Answers read from the system the source watches: DNS resolutions that got an answer
+    /// (NXDOMAIN included); etcd lists and watch responses.
+    pub reads: u64,
+    /// Failed reads (SERVFAIL, timeouts, network errors, a lost etcd connection): each kept
+    /// the last set and was retried after a backoff.
+    pub errors: u64,
+    /// Updates yielded, by kind.
+    pub updates: UpdateCounts,
+    /// Endpoints in the set last yielded.
+    pub endpoints: u64,
+    /// Time since the last update was yielded; `None` before the first.
+    pub since_last_change: Option<Duration>,
+}
+
+// === impl DiscoveryMetrics ===
+
+impl DiscoveryMetrics {
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                created: Instant::now(),
+                reads: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                updates: UpdateCounters::default(),
+                endpoints: AtomicU64::new(0),
+                last_change: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Copies the current values.
+    pub fn snapshot(&self) -> DiscoverySnapshot {
+        let i = &self.inner;
+        let since_last_change = match i.last_change.load(Relaxed) {
+            0 => None,
+            nanos => {
+                let at = i.created + Duration::from_nanos(nanos - 1);
+                Some(Instant::now().saturating_duration_since(at))
+            }
+        };
+        DiscoverySnapshot {
+            reads: i.reads.load(Relaxed),
+            errors: i.errors.load(Relaxed),
+            updates: i.updates.counts(),
+            endpoints: i.endpoints.load(Relaxed),
+            since_last_change,
+        }
+    }
+
+    pub(crate) fn read(&self) {
+        self.inner.reads.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn error(&self) {
+        self.inner.errors.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn update(&self, kind: UpdateKind, endpoints: usize) {
+        let i = &self.inner;
+        i.updates.record(kind);
+        i.endpoints.store(endpoints as u64, Relaxed);
+        let nanos = u64::try_from(i.created.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        i.last_change.store(nanos + 1, Relaxed);
+    }
+}

@@ -1,0 +1,268 @@
+//! The DNS source against a real DNS server: hickory-server, in this process, on 127.0.0.1
+//! at a free port, serving an in-memory zone whose records each test changes.
+//!
+//! Real sockets and real time: every wait for an event is bounded (`timeout`), and the
+//! records' TTLs are 1 s, the clamp's minimum 50 ms, so each test takes a few seconds.
+
+#[path = "support/dns_server.rs"]
+mod dns_server;
+
+use dns_server::{Rr, TestDns};
+use futures_util::StreamExt;
+use portcullis_discovery::dns::{Dns, DnsEndpoint, DnsUpdates};
+use portcullis_discovery::Update;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::time::{timeout, Instant};
+
+/// Longest wait for an update that must come.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn endpoint(ip: [u8; 4], port: u16) -> (SocketAddr, DnsEndpoint) {
+    let addr = SocketAddr::from((ip, port));
+    (
+        addr,
+        DnsEndpoint {
+            addr,
+            weight: 1,
+            priority: 0,
+        },
+    )
+}
+
+async fn next(updates: &mut DnsUpdates) -> Update<SocketAddr, DnsEndpoint> {
+    match timeout(PATIENCE, updates.next()).await {
+        Ok(Some(Ok(update))) => update,
+        Ok(other) => panic!("the stream ended or failed: {other:?}"),
+        Err(_) => panic!("no update within {PATIENCE:?}"),
+    }
+}
+
+#[tokio::test]
+async fn host_records_added_and_removed() {
+    let mut server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]).await;
+    let mut updates = server.client().host("api.test.", 8080).unwrap().updates();
+    let metrics = updates.metrics();
+
+    // The first answer: a Reset.
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![endpoint([127, 0, 0, 10], 8080)])
+    );
+
+    server.set(vec![
+        Rr::A("api.test.", [127, 0, 0, 10], 1),
+        Rr::A("api.test.", [127, 0, 0, 11], 1),
+    ]);
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![
+            endpoint([127, 0, 0, 10], 8080),
+            endpoint([127, 0, 0, 11], 8080)
+        ])
+    );
+
+    server.set(vec![Rr::A("api.test.", [127, 0, 0, 11], 1)]);
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![endpoint([127, 0, 0, 11], 8080)])
+    );
+
+    let snapshot = metrics.snapshot();
+    assert_eq!(snapshot.updates.reset, 3);
+    assert_eq!(snapshot.endpoints, 1);
+    assert_eq!(snapshot.errors, 0);
+    assert!(snapshot.reads >= 3, "{snapshot:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn re_resolved_on_the_ttl_and_quiet_while_unchanged() {
+    let mut server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]).await;
+    let mut updates = server.client().host("api.test.", 80).unwrap().updates();
+    let metrics = updates.metrics();
+    next(&mut updates).await;
+    let first = Instant::now();
+
+    // Unchanged records: asked again every TTL (1 s, less at most 10% jitter), nothing
+    // yielded.
+    assert!(timeout(Duration::from_millis(2_500), updates.next())
+        .await
+        .is_err());
+    let reads = metrics.snapshot().reads;
+    assert!(
+        (3..=4).contains(&reads),
+        "reads {reads} in 2.5 s at a 1 s TTL"
+    );
+
+    // A change is seen at the next expiry of the TTL, not before.
+    server.set(vec![Rr::A("api.test.", [127, 0, 0, 12], 1)]);
+    let changed = Instant::now();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![endpoint([127, 0, 0, 12], 80)])
+    );
+    assert!(
+        changed.elapsed() <= Duration::from_secs(2),
+        "{:?}",
+        changed.elapsed()
+    );
+    assert!(first.elapsed() >= Duration::from_millis(2_500));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_ttl_is_clamped_to_max_ttl() {
+    let mut server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 3_600)]).await;
+    let dns = Dns::builder()
+        .name_servers([server.addr])
+        .min_ttl(Duration::from_millis(50))
+        .max_ttl(Duration::from_millis(200))
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let mut updates = dns.host("api.test.", 80).unwrap().updates();
+    next(&mut updates).await;
+
+    server.set(vec![Rr::A("api.test.", [127, 0, 0, 11], 3_600)]);
+    let changed = Instant::now();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![endpoint([127, 0, 0, 11], 80)])
+    );
+    // An hour's TTL, but asked again within max_ttl.
+    assert!(
+        changed.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        changed.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn nxdomain_is_does_not_exist_once() {
+    let mut server = TestDns::start(vec![Rr::A("other.test.", [127, 0, 0, 1], 1)]).await;
+    let mut updates = server.client().host("api.test.", 80).unwrap().updates();
+    let metrics = updates.metrics();
+
+    assert_eq!(next(&mut updates).await, Update::DoesNotExist);
+
+    server.set(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]);
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![endpoint([127, 0, 0, 10], 80)])
+    );
+
+    server.set(vec![]);
+    assert_eq!(next(&mut updates).await, Update::DoesNotExist);
+    // Still gone at the next answers: nothing more.
+    assert!(timeout(Duration::from_millis(1_500), updates.next())
+        .await
+        .is_err());
+    let snapshot = metrics.snapshot();
+    assert_eq!(snapshot.updates.does_not_exist, 2);
+    assert_eq!(snapshot.errors, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn srv_carries_weight_and_priority() {
+    let mut server = TestDns::start(vec![
+        Rr::Srv("_http._tcp.api.test.", 10, 5, 8080, "a.test.", 1),
+        Rr::Srv("_http._tcp.api.test.", 20, 1, 8081, "b.test.", 1),
+        Rr::A("a.test.", [127, 0, 0, 1], 1),
+        Rr::A("b.test.", [127, 0, 0, 2], 1),
+    ])
+    .await;
+    let mut updates = server
+        .client()
+        .srv("_http._tcp.api.test.")
+        .unwrap()
+        .updates();
+    let a = DnsEndpoint {
+        addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        weight: 5,
+        priority: 10,
+    };
+    let b = DnsEndpoint {
+        addr: SocketAddr::from(([127, 0, 0, 2], 8081)),
+        weight: 1,
+        priority: 20,
+    };
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![(a.addr, a), (b.addr, b)])
+    );
+
+    // A new weight is a changed endpoint; a target that does not resolve adds nothing.
+    server.set(vec![
+        Rr::Srv("_http._tcp.api.test.", 10, 9, 8080, "a.test.", 1),
+        Rr::Srv("_http._tcp.api.test.", 20, 1, 8081, "gone.test.", 1),
+        Rr::A("a.test.", [127, 0, 0, 1], 1),
+    ]);
+    let a9 = DnsEndpoint { weight: 9, ..a };
+    assert_eq!(next(&mut updates).await, Update::Reset(vec![(a9.addr, a9)]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_gone_or_refusing_keeps_the_last_set_until_it_answers() {
+    let mut server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]).await;
+    let mut updates = server.client().host("api.test.", 80).unwrap().updates();
+    let metrics = updates.metrics();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![endpoint([127, 0, 0, 10], 80)])
+    );
+
+    // The server goes away: timeouts, retried with backoff, nothing yielded.
+    server.stop().await;
+    assert!(timeout(Duration::from_secs(3), updates.next())
+        .await
+        .is_err());
+    let errors = metrics.snapshot().errors;
+    assert!(errors >= 2, "errors {errors}");
+
+    // It comes back on the same port, with the same records: still nothing to yield.
+    server.serve().await;
+    let reads = metrics.snapshot().reads;
+    assert!(timeout(Duration::from_secs(2), updates.next())
+        .await
+        .is_err());
+    assert!(metrics.snapshot().reads > reads, "answered again");
+
+    // It answers REFUSED (SERVFAIL's kin): an error too, the set stays.
+    server.refuse();
+    let errors = metrics.snapshot().errors;
+    assert!(timeout(Duration::from_secs(2), updates.next())
+        .await
+        .is_err());
+    assert!(metrics.snapshot().errors > errors);
+
+    // Back with a change: yielded.
+    server.set(vec![Rr::A("api.test.", [127, 0, 0, 11], 1)]);
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![endpoint([127, 0, 0, 11], 80)])
+    );
+    assert_eq!(metrics.snapshot().updates.total(), 2);
+    server.stop().await;
+}
+
+#[test]
+fn a_name_that_is_no_dns_name_is_refused() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let dns = Dns::builder()
+        .name_servers([SocketAddr::from(([127, 0, 0, 1], 53))])
+        .build()
+        .unwrap();
+    let long = "a".repeat(64);
+    assert!(matches!(
+        dns.host(&long, 80),
+        Err(portcullis_discovery::BuildError::Name { .. })
+    ));
+}
