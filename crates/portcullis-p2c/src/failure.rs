@@ -41,7 +41,7 @@
 
 pub use crate::classify::{ClassifyResponse, ErrorsOnly};
 use crate::error::BuildError;
-use crate::make::MakeEndpoint;
+use crate::make::{LoadValue, MakeEndpoint};
 use pin_project_lite::pin_project;
 use std::{
     fmt,
@@ -109,6 +109,19 @@ where
             self.classify.clone(),
             self.half_life,
         )
+    }
+
+    fn weight(&self, key: &K, target: &T) -> u32 {
+        self.inner.weight(key, target)
+    }
+
+    /// The inner load's value, with the failure level as its tier (the higher of the two).
+    fn load_value(&self, endpoint: &Self::Endpoint) -> Option<LoadValue> {
+        let inner = self.inner.load_value(&endpoint.inner)?;
+        Some(LoadValue {
+            tier: inner.tier.max(endpoint.health.level()),
+            value: inner.value,
+        })
     }
 }
 

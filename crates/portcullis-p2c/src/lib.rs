@@ -74,6 +74,7 @@ pub mod error;
 pub mod failure;
 mod future;
 pub mod health;
+pub mod load;
 pub mod make;
 mod metrics;
 mod ready_cache;

@@ -1,20 +1,53 @@
 //! Building endpoints from discovery targets.
 
 use crate::error::BuildError;
+use crate::load::{PeakEwma, PendingRequests};
+use std::fmt;
 use std::time::Duration;
-use tower::load::{CompleteOnResponse, PeakEwma, PendingRequests};
+use tower::load::Load;
 
 /// Builds the endpoint service for one discovered `(key, target)`.
 ///
 /// Implemented for every `Fn(&K, &T) -> S`, so a closure is the usual maker. Building is
 /// infallible on purpose: an endpoint that cannot connect reports it from `poll_ready`, which
 /// the pool turns into an eviction and a rebuild after a backoff.
+///
+/// Two provided methods serve weighted selection: [`weight`](Self::weight) (1 for every
+/// endpoint unless a maker says otherwise, as [`weighted`] does) and
+/// [`load_value`](Self::load_value), the endpoint's load as a number the pool can divide by
+/// its weight (`None` unless the maker knows one, as [`peak_ewma`] and [`pending_requests`]
+/// do). A maker that wraps another forwards both.
 pub trait MakeEndpoint<K, T> {
     /// The endpoint service.
     type Endpoint;
 
     /// Builds the endpoint for `key` from `target`.
     fn make_endpoint(&self, key: &K, target: &T) -> Self::Endpoint;
+
+    /// The endpoint's weight: its share of the requests is its weight over the sum of the
+    /// ready endpoints' weights. 1 unless the maker says otherwise; 0 counts as 1.
+    fn weight(&self, key: &K, target: &T) -> u32 {
+        let _ = (key, target);
+        1
+    }
+
+    /// The endpoint's load as a number, for weighted comparisons; `None` if it has none, in
+    /// which case the pool compares [`Load`] metrics and honours weights only in its choice
+    /// of candidates.
+    fn load_value(&self, endpoint: &Self::Endpoint) -> Option<LoadValue> {
+        let _ = endpoint;
+        None
+    }
+}
+
+/// An endpoint's load as a number: `tier` compares first (a failure level, say), then
+/// `value`, which the pool divides by the endpoint's weight.
+#[derive(Copy, Clone, Debug, Default, PartialEq, PartialOrd)]
+pub struct LoadValue {
+    /// Compared first: the lower tier wins whatever the values.
+    pub tier: u8,
+    /// The load, divided by the endpoint's weight before it is compared.
+    pub value: f64,
 }
 
 impl<K, T, S, F> MakeEndpoint<K, T> for F
@@ -38,14 +71,14 @@ pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// fade (by a factor of e) once the endpoint is fast again.
 pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 
-/// A maker that wraps each endpoint of an inner maker in [`PeakEwma`].
+/// A maker that wraps each endpoint of an inner maker in our lock-free [`PeakEwma`].
 ///
 /// Build one with [`peak_ewma`] (documented defaults) or [`PeakEwmaMaker::new`].
 #[derive(Clone, Debug)]
 pub struct PeakEwmaMaker<M> {
     inner: M,
     default_rtt: Duration,
-    decay_ns: f64,
+    decay: Duration,
 }
 
 /// Wraps `maker`'s endpoints in [`PeakEwma`] with [`DEFAULT_RTT`] and [`DEFAULT_DECAY`].
@@ -53,14 +86,14 @@ pub fn peak_ewma<M>(maker: M) -> PeakEwmaMaker<M> {
     PeakEwmaMaker {
         inner: maker,
         default_rtt: DEFAULT_RTT,
-        decay_ns: DEFAULT_DECAY.as_nanos() as f64,
+        decay: DEFAULT_DECAY,
     }
 }
 
 impl<M> PeakEwmaMaker<M> {
     /// Wraps `maker`'s endpoints in [`PeakEwma`] with the given default RTT and decay window.
     ///
-    /// Both must be non-zero: tower's `PeakEwma` divides by the decay.
+    /// Both must be non-zero: the estimate decays by `exp(-elapsed / decay)`.
     pub fn new(maker: M, default_rtt: Duration, decay: Duration) -> Result<Self, BuildError> {
         if default_rtt.is_zero() || decay.is_zero() {
             return Err(BuildError::InvalidPeakEwma { default_rtt, decay });
@@ -68,7 +101,7 @@ impl<M> PeakEwmaMaker<M> {
         Ok(Self {
             inner: maker,
             default_rtt,
-            decay_ns: decay.as_nanos() as f64,
+            decay,
         })
     }
 }
@@ -77,15 +110,26 @@ impl<K, T, M> MakeEndpoint<K, T> for PeakEwmaMaker<M>
 where
     M: MakeEndpoint<K, T>,
 {
-    type Endpoint = PeakEwma<M::Endpoint, CompleteOnResponse>;
+    type Endpoint = PeakEwma<M::Endpoint>;
 
     fn make_endpoint(&self, key: &K, target: &T) -> Self::Endpoint {
         PeakEwma::new(
             self.inner.make_endpoint(key, target),
             self.default_rtt,
-            self.decay_ns,
-            CompleteOnResponse::default(),
+            self.decay,
         )
+    }
+
+    fn weight(&self, key: &K, target: &T) -> u32 {
+        self.inner.weight(key, target)
+    }
+
+    /// [`PeakEwma::in_flight_cost`]: the estimate times the requests in flight.
+    fn load_value(&self, endpoint: &Self::Endpoint) -> Option<LoadValue> {
+        Some(LoadValue {
+            tier: 0,
+            value: endpoint.in_flight_cost(),
+        })
     }
 }
 
@@ -95,7 +139,7 @@ pub struct PendingRequestsMaker<M> {
     inner: M,
 }
 
-/// Wraps `maker`'s endpoints in [`PendingRequests`] (load = requests in flight).
+/// Wraps `maker`'s endpoints in our [`PendingRequests`] (load = requests in flight).
 pub fn pending_requests<M>(maker: M) -> PendingRequestsMaker<M> {
     PendingRequestsMaker { inner: maker }
 }
@@ -104,13 +148,88 @@ impl<K, T, M> MakeEndpoint<K, T> for PendingRequestsMaker<M>
 where
     M: MakeEndpoint<K, T>,
 {
-    type Endpoint = PendingRequests<M::Endpoint, CompleteOnResponse>;
+    type Endpoint = PendingRequests<M::Endpoint>;
 
     fn make_endpoint(&self, key: &K, target: &T) -> Self::Endpoint {
-        PendingRequests::new(
-            self.inner.make_endpoint(key, target),
-            CompleteOnResponse::default(),
-        )
+        PendingRequests::new(self.inner.make_endpoint(key, target))
+    }
+
+    fn weight(&self, key: &K, target: &T) -> u32 {
+        self.inner.weight(key, target)
+    }
+
+    fn load_value(&self, endpoint: &Self::Endpoint) -> Option<LoadValue> {
+        Some(LoadValue {
+            tier: 0,
+            value: endpoint.load().value() as f64,
+        })
+    }
+}
+
+/// A maker whose endpoints weigh what `weight_of(key, target)` says: discovery's SRV weight,
+/// an etcd value's `weight`. Built by [`weighted`].
+#[derive(Clone)]
+pub struct WeightedMaker<M, F> {
+    inner: M,
+    weight_of: F,
+}
+
+/// Gives `maker`'s endpoints the weight `weight_of(key, target)` returns (0 counts as 1).
+///
+/// The pool draws its two candidates in proportion to their weights and compares their loads
+/// divided by their weights, so that each endpoint's share of the requests follows its weight
+/// (tower issue 696: drawing candidates uniformly and comparing weighted loads gives an
+/// endpoint weighted 0.99 about two thirds of the requests, not 99 %). The comparison needs a
+/// numeric load: wrap the maker in [`peak_ewma`] or [`pending_requests`] too (in either
+/// order); over another load the weights steer only the draw.
+///
+/// ```
+/// use portcullis_p2c::{make, P2cPool};
+/// use tower::service_fn;
+///
+/// // Targets carry their weight, as a DNS SRV record or an etcd value would.
+/// let maker = make::weighted(
+///     make::pending_requests(|_: &u32, _: &(u16, u32)| {
+///         service_fn(|_: ()| async { Ok::<_, std::convert::Infallible>(()) })
+///     }),
+///     |_: &u32, (_port, weight): &(u16, u32)| *weight,
+/// );
+/// let pool: P2cPool<u32, (u16, u32), _, ()> = P2cPool::builder().build(maker)?;
+/// # drop(pool);
+/// # Ok::<(), portcullis_p2c::BuildError>(())
+/// ```
+pub fn weighted<M, F>(maker: M, weight_of: F) -> WeightedMaker<M, F> {
+    WeightedMaker {
+        inner: maker,
+        weight_of,
+    }
+}
+
+impl<K, T, M, F> MakeEndpoint<K, T> for WeightedMaker<M, F>
+where
+    M: MakeEndpoint<K, T>,
+    F: Fn(&K, &T) -> u32,
+{
+    type Endpoint = M::Endpoint;
+
+    fn make_endpoint(&self, key: &K, target: &T) -> Self::Endpoint {
+        self.inner.make_endpoint(key, target)
+    }
+
+    fn weight(&self, key: &K, target: &T) -> u32 {
+        (self.weight_of)(key, target)
+    }
+
+    fn load_value(&self, endpoint: &Self::Endpoint) -> Option<LoadValue> {
+        self.inner.load_value(endpoint)
+    }
+}
+
+impl<M: fmt::Debug, F> fmt::Debug for WeightedMaker<M, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeightedMaker")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
