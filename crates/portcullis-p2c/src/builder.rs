@@ -2,7 +2,7 @@
 
 use crate::classify::ErrorsOnly;
 use crate::error::BuildError;
-use crate::health::{FailurePercentage, HealthConfig};
+use crate::health::{FailurePercentage, HealthConfig, SlowStart};
 use crate::make::MakeEndpoint;
 use crate::P2cPool;
 use rand::rngs::SmallRng;
@@ -70,6 +70,8 @@ pub struct P2cPoolBuilder<C = ErrorsOnly> {
     demotion: Option<Duration>,
     abandoned_after: Option<Duration>,
     panic_threshold: u8,
+    /// Window, aggression, minimum weight in percent.
+    slow_start: Option<(Duration, f64, u8)>,
 }
 
 impl Default for P2cPoolBuilder {
@@ -89,6 +91,7 @@ pub(crate) const NO_HEALTH: HealthConfig = HealthConfig {
     demotion: Duration::ZERO,
     abandoned_after: None,
     panic_threshold: P2cPoolBuilder::DEFAULT_PANIC_THRESHOLD,
+    slow_start: None,
 };
 
 impl P2cPoolBuilder {
@@ -112,6 +115,11 @@ impl P2cPoolBuilder {
     /// The default panic threshold, in percent of endpoints healthy (Envoy's
     /// `healthy_panic_threshold`).
     pub const DEFAULT_PANIC_THRESHOLD: u8 = 50;
+    /// The default slow-start aggression: a linear ramp (Envoy's default).
+    pub const DEFAULT_SLOW_START_AGGRESSION: f64 = 1.0;
+    /// The default slow-start minimum weight, in percent of the endpoint's weight (Envoy's
+    /// `min_weight_percent`).
+    pub const DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT: u8 = 10;
 
     /// Default settings: backoff from [`DEFAULT_BACKOFF_BASE`](Self::DEFAULT_BACKOFF_BASE)
     /// doubling up to [`DEFAULT_BACKOFF_MAX`](Self::DEFAULT_BACKOFF_MAX), random source seeded
@@ -130,6 +138,7 @@ impl P2cPoolBuilder {
             demotion: None,
             abandoned_after: None,
             panic_threshold: Self::DEFAULT_PANIC_THRESHOLD,
+            slow_start: None,
         }
     }
 }
@@ -151,6 +160,7 @@ impl<C> P2cPoolBuilder<C> {
             demotion: self.demotion,
             abandoned_after: self.abandoned_after,
             panic_threshold: self.panic_threshold,
+            slow_start: self.slow_start,
         }
     }
 
@@ -210,6 +220,22 @@ impl<C> P2cPoolBuilder<C> {
     /// this off, is a cancellation, no outcome at all.
     pub fn abandoned_after(mut self, after: Duration) -> Self {
         self.abandoned_after = Some(after);
+        self
+    }
+
+    /// Ramps the weight of an endpoint that becomes ready (new, rebuilt, or back from an
+    /// ejection) up over `window`, instead of giving it its full share at once: its weight is
+    /// multiplied by `(elapsed / window)^(1 / aggression)`, never less than
+    /// `min_weight_percent` of it (Envoy's slow start; defaults
+    /// [`DEFAULT_SLOW_START_AGGRESSION`](P2cPoolBuilder::DEFAULT_SLOW_START_AGGRESSION) and
+    /// [`DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT`](P2cPoolBuilder::DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT)).
+    /// Off by default. The ramp follows the configured curve when the maker gives loads as
+    /// numbers ([`make::peak_ewma`](crate::make::peak_ewma),
+    /// [`make::pending_requests`](crate::make::pending_requests)); over another load it
+    /// steers only the choice of candidates, and an idle new endpoint, winning every
+    /// comparison, takes up to twice its ramped share.
+    pub fn slow_start(mut self, window: Duration, aggression: f64, min_weight_percent: u8) -> Self {
+        self.slow_start = Some((window, aggression, min_weight_percent));
         self
     }
 
@@ -293,6 +319,27 @@ impl<C> P2cPoolBuilder<C> {
                 return Err(BuildError::InvalidPercent { setting, percent });
             }
         }
+        let slow_start = match self.slow_start {
+            None => None,
+            Some((window, aggression, min_weight_percent)) => {
+                let valid = !window.is_zero()
+                    && aggression.is_finite()
+                    && aggression > 0.0
+                    && (1..=100).contains(&min_weight_percent);
+                if !valid {
+                    return Err(BuildError::InvalidSlowStart {
+                        window,
+                        aggression,
+                        min_weight_percent,
+                    });
+                }
+                Some(SlowStart {
+                    window,
+                    aggression,
+                    min_weight: f64::from(min_weight_percent) / 100.0,
+                })
+            }
+        };
         let ejects = self.consecutive_failures.is_some() || self.failure_percentage.is_some();
         let demotion = match self.demotion {
             Some(demotion) => demotion,
@@ -308,6 +355,7 @@ impl<C> P2cPoolBuilder<C> {
             demotion,
             abandoned_after: self.abandoned_after,
             panic_threshold: self.panic_threshold,
+            slow_start,
         })
     }
 }

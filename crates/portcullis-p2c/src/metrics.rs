@@ -26,6 +26,7 @@ struct Inner {
     ejections: AtomicU64,
     panic_mode: AtomicBool,
     panics: AtomicU64,
+    ramping: AtomicUsize,
 }
 
 /// A point-in-time copy of [`P2cMetrics`].
@@ -53,6 +54,8 @@ pub struct P2cSnapshot {
     pub panic_mode: bool,
     /// Times the pool entered panic mode.
     pub panics: u64,
+    /// Ready endpoints in slow start now.
+    pub ramping: usize,
 }
 
 // === impl P2cMetrics ===
@@ -72,6 +75,7 @@ impl P2cMetrics {
             ejections: i.ejections.load(Relaxed),
             panic_mode: i.panic_mode.load(Relaxed),
             panics: i.panics.load(Relaxed),
+            ramping: i.ramping.load(Relaxed),
         }
     }
 
@@ -80,6 +84,10 @@ impl P2cMetrics {
         self.inner.pending.store(pending, Relaxed);
         self.inner.failed.store(failed, Relaxed);
         self.inner.ejected.store(ejected, Relaxed);
+    }
+
+    pub(crate) fn set_ramping(&self, ramping: usize) {
+        self.inner.ramping.store(ramping, Relaxed);
     }
 
     pub(crate) fn ejected(&self) {

@@ -24,6 +24,9 @@ use tower::load::Load;
 use tower_service::Service;
 use tracing::{debug, trace};
 
+/// The most draws one weighted candidate takes (see `draw_weighted`).
+const WEIGHTED_DRAWS: usize = 32;
+
 /// A power-of-two-choices load balancer over endpoints that discovery keeps current.
 ///
 /// See the [crate documentation](crate) for the behaviour and an example.
@@ -109,6 +112,12 @@ where
     {
         let health = *self.endpoints.health();
         let ejects = health.ejects();
+        let weighted = self.endpoints.weighted();
+        let now = if weighted {
+            self.endpoints.ramp_clock()
+        } else {
+            None
+        };
         // Each ejection takes one endpoint out; a bound keeps a pick O(1) however many
         // outliers it meets.
         let mut ejections_left = 2;
@@ -117,6 +126,13 @@ where
                 0 => return None,
                 // Nothing to compare: no draw, so a lone endpoint costs no randomness.
                 1 => (0, None),
+                len if weighted => {
+                    // Two independent draws by weight; the same endpoint twice is chosen
+                    // without a comparison.
+                    let a = self.draw_weighted(len, now);
+                    let b = self.draw_weighted(len, now);
+                    (a, (a != b).then_some(b))
+                }
                 len => {
                     let a = self.rng.gen_range(0..len);
                     let mut b = self.rng.gen_range(0..len - 1);
@@ -140,6 +156,14 @@ where
                     break pos;
                 }
             }
+            if weighted {
+                if let (Some(a_load), Some(b_load)) = (
+                    self.endpoints.weighed_load(a, now),
+                    self.endpoints.weighed_load(b, now),
+                ) {
+                    break if b_load < a_load { b } else { a };
+                }
+            }
             let a_load = self.endpoints.get_ready(a).map(|(_, _, svc)| svc.load());
             let b_load = self.endpoints.get_ready(b).map(|(_, _, svc)| svc.load());
             // `a` is itself a uniform draw, so keeping it on a tie (or when the loads do
@@ -153,6 +177,22 @@ where
             "endpoint selected"
         );
         Some(chosen)
+    }
+
+    /// A position in `0..len` drawn in proportion to effective weights: uniform draws, each
+    /// kept with probability weight / largest weight. The expected number of draws is the
+    /// largest weight over the mean; after [`WEIGHTED_DRAWS`] the last one is kept, so a pick
+    /// stays bounded however skewed the weights are.
+    fn draw_weighted(&mut self, len: usize, now: Option<Instant>) -> usize {
+        let max = self.endpoints.max_weight();
+        let mut pos = 0;
+        for _ in 0..WEIGHTED_DRAWS {
+            pos = self.rng.gen_range(0..len);
+            if self.rng.gen::<f64>() * max < self.endpoints.effective_weight(pos, now) {
+                break;
+            }
+        }
+        pos
     }
 
     /// Of two candidates, the one that has not failed within `demotion` if the other has;

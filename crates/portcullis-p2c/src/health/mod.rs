@@ -39,6 +39,29 @@ pub(crate) struct HealthConfig {
     pub(crate) demotion: Duration,
     pub(crate) abandoned_after: Option<Duration>,
     pub(crate) panic_threshold: u8,
+    pub(crate) slow_start: Option<SlowStart>,
+}
+
+/// Slow start: an endpoint's weight ramps up over `window` after it becomes ready (or comes
+/// back from an ejection), as Envoy's: the factor is `(elapsed / window)^(1 / aggression)`,
+/// never below `min_weight`.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct SlowStart {
+    pub(crate) window: Duration,
+    pub(crate) aggression: f64,
+    /// A fraction in (0, 1].
+    pub(crate) min_weight: f64,
+}
+
+impl SlowStart {
+    /// The factor an endpoint's weight is multiplied by `elapsed` into its slow start.
+    pub fn factor(&self, elapsed: Duration) -> f64 {
+        if elapsed >= self.window {
+            return 1.0;
+        }
+        let time = elapsed.as_secs_f64() / self.window.as_secs_f64();
+        time.powf(1.0 / self.aggression).max(self.min_weight)
+    }
 }
 
 /// Failure-percentage ejection: at the end of each `interval`, an endpoint with at least
@@ -88,6 +111,24 @@ impl HealthConfig {
 mod tests {
     use super::*;
 
+    #[test]
+    fn slow_start_ramps_from_its_minimum_to_one_over_its_window() {
+        let linear = SlowStart {
+            window: Duration::from_secs(10),
+            aggression: 1.0,
+            min_weight: 0.1,
+        };
+        assert_eq!(linear.factor(Duration::ZERO), 0.1);
+        assert_eq!(linear.factor(Duration::from_secs(5)), 0.5);
+        assert_eq!(linear.factor(Duration::from_secs(10)), 1.0);
+        let aggressive = SlowStart {
+            aggression: 2.0,
+            ..linear
+        };
+        // (1/4)^(1/2): higher aggression ramps up sooner.
+        assert_eq!(aggressive.factor(Duration::from_millis(2_500)), 0.5);
+    }
+
     fn config() -> HealthConfig {
         HealthConfig {
             consecutive_failures: Some(5),
@@ -98,6 +139,7 @@ mod tests {
             demotion: Duration::from_secs(1),
             abandoned_after: None,
             panic_threshold: 50,
+            slow_start: None,
         }
     }
 

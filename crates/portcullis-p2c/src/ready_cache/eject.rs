@@ -198,7 +198,7 @@ where
             ended += 1;
         }
         self.ejected -= ended;
-        self.restore_unejected();
+        self.restore_unejected(cx);
         self.ejection_timer = None;
         if let Some(next) = next {
             self.arm_ejection_timer(cx, next);
@@ -207,8 +207,8 @@ where
     }
 
     /// Moves every ready endpoint in the ejected part whose key is no longer ejected to the
-    /// healthy part.
-    fn restore_unejected(&mut self) {
+    /// healthy part, in slow start again if the pool has one.
+    fn restore_unejected(&mut self, cx: &mut Context<'_>) {
         let mut pos = self.healthy;
         while pos < self.ready.len() {
             let ejected = self
@@ -218,6 +218,7 @@ where
                 .is_some_and(|known| known.ejection.until.is_some());
             if !ejected {
                 self.ready.swap_indices(pos, self.healthy);
+                self.restart_ramp(cx, self.healthy);
                 self.healthy += 1;
             }
             pos += 1;

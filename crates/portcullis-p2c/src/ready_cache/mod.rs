@@ -24,6 +24,7 @@
 
 mod eject;
 mod update;
+mod weight;
 
 use crate::builder::Backoff;
 use crate::health::{HealthConfig, Outcomes};
@@ -32,6 +33,7 @@ use crate::metrics::P2cMetrics;
 use crate::BoxError;
 use indexmap::IndexMap;
 use portcullis_pool::EndpointCounts;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
@@ -90,6 +92,13 @@ where
     ejection_timer: Option<Pin<Box<Sleep>>>,
     /// Fires at the end of each failure-percentage interval.
     sweep_timer: Option<Pin<Box<Sleep>>>,
+    /// How many ready endpoints have each weight: the largest bounds every effective weight,
+    /// and one weight alone (with nothing ramping) means a uniform draw.
+    weights: BTreeMap<u32, usize>,
+    /// Ready endpoints in slow start.
+    ramping: usize,
+    /// Fires when the earliest slow start ends.
+    ramp_timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// A key the cache knows: its target and its health, which outlive any one build of its
@@ -133,6 +142,10 @@ struct ReadyEndpoint<S> {
     svc: S,
     /// The key's outcomes, where response futures record theirs.
     outcomes: Option<Arc<Outcomes>>,
+    /// Its weight, from the maker (at least 1).
+    weight: u32,
+    /// When its slow start began, while it lasts.
+    ramp_from: Option<Instant>,
 }
 
 struct PendingEndpoint<S> {
@@ -140,6 +153,13 @@ struct PendingEndpoint<S> {
     svc: S,
     /// Consecutive failures before this build, for the next backoff.
     failures: u32,
+    /// The slow start it had when it was last ready, kept so that a ready endpoint found
+    /// not ready for a moment does not start its ramp over.
+    ramp_from: Option<Instant>,
+    /// Whether it starts slow once ready: built while others were ready to spare it. The
+    /// first endpoints of an empty pool take their share at once, as there is no one to take
+    /// it instead.
+    slow_start: bool,
 }
 
 struct FailedEndpoint {
@@ -184,6 +204,9 @@ where
             panic: false,
             ejection_timer: None,
             sweep_timer: None,
+            weights: BTreeMap::new(),
+            ramping: 0,
+            ramp_timer: None,
         }
     }
 
@@ -251,6 +274,7 @@ where
             self.failed.len(),
             self.ejected,
         );
+        self.metrics.set_ramping(self.ramping);
     }
 }
 
@@ -301,15 +325,35 @@ where
             .map(|(key, ep)| (key, &mut ep.svc, ep.outcomes.as_ref()))
     }
 
-    /// Adds a newly ready endpoint: among the candidates, unless its key is ejected.
-    fn insert_ready(&mut self, key: K, id: u64, svc: M::Endpoint) {
-        let (outcomes, ejected) = match self.targets.get(&key) {
-            Some(known) => (known.outcomes.clone(), known.ejection.until.is_some()),
-            None => (None, false),
+    /// Adds a newly ready endpoint: among the candidates, unless its key is ejected; in slow
+    /// start from `ramp_from` if it was ramping already, from now if it is to start slow.
+    fn insert_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        key: K,
+        id: u64,
+        svc: M::Endpoint,
+        ramp_from: Option<Instant>,
+        slow_start: bool,
+    ) {
+        let (outcomes, ejected, weight) = match self.targets.get(&key) {
+            Some(known) => (
+                known.outcomes.clone(),
+                known.ejection.until.is_some(),
+                self.maker.weight(&key, &known.target).max(1),
+            ),
+            None => (None, false, 1),
         };
-        let (pos, _) = self
-            .ready
-            .insert_full(key, ReadyEndpoint { id, svc, outcomes });
+        let ramp_from = self.start_ramp(cx, ramp_from, slow_start);
+        self.count_in(weight, ramp_from.is_some());
+        let ep = ReadyEndpoint {
+            id,
+            svc,
+            outcomes,
+            weight,
+            ramp_from,
+        };
+        let (pos, _) = self.ready.insert_full(key, ep);
         if !ejected {
             self.ready.swap_indices(pos, self.healthy);
             self.healthy += 1;
@@ -327,7 +371,11 @@ where
             self.ready.swap_indices(pos, self.healthy);
             pos = self.healthy;
         }
-        self.ready.swap_remove_index(pos)
+        let taken = self.ready.swap_remove_index(pos);
+        if let Some((_, ep)) = &taken {
+            self.count_out(ep.weight, ep.ramp_from.is_some());
+        }
+        taken
     }
 
     /// Where the endpoint `r` refers to stands in the ready set now, if it is still there.
@@ -349,10 +397,19 @@ where
             return;
         };
         let svc = self.maker.make_endpoint(&key, &target.target);
+        let slow_start = self.health.slow_start.is_some() && !self.ready.is_empty();
         let id = self.next_id;
         self.next_id += 1;
-        self.pending
-            .insert(key, PendingEndpoint { id, svc, failures });
+        self.pending.insert(
+            key,
+            PendingEndpoint {
+                id,
+                svc,
+                failures,
+                ramp_from: None,
+                slow_start,
+            },
+        );
     }
 
     /// Drops the endpoint for `key`, whatever its state. A [`ReadyRef`] to it finds it gone.
@@ -403,6 +460,7 @@ where
         <M::Endpoint as Service<Req>>::Error: Into<BoxError>,
     {
         let mut changed = self.drive_health(cx);
+        changed |= self.drive_ramps(cx);
 
         // Before the pending pass, so a rebuilt endpoint is polled in this same pass.
         let mut i = 0;
@@ -437,7 +495,8 @@ where
             match poll {
                 Poll::Ready(Ok(())) => {
                     debug!(?key, "endpoint ready");
-                    self.insert_ready(key, pending.id, pending.svc);
+                    let (id, svc) = (pending.id, pending.svc);
+                    self.insert_ready(cx, key, id, svc, pending.ramp_from, pending.slow_start);
                 }
                 Poll::Ready(Err(error)) => {
                     let failures = pending.failures.saturating_add(1);
@@ -475,6 +534,8 @@ where
                     id: ep.id,
                     svc: ep.svc,
                     failures: 0,
+                    ramp_from: ep.ramp_from,
+                    slow_start: false,
                 };
                 self.pending.insert(key, pending);
             }

@@ -70,6 +70,9 @@ where
         self.healthy = 0;
         self.ejected = 0;
         self.ejection_timer = None;
+        self.weights.clear();
+        self.ramping = 0;
+        self.ramp_timer = None;
         self.pending.clear();
         self.failed.clear();
     }
