@@ -45,6 +45,7 @@
 //! | | `p2c_ejections` | counter | |
 //! | | `p2c_panic_mode` | gauge (0 or 1) | |
 //! | | `p2c_panics` | counter | |
+//! | | `p2c_ramping` | gauge | |
 //! | [`register_retry`] | `retry_requests` | counter | |
 //! | | `retry_attempts` | counter | |
 //! | | `retry_retries` | counter | |
@@ -429,6 +430,12 @@ impl Collector for P2cCollector {
             "p2c_panics",
             "Times the pool entered panic mode.",
             s.panics,
+        )?;
+        gauge(
+            e,
+            "p2c_ramping",
+            "Endpoints in slow start now.",
+            s.ramping as u64,
         )
     }
 }

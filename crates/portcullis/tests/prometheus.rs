@@ -323,7 +323,7 @@ async fn every_kind_in_one_registry_has_unique_families() {
     let text = render(&registry);
     assert!(text.ends_with("# EOF\n"));
     let families = assert_families_unique(&text);
-    assert_eq!(families.len(), 2 * (12 + 8 + 9 + 8), "{text}");
+    assert_eq!(families.len(), 2 * (12 + 9 + 9 + 8), "{text}");
     // An empty histogram still has all its buckets, at zero.
     assert_sample(
         &text,
@@ -569,5 +569,6 @@ async fn ejections_and_panic_mode_are_exported() {
     // One of two healthy is not below the 50% panic threshold.
     assert_sample(&text, "api_p2c_panic_mode", 0.0);
     assert_sample(&text, "api_p2c_panics_total", 0.0);
+    assert_sample(&text, "api_p2c_ramping", 0.0);
     assert_families_unique(&text);
 }
