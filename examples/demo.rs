@@ -25,7 +25,7 @@ use portcullis_examples::{
     endpoint::{self, BoxError, HttpClient, HttpEndpoint},
     plot,
 };
-use portcullis_p2c::{failure, make, P2cPool};
+use portcullis_p2c::{failure, make, P2cPool, P2cPoolBuilder};
 use portcullis_pool::{PoolQueue, Update};
 use portcullis_retry::{classify::http::HttpClassify, Backoff, Retry};
 use std::{
@@ -47,6 +47,11 @@ const IDLE: Duration = Duration::from_secs(2);
 const FAST: Duration = Duration::from_millis(1);
 const SLOW: Duration = Duration::from_millis(10);
 const UNAVAILABLE_FOR: Duration = Duration::from_secs(2);
+/// The start of the second load, over which `fresh`'s share is counted.
+const FIRST_MOMENTS: Duration = Duration::from_millis(500);
+/// portcullis's slow-start window on the demo's scale: `fresh` becomes ready 0.5 s into the
+/// idle time, so its ramp is half done when load resumes and done 1.5 s into it.
+const SLOW_START: Duration = Duration::from_secs(3);
 
 type HttpService = BoxCloneService<Request<Full<Bytes>>, Response<Bytes>, BoxError>;
 
@@ -66,6 +71,8 @@ struct Outcome {
     after_removal: u64,
     /// From the idle-time discovery change to the pool receiving it.
     update_applied_after: Option<Duration>,
+    /// `fresh`'s share of the backend calls in the first moments of the second load, in %.
+    fresh_share_at_first: f64,
     /// The retry layer's own account, where it keeps one.
     retry: Option<portcullis_retry::RetrySnapshot>,
     /// The pool's own account, where it keeps one.
@@ -165,7 +172,19 @@ where
         }
     );
 
-    load(&service, &stats, "load again", LOAD).await;
+    // What `fresh` took of the first moments of load: with slow start, a fraction of its share
+    // that grows over the window; without, whatever its idle load wins it.
+    let counts = || -> (u64, u64) {
+        let all = backends.iter().chain([&fresh]).map(Backend::requests).sum();
+        (fresh.requests(), all)
+    };
+    let before = counts();
+    let (_, first) = tokio::join!(load(&service, &stats, "load again", LOAD), async {
+        tokio::time::sleep(FIRST_MOMENTS).await;
+        counts()
+    });
+    let fresh_share_at_first =
+        100.0 * (first.0 - before.0) as f64 / (first.1 - before.1).max(1) as f64;
     let update_applied_after = applied.first_after(changed_at).map(|at| at - changed_at);
 
     let backend_calls = backends.iter().chain([&fresh]).map(Backend::requests).sum();
@@ -182,6 +201,7 @@ where
         backend_calls,
         after_removal: backends[4].requests_after_removal(),
         update_applied_after,
+        fresh_share_at_first,
         retry: retry_metrics.map(|m| m.snapshot()),
         p2c: p2c_metrics.map(|m| m.snapshot()),
     })
@@ -239,6 +259,12 @@ fn portcullis_stack(
         .classify(|response: &Response<Bytes>| response.status().is_server_error())
         .consecutive_failures(5)
         .ejection_time(Duration::from_secs(1), Duration::from_secs(10))
+        // A backend added while others serve ramps up over 3 s (the demo's scale).
+        .slow_start(
+            SLOW_START,
+            P2cPoolBuilder::DEFAULT_SLOW_START_AGGRESSION,
+            P2cPoolBuilder::DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT,
+        )
         .build(maker)?;
     let p2c_metrics = pool.metrics();
     let queue = PoolQueue::builder()
@@ -436,6 +462,9 @@ fn print_table(outcomes: &[&Outcome]) {
         Some(p2c) => p2c.ejections.to_string(),
         None => "none kept".into(),
     });
+    row("new backend's share, first 0.5 s of load again", &|o| {
+        format!("{:.1} %", o.fresh_share_at_first)
+    });
     row("requests to the removed backend", &|o| {
         o.after_removal.to_string()
     });
@@ -468,6 +497,9 @@ fn print_legend() {
         "- retries refused by the budget: retries the retry budget did not allow (tower's Retry has none)".into(),
         "- outlier ejections: backends the pool took out of rotation after 5 failures in a row (flaky's".into(),
         "  503s), each for 1 s at first; tower's Balance has no ejection".into(),
+        format!("- new backend's share, first {FIRST_MOMENTS:?} of load again: calls `fresh` took of all calls then; 5 backends"),
+        "  share the load and `slow` takes little, so a full share is about a quarter. portcullis ramps it up".into(),
+        format!("  over {SLOW_START:?} (slow start) from when it became ready; tower gives it whatever its load wins"),
         "- requests to the removed backend: calls that reached `doomed` after discovery removed it".into(),
         "- idle discovery change applied after: from the discovery change, made while no request".into(),
         "  flows, to the stack taking it from discovery. tower's Balance reads discovery only when".into(),

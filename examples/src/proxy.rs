@@ -196,11 +196,18 @@ impl Proxy {
 
         // Endpoint health: five failures in a row (errors, 5xx, or an attempt timeout that
         // gave up on the call) eject a backend; a failure demotes it for a second, so the
-        // retry of a request goes to another backend.
+        // retry of a request goes to another backend. Exported as p2c_ejections_total,
+        // p2c_ejected, p2c_panic_mode and p2c_ramping on /metrics.
         let pool = P2cPool::builder()
             .classify(|response: &Response<Bytes>| response.status().is_server_error())
             .consecutive_failures(P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES)
             .abandoned_after(config.attempt_timeout)
+            // A backend added to the file while others serve ramps up over 10 s.
+            .slow_start(
+                Duration::from_secs(10),
+                P2cPoolBuilder::DEFAULT_SLOW_START_AGGRESSION,
+                P2cPoolBuilder::DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT,
+            )
             .build(portcullis::p2c::make::peak_ewma({
                 let client = client.clone();
                 move |_: &SocketAddr, addr: &SocketAddr| HttpEndpoint::new(client.clone(), *addr)
