@@ -16,6 +16,12 @@
 //!    down as their in-flight count grows.
 //! 4. Subsetting, 1,000 clients of 1,000 servers: balance and stability of
 //!    `Subset::select` against seeded random subsets.
+//! 5. Weights (198/1/1 and 1/2/3/4) at about 2, 8 and 32 requests in flight: observed shares
+//!    against configured ones, for `P2cPool` over weighted pending-requests and PeakEwma loads,
+//!    and for two tiny balancers that get one half of weighting wrong each (tower#696's
+//!    uniform draw; a weighted draw over raw loads).
+//! 6. Slow start: a fifth endpoint's share per 100 ms after it joins four, with and without
+//!    `slow_start`, beside the share the configured ramp gives.
 
 #[allow(dead_code, unused_imports)]
 #[path = "compare/common.rs"]
@@ -754,6 +760,499 @@ fn item4() {
     }
 }
 
+// === 5. weights ===
+
+/// How long a replica of items 5 and 6 takes to answer, ±20%.
+const REPLICA_LATENCY: Duration = Duration::from_millis(8);
+const WEIGHT_REQUESTS: usize = 20_000;
+
+/// A replica of items 5 and 6: always ready, answers with its key after 8 ms ±20%.
+struct Replica {
+    key: usize,
+    rng: SmallRng,
+}
+
+impl Replica {
+    fn new(key: usize) -> Self {
+        Self {
+            key,
+            rng: SmallRng::seed_from_u64(key as u64 + 1),
+        }
+    }
+}
+
+type ReplicaFuture = Pin<Box<dyn Future<Output = Result<usize, Infallible>> + Send>>;
+
+impl Service<u64> for Replica {
+    type Response = usize;
+    type Error = Infallible;
+    type Future = ReplicaFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: u64) -> ReplicaFuture {
+        let key = self.key;
+        let delay = REPLICA_LATENCY.mul_f64(self.rng.gen_range(0.8..1.2));
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Ok(key)
+        })
+    }
+}
+
+/// One request every `every`, `requests` of them; `before(i, svc)` runs before request `i`
+/// is sent. Returns the key that served each request, in request order.
+async fn drive_keys<S>(
+    svc: &mut S,
+    requests: usize,
+    every: Duration,
+    mut before: impl FnMut(usize, &mut S),
+) -> Vec<usize>
+where
+    S: Service<u64, Response = usize>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+{
+    let mut ticks = tokio::time::interval(every);
+    let mut calls = Vec::with_capacity(requests);
+    for i in 0..requests {
+        ticks.tick().await;
+        before(i, svc);
+        let future = svc
+            .ready()
+            .await
+            .map_err(Into::<BoxError>::into)
+            .expect("the balancer is ready")
+            .call(i as u64);
+        calls.push(tokio::spawn(future));
+    }
+    let mut keys = Vec::with_capacity(requests);
+    for call in calls {
+        let served = call.await.expect("call task");
+        keys.push(served.map_err(Into::<BoxError>::into).expect("served"));
+    }
+    keys
+}
+
+/// A fresh current-thread runtime in paused time.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
+
+/// Each key's share of `keys`, in percent, for `endpoints` keys.
+fn shares_of(keys: &[usize], endpoints: usize) -> Vec<f64> {
+    let mut calls = vec![0u64; endpoints];
+    for &key in keys {
+        calls[key] += 1;
+    }
+    calls
+        .iter()
+        .map(|c| 100.0 * *c as f64 / keys.len() as f64)
+        .collect()
+}
+
+/// Which balancer a row of item 5 measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Weighing {
+    /// `P2cPool` + `make::weighted(make::pending_requests(..))`.
+    PoolPending,
+    /// `P2cPool` + `make::weighted(make::peak_ewma(..))`.
+    PoolPeakEwma,
+    /// Two distinct candidates drawn uniformly, the lower pending ÷ weight kept (tower#696).
+    NaiveUniform,
+    /// Two candidates drawn by weight, the lower raw pending count kept.
+    ByWeightRawLoad,
+}
+
+impl Weighing {
+    fn name(self) -> &'static str {
+        match self {
+            Weighing::PoolPending => "(a) `P2cPool` + weighted pending_requests",
+            Weighing::PoolPeakEwma => "(b) `P2cPool` + weighted peak_ewma",
+            Weighing::NaiveUniform => "(c) naive: uniform draw, pending ÷ weight",
+            Weighing::ByWeightRawLoad => "(d) draw by weight, raw pending",
+        }
+    }
+}
+
+/// The two tiny balancers of item 5, over our `PendingRequests` load: (c) and (d).
+struct TinyP2c {
+    endpoints: Vec<(portcullis_p2c::load::PendingRequests<Replica>, u32)>,
+    by_weight: bool,
+    rng: SmallRng,
+}
+
+impl TinyP2c {
+    fn new(weights: &[u32], by_weight: bool) -> Self {
+        Self {
+            endpoints: weights
+                .iter()
+                .enumerate()
+                .map(|(key, w)| {
+                    (
+                        portcullis_p2c::load::PendingRequests::new(Replica::new(key)),
+                        *w,
+                    )
+                })
+                .collect(),
+            by_weight,
+            rng: SmallRng::seed_from_u64(SEED),
+        }
+    }
+
+    /// A position drawn in proportion to the weights.
+    fn draw_weighted(&mut self) -> usize {
+        let total: u32 = self.endpoints.iter().map(|e| e.1).sum();
+        let mut at = self.rng.gen_range(0..total);
+        for (pos, (_, w)) in self.endpoints.iter().enumerate() {
+            if at < *w {
+                return pos;
+            }
+            at -= w;
+        }
+        self.endpoints.len() - 1
+    }
+
+    fn pick(&mut self) -> usize {
+        let len = self.endpoints.len();
+        let pending =
+            |e: &(portcullis_p2c::load::PendingRequests<Replica>, u32)| e.0.load().value() as f64;
+        if self.by_weight {
+            // As `P2cPool` draws: two independent draws by weight, the same twice kept.
+            let a = self.draw_weighted();
+            let b = self.draw_weighted();
+            let (la, lb) = (pending(&self.endpoints[a]), pending(&self.endpoints[b]));
+            if lb < la {
+                b
+            } else {
+                a
+            }
+        } else {
+            let a = self.rng.gen_range(0..len);
+            let mut b = self.rng.gen_range(0..len - 1);
+            if b >= a {
+                b += 1;
+            }
+            let weighed = |e: &(portcullis_p2c::load::PendingRequests<Replica>, u32)| {
+                pending(e) / f64::from(e.1)
+            };
+            let (la, lb) = (weighed(&self.endpoints[a]), weighed(&self.endpoints[b]));
+            if lb < la {
+                b
+            } else {
+                a
+            }
+        }
+    }
+}
+
+impl Service<u64> for TinyP2c {
+    type Response = usize;
+    type Error = Infallible;
+    type Future = portcullis_p2c::load::PendingFuture<ReplicaFuture>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u64) -> Self::Future {
+        let pos = self.pick();
+        self.endpoints[pos].0.call(request)
+    }
+}
+
+/// The replicas' maker: the target is the weight, unused here.
+fn replica(key: &usize, _: &u32) -> Replica {
+    Replica::new(*key)
+}
+
+type ReplicaMaker = fn(&usize, &u32) -> Replica;
+
+/// The weight of a replica: its target.
+fn weight_of(_: &usize, weight: &u32) -> u32 {
+    *weight
+}
+
+type WeightOf = fn(&usize, &u32) -> u32;
+
+/// The keys that served each of [`WEIGHT_REQUESTS`] requests through a `P2cPool` of `maker`.
+async fn pool_keys<M>(
+    maker: M,
+    targets: Vec<(usize, u32)>,
+    every: Duration,
+    builder: portcullis_p2c::P2cPoolBuilder,
+    requests: usize,
+    add: Option<(usize, (usize, u32))>,
+) -> Vec<usize>
+where
+    M: MakeEndpoint<usize, u32>,
+    M::Endpoint: Service<u64, Response = usize, Error = Infallible> + Load,
+    <M::Endpoint as Load>::Metric: PartialOrd,
+    <M::Endpoint as Service<u64>>::Future: Send + 'static,
+{
+    let mut pool: P2cPool<usize, u32, M, u64> =
+        builder.seed(SEED).build(maker).expect("valid settings");
+    pool.update_pool(Update::Reset(targets));
+    drive_keys(&mut pool, requests, every, |i, pool| {
+        if let Some((at, added)) = add {
+            if i == at {
+                pool.update_pool(Update::Add(vec![added]));
+            }
+        }
+    })
+    .await
+}
+
+fn weighted_shares(weighing: Weighing, weights: &[u32], every: Duration) -> Vec<f64> {
+    let targets: Vec<(usize, u32)> = weights.iter().copied().enumerate().collect();
+    let keys = paused_runtime().block_on(async {
+        match weighing {
+            Weighing::PoolPending => {
+                let maker = make::weighted(
+                    make::pending_requests(replica as ReplicaMaker),
+                    weight_of as WeightOf,
+                );
+                pool_keys(
+                    maker,
+                    targets,
+                    every,
+                    P2cPool::builder(),
+                    WEIGHT_REQUESTS,
+                    None,
+                )
+                .await
+            }
+            Weighing::PoolPeakEwma => {
+                let maker = make::weighted(
+                    make::peak_ewma(replica as ReplicaMaker),
+                    weight_of as WeightOf,
+                );
+                pool_keys(
+                    maker,
+                    targets,
+                    every,
+                    P2cPool::builder(),
+                    WEIGHT_REQUESTS,
+                    None,
+                )
+                .await
+            }
+            Weighing::NaiveUniform | Weighing::ByWeightRawLoad => {
+                let mut tiny = TinyP2c::new(weights, weighing == Weighing::ByWeightRawLoad);
+                drive_keys(&mut tiny, WEIGHT_REQUESTS, every, |_, _| {}).await
+            }
+        }
+    });
+    shares_of(&keys, weights.len())
+}
+
+fn fmt_shares(shares: &[f64]) -> String {
+    shares
+        .iter()
+        .map(|s| format!("{s:.2}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+fn item5() {
+    println!(
+        "\n### 5. Weights: replicas answering in {} ±20%, {WEIGHT_REQUESTS} requests, one every `every`; shares in %, observed vs configured\n",
+        fmt_ns(REPLICA_LATENCY.as_nanos() as f64),
+    );
+    println!("| weights | every (≈ in flight) | balancer | observed shares | configured shares | max deviation |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    let mut worst_ours: f64 = 0.0;
+    let mut missed: Vec<String> = Vec::new();
+    for weights in [&[198u32, 1, 1][..], &[1, 2, 3, 4]] {
+        let total: u32 = weights.iter().sum();
+        let configured: Vec<f64> = weights
+            .iter()
+            .map(|w| 100.0 * f64::from(*w) / f64::from(total))
+            .collect();
+        for every in [
+            Duration::from_millis(4),
+            Duration::from_millis(1),
+            Duration::from_micros(250),
+        ] {
+            let in_flight = REPLICA_LATENCY.as_secs_f64() / every.as_secs_f64();
+            for weighing in [
+                Weighing::PoolPending,
+                Weighing::PoolPeakEwma,
+                Weighing::NaiveUniform,
+                Weighing::ByWeightRawLoad,
+            ] {
+                let observed = weighted_shares(weighing, weights, every);
+                let deviation = observed
+                    .iter()
+                    .zip(&configured)
+                    .map(|(o, c)| (o - c).abs())
+                    .fold(0.0, f64::max);
+                let label = weights
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join("/");
+                if weighing == Weighing::PoolPending {
+                    worst_ours = worst_ours.max(deviation);
+                    if deviation > 2.0 {
+                        missed.push(format!("{label} at ≈ {in_flight:.0} in flight"));
+                    }
+                }
+                println!(
+                    "| {label} | {} (≈ {in_flight:.0}) | {} | {} | {} | {deviation:.1} pp |",
+                    fmt_ns(every.as_nanos() as f64),
+                    weighing.name(),
+                    fmt_shares(&observed),
+                    fmt_shares(&configured),
+                );
+            }
+        }
+    }
+    println!(
+        "\nTarget for (a): every share within ±2 pp of its weight's; worst here {worst_ours:.1} pp: {}.",
+        if missed.is_empty() {
+            "met".to_string()
+        } else {
+            format!("**missed** ({})", missed.join(", "))
+        }
+    );
+}
+
+// === 6. slow start ===
+
+const RAMP_WINDOW: Duration = Duration::from_secs(1);
+const RAMP_EVERY: Duration = Duration::from_micros(250);
+const RAMP_WARMUP: Duration = Duration::from_millis(200);
+const RAMP_BUCKET: Duration = Duration::from_millis(100);
+const RAMP_BUCKETS: usize = 12;
+const RAMP_MIN_PERCENT: u8 = 10;
+
+/// The fifth endpoint's share (%) per [`RAMP_BUCKET`] after it was added to four.
+fn new_endpoint_shares(peak_ewma: bool, slow_start: Option<f64>) -> Vec<f64> {
+    let per_bucket = (RAMP_BUCKET.as_nanos() / RAMP_EVERY.as_nanos()) as usize;
+    let warmup = (RAMP_WARMUP.as_nanos() / RAMP_EVERY.as_nanos()) as usize;
+    let requests = warmup + per_bucket * RAMP_BUCKETS;
+    let mut builder = P2cPool::builder();
+    if let Some(aggression) = slow_start {
+        builder = builder.slow_start(RAMP_WINDOW, aggression, RAMP_MIN_PERCENT);
+    }
+    let targets: Vec<(usize, u32)> = (0..4).map(|key| (key, 1)).collect();
+    let add = Some((warmup, (4, 1)));
+    let keys = paused_runtime().block_on(async move {
+        let maker = replica as ReplicaMaker;
+        if peak_ewma {
+            pool_keys(
+                make::peak_ewma(maker),
+                targets,
+                RAMP_EVERY,
+                builder,
+                requests,
+                add,
+            )
+            .await
+        } else {
+            let maker = make::pending_requests(maker);
+            pool_keys(maker, targets, RAMP_EVERY, builder, requests, add).await
+        }
+    });
+    keys[warmup..]
+        .chunks(per_bucket)
+        .map(|bucket| {
+            let new = bucket.iter().filter(|&&key| key == 4).count();
+            100.0 * new as f64 / bucket.len() as f64
+        })
+        .collect()
+}
+
+/// The share (%) of the new endpoint the configured ramp gives at the middle of each bucket:
+/// `f / (4 + f)` with `f = max(min, (t / window)^(1 / aggression))`, at most 1; 20% without.
+fn expected_ramp(aggression: Option<f64>) -> Vec<f64> {
+    (0..RAMP_BUCKETS)
+        .map(|bucket| {
+            let f = aggression.map_or(1.0, |aggression| {
+                let t =
+                    RAMP_BUCKET.as_secs_f64() * (bucket as f64 + 0.5) / RAMP_WINDOW.as_secs_f64();
+                t.powf(1.0 / aggression)
+                    .clamp(f64::from(RAMP_MIN_PERCENT) / 100.0, 1.0)
+            });
+            100.0 * f / (4.0 + f)
+        })
+        .collect()
+}
+
+fn item6() {
+    println!(
+        "\n### 6. Slow start: a fifth endpoint added to four (all {} ±20%) after {} of one request every {}; its share of requests (%) per {} from then on\n",
+        fmt_ns(REPLICA_LATENCY.as_nanos() as f64),
+        fmt_ns(RAMP_WARMUP.as_nanos() as f64),
+        fmt_ns(RAMP_EVERY.as_nanos() as f64),
+        fmt_ns(RAMP_BUCKET.as_nanos() as f64),
+    );
+    let buckets: Vec<String> = (0..RAMP_BUCKETS)
+        .map(|b| format!("{}–{} ms", b * 100, b * 100 + 100))
+        .collect();
+    println!("| stack | {} | max deviation |", buckets.join(" | "));
+    println!("| --- |{} --- |", " --- |".repeat(RAMP_BUCKETS));
+    let row = |name: &str, shares: &[f64], expected: Option<&[f64]>| {
+        let deviation = expected.map_or_else(
+            || "".to_string(),
+            |expected| {
+                let worst = shares
+                    .iter()
+                    .zip(expected)
+                    .map(|(s, e)| (s - e).abs())
+                    .fold(0.0, f64::max);
+                format!("{worst:.1} pp")
+            },
+        );
+        let cells: Vec<String> = shares.iter().map(|s| format!("{s:.1}")).collect();
+        println!("| {name} | {} | {deviation} |", cells.join(" | "));
+    };
+    let ramp = format!(
+        "slow_start({}, 1.0, {RAMP_MIN_PERCENT})",
+        fmt_ns(RAMP_WINDOW.as_nanos() as f64)
+    );
+    let steep = format!(
+        "slow_start({}, 2.0, {RAMP_MIN_PERCENT})",
+        fmt_ns(RAMP_WINDOW.as_nanos() as f64)
+    );
+    let linear = expected_ramp(Some(1.0));
+    let flat = expected_ramp(None);
+    row(&format!("expected, {ramp}: f / (4 + f)"), &linear, None);
+    for (load, peak_ewma) in [("pending_requests", false), ("peak_ewma", true)] {
+        row(
+            &format!("`P2cPool` + {load} + {ramp}"),
+            &new_endpoint_shares(peak_ewma, Some(1.0)),
+            Some(&linear),
+        );
+    }
+    row("expected without slow start: 1 / 5", &flat, None);
+    for (load, peak_ewma) in [("pending_requests", false), ("peak_ewma", true)] {
+        row(
+            &format!("`P2cPool` + {load}, no slow start"),
+            &new_endpoint_shares(peak_ewma, None),
+            Some(&flat),
+        );
+    }
+    let square_root = expected_ramp(Some(2.0));
+    row(
+        &format!("expected, {steep}: f = √(t / window)"),
+        &square_root,
+        None,
+    );
+    row(
+        &format!("`P2cPool` + pending_requests + {steep}"),
+        &new_endpoint_shares(false, Some(2.0)),
+        Some(&square_root),
+    );
+}
+
 fn main() {
     let start = std::time::Instant::now();
     println!("## portcullis endpoint health, simulated (paused time, seed {SEED})");
@@ -763,6 +1262,8 @@ fn main() {
         ("2", item2),
         ("3", item3),
         ("4", item4),
+        ("5", item5),
+        ("6", item6),
     ] {
         item();
         println!(
