@@ -16,7 +16,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::{net::TcpListener, time::Instant};
+use tokio::{net::TcpListener, task::AbortHandle, time::Instant};
 
 /// How a backend behaves.
 #[derive(Clone, Debug)]
@@ -35,6 +35,7 @@ pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
     state: Arc<State>,
+    accept: AbortHandle,
 }
 
 #[derive(Debug)]
@@ -44,6 +45,8 @@ struct State {
     requests: AtomicU64,
     removed: AtomicBool,
     after_removal: AtomicU64,
+    /// The tasks serving its open connections, aborted by [`Backend::stop`].
+    connections: Mutex<Vec<AbortHandle>>,
 }
 
 impl Backend {
@@ -57,12 +60,14 @@ impl Backend {
             requests: AtomicU64::new(0),
             removed: AtomicBool::new(false),
             after_removal: AtomicU64::new(0),
+            connections: Mutex::new(Vec::new()),
         });
-        tokio::spawn(serve(listener, state.clone()));
+        let accept = tokio::spawn(serve(listener, state.clone())).abort_handle();
         Ok(Self {
             name: name.to_string(),
             addr,
             state,
+            accept,
         })
     }
 
@@ -81,6 +86,22 @@ impl Backend {
         self.state.removed.store(true, Ordering::Relaxed);
     }
 
+    /// Kills it, as a crashed process: the listening socket closes (new connections are
+    /// refused) and every open connection is dropped, with whatever it was answering.
+    pub fn stop(&self) {
+        self.accept.abort();
+        let connections = std::mem::take(
+            &mut *self
+                .state
+                .connections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for connection in connections {
+            connection.abort();
+        }
+    }
+
     /// Changes how it behaves from now on.
     pub fn set_behavior(&self, behavior: Behavior) {
         *self
@@ -96,13 +117,17 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| handle(state.clone(), request));
+        let served = state.clone();
+        let connection = tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request| handle(served.clone(), request));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+        let mut connections = state.connections.lock().unwrap_or_else(|e| e.into_inner());
+        connections.retain(|c| !c.is_finished());
+        connections.push(connection.abort_handle());
     }
 }
 

@@ -201,7 +201,10 @@ impl Proxy {
         let pool = P2cPool::builder()
             .classify(|response: &Response<Bytes>| response.status().is_server_error())
             .consecutive_failures(P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES)
-            .abandoned_after(config.attempt_timeout)
+            // The attempt timeout starts before the queue wait and the pool's clock at the
+            // call, so a call it cuts short is a little younger than the timeout: count one
+            // dropped after nine tenths of it.
+            .abandoned_after(config.attempt_timeout.mul_f64(0.9))
             // A backend added to the file while others serve ramps up over 10 s.
             .slow_start(
                 Duration::from_secs(10),

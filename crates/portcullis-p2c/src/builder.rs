@@ -218,6 +218,9 @@ impl<C> P2cPoolBuilder<C> {
     /// its caller gave up on it (an attempt timeout), which is how an endpoint that accepts
     /// requests and never answers shows. Off by default: a future dropped sooner, or with
     /// this off, is a cancellation, no outcome at all.
+    ///
+    /// Set it a little below the attempt timeout above the pool (nine tenths, say): that
+    /// timeout starts before any queue wait, so the call it cuts short is younger than it.
     pub fn abandoned_after(mut self, after: Duration) -> Self {
         self.abandoned_after = Some(after);
         self
