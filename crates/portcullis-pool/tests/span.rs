@@ -85,3 +85,38 @@ async fn the_callers_span_is_entered_around_the_dispatch() {
     assert_pending!(worker.poll());
     assert_eq!(*spans.lock().unwrap(), vec![Some("checkout_request"), None]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_direct_dispatch_runs_in_the_callers_span_too() {
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+
+    let (mock, control) = pool::pair::<&str, u16, &str, &str>();
+    control.set_ready(true);
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let recording = Recording {
+        inner: mock,
+        spans: spans.clone(),
+    };
+    let (_updates, stream) = discovery::channel();
+    let (queue, worker) = PoolQueue::builder()
+        .build_unspawned(recording, stream)
+        .unwrap();
+    let mut worker = task::spawn(worker);
+    // The worker's first turn: from now on a caller may dispatch itself.
+    assert_pending!(worker.poll());
+
+    let mut traced = queue.clone();
+    let mut untraced = queue.clone();
+    let mut caller = task::spawn(());
+    let _in_span = {
+        let span = tracing::info_span!("checkout_request", order = 42);
+        let _entered = span.enter();
+        assert_ready_ok!(caller.enter(|cx, _| traced.poll_ready(cx)));
+        traced.call("with span")
+    };
+    assert_ready_ok!(caller.enter(|cx, _| untraced.poll_ready(cx)));
+    let _no_span = untraced.call("without");
+
+    assert_eq!(*spans.lock().unwrap(), vec![Some("checkout_request"), None]);
+    assert_eq!(queue.metrics().snapshot().direct_dispatches, 2);
+}

@@ -33,6 +33,7 @@
 //! | | `pool_queue_failfast_exited` | counter | |
 //! | | `pool_queue_rejected_in_failfast` | counter | |
 //! | | `pool_queue_no_slot` | counter | |
+//! | | `pool_queue_direct_dispatches` | counter | |
 //! | | `pool_queue_cancelled` | counter | |
 //! | | `pool_queue_endpoints` | gauge | `state` = `ready`, `pending`, `failed` |
 //! | | `pool_queue_discovery_updates` | counter | `kind` = `reset`, `add`, `remove`, `does_not_exist` |
@@ -331,6 +332,12 @@ impl Collector for PoolQueueCollector {
             "pool_queue_cancelled",
             "Requests skipped because their caller had gone away.",
             s.cancelled,
+        )?;
+        counter(
+            e,
+            "pool_queue_direct_dispatches",
+            "Requests their callers dispatched themselves, nothing being queued.",
+            s.direct_dispatches,
         )?;
         labelled(
             e,

@@ -37,6 +37,7 @@ use tokio::sync::Semaphore;
 pub struct PoolQueueBuilder {
     capacity: usize,
     failfast_timeout: Duration,
+    direct_dispatch: bool,
 }
 
 /// The settings of a built queue: checked, so every value here is one the queue can honour.
@@ -44,6 +45,7 @@ pub struct PoolQueueBuilder {
 pub(crate) struct Config {
     pub(crate) capacity: usize,
     pub(crate) failfast_timeout: Duration,
+    pub(crate) direct_dispatch: bool,
 }
 
 impl PoolQueueBuilder {
@@ -59,6 +61,7 @@ impl PoolQueueBuilder {
         Self {
             capacity: Self::DEFAULT_CAPACITY,
             failfast_timeout: Self::DEFAULT_FAILFAST_TIMEOUT,
+            direct_dispatch: true,
         }
     }
 
@@ -72,6 +75,16 @@ impl PoolQueueBuilder {
     /// Fail fast once requests have waited this long with no endpoint ready. Not zero.
     pub const fn failfast_timeout(mut self, timeout: Duration) -> Self {
         self.failfast_timeout = timeout;
+        self
+    }
+
+    /// Whether a caller that finds nothing queued and an endpoint ready at once may call the
+    /// pool itself, without the hand-off to the worker (on by default). Every contract of the
+    /// queue holds either way (FIFO, capacity, failfast, terminal errors, cancellation,
+    /// spans); the module documentation of `queue` says how. Off, every request goes through
+    /// the worker, as a `tower::buffer::Buffer` does.
+    pub const fn direct_dispatch(mut self, direct: bool) -> Self {
+        self.direct_dispatch = direct;
         self
     }
 
@@ -92,6 +105,7 @@ impl PoolQueueBuilder {
         Ok(Config {
             capacity: self.capacity,
             failfast_timeout: self.failfast_timeout,
+            direct_dispatch: self.direct_dispatch,
         })
     }
 
@@ -139,10 +153,14 @@ impl PoolQueueBuilder {
         discovery: D,
     ) -> Result<(PoolQueue<Req, P::Future>, Worker<P, D, K, T, Req>), BuildError>
     where
-        P: Pool<K, T, Req>,
+        P: Pool<K, T, Req> + Send + 'static,
         P::Error: Into<BoxError>,
+        P::Future: 'static,
         D: TryStream<Ok = Update<K, T>>,
         D::Error: Into<BoxError>,
+        K: 'static,
+        T: 'static,
+        Req: 'static,
     {
         Ok(PoolQueue::pair(pool, discovery, self.check()?))
     }

@@ -44,6 +44,14 @@ impl<F> ResponseFuture<F> {
         }
     }
 
+    /// A request the caller dispatched itself (`direct.rs`): the pool's future, as the worker
+    /// would have handed it back.
+    pub(crate) fn direct(fut: F) -> Self {
+        Self {
+            state: State::Dispatched { fut },
+        }
+    }
+
     pub(crate) fn failed(error: BoxError) -> Self {
         Self {
             state: State::Failed { error: Some(error) },

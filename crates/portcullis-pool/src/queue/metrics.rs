@@ -44,6 +44,10 @@ pub struct PoolQueueSnapshot {
     pub no_slot: u64,
     /// Requests skipped by the worker because their caller had gone away.
     pub cancelled: u64,
+    /// Requests their callers dispatched themselves, nothing being queued and an endpoint
+    /// ready at once ([`PoolQueueBuilder::direct_dispatch`](super::PoolQueueBuilder::direct_dispatch));
+    /// the worker's dispatches are counted in [`InQueueTimes::dispatched`].
+    pub direct_dispatches: u64,
     /// Discovery updates applied, by kind.
     pub updates: UpdateCounts,
     /// The pool's endpoints by state, as of the worker's last look.
@@ -144,6 +148,7 @@ impl PoolQueueMetrics {
             rejected_in_failfast: s.rejected_in_failfast.load(Ordering::Relaxed),
             no_slot: s.no_slot.load(Ordering::Relaxed),
             cancelled: s.cancelled.load(Ordering::Relaxed),
+            direct_dispatches: s.direct_dispatches.load(Ordering::Relaxed),
             updates: self.updates(),
             endpoints: EndpointCounts {
                 ready: s.endpoints_ready.load(Ordering::Relaxed),
@@ -263,6 +268,7 @@ mod tests {
             rejected_in_failfast: 7,
             no_slot: 6,
             cancelled: 4,
+            direct_dispatches: 9,
             updates: UpdateCounts {
                 reset: 1,
                 add: 2,
@@ -292,6 +298,7 @@ mod tests {
             "rejected_in_failfast: 7",
             "no_slot: 6",
             "cancelled: 4",
+            "direct_dispatches: 9",
             "updates: UpdateCounts { reset: 1, add: 2, remove: 3, does_not_exist: 0 }",
             "endpoints: EndpointCounts { ready: 0, pending: 5, failed: 1 }",
             "discovery_ended: false",

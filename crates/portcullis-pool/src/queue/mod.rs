@@ -17,6 +17,11 @@
 //!   [`Pool::poll_pool`] so that pending endpoints become ready with no request in flight;
 //! - never awaits a response: it calls the pool and hands the response future back to the
 //!   caller, who drives it in its own task, so a hung endpoint never delays the next dispatch;
+//! - lets a caller that finds nothing queued and an endpoint ready at once call the pool
+//!   itself, skipping the hand-off ([`PoolQueueBuilder::direct_dispatch`], on by default): the
+//!   worker holds the pool for its turn and callers only try the lock, step aside while the
+//!   worker waits for it, and poll readiness with the worker's waker, so FIFO, capacity,
+//!   failfast, terminal errors, cancellation and spans are what they are without it;
 //! - skips requests whose caller has gone away;
 //! - enters *failfast* when requests wait and no endpoint has been ready for the failfast
 //!   timeout: the waiting requests fail with [`FailFast`], new ones fail at once (their
@@ -68,6 +73,7 @@
 //! ```
 
 mod config;
+mod direct;
 mod error;
 mod failfast;
 mod future;
@@ -80,6 +86,7 @@ mod worker;
 
 use config::Config;
 pub use config::PoolQueueBuilder;
+use direct::Direct;
 pub use error::{BoxError, BuildError, FailFast, FailureSource, NoSlot, PoolFailed, WorkerGone};
 pub use future::ResponseFuture;
 pub use layer::PoolQueueLayer;
@@ -143,14 +150,19 @@ impl<Req, F> PoolQueue<Req, F> {
         config: Config,
     ) -> (Self, Worker<P, D, K, T, Req>)
     where
-        P: Pool<K, T, Req, Future = F>,
+        P: Pool<K, T, Req, Future = F> + Send + 'static,
         P::Error: Into<BoxError>,
         D: TryStream<Ok = Update<K, T>>,
         D::Error: Into<BoxError>,
+        K: 'static,
+        T: 'static,
+        Req: 'static,
+        F: 'static,
     {
         let shared = Arc::new(Shared::new(config.capacity, config.failfast_timeout));
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = Worker::new(pool, discovery, rx, shared.clone());
-        (PoolQueue::new_handle(tx, shared), worker)
+        let direct = Arc::new(Direct::new(pool, config.direct_dispatch));
+        let worker = Worker::new(direct.clone(), discovery, rx, shared.clone());
+        (PoolQueue::new_handle(tx, direct, shared), worker)
     }
 }

@@ -1,4 +1,5 @@
 use super::{
+    direct::DirectDispatch,
     error::{BoxError, FailFast, NoSlot},
     failfast::{SlotWait, SlotWaitEnd},
     future::ResponseFuture,
@@ -26,6 +27,8 @@ use tower_service::Service;
 /// `F` is the pool's response future; the handle does not name the pool's type.
 pub struct PoolQueue<Req, F> {
     tx: mpsc::UnboundedSender<Message<Req, F>>,
+    /// The pool, for a caller to dispatch itself when nothing is queued (`direct.rs`).
+    direct: Arc<dyn DirectDispatch<Req, F>>,
     semaphore: PollSemaphore,
     shared: Arc<Shared>,
     ready: Readiness,
@@ -49,10 +52,12 @@ enum Readiness {
 impl<Req, F> PoolQueue<Req, F> {
     pub(crate) fn new_handle(
         tx: mpsc::UnboundedSender<Message<Req, F>>,
+        direct: Arc<dyn DirectDispatch<Req, F>>,
         shared: Arc<Shared>,
     ) -> Self {
         Self {
             tx,
+            direct,
             semaphore: PollSemaphore::new(shared.semaphore.clone()),
             shared,
             ready: Readiness::Unpolled,
@@ -181,6 +186,17 @@ where
             Readiness::FailFast => return self.reject_in_failfast(),
             Readiness::Unpolled => return ResponseFuture::failed(Box::new(NotReady::new())),
         };
+        let request = match self.direct.try_dispatch(request, &self.shared) {
+            Ok(fut) => {
+                // The slot held the place of a request that never had to wait.
+                drop(permit);
+                self.shared
+                    .direct_dispatches
+                    .fetch_add(1, Ordering::Relaxed);
+                return ResponseFuture::direct(fut);
+            }
+            Err(request) => request,
+        };
         let (tx, rx) = oneshot::channel();
         let message = Message {
             request,
@@ -189,9 +205,13 @@ where
             enqueued_at: Instant::now(),
             _permit: permit,
         };
+        self.shared.enqueued();
         match self.tx.send(message) {
             Ok(()) => ResponseFuture::queued(rx),
-            Err(_) => ResponseFuture::failed(self.shared.closed_error()),
+            Err(_) => {
+                self.shared.dequeued();
+                ResponseFuture::failed(self.shared.closed_error())
+            }
         }
     }
 }
@@ -202,6 +222,7 @@ impl<Req, F> Clone for PoolQueue<Req, F> {
     fn clone(&self) -> Self {
         Self {
             tx: self.tx.clone(),
+            direct: self.direct.clone(),
             semaphore: self.semaphore.clone(),
             shared: self.shared.clone(),
             ready: Readiness::Unpolled,

@@ -121,6 +121,12 @@ pub(crate) struct Shared {
     pub(crate) endpoints_failed: AtomicUsize,
     pub(crate) discovery_ended: AtomicBool,
     pub(crate) in_queue: [WaitHistogram; 3],
+    /// Requests sent to the worker and not yet dispatched or answered by it: while any is,
+    /// nobody dispatches directly (FIFO). Written by each queued request twice, read by each
+    /// direct attempt: on a line of its own.
+    queued: CachePadded<AtomicUsize>,
+    /// Requests callers dispatched themselves (`direct.rs`).
+    pub(crate) direct_dispatches: CachePadded<AtomicU64>,
 }
 
 /// The state every `poll_ready` reads.
@@ -156,7 +162,26 @@ impl Shared {
                 WaitHistogram::new(),
                 WaitHistogram::new(),
             ],
+            queued: CachePadded::new(AtomicUsize::new(0)),
+            direct_dispatches: CachePadded::new(AtomicU64::new(0)),
         }
+    }
+
+    // === queued requests ===
+
+    /// A request is on its way to the worker.
+    pub(crate) fn enqueued(&self) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The worker took a request out: dispatched, answered or skipped.
+    pub(crate) fn dequeued(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether any request waits for the worker.
+    pub(crate) fn any_queued(&self) -> bool {
+        self.queued.load(Ordering::Acquire) != 0
     }
 
     // === terminal state ===

@@ -1,4 +1,5 @@
 use super::{
+    direct::Direct,
     error::{BoxError, FailFast, FailureSource, PoolFailed},
     failfast::Failfast,
     message::Message,
@@ -33,7 +34,8 @@ pub struct Worker<P, D, K, T, Req>
 where
     P: Pool<K, T, Req>,
 {
-    pool: P,
+    /// The pool, behind the lock the worker holds for its turn and direct callers try.
+    pool: Arc<Direct<P, K, T>>,
     /// `None` once discovery has ended: the pool keeps serving its last endpoint set.
     discovery: Option<Pin<Box<D>>>,
     rx: mpsc::UnboundedReceiver<Message<Req, P::Future>>,
@@ -58,7 +60,7 @@ where
     D::Error: Into<BoxError>,
 {
     pub(crate) fn new(
-        pool: P,
+        pool: Arc<Direct<P, K, T>>,
         discovery: D,
         rx: mpsc::UnboundedReceiver<Message<Req, P::Future>>,
         shared: Arc<Shared>,
@@ -79,7 +81,7 @@ where
     // === discovery ===
 
     /// Applies every update discovery has ready (up to a turn's worth).
-    fn poll_discovery(&mut self, cx: &mut Context<'_>) -> Result<(), PoolFailed> {
+    fn poll_discovery(&mut self, pool: &mut P, cx: &mut Context<'_>) -> Result<(), PoolFailed> {
         let Some(discovery) = self.discovery.as_mut() else {
             return Ok(());
         };
@@ -92,7 +94,7 @@ where
                         endpoints = update.len(),
                         "applying discovery update"
                     );
-                    self.pool.update_pool(update);
+                    pool.update_pool(update);
                     self.shared.record_update(kind);
                 }
                 Poll::Ready(Some(Err(error))) => {
@@ -117,9 +119,15 @@ where
     // === pool ===
 
     /// Drives pending endpoints, whether or not a request waits.
-    fn poll_pool(&mut self, cx: &mut Context<'_>) -> Result<(), PoolFailed> {
-        let result = self.pool.poll_pool(cx);
-        let endpoints = self.pool.endpoints();
+    fn poll_pool(&mut self, pool: &mut P, cx: &mut Context<'_>) -> Result<(), PoolFailed> {
+        if let Some(error) = self.pool.take_error() {
+            return Err(PoolFailed::new(FailureSource::Pool, error));
+        }
+        if self.pool.take_saw_ready() {
+            self.failfast.endpoint_ready();
+        }
+        let result = pool.poll_pool(cx);
+        let endpoints = pool.endpoints();
         if self.endpoints != Some(endpoints) {
             self.endpoints = Some(endpoints);
             self.shared.record_endpoints(endpoints);
@@ -134,11 +142,16 @@ where
 
     /// Dispatches requests while endpoints are ready. `Ready` once every handle is gone and
     /// every request is answered.
-    fn poll_requests(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PoolFailed>> {
+    fn poll_requests(
+        &mut self,
+        pool: &mut P,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), PoolFailed>> {
         loop {
             if self.waiting.is_none() {
                 match self.rx.poll_recv(cx) {
                     Poll::Ready(Some(message)) if message.is_canceled() => {
+                        self.shared.dequeued();
                         self.skip_canceled();
                         continue;
                     }
@@ -150,7 +163,7 @@ where
                         // In failfast, readiness is watched with nothing queued: the queue
                         // leaves failfast on its own as soon as an endpoint is ready.
                         if self.failfast.is_active() {
-                            if let Poll::Ready(ready) = self.pool.poll_ready(cx) {
+                            if let Poll::Ready(ready) = pool.poll_ready(cx) {
                                 ready
                                     .map_err(|e| PoolFailed::new(FailureSource::Pool, e.into()))?;
                                 self.failfast.endpoint_ready();
@@ -161,11 +174,11 @@ where
                 }
             }
 
-            match self.pool.poll_ready(cx) {
+            match pool.poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     self.failfast.endpoint_ready();
                     if let Some(message) = self.waiting.take() {
-                        self.dispatch(message);
+                        self.dispatch(pool, message);
                     }
                 }
                 Poll::Ready(Err(error)) => {
@@ -182,6 +195,7 @@ where
                     if message.poll_canceled(cx).is_ready() {
                         // The clock runs on for whoever is next in line (see `failfast.rs`).
                         self.waiting = None;
+                        self.shared.dequeued();
                         self.skip_canceled();
                         continue;
                     }
@@ -197,7 +211,8 @@ where
         turn_clock(&mut self.now)
     }
 
-    fn dispatch(&mut self, message: Message<Req, P::Future>) {
+    fn dispatch(&mut self, pool: &mut P, message: Message<Req, P::Future>) {
+        self.shared.dequeued();
         if message.is_canceled() {
             self.skip_canceled();
             return;
@@ -212,7 +227,7 @@ where
         let fut = {
             let _enter = span.enter();
             tracing::trace!("dispatching");
-            self.pool.call(request)
+            pool.call(request)
         };
         let waited = self.now().saturating_duration_since(enqueued_at);
         self.shared.record_in_queue(Outcome::Dispatched, waited);
@@ -222,6 +237,7 @@ where
     }
 
     fn answer(&mut self, message: Message<Req, P::Future>, outcome: Outcome, error: BoxError) {
+        self.shared.dequeued();
         let waited = self.now().saturating_duration_since(message.enqueued_at);
         self.shared.record_in_queue(outcome, waited);
         let _ = message.tx.send(Err(error));
@@ -290,11 +306,19 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         this.now = None;
+        // The worker's turn: the pool is its alone until the turn ends (see `direct.rs`).
+        let direct = this.pool.clone();
+        let mut guard = direct.lock_for_turn(cx.waker());
+        let Some(pool) = guard.pool.as_mut() else {
+            // Dropped only by the worker's own `Drop`; a worker polled after that has nothing
+            // left to do.
+            return Poll::Ready(());
+        };
         loop {
             let step = this
-                .poll_discovery(cx)
-                .and_then(|()| this.poll_pool(cx))
-                .map(|()| this.poll_requests(cx));
+                .poll_discovery(pool, cx)
+                .and_then(|()| this.poll_pool(pool, cx))
+                .map(|()| this.poll_requests(pool, cx));
             match step {
                 Err(error) | Ok(Poll::Ready(Err(error))) => {
                     this.terminate(error);
@@ -329,6 +353,7 @@ where
     /// answered here with the same error later callers get: the terminal error if there was
     /// one, `WorkerGone` otherwise. Nothing here can panic, so this is safe during unwinding.
     fn drop(&mut self) {
+        self.pool.drop_pool();
         self.shared.clear_failfast();
         self.shared.semaphore.close();
         self.rx.close();

@@ -1,0 +1,246 @@
+//! Direct dispatch: a caller that finds nothing queued and an endpoint ready at once calls the
+//! pool itself, without the hand-off to the worker.
+//!
+//! A cross-task hand-off is the floor of any buffer: the request and the response future each
+//! cross a channel, and the worker must be woken and scheduled. When nothing waits and an
+//! endpoint is ready, none of that buys anything, so the caller may skip it.
+//!
+//! # The rules
+//!
+//! - **The worker still owns the pool's life.** Discovery, `poll_pool`, the queue and failfast
+//!   stay the worker's. The pool sits behind a mutex that the worker holds for its whole turn;
+//!   a caller only ever *tries* the lock, and steps aside while the worker waits for it, so a
+//!   stream of direct callers cannot keep the worker (and discovery updates) out.
+//! - **FIFO.** A caller dispatches directly only if no request is queued (sent to the worker
+//!   and not yet dispatched or answered), checked again under the lock. A request queued
+//!   after that check came after this caller; one queued before makes it queue too.
+//! - **Readiness is polled with the worker's waker**, not the caller's: most services keep
+//!   only the last waker they were polled with, so a poll with the caller's would take the
+//!   registration away from the worker. Whatever a direct poll found pending wakes the worker
+//!   when it turns ready.
+//! - **Pending means queue.** If the pool is not ready at once, the request is queued exactly
+//!   as without direct dispatch, and the worker takes over.
+//! - **Everything else is as queued:** a direct dispatch happens only with a slot reserved by
+//!   `poll_ready` (so the capacity and failfast answers are the same), the response future is
+//!   driven by the caller as always, and a pool error met by a direct poll stops the worker
+//!   with that error, as if the worker had met it.
+
+use super::error::BoxError;
+use super::shared::Shared;
+use crate::Pool;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::task::{Context, Poll, Waker};
+
+/// The pool as the worker and direct callers share it.
+#[derive(Debug)]
+pub(crate) struct Direct<P, K, T> {
+    inner: Mutex<Inner<P>>,
+    /// Whether direct dispatch is on (`PoolQueueBuilder::direct_dispatch`).
+    enabled: bool,
+    /// Set while the worker waits for the lock: callers step aside.
+    worker_waiting: AtomicBool,
+    /// A direct dispatch found an endpoint ready since the worker last looked: the failfast
+    /// clock's "an endpoint was ready" event.
+    saw_ready: AtomicBool,
+    /// A pool error a direct poll met, for the worker to stop on.
+    error: Mutex<Option<BoxError>>,
+    _target: PhantomData<fn(K, T)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner<P> {
+    /// `None` once the worker has ended: the pool goes with it, as it did before direct
+    /// dispatch, and later callers queue (and learn that the worker is gone).
+    pub(crate) pool: Option<P>,
+    /// The worker's waker as of its last turn; `None` before the worker first ran.
+    pub(crate) waker: Option<Waker>,
+}
+
+/// What a handle sees of [`Direct`], without naming the pool's type.
+pub(crate) trait DirectDispatch<Req, F>: Send + Sync {
+    /// Dispatches `request` at once if nothing is queued and an endpoint is ready; gives it
+    /// back otherwise, to be queued.
+    fn try_dispatch(&self, request: Req, shared: &Shared) -> Result<F, Req>;
+}
+
+impl<P, K, T> Direct<P, K, T> {
+    pub(crate) fn new(pool: P, enabled: bool) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                pool: Some(pool),
+                waker: None,
+            }),
+            enabled,
+            worker_waiting: AtomicBool::new(false),
+            saw_ready: AtomicBool::new(false),
+            error: Mutex::new(None),
+            _target: PhantomData,
+        }
+    }
+
+    /// The worker's lock for its turn; callers step aside while it waits. A poisoned lock (a
+    /// pool that panicked in a caller's direct dispatch) is taken as it is: the pool's own
+    /// state is the pool's business, and the queue must keep answering.
+    pub(crate) fn lock_for_turn(&self, waker: &Waker) -> MutexGuard<'_, Inner<P>> {
+        self.worker_waiting.store(true, Ordering::Relaxed);
+        let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        self.worker_waiting.store(false, Ordering::Relaxed);
+        if !guard.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            guard.waker = Some(waker.clone());
+        }
+        guard
+    }
+
+    /// Drops the pool: the worker has ended.
+    pub(crate) fn drop_pool(&self) {
+        let pool = self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pool
+            .take();
+        drop(pool);
+    }
+
+    /// Whether a direct dispatch found an endpoint ready since the last call.
+    pub(crate) fn take_saw_ready(&self) -> bool {
+        self.saw_ready.load(Ordering::Relaxed) && self.saw_ready.swap(false, Ordering::Relaxed)
+    }
+
+    /// The pool error a direct poll met, if any.
+    pub(crate) fn take_error(&self) -> Option<BoxError> {
+        self.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl<P, K, T, Req> DirectDispatch<Req, P::Future> for Direct<P, K, T>
+where
+    P: Pool<K, T, Req> + Send,
+    P::Error: Into<BoxError>,
+{
+    fn try_dispatch(&self, request: Req, shared: &Shared) -> Result<P::Future, Req> {
+        if !self.enabled
+            || self.worker_waiting.load(Ordering::Relaxed)
+            || shared.any_queued()
+            || shared.is_closed()
+        {
+            return Err(request);
+        }
+        let mut guard = match self.inner.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(request),
+        };
+        // Again under the lock: a request queued before it was taken goes first.
+        if shared.any_queued() {
+            return Err(request);
+        }
+        let Inner { pool, waker } = &mut *guard;
+        let (Some(pool), Some(waker)) = (pool.as_mut(), waker.as_ref()) else {
+            return Err(request);
+        };
+        let mut cx = Context::from_waker(waker);
+        match pool.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => {
+                self.saw_ready.store(true, Ordering::Relaxed);
+                tracing::trace!("dispatching directly");
+                Ok(pool.call(request))
+            }
+            Poll::Ready(Err(error)) => {
+                *self.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.into());
+                waker.wake_by_ref();
+                Err(request)
+            }
+            Poll::Pending => Err(request),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EndpointCounts, Update};
+    use std::future::Ready;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tower_service::Service;
+
+    /// A pool that is never ready and keeps every waker it is polled with.
+    struct Recording(Arc<Mutex<Vec<Waker>>>);
+
+    impl Service<()> for Recording {
+        type Response = ();
+        type Error = BoxError;
+        type Future = Ready<Result<(), BoxError>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(cx.waker().clone());
+            Poll::Pending
+        }
+
+        fn call(&mut self, (): ()) -> Self::Future {
+            std::future::ready(Ok(()))
+        }
+    }
+
+    impl Pool<(), (), ()> for Recording {
+        fn update_pool(&mut self, _: Update<(), ()>) {}
+
+        fn poll_pool(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn endpoints(&self) -> EndpointCounts {
+            EndpointCounts::default()
+        }
+    }
+
+    #[test]
+    fn a_direct_poll_registers_the_workers_waker_so_a_pending_endpoint_wakes_the_worker() {
+        let wakers = Arc::new(Mutex::new(Vec::new()));
+        let direct = Direct::<_, (), ()>::new(Recording(wakers.clone()), true);
+        let shared = Shared::new(4, Duration::from_secs(1));
+
+        // Before the worker's first turn there is no waker to poll with: nothing is polled.
+        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared).is_err());
+        assert!(wakers.lock().unwrap().is_empty());
+
+        let mut worker = tokio_test::task::spawn(());
+        worker.enter(|cx, _| drop(direct.lock_for_turn(cx.waker())));
+        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared).is_err());
+        let polled_with = wakers.lock().unwrap().pop().unwrap();
+        assert!(!worker.is_woken());
+        polled_with.wake();
+        assert!(
+            worker.is_woken(),
+            "the endpoint's wake-up reaches the worker"
+        );
+    }
+
+    #[test]
+    fn callers_step_aside_while_the_worker_waits_for_the_lock_and_while_anything_is_queued() {
+        let wakers = Arc::new(Mutex::new(Vec::new()));
+        let direct = Direct::<_, (), ()>::new(Recording(wakers.clone()), true);
+        let shared = Shared::new(4, Duration::from_secs(1));
+        let mut worker = tokio_test::task::spawn(());
+        worker.enter(|cx, _| drop(direct.lock_for_turn(cx.waker())));
+
+        shared.enqueued();
+        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared).is_err());
+        shared.dequeued();
+        direct.worker_waiting.store(true, Ordering::Relaxed);
+        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared).is_err());
+        assert!(wakers.lock().unwrap().is_empty(), "the pool was not polled");
+        direct.worker_waiting.store(false, Ordering::Relaxed);
+        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared).is_err());
+        assert_eq!(wakers.lock().unwrap().len(), 1, "polled once, not ready");
+    }
+}
