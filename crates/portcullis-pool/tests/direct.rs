@@ -67,6 +67,40 @@ async fn a_direct_dispatch_never_overtakes_a_queued_request() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_update_that_arrived_is_applied_before_the_next_request_is_routed() {
+    let mut h = harness(4);
+    h.control.set_ready(true);
+    assert_pending!(h.worker.poll());
+
+    // Discovery changed the set; the worker is woken but has not run yet.
+    h.discovery.send(Update::Remove(vec!["doomed"]));
+    assert!(h.worker.is_woken());
+    let mut a = Caller::new(&h.queue).send("a");
+    assert_eq!(
+        h.control.calls(),
+        0,
+        "not routed before the update is applied"
+    );
+    assert_eq!(h.control.updates_received(), 0);
+
+    // The worker's turn: the update first, then the request.
+    assert_pending!(h.worker.poll());
+    assert_eq!(h.control.updates_received(), 1);
+    let (request, responder) = h.control.try_next_request().unwrap();
+    assert_eq!(request, "a");
+    responder.respond("ok");
+    assert_eq!(assert_ready_ok!(a.poll()), "ok");
+    assert_eq!(h.queue.metrics().snapshot().direct_dispatches, 0);
+
+    // Nothing left for the worker: the next caller dispatches itself again.
+    let mut b = Caller::new(&h.queue).send("b");
+    let (_, responder) = h.control.try_next_request().expect("called directly");
+    responder.respond("ok");
+    assert_eq!(assert_ready_ok!(b.poll()), "ok");
+    assert_eq!(h.queue.metrics().snapshot().direct_dispatches, 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_caller_whose_readiness_poll_is_pending_is_served_by_the_worker() {
     let mut h = harness(4);
     assert_pending!(h.worker.poll());

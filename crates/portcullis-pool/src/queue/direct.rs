@@ -18,6 +18,12 @@
 //!   only the last waker they were polled with, so a poll with the caller's would take the
 //!   registration away from the worker. Whatever a direct poll found pending wakes the worker
 //!   when it turns ready.
+//! - **Nothing the worker has yet to do is skipped.** The worker polls everything (discovery,
+//!   the request channel, the pool, its timers) with a waker of ours that notes it was woken
+//!   before it wakes the worker's task, and clears the note when its turn begins. While the
+//!   note is set, callers queue: a discovery update that has arrived but is not applied yet
+//!   (the worker woken, not yet run) is applied before the next request is routed, as it was
+//!   when every request went through the worker.
 //! - **Pending means queue.** If the pool is not ready at once, the request is queued exactly
 //!   as without direct dispatch, and the worker takes over.
 //! - **Everything else is as queued:** a direct dispatch happens only with a slot reserved by
@@ -30,8 +36,8 @@ use super::shared::Shared;
 use crate::Pool;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::task::{Context, Poll, Wake, Waker};
 
 /// The pool as the worker and direct callers share it.
 #[derive(Debug)]
@@ -46,6 +52,9 @@ pub(crate) struct Direct<P, K, T> {
     saw_ready: AtomicBool,
     /// A pool error a direct poll met, for the worker to stop on.
     error: Mutex<Option<BoxError>>,
+    /// What the worker polls everything with, and direct callers poll the pool with.
+    wake: Arc<WorkerWake>,
+    waker: Waker,
     _target: PhantomData<fn(K, T)>,
 }
 
@@ -54,8 +63,30 @@ pub(crate) struct Inner<P> {
     /// `None` once the worker has ended: the pool goes with it, as it did before direct
     /// dispatch, and later callers queue (and learn that the worker is gone).
     pub(crate) pool: Option<P>,
-    /// The worker's waker as of its last turn; `None` before the worker first ran.
-    pub(crate) waker: Option<Waker>,
+}
+
+/// The worker's waker, wrapped: a wake-up is noted (the worker has something to do) before it
+/// is passed on to the worker's task.
+#[derive(Debug)]
+struct WorkerWake {
+    /// Set by every wake-up, cleared when a turn begins; set until the first turn.
+    woken: AtomicBool,
+    /// The worker task's waker as of its last turn.
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for WorkerWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(task) = task.as_ref() {
+            task.wake_by_ref();
+        }
+    }
 }
 
 /// What a handle sees of [`Direct`], without naming the pool's type.
@@ -67,29 +98,46 @@ pub(crate) trait DirectDispatch<Req, F>: Send + Sync {
 
 impl<P, K, T> Direct<P, K, T> {
     pub(crate) fn new(pool: P, enabled: bool) -> Self {
+        let wake = Arc::new(WorkerWake {
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        });
         Self {
-            inner: Mutex::new(Inner {
-                pool: Some(pool),
-                waker: None,
-            }),
+            inner: Mutex::new(Inner { pool: Some(pool) }),
             enabled,
             worker_waiting: AtomicBool::new(false),
             saw_ready: AtomicBool::new(false),
             error: Mutex::new(None),
+            waker: Waker::from(wake.clone()),
+            wake,
             _target: PhantomData,
         }
     }
 
-    /// The worker's lock for its turn; callers step aside while it waits. A poisoned lock (a
+    /// The waker the worker polls everything with during its turn.
+    pub(crate) fn waker(&self) -> &Waker {
+        &self.waker
+    }
+
+    /// The worker's lock for its turn, taken with the worker task's `waker`; callers step
+    /// aside while it waits. The turn begins: the wake-up note is cleared. A poisoned lock (a
     /// pool that panicked in a caller's direct dispatch) is taken as it is: the pool's own
     /// state is the pool's business, and the queue must keep answering.
     pub(crate) fn lock_for_turn(&self, waker: &Waker) -> MutexGuard<'_, Inner<P>> {
         self.worker_waiting.store(true, Ordering::Relaxed);
-        let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         self.worker_waiting.store(false, Ordering::Relaxed);
-        if !guard.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            guard.waker = Some(waker.clone());
+        {
+            let mut task = self
+                .wake
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !task.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                *task = Some(waker.clone());
+            }
         }
+        self.wake.woken.store(false, Ordering::Release);
         guard
     }
 
@@ -125,6 +173,7 @@ where
 {
     fn try_dispatch(&self, request: Req, shared: &Shared) -> Result<P::Future, Req> {
         if !self.enabled
+            || self.wake.woken.load(Ordering::Acquire)
             || self.worker_waiting.load(Ordering::Relaxed)
             || shared.any_queued()
             || shared.is_closed()
@@ -136,14 +185,15 @@ where
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return Err(request),
         };
-        // Again under the lock: a request queued before it was taken goes first.
-        if shared.any_queued() {
+        // Again under the lock: a request queued, or anything for the worker to do, before
+        // it was taken goes first.
+        if shared.any_queued() || self.wake.woken.load(Ordering::Acquire) {
             return Err(request);
         }
-        let Inner { pool, waker } = &mut *guard;
-        let (Some(pool), Some(waker)) = (pool.as_mut(), waker.as_ref()) else {
+        let Some(pool) = guard.pool.as_mut() else {
             return Err(request);
         };
+        let waker = &self.waker;
         let mut cx = Context::from_waker(waker);
         match pool.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => {

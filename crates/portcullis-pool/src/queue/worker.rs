@@ -309,6 +309,10 @@ where
         // The worker's turn: the pool is its alone until the turn ends (see `direct.rs`).
         let direct = this.pool.clone();
         let mut guard = direct.lock_for_turn(cx.waker());
+        // Everything is polled with the noting waker, so callers know when the worker has
+        // something to do (see `direct.rs`).
+        let mut cx = Context::from_waker(direct.waker());
+        let cx = &mut cx;
         let Some(pool) = guard.pool.as_mut() else {
             // Dropped only by the worker's own `Drop`; a worker polled after that has nothing
             // left to do.
