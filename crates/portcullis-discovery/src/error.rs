@@ -28,7 +28,8 @@ pub enum BuildError {
     },
     /// A zero query or request timeout.
     ZeroTimeout,
-    /// A name that cannot be looked up (not a DNS name).
+    /// A name that cannot be looked up: not a DNS name, or not a Kubernetes namespace,
+    /// Service or port name.
     Name {
         /// The name given.
         name: String,

@@ -11,12 +11,15 @@
 //! | [`dns::Dns`] (feature `dns`) | A/AAAA records of `host:port`, or SRV records, on hickory-resolver, re-resolved on their TTL (clamped, jittered) | `Reset` when the set changed, `DoesNotExist` on NXDOMAIN; failures keep the last set; never ends |
 //! | [`etcd::Etcd`] (feature `etcd`) | keys under a prefix (an address, or JSON with a weight and a zone), on etcd-client: listed, then watched from the list's revision | `Reset` first and after a compaction, then `Add`/`Remove` per change (a `Reset` when one change both adds and removes); resumes after a disconnect from the last revision seen; never ends |
 //!
+//! | [`k8s::K8s`] (feature `k8s`) | a Service's `discovery.k8s.io/v1` EndpointSlices, through kube-runtime's watcher: endpoints ready, serving and not terminating, at a port chosen by name, with zone and node | `Reset` first and after a re-list (410 Gone), then `Add`/`Remove` per event (a `Reset` when one event both adds and removes); resumes a watch from the last resourceVersion; never ends |
+//!
 //! [`etcd::Registration`] puts this process's own address under the prefix with a lease and
 //! keeps it alive until dropped.
 //!
-//! The DNS and etcd sources count what it reads, what failed and what it yielded in a
-//! [`DiscoveryMetrics`], and logs each change of its set at info, in one form:
-//! `dns api.internal.: 3 endpoints (+1 -0)`, `etcd /services/api/: 2 endpoints (+0 -1)`.
+//! The DNS, etcd and Kubernetes sources each count what they read, what failed and what they
+//! yielded in a [`DiscoveryMetrics`], and log each change of their set at info, in one form:
+//! `dns api.internal.: 3 endpoints (+1 -0)`, `etcd /services/api/: 2 endpoints (+0 -1)`,
+//! `k8s default/api:http: 4 endpoints (+1 -1)`.
 //!
 //! A `PoolQueueLayer` takes a *function* that makes the stream, since a stream can be consumed
 //! only once: `move || from_watch(rx.clone())`, `move || file.updates()`.
@@ -34,19 +37,21 @@ mod watch;
 pub mod dns;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "k8s")]
+pub mod k8s;
 
-#[cfg(any(feature = "dns", feature = "etcd"))]
+#[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
 mod delay;
-#[cfg(any(feature = "dns", feature = "etcd"))]
+#[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
 mod error;
-#[cfg(any(feature = "dns", feature = "etcd"))]
+#[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
 mod metrics;
-#[cfg(any(feature = "dns", feature = "etcd"))]
+#[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
 mod tracked;
 
-#[cfg(any(feature = "dns", feature = "etcd"))]
+#[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
 pub use self::error::BuildError;
-#[cfg(any(feature = "dns", feature = "etcd"))]
+#[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
 pub use self::metrics::{DiscoveryMetrics, DiscoverySnapshot};
 
 pub use self::discover::{from_discover, FromDiscover};

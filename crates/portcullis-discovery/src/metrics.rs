@@ -1,11 +1,11 @@
-//! [`DiscoveryMetrics`]: what a DNS or etcd source has read, failed and yielded.
+//! [`DiscoveryMetrics`]: what a DNS, etcd or Kubernetes source has read, failed and yielded.
 
 use portcullis_pool::{UpdateCounters, UpdateCounts, UpdateKind};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A handle to one discovery source's metrics (a DNS or an etcd stream).
+/// A handle to one discovery source's metrics (a DNS, an etcd or a Kubernetes stream).
 ///
 /// Cloning is an `Arc` clone; reading is a few relaxed atomic loads, so it can be exported
 /// from any task while the stream is read by another (a `PoolQueue` worker).
@@ -31,10 +31,12 @@ struct Inner {
 #[non_exhaustive]
 pub struct DiscoverySnapshot {
     /// Answers read from the system the source watches: DNS resolutions that got an answer
-    /// (NXDOMAIN included); etcd lists and watch responses.
+    /// (NXDOMAIN included); etcd lists and watch responses; the Kubernetes watcher's events
+    /// (a list's start, each slice listed, the list's end, each slice watched).
     pub reads: u64,
-    /// Failed reads (SERVFAIL, timeouts, network errors, a lost etcd connection): each kept
-    /// the last set and was retried after a backoff.
+    /// Failed reads (SERVFAIL, timeouts, network errors, a lost etcd connection, a failed
+    /// Kubernetes list or watch): each kept the last set and was retried after a backoff.
+    /// Also values that are not endpoints (an etcd value, an EndpointSlice without the port).
     pub errors: u64,
     /// Updates yielded, by kind.
     pub updates: UpdateCounts,

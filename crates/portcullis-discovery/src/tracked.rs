@@ -6,12 +6,13 @@ use portcullis_pool::Update;
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
-/// The set last yielded by one source (`dns api.internal`, `etcd /services/api/`).
+/// The set last yielded by one source (`dns api.internal`, `etcd /services/api/`,
+/// `k8s default/api:http`).
 #[derive(Debug)]
 pub(crate) struct Tracked<K, T> {
-    /// The system read, for logs: `dns`, `etcd`.
+    /// The system read, for logs: `dns`, `etcd`, `k8s`.
     system: &'static str,
-    /// What is read there: a DNS name, a key prefix.
+    /// What is read there: a DNS name, a key prefix, a Service and port.
     name: String,
     state: State<K, T>,
     metrics: DiscoveryMetrics,
@@ -74,7 +75,7 @@ impl<K: Ord + Clone, T: PartialEq + Clone> Tracked<K, T> {
     /// Keys put (`Some(target)`) or deleted (`None`), in order: nothing if the set ends as it
     /// was, `Add` if keys were only added or changed, `Remove` if only removed, and a `Reset`
     /// of the whole set if both, so that a consumer never sees the set between the two.
-    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "etcd", feature = "k8s")), allow(dead_code))]
     pub(crate) fn change(
         &mut self,
         changes: impl IntoIterator<Item = (K, Option<T>)>,

@@ -140,6 +140,8 @@
 //!   (hickory-resolver).
 //! - `etcd`: `discovery::etcd`, endpoints under an etcd key prefix, listed then watched, and
 //!   registration of this process under a lease (etcd-client; building it needs `protoc`).
+//! - `k8s`: `discovery::k8s`, the endpoints of a Kubernetes Service that are ready, from its
+//!   EndpointSlices, listed then watched (kube-runtime's watcher; bring a `kube::Client`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod builder;
@@ -182,8 +184,8 @@ pub mod retry {
 }
 
 /// Discovery sources that feed a [`PoolQueue`](pool::PoolQueue): tower's `Discover`, a
-/// `tokio::sync::watch` of endpoint sets, a file of addresses: the `portcullis-discovery`
-/// crate.
+/// `tokio::sync::watch` of endpoint sets, a file of addresses, and behind features DNS, etcd
+/// and Kubernetes EndpointSlices: the `portcullis-discovery` crate.
 pub mod discovery {
     #[doc(inline)]
     pub use portcullis_discovery::*;

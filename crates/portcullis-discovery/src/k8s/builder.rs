@@ -1,0 +1,107 @@
+//! [`K8sBuilder`]: the settings of [`K8s`], checked once in [`K8sBuilder::build`].
+
+use super::K8s;
+use crate::BuildError;
+use std::time::Duration;
+
+/// Builds a [`K8s`] over a [`kube::Client`] (the part, given to [`build`](Self::build)).
+///
+/// ```no_run
+/// use portcullis_discovery::k8s::K8s;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = kube::Client::try_default().await?;
+/// let k8s = K8s::builder()
+///     .backoff(Duration::from_millis(500), Duration::from_secs(30))
+///     .build(client)?;
+/// let updates = k8s.service("default", "api", "http")?.updates();
+/// # drop(updates);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct K8sBuilder {
+    backoff_base: Duration,
+    backoff_max: Duration,
+    jitter: f64,
+    seed: Option<u64>,
+}
+
+impl K8sBuilder {
+    /// The first wait after a failed list or watch; it doubles with each failure in a row.
+    /// client-go's reflector and kube-runtime's `default_backoff` start at 800 ms.
+    pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(800);
+    /// The longest wait after failures (client-go's and kube-runtime's: 30 s).
+    pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+    /// The fraction of each backoff that may be taken off it at random.
+    pub const DEFAULT_JITTER: f64 = 0.1;
+
+    /// The default settings: a backoff from
+    /// [`DEFAULT_BACKOFF_BASE`](Self::DEFAULT_BACKOFF_BASE) to
+    /// [`DEFAULT_BACKOFF_MAX`](Self::DEFAULT_BACKOFF_MAX), [`DEFAULT_JITTER`](Self::DEFAULT_JITTER),
+    /// a random source seeded from the OS.
+    pub const fn new() -> Self {
+        Self {
+            backoff_base: Self::DEFAULT_BACKOFF_BASE,
+            backoff_max: Self::DEFAULT_BACKOFF_MAX,
+            jitter: Self::DEFAULT_JITTER,
+            seed: None,
+        }
+    }
+
+    /// The wait after a failed list or watch (`base`, doubling with each failure in a row,
+    /// up to `max`, jittered). The last set stays in force meanwhile.
+    pub const fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_max = max;
+        self
+    }
+
+    /// The fraction of each backoff (`0.0..1.0`) that may be taken off it at random, so that
+    /// a fleet of clients does not come back to the API server in lock-step.
+    pub const fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Seeds the jitter's random source.
+    pub const fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Checks every setting.
+    pub fn build(self, client: kube::Client) -> Result<K8s, BuildError> {
+        if self.backoff_base.is_zero() || self.backoff_base > self.backoff_max {
+            return Err(BuildError::Backoff {
+                base: self.backoff_base,
+                max: self.backoff_max,
+            });
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(BuildError::Jitter(self.jitter));
+        }
+        Ok(K8s {
+            client,
+            backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max,
+            jitter: self.jitter,
+            seed: self.seed,
+        })
+    }
+}
+
+impl Default for K8sBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// The defaults pass the checks `build` runs.
+const _: () = {
+    let d = K8sBuilder::new();
+    assert!(!d.backoff_base.is_zero() && d.backoff_base.as_nanos() <= d.backoff_max.as_nanos());
+    assert!(d.jitter >= 0.0 && d.jitter < 1.0);
+};

@@ -1,0 +1,278 @@
+//! Kubernetes discovery (feature `k8s`): the endpoints of a Service from its
+//! `discovery.k8s.io/v1` EndpointSlices, listed then watched by
+//! [kube-runtime](https://docs.rs/kube-runtime)'s `watcher` through a [`kube::Client`].
+//!
+//! [`K8s::builder`] makes a [`K8s`] over a client; [`K8s::service`] checks a namespace, a
+//! Service and a port name once and returns a [`K8sService`], whose
+//! [`updates`](K8sService::updates) makes as many streams as needed (one per pool a
+//! `PoolQueueLayer` wraps: `move || api.updates()`). Each stream yields
+//! `Update<SocketAddr, K8sEndpoint>`: keyed by address, with the endpoint's zone and node in
+//! the [`K8sEndpoint`] target.
+//!
+//! # Rules
+//!
+//! 1. **A Service's slices, merged.** The stream reads the EndpointSlices labelled
+//!    `kubernetes.io/service-name=<service>` in the namespace, and yields the endpoints of
+//!    all of them that take traffic: `ready` (unset counts as ready, as the API says),
+//!    `serving` (unset defers to `ready`) and not `terminating`. Each at the slice's TCP
+//!    port of the given name (`""` for a Service's one unnamed port), at its first address
+//!    (the API calls them fungible). An address in two slices is one endpoint.
+//! 2. **List, then watch.** The first complete list is a `Reset` (even empty). A watch event
+//!    that only adds or changes endpoints is an `Add`, one that only removes is a `Remove`,
+//!    one that does both (an endpoint turned not ready while another turned ready) a
+//!    `Reset` of the whole set, so that a consumer never sees the set in between. An event
+//!    that leaves the set as it was (a slice's other port, a not-ready endpoint changed)
+//!    yields nothing.
+//! 3. **Resumed where it stopped.** When the API server ends a watch (its timeout, a
+//!    restart, a lost connection), the watcher watches again from the last
+//!    `resourceVersion` it saw, bookmarks included: no change is lost, none seen twice.
+//! 4. **Listed again after 410 Gone.** When that `resourceVersion` is too old, the watcher
+//!    lists again; the set in force stays until the list is complete, then one `Reset` (if
+//!    the set changed): never an empty set in between.
+//! 5. **Failures keep the last set.** A failed list or watch (an API error, a refused
+//!    connection) is logged at warn, counted, and retried after a jittered, doubling
+//!    backoff (800 ms to 30 s by default, as client-go's reflector and kube-runtime's
+//!    `default_backoff`). A slice that gives no endpoint for a reason an operator should
+//!    know (no TCP port of that name, FQDN addresses) is logged at warn, counted, and
+//!    counts as empty. The stream never fails and never ends. Each change of the set is
+//!    logged at info: `k8s default/api:http: 3 endpoints (+1 -0)`.
+//! 6. **Never blocks, never piles up.** The watcher's list and watch requests are kube's
+//!    asynchronous HTTP calls, run inside `poll_next`; between two polls nothing is read,
+//!    so changes wait in the API server and the connection, not in memory here.
+//!
+//! The client is the caller's: `kube::Client::try_default()` in a cluster (its service
+//! account, which needs `list` and `watch` on `endpointslices` in the namespace), with a
+//! TLS feature of kube's enabled by the application (this crate enables none).
+//!
+//! ```no_run
+//! use portcullis_discovery::k8s::K8s;
+//! use futures_util::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let k8s = K8s::builder().build(kube::Client::try_default().await?)?;
+//! let api = k8s.service("default", "api", "http")?;
+//! let mut updates = api.updates();
+//! while let Some(Ok(update)) = updates.next().await {
+//!     println!("{update:?}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod builder;
+mod name;
+mod slice;
+mod watch;
+
+pub use self::builder::K8sBuilder;
+
+use self::watch::Watching;
+use crate::delay::Delays;
+use crate::metrics::DiscoveryMetrics;
+use crate::tracked::Tracked;
+use crate::BuildError;
+use futures_core::Stream;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube_runtime::watcher;
+use portcullis_pool::Update;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// The label the EndpointSlice controller puts on each slice of a Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One endpoint of a Service that takes traffic: where to connect, and where it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct K8sEndpoint {
+    /// The endpoint's first address at the port asked for.
+    pub addr: SocketAddr,
+    /// The zone the endpoint is in (`topology.kubernetes.io/zone` of its node), if known.
+    pub zone: Option<String>,
+    /// The node the endpoint runs on, if known.
+    pub node: Option<String>,
+}
+
+/// A Kubernetes client and how its streams retry; made by [`K8s::builder`].
+#[derive(Clone)]
+pub struct K8s {
+    client: kube::Client,
+    backoff_base: Duration,
+    backoff_max: Duration,
+    jitter: f64,
+    seed: Option<u64>,
+}
+
+/// A checked Service and port to watch, made by [`K8s::service`]: a maker of streams.
+#[derive(Clone)]
+pub struct K8sService {
+    k8s: K8s,
+    namespace: String,
+    service: String,
+    port: String,
+    name: String,
+}
+
+/// The stream [`K8sService::updates`] returns; see [the module](self).
+pub struct K8sUpdates {
+    name: String,
+    metrics: DiscoveryMetrics,
+    updates: BoxStream<'static, Update<SocketAddr, K8sEndpoint>>,
+}
+
+// === impl K8s ===
+
+impl K8s {
+    /// A builder with the default settings.
+    pub const fn builder() -> K8sBuilder {
+        K8sBuilder::new()
+    }
+
+    /// The endpoints of `service` in `namespace` at its TCP port named `port` (`""` for a
+    /// Service's one unnamed port). Refuses a name Kubernetes would refuse (not a DNS label).
+    pub fn service(
+        &self,
+        namespace: &str,
+        service: &str,
+        port: &str,
+    ) -> Result<K8sService, BuildError> {
+        name::check_label("namespace", namespace)?;
+        name::check_label("Service", service)?;
+        name::check_port(port)?;
+        let name = if port.is_empty() {
+            format!("{namespace}/{service}")
+        } else {
+            format!("{namespace}/{service}:{port}")
+        };
+        Ok(K8sService {
+            k8s: self.clone(),
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+            port: port.to_string(),
+            name,
+        })
+    }
+
+    /// The client this source reads with.
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    fn delays(&self) -> Delays {
+        Delays::new(self.seed, self.jitter, self.backoff_base, self.backoff_max)
+    }
+}
+
+impl fmt::Debug for K8s {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("K8s")
+            .field("backoff_base", &self.backoff_base)
+            .field("backoff_max", &self.backoff_max)
+            .field("jitter", &self.jitter)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl K8sService ===
+
+impl K8sService {
+    /// `namespace/service:port` (`namespace/service` for the unnamed port), as in logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace of the Service.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The Service whose slices are read.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The port name asked for (`""`: the unnamed port).
+    pub fn port(&self) -> &str {
+        &self.port
+    }
+
+    /// A new stream of this Service's endpoints, with a watch and metrics of its own; see
+    /// [the module](self).
+    pub fn updates(&self) -> K8sUpdates {
+        let metrics = DiscoveryMetrics::new();
+        let api: Api<EndpointSlice> = Api::namespaced(self.k8s.client.clone(), &self.namespace);
+        let config =
+            watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}={}", self.service));
+        let watching = Watching {
+            name: self.name.clone(),
+            port: self.port.clone(),
+            events: watcher::watcher(api, config).boxed(),
+            set: Tracked::new("k8s", self.name.clone(), metrics.clone()),
+            delays: self.k8s.delays(),
+            slices: BTreeMap::new(),
+            listing: None,
+            merged: BTreeMap::new(),
+        };
+        let updates = stream::unfold(watching, |mut watching| async move {
+            let update = watching.next().await;
+            Some((update, watching))
+        })
+        .boxed();
+        K8sUpdates {
+            name: self.name.clone(),
+            metrics,
+            updates,
+        }
+    }
+}
+
+impl fmt::Debug for K8sService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("K8sService")
+            .field("name", &self.name)
+            .field("k8s", &self.k8s)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl K8sUpdates ===
+
+impl K8sUpdates {
+    /// `namespace/service:port`, as in logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This stream's metrics: watcher events read, failures, updates, the age of the last
+    /// change.
+    pub fn metrics(&self) -> DiscoveryMetrics {
+        self.metrics.clone()
+    }
+}
+
+impl Stream for K8sUpdates {
+    type Item = Result<Update<SocketAddr, K8sEndpoint>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.updates
+            .poll_next_unpin(cx)
+            .map(|update| update.map(Ok))
+    }
+}
+
+impl fmt::Debug for K8sUpdates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("K8sUpdates")
+            .field("name", &self.name)
+            .field("metrics", &self.metrics.snapshot())
+            .finish_non_exhaustive()
+    }
+}
