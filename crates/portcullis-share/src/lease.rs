@@ -174,8 +174,9 @@ where
                 Resync::Ready { svc, cell, epoch } => {
                     self.epoch = epoch;
                     self.cell = cell;
+                    // The wait, if any, goes on until the connection is ready: a rebuilt
+                    // connection that fails again does not restart it.
                     self.conn = Some(svc);
-                    self.wait = None;
                 }
                 Resync::Wait { until, failures } => {
                     let now = Instant::now();
@@ -229,7 +230,10 @@ where
                 continue;
             };
             match conn.poll_ready(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    self.wait = None;
+                    return Poll::Ready(Ok(()));
+                }
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(error)) => {
                     let error: BoxError = error.into();
