@@ -1,13 +1,14 @@
 //! portcullis: [tower](https://docs.rs/tower) middleware for the path between a caller and a
 //! fleet of replicas.
 //!
-//! # The four pieces
+//! # The pieces
 //!
 //! | module | what it is | what it fixes |
 //! | --- | --- | --- |
 //! | [`pool`] | [`PoolQueue`](pool::PoolQueue): a buffer over a load-balancer [`Pool`](pool::Pool) whose worker applies discovery [`Update`](pool::Update)s as they arrive and drives pending endpoints, idle or not, and fails fast when no endpoint is ready | tower's `Balance` reads discovery only inside `poll_ready`, so an idle balancer never drops dead endpoints nor connects new ones |
 //! | [`p2c`] | [`P2cPool`](p2c::P2cPool): a `Pool` that picks the less loaded of two random ready endpoints, evicts failed endpoints and rebuilds them after a backoff | one slow or failing replica slowing every request |
 //! | [`fanout`] | [`FanOut`](fanout::FanOut): one request to every peer, at most K in flight, per-peer and overall deadlines, a completion [`Policy`](fanout::Policy), a [`Report`](fanout::Report) of every peer's outcome | one task per peer, and one hung peer stalling the whole operation |
+//! | [`share`] | [`SharedClients`](share::SharedClients): a cache of shared clients keyed by target; each consumer gets a [`Lease`](share::Lease) over one of at most N refcounted connections, with its own admission, and failed connections are rebuilt under it | one client per consumer (tens of thousands of idle connections), or one client shared through one loop that a slow consumer stalls |
 //! | [`retry`] | [`RetryLayer`](retry::RetryLayer): retries of transient failures only, paid for by a shared [`Budget`](retry::Budget), jittered [`Backoff`](retry::Backoff) inside a deadline | retry storms during an outage, retries of permanent errors, sleeps past the deadline |
 //!
 //! Each piece is its own crate, re-exported here as a module, and each is an ordinary
@@ -183,6 +184,14 @@ pub mod retry {
     pub use portcullis_retry::*;
 }
 
+/// [`SharedClients`](share::SharedClients), a cache of shared clients keyed by target: many
+/// consumers over a few refcounted connections per target, each consumer admitted on its own:
+/// the `portcullis-share` crate.
+pub mod share {
+    #[doc(inline)]
+    pub use portcullis_share::*;
+}
+
 /// Discovery sources that feed a [`PoolQueue`](pool::PoolQueue): tower's `Discover`, a
 /// `tokio::sync::watch` of endpoint sets, a file of addresses, and behind features DNS, etcd
 /// and Kubernetes EndpointSlices: the `portcullis-discovery` crate.
@@ -203,7 +212,7 @@ pub use portcullis_pool::BoxError;
 /// ```
 pub mod prelude {
     pub use crate::discovery::{self, AddrFile};
-    pub use crate::{fanout, p2c, pool, retry, BoxError, ServiceBuilderExt};
+    pub use crate::{fanout, p2c, pool, retry, share, BoxError, ServiceBuilderExt};
 
     pub use crate::fanout::{
         FanOut, FanOutBuilder, FanOutLayer, Outcome, Policy, Report, SharedLimit,
@@ -213,6 +222,7 @@ pub mod prelude {
     pub use crate::retry::{
         Backoff, Budget, Classify, Decision, Retry, RetryBuilder, RetryError, RetryLayer,
     };
+    pub use crate::share::{Lease, SharedClients, SharedClientsBuilder};
 
     pub use tower::ServiceBuilder;
 }
