@@ -1,6 +1,7 @@
-//! One caller's dispatch path, for valgrind's callgrind: instruction counts do not move with
-//! machine noise. Each run sends `N` requests, one after another, through one stack on a
-//! current-thread runtime (so every instruction is on one thread, worker tasks included):
+//! One task's path through each stack, for valgrind's callgrind: instruction counts do not
+//! move with machine noise. Each run sends `N` requests (or fan-outs), one after another,
+//! through one stack on a current-thread runtime (so every instruction is on one thread,
+//! worker tasks included):
 //!
 //! ```sh
 //! cargo bench -p portcullis-benches --bench instructions --no-run
@@ -11,24 +12,45 @@
 //! `benches/instructions` runs every stack twice (N and 2N requests) and prints the
 //! difference divided by N: instructions per request, set-up cancelled out.
 //!
-//! Stacks: `queue` (PoolQueue + P2cPool over ten endpoints, direct dispatch on), `queue-worker`
-//! (the same with direct dispatch off: every request handed to the worker), `buffer` (tower's
-//! bare Buffer over one endpoint), `balance` (tower's Buffer + p2c Balance over ten).
+//! Stacks:
+//!
+//! - dispatch: `queue` (PoolQueue + P2cPool over ten endpoints, direct dispatch on),
+//!   `queue-worker` (the same with direct dispatch off: every request handed to the worker),
+//!   `buffer` (tower's bare Buffer over one endpoint), `balance` (tower's Buffer + p2c Balance
+//!   over ten);
+//! - the bare pick, no queue, over ten endpoints (an optional third argument sets how many):
+//!   `pick-pending` (P2cPool + our `make::pending_requests`), `pick-ewma` (P2cPool + our
+//!   `make::peak_ewma`), `pick-tower-ewma` (P2cPool + tower's `PeakEwma`, made by a closure),
+//!   `balance-pending` and `balance-ewma` (tower's p2c `Balance` + its `PendingRequests` or
+//!   `PeakEwma`, no Buffer);
+//! - `fanout` (FanOut, K = 16, to 200 peers) and `buffer-unordered` (the same peers through
+//!   `buffer_unordered(16)`): `N` is fan-outs;
+//! - `retry` (portcullis Retry + Budget, defaults) and `tower-retry` (tower Retry + TpsBudget
+//!   configured alike), on an endpoint that always succeeds.
 
+use futures_util::future::FutureExt;
 use futures_util::{stream, StreamExt};
+use portcullis_benches::TowerBudgetPolicy;
+use portcullis_fanout::FanOut;
 use portcullis_p2c::{make, P2cPool};
-use portcullis_pool::{PoolQueue, Update};
+use portcullis_pool::{Pool, PoolQueue, Update};
+use portcullis_retry::classify::predicate;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
 use tower::discover::ServiceList;
-use tower::load::{CompleteOnResponse, PendingRequests};
-use tower::{Service, ServiceExt};
+use tower::load::{CompleteOnResponse, PeakEwma, PendingRequests};
+use tower::retry::budget::TpsBudget;
+use tower::retry::Retry;
+use tower::{Layer, Service, ServiceExt};
 
 const ENDPOINTS: usize = 10;
 const CAPACITY: usize = 1024;
+const PEERS: usize = 200;
+const FAN_OUT_LIMIT: usize = 16;
 
 /// Answers every request with itself, at once.
 #[derive(Clone, Copy)]
@@ -59,6 +81,37 @@ where
     }
 }
 
+/// A `P2cPool` over `endpoints` endpoints made by `maker`, all ready: the bare pick.
+async fn pick<M>(maker: M, endpoints: usize, requests: u64)
+where
+    M: make::MakeEndpoint<usize, (), Endpoint: Service<u64, Response = u64> + tower::load::Load>,
+    <M::Endpoint as Service<u64>>::Error: Into<portcullis_pool::BoxError>,
+{
+    let mut pool = P2cPool::builder().seed(7).build(maker).unwrap();
+    pool.update_pool(Update::Reset((0..endpoints).map(|k| (k, ())).collect()));
+    std::future::poll_fn(|cx| pool.poll_pool(cx)).await.unwrap();
+    drive(pool, requests).await
+}
+
+/// tower's p2c `Balance`, no `Buffer`, over `endpoints` endpoints.
+async fn balance<S>(endpoints: Vec<S>, requests: u64)
+where
+    S: Service<u64, Response = u64> + tower::load::Load,
+    S::Metric: std::fmt::Debug,
+    S::Error: Into<tower::BoxError>,
+{
+    drive(Balance::new(ServiceList::new(endpoints)), requests).await
+}
+
+fn tower_ewma(svc: Echo) -> PeakEwma<Echo> {
+    PeakEwma::new(
+        svc,
+        make::DEFAULT_RTT,
+        make::DEFAULT_DECAY.as_nanos() as f64,
+        CompleteOnResponse::default(),
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes `--bench`; run nothing then (this target is for callgrind).
@@ -69,6 +122,9 @@ fn main() {
         return;
     }
     let requests: u64 = requests.parse().expect("a request count");
+    let endpoints: usize = args
+        .get(3)
+        .map_or(ENDPOINTS, |n| n.parse().expect("a count"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -77,7 +133,7 @@ fn main() {
         match stack.as_str() {
             "buffer" => drive(Buffer::new(Echo, CAPACITY), requests).await,
             "balance" => {
-                let endpoints: Vec<_> = (0..ENDPOINTS)
+                let endpoints: Vec<_> = (0..endpoints)
                     .map(|_| PendingRequests::new(Echo, CompleteOnResponse::default()))
                     .collect();
                 let balance = Buffer::new(Balance::new(ServiceList::new(endpoints)), CAPACITY);
@@ -88,7 +144,7 @@ fn main() {
                     .seed(7)
                     .build(make::pending_requests(|_: &usize, _: &()| Echo))
                     .unwrap();
-                let reset = Update::Reset((0..ENDPOINTS).map(|k| (k, ())).collect());
+                let reset = Update::Reset((0..endpoints).map(|k| (k, ())).collect());
                 let discovery = stream::iter([Ok::<_, Infallible>(reset)]).chain(stream::pending());
                 let queue = PoolQueue::builder()
                     .capacity(CAPACITY)
@@ -98,6 +154,65 @@ fn main() {
                 // Let the worker apply the reset and make the endpoints ready.
                 tokio::task::yield_now().await;
                 drive(queue, requests).await
+            }
+            "pick-pending" => {
+                let maker = make::pending_requests(|_: &usize, _: &()| Echo);
+                pick(maker, endpoints, requests).await
+            }
+            "pick-ewma" => {
+                let maker = make::peak_ewma(|_: &usize, _: &()| Echo);
+                pick(maker, endpoints, requests).await
+            }
+            "pick-tower-ewma" => {
+                let maker = |_: &usize, _: &()| tower_ewma(Echo);
+                pick(maker, endpoints, requests).await
+            }
+            "balance-pending" => {
+                let list = (0..endpoints)
+                    .map(|_| PendingRequests::new(Echo, CompleteOnResponse::default()))
+                    .collect();
+                balance(list, requests).await
+            }
+            "balance-ewma" => {
+                let list = (0..endpoints).map(|_| tower_ewma(Echo)).collect();
+                balance(list, requests).await
+            }
+            "fanout" => {
+                let peers: Vec<(usize, Echo)> = (0..PEERS).map(|k| (k, Echo)).collect();
+                let fanout = FanOut::builder()
+                    .max_in_flight(FAN_OUT_LIMIT)
+                    .build(peers)
+                    .unwrap();
+                for i in 0..requests {
+                    let report = fanout.clone().oneshot(i).await.unwrap();
+                    assert_eq!(report.counts().responses, PEERS);
+                }
+            }
+            "buffer-unordered" => {
+                let peers: Vec<(usize, Echo)> = (0..PEERS).map(|k| (k, Echo)).collect();
+                for i in 0..requests {
+                    let answers = stream::iter(peers.iter())
+                        .map(|(k, p)| (*p).oneshot(i).map(move |r| (*k, r)))
+                        .buffer_unordered(FAN_OUT_LIMIT)
+                        .collect::<Vec<_>>()
+                        .await;
+                    assert_eq!(answers.len(), PEERS);
+                }
+            }
+            "retry" => {
+                let ours = portcullis_retry::Retry::builder()
+                    .build_layer(predicate(|r: Result<&u64, &Infallible>| r.is_err()))
+                    .unwrap()
+                    .layer(Echo);
+                drive(ours, requests).await
+            }
+            "tower-retry" => {
+                let budget = TpsBudget::new(Duration::from_secs(10), 10, 0.2);
+                drive(
+                    Retry::new(TowerBudgetPolicy::new(budget, 3), Echo),
+                    requests,
+                )
+                .await
             }
             other => panic!("unknown stack {other}"),
         }

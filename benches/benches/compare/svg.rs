@@ -172,3 +172,43 @@ pub(crate) fn bar_chart(
         Ok(())
     })
 }
+
+/// Lines over a logarithmic x axis (`x_desc`, e.g. a count of endpoints) and a linear y axis
+/// from zero (`y_desc`), each point marked. Used by the `scale` bench, which includes this file.
+#[allow(dead_code)]
+pub(crate) fn log_x_chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> String {
+    let points = || series.iter().flat_map(|s| s.points.iter());
+    let (x_min, x_max) =
+        points().fold((f64::MAX, 1.0f64), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
+    let y_max = points().map(|p| p.1).fold(1e-3, f64::max);
+    let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+    svg(&names, |area| {
+        let keys: Vec<f64> = series
+            .first()
+            .map(|s| s.points.iter().map(|p| p.0).collect())
+            .unwrap_or_default();
+        let x = (x_min.min(x_max) * 0.7..x_max * 1.4)
+            .log_scale()
+            .with_key_points(keys);
+        let mut chart = chart(area, title).build_cartesian_2d(x, 0.0..y_max * 1.1)?;
+        chart
+            .configure_mesh()
+            .max_light_lines(0)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&trim)
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .bold_line_style(RGBColor(0xe0, 0xe0, 0xe0))
+            .label_style(("sans-serif", 15))
+            .draw()?;
+        for (i, s) in series.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            chart.draw_series(LineSeries::new(
+                s.points.iter().copied(),
+                color.stroke_width(2),
+            ))?;
+            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
+        Ok(())
+    })
+}

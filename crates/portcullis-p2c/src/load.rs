@@ -229,8 +229,8 @@ impl Ewma {
         f64::from_bits(self.estimate.load(Relaxed)) * self.decay_since_update(now)
     }
 
-    fn observe(&self, rtt_ns: f64) {
-        let now = self.now();
+    /// Records a response that took `rtt_ns`, at `now` (nanoseconds since `origin`).
+    fn observe(&self, rtt_ns: f64, now: u64) {
         let prior = f64::from_bits(self.estimate.load(Relaxed));
         let next = if rtt_ns > prior {
             rtt_ns
@@ -267,8 +267,8 @@ impl<S: Service<Req>, Req> Service<Req> for PeakEwma<S> {
         PeakEwmaFuture {
             inner: self.inner.call(req),
             track: Some(Track {
+                sent_at: self.state.now(),
                 state: self.state.clone(),
-                sent_at: Instant::now(),
             }),
         }
     }
@@ -287,7 +287,9 @@ impl<S: fmt::Debug> fmt::Debug for PeakEwma<S> {
 /// One call of a [`PeakEwma`] endpoint: counted in flight until dropped.
 struct Track {
     state: Arc<Ewma>,
-    sent_at: Instant,
+    /// When it was sent, on the estimate's own clock (nanoseconds since `origin`), so that
+    /// its completion reads the clock once for both the round trip and the update.
+    sent_at: u64,
 }
 
 impl Drop for Track {
@@ -321,7 +323,9 @@ impl<F: Future> Future for PeakEwmaFuture<F> {
         let this = self.project();
         let output = ready!(this.inner.poll(cx));
         if let Some(track) = this.track.take() {
-            track.state.observe(nanos(track.sent_at.elapsed()));
+            let now = track.state.now();
+            let rtt_ns = now.saturating_sub(track.sent_at) as f64;
+            track.state.observe(rtt_ns, now);
         }
         Poll::Ready(output)
     }

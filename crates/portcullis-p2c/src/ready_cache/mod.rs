@@ -44,6 +44,10 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 use tracing::{debug, info, trace, warn};
 
+/// How many entries an empty pending or failed set may keep room for; beyond it, the room is
+/// given back once the set empties.
+const SPARE_CAPACITY: usize = 64;
+
 /// Where an endpoint of a [`P2cPool`](crate::P2cPool) is in its life, as told by
 /// [`P2cPool::endpoint_state`](crate::P2cPool::endpoint_state).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -507,6 +511,14 @@ where
         }
 
         if changed {
+            // A burst of pending endpoints (a large `Reset`) leaves the set's storage behind
+            // once they are all ready: give it back rather than hold it for every idle one.
+            if self.pending.is_empty() && self.pending.capacity() > SPARE_CAPACITY {
+                self.pending = IndexMap::new();
+            }
+            if self.failed.is_empty() && self.failed.capacity() > SPARE_CAPACITY {
+                self.failed = IndexMap::new();
+            }
             self.sync_gauges();
         }
     }
