@@ -113,7 +113,7 @@ impl Rng {
     /// Mostly printable ASCII, sometimes any byte.
     fn byte(&mut self) -> u8 {
         let r = self.next();
-        if r % 4 == 0 {
+        if r.is_multiple_of(4) {
             (r >> 8) as u8
         } else {
             BYTES[(r >> 8) as usize % BYTES.len()]
