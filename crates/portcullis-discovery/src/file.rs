@@ -345,6 +345,12 @@ fn complete(contents: &str) -> Result<&str, Incomplete> {
     Err(Incomplete::NoEndLine)
 }
 
+/// `complete` then `parse`, as one read of the file (for [`crate::fuzzing`]).
+pub(crate) fn parse_contents(contents: &str) -> Result<Vec<SocketAddr>, String> {
+    let body = complete(contents).map_err(|incomplete| incomplete.to_string())?;
+    parse(Path::new("(fuzzing)"), body).ok_or_else(|| "a line is not an address".to_string())
+}
+
 /// The addresses in `contents`, in order, each once; `None` if any line is not an address
 /// (each such line is logged).
 fn parse(path: &Path, contents: &str) -> Option<Vec<SocketAddr>> {

@@ -58,5 +58,26 @@ pub use self::discover::{from_discover, FromDiscover};
 pub use self::file::{AddrFile, AddrFileUpdates, ZeroPollInterval};
 pub use self::watch::{from_watch, FromWatch};
 
+/// Entry points to the parsers of outside input that are private to their modules, for the
+/// fuzz targets in `fuzz/` and their replay as tests (docs/reliability.md, "Fuzzing"). Not
+/// part of the API: no semver promise.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::net::SocketAddr;
+
+    /// What one read of an address file with these contents yields: the addresses in order,
+    /// each once, when the file is complete and every line is an address or blank or a
+    /// comment; otherwise `Err`, and the last set stays in force.
+    pub fn addr_file(contents: &str) -> Result<Vec<SocketAddr>, String> {
+        crate::file::parse_contents(contents)
+    }
+
+    /// What an etcd value under the prefix says (`host:port`, or the small JSON object).
+    #[cfg(feature = "etcd")]
+    pub fn etcd_value(value: &[u8]) -> Result<crate::etcd::EtcdEndpoint, String> {
+        crate::etcd::parse_value(value)
+    }
+}
+
 /// What every source yields: [`Update`], from the `portcullis-pool` crate.
 pub use portcullis_pool::{Update, UpdateKind};

@@ -8,14 +8,11 @@
 //! Each slot's waker marks the slot in a bitmap of ready slots and wakes the fan-out's task,
 //! which polls only the marked slots.
 
-use futures_util::task::AtomicWaker;
+use crate::sync::{AtomicU64, AtomicWaker, Ordering};
 use std::{
     future::Future,
     pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Weak,
-    },
+    sync::{Arc, Weak},
     task::{Context, Poll, Wake, Waker},
 };
 
@@ -184,6 +181,9 @@ impl<F: Future> InFlight<F> {
         self.round.iter_mut().for_each(|word| *word = 0);
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests;
 
 #[cfg(test)]
 mod tests {

@@ -77,6 +77,7 @@ mod metrics;
 mod policy;
 mod report;
 mod service;
+mod sync;
 
 pub use config::{FanOutBuilder, SharedLimit};
 pub use error::{BuildError, FanOutError};

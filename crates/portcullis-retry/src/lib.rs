@@ -88,6 +88,7 @@ mod metrics;
 mod policy;
 mod service;
 mod stripe;
+mod sync;
 
 pub use backoff::{Backoff, Jitter};
 pub use budget::{Budget, BudgetBuilder};

@@ -10,13 +10,20 @@
 //! aarch64, the target's line size elsewhere, so that neighbouring stripes never share a line.
 
 use std::cell::Cell;
+#[cfg(not(loom))]
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Stripes of the counters: a power of two.
+#[cfg(not(loom))]
 pub(crate) const STRIPES: usize = 16;
+/// Under `cfg(loom)`, two: the models need two stripes (and two threads on one), not sixteen
+/// of each, which would only multiply the interleavings loom explores.
+#[cfg(loom)]
+pub(crate) const STRIPES: usize = 2;
 
 /// This thread's stripe number, assigned round-robin on first use. Reduce it modulo the
 /// number of stripes (a power of two: mask it).
+#[cfg(not(loom))]
 pub(crate) fn current() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
@@ -32,6 +39,26 @@ pub(crate) fn current() -> usize {
             assigned => assigned,
         })
         .unwrap_or(0)
+}
+
+// Loom runs its threads on one OS thread, so `thread_local!` and a static counter would give
+// every modelled thread the same stripe, and a different one from one execution to the next.
+// A model places each of its threads in a stripe instead.
+#[cfg(loom)]
+loom::thread_local! {
+    static LOOM_STRIPE: Cell<usize> = Cell::new(0);
+}
+
+/// This (loom) thread's stripe, as the model set it (0 unless set).
+#[cfg(loom)]
+pub(crate) fn current() -> usize {
+    LOOM_STRIPE.with(Cell::get)
+}
+
+/// Places this (loom) thread in `stripe`.
+#[cfg(all(test, loom))]
+pub(crate) fn set_current(stripe: usize) {
+    LOOM_STRIPE.with(|current| current.set(stripe));
 }
 
 #[cfg(test)]

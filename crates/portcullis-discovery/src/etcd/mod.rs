@@ -58,6 +58,8 @@ mod register;
 mod value;
 mod watch;
 
+pub(crate) use self::value::parse as parse_value;
+
 pub use self::builder::EtcdBuilder;
 pub use self::error::EtcdError;
 pub use self::register::Registration;

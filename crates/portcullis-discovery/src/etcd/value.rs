@@ -20,7 +20,7 @@ const fn default_weight() -> u32 {
 
 /// Parses a value: `host:port`, or `{"addr": "host:port", "weight": N, "zone": "..."}`
 /// (`weight` and `zone` optional). The error says what is wrong, for the log.
-pub(super) fn parse(value: &[u8]) -> Result<EtcdEndpoint, String> {
+pub(crate) fn parse(value: &[u8]) -> Result<EtcdEndpoint, String> {
     let value = std::str::from_utf8(value).map_err(|error| format!("not UTF-8: {error}"))?;
     let value = value.trim();
     let endpoint = if value.starts_with('{') {

@@ -2,8 +2,8 @@
 //! `head` that withdrawals move (rules 1 to 3, 5 and 7, and "Concurrency", in the
 //! [module docs](super)).
 
+use crate::sync::{AtomicU64, Ordering};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 

@@ -88,6 +88,8 @@
 
 mod builder;
 mod ledger;
+#[cfg(all(test, loom))]
+mod loom_tests;
 mod reserve;
 
 use std::fmt;

@@ -1,7 +1,7 @@
 //! The reserve: retries paid without deposits, at a fixed rate (rules 4 to 6 in the
 //! [module docs](super)).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 

@@ -114,7 +114,12 @@ impl<B, RB, E: 'static> Classify<Request<B>, Response<RB>, E> for HttpClassify {
 
 fn retry_after<B>(rsp: &Response<B>) -> Option<Duration> {
     let value = rsp.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    // delta-seconds is `1*DIGIT` (RFC 9110): `u64::from_str` alone would also take `+5`.
+    let value = value.trim();
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse::<u64>().ok().map(Duration::from_secs)
 }
 
 #[cfg(test)]
@@ -209,5 +214,24 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(classify(&c, Method::GET, Ok(&date)), Decision::RETRY);
+    }
+
+    /// Found by the `retry_after` fuzz check: `+5` was read as 5 s. delta-seconds is digits
+    /// only; anything else names no delay, and the backoff applies.
+    #[test]
+    fn retry_after_is_digits_only() {
+        let c = HttpClassify::new();
+        for value in ["+5", "-5", "1.5", "0x10", "5s", "18446744073709551616"] {
+            let rsp = Response::builder()
+                .status(503)
+                .header("retry-after", value)
+                .body(())
+                .unwrap();
+            assert_eq!(
+                classify(&c, Method::GET, Ok(&rsp)),
+                Decision::RETRY,
+                "{value}"
+            );
+        }
     }
 }
