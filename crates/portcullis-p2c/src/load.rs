@@ -7,11 +7,12 @@
 //! - **Numbers.** Their metrics ([`Cost`], [`Count`]) give their value, so the pool can divide
 //!   a load by an endpoint's weight ([`make::weighted`](crate::make::weighted), slow start);
 //!   tower's metrics are opaque.
-//! - **No lock.** tower's `PeakEwma` takes a mutex on every `load()` (twice per pick) and on
-//!   every completion; here the estimate, its time stamp and the count of requests in flight
-//!   are atomics. `load()` only reads: the estimate decays toward zero by `exp(-elapsed /
-//!   decay)` from its last stored value, which gives the same number as decaying it at every
-//!   read would, since decays multiply.
+//! - **No lock, no clock in the pick.** tower's `PeakEwma` takes a mutex on every `load()`
+//!   (twice per pick), reads the clock and computes an `exp` there; here the estimate, its time
+//!   stamp and the count of requests in flight are atomics, and `load()` reads neither the
+//!   clock nor computes a decay. Two estimates decayed toward zero to the same instant `t`
+//!   compare as `ln E + t_updated / decay` do (the `- t / decay` both share cancels), so each
+//!   completion stores that sum, and a pick compares it plus `ln(requests in flight + 1)`.
 //!
 //! Any other [`Load`] still works with the pool (tower's included); only weighting needs a
 //! numeric one.
@@ -28,14 +29,17 @@ use tokio::time::Instant;
 use tower::load::Load;
 use tower_service::Service;
 
-/// The [`Load`] metric of a [`PeakEwma`] endpoint: its estimated round-trip time in
-/// nanoseconds times one more than its requests in flight.
-#[derive(Copy, Clone, Debug, Default, PartialEq, PartialOrd)]
+/// The [`Load`] metric of a [`PeakEwma`] endpoint: its estimated round-trip time times one
+/// more than its requests in flight, as a comparison key: the logarithm of that cost decayed
+/// to a fixed instant of the process. Keys of endpoints with the same decay compare as their
+/// costs now do, whenever they were read; a key is not nanoseconds
+/// ([`PeakEwma::rtt_estimate`] and [`PeakEwma::in_flight_cost`] are).
+#[derive(Copy, Clone, Debug, PartialEq, PartialOrd)]
 pub struct Cost(f64);
 
 impl Cost {
-    /// The cost as a number.
-    pub fn value(self) -> f64 {
+    /// The comparison key.
+    pub fn key(self) -> f64 {
         self.0
     }
 }
@@ -165,22 +169,51 @@ struct Ewma {
     estimate: AtomicU64,
     /// When `estimate` was stored, in nanoseconds since `origin`.
     updated: AtomicU64,
+    /// `ln(estimate)`, as `f64` bits, kept so that an update needs no logarithm.
+    ln_estimate: AtomicU64,
+    /// `ln(estimate) + (updated on the process's clock) / decay`, as `f64` bits: what a pick
+    /// compares (see the module documentation).
+    key: AtomicU64,
     pending: AtomicUsize,
     origin: Instant,
+    /// `origin` on the process's clock ([`process_origin`]), in nanoseconds (negative if
+    /// before it, as a paused test clock may be).
+    origin_offset_ns: f64,
     decay_ns: f64,
+}
+
+/// The instant the keys of every [`PeakEwma`] of the process count from.
+fn process_origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// `at - origin` in nanoseconds, negative when `at` is earlier.
+fn signed_nanos(at: Instant, origin: Instant) -> f64 {
+    match at.checked_duration_since(origin) {
+        Some(after) => nanos(after),
+        None => -nanos(origin.saturating_duration_since(at)),
+    }
 }
 
 impl<S> PeakEwma<S> {
     /// Wraps `inner`, starting from `default_rtt`, decaying over `decay` (made non-zero).
     pub fn new(inner: S, default_rtt: Duration, decay: Duration) -> Self {
+        let origin = Instant::now();
+        let origin_offset_ns = signed_nanos(origin, process_origin());
+        let decay_ns = nanos(decay).max(1.0);
+        let estimate = nanos(default_rtt);
         Self {
             inner,
             state: Arc::new(Ewma {
-                estimate: AtomicU64::new(nanos(default_rtt).to_bits()),
+                estimate: AtomicU64::new(estimate.to_bits()),
                 updated: AtomicU64::new(0),
+                ln_estimate: AtomicU64::new(estimate.ln().to_bits()),
+                key: AtomicU64::new(key(estimate, origin_offset_ns, decay_ns).to_bits()),
                 pending: AtomicUsize::new(0),
-                origin: Instant::now(),
-                decay_ns: nanos(decay).max(1.0),
+                origin,
+                origin_offset_ns,
+                decay_ns,
             }),
         }
     }
@@ -218,11 +251,7 @@ impl Ewma {
     /// `exp(-elapsed / decay)` for the time from the last update to `now`.
     fn decay_since_update(&self, now: u64) -> f64 {
         let elapsed = now.saturating_sub(self.updated.load(Relaxed)) as f64;
-        if elapsed == 0.0 {
-            1.0
-        } else {
-            (-elapsed / self.decay_ns).exp()
-        }
+        exp_neg(elapsed / self.decay_ns)
     }
 
     fn decayed(&self, now: u64) -> f64 {
@@ -230,16 +259,62 @@ impl Ewma {
     }
 
     /// Records a response that took `rtt_ns`, at `now` (nanoseconds since `origin`).
+    ///
+    /// Between responses a moment apart (the usual case under load) the estimate moves by a
+    /// sliver, so the decay and the new logarithm are taken from short series instead of
+    /// `exp` and `ln` (exact to about 1e-10).
     fn observe(&self, rtt_ns: f64, now: u64) {
         let prior = f64::from_bits(self.estimate.load(Relaxed));
-        let next = if rtt_ns > prior {
-            rtt_ns
+        let prior_ln = f64::from_bits(self.ln_estimate.load(Relaxed));
+        let (next, next_ln) = if rtt_ns > prior || prior <= 0.0 {
+            (rtt_ns, rtt_ns.ln())
         } else {
             let decay = self.decay_since_update(now);
-            prior * decay + rtt_ns * (1.0 - decay)
+            let next = prior * decay + rtt_ns * (1.0 - decay);
+            // next / prior = 1 + y, with -(1 - decay) <= y <= 0.
+            let y = (1.0 - decay) * (rtt_ns / prior - 1.0);
+            (next, prior_ln + ln_1p(y))
         };
         self.estimate.store(next.to_bits(), Relaxed);
+        self.ln_estimate.store(next_ln.to_bits(), Relaxed);
         self.updated.store(now, Relaxed);
+        let at = self.origin_offset_ns + now as f64;
+        self.key
+            .store((next_ln + at / self.decay_ns).to_bits(), Relaxed);
+    }
+}
+
+/// `exp(-x)` for `x >= 0`: a short series for small `x`, `exp` otherwise.
+fn exp_neg(x: f64) -> f64 {
+    if x < 1e-3 {
+        1.0 - x + x * x / 2.0 - x * x * x / 6.0
+    } else {
+        (-x).exp()
+    }
+}
+
+/// `ln(1 + y)`: a short series for small `y`, `ln_1p` otherwise.
+fn ln_1p(y: f64) -> f64 {
+    if y.abs() < 1e-3 {
+        y - y * y / 2.0 + y * y * y / 3.0
+    } else {
+        y.ln_1p()
+    }
+}
+
+/// The comparison key of an estimate stored at `at` nanoseconds on the process's clock.
+fn key(estimate_ns: f64, at: f64, decay_ns: f64) -> f64 {
+    estimate_ns.ln() + at / decay_ns
+}
+
+/// `ln(pending + 1)`, without a logarithm for the counts a pick meets most.
+fn ln_in_flight(pending: usize) -> f64 {
+    match pending {
+        0 => 0.0,
+        1 => std::f64::consts::LN_2,
+        2 => 1.098_612_288_668_109_8,
+        3 => 1.386_294_361_119_890_6,
+        n => (n as f64 + 1.0).ln(),
     }
 }
 
@@ -248,8 +323,8 @@ impl<S> Load for PeakEwma<S> {
 
     fn load(&self) -> Cost {
         let pending = self.state.pending.load(Relaxed);
-        let estimate = self.state.decayed(self.state.now());
-        Cost(estimate * (pending as f64 + 1.0))
+        let key = f64::from_bits(self.state.key.load(Relaxed));
+        Cost(key + ln_in_flight(pending))
     }
 }
 
@@ -353,18 +428,20 @@ mod tests {
         })
     }
 
+    async fn answer<S>(ep: &mut PeakEwma<S>, after: Duration)
+    where
+        S: Service<Duration, Response = (), Error = std::convert::Infallible>,
+    {
+        ep.ready().await.unwrap().call(after).await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn peak_ewma_jumps_to_a_peak_and_decays_back() {
         let decay = Duration::from_secs(10);
         let mut ep = PeakEwma::new(sleeper(), Duration::from_millis(30), decay);
-        assert_eq!(ep.load().value(), 30e6);
+        assert_eq!(ep.rtt_estimate(), Duration::from_millis(30));
 
-        ep.ready()
-            .await
-            .unwrap()
-            .call(Duration::from_millis(100))
-            .await
-            .unwrap();
+        answer(&mut ep, Duration::from_millis(100)).await;
         assert_eq!(
             ep.rtt_estimate(),
             Duration::from_millis(100),
@@ -373,17 +450,34 @@ mod tests {
 
         // 10 s alone: e^-1 of it left.
         tokio::time::advance(decay).await;
-        let left = ep.load().value() / 100e6;
-        assert!((left - (-1f64).exp()).abs() < 1e-9, "{left}");
+        let left = ep.rtt_estimate().as_nanos() as f64 / 100e6;
+        assert!((left - (-1f64).exp()).abs() < 1e-6, "{left}");
 
         // A faster response moves the estimate toward it.
-        ep.ready()
-            .await
-            .unwrap()
-            .call(Duration::ZERO)
-            .await
-            .unwrap();
+        answer(&mut ep, Duration::ZERO).await;
         assert!(ep.rtt_estimate() < Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_compare_as_the_costs_now_do_whenever_they_were_stored() {
+        let decay = Duration::from_secs(10);
+        let mut slow = PeakEwma::new(sleeper(), Duration::from_millis(1), decay);
+        let mut fast = PeakEwma::new(sleeper(), Duration::from_millis(1), decay);
+        answer(&mut slow, Duration::from_millis(100)).await;
+        // Later, the other answers in 30 ms: cheaper than the slow one's decayed 100 ms.
+        tokio::time::advance(Duration::from_millis(40)).await;
+        answer(&mut fast, Duration::from_millis(30)).await;
+        assert!(fast.load() < slow.load());
+        // Left alone, both decay at the same rate: the order stays, whenever it is read.
+        for after in [Duration::from_secs(1), Duration::from_secs(30)] {
+            tokio::time::advance(after).await;
+            assert!(fast.rtt_estimate() < slow.rtt_estimate());
+            assert!(fast.load() < slow.load());
+        }
+        // A fresh peak on the fast one, long after the slow one's: now it costs more.
+        answer(&mut fast, Duration::from_millis(50)).await;
+        assert!(slow.rtt_estimate() < fast.rtt_estimate());
+        assert!(slow.load() < fast.load(), "the keys agree with the costs");
     }
 
     #[tokio::test(start_paused = true)]
@@ -393,17 +487,56 @@ mod tests {
             Duration::from_millis(10),
             Duration::from_secs(10),
         );
+        let idle = ep.load().key();
         let a = ep.ready().await.unwrap().call(Duration::from_secs(1));
         let b = ep.ready().await.unwrap().call(Duration::from_secs(1));
-        assert_eq!(ep.load().value(), 3.0 * 10e6);
+        assert!(
+            (ep.load().key() - idle - 3f64.ln()).abs() < 1e-12,
+            "three times the cost"
+        );
+        assert_eq!(ep.in_flight_cost(), 2.0 * 10e6);
         drop(a);
-        assert_eq!(ep.load().value(), 2.0 * 10e6);
+        assert!((ep.load().key() - idle - 2f64.ln()).abs() < 1e-12);
         drop(b);
         assert_eq!(
-            ep.load().value(),
-            10e6,
+            ep.load().key(),
+            idle,
             "dropped unanswered: nothing measured"
         );
+    }
+
+    #[test]
+    fn the_short_series_agree_with_exp_and_ln() {
+        for i in 0..2_000 {
+            let x = f64::from(i) * 1e-6;
+            assert!((exp_neg(x) - (-x).exp()).abs() < 1e-10, "{x}");
+            assert!((ln_1p(-x) - (-x).ln_1p()).abs() < 1e-10, "{x}");
+            assert!((ln_1p(x) - x.ln_1p()).abs() < 1e-10, "{x}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stored_logarithm_follows_the_estimate() {
+        let mut ep = PeakEwma::new(
+            sleeper(),
+            Duration::from_millis(30),
+            Duration::from_secs(10),
+        );
+        for (i, after) in [50u64, 10, 10, 70, 5, 5, 5].iter().enumerate() {
+            tokio::time::advance(Duration::from_millis(i as u64 * 3)).await;
+            answer(&mut ep, Duration::from_millis(*after)).await;
+            let estimate = f64::from_bits(ep.state.estimate.load(Relaxed));
+            let ln = f64::from_bits(ep.state.ln_estimate.load(Relaxed));
+            assert!((ln - estimate.ln()).abs() < 1e-9, "{ln} vs ln {estimate}");
+        }
+    }
+
+    #[test]
+    fn ln_in_flight_is_the_logarithm() {
+        for pending in 0..100 {
+            let exact = (pending as f64 + 1.0).ln();
+            assert!((ln_in_flight(pending) - exact).abs() < 1e-15, "{pending}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
