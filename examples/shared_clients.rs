@@ -66,17 +66,17 @@ async fn main() -> Result<(), BoxError> {
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
     let row = |name: &str, f: &dyn Fn(&Phase) -> String| {
         println!(
-            "| {name:<44} | {:>16} | {:>16} |",
+            "| {name:<46} | {:>16} | {:>16} |",
             f(&report.without),
             f(&report.with)
         );
     };
     println!();
     println!(
-        "| {:<44} | {:>16} | {:>16} |",
+        "| {:<46} | {:>16} | {:>16} |",
         "the other consumers", "without stalled", "with stalled"
     );
-    println!("|{}|{}|{}|", "-".repeat(46), "-".repeat(18), "-".repeat(18));
+    println!("|{}|{}|{}|", "-".repeat(48), "-".repeat(18), "-".repeat(18));
     row("requests answered", &|p| p.requests.to_string());
     row("p99, median consumer", &|p| ms(p.p99_median_consumer));
     row("p99, worst consumer", &|p| ms(p.p99_worst_consumer));
