@@ -8,3 +8,4 @@ pub mod endpoint;
 pub mod grpc;
 pub mod plot;
 pub mod proxy;
+pub mod shared;

@@ -2,7 +2,7 @@
 
 use crate::error::BuildError;
 use crate::make::MakeConnection;
-use crate::SharedClients;
+use crate::{BoxError, SharedClients};
 use std::fmt;
 use std::hash::Hash;
 use std::time::Duration;
@@ -182,6 +182,67 @@ impl SharedClientsBuilder {
         M::Connection: Clone + Send + 'static,
     {
         self.config.check()?;
-        Ok(SharedClients::new(self.config, Box::new(make)))
+        Ok(SharedClients::new(self.config, Box::new(make), None))
+    }
+
+    /// Like [`build`](Self::build), and a connection whose call fails with an error that
+    /// `is_connection_error` accepts is marked failed and rebuilt, as one whose `poll_ready`
+    /// fails: for clients that are always ready and report a broken connection from their
+    /// response futures, such as hyper-util's legacy `Client`.
+    ///
+    /// The classifier sees the call's error as the lease returns it (a [`BoxError`]); find
+    /// the client's own error with `downcast_ref`. A failure is reported by the response
+    /// future that met it, for the connection the request was sent on; one from a connection
+    /// already failed or rebuilt since is ignored. The response future then holds its lease
+    /// until it completes, and errors it does not accept change nothing.
+    ///
+    /// ```
+    /// use portcullis_share::{BoxError, SharedClients};
+    /// use std::time::Duration;
+    /// use tower::{service_fn, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// #[derive(Debug)]
+    /// struct ConnectionReset;
+    /// impl std::fmt::Display for ConnectionReset {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("connection reset")
+    ///     }
+    /// }
+    /// impl std::error::Error for ConnectionReset {}
+    ///
+    /// let clients = SharedClients::builder()
+    ///     .rebuild_backoff(Duration::from_millis(10), Duration::from_secs(1))
+    ///     .build_with_connection_errors(
+    ///         // A client that is always ready and whose calls all fail.
+    ///         |_: &&str| service_fn(|_: ()| async { Err::<(), _>(ConnectionReset) }),
+    ///         // hyper-util: `error.downcast_ref::<hyper_util::client::legacy::Error>()`
+    ///         // `.is_some_and(|e| e.is_connect())`
+    ///         |error: &BoxError| error.is::<ConnectionReset>(),
+    ///     )?;
+    /// let lease = clients.get("etcd:2379");
+    /// assert!(lease.clone().oneshot(()).await.is_err());
+    /// assert_eq!(clients.metrics().snapshot().connection_failures, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn build_with_connection_errors<K, M, F>(
+        self,
+        make: M,
+        is_connection_error: F,
+    ) -> Result<SharedClients<K, M::Connection>, BuildError>
+    where
+        K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+        M: MakeConnection<K> + Send + Sync + 'static,
+        M::Connection: Clone + Send + 'static,
+        F: Fn(&BoxError) -> bool + Send + Sync + 'static,
+    {
+        self.config.check()?;
+        Ok(SharedClients::new(
+            self.config,
+            Box::new(make),
+            Some(Box::new(is_connection_error)),
+        ))
     }
 }

@@ -6,6 +6,7 @@ use crate::conn::{move_target, pick, Conn, ConnCell, ConnState, Expiry, Pick, Re
 use crate::lease::{Lease, LeaseShared};
 use crate::make::MakeConnection;
 use crate::metrics::{ConnectionSnapshot, ConnectionState, KeySnapshot, SharedClientsMetrics};
+use crate::BoxError;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
@@ -25,8 +26,13 @@ pub struct SharedClients<K, S> {
     inner: Arc<Inner<K, S>>,
 }
 
+/// Whether a call's error means its connection is broken (see
+/// [`SharedClientsBuilder::build_with_connection_errors`]).
+pub(crate) type IsConnectionError = Box<dyn Fn(&BoxError) -> bool + Send + Sync>;
+
 pub(crate) struct Inner<K, S> {
     make: Box<dyn MakeConnection<K, Connection = S> + Send + Sync>,
+    pub(crate) is_connection_error: Option<IsConnectionError>,
     pub(crate) config: Config,
     table: Mutex<Table<K, S>>,
     pub(crate) metrics: SharedClientsMetrics,
@@ -66,10 +72,12 @@ where
     pub(crate) fn new(
         config: Config,
         make: Box<dyn MakeConnection<K, Connection = S> + Send + Sync>,
+        is_connection_error: Option<IsConnectionError>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 make,
+                is_connection_error,
                 config,
                 table: Mutex::new(Table {
                     keys: HashMap::new(),
@@ -172,6 +180,10 @@ impl<K, S> fmt::Debug for SharedClients<K, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedClients")
             .field("config", &self.inner.config)
+            .field(
+                "connection_errors",
+                &self.inner.is_connection_error.is_some(),
+            )
             .field("metrics", &self.inner.metrics.snapshot())
             .finish_non_exhaustive()
     }
@@ -269,8 +281,8 @@ where
         wait
     }
 
-    /// A lease saw the `poll_ready` of connection `cell` fail, on the clone it took at the
-    /// cell's `epoch`. The first report of a failure marks the connection failed; later ones
+    /// A lease saw the `poll_ready` of connection `cell` fail (or one of its calls fail with a
+    /// connection error), on the clone it took at the cell's `epoch`. The first report of a failure marks the connection failed; later ones
     /// (other leases on the same connection) find it so already.
     pub(crate) fn connection_failed(
         &self,

@@ -1,11 +1,13 @@
 //! The response future of a lease: the connection's own future, holding the lease's
 //! admission permit until it completes.
 
+use crate::conn::ConnCell;
 use pin_project_lite::pin_project;
 use portcullis_pool::{BoxError, PolledAfterCompletion};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -26,6 +28,7 @@ pin_project! {
             #[pin]
             future: F,
             permit: Option<OwnedSemaphorePermit>,
+            report: Option<Report>,
         },
         Failed {
             error: Option<BoxError>,
@@ -34,12 +37,27 @@ pin_project! {
     }
 }
 
+/// Where a call that failed with a connection error reports it: the lease (which checks
+/// the error with the cache's classifier), and the connection the request was sent on.
+pub(crate) struct Report {
+    pub(crate) lease: Arc<dyn ReportConnectionError>,
+    pub(crate) cell: Arc<ConnCell>,
+    pub(crate) epoch: u64,
+}
+
+/// A lease, without its key and connection types.
+pub(crate) trait ReportConnectionError: Send + Sync {
+    /// Marks connection `cell` (as of `epoch`) failed if `error` is a connection error.
+    fn report(&self, cell: &ConnCell, epoch: u64, error: &BoxError);
+}
+
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(future: F, permit: OwnedSemaphorePermit) -> Self {
+    pub(crate) fn new(future: F, permit: OwnedSemaphorePermit, report: Option<Report>) -> Self {
         Self {
             state: State::Called {
                 future,
                 permit: Some(permit),
+                report,
             },
         }
     }
@@ -60,11 +78,19 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let output = match self.as_mut().project().state.project() {
-            StateProj::Called { future, permit } => {
+            StateProj::Called {
+                future,
+                permit,
+                report,
+            } => {
                 let output = ready!(future.poll(cx));
                 // The lease may admit another request as soon as this one has its answer.
                 drop(permit.take());
-                output.map_err(Into::into)
+                let output = output.map_err(Into::into);
+                if let (Err(error), Some(report)) = (&output, report.take()) {
+                    report.lease.report(&report.cell, report.epoch, error);
+                }
+                output
             }
             StateProj::Failed { error } => Err(error
                 .take()

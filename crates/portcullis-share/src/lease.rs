@@ -3,7 +3,7 @@
 use crate::cache::{Inner, Resync};
 use crate::conn::ConnCell;
 use crate::error::Unavailable;
-use crate::future::ResponseFuture;
+use crate::future::{Report, ReportConnectionError, ResponseFuture};
 use portcullis_pool::time::deadline_after;
 use portcullis_pool::{BoxError, NotReady};
 use std::fmt;
@@ -101,6 +101,24 @@ where
 
     pub(crate) fn set_connection(&self, id: u64) {
         self.connection.store(id, Ordering::Relaxed);
+    }
+}
+
+impl<K, S> ReportConnectionError for LeaseShared<K, S>
+where
+    K: Hash + Eq + Clone + fmt::Debug + Send + Sync + 'static,
+    S: Clone + Send + 'static,
+{
+    fn report(&self, cell: &ConnCell, epoch: u64, error: &BoxError) {
+        let inner = &self.inner;
+        if inner
+            .is_connection_error
+            .as_ref()
+            .is_some_and(|is| is(error))
+        {
+            let _span = self.span.enter();
+            inner.connection_failed(&self.key, cell, epoch, error);
+        }
     }
 }
 
@@ -252,7 +270,18 @@ where
         match (self.permit.take(), self.conn.as_mut()) {
             (Some(permit), Some(conn)) => {
                 let _span = self.shared.span.enter();
-                ResponseFuture::new(conn.call(req), permit)
+                // Only with a classifier: otherwise a call costs no more than the permit.
+                let report = self
+                    .shared
+                    .inner
+                    .is_connection_error
+                    .is_some()
+                    .then(|| Report {
+                        lease: self.shared.clone(),
+                        cell: self.cell.clone(),
+                        epoch: self.epoch,
+                    });
+                ResponseFuture::new(conn.call(req), permit, report)
             }
             _ => ResponseFuture::failed(NotReady::new().into()),
         }

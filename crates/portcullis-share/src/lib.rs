@@ -33,7 +33,10 @@
 //!   [backoff](SharedClientsBuilder::rebuild_backoff); its leases move to a healthy
 //!   connection of the key, or wait for the rebuild, bounded by
 //!   [`unavailable_timeout`](SharedClientsBuilder::unavailable_timeout) and a typed
-//!   [`Unavailable`] error. No lease fails because its connection did;
+//!   [`Unavailable`] error. No lease fails because its connection did. For clients that are
+//!   always ready and report a broken connection from their calls (hyper-util's legacy
+//!   `Client`), [`build_with_connection_errors`](SharedClientsBuilder::build_with_connection_errors)
+//!   fails a connection whose call fails with an error a classifier accepts;
 //! - **measured**: [`SharedClientsMetrics`] (keys, connections, leases, builds, rebuilds,
 //!   closes, failures, moves), [`SharedClients::key_snapshot`] (connections of a key and the
 //!   leases on each), [`Lease::in_flight`].

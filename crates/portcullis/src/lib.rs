@@ -136,7 +136,7 @@
 //!   and `endpoint::grpc`, a `P2cPool` endpoint maker of tonic `Channel`s.
 //! - `prometheus`: the `portcullis::prometheus` module registers every crate's metrics with a
 //!   `prometheus-client` registry (queue depth and latency, failfast, endpoints by state,
-//!   retries and budget refusals, fan-out outcomes).
+//!   retries and budget refusals, fan-out outcomes, shared connections and leases).
 //! - `dns`: `discovery::dns`, endpoints from A/AAAA or SRV records re-resolved on their TTL
 //!   (hickory-resolver).
 //! - `etcd`: `discovery::etcd`, endpoints under an etcd key prefix, listed then watched, and

@@ -1,7 +1,8 @@
 //! Prometheus export of every portcullis metric (feature `prometheus`).
 //!
 //! portcullis keeps its metrics as cheap snapshot handles ([`PoolQueueMetrics`],
-//! [`P2cMetrics`], [`retry::RetryMetrics`](RetryMetrics), [`fanout::FanOutMetrics`](FanOutMetrics)) so that
+//! [`P2cMetrics`], [`retry::RetryMetrics`](RetryMetrics), [`fanout::FanOutMetrics`](FanOutMetrics),
+//! [`share::SharedClientsMetrics`](SharedClientsMetrics)) so that
 //! the hot path never touches an exporter. This module turns each handle into a
 //! [`prometheus_client`] [`Collector`] that takes a snapshot on every scrape and encodes it:
 //! one collector per handle, registered with one `register_*` function per kind.
@@ -64,6 +65,19 @@
 //! | | `fanout_peak_in_flight` | gauge | |
 //! | | `fanout_peer_set_updates` | counter | `kind` |
 //! | | `fanout_peer_latency_seconds` | histogram | |
+//! | [`register_share`] | `share_keys` | gauge | |
+//! | | `share_connections` | gauge | |
+//! | | `share_leases` | gauge | |
+//! | | `share_builds` | counter | |
+//! | | `share_rebuilds` | counter | |
+//! | | `share_closes` | counter | |
+//! | | `share_connection_failures` | counter | |
+//! | | `share_moves` | counter | |
+//! | | `share_unavailable` | counter | |
+//!
+//! A lease's requests in flight ([`Lease::in_flight`](crate::share::Lease::in_flight)) are not
+//! exported: they are per consumer, and one series per consumer would be tens of thousands of
+//! series for the deployments `SharedClients` is for; the cache's snapshot holds totals only.
 //!
 //! Histograms are encoded from the HDR histograms the crates keep, with the fixed bucket
 //! bounds of [`LATENCY_BUCKETS`]: each bucket counts the recorded values at or below its bound
@@ -105,6 +119,7 @@ use crate::fanout::FanOutMetrics;
 use crate::p2c::P2cMetrics;
 use crate::pool::{PoolQueueMetrics, UpdateKind};
 use crate::retry::RetryMetrics;
+use crate::share::SharedClientsMetrics;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -156,6 +171,16 @@ pub fn register_fanout(
     metrics: FanOutMetrics,
 ) -> Result<(), InvalidPrefix> {
     register(registry, prefix, FanOutCollector::new(metrics))
+}
+
+/// Registers a [`SharedClientsCollector`] for `metrics` under `prefix` (see the
+/// [module docs](self) for the metric names), or refuses a prefix Prometheus would reject.
+pub fn register_share(
+    registry: &mut Registry,
+    prefix: &str,
+    metrics: SharedClientsMetrics,
+) -> Result<(), InvalidPrefix> {
+    register(registry, prefix, SharedClientsCollector::new(metrics))
 }
 
 fn register(
@@ -618,6 +643,83 @@ impl Collector for FanOutCollector {
             },
         };
         micros.encode(&mut family)
+    }
+}
+
+// === impl SharedClientsCollector ===
+
+/// Encodes a [`SharedClients`](crate::share::SharedClients) cache's metrics on every scrape.
+#[derive(Clone, Debug)]
+pub struct SharedClientsCollector {
+    metrics: SharedClientsMetrics,
+}
+
+impl SharedClientsCollector {
+    /// A collector over `metrics` (from
+    /// [`SharedClients::metrics`](crate::share::SharedClients::metrics)).
+    pub fn new(metrics: SharedClientsMetrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl Collector for SharedClientsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let s = self.metrics.snapshot();
+        let e = &mut encoder;
+        gauge(
+            e,
+            "share_keys",
+            "Keys with at least one connection (leased, idle in its grace, or failed).",
+            s.keys,
+        )?;
+        gauge(
+            e,
+            "share_connections",
+            "Shared connections open or waiting for a rebuild, over every key.",
+            s.connections,
+        )?;
+        gauge(
+            e,
+            "share_leases",
+            "Leases alive: consumers, a lease's clones counted once.",
+            s.leases,
+        )?;
+        counter(
+            e,
+            "share_builds",
+            "Connections made for a new slot.",
+            s.builds,
+        )?;
+        counter(
+            e,
+            "share_rebuilds",
+            "Connections made again in the slot of a failed one.",
+            s.rebuilds,
+        )?;
+        counter(
+            e,
+            "share_closes",
+            "Connections closed: their last lease left (after the grace), or a failed one was left.",
+            s.closes,
+        )?;
+        counter(
+            e,
+            "share_connection_failures",
+            "Connections marked failed.",
+            s.connection_failures,
+        )?;
+        counter(
+            e,
+            "share_moves",
+            "Leases moved off a failed connection to a healthy one of the same key.",
+            s.moves,
+        )?;
+        counter(
+            e,
+            "share_unavailable",
+            "Lease readiness checks that found no healthy connection within the unavailable timeout.",
+            s.unavailable,
+        )
     }
 }
 

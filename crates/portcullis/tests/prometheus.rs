@@ -326,7 +326,7 @@ async fn every_kind_in_one_registry_has_unique_families() {
     let text = render(&registry);
     assert!(text.ends_with("# EOF\n"));
     let families = assert_families_unique(&text);
-    assert_eq!(families.len(), 2 * (13 + 9 + 9 + 8), "{text}");
+    assert_eq!(families.len(), 2 * (13 + 9 + 9 + 8 + 9), "{text}");
     // An empty histogram still has all its buckets, at zero.
     assert_sample(
         &text,
@@ -361,6 +361,7 @@ fn register_all(prefix: &str) -> Result<String, prometheus::InvalidPrefix> {
         prometheus::register_p2c(&mut registry, prefix, p2c::P2cMetrics::default()),
         prometheus::register_retry(&mut registry, prefix, retry.metrics().clone()),
         prometheus::register_fanout(&mut registry, prefix, fanout::FanOutMetrics::new()),
+        prometheus::register_share(&mut registry, prefix, share::SharedClientsMetrics::new()),
     ];
     // Every kind answers the same, and a refused prefix registers nothing.
     let text = render(&registry);
@@ -438,6 +439,7 @@ fn an_empty_prefix_adds_nothing_to_the_names() {
     assert_sample(&text, "p2c_endpoints{state=\"ready\"}", 0.0);
     assert_sample(&text, "retry_requests_total", 0.0);
     assert_sample(&text, "fanout_fan_outs_total", 0.0);
+    assert_sample(&text, "share_connections", 0.0);
     assert_every_name_valid(&text);
 
     // Under a registry's own prefix, an empty one joins nothing more.
@@ -498,6 +500,8 @@ fn register_every_kind(prefixes: &[&str]) -> Registry {
         prometheus::register_p2c(&mut registry, prefix, p2c.clone()).unwrap();
         prometheus::register_retry(&mut registry, prefix, retry.metrics().clone()).unwrap();
         prometheus::register_fanout(&mut registry, prefix, fanout.metrics().clone()).unwrap();
+        prometheus::register_share(&mut registry, prefix, share::SharedClientsMetrics::new())
+            .unwrap();
     }
     registry
 }
@@ -574,4 +578,81 @@ async fn ejections_and_panic_mode_are_exported() {
     assert_sample(&text, "api_p2c_panics_total", 0.0);
     assert_sample(&text, "api_p2c_ramping", 0.0);
     assert_families_unique(&text);
+}
+
+/// A cache's connections and leases, and every counter, as the cache moves through opening,
+/// a failure, a move, a rebuild, an unavailable wait and the last lease leaving.
+#[tokio::test(start_paused = true)]
+async fn shared_clients_metrics_are_exported() {
+    // Connections to "down" fail their readiness while `down` is set.
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = down.clone();
+    let clients = SharedClients::builder()
+        .max_connections(2)
+        .rebuild_backoff(Duration::from_millis(100), Duration::from_secs(1))
+        .unavailable_timeout(Duration::from_millis(50))
+        .build(move |target: &&'static str| Flaky {
+            down: (*target == "down").then(|| flag.clone()),
+        })
+        .unwrap();
+    let mut registry = Registry::default();
+    prometheus::register_share(&mut registry, "etcd", clients.metrics()).unwrap();
+
+    // Three consumers of "up" (two connections), one of "down".
+    let up: Vec<_> = (0..3).map(|_| clients.get("up")).collect();
+    for lease in &up {
+        assert_eq!(lease.clone().oneshot(1).await.unwrap(), 1);
+    }
+    let mut lease = clients.get("down");
+    down.store(true, Ordering::SeqCst);
+    // Its only connection fails and nothing is rebuilt within 50 ms: Unavailable.
+    let error = lease.ready().await.unwrap_err();
+    assert!(error.is::<share::Unavailable>(), "{error}");
+    // The backoff over, the next readiness rebuilds it.
+    down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(lease.ready().await.unwrap().call(2).await.unwrap(), 2);
+
+    let text = render(&registry);
+    assert_sample(&text, "etcd_share_keys", 2.0);
+    assert_sample(&text, "etcd_share_connections", 3.0);
+    assert_sample(&text, "etcd_share_leases", 4.0);
+    assert_sample(&text, "etcd_share_builds_total", 3.0);
+    assert_sample(&text, "etcd_share_rebuilds_total", 1.0);
+    assert_sample(&text, "etcd_share_connection_failures_total", 1.0);
+    assert_sample(&text, "etcd_share_unavailable_total", 1.0);
+    assert_sample(&text, "etcd_share_moves_total", 0.0);
+    assert_sample(&text, "etcd_share_closes_total", 0.0);
+
+    drop((up, lease));
+    let text = render(&registry);
+    assert_sample(&text, "etcd_share_keys", 0.0);
+    assert_sample(&text, "etcd_share_connections", 0.0);
+    assert_sample(&text, "etcd_share_leases", 0.0);
+    assert_sample(&text, "etcd_share_closes_total", 3.0);
+    assert_families_unique(&text);
+    assert_every_name_valid(&text);
+}
+
+/// A connection whose readiness fails while its flag is set; it echoes its requests.
+#[derive(Clone)]
+struct Flaky {
+    down: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Service<u32> for Flaky {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u32, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match &self.down {
+            Some(down) if down.load(Ordering::SeqCst) => Poll::Ready(Err("refused".into())),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, req: u32) -> Self::Future {
+        std::future::ready(Ok(req))
+    }
 }
