@@ -1,8 +1,11 @@
-//! A reverse proxy for HTTP/1.1 and HTTP/2 over backends listed in a file (see
-//! `portcullis_examples::proxy` for what it does).
+//! A reverse proxy for HTTP/1.1 and HTTP/2 over backends listed in a file, in DNS or in etcd
+//! (see `portcullis_examples::proxy` for what it does).
 //!
 //! ```text
 //! cargo run --example http_proxy -- --listen 127.0.0.1:8080 --backends backends.txt
+//! cargo run --example http_proxy -- --backends-dns api.internal.:8080 --dns-server 10.0.0.53:53
+//! cargo run --example http_proxy -- --backends-srv _http._tcp.api.internal.
+//! cargo run --example http_proxy -- --backends-etcd http://127.0.0.1:2379 --etcd-prefix /services/api/
 //! cargo run --example http_proxy            # starts 3 local backends and prints what to try
 //! ```
 //!
@@ -11,22 +14,35 @@
 //! no request needed. A file without its `# end` line is taken for a write caught half-way
 //! and not applied (the proxy keeps its backends), so an editor saving in place is safe; a
 //! file with `# end` and no address removes every backend.
+//!
+//! From DNS, the A/AAAA records of `host:port` (or the SRV records of a service) are
+//! re-resolved on their TTL; from etcd, every key under the prefix whose value is an
+//! `ip:port` (or JSON with an `"addr"`) is a backend, and changes arrive as etcd's watch
+//! sends them: `etcdctl put /services/api/a 127.0.0.1:9001`, `etcdctl del /services/api/a`.
 
+use portcullis::discovery::{dns::Dns, etcd::Etcd};
 use portcullis_examples::{
     backend::{Backend, Behavior},
     endpoint::BoxError,
-    proxy::{write_backends_file, Proxy, ProxyConfig},
+    proxy::{write_backends_file, Backends, DnsName, Proxy, ProxyConfig},
 };
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use tokio::time::Instant;
 
 const USAGE: &str = "\
-usage: http_proxy [--listen ADDR] [--backends FILE]
+usage: http_proxy [--listen ADDR] [--backends FILE | --backends-dns HOST:PORT
+                  | --backends-srv NAME | --backends-etcd URL[,URL..]] [options]
 
-  --listen ADDR     where to serve (default 127.0.0.1:8080)
-  --backends FILE   backend addresses, one SocketAddr per line, then the line `# end`,
-                    re-read every second; without it, 3 local backends are started and
-                    written to a temp file
+  --listen ADDR             where to serve (default 127.0.0.1:8080)
+  --backends FILE           backend addresses, one SocketAddr per line, then the line
+                            `# end`, re-read every second; without any --backends*, 3 local
+                            backends are started and written to a temp file
+  --backends-dns HOST:PORT  the A/AAAA records of HOST, each at PORT, re-resolved on their TTL
+  --backends-srv NAME       the SRV records of NAME (`_http._tcp.api.internal.`)
+  --dns-server IP:PORT      the name server to ask (repeatable; default: /etc/resolv.conf's)
+  --backends-etcd URLS      etcd's client URLs, comma-separated (`http://127.0.0.1:2379`)
+  --etcd-prefix PREFIX      the etcd key prefix to watch (default /services/api/); each value
+                            is `ip:port`, or JSON with an \"addr\"
 
 routes:
   GET  /metrics          Prometheus (OpenMetrics) text of every stack
@@ -36,13 +52,25 @@ routes:
 
 struct Args {
     listen: SocketAddr,
-    backends: Option<PathBuf>,
+    backends: Option<Backends>,
 }
+
+/// The etcd prefix when `--etcd-prefix` is not given.
+const DEFAULT_ETCD_PREFIX: &str = "/services/api/";
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut args = Args {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
         backends: None,
+    };
+    let mut dns_servers: Vec<SocketAddr> = Vec::new();
+    let mut etcd_prefix: Option<String> = None;
+    let set_backends = |args: &mut Args, flag: &str, backends: Backends| {
+        if args.backends.is_some() {
+            return Err(format!("{flag}: give only one --backends* source"));
+        }
+        args.backends = Some(backends);
+        Ok(())
     };
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
@@ -54,12 +82,72 @@ fn parse_args() -> Result<Option<Args>, String> {
                     .parse()
                     .map_err(|e| format!("--listen {listen}: not a socket address ({e})"))?;
             }
-            "--backends" => args.backends = Some(PathBuf::from(value("--backends")?)),
+            "--backends" => {
+                let path = PathBuf::from(value("--backends")?);
+                set_backends(&mut args, "--backends", Backends::File(path))?;
+            }
+            "--backends-dns" => {
+                let target = value("--backends-dns")?;
+                let (host, port) = target
+                    .rsplit_once(':')
+                    .and_then(|(host, port)| Some((host.to_string(), port.parse().ok()?)))
+                    .ok_or(format!("--backends-dns {target}: not HOST:PORT"))?;
+                let name = DnsName::Host { host, port };
+                set_backends(&mut args, "--backends-dns", dns(name))?;
+            }
+            "--backends-srv" => {
+                let name = DnsName::Srv(value("--backends-srv")?);
+                set_backends(&mut args, "--backends-srv", dns(name))?;
+            }
+            "--dns-server" => {
+                let server = value("--dns-server")?;
+                dns_servers.push(
+                    server.parse().map_err(|e| {
+                        format!("--dns-server {server}: not a socket address ({e})")
+                    })?,
+                );
+            }
+            "--backends-etcd" => {
+                let endpoints = value("--backends-etcd")?
+                    .split(',')
+                    .map(str::to_string)
+                    .collect();
+                let etcd = Backends::Etcd {
+                    endpoints,
+                    prefix: DEFAULT_ETCD_PREFIX.to_string(),
+                    source: Etcd::builder(),
+                };
+                set_backends(&mut args, "--backends-etcd", etcd)?;
+            }
+            "--etcd-prefix" => etcd_prefix = Some(value("--etcd-prefix")?),
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other}")),
         }
     }
+    match &mut args.backends {
+        Some(Backends::Dns { resolver, .. }) if !dns_servers.is_empty() => {
+            *resolver = resolver.clone().name_servers(dns_servers);
+        }
+        Some(Backends::Dns { .. }) => {}
+        _ if !dns_servers.is_empty() => {
+            return Err("--dns-server goes with --backends-dns or --backends-srv".into())
+        }
+        Some(Backends::Etcd { prefix, .. }) => {
+            if let Some(etcd_prefix) = etcd_prefix {
+                *prefix = etcd_prefix;
+            }
+        }
+        _ if etcd_prefix.is_some() => return Err("--etcd-prefix goes with --backends-etcd".into()),
+        _ => {}
+    }
     Ok(Some(args))
+}
+
+fn dns(name: DnsName) -> Backends {
+    Backends::Dns {
+        name,
+        resolver: Dns::builder(),
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +182,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     // The demo's backends live as long as the program; keep them owned here.
     let mut demo_backends = Vec::new();
     let backends = match args.backends {
-        Some(path) => path,
+        Some(backends) => backends,
         None => {
             demo_backends = start_demo_backends().await?;
             let path = std::env::temp_dir().join(format!(
@@ -104,16 +192,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
             let lines = demo_backends.iter().map(|b| (b.name.as_str(), b.addr));
             write_backends_file(&path, lines)
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            path
+            Backends::File(path)
         }
     };
 
-    let proxy = Proxy::bind(args.listen, ProxyConfig::new(&backends)).await?;
+    let proxy = Proxy::bind(args.listen, ProxyConfig::new(backends.clone())).await?;
     let addr = proxy.local_addr()?;
-    println!(
-        "http_proxy on http://{addr}, backends from {}",
-        backends.display()
-    );
+    println!("http_proxy on http://{addr}, backends from {backends}");
     if !demo_backends.is_empty() {
         for backend in &demo_backends {
             println!("  backend {} on {}", backend.name, backend.addr);
@@ -128,7 +213,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
              \x20 curl http://{addr}/metrics\n\
              and remove an address from {} to take a backend out (applied within a second;\n\
              keep its last line, `# end`: without it the file is not applied).",
-            backends.display()
+            match &backends {
+                Backends::File(path) => path.display().to_string(),
+                other => other.to_string(),
+            }
         );
     }
     proxy.run().await;

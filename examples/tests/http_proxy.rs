@@ -4,17 +4,29 @@
 //! jitter and outlasts the 503 window, discovery changes are awaited through the metrics
 //! before traffic is checked, and p2c's random choices only decide which healthy backend
 //! answers.
+//!
+//! The proxy is also fed by etcd (a real `/usr/bin/etcd` per test) and by DNS (hickory-server
+//! in this process): the servers are portcullis-discovery's own test servers, included by
+//! `#[path]` so that there is one copy of each.
+
+#[path = "../../crates/portcullis-discovery/tests/support/dns_server.rs"]
+mod dns_server;
+#[path = "../../crates/portcullis-discovery/tests/support/etcd_server.rs"]
+mod etcd_server;
 
 use bytes::Bytes;
+use dns_server::{Rr, TestDns};
+use etcd_server::EtcdServer;
 use http::{header, Method, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use portcullis::discovery::etcd::Etcd;
 use portcullis::retry::{Backoff, Budget, Jitter};
 use portcullis_examples::{
     backend::{Backend, Behavior},
     endpoint::{self, HttpClient},
-    proxy::{write_backends_file, Proxy, ProxyConfig, ProxyMetrics},
+    proxy::{write_backends_file, Backends, DnsName, Proxy, ProxyConfig, ProxyMetrics},
 };
 use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 use tokio::time::{timeout, Instant};
@@ -58,7 +70,12 @@ impl Drop for AddrsFile {
 /// Retries that always outlast the 503 window: 100, 200, 400, 400 ms with no jitter, so the
 /// fourth attempt starts 700 ms after the first; a budget that never refuses them.
 fn config(file: &AddrsFile) -> ProxyConfig {
-    let mut config = ProxyConfig::new(&file.0);
+    config_over(Backends::File(file.0.clone()))
+}
+
+/// [`config`]'s settings over any source of backends.
+fn config_over(backends: Backends) -> ProxyConfig {
+    let mut config = ProxyConfig::new(backends);
     config.poll_interval = Duration::from_millis(50);
     config.max_attempts = 5;
     config.backoff = Backoff::new(Duration::from_millis(100), 2.0, Duration::from_millis(400))
@@ -315,6 +332,150 @@ async fn a_missing_backends_file_is_a_clear_error() {
         error
             .to_string()
             .starts_with("cannot read the backends file /nonexistent/portcullis/backends.txt: "),
+        "{error}"
+    );
+}
+
+/// Sends `n` requests and checks that each was answered by one of `names`.
+async fn answered_by(proxy: SocketAddr, path: &str, n: usize, names: &[&str]) {
+    let client = endpoint::client();
+    for i in 0..n {
+        let (status, _, body) = get(&client, format!("http://{proxy}/{path}/{i}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let name = body.split(' ').next().unwrap_or_default();
+        assert!(names.contains(&name), "{body}: not from {names:?}");
+    }
+}
+
+/// Sends the admin purge and checks that exactly `backends` answered it.
+async fn purge_reaches(proxy: SocketAddr, backends: &[&Backend]) {
+    let (status, _, _, report) = send(
+        &endpoint::client(),
+        Method::POST,
+        format!("http://{proxy}/admin/purge"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let responses = format!("\"responses\":{},", backends.len());
+    assert!(report.contains(&responses), "{responses} in {report}");
+    for backend in backends {
+        assert!(report.contains(&backend.addr.to_string()), "{report}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_from_etcd_follow_its_keys() {
+    let etcd = EtcdServer::start().await;
+    let mut kv = etcd.client().await.unwrap();
+    let a = Backend::start("a", healthy()).await.unwrap();
+    let b = Backend::start("b", healthy()).await.unwrap();
+    let c = Backend::start("c", healthy()).await.unwrap();
+    let prefix = "/services/api/";
+    kv.put(format!("{prefix}a"), a.addr.to_string(), None)
+        .await
+        .unwrap();
+    kv.put(format!("{prefix}b"), b.addr.to_string(), None)
+        .await
+        .unwrap();
+    // Another service's key: not a backend.
+    kv.put("/services/other/c", c.addr.to_string(), None)
+        .await
+        .unwrap();
+
+    let (proxy, metrics) = start(config_over(Backends::Etcd {
+        endpoints: vec![etcd.url().to_string()],
+        prefix: prefix.to_string(),
+        source: Etcd::builder().backoff(Duration::from_millis(50), Duration::from_millis(500)),
+    }))
+    .await;
+    eventually("a and b ready", || metrics.p2c.snapshot().ready == 2).await;
+    answered_by(proxy, "first", 20, &["a", "b"]).await;
+    purge_reaches(proxy, &[&a, &b]).await;
+    assert_eq!(c.requests(), 0);
+
+    // `c` registers, its value in the JSON form: an `Add` for both stacks.
+    let value = format!("{{\"addr\": \"{}\", \"weight\": 2}}", c.addr);
+    kv.put(format!("{prefix}c"), value, None).await.unwrap();
+    eventually("c added by both stacks", || {
+        metrics.queue.updates().add == 1
+            && metrics.purge_queue.updates().add == 1
+            && metrics.p2c.snapshot().ready == 3
+    })
+    .await;
+    purge_reaches(proxy, &[&a, &b, &c]).await;
+
+    // `a` leaves etcd: once both stacks applied the `Remove`, `a` gets nothing more.
+    kv.delete(format!("{prefix}a"), None).await.unwrap();
+    eventually("a removed by both stacks", || {
+        metrics.queue.updates().remove == 1
+            && metrics.purge_queue.updates().remove == 1
+            && metrics.p2c.snapshot().ready == 2
+    })
+    .await;
+    a.mark_removed();
+    answered_by(proxy, "after", 30, &["b", "c"]).await;
+    purge_reaches(proxy, &[&b, &c]).await;
+    assert_eq!(a.requests_after_removal(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_from_dns_srv_follow_the_zone() {
+    let a = Backend::start("a", healthy()).await.unwrap();
+    let b = Backend::start("b", healthy()).await.unwrap();
+    let c = Backend::start("c", healthy()).await.unwrap();
+    // One SRV record per backend, each at its port on `lo.test.` (127.0.0.1); TTLs of 1 s.
+    let srv = |backend: &Backend| {
+        Rr::Srv(
+            "_http._tcp.api.test.",
+            0,
+            1,
+            backend.addr.port(),
+            "lo.test.",
+            1,
+        )
+    };
+    let lo = Rr::A("lo.test.", [127, 0, 0, 1], 1);
+    let mut dns = TestDns::start(vec![lo.clone(), srv(&a), srv(&b), srv(&c)]).await;
+
+    let (proxy, metrics) = start(config_over(Backends::Dns {
+        name: DnsName::Srv("_http._tcp.api.test.".to_string()),
+        resolver: dns.resolver(),
+    }))
+    .await;
+    eventually("a, b and c ready", || metrics.p2c.snapshot().ready == 3).await;
+    answered_by(proxy, "first", 20, &["a", "b", "c"]).await;
+    purge_reaches(proxy, &[&a, &b, &c]).await;
+
+    // `c`'s record leaves the zone: at its next resolution (within a TTL) both stacks get the
+    // new set, and `c` gets nothing more.
+    dns.set(vec![lo, srv(&a), srv(&b)]);
+    eventually("c removed by both stacks", || {
+        metrics.queue.updates().reset == 2
+            && metrics.purge_queue.updates().reset == 2
+            && metrics.p2c.snapshot().ready == 2
+    })
+    .await;
+    c.mark_removed();
+    answered_by(proxy, "after", 30, &["a", "b"]).await;
+    purge_reaches(proxy, &[&a, &b]).await;
+    assert_eq!(c.requests_after_removal(), 0);
+}
+
+#[tokio::test]
+async fn an_unreachable_etcd_is_a_clear_error() {
+    let config = ProxyConfig::new(Backends::Etcd {
+        endpoints: vec!["http://127.0.0.1:1".to_string()],
+        prefix: "/services/api/".to_string(),
+        source: Etcd::builder(),
+    });
+    let error = Proxy::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("cannot connect to etcd at http://127.0.0.1:1: "),
         "{error}"
     );
 }

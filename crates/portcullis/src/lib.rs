@@ -14,7 +14,8 @@
 //! Each piece is its own crate, re-exported here as a module, and each is an ordinary
 //! `tower::Layer` / `tower::Service`. [`discovery`] adds streams that feed a `PoolQueue` from
 //! tower's `Discover`, from a `tokio::sync::watch` of endpoint sets, or from a file of
-//! addresses. The [`prelude`] has the types a stack is built from.
+//! addresses, and behind features from DNS, etcd or Kubernetes; [its docs](discovery#each-source-in-a-stack)
+//! show each source in a stack. The [`prelude`] has the types a stack is built from.
 //!
 //! # How they stack
 //!
@@ -192,13 +193,7 @@ pub mod share {
     pub use portcullis_share::*;
 }
 
-/// Discovery sources that feed a [`PoolQueue`](pool::PoolQueue): tower's `Discover`, a
-/// `tokio::sync::watch` of endpoint sets, a file of addresses, and behind features DNS, etcd
-/// and Kubernetes EndpointSlices: the `portcullis-discovery` crate.
-pub mod discovery {
-    #[doc(inline)]
-    pub use portcullis_discovery::*;
-}
+pub mod discovery;
 
 /// The boxed error type of tower middleware, and the error of
 /// [`PoolQueue`](pool::PoolQueue), [`P2cPool`](p2c::P2cPool) and [`Retry`](retry::Retry)

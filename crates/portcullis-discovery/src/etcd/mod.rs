@@ -64,6 +64,10 @@ pub use self::builder::EtcdBuilder;
 pub use self::error::EtcdError;
 pub use self::register::Registration;
 
+/// The etcd-client crate this source is built on, so that the `Client` given to
+/// [`EtcdBuilder::build`] is of the same version without a dependency of the caller's own.
+pub use etcd_client;
+
 use self::watch::Watching;
 use crate::delay::Delays;
 use crate::metrics::DiscoveryMetrics;

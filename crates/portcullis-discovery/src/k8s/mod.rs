@@ -67,6 +67,11 @@ mod watch;
 
 pub use self::builder::K8sBuilder;
 
+/// The kube crate this source is built on, so that the `kube::Client` given to
+/// [`K8sBuilder::build`] is of the same version without a dependency of the caller's own
+/// (a TLS feature of kube's is still the application's to enable, in its own dependency).
+pub use kube;
+
 use self::watch::Watching;
 use crate::delay::Delays;
 use crate::metrics::DiscoveryMetrics;

@@ -9,7 +9,7 @@ use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryAuthority;
 use hickory_server::ServerFuture;
-use portcullis_discovery::dns::Dns;
+use portcullis_discovery::dns::{Dns, DnsBuilder};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
@@ -139,6 +139,11 @@ impl TestDns {
 
     /// A resolver that asks only this server, quickly.
     pub fn client(&self) -> Dns {
+        self.resolver().build().unwrap()
+    }
+
+    /// The settings of [`TestDns::client`]'s resolver, for a caller that builds its own.
+    pub fn resolver(&self) -> DnsBuilder {
         Dns::builder()
             .name_servers([self.addr])
             .min_ttl(Duration::from_millis(50))
@@ -146,7 +151,5 @@ impl TestDns {
             .timeout(Duration::from_millis(300))
             .backoff(Duration::from_millis(50), Duration::from_millis(400))
             .seed(7)
-            .build()
-            .unwrap()
     }
 }

@@ -86,6 +86,11 @@ impl EtcdServer {
         }
     }
 
+    /// The URL clients connect to: `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.client_url
+    }
+
     pub async fn client(&self) -> Result<Client, etcd_client::Error> {
         Client::connect([self.client_url.as_str()], None).await
     }
