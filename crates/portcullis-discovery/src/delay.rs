@@ -1,8 +1,61 @@
 //! The waits of a polling source: the jittered re-read delay, and the backoff after failures.
 
+use crate::BuildError;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
+
+/// How a source waits after failures, as its builder was told: a backoff from `backoff_base`
+/// doubling to `backoff_max`, each wait less a random fraction of up to `jitter`, from a
+/// seedable random source. Held by each source's builder and by the source it builds, which
+/// makes a [`Delays`] of it per stream.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub(crate) struct Waits {
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) jitter: f64,
+    pub(crate) seed: Option<u64>,
+}
+
+impl Waits {
+    pub(crate) const fn new(backoff_base: Duration, backoff_max: Duration, jitter: f64) -> Self {
+        Self {
+            backoff_base,
+            backoff_max,
+            jitter,
+            seed: None,
+        }
+    }
+
+    /// Whether every setting can work: a jitter within `0.0..1.0`, a backoff whose base is
+    /// not zero and not above its maximum. `const`, so that each builder's defaults are
+    /// checked when the crate compiles.
+    pub(crate) const fn is_valid(&self) -> bool {
+        self.jitter >= 0.0
+            && self.jitter < 1.0
+            && !self.backoff_base.is_zero()
+            && self.backoff_base.as_nanos() <= self.backoff_max.as_nanos()
+    }
+
+    /// [`Self::is_valid`], with the refused setting named.
+    pub(crate) fn check(&self) -> Result<(), BuildError> {
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(BuildError::Jitter(self.jitter));
+        }
+        if !self.is_valid() {
+            return Err(BuildError::Backoff {
+                base: self.backoff_base,
+                max: self.backoff_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// The waits of one stream.
+    pub(crate) fn delays(&self) -> Delays {
+        Delays::new(self.seed, self.jitter, self.backoff_base, self.backoff_max)
+    }
+}
 
 /// Jitter and backoff from one seedable random source.
 #[derive(Debug)]

@@ -1,6 +1,7 @@
 //! [`DnsBuilder`]: the settings of [`Dns`], checked once in [`DnsBuilder::build`].
 
 use super::Dns;
+use crate::delay::Waits;
 use crate::BuildError;
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, NameServerConfigGroup, ResolverConfig,
@@ -33,11 +34,8 @@ pub struct DnsBuilder {
     name_servers: Vec<SocketAddr>,
     min_ttl: Duration,
     max_ttl: Duration,
-    jitter: f64,
-    backoff_base: Duration,
-    backoff_max: Duration,
+    waits: Waits,
     timeout: Duration,
-    seed: Option<u64>,
 }
 
 impl DnsBuilder {
@@ -65,11 +63,12 @@ impl DnsBuilder {
             name_servers: Vec::new(),
             min_ttl: Self::DEFAULT_MIN_TTL,
             max_ttl: Self::DEFAULT_MAX_TTL,
-            jitter: Self::DEFAULT_JITTER,
-            backoff_base: Self::DEFAULT_BACKOFF_BASE,
-            backoff_max: Self::DEFAULT_BACKOFF_MAX,
+            waits: Waits::new(
+                Self::DEFAULT_BACKOFF_BASE,
+                Self::DEFAULT_BACKOFF_MAX,
+                Self::DEFAULT_JITTER,
+            ),
             timeout: Self::DEFAULT_TIMEOUT,
-            seed: None,
         }
     }
 
@@ -95,15 +94,15 @@ impl DnsBuilder {
     /// The fraction of each wait (`0.0..1.0`) that may be taken off it at random, so that a
     /// fleet of clients started together does not resolve in lock-step.
     pub const fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = jitter;
+        self.waits.jitter = jitter;
         self
     }
 
     /// The wait after a failed resolution (`base`, doubling with each failure in a row, up to
     /// `max`, jittered). The last set stays in force meanwhile.
     pub const fn backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.backoff_base = base;
-        self.backoff_max = max;
+        self.waits.backoff_base = base;
+        self.waits.backoff_max = max;
         self
     }
 
@@ -115,7 +114,7 @@ impl DnsBuilder {
 
     /// Seeds the jitter's random source, so that a test sees the same waits every run.
     pub const fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
+        self.waits.seed = Some(seed);
         self
     }
 
@@ -154,11 +153,8 @@ impl DnsBuilder {
             resolver: builder.build(),
             min_ttl: self.min_ttl,
             max_ttl: self.max_ttl,
-            jitter: self.jitter,
-            backoff_base: self.backoff_base,
-            backoff_max: self.backoff_max,
+            waits: self.waits,
             timeout: self.timeout,
-            seed: self.seed,
         })
     }
 
@@ -169,15 +165,7 @@ impl DnsBuilder {
                 max: self.max_ttl,
             });
         }
-        if !(0.0..1.0).contains(&self.jitter) {
-            return Err(BuildError::Jitter(self.jitter));
-        }
-        if self.backoff_base.is_zero() || self.backoff_base > self.backoff_max {
-            return Err(BuildError::Backoff {
-                base: self.backoff_base,
-                max: self.backoff_max,
-            });
-        }
+        self.waits.check()?;
         if self.timeout.is_zero() {
             return Err(BuildError::ZeroTimeout);
         }
@@ -195,8 +183,7 @@ impl Default for DnsBuilder {
 const _: () = {
     let d = DnsBuilder::new();
     assert!(!d.min_ttl.is_zero() && d.min_ttl.as_nanos() <= d.max_ttl.as_nanos());
-    assert!(d.jitter >= 0.0 && d.jitter < 1.0);
-    assert!(!d.backoff_base.is_zero() && d.backoff_base.as_nanos() <= d.backoff_max.as_nanos());
+    assert!(d.waits.is_valid());
     assert!(!d.timeout.is_zero());
     std::mem::forget(d);
 };

@@ -49,7 +49,7 @@ mod lookup;
 pub use self::builder::DnsBuilder;
 
 use self::lookup::{Query, Resolution};
-use crate::delay::Delays;
+use crate::delay::Waits;
 use crate::metrics::DiscoveryMetrics;
 use crate::tracked::Tracked;
 use crate::BuildError;
@@ -82,11 +82,8 @@ pub struct Dns {
     resolver: TokioResolver,
     min_ttl: Duration,
     max_ttl: Duration,
-    jitter: f64,
-    backoff_base: Duration,
-    backoff_max: Duration,
+    waits: Waits,
     timeout: Duration,
-    seed: Option<u64>,
 }
 
 /// A checked name to resolve, made by [`Dns::host`] or [`Dns::srv`]: a maker of streams.
@@ -151,7 +148,7 @@ impl Dns {
 
     /// The fraction of each wait that may be taken off it at random.
     pub fn jitter(&self) -> f64 {
-        self.jitter
+        self.waits.jitter
     }
 
     /// How long one resolution waits for its answer.
@@ -185,7 +182,7 @@ impl DnsQuery {
             resolver: dns.resolver.clone(),
             query: self.query.clone(),
             set: Tracked::new("dns", self.name.clone(), metrics.clone()),
-            delays: Delays::new(dns.seed, dns.jitter, dns.backoff_base, dns.backoff_max),
+            delays: dns.waits.delays(),
             min_ttl: dns.min_ttl,
             max_ttl: dns.max_ttl,
             wait: None,
@@ -225,11 +222,8 @@ impl fmt::Debug for Dns {
         f.debug_struct("Dns")
             .field("min_ttl", &self.min_ttl)
             .field("max_ttl", &self.max_ttl)
-            .field("jitter", &self.jitter)
-            .field("backoff_base", &self.backoff_base)
-            .field("backoff_max", &self.backoff_max)
+            .field("waits", &self.waits)
             .field("timeout", &self.timeout)
-            .field("seed", &self.seed)
             .finish_non_exhaustive()
     }
 }

@@ -1,6 +1,7 @@
 //! [`EtcdBuilder`]: the settings of [`Etcd`], checked once in [`EtcdBuilder::build`].
 
 use super::Etcd;
+use crate::delay::Waits;
 use crate::BuildError;
 use etcd_client::Client;
 use std::time::Duration;
@@ -25,10 +26,7 @@ use std::time::Duration;
 /// ```
 #[derive(Clone, Debug)]
 pub struct EtcdBuilder {
-    backoff_base: Duration,
-    backoff_max: Duration,
-    jitter: f64,
-    seed: Option<u64>,
+    waits: Waits,
 }
 
 impl EtcdBuilder {
@@ -45,51 +43,41 @@ impl EtcdBuilder {
     /// a random source seeded from the OS.
     pub const fn new() -> Self {
         Self {
-            backoff_base: Self::DEFAULT_BACKOFF_BASE,
-            backoff_max: Self::DEFAULT_BACKOFF_MAX,
-            jitter: Self::DEFAULT_JITTER,
-            seed: None,
+            waits: Waits::new(
+                Self::DEFAULT_BACKOFF_BASE,
+                Self::DEFAULT_BACKOFF_MAX,
+                Self::DEFAULT_JITTER,
+            ),
         }
     }
 
     /// The wait after a failed read (`base`, doubling with each failure in a row, up to
     /// `max`, jittered). The last set stays in force meanwhile.
     pub const fn backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.backoff_base = base;
-        self.backoff_max = max;
+        self.waits.backoff_base = base;
+        self.waits.backoff_max = max;
         self
     }
 
     /// The fraction of each backoff (`0.0..1.0`) that may be taken off it at random, so that
     /// a fleet of clients does not reconnect in lock-step after an etcd restart.
     pub const fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = jitter;
+        self.waits.jitter = jitter;
         self
     }
 
     /// Seeds the jitter's random source.
     pub const fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
+        self.waits.seed = Some(seed);
         self
     }
 
     /// Checks every setting.
     pub fn build(self, client: Client) -> Result<Etcd, BuildError> {
-        if self.backoff_base.is_zero() || self.backoff_base > self.backoff_max {
-            return Err(BuildError::Backoff {
-                base: self.backoff_base,
-                max: self.backoff_max,
-            });
-        }
-        if !(0.0..1.0).contains(&self.jitter) {
-            return Err(BuildError::Jitter(self.jitter));
-        }
+        self.waits.check()?;
         Ok(Etcd {
             client,
-            backoff_base: self.backoff_base,
-            backoff_max: self.backoff_max,
-            jitter: self.jitter,
-            seed: self.seed,
+            waits: self.waits,
         })
     }
 }
@@ -103,6 +91,5 @@ impl Default for EtcdBuilder {
 // The defaults pass the checks `build` runs.
 const _: () = {
     let d = EtcdBuilder::new();
-    assert!(!d.backoff_base.is_zero() && d.backoff_base.as_nanos() <= d.backoff_max.as_nanos());
-    assert!(d.jitter >= 0.0 && d.jitter < 1.0);
+    assert!(d.waits.is_valid());
 };

@@ -69,7 +69,7 @@ pub use self::register::Registration;
 pub use etcd_client;
 
 use self::watch::Watching;
-use crate::delay::Delays;
+use crate::delay::{Delays, Waits};
 use crate::metrics::DiscoveryMetrics;
 use crate::tracked::Tracked;
 use etcd_client::Client;
@@ -102,10 +102,7 @@ impl EtcdEndpoint {
 #[derive(Clone)]
 pub struct Etcd {
     client: Client,
-    backoff_base: Duration,
-    backoff_max: Duration,
-    jitter: f64,
-    seed: Option<u64>,
+    waits: Waits,
 }
 
 /// The stream [`Etcd::updates`] returns; see [the module](self).
@@ -172,17 +169,14 @@ impl Etcd {
     }
 
     fn delays(&self) -> Delays {
-        Delays::new(self.seed, self.jitter, self.backoff_base, self.backoff_max)
+        self.waits.delays()
     }
 }
 
 impl fmt::Debug for Etcd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Etcd")
-            .field("backoff_base", &self.backoff_base)
-            .field("backoff_max", &self.backoff_max)
-            .field("jitter", &self.jitter)
-            .field("seed", &self.seed)
+            .field("waits", &self.waits)
             .finish_non_exhaustive()
     }
 }

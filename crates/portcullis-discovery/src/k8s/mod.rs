@@ -73,7 +73,7 @@ pub use self::builder::K8sBuilder;
 pub use kube;
 
 use self::watch::Watching;
-use crate::delay::Delays;
+use crate::delay::{Delays, Waits};
 use crate::metrics::DiscoveryMetrics;
 use crate::tracked::Tracked;
 use crate::BuildError;
@@ -89,7 +89,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 /// The label the EndpointSlice controller puts on each slice of a Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -109,10 +108,7 @@ pub struct K8sEndpoint {
 #[derive(Clone)]
 pub struct K8s {
     client: kube::Client,
-    backoff_base: Duration,
-    backoff_max: Duration,
-    jitter: f64,
-    seed: Option<u64>,
+    waits: Waits,
 }
 
 /// A checked Service and port to watch, made by [`K8s::service`]: a maker of streams.
@@ -171,17 +167,14 @@ impl K8s {
     }
 
     fn delays(&self) -> Delays {
-        Delays::new(self.seed, self.jitter, self.backoff_base, self.backoff_max)
+        self.waits.delays()
     }
 }
 
 impl fmt::Debug for K8s {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("K8s")
-            .field("backoff_base", &self.backoff_base)
-            .field("backoff_max", &self.backoff_max)
-            .field("jitter", &self.jitter)
-            .field("seed", &self.seed)
+            .field("waits", &self.waits)
             .finish_non_exhaustive()
     }
 }
