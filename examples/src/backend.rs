@@ -1,4 +1,4 @@
-//! Real HTTP backends on 127.0.0.1 for the examples: each answers with its name after a
+//! Real HTTP backends on 127.0.0.1 (or a given address) for the examples: each answers with its name after a
 //! delay, can return 503 until a given instant, and counts the requests it gets (also those
 //! that arrive after discovery removed it).
 
@@ -52,7 +52,17 @@ struct State {
 impl Backend {
     /// Binds 127.0.0.1 on a free port and serves HTTP/1.1 and HTTP/2 until the runtime ends.
     pub async fn start(name: &str, behavior: Behavior) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), name, behavior).await
+    }
+
+    /// As [`Backend::start`], bound to `addr` (port 0 for a free one): the fault tests bind
+    /// an address of a network namespace, from a thread that entered it.
+    pub async fn start_on(
+        addr: SocketAddr,
+        name: &str,
+        behavior: Behavior,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             name: name.to_string(),
