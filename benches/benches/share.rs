@@ -9,7 +9,10 @@
 //! consumer has made one request and while all of them are still held.
 //!
 //! `cargo bench -p portcullis-benches --bench share` (about a minute). C = 50,000 needs
-//! 50,000 sockets in each process: it runs only where the file-descriptor limit allows.
+//! 50,000 sockets in each process: it runs only where the file-descriptor limit allows
+//! (`ulimit -n 120000` first, as root where the hard limit is lower); the per-consumer clients
+//! connect from four loopback source addresses, since one address reaches one server port
+//! through at most the ~28,000 ports of the ephemeral range.
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
@@ -42,6 +45,21 @@ fn h2_client() -> HttpClient {
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http()
+}
+
+/// Source addresses the per-consumer clients take turns at: one client connects from
+/// 127.0.0.1 to one server port at most ~28,000 times (the ephemeral port range), so 50,000
+/// clients need more than one source address. Loopback answers for all of 127.0.0.0/8.
+const SOURCE_ADDRESSES: u8 = 4;
+
+/// An HTTP/2 client whose connections come from 127.0.0.`1 + (i % SOURCE_ADDRESSES)`.
+fn h2_client_from(i: usize) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    let last = 1 + (i % usize::from(SOURCE_ADDRESSES)) as u8;
+    connector.set_local_address(Some(std::net::IpAddr::from([127, 0, 0, last])));
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -155,7 +173,7 @@ fn memory() {
                 .await;
             Box::new((clients, leases))
         } else {
-            let clients: Vec<HttpClient> = (0..consumers).map(|_| h2_client()).collect();
+            let clients: Vec<HttpClient> = (0..consumers).map(h2_client_from).collect();
             stream::iter(&clients)
                 .for_each_concurrent(256, |client| one(client.clone(), addr))
                 .await;
