@@ -20,6 +20,8 @@ pub mod alloc;
 pub mod discovery;
 pub mod endpoint;
 pub mod fleet;
+#[cfg(loom)]
+pub mod loom;
 pub mod pool;
 pub mod time;
 

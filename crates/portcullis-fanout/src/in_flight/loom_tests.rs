@@ -8,11 +8,10 @@
 //!     cargo test -p portcullis-fanout --release --lib in_flight::loom_tests -- --nocapture
 //! ```
 
+use portcullis_test::loom::explore;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use loom::future::{block_on, AtomicWaker};
 use loom::sync::atomic::{AtomicBool, Ordering};
@@ -23,26 +22,6 @@ use super::InFlight;
 
 /// The preemption bound when `LOOM_MAX_PREEMPTIONS` is not set.
 const DEFAULT_PREEMPTIONS: usize = 3;
-
-/// Runs `model` under loom, at most `preemptions` preemptions per execution unless
-/// `LOOM_MAX_PREEMPTIONS` says otherwise, and prints how many interleavings it explored.
-fn explore(name: &str, preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = builder.preemption_bound.or(Some(preemptions));
-    let bound = builder.preemption_bound;
-    let runs = std::sync::Arc::new(AtomicUsize::new(0));
-    let counted = runs.clone();
-    let started = Instant::now();
-    builder.check(move || {
-        counted.fetch_add(1, Relaxed);
-        model();
-    });
-    println!(
-        "loom {name}: {} interleavings explored (preemption bound {bound:?}) in {:.1?}",
-        runs.load(Relaxed),
-        started.elapsed()
-    );
-}
 
 /// A peer's answer, sent from another thread: a flag and the waker of whoever polled last.
 #[derive(Default)]

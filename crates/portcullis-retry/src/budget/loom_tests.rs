@@ -14,8 +14,7 @@
 //! Threads are placed in stripes by hand ([`stripe::set_current`]); there are two stripes
 //! under loom.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::time::Instant;
+use portcullis_test::loom::explore;
 
 use loom::sync::Arc;
 use loom::thread;
@@ -30,26 +29,6 @@ const DEFAULT_PREEMPTIONS: usize = 3;
 /// The bound for the model whose two threads both roll cells: 2 (at 3 it explores 748 727
 /// interleavings in 65 s on our CI machine).
 const BIG_MODEL_PREEMPTIONS: usize = 2;
-
-/// Runs `model` under loom, at most `preemptions` preemptions per execution unless
-/// `LOOM_MAX_PREEMPTIONS` says otherwise, and prints how many interleavings it explored.
-fn explore(name: &str, preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = builder.preemption_bound.or(Some(preemptions));
-    let bound = builder.preemption_bound;
-    let runs = std::sync::Arc::new(AtomicUsize::new(0));
-    let counted = runs.clone();
-    let started = Instant::now();
-    builder.check(move || {
-        counted.fetch_add(1, Relaxed);
-        model();
-    });
-    println!(
-        "loom {name}: {} interleavings explored (preemption bound {bound:?}) in {:.1?}",
-        runs.load(Relaxed),
-        started.elapsed()
-    );
-}
 
 /// 10 ns slots, two of them; `deposit` units per first attempt, `cost` per retry.
 fn ledger(deposit: u64, cost: u64) -> Arc<Ledger> {
