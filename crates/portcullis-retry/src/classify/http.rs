@@ -1,6 +1,6 @@
 //! An HTTP classifier (feature `http`).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{header, Method, Request, Response, StatusCode};
 
@@ -9,8 +9,10 @@ use super::{Classify, Decision};
 /// Retries transport errors and 429, 502, 503 and 504; every other status is final.
 ///
 /// - 1xx, 2xx and 3xx: [`Decision::Success`].
-/// - 429, 502, 503, 504: retried; a `Retry-After` of delta-seconds becomes the next delay (an
-///   HTTP-date `Retry-After` is ignored and the backoff applies).
+/// - 429, 502, 503, 504: retried; a `Retry-After` becomes the next delay: delta-seconds as
+///   they are, an HTTP-date (any of RFC 9110's three forms) as the time from now, on the
+///   system clock, until that date (zero once it has passed). Anything else names no delay and
+///   the backoff applies. The retry layer still keeps every delay inside its deadline.
 /// - Any other 4xx or 5xx (404, 409, 500, 501, …): [`Decision::Permanent`].
 /// - An `Err` from the inner service (a transport error): retried, except a
 ///   [`PoolQueue`](portcullis_pool::PoolQueue)'s refusal ([`FailFast`](portcullis_pool::FailFast),
@@ -114,12 +116,21 @@ impl<B, RB, E: 'static> Classify<Request<B>, Response<RB>, E> for HttpClassify {
 
 fn retry_after<B>(rsp: &Response<B>) -> Option<Duration> {
     let value = rsp.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
-    // delta-seconds is `1*DIGIT` (RFC 9110): `u64::from_str` alone would also take `+5`.
-    let value = value.trim();
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+    retry_after_value(value, SystemTime::now())
+}
+
+/// `Retry-After: value` read at `now` (RFC 9110 §10.2.3): delta-seconds, or an HTTP-date.
+fn retry_after_value(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim_matches([' ', '\t']);
+    if value.is_empty() {
         return None;
     }
-    value.parse::<u64>().ok().map(Duration::from_secs)
+    // delta-seconds is `1*DIGIT`: `u64::from_str` alone would also take `+5`.
+    if value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse::<u64>().ok().map(Duration::from_secs);
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -213,7 +224,48 @@ mod tests {
             .header("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")
             .body(())
             .unwrap();
-        assert_eq!(classify(&c, Method::GET, Ok(&date)), Decision::RETRY);
+        // A date that has passed: retry at once.
+        assert_eq!(
+            classify(&c, Method::GET, Ok(&date)),
+            Decision::Retry {
+                after: Some(Duration::ZERO)
+            }
+        );
+    }
+
+    /// RFC 9110 §5.6.7: a recipient accepts all three date forms; the delay is the time from
+    /// now until the date.
+    #[test]
+    fn retry_after_http_date_is_the_time_until_it() {
+        // Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's example.
+        let date = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let now = date - Duration::from_secs(90);
+        for value in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            " Sun, 06 Nov 1994 08:49:37 GMT\t",
+        ] {
+            assert_eq!(
+                retry_after_value(value, now),
+                Some(Duration::from_secs(90)),
+                "{value:?}"
+            );
+        }
+        assert_eq!(
+            retry_after_value(
+                "Sun, 06 Nov 1994 08:49:37 GMT",
+                date + Duration::from_secs(1)
+            ),
+            Some(Duration::ZERO)
+        );
+        for value in [
+            "Sun, 06 Nov 1994",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "tomorrow",
+        ] {
+            assert_eq!(retry_after_value(value, now), None, "{value:?}");
+        }
     }
 
     /// Found by the `retry_after` fuzz check: `+5` was read as 5 s. delta-seconds is digits
