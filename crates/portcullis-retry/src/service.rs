@@ -86,10 +86,11 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let policy = &self.policy;
         policy.metrics.request();
-        policy.budget.deposit();
-        let copy = policy.replay.replay(&req);
+        // One clock reading serves the deposit and the deadlines.
         let now =
             (policy.deadline.is_some() || policy.attempt_timeout.is_some()).then(Instant::now);
+        policy.budget.deposit_at(now);
+        let copy = policy.replay.replay(&req);
         let deadline = now
             .zip(policy.deadline)
             .map(|(now, d)| deadline_after(now, d));

@@ -175,6 +175,11 @@ impl Ledger {
         (slot, index)
     }
 
+    /// Whether a first attempt deposits anything (not at ratio 0).
+    pub(super) fn deposits(&self) -> bool {
+        self.deposit != 0
+    }
+
     /// Records a first attempt at `nanos`.
     pub(super) fn deposit(&self, nanos: u64) {
         if self.deposit == 0 {

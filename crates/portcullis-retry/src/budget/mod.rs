@@ -160,8 +160,20 @@ impl Budget {
 
     /// Records a first attempt.
     pub fn deposit(&self) {
+        self.deposit_at(None);
+    }
+
+    /// Records a first attempt made `now` (`None`: read the clock). A caller that reads the
+    /// clock anyway (for a deadline) passes its reading; a budget that deposits nothing
+    /// (ratio 0) reads no clock at all.
+    #[inline]
+    pub(crate) fn deposit_at(&self, now: Option<Instant>) {
         let inner = &self.inner;
-        inner.ledger.deposit(inner.now_nanos(Instant::now()));
+        if inner.ledger.deposits() {
+            inner
+                .ledger
+                .deposit(inner.now_nanos(now.unwrap_or_else(Instant::now)));
+        }
     }
 
     /// Takes the cost of one retry; `false` if the budget cannot pay for it.
