@@ -28,6 +28,50 @@ impl Service<u64> for Echo {
     }
 }
 
+/// An endpoint that answers each request with itself after waiting once: its response future
+/// is pending at its first poll (it wakes itself at once) and ready at the next, as a response
+/// that waits for I/O is. A load that times round trips has one to time here; [`Echo`]'s
+/// responses are ready at their first poll.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WaitOnce;
+
+impl Service<u64> for WaitOnce {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Waiting;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u64) -> Self::Future {
+        Waiting {
+            request,
+            waited: false,
+        }
+    }
+}
+
+/// The response future of [`WaitOnce`].
+#[derive(Debug)]
+pub struct Waiting {
+    request: u64,
+    waited: bool,
+}
+
+impl std::future::Future for Waiting {
+    type Output = Result<u64, Infallible>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.waited {
+            return Poll::Ready(Ok(self.request));
+        }
+        self.waited = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
 /// tower's `Retry` policy with its `TpsBudget`, configured like portcullis's retry: every first
 /// attempt deposits, every retry withdraws, at most `max_attempts` attempts, no backoff. tower
 /// clones the policy for each request, so the attempt count is per request.

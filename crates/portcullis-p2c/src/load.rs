@@ -153,9 +153,16 @@ impl<F: Future> Future for PendingFuture<F> {
 /// A response slower than the estimate becomes the estimate at once (the peak); a faster one
 /// moves it by `1 - exp(-elapsed / decay)`, and between responses the estimate decays toward
 /// zero at the same rate, so a slow endpoint is tried again once it has been left alone. A new
-/// endpoint starts at `default_rtt`. The round trip is from `call` to the response future's
-/// completion; a future dropped unanswered counts out of the requests in flight and measures
-/// nothing.
+/// endpoint starts at `default_rtt`. The round trip is timed from the response future's first
+/// poll that has to wait to its completion; a future dropped unanswered counts out of the
+/// requests in flight and measures nothing.
+///
+/// A response ready at its first poll is not timed, and reads no clock: it took no time that
+/// its future could see, and a round trip of zero changes nothing in a peak EWMA (the estimate
+/// becomes `prior × exp(-elapsed / decay)`, which is what decay alone makes of it by then), so
+/// leaving it out is the same estimate without two clock reads. (A service that starts its work
+/// in `call` and is polled only later, once the work is done, goes untimed for that call; the
+/// usual `call(..).await` polls at once.)
 pub struct PeakEwma<S> {
     inner: S,
     state: Arc<Ewma>,
@@ -342,7 +349,7 @@ impl<S: Service<Req>, Req> Service<Req> for PeakEwma<S> {
         PeakEwmaFuture {
             inner: self.inner.call(req),
             track: Some(Track {
-                sent_at: self.state.now(),
+                sent_at: None,
                 state: self.state.clone(),
             }),
         }
@@ -362,9 +369,10 @@ impl<S: fmt::Debug> fmt::Debug for PeakEwma<S> {
 /// One call of a [`PeakEwma`] endpoint: counted in flight until dropped.
 struct Track {
     state: Arc<Ewma>,
-    /// When it was sent, on the estimate's own clock (nanoseconds since `origin`), so that
-    /// its completion reads the clock once for both the round trip and the update.
-    sent_at: u64,
+    /// When its first poll found it waiting, on the estimate's own clock (nanoseconds since
+    /// `origin`), so that its completion reads the clock once for both the round trip and the
+    /// update; `None` until then.
+    sent_at: Option<u64>,
 }
 
 impl Drop for Track {
@@ -396,11 +404,17 @@ impl<F: Future> Future for PeakEwmaFuture<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let output = ready!(this.inner.poll(cx));
+        let Poll::Ready(output) = this.inner.poll(cx) else {
+            if let Some(track) = this.track {
+                track.sent_at.get_or_insert_with(|| track.state.now());
+            }
+            return Poll::Pending;
+        };
         if let Some(track) = this.track.take() {
-            let now = track.state.now();
-            let rtt_ns = now.saturating_sub(track.sent_at) as f64;
-            track.state.observe(rtt_ns, now);
+            if let Some(sent_at) = track.sent_at {
+                let now = track.state.now();
+                track.state.observe(now.saturating_sub(sent_at) as f64, now);
+            }
         }
         Poll::Ready(output)
     }
@@ -456,6 +470,30 @@ mod tests {
         // A faster response moves the estimate toward it.
         answer(&mut ep, Duration::ZERO).await;
         assert!(ep.rtt_estimate() < Duration::from_millis(100));
+    }
+
+    /// A response ready at its first poll is left untimed (no clock read): the same estimate
+    /// and key as a round trip of zero folded in.
+    #[tokio::test(start_paused = true)]
+    async fn a_response_ready_at_once_is_a_zero_round_trip() {
+        let decay = Duration::from_secs(10);
+        let at_once =
+            || service_fn(|_: Duration| std::future::ready(Ok::<_, std::convert::Infallible>(())));
+        let mut untimed = PeakEwma::new(at_once(), Duration::from_millis(30), decay);
+        let zero = PeakEwma::new(at_once(), Duration::from_millis(30), decay);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let mut response = untimed.ready().await.unwrap().call(Duration::ZERO);
+        assert!(response.track.as_ref().is_some_and(|t| t.sent_at.is_none()));
+        assert!((&mut response).now_or_never().is_some());
+        zero.state.observe(0.0, zero.state.now());
+        let (a, b) = (untimed.load().key(), zero.load().key());
+        assert!((a - b).abs() < 1e-12, "{a} against {b}");
+        assert_eq!(untimed.rtt_estimate(), zero.rtt_estimate());
+        assert_eq!(untimed.state.pending.load(Relaxed), 0);
+        // One that waits is timed from the poll that found it waiting.
+        let mut waits = PeakEwma::new(sleeper(), Duration::from_millis(30), decay);
+        answer(&mut waits, Duration::from_millis(100)).await;
+        assert_eq!(waits.rtt_estimate(), Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]
