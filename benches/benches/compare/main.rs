@@ -71,7 +71,7 @@ fn main() {
         fanout::run(&rt, &config, &mut rows);
     }
     if wanted("retry") {
-        retry::run(&rt, &config, &mut rows);
+        retry::run(&config, &mut rows);
     }
     // Last: once any runtime in a process has paused its clock, tokio routes every later
     // `tokio::time::Instant::now()` through the runtime's clock lock. Every stack here reads
