@@ -6,13 +6,13 @@
 
 mod support;
 
-use portcullis_pool::{PoolFailed, PoolQueue, Update, UpdateKind};
+use portcullis_pool::{FailFast, PoolFailed, PoolQueue, Update, UpdateKind};
 use portcullis_test::{discovery, pool};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{downcast, harness, Caller};
+use support::{downcast, harness, Caller, FAILFAST};
 use tokio_test::{assert_pending, assert_ready_ok};
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 #[tokio::test(start_paused = true)]
 async fn a_caller_dispatches_itself_when_nothing_waits_and_the_pool_is_ready() {
@@ -237,4 +237,91 @@ async fn discovery_updates_still_apply_while_callers_dispatch_directly() {
     assert_eq!(dispatched, CALLERS * REQUESTS);
     // The scenario exercised the direct path (thousands of chances to; not a timing figure).
     assert!(metrics.direct_dispatches > 0, "{metrics:?}");
+}
+
+/// With more than half its slots free and nothing queued, `poll_ready` promises a slot rather
+/// than take one (a direct dispatch holds none). If others take every slot before the promised
+/// caller calls and it cannot dispatch directly, its response future waits for a slot as
+/// `poll_ready` would have, and the request queues behind those that took them.
+#[tokio::test(start_paused = true)]
+async fn a_promised_slot_that_others_took_is_waited_for_in_the_response_future() {
+    let mut h = harness(4);
+    h.control.set_ready(true);
+    assert_pending!(h.worker.poll());
+
+    let mut promised = Caller::new(&h.queue);
+    assert_ready_ok!(promised.poll_ready());
+    assert_eq!(h.queue.metrics().depth(), 0, "promised, not taken");
+
+    // The pool stops being ready; four others take the four slots.
+    h.control.set_ready(false);
+    let mut others: Vec<_> = ["b", "c", "d", "e"]
+        .into_iter()
+        .map(|request| Caller::new(&h.queue).send(request))
+        .collect();
+    assert_eq!(h.queue.metrics().depth(), 4);
+
+    let mut a = promised
+        .task
+        .enter(|_, _| tokio_test::task::spawn(promised.queue.call("a")));
+    assert_pending!(a.poll());
+    assert_pending!(h.worker.poll());
+    assert_eq!(h.queue.metrics().depth(), 4, "a waits outside the queue");
+
+    // Ready again: the four go, their slots come free, `a` takes one and goes last.
+    h.control.set_ready(true);
+    assert_pending!(h.worker.poll());
+    assert!(a.is_woken());
+    assert_pending!(a.poll());
+    assert_pending!(h.worker.poll());
+    let order: Vec<_> = std::iter::from_fn(|| h.control.try_next_request()).collect();
+    assert_eq!(
+        order
+            .iter()
+            .map(|(request, _)| *request)
+            .collect::<Vec<_>>(),
+        ["b", "c", "d", "e", "a"]
+    );
+    for (request, responder) in order {
+        responder.respond(request);
+    }
+    for response in &mut others {
+        assert_ready_ok!(response.poll());
+    }
+    assert_eq!(assert_ready_ok!(a.poll()), "a");
+    assert_eq!(h.queue.metrics().depth(), 0);
+}
+
+/// The wait of a promised caller whose slot went is bounded as a slot wait in `poll_ready`
+/// is: here the queue fails fast while it waits, and it gets `FailFast` within the failfast
+/// timeout.
+#[tokio::test(start_paused = true)]
+async fn a_promised_caller_waiting_for_a_slot_fails_fast_with_the_queue() {
+    let mut h = harness(4);
+    h.control.set_ready(true);
+    assert_pending!(h.worker.poll());
+    let mut promised = Caller::new(&h.queue);
+    assert_ready_ok!(promised.poll_ready());
+
+    h.control.set_ready(false);
+    let mut queued = Caller::new(&h.queue).send("b");
+    let mut holders: Vec<Caller> = (0..3).map(|_| Caller::new(&h.queue)).collect();
+    for holder in &mut holders {
+        assert_ready_ok!(holder.poll_ready());
+    }
+    assert_eq!(h.queue.metrics().depth(), 4);
+    let mut a = promised
+        .task
+        .enter(|_, _| tokio_test::task::spawn(promised.queue.call("a")));
+    assert_pending!(a.poll());
+    assert_pending!(h.worker.poll());
+
+    let start = tokio::time::Instant::now();
+    tokio::time::advance(FAILFAST).await;
+    assert_pending!(h.worker.poll());
+    downcast::<FailFast>(&tokio_test::assert_ready_err!(queued.poll()));
+    assert!(a.is_woken());
+    downcast::<FailFast>(&tokio_test::assert_ready_err!(a.poll()));
+    assert!(start.elapsed() <= FAILFAST);
+    assert_eq!(h.control.calls(), 0);
 }

@@ -94,6 +94,10 @@ pub(crate) trait DirectDispatch<Req, F>: Send + Sync {
     /// Dispatches `request` at once if nothing is queued and an endpoint is ready; gives it
     /// back otherwise, to be queued.
     fn try_dispatch(&self, request: Req, shared: &Shared) -> Result<F, Req>;
+
+    /// Whether a request would be dispatched directly if an endpoint is ready: direct
+    /// dispatch on, nothing queued, the worker neither woken nor waiting for the lock.
+    fn may_dispatch(&self, shared: &Shared) -> bool;
 }
 
 impl<P, K, T> Direct<P, K, T> {
@@ -171,13 +175,16 @@ where
     P: Pool<K, T, Req> + Send,
     P::Error: Into<BoxError>,
 {
+    fn may_dispatch(&self, shared: &Shared) -> bool {
+        self.enabled
+            && !self.wake.woken.load(Ordering::Acquire)
+            && !self.worker_waiting.load(Ordering::Relaxed)
+            && !shared.any_queued()
+            && !shared.is_closed()
+    }
+
     fn try_dispatch(&self, request: Req, shared: &Shared) -> Result<P::Future, Req> {
-        if !self.enabled
-            || self.wake.woken.load(Ordering::Acquire)
-            || self.worker_waiting.load(Ordering::Relaxed)
-            || shared.any_queued()
-            || shared.is_closed()
-        {
+        if !self.may_dispatch(shared) {
             return Err(request);
         }
         let mut guard = match self.inner.try_lock() {
@@ -197,7 +204,11 @@ where
         let mut cx = Context::from_waker(waker);
         match pool.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => {
-                self.saw_ready.store(true, Ordering::Relaxed);
+                // Written only when the worker has taken the last note: callers on other
+                // cores then share the line rather than take turns owning it.
+                if !self.saw_ready.load(Ordering::Relaxed) {
+                    self.saw_ready.store(true, Ordering::Relaxed);
+                }
                 tracing::trace!("dispatching directly");
                 Ok(pool.call(request))
             }

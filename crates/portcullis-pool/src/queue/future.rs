@@ -28,6 +28,11 @@ pin_project! {
         Queued {
             rx: oneshot::Receiver<Result<F, BoxError>>,
         },
+        // A promised slot was gone by `call`: waiting for one, as `poll_ready` would have
+        // (rare: boxed, to keep the request's type out of this one).
+        Waiting {
+            fut: Pin<Box<dyn Future<Output = ResponseFuture<F>> + Send>>,
+        },
         Dispatched {
             #[pin]
             fut: F,
@@ -49,6 +54,13 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn direct(fut: F) -> Self {
         Self {
             state: State::Dispatched { fut },
+        }
+    }
+
+    /// A request that waits for a slot in `fut`, which yields the future it then became.
+    pub(crate) fn waiting(fut: Pin<Box<dyn Future<Output = ResponseFuture<F>> + Send>>) -> Self {
+        Self {
+            state: State::Waiting { fut },
         }
     }
 
@@ -82,6 +94,10 @@ where
                     // terminal error; one dropped unanswered means the worker itself is gone.
                     Err(_) => break Err(Box::new(WorkerGone::new())),
                 },
+                StateProj::Waiting { fut } => {
+                    let next = ready!(fut.as_mut().poll(cx));
+                    this.state.set(next.state);
+                }
                 StateProj::Dispatched { fut } => break ready!(fut.poll(cx)).map_err(Into::into),
                 StateProj::Done => return Poll::Ready(Err(Box::new(PolledAfterCompletion::new()))),
             }
@@ -96,6 +112,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
         let state = match &self.state {
             State::Failed { .. } => "failed",
             State::Queued { .. } => "queued",
+            State::Waiting { .. } => "waiting for a slot",
             State::Dispatched { .. } => "dispatched",
             State::Done => "done",
         };

@@ -148,7 +148,7 @@ impl PoolQueueMetrics {
             rejected_in_failfast: s.rejected_in_failfast.load(Ordering::Relaxed),
             no_slot: s.no_slot.load(Ordering::Relaxed),
             cancelled: s.cancelled.load(Ordering::Relaxed),
-            direct_dispatches: s.direct_dispatches.load(Ordering::Relaxed),
+            direct_dispatches: s.direct_dispatches(),
             updates: self.updates(),
             endpoints: EndpointCounts {
                 ready: s.endpoints_ready.load(Ordering::Relaxed),

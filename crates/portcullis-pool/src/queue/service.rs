@@ -36,6 +36,11 @@ pub struct PoolQueue<Req, F> {
     acquiring: bool,
     /// How long this handle has waited for a slot; bounded by the failfast timeout.
     slot_wait: SlotWait,
+    /// Whether `poll_ready` may promise a free slot instead of taking it (see
+    /// [`Readiness::Promised`]); off in the handle that waits for a slot a promise lost.
+    promise: bool,
+    /// Where this handle counts its direct dispatches (`Shared::dispatched_directly`).
+    stripe: usize,
 }
 
 /// What the last `poll_ready` decided, for the next `call` to act on.
@@ -47,6 +52,12 @@ enum Readiness {
     Reserved(OwnedSemaphorePermit),
     /// The queue was in failfast: the next request fails at once, holding no slot.
     FailFast,
+    /// A slot was free and the request will most likely be dispatched directly, which holds
+    /// no slot: none is taken. `call` dispatches directly; failing that it takes a free slot
+    /// and queues the request; and if the slots went in the meantime (other handles took
+    /// them between this `poll_ready` and `call`), the response future waits for one
+    /// exactly as `poll_ready` would have (same failfast timeout, same errors).
+    Promised,
 }
 
 impl<Req, F> PoolQueue<Req, F> {
@@ -59,10 +70,12 @@ impl<Req, F> PoolQueue<Req, F> {
             tx,
             direct,
             semaphore: PollSemaphore::new(shared.semaphore.clone()),
+            stripe: shared.stripe(),
             shared,
             ready: Readiness::Unpolled,
             acquiring: false,
             slot_wait: SlotWait::default(),
+            promise: true,
         }
     }
 
@@ -101,7 +114,8 @@ impl<Req, F> PoolQueue<Req, F> {
 
 impl<Req, F, T, E> Service<Req> for PoolQueue<Req, F>
 where
-    F: Future<Output = Result<T, E>>,
+    Req: Send + 'static,
+    F: Future<Output = Result<T, E>> + Send + 'static,
     E: Into<BoxError>,
 {
     type Response = T;
@@ -118,7 +132,7 @@ where
             return Poll::Ready(Err(self.shared.closed_error()));
         }
         match self.ready {
-            Readiness::Reserved(_) => return Poll::Ready(Ok(())),
+            Readiness::Reserved(_) | Readiness::Promised => return Poll::Ready(Ok(())),
             // Decided in failfast, which has ended since: take a slot like any other caller.
             Readiness::FailFast if !self.shared.in_failfast() => self.ready = Readiness::Unpolled,
             Readiness::FailFast => return Poll::Ready(Ok(())),
@@ -128,6 +142,19 @@ where
         if self.shared.in_failfast() {
             self.leave_slot_line();
             self.ready = Readiness::FailFast;
+            return Poll::Ready(Ok(()));
+        }
+        // Nothing queued, more than half the slots free, the worker with nothing to do: this
+        // request will most likely be dispatched directly and never wait, so no slot is taken
+        // for it (taking one and giving it back is most of a direct dispatch's cost). Whatever
+        // `call` then finds, the request waits for a slot only as it would have here. With
+        // half the slots or more taken, slots are reserved here as always.
+        if self.promise
+            && !self.acquiring
+            && self.direct.may_dispatch(&self.shared)
+            && self.shared.semaphore.available_permits() > self.shared.capacity / 2 + 1
+        {
+            self.ready = Readiness::Promised;
             return Poll::Ready(Ok(()));
         }
         match self.semaphore.poll_acquire(cx) {
@@ -185,18 +212,61 @@ where
             }
             Readiness::FailFast => return self.reject_in_failfast(),
             Readiness::Unpolled => return ResponseFuture::failed(Box::new(NotReady::new())),
+            Readiness::Promised => return self.call_promised(request),
         };
         let request = match self.direct.try_dispatch(request, &self.shared) {
             Ok(fut) => {
                 // The slot held the place of a request that never had to wait.
                 drop(permit);
-                self.shared
-                    .direct_dispatches
-                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.dispatched_directly(self.stripe);
                 return ResponseFuture::direct(fut);
             }
             Err(request) => request,
         };
+        self.send(request, permit)
+    }
+}
+
+impl<Req, F, T, E> PoolQueue<Req, F>
+where
+    Req: Send + 'static,
+    F: Future<Output = Result<T, E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    /// `call` after `poll_ready` promised a slot without taking it.
+    // The slot wait yields the response future the request then became, which
+    // `ResponseFuture` goes on polling in its place: yielding a future is the point.
+    #[allow(clippy::async_yields_async)]
+    fn call_promised(&mut self, request: Req) -> ResponseFuture<F> {
+        let request = match self.direct.try_dispatch(request, &self.shared) {
+            Ok(fut) => {
+                self.shared.dispatched_directly(self.stripe);
+                return ResponseFuture::direct(fut);
+            }
+            Err(request) => request,
+        };
+        match self.shared.semaphore.clone().try_acquire_owned() {
+            Ok(permit) => self.send(request, permit),
+            Err(TryAcquireError::Closed) => ResponseFuture::failed(self.shared.closed_error()),
+            // Other handles took the free slots since `poll_ready`: wait for one as
+            // `poll_ready` does, on a handle of our own that reserves its slot.
+            Err(TryAcquireError::NoPermits) => {
+                let mut waiting = self.clone();
+                waiting.promise = false;
+                ResponseFuture::waiting(Box::pin(async move {
+                    match std::future::poll_fn(|cx| waiting.poll_ready(cx)).await {
+                        Ok(()) => waiting.call(request),
+                        Err(error) => ResponseFuture::failed(error),
+                    }
+                }))
+            }
+        }
+    }
+}
+
+impl<Req, F> PoolQueue<Req, F> {
+    /// Queues `request` in the slot `permit` holds.
+    fn send(&self, request: Req, permit: OwnedSemaphorePermit) -> ResponseFuture<F> {
         let (tx, rx) = oneshot::channel();
         let message = Message {
             request,
@@ -228,6 +298,8 @@ impl<Req, F> Clone for PoolQueue<Req, F> {
             ready: Readiness::Unpolled,
             acquiring: false,
             slot_wait: SlotWait::default(),
+            promise: true,
+            stripe: self.shared.stripe(),
         }
     }
 }

@@ -125,9 +125,16 @@ pub(crate) struct Shared {
     /// nobody dispatches directly (FIFO). Written by each queued request twice, read by each
     /// direct attempt: on a line of its own.
     queued: CachePadded<AtomicUsize>,
-    /// Requests callers dispatched themselves (`direct.rs`).
-    pub(crate) direct_dispatches: CachePadded<AtomicU64>,
+    /// Requests callers dispatched themselves (`direct.rs`), counted in stripes, one per
+    /// handle by turns, each on lines of its own: callers on different cores then rarely
+    /// write the same line, as they would if every direct dispatch added to one counter.
+    direct_dispatches: [CachePadded<AtomicU64>; DIRECT_STRIPES],
+    /// The stripe the next handle counts its direct dispatches in.
+    next_stripe: AtomicUsize,
 }
+
+/// Stripes of the direct dispatch counter.
+const DIRECT_STRIPES: usize = 8;
 
 /// The state every `poll_ready` reads.
 #[derive(Debug)]
@@ -163,8 +170,29 @@ impl Shared {
                 WaitHistogram::new(),
             ],
             queued: CachePadded::new(AtomicUsize::new(0)),
-            direct_dispatches: CachePadded::new(AtomicU64::new(0)),
+            direct_dispatches: Default::default(),
+            next_stripe: AtomicUsize::new(0),
         }
+    }
+
+    // === direct dispatches ===
+
+    /// A stripe for a new handle's direct dispatch counts.
+    pub(crate) fn stripe(&self) -> usize {
+        self.next_stripe.fetch_add(1, Ordering::Relaxed) % DIRECT_STRIPES
+    }
+
+    /// Counts a direct dispatch in `stripe`.
+    pub(crate) fn dispatched_directly(&self, stripe: usize) {
+        self.direct_dispatches[stripe % DIRECT_STRIPES].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Direct dispatches so far.
+    pub(crate) fn direct_dispatches(&self) -> u64 {
+        self.direct_dispatches
+            .iter()
+            .map(|stripe| stripe.load(Ordering::Relaxed))
+            .sum()
     }
 
     // === queued requests ===
