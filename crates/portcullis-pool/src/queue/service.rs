@@ -20,6 +20,7 @@ use tokio::{
 };
 use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
+use tracing::Instrument;
 
 /// A cloneable handle to a queue in front of a [`Pool`](crate::Pool).
 ///
@@ -253,12 +254,17 @@ where
             Err(TryAcquireError::NoPermits) => {
                 let mut waiting = self.clone();
                 waiting.promise = false;
-                ResponseFuture::waiting(Box::pin(async move {
-                    match std::future::poll_fn(|cx| waiting.poll_ready(cx)).await {
-                        Ok(()) => waiting.call(request),
-                        Err(error) => ResponseFuture::failed(error),
+                // The request goes out in the span it was called in, as a queued one does.
+                let span = tracing::Span::current();
+                ResponseFuture::waiting(Box::pin(
+                    async move {
+                        match std::future::poll_fn(|cx| waiting.poll_ready(cx)).await {
+                            Ok(()) => waiting.call(request),
+                            Err(error) => ResponseFuture::failed(error),
+                        }
                     }
-                }))
+                    .instrument(span),
+                ))
             }
         }
     }
