@@ -239,18 +239,24 @@ async fn discovery_updates_still_apply_while_callers_dispatch_directly() {
     assert!(metrics.direct_dispatches > 0, "{metrics:?}");
 }
 
+/// A queue of 4 slots, the pool ready and the worker idle, and a caller polled ready: all four
+/// slots free and nothing queued, so it was promised a slot, not given one.
+fn promised_caller() -> (support::Harness, Caller) {
+    let mut h = harness(4);
+    h.control.set_ready(true);
+    assert_pending!(h.worker.poll());
+    let mut promised = Caller::new(&h.queue);
+    assert_ready_ok!(promised.poll_ready());
+    (h, promised)
+}
+
 /// With more than half its slots free and nothing queued, `poll_ready` promises a slot rather
 /// than take one (a direct dispatch holds none). If others take every slot before the promised
 /// caller calls and it cannot dispatch directly, its response future waits for a slot as
 /// `poll_ready` would have, and the request queues behind those that took them.
 #[tokio::test(start_paused = true)]
 async fn a_promised_slot_that_others_took_is_waited_for_in_the_response_future() {
-    let mut h = harness(4);
-    h.control.set_ready(true);
-    assert_pending!(h.worker.poll());
-
-    let mut promised = Caller::new(&h.queue);
-    assert_ready_ok!(promised.poll_ready());
+    let (mut h, mut promised) = promised_caller();
     assert_eq!(h.queue.metrics().depth(), 0, "promised, not taken");
 
     // The pool stops being ready; four others take the four slots.
@@ -297,11 +303,7 @@ async fn a_promised_slot_that_others_took_is_waited_for_in_the_response_future()
 /// timeout.
 #[tokio::test(start_paused = true)]
 async fn a_promised_caller_waiting_for_a_slot_fails_fast_with_the_queue() {
-    let mut h = harness(4);
-    h.control.set_ready(true);
-    assert_pending!(h.worker.poll());
-    let mut promised = Caller::new(&h.queue);
-    assert_ready_ok!(promised.poll_ready());
+    let (mut h, mut promised) = promised_caller();
 
     h.control.set_ready(false);
     let mut queued = Caller::new(&h.queue).send("b");
