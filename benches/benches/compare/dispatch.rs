@@ -128,6 +128,13 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
                 }
             }
         }
+        let metrics = queue.metrics().snapshot();
+        let queued = metrics.in_queue.dispatched.len();
+        println!(
+            "PoolQueue: {} requests dispatched directly, {queued} through the worker ({:.1}% direct)",
+            metrics.direct_dispatches,
+            100.0 * metrics.direct_dispatches as f64 / (metrics.direct_dispatches + queued) as f64
+        );
         Ok::<_, BoxError>(stacks)
     });
     let stacks = stacks.expect("dispatch comparison");

@@ -39,6 +39,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::task::{Context, Poll, Wake, Waker};
 
+/// How many times a caller tries the lock again, spinning, before it queues its request.
+const SPINS: u32 = 64;
+
 /// The pool as the worker and direct callers share it.
 #[derive(Debug)]
 pub(crate) struct Direct<P, K, T> {
@@ -92,8 +95,10 @@ impl Wake for WorkerWake {
 /// What a handle sees of [`Direct`], without naming the pool's type.
 pub(crate) trait DirectDispatch<Req, F>: Send + Sync {
     /// Dispatches `request` at once if nothing is queued and an endpoint is ready; gives it
-    /// back otherwise, to be queued.
-    fn try_dispatch(&self, request: Req, shared: &Shared) -> Result<F, Req>;
+    /// back otherwise, to be queued. `checked`: the caller has just found
+    /// [`may_dispatch`](Self::may_dispatch) true (what can change since is checked again
+    /// under the lock).
+    fn try_dispatch(&self, request: Req, shared: &Shared, checked: bool) -> Result<F, Req>;
 
     /// Whether a request would be dispatched directly if an endpoint is ready: direct
     /// dispatch on, nothing queued, the worker neither woken nor waiting for the lock.
@@ -183,14 +188,28 @@ where
             && !shared.is_closed()
     }
 
-    fn try_dispatch(&self, request: Req, shared: &Shared) -> Result<P::Future, Req> {
-        if !self.may_dispatch(shared) {
+    fn try_dispatch(&self, request: Req, shared: &Shared, checked: bool) -> Result<P::Future, Req> {
+        if !checked && !self.may_dispatch(shared) {
             return Err(request);
         }
-        let mut guard = match self.inner.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(request),
+        let mut spins = SPINS;
+        let mut guard = loop {
+            match self.inner.try_lock() {
+                Ok(guard) => break guard,
+                Err(TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
+                // Most likely another caller, inside for a pick and a call: worth a few
+                // tries before the hand-off, which costs far more (and, once one request is
+                // queued, every caller queues behind it until the worker has run). Never
+                // while the worker waits for the lock, and only a bounded number of times:
+                // a caller never blocks on the lock.
+                Err(TryLockError::WouldBlock) => {
+                    if spins == 0 || self.worker_waiting.load(Ordering::Relaxed) {
+                        return Err(request);
+                    }
+                    spins -= 1;
+                    std::hint::spin_loop();
+                }
+            }
         };
         // Again under the lock: a request queued, or anything for the worker to do, before
         // it was taken goes first.
@@ -271,12 +290,12 @@ mod tests {
         let shared = Shared::new(4, Duration::from_secs(1));
 
         // Before the worker's first turn there is no waker to poll with: nothing is polled.
-        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared).is_err());
+        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, false).is_err());
         assert!(wakers.lock().unwrap().is_empty());
 
         let mut worker = tokio_test::task::spawn(());
         worker.enter(|cx, _| drop(direct.lock_for_turn(cx.waker())));
-        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared).is_err());
+        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, false).is_err());
         let polled_with = wakers.lock().unwrap().pop().unwrap();
         assert!(!worker.is_woken());
         polled_with.wake();
@@ -295,13 +314,13 @@ mod tests {
         worker.enter(|cx, _| drop(direct.lock_for_turn(cx.waker())));
 
         shared.enqueued();
-        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared).is_err());
+        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, false).is_err());
         shared.dequeued();
         direct.worker_waiting.store(true, Ordering::Relaxed);
-        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared).is_err());
+        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, false).is_err());
         assert!(wakers.lock().unwrap().is_empty(), "the pool was not polled");
         direct.worker_waiting.store(false, Ordering::Relaxed);
-        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared).is_err());
+        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, false).is_err());
         assert_eq!(wakers.lock().unwrap().len(), 1, "polled once, not ready");
     }
 }
