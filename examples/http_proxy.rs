@@ -227,6 +227,7 @@ async fn start_demo_backends() -> Result<Vec<Backend>, BoxError> {
     let behavior = |delay_ms: u64, unavailable_for: Option<Duration>| Behavior {
         delay: Duration::from_millis(delay_ms),
         unavailable_until: unavailable_for.map(|d| Instant::now() + d),
+        ..Behavior::default()
     };
     Ok(vec![
         Backend::start("fast", behavior(1, None)).await?,

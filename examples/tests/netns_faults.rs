@@ -54,6 +54,7 @@ fn healthy() -> Behavior {
     Behavior {
         delay: Duration::from_millis(1),
         unavailable_until: None,
+        ..Behavior::default()
     }
 }
 
