@@ -15,12 +15,40 @@ use tower::Service;
 
 /// The boxed error type of tower stacks.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// A plain-HTTP hyper client (HTTP/1.1 and HTTP/2, pooled connections).
+/// A plain-HTTP hyper client (HTTP/1.1 or HTTP/2, pooled connections).
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// A new client; clone it to share its connection pool.
+/// A new HTTP/1.1 client; clone it to share its connection pool.
 pub fn client() -> HttpClient {
-    Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+    client_speaking(Protocol::Http1)
+}
+
+/// A new client that speaks `protocol`; clone it to share its connection pool.
+pub fn client_speaking(protocol: Protocol) -> HttpClient {
+    let mut builder = Client::builder(hyper_util::rt::TokioExecutor::new());
+    builder.http2_only(protocol == Protocol::Http2);
+    builder.build_http()
+}
+
+/// The HTTP version a client speaks over plain TCP (no TLS, so no ALPN to agree on one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1: one request at a time per connection, so as many connections per backend
+    /// as requests in flight to it (kept open for reuse).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge: every request to a backend multiplexed over one
+    /// connection.
+    Http2,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Http1 => "HTTP/1.1",
+            Self::Http2 => "HTTP/2",
+        })
+    }
 }
 
 /// One backend as a `Service`: requests go to its address, responses come back whole.

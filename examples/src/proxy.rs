@@ -18,7 +18,7 @@
 //! [`portcullis::prometheus`]: the request stack under the prefix `portcullis_proxy`, the
 //! fan-out stack under `portcullis_purge`.
 
-use crate::endpoint::{self, BoxError, HttpClient, HttpEndpoint};
+use crate::endpoint::{self, BoxError, HttpClient, HttpEndpoint, Protocol};
 use bytes::Bytes;
 use futures_util::{stream::BoxStream, StreamExt, TryStreamExt};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -150,6 +150,11 @@ pub struct ProxyConfig {
     pub backends: Backends,
     /// How often a backends file is re-read.
     pub poll_interval: Duration,
+    /// What the proxy speaks to its backends, whatever its callers speak to it: HTTP/1.1
+    /// (the default; a connection per request in flight) or HTTP/2 with prior knowledge
+    /// (every request to a backend over one connection; the backend must accept HTTP/2
+    /// without TLS).
+    pub backend_protocol: Protocol,
     /// Queue capacity and failfast timeout (both stacks).
     pub queue: PoolQueueBuilder,
     /// Attempts per request, the first included.
@@ -170,13 +175,15 @@ pub struct ProxyConfig {
 
 impl ProxyConfig {
     /// The defaults, over `backends` (a path is a backends file): re-read a file every second;
-    /// 1024 waiting requests, failfast after 1 s; 3 attempts with 10 ms..200 ms jittered
-    /// backoff, the default 20 % budget, 2 s per attempt, 5 s in all; the fan-out 16 backends
-    /// at a time, 2 s each, 5 s in all, waiting for all.
+    /// HTTP/1.1 to the backends; the queue's defaults (100 waiting requests, failfast after
+    /// 3 s); 3 attempts with 10 ms..200 ms jittered backoff, the default budget (20 % of
+    /// requests, plus 10 retries a second), 2 s per attempt, 5 s in all; the fan-out 16
+    /// backends at a time, 2 s each, 5 s in all, waiting for all.
     pub fn new(backends: impl Into<Backends>) -> Self {
         Self {
             backends: backends.into(),
             poll_interval: Duration::from_secs(1),
+            backend_protocol: Protocol::Http1,
             queue: PoolQueue::builder(),
             max_attempts: 3,
             backoff: Backoff::new(Duration::from_millis(10), 2.0, Duration::from_millis(200))
@@ -437,7 +444,7 @@ impl Proxy {
     /// bound.
     pub async fn bind(listen: SocketAddr, config: ProxyConfig) -> Result<Self, BoxError> {
         let source = Source::new(&config.backends, config.poll_interval).await?;
-        let client = endpoint::client();
+        let client = endpoint::client_speaking(config.backend_protocol);
 
         // Endpoint health: five failures in a row (errors, 5xx, or an attempt timeout that
         // gave up on the call) eject a backend; a failure demotes it for a second, so the
@@ -703,7 +710,7 @@ impl Handler {
         let mut upstream = Request::new(Full::new(body));
         *upstream.method_mut() = parts.method;
         // Only the path goes upstream: `HttpEndpoint` names the backend, and the version is the
-        // client's business (HTTP/1.1 to the backends, whatever the caller spoke).
+        // client's business (`ProxyConfig::backend_protocol`, whatever the caller spoke).
         if let Some(path) = parts.uri.path_and_query() {
             if let Ok(uri) = Uri::try_from(path.as_str()) {
                 *upstream.uri_mut() = uri;
