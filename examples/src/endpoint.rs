@@ -5,11 +5,13 @@ use bytes::Bytes;
 use http::{uri::Authority, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 use tower::Service;
 
@@ -23,10 +25,32 @@ pub fn client() -> HttpClient {
     client_speaking(Protocol::Http1)
 }
 
+/// How long an HTTP/2 connection may receive nothing before the client pings the peer.
+pub const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the client waits for the answer to a ping before it closes the connection.
+pub const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A new client that speaks `protocol`; clone it to share its connection pool.
+///
+/// Over HTTP/2 it pings a connection that has received nothing for
+/// [`HTTP2_KEEP_ALIVE_INTERVAL`] (busy or idle) and closes it when no answer comes within
+/// [`HTTP2_KEEP_ALIVE_TIMEOUT`]. Without that, a connection to a peer gone silent (its link
+/// cut, or its process stopped) lives as long as TCP retransmits, some 15 minutes on Linux,
+/// also once nothing uses it: after a cut link under load, the frames queued for the peer
+/// fill the socket's send buffer, so even the connection's goodbye (GOAWAY) cannot be written
+/// and its task waits to write it, holding the socket and the frames (5 MB seen after a
+/// 20 s run of `netns_leaks` at 2,000 requests a second). An HTTP/1.1 connection needs no such
+/// thing: one whose request is given up on is closed.
 pub fn client_speaking(protocol: Protocol) -> HttpClient {
-    let mut builder = Client::builder(hyper_util::rt::TokioExecutor::new());
-    builder.http2_only(protocol == Protocol::Http2);
+    let mut builder = Client::builder(TokioExecutor::new());
+    if protocol == Protocol::Http2 {
+        builder
+            .http2_only(true)
+            .timer(TokioTimer::new())
+            .http2_keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
+            .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT)
+            .http2_keep_alive_while_idle(true);
+    }
     builder.build_http()
 }
 
