@@ -64,11 +64,13 @@ fn assert_retries_within_budget(stack: &Stack) {
 }
 
 /// The fault took: host `a`, faulted a quarter into the run, served under half as many calls
-/// as each of the others.
+/// as the others did on average. (Not each of them: PeakEwma may also steer away from a
+/// healthy backend that had a slow moment on a loaded machine.)
 fn assert_a_was_faulted(stack: &Stack) {
     let calls = stack.calls();
+    let others: u64 = calls[1..].iter().sum();
     assert!(
-        calls[1..].iter().all(|&other| calls[0] * 2 < other),
+        calls[0] * 2 * (calls.len() as u64 - 1) < others,
         "{}: calls {calls:?}",
         stack.label
     );
