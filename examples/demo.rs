@@ -122,6 +122,7 @@ where
     let fast = Behavior {
         delay: FAST,
         unavailable_until: None,
+        ..Behavior::default()
     };
     let backends = [
         Backend::start("fast-1", fast.clone()).await?,
@@ -131,6 +132,7 @@ where
             Behavior {
                 delay: SLOW,
                 unavailable_until: None,
+                ..Behavior::default()
             },
         )
         .await?,
@@ -139,6 +141,7 @@ where
             Behavior {
                 delay: FAST,
                 unavailable_until: Some(start + UNAVAILABLE_FOR),
+                ..Behavior::default()
             },
         )
         .await?,

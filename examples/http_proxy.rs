@@ -23,7 +23,7 @@
 use portcullis::discovery::{dns::Dns, etcd::Etcd};
 use portcullis_examples::{
     backend::{Backend, Behavior},
-    endpoint::BoxError,
+    endpoint::{BoxError, Protocol},
     proxy::{write_backends_file, Backends, DnsName, Proxy, ProxyConfig},
 };
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
@@ -43,6 +43,7 @@ usage: http_proxy [--listen ADDR] [--backends FILE | --backends-dns HOST:PORT
   --backends-etcd URLS      etcd's client URLs, comma-separated (`http://127.0.0.1:2379`)
   --etcd-prefix PREFIX      the etcd key prefix to watch (default /services/api/); each value
                             is `ip:port`, or JSON with an \"addr\"
+  --backend-http2           speak HTTP/2 (prior knowledge) to the backends, not HTTP/1.1
 
 routes:
   GET  /metrics          Prometheus (OpenMetrics) text of every stack
@@ -53,6 +54,7 @@ routes:
 struct Args {
     listen: SocketAddr,
     backends: Option<Backends>,
+    backend_protocol: Protocol,
 }
 
 /// The etcd prefix when `--etcd-prefix` is not given.
@@ -62,6 +64,7 @@ fn parse_args() -> Result<Option<Args>, String> {
     let mut args = Args {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
         backends: None,
+        backend_protocol: Protocol::Http1,
     };
     let mut dns_servers: Vec<SocketAddr> = Vec::new();
     let mut etcd_prefix: Option<String> = None;
@@ -120,6 +123,7 @@ fn parse_args() -> Result<Option<Args>, String> {
                 set_backends(&mut args, "--backends-etcd", etcd)?;
             }
             "--etcd-prefix" => etcd_prefix = Some(value("--etcd-prefix")?),
+            "--backend-http2" => args.backend_protocol = Protocol::Http2,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -196,9 +200,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
         }
     };
 
-    let proxy = Proxy::bind(args.listen, ProxyConfig::new(backends.clone())).await?;
+    let mut config = ProxyConfig::new(backends.clone());
+    config.backend_protocol = args.backend_protocol;
+    let proxy = Proxy::bind(args.listen, config).await?;
     let addr = proxy.local_addr()?;
-    println!("http_proxy on http://{addr}, backends from {backends}");
+    println!(
+        "http_proxy on http://{addr}, backends from {backends}, spoken to in {}",
+        args.backend_protocol
+    );
     if !demo_backends.is_empty() {
         for backend in &demo_backends {
             println!("  backend {} on {}", backend.name, backend.addr);
@@ -227,6 +236,7 @@ async fn start_demo_backends() -> Result<Vec<Backend>, BoxError> {
     let behavior = |delay_ms: u64, unavailable_for: Option<Duration>| Behavior {
         delay: Duration::from_millis(delay_ms),
         unavailable_until: unavailable_for.map(|d| Instant::now() + d),
+        ..Behavior::default()
     };
     Ok(vec![
         Backend::start("fast", behavior(1, None)).await?,

@@ -1,9 +1,10 @@
-//! Real HTTP backends on 127.0.0.1 (or a given address) for the examples: each answers with its name after a
-//! delay, can return 503 until a given instant, and counts the requests it gets (also those
-//! that arrive after discovery removed it).
+//! Real HTTP backends on 127.0.0.1 (or a given address) for the examples: each answers with its
+//! name after a delay (longer for one request in n, if asked), can return 503 until a given
+//! instant (with a `Retry-After`, if asked), and counts the requests it gets (also those that
+//! arrive after discovery removed it, with their paths).
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -18,13 +19,27 @@ use std::{
 };
 use tokio::{net::TcpListener, task::AbortHandle, time::Instant};
 
-/// How a backend behaves.
-#[derive(Clone, Debug)]
+/// How a backend behaves. The default answers at once, always 200.
+#[derive(Clone, Debug, Default)]
 pub struct Behavior {
     /// How long it takes to answer.
     pub delay: Duration,
     /// Answers 503 until this instant.
     pub unavailable_until: Option<Instant>,
+    /// Sent with each 503 as `Retry-After`, in seconds (delta-seconds, RFC 9110 §10.2.3).
+    pub retry_after: Option<u32>,
+    /// Makes one request in `every` take `delay` instead: a backend slow part of the time.
+    pub stall: Option<Stall>,
+}
+
+/// One request in `every` (the `every`-th, the `2 × every`-th, …, counted by the backend)
+/// takes `delay` instead of [`Behavior::delay`].
+#[derive(Clone, Copy, Debug)]
+pub struct Stall {
+    /// Which requests: one in this many.
+    pub every: u64,
+    /// How long they take.
+    pub delay: Duration,
 }
 
 /// A running backend and what it has seen.
@@ -43,8 +58,10 @@ struct State {
     name: String,
     behavior: Mutex<Behavior>,
     requests: AtomicU64,
+    unavailable: AtomicU64,
     removed: AtomicBool,
     after_removal: AtomicU64,
+    paths_after_removal: Mutex<Vec<String>>,
     /// The tasks serving its open connections, aborted by [`Backend::stop`].
     connections: Mutex<Vec<AbortHandle>>,
 }
@@ -68,8 +85,10 @@ impl Backend {
             name: name.to_string(),
             behavior: Mutex::new(behavior),
             requests: AtomicU64::new(0),
+            unavailable: AtomicU64::new(0),
             removed: AtomicBool::new(false),
             after_removal: AtomicU64::new(0),
+            paths_after_removal: Mutex::new(Vec::new()),
             connections: Mutex::new(Vec::new()),
         });
         let accept = tokio::spawn(serve(listener, state.clone())).abort_handle();
@@ -86,27 +105,38 @@ impl Backend {
         self.state.requests.load(Ordering::Relaxed)
     }
 
-    /// Requests received after [`Backend::mark_removed`].
+    /// Requests answered with a 503 so far.
+    pub fn unavailable_answers(&self) -> u64 {
+        self.state.unavailable.load(Ordering::Relaxed)
+    }
+
+    /// Requests received while marked removed ([`Backend::mark_removed`]), in all.
     pub fn requests_after_removal(&self) -> u64 {
         self.state.after_removal.load(Ordering::Relaxed)
     }
 
-    /// Discovery removed this backend: count what still reaches it.
+    /// The paths of the requests received since the last [`Backend::mark_removed`] while
+    /// marked removed, in the order they came.
+    pub fn paths_after_removal(&self) -> Vec<String> {
+        lock(&self.state.paths_after_removal).clone()
+    }
+
+    /// Discovery removed this backend: count what still reaches it, and keep the paths.
     pub fn mark_removed(&self) {
+        lock(&self.state.paths_after_removal).clear();
         self.state.removed.store(true, Ordering::Relaxed);
+    }
+
+    /// Discovery named this backend again: what reaches it from now on is not counted.
+    pub fn mark_restored(&self) {
+        self.state.removed.store(false, Ordering::Relaxed);
     }
 
     /// Kills it, as a crashed process: the listening socket closes (new connections are
     /// refused) and every open connection is dropped, with whatever it was answering.
     pub fn stop(&self) {
         self.accept.abort();
-        let connections = std::mem::take(
-            &mut *self
-                .state
-                .connections
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let connections = std::mem::take(&mut *lock(&self.state.connections));
         for connection in connections {
             connection.abort();
         }
@@ -114,12 +144,14 @@ impl Backend {
 
     /// Changes how it behaves from now on.
     pub fn set_behavior(&self, behavior: Behavior) {
-        *self
-            .state
-            .behavior
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = behavior;
+        *lock(&self.state.behavior) = behavior;
     }
+}
+
+/// A backend's lock: a test that panicked while holding one must not hide its failure behind
+/// a poisoned mutex.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn serve(listener: TcpListener, state: Arc<State>) {
@@ -135,7 +167,7 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
-        let mut connections = state.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let mut connections = lock(&state.connections);
         connections.retain(|c| !c.is_finished());
         connections.push(connection.abort_handle());
     }
@@ -145,31 +177,33 @@ async fn handle(
     state: Arc<State>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    state.requests.fetch_add(1, Ordering::Relaxed);
+    let nth = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
     if state.removed.load(Ordering::Relaxed) {
         state.after_removal.fetch_add(1, Ordering::Relaxed);
+        lock(&state.paths_after_removal).push(request.uri().path().to_string());
     }
-    let behavior = state
-        .behavior
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    tokio::time::sleep(behavior.delay).await;
+    let behavior = lock(&state.behavior).clone();
+    let delay = match behavior.stall {
+        // `nth` starts at 1: an `every` of 0 stalls nothing.
+        Some(stall) if nth.is_multiple_of(stall.every) => stall.delay,
+        _ => behavior.delay,
+    };
+    tokio::time::sleep(delay).await;
     let unavailable = behavior
         .unavailable_until
         .is_some_and(|until| Instant::now() < until);
-    let (status, body) = if unavailable {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{} unavailable", state.name),
-        )
-    } else {
-        (
-            StatusCode::OK,
-            format!("{} served {}", state.name, request.uri().path()),
-        )
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    Ok(response)
+    if unavailable {
+        state.unavailable.fetch_add(1, Ordering::Relaxed);
+        let body = format!("{} unavailable", state.name);
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        if let Some(seconds) = behavior.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        return Ok(response);
+    }
+    let body = format!("{} served {}", state.name, request.uri().path());
+    Ok(Response::new(Full::new(Bytes::from(body))))
 }

@@ -5,22 +5,74 @@ use bytes::Bytes;
 use http::{uri::Authority, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 use tower::Service;
 
 /// The boxed error type of tower stacks.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// A plain-HTTP hyper client (HTTP/1.1 and HTTP/2, pooled connections).
+/// A plain-HTTP hyper client (HTTP/1.1 or HTTP/2, pooled connections).
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// A new client; clone it to share its connection pool.
+/// A new HTTP/1.1 client; clone it to share its connection pool.
 pub fn client() -> HttpClient {
-    Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+    client_speaking(Protocol::Http1)
+}
+
+/// How long an HTTP/2 connection may receive nothing before the client pings the peer.
+pub const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the client waits for the answer to a ping before it closes the connection.
+pub const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A new client that speaks `protocol`; clone it to share its connection pool.
+///
+/// Over HTTP/2 it pings a connection that has received nothing for
+/// [`HTTP2_KEEP_ALIVE_INTERVAL`] (busy or idle) and closes it when no answer comes within
+/// [`HTTP2_KEEP_ALIVE_TIMEOUT`]. Without that, a connection to a peer gone silent (its link
+/// cut, or its process stopped) lives as long as TCP retransmits, some 15 minutes on Linux,
+/// also once nothing uses it: after a cut link under load, the frames queued for the peer
+/// fill the socket's send buffer, so even the connection's goodbye (GOAWAY) cannot be written
+/// and its task waits to write it, holding the socket and the frames (5 MB seen after a
+/// 20 s run of `netns_leaks` at 2,000 requests a second). An HTTP/1.1 connection needs no such
+/// thing: one whose request is given up on is closed.
+pub fn client_speaking(protocol: Protocol) -> HttpClient {
+    let mut builder = Client::builder(TokioExecutor::new());
+    if protocol == Protocol::Http2 {
+        builder
+            .http2_only(true)
+            .timer(TokioTimer::new())
+            .http2_keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
+            .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT)
+            .http2_keep_alive_while_idle(true);
+    }
+    builder.build_http()
+}
+
+/// The HTTP version a client speaks over plain TCP (no TLS, so no ALPN to agree on one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1: one request at a time per connection, so as many connections per backend
+    /// as requests in flight to it (kept open for reuse).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge: every request to a backend multiplexed over one
+    /// connection.
+    Http2,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Http1 => "HTTP/1.1",
+            Self::Http2 => "HTTP/2",
+        })
+    }
 }
 
 /// One backend as a `Service`: requests go to its address, responses come back whole.

@@ -18,7 +18,7 @@
 //! [`portcullis::prometheus`]: the request stack under the prefix `portcullis_proxy`, the
 //! fan-out stack under `portcullis_purge`.
 
-use crate::endpoint::{self, BoxError, HttpClient, HttpEndpoint};
+use crate::endpoint::{self, BoxError, HttpClient, HttpEndpoint, Protocol};
 use bytes::Bytes;
 use futures_util::{stream::BoxStream, StreamExt, TryStreamExt};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -41,12 +41,13 @@ use std::{
     collections::{BTreeSet, HashMap},
     convert::Infallible,
     fmt::{self, Write as _},
+    future::Future,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tower::{util::BoxCloneSyncService, Layer, ServiceExt};
 
 /// A request as the stacks carry it: the body read whole, so that it can be replayed.
@@ -150,6 +151,11 @@ pub struct ProxyConfig {
     pub backends: Backends,
     /// How often a backends file is re-read.
     pub poll_interval: Duration,
+    /// What the proxy speaks to its backends, whatever its callers speak to it: HTTP/1.1
+    /// (the default; a connection per request in flight) or HTTP/2 with prior knowledge
+    /// (every request to a backend over one connection; the backend must accept HTTP/2
+    /// without TLS).
+    pub backend_protocol: Protocol,
     /// Queue capacity and failfast timeout (both stacks).
     pub queue: PoolQueueBuilder,
     /// Attempts per request, the first included.
@@ -170,13 +176,15 @@ pub struct ProxyConfig {
 
 impl ProxyConfig {
     /// The defaults, over `backends` (a path is a backends file): re-read a file every second;
-    /// 1024 waiting requests, failfast after 1 s; 3 attempts with 10 ms..200 ms jittered
-    /// backoff, the default 20 % budget, 2 s per attempt, 5 s in all; the fan-out 16 backends
-    /// at a time, 2 s each, 5 s in all, waiting for all.
+    /// HTTP/1.1 to the backends; the queue's defaults (100 waiting requests, failfast after
+    /// 3 s); 3 attempts with 10 ms..200 ms jittered backoff, the default budget (20 % of
+    /// requests, plus 10 retries a second), 2 s per attempt, 5 s in all; the fan-out 16
+    /// backends at a time, 2 s each, 5 s in all, waiting for all.
     pub fn new(backends: impl Into<Backends>) -> Self {
         Self {
             backends: backends.into(),
             poll_interval: Duration::from_secs(1),
+            backend_protocol: Protocol::Http1,
             queue: PoolQueue::builder(),
             max_attempts: 3,
             backoff: Backoff::new(Duration::from_millis(10), 2.0, Duration::from_millis(200))
@@ -406,11 +414,13 @@ pub struct ProxyMetrics {
     pub fan_out: FanOutMetrics,
 }
 
-/// A bound proxy; [`Proxy::run`] serves it.
+/// A bound proxy; [`Proxy::run`] serves it, [`Proxy::run_until`] until a shutdown.
 #[derive(Debug)]
 pub struct Proxy {
     listener: TcpListener,
     handler: Arc<Handler>,
+    /// How long a shutdown waits for open connections: the request deadline.
+    drain: Duration,
 }
 
 struct Handler {
@@ -437,7 +447,7 @@ impl Proxy {
     /// bound.
     pub async fn bind(listen: SocketAddr, config: ProxyConfig) -> Result<Self, BoxError> {
         let source = Source::new(&config.backends, config.poll_interval).await?;
-        let client = endpoint::client();
+        let client = endpoint::client_speaking(config.backend_protocol);
 
         // Endpoint health: five failures in a row (errors, 5xx, or an attempt timeout that
         // gave up on the call) eject a backend; a failure demotes it for a second, so the
@@ -520,6 +530,7 @@ impl Proxy {
                 metrics,
                 max_body_bytes: config.max_body_bytes,
             }),
+            drain: config.deadline,
         })
     }
 
@@ -535,30 +546,94 @@ impl Proxy {
 
     /// Serves HTTP/1.1 and HTTP/2 (prior knowledge) connections until the runtime ends.
     pub async fn run(self) {
+        self.run_until(std::future::pending()).await;
+    }
+
+    /// Serves as [`Proxy::run`] until `shutdown` completes, then shuts down cleanly: stops
+    /// accepting, asks every open connection to close once the requests it has begun are
+    /// answered (an idle HTTP/1.1 connection closes at once, a busy one after its response;
+    /// HTTP/2 sends GOAWAY), waits for them for at most the request deadline
+    /// ([`ProxyConfig::deadline`], which bounds every forwarded request) and closes any still
+    /// open then, and drops both stacks.
+    ///
+    /// When it returns, no connection of the proxy's is open and nothing holds the stacks: their
+    /// queue workers, woken as their last handle went, end on their next turn, and with them
+    /// the pools and the connections to the backends.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            listener,
+            handler,
+            drain,
+        } = self;
+        let (closing, closed) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
         loop {
-            let (stream, peer) = match self.listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let handler = self.handler.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    handler.clone().handle(request, peer)
-                });
-                if let Err(error) =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
-                }
-            });
+            tokio::select! {
+                // Shutdown first: once asked, no connection more is accepted.
+                biased;
+                () = &mut shutdown => break,
+                // Reaped as they end, so that the set holds the open connections only.
+                Some(_) = connections.join_next() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let connection = serve(stream, peer, handler.clone(), closed.clone());
+                        connections.spawn(connection);
+                    }
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
         }
+        drop(listener);
+        tracing::info!(
+            open = connections.len(),
+            "shutting down: closing connections"
+        );
+        let _ = closing.send(true);
+        let drained = tokio::time::timeout(drain, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = connections.len(),
+                waited = ?drain,
+                "shutting down: closing connections still open"
+            );
+            connections.shutdown().await;
+        }
+    }
+}
+
+/// Serves one connection until it ends, or until `closing` turns true and it has answered the
+/// requests it had begun.
+async fn serve(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    handler: Arc<Handler>,
+    mut closing: watch::Receiver<bool>,
+) {
+    let service = hyper::service::service_fn(move |request| handler.clone().handle(request, peer));
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    // A closed channel (the proxy's future dropped) is a shutdown too.
+    let closing = async move {
+        let _ = closing.wait_for(|closing| *closing).await;
+    };
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = closing => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = ended {
+        tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }
 
@@ -703,7 +778,7 @@ impl Handler {
         let mut upstream = Request::new(Full::new(body));
         *upstream.method_mut() = parts.method;
         // Only the path goes upstream: `HttpEndpoint` names the backend, and the version is the
-        // client's business (HTTP/1.1 to the backends, whatever the caller spoke).
+        // client's business (`ProxyConfig::backend_protocol`, whatever the caller spoke).
         if let Some(path) = parts.uri.path_and_query() {
             if let Ok(uri) = Uri::try_from(path.as_str()) {
                 *upstream.uri_mut() = uri;

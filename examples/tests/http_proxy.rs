@@ -38,6 +38,7 @@ fn healthy() -> Behavior {
     Behavior {
         delay: Duration::from_millis(1),
         unavailable_until: None,
+        ..Behavior::default()
     }
 }
 
@@ -178,6 +179,7 @@ async fn proxies_http1_and_http2_follows_the_file_and_fans_out() {
     b.set_behavior(Behavior {
         delay: Duration::from_millis(1),
         unavailable_until: Some(back_at),
+        ..Behavior::default()
     });
     let requests = (0..20).map(|i| {
         let client = h1.clone();
@@ -311,6 +313,7 @@ async fn a_backend_answering_503_is_retried_until_it_recovers() {
     flaky.set_behavior(Behavior {
         delay: Duration::from_millis(1),
         unavailable_until: Some(Instant::now() + UNAVAILABLE_FOR),
+        ..Behavior::default()
     });
     let (status, _, body) = get(&endpoint::client(), format!("http://{proxy}/x")).await;
     assert_eq!(status, StatusCode::OK, "{body}");

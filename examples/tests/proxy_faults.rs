@@ -38,6 +38,7 @@ fn healthy() -> Behavior {
     Behavior {
         delay: Duration::from_millis(1),
         unavailable_until: None,
+        ..Behavior::default()
     }
 }
 
@@ -207,6 +208,7 @@ async fn a_backend_that_accepts_and_never_answers_holds_up_one_wave_at_most() {
         stopped[0].set_behavior(Behavior {
             delay: Duration::from_secs(3_600),
             unavailable_until: None,
+            ..Behavior::default()
         })
     })
     .await;
