@@ -27,7 +27,7 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use portcullis::pool::PoolQueue;
 use portcullis::retry::BudgetBuilder;
-use portcullis_examples::endpoint;
+use portcullis_examples::endpoint::{self, Protocol};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::load::{self, at, End, Load};
@@ -41,6 +41,21 @@ use support::{
 const FAULT: f64 = 0.25;
 const HALF: f64 = 0.5;
 const RECOVERY: f64 = 0.75;
+
+/// Runs `load` through `stack`'s proxy with `events`, prints the counts, and checks what every
+/// run must hold: every request ended in time, none lost, retries within the budget.
+async fn run_checked(
+    stack: &Stack,
+    protocol: Protocol,
+    load: Load,
+    events: Vec<load::Event>,
+) -> load::Outcome {
+    let outcome = load::run(stack.proxy, protocol, load, events).await;
+    stack.report(&outcome);
+    assert_every_request_ended(&outcome, load);
+    assert_retries_within_budget(stack);
+    outcome
+}
 
 /// Retries are within the proxy's budget (`Budget::default()`: 20 % of the requests, plus a
 /// reserve of 10 a second that starts full): over the proxy's life so far, retries ≤ 0.2 ×
@@ -127,10 +142,7 @@ async fn a_cut_link_hangs_no_request() {
         let load = Load::from_env();
         let cut = stack.clone();
         let events = vec![at(FAULT, "cut", move |_| cut.net.cut(0))];
-        let outcome = load::run(stack.proxy, protocol, load, events).await;
-        stack.report(&outcome);
-        assert_every_request_ended(&outcome, load);
-        assert_retries_within_budget(&stack);
+        run_checked(&stack, protocol, load, events).await;
         assert_a_was_faulted(&stack);
         assert_an_attempt_waited_out_its_timeout(&stack);
     })
@@ -144,10 +156,7 @@ async fn a_killed_backend_hangs_no_request() {
         let load = Load::from_env();
         let killed = stack.clone();
         let events = vec![at(FAULT, "kill", move |_| killed.hosts[0].kill())];
-        let outcome = load::run(stack.proxy, protocol, load, events).await;
-        stack.report(&outcome);
-        assert_every_request_ended(&outcome, load);
-        assert_retries_within_budget(&stack);
+        run_checked(&stack, protocol, load, events).await;
         assert_a_was_faulted(&stack);
     })
     .await;
@@ -168,8 +177,7 @@ async fn a_frozen_backend_hangs_no_request_and_serves_once_thawed() {
             at(FAULT, "freeze", move |_| frozen.hosts[0].freeze()),
             at(HALF, "thaw", move |_| thawed.hosts[0].thaw()),
         ];
-        let outcome = load::run(stack.proxy, protocol, load, events).await;
-        stack.report(&outcome);
+        let outcome = run_checked(&stack, protocol, load, events).await;
         let (frozen, thawed) = (outcome.event("freeze"), outcome.event("thaw"));
         let served_by_a = |r: &&load::Record| r.end == End::Ok("a".to_string());
         let while_frozen = outcome
@@ -185,8 +193,6 @@ async fn a_frozen_backend_hangs_no_request_and_serves_once_thawed() {
             after_thaw.clone().count(),
             after_thaw.filter(served_by_a).count(),
         );
-        assert_every_request_ended(&outcome, load);
-        assert_retries_within_budget(&stack);
         assert_an_attempt_waited_out_its_timeout(&stack);
         let served: Vec<_> = while_frozen.filter(served_by_a).collect();
         assert!(
@@ -228,8 +234,7 @@ async fn a_503_with_retry_after_is_answered_at_once() {
                 .backend()
                 .set_behavior(unavailable_with_retry_after())
         })];
-        let outcome = load::run(stack.proxy, protocol, load, events).await;
-        stack.report(&outcome);
+        let outcome = run_checked(&stack, protocol, load, events).await;
         let passed_on = outcome.count(|end| *end == End::Unavailable { retry_after: true });
         let answered = stack.hosts[0].backend().unavailable_answers();
         let retry = stack.metrics.retry.snapshot();
@@ -238,8 +243,6 @@ async fn a_503_with_retry_after_is_answered_at_once() {
              stopped at the deadline {}",
             stack.label, retry.deadline
         );
-        assert_every_request_ended(&outcome, load);
-        assert_retries_within_budget(&stack);
         assert_a_was_faulted(&stack);
         assert!(passed_on >= 1, "{}: no 503 passed on", stack.label);
         assert!(passed_on as u64 <= answered, "{}", stack.label);
@@ -260,10 +263,7 @@ async fn a_slow_backend_gets_a_smaller_share() {
         let events = vec![at(FAULT, "slow", move |_| {
             slowed.hosts[0].backend().set_behavior(slow())
         })];
-        let outcome = load::run(stack.proxy, protocol, load, events).await;
-        stack.report(&outcome);
-        assert_every_request_ended(&outcome, load);
-        assert_retries_within_budget(&stack);
+        run_checked(&stack, protocol, load, events).await;
         assert_a_was_faulted(&stack);
     })
     .await;
@@ -282,11 +282,8 @@ async fn flapping_discovery_sends_nothing_to_a_removed_backend() {
         let events = vec![at(0.1, "flap", move |clock| {
             *record.lock().unwrap() = flapping.flap("c", clock);
         })];
-        let outcome = load::run(stack.proxy, protocol, load, events).await;
-        stack.report(&outcome);
+        run_checked(&stack, protocol, load, events).await;
         let removals = removals.lock().unwrap();
-        assert_every_request_ended(&outcome, load);
-        assert_retries_within_budget(&stack);
         let in_flight = assert_nothing_reached_a_removed_backend(&stack, &removals);
         eprintln!(
             "{}: c removed {} times; {in_flight} requests in flight at a removal reached it",
@@ -332,10 +329,7 @@ async fn a_total_outage_spends_no_more_than_the_budget() {
                 restarted.hosts.iter().for_each(|h| h.restart(healthy()));
             }),
         ];
-        let outcome = load::run(stack.proxy, protocol, load, events).await;
-        stack.report(&outcome);
-        assert_every_request_ended(&outcome, load);
-        assert_retries_within_budget(&stack);
+        let outcome = run_checked(&stack, protocol, load, events).await;
 
         // Over the outage alone: the retries it saw could also spend deposits made before it
         // (they live 10 s), so the bound counts every request up to its end.
@@ -400,10 +394,7 @@ async fn failfast_is_entered_without_backends_and_left_when_they_return() {
                 restored.name_only(&["a", "b", "c"])
             }),
         ];
-        let outcome = load::run(stack.proxy, protocol, load, events).await;
-        stack.report(&outcome);
-        assert_every_request_ended(&outcome, load);
-        assert_retries_within_budget(&stack);
+        let outcome = run_checked(&stack, protocol, load, events).await;
 
         let (emptied, restored) = (outcome.event("emptied"), outcome.event("restored"));
         let between = outcome
@@ -488,10 +479,7 @@ async fn faults_together_hang_no_request() {
             }),
             at(HALF, "thaw", move |_| thawed.host("b").thaw()),
         ];
-        let outcome = load::run(stack.proxy, protocol, load, events).await;
-        stack.report(&outcome);
-        assert_every_request_ended(&outcome, load);
-        assert_retries_within_budget(&stack);
+        run_checked(&stack, protocol, load, events).await;
         let removals = removals.lock().unwrap();
         assert_nothing_reached_a_removed_backend(&stack, &removals);
     })
