@@ -21,7 +21,7 @@ use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -61,7 +61,9 @@ impl Count {
 /// (a response future dropped unanswered counts out too).
 pub struct PendingRequests<S> {
     inner: S,
-    pending: Arc<AtomicUsize>,
+    /// One reference here, one in each request in flight: the count is the `Arc`'s own, so a
+    /// call costs one reference taken and given back (no counter beside it).
+    pending: Arc<()>,
 }
 
 impl<S> PendingRequests<S> {
@@ -69,7 +71,7 @@ impl<S> PendingRequests<S> {
     pub fn new(inner: S) -> Self {
         Self {
             inner,
-            pending: Arc::new(AtomicUsize::new(0)),
+            pending: Arc::new(()),
         }
     }
 
@@ -83,7 +85,7 @@ impl<S> Load for PendingRequests<S> {
     type Metric = Count;
 
     fn load(&self) -> Count {
-        Count(self.pending.load(Relaxed))
+        Count(in_flight(&self.pending))
     }
 }
 
@@ -97,7 +99,6 @@ impl<S: Service<Req>, Req> Service<Req> for PendingRequests<S> {
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        self.pending.fetch_add(1, Relaxed);
         PendingFuture {
             inner: self.inner.call(req),
             pending: Some(InFlight(self.pending.clone())),
@@ -109,19 +110,19 @@ impl<S: fmt::Debug> fmt::Debug for PendingRequests<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PendingRequests")
             .field("inner", &self.inner)
-            .field("pending", &self.pending.load(Relaxed))
+            .field("pending", &in_flight(&self.pending))
             .finish()
     }
 }
 
-/// Counts one request out of its endpoint's requests in flight when dropped.
+/// One request in its endpoint's requests in flight, until dropped: a reference to the
+/// endpoint's count.
 #[derive(Debug)]
-struct InFlight(Arc<AtomicUsize>);
+struct InFlight(#[allow(dead_code)] Arc<()>);
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
+/// Requests in flight of an endpoint whose count is `count`: every reference but its own.
+fn in_flight<T>(count: &Arc<T>) -> usize {
+    Arc::strong_count(count) - 1
 }
 
 pin_project! {
@@ -168,7 +169,8 @@ pub struct PeakEwma<S> {
     state: Arc<Ewma>,
 }
 
-/// The estimate, shared by an endpoint and its response futures. Concurrent completions may
+/// The estimate, shared by an endpoint and its response futures (one reference each: the
+/// requests in flight are the references but the endpoint's). Concurrent completions may
 /// interleave their two stores; either order leaves an estimate one response old, which is
 /// what a heuristic needs.
 struct Ewma {
@@ -181,7 +183,6 @@ struct Ewma {
     /// `ln(estimate) + (updated on the process's clock) / decay`, as `f64` bits: what a pick
     /// compares (see the module documentation).
     key: AtomicU64,
-    pending: AtomicUsize,
     origin: Instant,
     /// `origin` on the process's clock ([`process_origin`]), in nanoseconds (negative if
     /// before it, as a paused test clock may be).
@@ -217,7 +218,6 @@ impl<S> PeakEwma<S> {
                 updated: AtomicU64::new(0),
                 ln_estimate: AtomicU64::new(estimate.ln().to_bits()),
                 key: AtomicU64::new(key(estimate, origin_offset_ns, decay_ns).to_bits()),
-                pending: AtomicUsize::new(0),
                 origin,
                 origin_offset_ns,
                 decay_ns,
@@ -237,7 +237,7 @@ impl<S> PeakEwma<S> {
     /// hundred requests in flight), and idle endpoints of equal latency tie, so the draw by
     /// weight decides between them.
     pub fn in_flight_cost(&self) -> f64 {
-        let pending = self.state.pending.load(Relaxed);
+        let pending = in_flight(&self.state);
         if pending == 0 {
             return 0.0;
         }
@@ -329,7 +329,7 @@ impl<S> Load for PeakEwma<S> {
     type Metric = Cost;
 
     fn load(&self) -> Cost {
-        let pending = self.state.pending.load(Relaxed);
+        let pending = in_flight(&self.state);
         let key = f64::from_bits(self.state.key.load(Relaxed));
         Cost(key + ln_in_flight(pending))
     }
@@ -345,7 +345,6 @@ impl<S: Service<Req>, Req> Service<Req> for PeakEwma<S> {
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        self.state.pending.fetch_add(1, Relaxed);
         PeakEwmaFuture {
             inner: self.inner.call(req),
             track: Some(Track {
@@ -361,24 +360,19 @@ impl<S: fmt::Debug> fmt::Debug for PeakEwma<S> {
         f.debug_struct("PeakEwma")
             .field("inner", &self.inner)
             .field("rtt_estimate", &self.rtt_estimate())
-            .field("pending", &self.state.pending.load(Relaxed))
+            .field("pending", &in_flight(&self.state))
             .finish()
     }
 }
 
-/// One call of a [`PeakEwma`] endpoint: counted in flight until dropped.
+/// One call of a [`PeakEwma`] endpoint: counted in flight until dropped (its reference to the
+/// estimate is one of the count's, see [`in_flight`]).
 struct Track {
     state: Arc<Ewma>,
     /// When its first poll found it waiting, on the estimate's own clock (nanoseconds since
     /// `origin`), so that its completion reads the clock once for both the round trip and the
     /// update; `None` until then.
     sent_at: Option<u64>,
-}
-
-impl Drop for Track {
-    fn drop(&mut self) {
-        self.state.pending.fetch_sub(1, Relaxed);
-    }
 }
 
 impl fmt::Debug for Track {
@@ -489,7 +483,7 @@ mod tests {
         let (a, b) = (untimed.load().key(), zero.load().key());
         assert!((a - b).abs() < 1e-12, "{a} against {b}");
         assert_eq!(untimed.rtt_estimate(), zero.rtt_estimate());
-        assert_eq!(untimed.state.pending.load(Relaxed), 0);
+        assert_eq!(in_flight(&untimed.state), 0);
         // One that waits is timed from the poll that found it waiting.
         let mut waits = PeakEwma::new(sleeper(), Duration::from_millis(30), decay);
         answer(&mut waits, Duration::from_millis(100)).await;
