@@ -71,8 +71,30 @@ pub(crate) struct Sample {
 }
 
 /// Runs `total` requests through `svc` from `callers` concurrent tasks spawned on the current
-/// runtime, each doing ready, call and await in a loop.
+/// runtime, each doing ready, call and await in a loop, and records each request's latency.
 pub(crate) async fn drive<S>(svc: S, callers: usize, total: u64) -> Sample
+where
+    S: Service<u64> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Response: Send,
+    S::Error: Debug,
+{
+    drive_with(svc, callers, total, true).await
+}
+
+/// As [`drive`], without timing each request (two clock reads, ~45 ns, per request): for a
+/// cost per request that is the stack's alone. Its `latency` is empty.
+pub(crate) async fn drive_untimed<S>(svc: S, callers: usize, total: u64) -> Sample
+where
+    S: Service<u64> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Response: Send,
+    S::Error: Debug,
+{
+    drive_with(svc, callers, total, false).await
+}
+
+async fn drive_with<S>(svc: S, callers: usize, total: u64, timed: bool) -> Sample
 where
     S: Service<u64> + Clone + Send + 'static,
     S::Future: Send,
@@ -87,7 +109,7 @@ where
             tokio::spawn(async move {
                 let mut latency = histogram();
                 for i in 0..per_caller {
-                    let begin = Instant::now();
+                    let begin = timed.then(Instant::now);
                     let response = svc
                         .ready()
                         .await
@@ -96,7 +118,9 @@ where
                         .await
                         .expect("a trivial endpoint answers");
                     black_box(response);
-                    latency.saturating_record(nanos(begin.elapsed()));
+                    if let Some(begin) = begin {
+                        latency.saturating_record(nanos(begin.elapsed()));
+                    }
                 }
                 latency
             })

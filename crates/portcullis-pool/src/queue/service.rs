@@ -215,11 +215,13 @@ where
             Readiness::Unpolled => return ResponseFuture::failed(Box::new(NotReady::new())),
             Readiness::Promised => return self.call_promised(request),
         };
-        let request = match self.direct.try_dispatch(request, &self.shared, false) {
+        let request = match self
+            .direct
+            .try_dispatch(request, &self.shared, false, self.stripe)
+        {
             Ok(fut) => {
                 // The slot held the place of a request that never had to wait.
                 drop(permit);
-                self.shared.dispatched_directly(self.stripe);
                 return ResponseFuture::direct(fut);
             }
             Err(request) => request,
@@ -239,9 +241,11 @@ where
     // `ResponseFuture` goes on polling in its place: yielding a future is the point.
     #[allow(clippy::async_yields_async)]
     fn call_promised(&mut self, request: Req) -> ResponseFuture<F> {
-        let request = match self.direct.try_dispatch(request, &self.shared, true) {
+        let request = match self
+            .direct
+            .try_dispatch(request, &self.shared, true, self.stripe)
+        {
             Ok(fut) => {
-                self.shared.dispatched_directly(self.stripe);
                 return ResponseFuture::direct(fut);
             }
             Err(request) => request,

@@ -128,6 +128,7 @@ pub(crate) struct Shared {
     /// Requests callers dispatched themselves (`direct.rs`), counted in stripes, one per
     /// handle by turns, each on lines of its own: callers on different cores then rarely
     /// write the same line, as they would if every direct dispatch added to one counter.
+    /// Written only under the pool's lock (`dispatched_directly`).
     direct_dispatches: [CachePadded<AtomicU64>; DIRECT_STRIPES],
     /// The stripe the next handle counts its direct dispatches in.
     next_stripe: AtomicUsize,
@@ -182,9 +183,16 @@ impl Shared {
         self.next_stripe.fetch_add(1, Ordering::Relaxed) % DIRECT_STRIPES
     }
 
-    /// Counts a direct dispatch in `stripe`.
-    pub(crate) fn dispatched_directly(&self, stripe: usize) {
-        self.direct_dispatches[stripe % DIRECT_STRIPES].fetch_add(1, Ordering::Relaxed);
+    /// Counts a direct dispatch in `stripe`, by its caller, which holds the pool's lock (the
+    /// guard proves it): every count is made under that lock, so a load and a store count
+    /// exactly, without a read-modify-write.
+    pub(crate) fn dispatched_directly<T>(
+        &self,
+        stripe: usize,
+        _lock: &std::sync::MutexGuard<'_, T>,
+    ) {
+        let count = &self.direct_dispatches[stripe % DIRECT_STRIPES];
+        count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
     /// Direct dispatches so far.
