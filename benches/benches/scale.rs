@@ -28,7 +28,7 @@ mod common;
 #[path = "compare/svg.rs"]
 mod svg;
 
-use common::{drive, median, Config, Echo};
+use common::{drive, drive_untimed, median, Config, Echo};
 use futures_util::future::FutureExt;
 use futures_util::{stream, StreamExt};
 use portcullis_benches::{TowerBudgetPolicy, WaitOnce};
@@ -263,13 +263,13 @@ fn endpoints(rt: &tokio::runtime::Runtime, config: &Config) {
                     match (round + turn) % 3 {
                         0 => {
                             for (s, c) in [(0, 1), (1, 64)] {
-                                let sample = drive(queue.clone(), c, totals(c)).await;
+                                let sample = drive_untimed(queue.clone(), c, totals(c)).await;
                                 samples[s].push(sample.ns_per_request);
                             }
                         }
                         1 => {
                             for (s, c) in [(2, 1), (3, 64)] {
-                                let sample = drive(balance.clone(), c, totals(c)).await;
+                                let sample = drive_untimed(balance.clone(), c, totals(c)).await;
                                 samples[s].push(sample.ns_per_request);
                             }
                         }
