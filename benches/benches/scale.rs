@@ -89,9 +89,10 @@ where
     pool
 }
 
-fn tower_ewma() -> PeakEwma<Echo> {
+/// tower's `PeakEwma` over `endpoint`, with our maker's default RTT and decay.
+fn tower_ewma<S>(endpoint: S) -> PeakEwma<S> {
     PeakEwma::new(
-        Echo,
+        endpoint,
         make::DEFAULT_RTT,
         make::DEFAULT_DECAY.as_nanos() as f64,
         CompleteOnResponse::default(),
@@ -120,9 +121,9 @@ fn pick(config: &Config) {
         10,
     ));
     let mut ewma = rt.block_on(ready_pool(make::peak_ewma(|_: &usize, _: &()| Echo), 10));
-    let mut tower_ewma_pool = rt.block_on(ready_pool(|_: &usize, _: &()| tower_ewma(), 10));
+    let mut tower_ewma_pool = rt.block_on(ready_pool(|_: &usize, _: &()| tower_ewma(Echo), 10));
     let mut balance_pending = Balance::new(ServiceList::new((0..10).map(|_| tower_pending())));
-    let mut balance_ewma = Balance::new(ServiceList::new((0..10).map(|_| tower_ewma())));
+    let mut balance_ewma = Balance::new(ServiceList::new((0..10).map(|_| tower_ewma(Echo))));
     // Endpoints whose responses wait once, so that peak-EWMA times every round trip (it does
     // not time a response ready at its first poll).
     let mut pending_waits = rt.block_on(ready_pool(
@@ -133,14 +134,8 @@ fn pick(config: &Config) {
         make::peak_ewma(|_: &usize, _: &()| WaitOnce),
         10,
     ));
-    let mut balance_ewma_waits = Balance::new(ServiceList::new((0..10).map(|_| {
-        PeakEwma::new(
-            WaitOnce,
-            make::DEFAULT_RTT,
-            make::DEFAULT_DECAY.as_nanos() as f64,
-            CompleteOnResponse::default(),
-        )
-    })));
+    let mut balance_ewma_waits =
+        Balance::new(ServiceList::new((0..10).map(|_| tower_ewma(WaitOnce))));
     let mut stacks: Vec<(&str, Runner<'_>)> = vec![
         (
             "P2cPool + make::pending_requests",
