@@ -7,10 +7,10 @@
 #[path = "support/dns_server.rs"]
 mod dns_server;
 
-use dns_server::{Rr, TestDns};
+use dns_server::{Fault, RecordType, Rr, TestDns};
 use futures_util::StreamExt;
 use portcullis_discovery::dns::{Dns, DnsEndpoint, DnsUpdates};
-use portcullis_discovery::Update;
+use portcullis_discovery::{DiscoverySnapshot, Update};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::{timeout, Instant};
@@ -265,4 +265,200 @@ fn a_name_that_is_no_dns_name_is_refused() {
         dns.host(&long, 80),
         Err(portcullis_discovery::BuildError::Name { .. })
     ));
+}
+
+fn endpoint6(ip: [u16; 8], port: u16) -> (SocketAddr, DnsEndpoint) {
+    let addr = SocketAddr::from((std::net::Ipv6Addr::from(ip), port));
+    (
+        addr,
+        DnsEndpoint {
+            addr,
+            weight: 1,
+            priority: 0,
+        },
+    )
+}
+
+/// Reads the stream until `done` holds of its metrics, failing if it yields anything
+/// meanwhile (bounded by `PATIENCE`).
+async fn quiet_until(updates: &mut DnsUpdates, done: impl Fn(&DiscoverySnapshot) -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    let metrics = updates.metrics();
+    while !done(&metrics.snapshot()) {
+        assert!(
+            Instant::now() < deadline,
+            "not within {PATIENCE:?}: {:?}",
+            metrics.snapshot()
+        );
+        if let Ok(update) = timeout(Duration::from_millis(20), updates.next()).await {
+            panic!("yielded {update:?} while quiet: {:?}", metrics.snapshot());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failed_a_query_keeps_the_last_set_while_aaaa_answers_nodata() {
+    let mut server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]).await;
+    let mut updates = server.client().host("api.test.", 80).unwrap().updates();
+    let metrics = updates.metrics();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![endpoint([127, 0, 0, 10], 80)])
+    );
+
+    // The A question goes unanswered (one lost packet: the resolver asks once), the AAAA
+    // question is answered NODATA at once: a failure, not an empty set.
+    server.fault(RecordType::A, Some(Fault::Silent));
+    let errors = metrics.snapshot().errors;
+    quiet_until(&mut updates, |s| s.errors >= errors + 2).await;
+
+    // SERVFAIL to A, the same.
+    server.fault(RecordType::A, Some(Fault::ServFail));
+    let errors = metrics.snapshot().errors;
+    quiet_until(&mut updates, |s| s.errors >= errors + 2).await;
+
+    // Answered again, with a change: the next update is that change, never an empty set.
+    server.fault(RecordType::A, None);
+    server.set(vec![Rr::A("api.test.", [127, 0, 0, 11], 1)]);
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![endpoint([127, 0, 0, 11], 80)])
+    );
+    assert_eq!(metrics.snapshot().updates.total(), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_aaaa_query_of_a_dual_stack_name_keeps_both_families() {
+    let v6 = [0xfd00, 0, 0, 0, 0, 0, 0, 10];
+    let mut server = TestDns::start(vec![
+        Rr::A("api.test.", [127, 0, 0, 10], 1),
+        Rr::Aaaa("api.test.", v6, 1),
+    ])
+    .await;
+    let mut updates = server.client().host("api.test.", 80).unwrap().updates();
+    let metrics = updates.metrics();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![endpoint([127, 0, 0, 10], 80), endpoint6(v6, 80)])
+    );
+
+    for fault in [Fault::ServFail, Fault::Silent] {
+        server.fault(RecordType::AAAA, Some(fault));
+        let errors = metrics.snapshot().errors;
+        quiet_until(&mut updates, |s| s.errors >= errors + 2).await;
+    }
+
+    server.fault(RecordType::AAAA, None);
+    server.set(vec![
+        Rr::A("api.test.", [127, 0, 0, 10], 1),
+        Rr::A("api.test.", [127, 0, 0, 11], 1),
+        Rr::Aaaa("api.test.", v6, 1),
+    ]);
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![
+            endpoint([127, 0, 0, 10], 80),
+            endpoint([127, 0, 0, 11], 80),
+            endpoint6(v6, 80)
+        ])
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_srv_target_whose_a_lookup_fails_fails_the_resolution() {
+    let mut server = TestDns::start(vec![
+        Rr::Srv("_http._tcp.api.test.", 10, 1, 8080, "a.test.", 1),
+        Rr::Srv("_http._tcp.api.test.", 10, 1, 8081, "b.test.", 1),
+        Rr::A("a.test.", [127, 0, 0, 1], 1),
+        Rr::A("b.test.", [127, 0, 0, 2], 1),
+    ])
+    .await;
+    let mut updates = server
+        .client()
+        .srv("_http._tcp.api.test.")
+        .unwrap()
+        .updates();
+    let metrics = updates.metrics();
+    let at = |ip: [u8; 4], port: u16| {
+        let addr = SocketAddr::from((ip, port));
+        (
+            addr,
+            DnsEndpoint {
+                addr,
+                weight: 1,
+                priority: 10,
+            },
+        )
+    };
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![at([127, 0, 0, 1], 8080), at([127, 0, 0, 2], 8081)])
+    );
+
+    // Every target's A question unanswered or failed, their AAAA answered NODATA: the
+    // resolution fails, and the last set stays.
+    for fault in [Fault::Silent, Fault::ServFail] {
+        server.fault(RecordType::A, Some(fault));
+        let errors = metrics.snapshot().errors;
+        quiet_until(&mut updates, |s| s.errors >= errors + 2).await;
+    }
+
+    server.fault(RecordType::A, None);
+    server.set(vec![
+        Rr::Srv("_http._tcp.api.test.", 10, 1, 8080, "a.test.", 1),
+        Rr::A("a.test.", [127, 0, 0, 1], 1),
+    ]);
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![at([127, 0, 0, 1], 8080)])
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn negative_answers_without_an_soa_are_asked_again_at_min_ttl() {
+    let mut server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]).await;
+    // max_ttl 60 s: a negative answer kept for max_ttl would outlast `PATIENCE`.
+    let mut updates = server.client().host("api.test.", 80).unwrap().updates();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![endpoint([127, 0, 0, 10], 80)])
+    );
+
+    // NODATA without an SOA (no negative TTL): an empty set, not to be kept.
+    server.fault(RecordType::A, Some(Fault::NoDataWithoutSoa));
+    server.fault(RecordType::AAAA, Some(Fault::NoDataWithoutSoa));
+    assert_eq!(next(&mut updates).await, Update::Reset(vec![]));
+    server.fault(RecordType::A, None);
+    server.fault(RecordType::AAAA, None);
+    let back = Instant::now();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![endpoint([127, 0, 0, 10], 80)])
+    );
+    assert!(
+        back.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        back.elapsed()
+    );
+
+    // NXDOMAIN without an SOA: the name does not exist, asked again at min_ttl.
+    server.fault(RecordType::A, Some(Fault::NxDomainWithoutSoa));
+    server.fault(RecordType::AAAA, Some(Fault::NxDomainWithoutSoa));
+    assert_eq!(next(&mut updates).await, Update::DoesNotExist);
+    server.fault(RecordType::A, None);
+    server.fault(RecordType::AAAA, None);
+    let back = Instant::now();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![endpoint([127, 0, 0, 10], 80)])
+    );
+    assert!(
+        back.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        back.elapsed()
+    );
+    server.stop().await;
 }

@@ -3,9 +3,7 @@
 use super::Dns;
 use crate::delay::Waits;
 use crate::BuildError;
-use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, NameServerConfigGroup, ResolverConfig,
-};
+use hickory_resolver::config::{NameServerConfig, NameServerConfigGroup, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
@@ -148,7 +146,6 @@ impl DnsBuilder {
         options.timeout = self.timeout;
         // A failed query is retried by the stream, after its backoff, and counted.
         options.attempts = 1;
-        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         Ok(Dns {
             resolver: builder.build(),
             min_ttl: self.min_ttl,

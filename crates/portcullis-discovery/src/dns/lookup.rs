@@ -3,13 +3,14 @@
 use super::DnsEndpoint;
 use crate::delay::Delays;
 use crate::tracked::Tracked;
-use futures_util::future::join_all;
+use futures_util::future::{join, join_all};
+use hickory_resolver::lookup::Lookup;
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::Record;
+use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{Name, ResolveError, TokioResolver};
 use portcullis_pool::Update;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// What a stream asks for.
@@ -94,10 +95,11 @@ impl Resolution {
         }
     }
 
-    /// The TTL clamped to `min_ttl..=max_ttl` (the max where there is none), jittered.
+    /// The TTL clamped to `min_ttl..=max_ttl`, jittered. An answer without a TTL (no record,
+    /// no SOA) says nothing about how long it holds: it is asked again at `min_ttl`.
     fn next_wait(&mut self, ttl: Option<Duration>) -> Duration {
         let ttl = ttl
-            .unwrap_or(self.max_ttl)
+            .unwrap_or(self.min_ttl)
             .clamp(self.min_ttl, self.max_ttl);
         self.delays.jittered(ttl)
     }
@@ -127,17 +129,75 @@ async fn resolve(resolver: &TokioResolver, query: &Query) -> Answer {
 }
 
 /// The A and AAAA records of `name`, each made an endpoint by `endpoint`.
+///
+/// Two questions, asked together and answered apart: one failing is a failed resolution
+/// whatever the other says (hickory's `lookup_ip` would return the other's answer alone, or
+/// its "no records", which reads as an empty set).
 async fn host(
     resolver: &TokioResolver,
     name: &Name,
-    endpoint: impl Fn(std::net::IpAddr) -> DnsEndpoint,
+    endpoint: impl Fn(IpAddr) -> DnsEndpoint,
 ) -> Answer {
-    match resolver.lookup_ip(name.clone()).await {
+    let (v4, v6) = join(
+        resolver.lookup(name.clone(), RecordType::A),
+        resolver.lookup(name.clone(), RecordType::AAAA),
+    )
+    .await;
+    combine(addresses(v4, &endpoint), addresses(v6, &endpoint))
+}
+
+/// The answer to one A or AAAA question.
+fn addresses(
+    lookup: Result<Lookup, ResolveError>,
+    endpoint: &impl Fn(IpAddr) -> DnsEndpoint,
+) -> Answer {
+    match lookup {
         Ok(lookup) => Answer::Found {
-            endpoints: lookup.iter().map(endpoint).collect(),
-            ttl: min_ttl(lookup.as_lookup().records()),
+            endpoints: lookup
+                .iter()
+                .filter_map(|rdata| match rdata {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                    _ => None,
+                })
+                .map(endpoint)
+                .collect(),
+            ttl: min_ttl(lookup.records()),
         },
         Err(error) => negative(error),
+    }
+}
+
+/// The answers to the A and AAAA questions of one name, as one: a failure of either fails
+/// the resolution (the last set stays); NXDOMAIN to both is NXDOMAIN; NXDOMAIN to one only
+/// (the zone changed between the two) fails too, to be asked again; else the union, kept for
+/// the shorter of the two TTLs.
+fn combine(a: Answer, b: Answer) -> Answer {
+    match (a, b) {
+        (failed @ Answer::Failed(_), _) | (_, failed @ Answer::Failed(_)) => failed,
+        (Answer::NoSuchName { ttl: a }, Answer::NoSuchName { ttl: b }) => Answer::NoSuchName {
+            ttl: min_option(a, b),
+        },
+        (Answer::NoSuchName { .. }, Answer::Found { .. })
+        | (Answer::Found { .. }, Answer::NoSuchName { .. }) => Answer::Failed(ResolveError::from(
+            "the A and AAAA answers disagree on whether the name exists",
+        )),
+        (
+            Answer::Found {
+                endpoints: mut a,
+                ttl: a_ttl,
+            },
+            Answer::Found {
+                endpoints: b,
+                ttl: b_ttl,
+            },
+        ) => {
+            a.extend(b);
+            Answer::Found {
+                endpoints: a,
+                ttl: min_option(a_ttl, b_ttl),
+            }
+        }
     }
 }
 
@@ -171,7 +231,8 @@ async fn srv(resolver: &TokioResolver, name: &Name) -> Answer {
                 ttl = min_option(ttl, target_ttl);
                 endpoints.extend(found);
             }
-            Answer::NoSuchName { .. } => {
+            Answer::NoSuchName { ttl: target_ttl } => {
+                ttl = min_option(ttl, target_ttl);
                 tracing::debug!(target = %srv.target(), "srv target does not resolve; skipped");
             }
             failed @ Answer::Failed(_) => return failed,
@@ -185,6 +246,10 @@ async fn srv(resolver: &TokioResolver, name: &Name) -> Answer {
 /// NXDOMAIN and NOERROR say anything about the name: a server that answers REFUSED or
 /// SERVFAIL (hickory reports both as "no records found" too) knows nothing, and the last set
 /// must stay.
+///
+/// A negative answer is kept for the zone's negative TTL (from the SOA in the answer); one
+/// without an SOA has none and must not be kept at all (RFC 2308 §5): a TTL of zero, which
+/// the stream clamps to its `min_ttl`.
 fn negative(error: ResolveError) -> Answer {
     let (code, negative_ttl) = match error.proto().map(|proto| proto.kind()) {
         Some(ProtoErrorKind::NoRecordsFound {
@@ -193,7 +258,7 @@ fn negative(error: ResolveError) -> Answer {
             ..
         }) => (
             *response_code,
-            negative_ttl.map(|ttl| Duration::from_secs(u64::from(ttl))),
+            Some(negative_ttl.map_or(Duration::ZERO, |ttl| Duration::from_secs(u64::from(ttl)))),
         ),
         _ => return Answer::Failed(error),
     };
@@ -218,5 +283,97 @@ fn min_option(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(ips: &[[u8; 4]], ttl: u64) -> Answer {
+        Answer::Found {
+            endpoints: ips
+                .iter()
+                .map(|ip| DnsEndpoint {
+                    addr: SocketAddr::from((*ip, 80)),
+                    weight: 1,
+                    priority: 0,
+                })
+                .collect(),
+            ttl: Some(Duration::from_secs(ttl)),
+        }
+    }
+
+    fn nxdomain(ttl: u64) -> Answer {
+        Answer::NoSuchName {
+            ttl: Some(Duration::from_secs(ttl)),
+        }
+    }
+
+    fn failed() -> Answer {
+        Answer::Failed(ResolveError::from("timed out"))
+    }
+
+    fn addrs(answer: &Answer) -> Option<(Vec<SocketAddr>, Option<Duration>)> {
+        match answer {
+            Answer::Found { endpoints, ttl } => {
+                Some((endpoints.iter().map(|e| e.addr).collect(), *ttl))
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_failure_of_either_question_fails_the_resolution() {
+        for (a, b) in [
+            (failed(), found(&[[10, 0, 0, 1]], 5)),
+            (found(&[[10, 0, 0, 1]], 5), failed()),
+            (found(&[], 5), failed()),
+            (failed(), nxdomain(5)),
+            (nxdomain(5), failed()),
+            (failed(), failed()),
+        ] {
+            assert!(matches!(combine(a, b), Answer::Failed(_)));
+        }
+    }
+
+    #[test]
+    fn nxdomain_only_when_both_questions_say_so() {
+        assert!(matches!(
+            combine(nxdomain(5), nxdomain(3)),
+            Answer::NoSuchName { ttl: Some(ttl) } if ttl == Duration::from_secs(3)
+        ));
+        assert!(matches!(
+            combine(nxdomain(5), found(&[[10, 0, 0, 1]], 5)),
+            Answer::Failed(_)
+        ));
+        assert!(matches!(
+            combine(found(&[], 5), nxdomain(5)),
+            Answer::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn two_answers_are_their_union_for_the_shorter_ttl() {
+        let both = combine(found(&[[10, 0, 0, 1]], 5), found(&[[10, 0, 0, 2]], 2));
+        assert_eq!(
+            addrs(&both),
+            Some((
+                vec![
+                    SocketAddr::from(([10, 0, 0, 1], 80)),
+                    SocketAddr::from(([10, 0, 0, 2], 80))
+                ],
+                Some(Duration::from_secs(2))
+            ))
+        );
+        // NODATA to one question: the other's records.
+        let one = combine(found(&[[10, 0, 0, 1]], 5), found(&[], 60));
+        assert_eq!(
+            addrs(&one),
+            Some((
+                vec![SocketAddr::from(([10, 0, 0, 1], 80))],
+                Some(Duration::from_secs(5))
+            ))
+        );
     }
 }

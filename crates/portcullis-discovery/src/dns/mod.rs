@@ -19,11 +19,17 @@
 //!    one; later ones only if the set of endpoints (address, weight, priority) differs. Each
 //!    change is logged at info: `dns api.internal.: 3 endpoints (+1 -0)`.
 //! 3. **NXDOMAIN is `DoesNotExist`**, once; re-asked after the zone's negative TTL (clamped).
-//!    A name that exists with no record of the type asked (NODATA) is an empty set.
-//! 4. **Failures keep the last set.** SERVFAIL, a timeout, a network error: nothing is
-//!    yielded, the failure is logged at warn and counted, and the name is asked again after a
-//!    backoff (doubling from its base to its max, jittered). The stream never fails and never
-//!    ends, so a DNS outage never stops the pool behind it.
+//!    A name that exists with no record of the type asked (NODATA) is an empty set. A
+//!    negative answer without an SOA carries no negative TTL and is not kept (RFC 2308 §5):
+//!    the name is asked again after `min_ttl`.
+//! 4. **Failures keep the last set.** SERVFAIL, REFUSED, a timeout, a network error: nothing
+//!    is yielded, the failure is logged at warn and counted (`errors`), and the name is asked
+//!    again after a backoff (doubling from its base to its max, jittered). The A and AAAA
+//!    records are two questions, each answered on its own: a failure of either fails the
+//!    resolution, whatever the other answered (one lost packet never shrinks or empties the
+//!    set), and so does a failure of any SRV target's. NXDOMAIN to one question and an
+//!    answer to the other (the zone changed between the two) is a failure too. The stream
+//!    never fails and never ends, so a DNS outage never stops the pool behind it.
 //! 5. **Never blocks.** The resolution is hickory's asynchronous I/O, run inside `poll_next`;
 //!    nothing is read between two polls, so nothing piles up for a slow reader.
 //!
@@ -109,7 +115,8 @@ impl Dns {
         DnsBuilder::new()
     }
 
-    /// The A and AAAA records of `host`, each at `port`.
+    /// The A and AAAA records of `host`, each at `port` (two questions, asked together: a
+    /// failure of either keeps the last set).
     ///
     /// `host` is looked up as given: end it with a dot (`api.internal.`) to skip the system's
     /// search domains. Refuses a `host` that is not a DNS name.
@@ -125,8 +132,8 @@ impl Dns {
 
     /// The SRV records of `service` (`_http._tcp.api.internal.`): each target's A and AAAA
     /// records at the SRV port, with the SRV weight and priority. A target that does not
-    /// resolve adds nothing; one whose lookup fails fails the whole resolution (the last set
-    /// stays). Refuses a `service` that is not a DNS name.
+    /// exist (NXDOMAIN) adds nothing; one whose A or AAAA lookup fails fails the whole
+    /// resolution (the last set stays). Refuses a `service` that is not a DNS name.
     pub fn srv(&self, service: &str) -> Result<DnsQuery, BuildError> {
         Ok(self.query(
             service,

@@ -3,14 +3,17 @@
 //! the caller replaces whole.
 #![allow(dead_code, unreachable_pub)]
 
-use hickory_server::authority::{Catalog, ZoneType};
-use hickory_server::proto::rr::rdata::{A, SOA, SRV};
+use hickory_server::authority::{Catalog, MessageResponseBuilder, ZoneType};
+use hickory_server::proto::op::{Header, ResponseCode};
+use hickory_server::proto::rr::rdata::{A, AAAA, SOA, SRV};
+pub use hickory_server::proto::rr::RecordType;
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryAuthority;
 use hickory_server::ServerFuture;
 use portcullis_discovery::dns::{Dns, DnsBuilder};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -24,7 +27,22 @@ pub fn name(s: &str) -> Name {
 #[derive(Clone, Debug)]
 pub enum Rr {
     A(&'static str, [u8; 4], u32),
+    Aaaa(&'static str, [u16; 8], u32),
     Srv(&'static str, u16, u16, u16, &'static str, u32),
+}
+
+/// How the server answers questions of one record type in place of the zone's answer.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// SERVFAIL.
+    ServFail,
+    /// No answer at all: the question is dropped (a lost packet, for a resolver that asks
+    /// once).
+    Silent,
+    /// NXDOMAIN with no SOA in the authority section (no negative TTL: RFC 2308 §5).
+    NxDomainWithoutSoa,
+    /// NOERROR with no records and no SOA (NODATA without a negative TTL).
+    NoDataWithoutSoa,
 }
 
 /// The zone `test.` as a list of records, and a server on 127.0.0.1 that serves it.
@@ -33,21 +51,48 @@ pub struct TestDns {
     records: Vec<Rr>,
     serial: u32,
     catalog: Arc<RwLock<Arc<Catalog>>>,
+    faults: Arc<RwLock<HashMap<RecordType, Fault>>>,
     server: Option<ServerFuture<Handler>>,
 }
 
-/// Answers from whatever catalog is current, so that a test can replace the zone whole.
-struct Handler(Arc<RwLock<Arc<Catalog>>>);
+/// Answers from whatever catalog is current, so that a test can replace the zone whole,
+/// unless a fault is set for the question's record type.
+struct Handler {
+    catalog: Arc<RwLock<Arc<Catalog>>>,
+    faults: Arc<RwLock<HashMap<RecordType, Fault>>>,
+}
 
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler>(
         &self,
         request: &Request,
-        response: R,
+        mut response: R,
     ) -> ResponseInfo {
-        let catalog = self.0.read().unwrap().clone();
-        catalog.handle_request(request, response).await
+        let fault = request.request_info().ok().and_then(|info| {
+            let faults = self.faults.read().unwrap();
+            faults.get(&info.query.query_type()).copied()
+        });
+        let code = match fault {
+            None => {
+                let catalog = self.catalog.read().unwrap().clone();
+                return catalog.handle_request(request, response).await;
+            }
+            Some(Fault::Silent) => {
+                let mut header = Header::response_from_request(request.header());
+                header.set_response_code(ResponseCode::ServFail);
+                return header.into();
+            }
+            Some(Fault::ServFail) => ResponseCode::ServFail,
+            Some(Fault::NxDomainWithoutSoa) => ResponseCode::NXDomain,
+            Some(Fault::NoDataWithoutSoa) => ResponseCode::NoError,
+        };
+        let mut header = Header::response_from_request(request.header());
+        header.set_response_code(code);
+        header.set_authoritative(true);
+        let message =
+            MessageResponseBuilder::from_message_request(request).build_no_records(header);
+        response.send_response(message).await.unwrap()
     }
 }
 
@@ -58,6 +103,7 @@ impl TestDns {
             records,
             serial: 0,
             catalog: Arc::new(RwLock::new(Arc::new(Catalog::new()))),
+            faults: Arc::default(),
             server: None,
         };
         dns.publish();
@@ -78,7 +124,10 @@ impl TestDns {
             }
         };
         self.addr = udp.local_addr().unwrap();
-        let mut server = ServerFuture::new(Handler(self.catalog.clone()));
+        let mut server = ServerFuture::new(Handler {
+            catalog: self.catalog.clone(),
+            faults: self.faults.clone(),
+        });
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5));
         self.server = Some(server);
@@ -94,6 +143,15 @@ impl TestDns {
     pub fn set(&mut self, records: Vec<Rr>) {
         self.records = records;
         self.publish();
+    }
+
+    /// Answers questions of type `rtype` with `fault` (`None`: from the zone again).
+    pub fn fault(&mut self, rtype: RecordType, fault: Option<Fault>) {
+        let mut faults = self.faults.write().unwrap();
+        match fault {
+            Some(fault) => faults.insert(rtype, fault),
+            None => faults.remove(&rtype),
+        };
     }
 
     /// Answers REFUSED to everything (a server without the zone) until the next `set`.
@@ -124,6 +182,11 @@ impl TestDns {
                 Rr::A(host, ip, ttl) => {
                     Record::from_rdata(name(host), *ttl, RData::A(A::from(Ipv4Addr::from(*ip))))
                 }
+                Rr::Aaaa(host, ip, ttl) => Record::from_rdata(
+                    name(host),
+                    *ttl,
+                    RData::AAAA(AAAA::from(Ipv6Addr::from(*ip))),
+                ),
                 Rr::Srv(service, priority, weight, port, target, ttl) => Record::from_rdata(
                     name(service),
                     *ttl,
