@@ -6,11 +6,11 @@
 
 mod support;
 
-use portcullis_pool::{FailFast, PoolFailed, PoolQueue, Update, UpdateKind};
+use portcullis_pool::{PoolFailed, PoolQueue, Update, UpdateKind, WorkerGone};
 use portcullis_test::{discovery, pool};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{downcast, harness, Caller, FAILFAST};
+use support::{downcast, harness, Caller};
 use tokio_test::{assert_pending, assert_ready_ok};
 use tower::{Service, ServiceExt};
 
@@ -239,91 +239,325 @@ async fn discovery_updates_still_apply_while_callers_dispatch_directly() {
     assert!(metrics.direct_dispatches > 0, "{metrics:?}");
 }
 
-/// A queue of 4 slots, the pool ready and the worker idle, and a caller polled ready: all four
-/// slots free and nothing queued, so it was promised a slot, not given one.
-fn promised_caller() -> (support::Harness, Caller) {
-    let mut h = harness(4);
+/// A pool ready and a worker idle: the next caller dispatches directly.
+fn idle_and_ready(capacity: usize) -> support::Harness {
+    let mut h = harness(capacity);
     h.control.set_ready(true);
     assert_pending!(h.worker.poll());
-    let mut promised = Caller::new(&h.queue);
-    assert_ready_ok!(promised.poll_ready());
-    (h, promised)
+    h
 }
 
-/// With more than half its slots free and nothing queued, `poll_ready` promises a slot rather
-/// than take one (a direct dispatch holds none). If others take every slot before the promised
-/// caller calls and it cannot dispatch directly, its response future waits for a slot as
-/// `poll_ready` would have, and the request queues behind those that took them.
+/// A caller's `call`, checked not to unwind: a panic in it is a test failure of its own.
+fn call_without_unwinding(caller: &mut Caller, request: &'static str) -> support::Spawned {
+    let queue = &mut caller.queue;
+    let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| queue.call(request)));
+    tokio_test::task::spawn(called.unwrap_or_else(|_| panic!("a pool panic reached the caller")))
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_promised_slot_that_others_took_is_waited_for_in_the_response_future() {
-    let (mut h, mut promised) = promised_caller();
-    assert_eq!(h.queue.metrics().depth(), 0, "promised, not taken");
-
-    // The pool stops being ready; four others take the four slots.
+async fn a_pool_that_panics_under_a_direct_poll_ends_the_queue_and_no_panic_reaches_a_caller() {
+    let mut h = idle_and_ready(4);
+    // A request the worker holds, to see it answered when the queue ends.
     h.control.set_ready(false);
-    let mut others: Vec<_> = ["b", "c", "d", "e"]
-        .into_iter()
-        .map(|request| Caller::new(&h.queue).send(request))
-        .collect();
-    assert_eq!(h.queue.metrics().depth(), 4);
+    let mut queued = Caller::new(&h.queue).send("q");
+    assert_pending!(h.worker.poll());
+    h.control.panic_on_ready();
 
-    let mut a = promised
+    // `q` is queued, so this caller queues too (FIFO) and the worker meets the panic.
+    let mut caller = Caller::new(&h.queue);
+    assert_ready_ok!(caller.poll_ready());
+    let mut a = call_without_unwinding(&mut caller, "a");
+    let worker = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.worker.poll()));
+    assert!(worker.is_err(), "the worker's own poll met the panic");
+    drop(h.worker);
+    downcast::<WorkerGone>(&tokio_test::assert_ready_err!(queued.poll()));
+    downcast::<WorkerGone>(&tokio_test::assert_ready_err!(a.poll()));
+
+    // Now the direct path: a fresh queue, nothing queued, the pool panics in `poll_ready`.
+    let mut h = idle_and_ready(4);
+    h.control.panic_on_ready();
+    let mut caller = Caller::new(&h.queue);
+    assert_ready_ok!(caller.poll_ready());
+    let mut a = call_without_unwinding(&mut caller, "a");
+    downcast::<WorkerGone>(&tokio_test::assert_ready_err!(a.poll()));
+    assert!(
+        h.control.is_dropped(),
+        "the pool that panicked is never used again"
+    );
+    // Every later caller learns it at once, as after a worker panic, and nobody panics.
+    let mut later = Caller::new(&h.queue);
+    downcast::<WorkerGone>(&tokio_test::assert_ready_err!(later.poll_ready()));
+    // The worker, woken, answers nothing more and ends.
+    assert!(h.worker.is_woken());
+    tokio_test::assert_ready!(h.worker.poll());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_that_panics_under_a_direct_call_ends_the_queue_with_worker_gone() {
+    let mut h = idle_and_ready(4);
+    h.control.panic_on_call();
+    let mut caller = Caller::new(&h.queue);
+    assert_ready_ok!(caller.poll_ready());
+    let mut a = call_without_unwinding(&mut caller, "a");
+    downcast::<WorkerGone>(&tokio_test::assert_ready_err!(a.poll()));
+    let mut later = Caller::new(&h.queue);
+    downcast::<WorkerGone>(&tokio_test::assert_ready_err!(later.poll_ready()));
+    tokio_test::assert_ready!(h.worker.poll());
+}
+
+/// A pool whose readiness arms a tokio timer, as a balancer's eviction backoff does: polled
+/// outside a runtime, `tokio::time::sleep` panics ("there is no reactor running").
+struct ArmsATimer {
+    timers: Vec<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Service<&'static str> for ArmsATimer {
+    type Response = &'static str;
+    type Error = portcullis_pool::BoxError;
+    type Future = std::future::Ready<Result<&'static str, portcullis_pool::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), portcullis_pool::BoxError>> {
+        self.timers
+            .push(Box::pin(tokio::time::sleep(Duration::from_secs(1))));
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: &'static str) -> Self::Future {
+        std::future::ready(Ok(request))
+    }
+}
+
+impl portcullis_pool::Pool<(), (), &'static str> for ArmsATimer {
+    fn update_pool(&mut self, _: Update<(), ()>) {}
+
+    fn poll_pool(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), portcullis_pool::BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn endpoints(&self) -> portcullis_pool::EndpointCounts {
+        portcullis_pool::EndpointCounts {
+            ready: 1,
+            ..Default::default()
+        }
+    }
+}
+
+#[test]
+fn a_caller_outside_the_workers_runtime_drives_the_pool_in_the_workers_runtime() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (updates, stream) = discovery::channel::<(), ()>();
+    let queue = runtime
+        .block_on(async {
+            PoolQueue::builder()
+                .capacity(4)
+                .build(ArmsATimer { timers: Vec::new() }, stream)
+        })
+        .unwrap();
+    // One request through the worker, so that it has had its turn and sits idle.
+    let first = runtime.block_on(queue.clone().oneshot("first"));
+    assert_eq!(first.unwrap(), "first");
+
+    // Now from a plain thread, in no runtime at all: the pool is ready, nothing is queued,
+    // so the caller drives the pool itself, and the timer it arms is the worker runtime's.
+    let from_thread = queue.clone();
+    let answered = std::thread::spawn(move || {
+        let mut queue = from_thread;
+        let mut task = tokio_test::task::spawn(());
+        let ready = task.enter(|cx, _| Service::<&'static str>::poll_ready(&mut queue, cx));
+        assert!(matches!(ready, std::task::Poll::Ready(Ok(()))), "{ready:?}");
+        let mut response = tokio_test::task::spawn(queue.call("plain thread"));
+        match response.poll() {
+            std::task::Poll::Ready(answer) => answer.map_err(|e| e.to_string()),
+            std::task::Poll::Pending => Err("not answered at once".into()),
+        }
+    })
+    .join()
+    .expect("no panic reached the plain thread");
+    assert_eq!(answered, Ok("plain thread"));
+    assert_eq!(queue.metrics().snapshot().direct_dispatches, 1);
+    drop(updates);
+}
+
+/// A handle that pipelines (polls ready, calls, and polls ready again without waiting for the
+/// answer) has its requests dispatched in the order it called them, whichever path each takes:
+/// here its first call is made while the queue is full and the pool down, its second once the
+/// pool is back and the queue has drained.
+#[tokio::test(start_paused = true)]
+async fn a_later_call_on_one_handle_never_overtakes_an_earlier_one() {
+    let mut h = harness(4);
+    assert_pending!(h.worker.poll());
+    let mut pipelined = Caller::new(&h.queue);
+    assert_ready_ok!(pipelined.poll_ready());
+    // Four others try to fill the queue; those that get a slot queue their request.
+    let mut others = Vec::new();
+    let mut without_slot = Vec::new();
+    for request in ["o1", "o2", "o3", "o4"] {
+        let mut other = Caller::new(&h.queue);
+        match other.poll_ready() {
+            std::task::Poll::Ready(Ok(())) => {
+                others.push(tokio_test::task::spawn(other.queue.call(request)))
+            }
+            std::task::Poll::Pending => without_slot.push(other),
+            failed => panic!("{failed:?}"),
+        }
+    }
+    let mut a = pipelined
         .task
-        .enter(|_, _| tokio_test::task::spawn(promised.queue.call("a")));
+        .enter(|_, _| tokio_test::task::spawn(pipelined.queue.call("a")));
     assert_pending!(a.poll());
     assert_pending!(h.worker.poll());
-    assert_eq!(h.queue.metrics().depth(), 4, "a waits outside the queue");
 
-    // Ready again: the four go, their slots come free, `a` takes one and goes last.
+    // The pool comes back and the worker drains the queue; the handle then polls ready again
+    // and calls `b` (its response futures are polled by the tasks it spawned them on, later).
     h.control.set_ready(true);
     assert_pending!(h.worker.poll());
-    assert!(a.is_woken());
-    assert_pending!(a.poll());
+    assert_ready_ok!(pipelined.poll_ready());
+    let mut b = pipelined
+        .task
+        .enter(|_, _| tokio_test::task::spawn(pipelined.queue.call("b")));
+    let _ = a.poll();
+    let _ = b.poll();
+    assert_pending!(h.worker.poll());
+    let _ = a.poll();
     assert_pending!(h.worker.poll());
     let order: Vec<_> = std::iter::from_fn(|| h.control.try_next_request()).collect();
-    assert_eq!(
-        order
-            .iter()
-            .map(|(request, _)| *request)
-            .collect::<Vec<_>>(),
-        ["b", "c", "d", "e", "a"]
+    let names: Vec<_> = order.iter().map(|(request, _)| *request).collect();
+    let position = |name| names.iter().position(|n| *n == name);
+    assert!(
+        matches!((position("a"), position("b")), (Some(a), Some(b)) if a < b),
+        "the handle's calls reached the pool as {names:?}"
     );
     for (request, responder) in order {
         responder.respond(request);
     }
-    for response in &mut others {
-        assert_ready_ok!(response.poll());
-    }
     assert_eq!(assert_ready_ok!(a.poll()), "a");
-    assert_eq!(h.queue.metrics().depth(), 0);
+    assert_eq!(assert_ready_ok!(b.poll()), "b");
+    drop((others, without_slot));
 }
 
-/// The wait of a promised caller whose slot went is bounded as a slot wait in `poll_ready`
-/// is: here the queue fails fast while it waits, and it gets `FailFast` within the failfast
-/// timeout.
 #[tokio::test(start_paused = true)]
-async fn a_promised_caller_waiting_for_a_slot_fails_fast_with_the_queue() {
-    let (mut h, mut promised) = promised_caller();
+async fn a_call_on_a_handle_polled_ready_before_a_terminal_error_is_never_served() {
+    let mut h = idle_and_ready(4);
+    let mut caller = Caller::new(&h.queue);
+    assert_ready_ok!(caller.poll_ready());
+    // Discovery fails: the worker ends (its future finished, not yet dropped).
+    h.discovery.fail("discovery broke");
+    tokio_test::assert_ready!(h.worker.poll());
+    let mut a = call_without_unwinding(&mut caller, "a");
+    let error = tokio_test::assert_ready_err!(a.poll());
+    downcast::<PoolFailed>(&error);
+    assert_eq!(h.control.calls(), 0, "the pool never saw the call");
+}
 
-    h.control.set_ready(false);
-    let mut queued = Caller::new(&h.queue).send("b");
-    let mut holders: Vec<Caller> = (0..3).map(|_| Caller::new(&h.queue)).collect();
-    for holder in &mut holders {
-        assert_ready_ok!(holder.poll_ready());
-    }
-    assert_eq!(h.queue.metrics().depth(), 4);
-    let mut a = promised
-        .task
-        .enter(|_, _| tokio_test::task::spawn(promised.queue.call("a")));
-    assert_pending!(a.poll());
-    assert_pending!(h.worker.poll());
+#[tokio::test(start_paused = true)]
+async fn a_pool_error_met_by_a_direct_poll_ends_the_queue_before_any_later_direct_call() {
+    let mut h = idle_and_ready(4);
+    let mut first = Caller::new(&h.queue);
+    let mut second = Caller::new(&h.queue);
+    assert_ready_ok!(first.poll_ready());
+    assert_ready_ok!(second.poll_ready());
+    h.control.fail_ready("the pool broke");
+    let mut a = call_without_unwinding(&mut first, "a");
+    downcast::<PoolFailed>(&tokio_test::assert_ready_err!(a.poll()));
 
-    let start = tokio::time::Instant::now();
-    tokio::time::advance(FAILFAST).await;
-    assert_pending!(h.worker.poll());
-    downcast::<FailFast>(&tokio_test::assert_ready_err!(queued.poll()));
-    assert!(a.is_woken());
-    downcast::<FailFast>(&tokio_test::assert_ready_err!(a.poll()));
-    assert!(start.elapsed() <= FAILFAST);
+    // The pool is ready again, and the worker has not run: the error still stands.
+    h.control.set_ready(true);
+    let mut b = call_without_unwinding(&mut second, "b");
+    downcast::<PoolFailed>(&tokio_test::assert_ready_err!(b.poll()));
+    let mut later = Caller::new(&h.queue);
+    downcast::<PoolFailed>(&tokio_test::assert_ready_err!(later.poll_ready()));
     assert_eq!(h.control.calls(), 0);
+    tokio_test::assert_ready!(h.worker.poll());
+}
+
+/// `Ready` means the call will be taken: with `N` slots and no endpoint ready, exactly `N`
+/// callers are ready and the rest are pending, so a `LoadShed` above sheds them at once.
+#[tokio::test(start_paused = true)]
+async fn load_shed_over_the_queue_accepts_exactly_its_capacity_and_sheds_the_rest() {
+    const CALLERS: usize = 10;
+    for capacity in [1, 2, 4, 8] {
+        let mut h = harness(capacity);
+        assert_pending!(h.worker.poll());
+        // Every caller is polled ready before any calls, as concurrent callers are.
+        let mut callers: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let mut shed = tower::load_shed::LoadShed::new(h.queue.clone());
+                let mut task = tokio_test::task::spawn(());
+                assert_ready_ok!(task.enter(|cx, _| shed.poll_ready(cx)));
+                shed
+            })
+            .collect();
+        let mut outcomes: Vec<_> = callers
+            .iter_mut()
+            .map(|shed| tokio_test::task::spawn(shed.call("x")))
+            .collect();
+        assert_pending!(h.worker.poll());
+        let (mut shed, mut accepted) = (0, 0);
+        for outcome in &mut outcomes {
+            match outcome.poll() {
+                std::task::Poll::Ready(Err(error))
+                    if error.is::<tower::load_shed::error::Overloaded>() =>
+                {
+                    shed += 1
+                }
+                std::task::Poll::Pending => accepted += 1,
+                other => panic!("neither shed nor waiting: {other:?}"),
+            }
+        }
+        assert_eq!(
+            (accepted, shed),
+            (capacity, CALLERS - capacity),
+            "capacity {capacity}"
+        );
+        assert_eq!(h.queue.metrics().depth(), capacity);
+    }
+}
+
+/// A caller that gives up frees its slot at once, wherever its request stands in the queue,
+/// not when the worker reaches it.
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_gives_up_frees_its_slot_wherever_it_stands_in_the_queue() {
+    let mut h = harness(2);
+    assert_pending!(h.worker.poll());
+    let mut head = Caller::new(&h.queue).send("head");
+    let behind = Caller::new(&h.queue).send("behind");
+    assert_pending!(h.worker.poll());
+    assert_eq!(h.queue.metrics().depth(), 2);
+    let mut full = Caller::new(&h.queue);
+    assert_pending!(full.poll_ready());
+    drop(full);
+
+    // The request behind the head is abandoned: its slot is free now, before the worker runs.
+    drop(behind);
+    assert_eq!(h.queue.metrics().depth(), 1);
+    assert_eq!(h.queue.metrics().snapshot().cancelled, 1);
+    let mut waiting = Caller::new(&h.queue);
+    assert_ready_ok!(waiting.poll_ready());
+
+    // The worker skips it and serves the others in order; nothing is counted twice.
+    let mut next = waiting
+        .task
+        .enter(|_, _| tokio_test::task::spawn(waiting.queue.call("next")));
+    h.control.set_ready(true);
+    assert_pending!(h.worker.poll());
+    let order: Vec<_> = std::iter::from_fn(|| h.control.try_next_request()).collect();
+    let names: Vec<_> = order.iter().map(|(request, _)| *request).collect();
+    assert_eq!(names, ["head", "next"]);
+    for (request, responder) in order {
+        responder.respond(request);
+    }
+    assert_ready_ok!(head.poll());
+    assert_ready_ok!(next.poll());
+    let metrics = h.queue.metrics().snapshot();
+    assert_eq!(metrics.cancelled, 1);
+    assert_eq!(metrics.depth, 0);
 }

@@ -37,6 +37,7 @@ pub fn pair<K, T, Req, Rsp>() -> (MockPool<K, T, Req, Rsp>, PoolControl<K, T, Re
             ready: Readiness::Pending,
             pool_pending: false,
             pool_failure: None,
+            panic_on_call: false,
             ready_waker: None,
             pool_waker: None,
             endpoints: EndpointList(Vec::new()),
@@ -95,6 +96,7 @@ struct State<K, T, Req, Rsp> {
     ready: Readiness,
     pool_pending: bool,
     pool_failure: Option<String>,
+    panic_on_call: bool,
     ready_waker: Option<Waker>,
     pool_waker: Option<Waker>,
     endpoints: EndpointList<K, T>,
@@ -147,6 +149,10 @@ impl<K, T, Req, Rsp> Service<Req> for MockPool<K, T, Req, Rsp> {
     fn call(&mut self, request: Req) -> Self::Future {
         let (tx, rx) = oneshot::channel();
         let mut state = lock(&self.shared);
+        if state.panic_on_call {
+            drop(state);
+            panic!("mock pool told to panic in call");
+        }
         state.calls += 1;
         state.requests.push_back((request, Responder { tx }));
         drop(state);
@@ -273,6 +279,11 @@ impl<K, T, Req, Rsp> PoolControl<K, T, Req, Rsp> {
     /// Makes `poll_ready` panic, as a buggy pool would.
     pub fn panic_on_ready(&self) {
         self.set_readiness(Readiness::Panic);
+    }
+
+    /// Makes `call` panic, as a buggy pool (or endpoint) would; `poll_ready` answers as set.
+    pub fn panic_on_call(&self) {
+        lock(&self.shared).panic_on_call = true;
     }
 
     /// Makes `poll_pool` report endpoints still to drive (`Pending`) or none (`Ready`); waking

@@ -27,17 +27,30 @@
 //! - **Pending means queue.** If the pool is not ready at once, the request is queued exactly
 //!   as without direct dispatch, and the worker takes over.
 //! - **Everything else is as queued:** a direct dispatch happens only with a slot reserved by
-//!   `poll_ready` (so the capacity and failfast answers are the same), the response future is
-//!   driven by the caller as always, and a pool error met by a direct poll stops the worker
-//!   with that error, as if the worker had met it.
+//!   `poll_ready` (so the capacity and failfast answers are the same, and `Ready` means the
+//!   call will be taken), and the response future is driven by the caller as always.
+//! - **The worker's runtime, whoever calls.** Pool code runs in the runtime context of the
+//!   worker's runtime (entered around every direct poll and call), so a caller on a plain
+//!   thread or on another runtime can drive it, and the timers it arms (a rebuild backoff, an
+//!   ejection) live and fire with the worker, not with the caller's runtime.
+//! - **Terminal before direct.** A direct caller checks, under the lock, that the queue has not
+//!   ended. A pool error met by a direct poll ends the queue *there*, under the lock, with a
+//!   [`PoolFailed`]: no later caller reaches the pool, and the worker answers what is queued.
+//! - **A panic never reaches a caller.** A panic raised while a caller drives the pool (its
+//!   `poll_ready` or `call`, and the endpoints' inside them) is caught, the pool is dropped and
+//!   the queue ends exactly as if the worker had panicked: the caller and everyone after it get
+//!   [`WorkerGone`](super::WorkerGone). A lock poisoned by a panic anywhere is read the same
+//!   way: the pool behind it is never used again.
 
-use super::error::BoxError;
+use super::error::{BoxError, FailureSource, PoolFailed};
 use super::shared::Shared;
 use crate::Pool;
 use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::task::{Context, Poll, Wake, Waker};
+use tokio::runtime::Handle;
 
 /// How many times a caller tries the lock again before it queues its request, while another
 /// caller holds it.
@@ -61,8 +74,8 @@ pub(crate) struct Direct<P, K, T> {
     /// A direct dispatch found an endpoint ready since the worker last looked: the failfast
     /// clock's "an endpoint was ready" event.
     saw_ready: AtomicBool,
-    /// A pool error a direct poll met, for the worker to stop on.
-    error: Mutex<Option<BoxError>>,
+    /// The runtime the worker runs on, as of its first turn: entered around every direct poll.
+    runtime: OnceLock<Handle>,
     /// What the worker polls everything with, and direct callers poll the pool with.
     wake: Arc<WorkerWake>,
     waker: Waker,
@@ -128,23 +141,21 @@ impl Wake for WorkerWake {
     }
 }
 
+/// What became of a direct dispatch attempt.
+pub(crate) enum Dispatch<Req, F> {
+    /// Dispatched: the pool's response future.
+    Direct(F),
+    /// Not dispatched: the request, to be queued.
+    Queue(Req),
+    /// The queue has ended (before or during this attempt): the error the caller gets.
+    Ended(BoxError),
+}
+
 /// What a handle sees of [`Direct`], without naming the pool's type.
 pub(crate) trait DirectDispatch<Req, F>: Send + Sync {
     /// Dispatches `request` at once if nothing is queued and an endpoint is ready; gives it
-    /// back otherwise, to be queued. `checked`: the caller has just found
-    /// [`may_dispatch`](Self::may_dispatch) true (what can change since is checked again
-    /// under the lock). A dispatch is counted in the handle's `stripe`.
-    fn try_dispatch(
-        &self,
-        request: Req,
-        shared: &Shared,
-        checked: bool,
-        stripe: usize,
-    ) -> Result<F, Req>;
-
-    /// Whether a request would be dispatched directly if an endpoint is ready: direct
-    /// dispatch on, nothing queued, the worker neither woken nor waiting for the lock.
-    fn may_dispatch(&self, shared: &Shared) -> bool;
+    /// back otherwise, to be queued. A dispatch is counted in the handle's `stripe`.
+    fn try_dispatch(&self, request: Req, shared: &Shared, stripe: usize) -> Dispatch<Req, F>;
 }
 
 impl<P, K, T> Direct<P, K, T> {
@@ -159,7 +170,7 @@ impl<P, K, T> Direct<P, K, T> {
             worker_waiting: AtomicBool::new(false),
             worker_turn: AtomicBool::new(false),
             saw_ready: AtomicBool::new(false),
-            error: Mutex::new(None),
+            runtime: OnceLock::new(),
             waker: Waker::from(wake.clone()),
             wake,
             _target: PhantomData,
@@ -191,6 +202,11 @@ impl<P, K, T> Direct<P, K, T> {
             }
         }
         self.wake.woken.store(false, Ordering::Release);
+        if self.runtime.get().is_none() {
+            if let Ok(runtime) = Handle::try_current() {
+                let _ = self.runtime.set(runtime);
+            }
+        }
         Turn {
             guard,
             worker_turn: &self.worker_turn,
@@ -213,43 +229,40 @@ impl<P, K, T> Direct<P, K, T> {
         self.saw_ready.load(Ordering::Relaxed) && self.saw_ready.swap(false, Ordering::Relaxed)
     }
 
-    /// The pool error a direct poll met, if any.
-    pub(crate) fn take_error(&self) -> Option<BoxError> {
-        self.error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+    /// A panic raised while a caller drove the pool, or a lock poisoned by one: the pool is
+    /// dropped (a panic in its `Drop` is caught too) and the queue ends as it does when the
+    /// worker panics. The worker is woken to answer what is queued.
+    fn end_after_panic(&self, inner: &mut Inner<P>, shared: &Shared) -> BoxError {
+        tracing::error!("the pool panicked while a caller drove it; pool queue stopped");
+        let pool = inner.pool.take();
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(pool)));
+        shared.clear_failfast();
+        shared.semaphore.close();
+        self.waker.wake_by_ref();
+        shared.closed_error()
     }
 }
 
-impl<P, K, T, Req> DirectDispatch<Req, P::Future> for Direct<P, K, T>
-where
-    P: Pool<K, T, Req> + Send,
-    P::Error: Into<BoxError>,
-{
+impl<P, K, T> Direct<P, K, T> {
+    /// Whether a request may be dispatched directly, if an endpoint is ready: direct dispatch
+    /// on, nothing queued, the worker neither woken nor waiting for the lock. Read without the
+    /// lock, so checked again under it.
     fn may_dispatch(&self, shared: &Shared) -> bool {
         self.enabled
             && !self.wake.woken.load(Ordering::Acquire)
             && !self.worker_waiting.load(Ordering::Relaxed)
             && !shared.any_queued()
-            && !shared.is_closed()
     }
 
-    fn try_dispatch(
-        &self,
-        request: Req,
-        shared: &Shared,
-        checked: bool,
-        stripe: usize,
-    ) -> Result<P::Future, Req> {
-        if !checked && !self.may_dispatch(shared) {
-            return Err(request);
-        }
+    /// The pool's lock for a direct dispatch, or `None` to queue: tried, never waited for.
+    /// A poisoned lock is handed back as `Err` for the caller to end the queue.
+    #[allow(clippy::type_complexity)]
+    fn try_lock(&self) -> Option<Result<MutexGuard<'_, Inner<P>>, MutexGuard<'_, Inner<P>>>> {
         let mut spins = SPINS;
-        let mut guard = loop {
+        loop {
             match self.inner.try_lock() {
-                Ok(guard) => break guard,
-                Err(TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
+                Ok(guard) => return Some(Ok(guard)),
+                Err(TryLockError::Poisoned(poisoned)) => return Some(Err(poisoned.into_inner())),
                 // Most likely another caller, inside for a pick and a call: worth a few
                 // tries before the hand-off, which costs far more (and, once one request is
                 // queued, every caller queues behind it until the worker has run). Never
@@ -260,7 +273,7 @@ where
                         || self.worker_waiting.load(Ordering::Relaxed)
                         || self.worker_turn.load(Ordering::Relaxed)
                     {
-                        return Err(request);
+                        return None;
                     }
                     spins -= 1;
                     for _ in 0..PAUSES {
@@ -268,36 +281,81 @@ where
                     }
                 }
             }
+        }
+    }
+}
+
+impl<P, K, T, Req> DirectDispatch<Req, P::Future> for Direct<P, K, T>
+where
+    P: Pool<K, T, Req> + Send,
+    P::Error: Into<BoxError>,
+{
+    fn try_dispatch(
+        &self,
+        request: Req,
+        shared: &Shared,
+        stripe: usize,
+    ) -> Dispatch<Req, P::Future> {
+        // An ended queue (a terminal error, or a pool that panicked under another caller)
+        // takes no request, whichever path it would take.
+        if shared.is_closed() {
+            return Dispatch::Ended(shared.closed_error());
+        }
+        if !self.may_dispatch(shared) {
+            return Dispatch::Queue(request);
+        }
+        let mut guard = match self.try_lock() {
+            Some(Ok(guard)) => guard,
+            Some(Err(mut poisoned)) => {
+                return Dispatch::Ended(self.end_after_panic(&mut poisoned, shared));
+            }
+            None => return Dispatch::Queue(request),
         };
         // Again under the lock: a request queued, or anything for the worker to do, before
-        // it was taken goes first.
+        // it was taken goes first; and a queue that ended (the worker's terminal error, a
+        // pool error or panic met by another caller) is never dispatched to.
+        if shared.is_closed() {
+            return Dispatch::Ended(shared.closed_error());
+        }
         if shared.any_queued() || self.wake.woken.load(Ordering::Acquire) {
-            return Err(request);
+            return Dispatch::Queue(request);
         }
         let Some(pool) = guard.pool.as_mut() else {
-            return Err(request);
+            return Dispatch::Queue(request);
         };
-        let waker = &self.waker;
-        let mut cx = Context::from_waker(waker);
-        match pool.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => {
+        // The worker's runtime, whoever the caller is: timers the pool arms here belong to
+        // the worker's runtime and outlive the caller's.
+        let _runtime = self.runtime.get().map(Handle::enter);
+        let mut cx = Context::from_waker(&self.waker);
+        let polled = catch_unwind(AssertUnwindSafe(|| pool.poll_ready(&mut cx)));
+        match polled {
+            Ok(Poll::Ready(Ok(()))) => {
                 // Written only when the worker has taken the last note: callers on other
                 // cores then share the line rather than take turns owning it.
                 if !self.saw_ready.load(Ordering::Relaxed) {
                     self.saw_ready.store(true, Ordering::Relaxed);
                 }
                 tracing::trace!("dispatching directly");
-                let future = pool.call(request);
-                // Under the lock, like every other count of a direct dispatch.
-                shared.dispatched_directly(stripe, &guard);
-                Ok(future)
+                match catch_unwind(AssertUnwindSafe(|| pool.call(request))) {
+                    Ok(future) => {
+                        // Under the lock, like every other count of a direct dispatch.
+                        shared.dispatched_directly(stripe, &guard);
+                        Dispatch::Direct(future)
+                    }
+                    Err(_) => Dispatch::Ended(self.end_after_panic(&mut guard, shared)),
+                }
             }
-            Poll::Ready(Err(error)) => {
-                *self.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.into());
-                waker.wake_by_ref();
-                Err(request)
+            Ok(Poll::Ready(Err(error))) => {
+                // Terminal at once, under the lock: no caller after this one reaches the
+                // pool, and the worker (woken) answers what is queued with the same error.
+                let error = PoolFailed::new(FailureSource::Pool, error.into());
+                tracing::error!(%error, "pool queue stopped");
+                shared.terminate(error);
+                self.waker.wake_by_ref();
+                Dispatch::Ended(shared.closed_error())
             }
-            Poll::Pending => Err(request),
+            Ok(Poll::Pending) => Dispatch::Queue(request),
+            Err(_) => Dispatch::Ended(self.end_after_panic(&mut guard, shared)),
         }
     }
 }
@@ -351,12 +409,18 @@ mod tests {
         let shared = Shared::new(4, Duration::from_secs(1));
 
         // Before the worker's first turn there is no waker to poll with: nothing is polled.
-        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, false, 0).is_err());
+        assert!(matches!(
+            DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, 0),
+            Dispatch::Queue(())
+        ));
         assert!(wakers.lock().unwrap().is_empty());
 
         let mut worker = tokio_test::task::spawn(());
         worker.enter(|cx, _| drop(direct.lock_for_turn(cx.waker())));
-        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, false, 0).is_err());
+        assert!(matches!(
+            DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, 0),
+            Dispatch::Queue(())
+        ));
         let polled_with = wakers.lock().unwrap().pop().unwrap();
         assert!(!worker.is_woken());
         polled_with.wake();
@@ -377,7 +441,10 @@ mod tests {
         worker.enter(|cx, _| {
             let turn = direct.lock_for_turn(cx.waker());
             assert!(direct.worker_turn.load(Ordering::Relaxed));
-            assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, false, 0).is_err());
+            assert!(matches!(
+                DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, 0),
+                Dispatch::Queue(())
+            ));
             drop(turn);
         });
         assert!(
@@ -396,13 +463,22 @@ mod tests {
         worker.enter(|cx, _| drop(direct.lock_for_turn(cx.waker())));
 
         shared.enqueued();
-        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, false, 0).is_err());
+        assert!(matches!(
+            DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, 0),
+            Dispatch::Queue(())
+        ));
         shared.dequeued();
         direct.worker_waiting.store(true, Ordering::Relaxed);
-        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, false, 0).is_err());
+        assert!(matches!(
+            DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, 0),
+            Dispatch::Queue(())
+        ));
         assert!(wakers.lock().unwrap().is_empty(), "the pool was not polled");
         direct.worker_waiting.store(false, Ordering::Relaxed);
-        assert!(DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, false, 0).is_err());
+        assert!(matches!(
+            DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, 0),
+            Dispatch::Queue(())
+        ));
         assert_eq!(wakers.lock().unwrap().len(), 1, "polled once, not ready");
     }
 }

@@ -1,10 +1,12 @@
 use super::error::{BoxError, WorkerGone};
+use super::message::{Slot, SlotHold};
 use crate::PolledAfterCompletion;
 use pin_project_lite::pin_project;
 use std::{
     fmt,
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{ready, Context, Poll},
 };
 use tokio::sync::oneshot;
@@ -27,11 +29,9 @@ pin_project! {
         },
         Queued {
             rx: oneshot::Receiver<Result<F, BoxError>>,
-        },
-        // A promised slot was gone by `call`: waiting for one, as `poll_ready` would have
-        // (rare: boxed, to keep the request's type out of this one).
-        Waiting {
-            fut: Pin<Box<dyn Future<Output = ResponseFuture<F>> + Send>>,
+            // Dropped while the request is still queued (the caller gave up), it frees the
+            // request's slot at once, wherever the request stands in the queue.
+            slot: SlotHold,
         },
         Dispatched {
             #[pin]
@@ -43,9 +43,12 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn queued(rx: oneshot::Receiver<Result<F, BoxError>>) -> Self {
+    pub(crate) fn queued(rx: oneshot::Receiver<Result<F, BoxError>>, slot: Arc<Slot>) -> Self {
         Self {
-            state: State::Queued { rx },
+            state: State::Queued {
+                rx,
+                slot: SlotHold(slot),
+            },
         }
     }
 
@@ -54,13 +57,6 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn direct(fut: F) -> Self {
         Self {
             state: State::Dispatched { fut },
-        }
-    }
-
-    /// A request that waits for a slot in `fut`, which yields the future it then became.
-    pub(crate) fn waiting(fut: Pin<Box<dyn Future<Output = ResponseFuture<F>> + Send>>) -> Self {
-        Self {
-            state: State::Waiting { fut },
         }
     }
 
@@ -87,17 +83,13 @@ where
                         .take()
                         .unwrap_or_else(|| Box::new(PolledAfterCompletion::new())));
                 }
-                StateProj::Queued { rx } => match ready!(Pin::new(rx).poll(cx)) {
+                StateProj::Queued { rx, .. } => match ready!(Pin::new(rx).poll(cx)) {
                     Ok(Ok(fut)) => this.state.set(State::Dispatched { fut }),
                     Ok(Err(error)) => break Err(error),
                     // The worker answers every request it takes, even when it stops on a
                     // terminal error; one dropped unanswered means the worker itself is gone.
                     Err(_) => break Err(Box::new(WorkerGone::new())),
                 },
-                StateProj::Waiting { fut } => {
-                    let next = ready!(fut.as_mut().poll(cx));
-                    this.state.set(next.state);
-                }
                 StateProj::Dispatched { fut } => break ready!(fut.poll(cx)).map_err(Into::into),
                 StateProj::Done => return Poll::Ready(Err(Box::new(PolledAfterCompletion::new()))),
             }
@@ -112,7 +104,6 @@ impl<F> fmt::Debug for ResponseFuture<F> {
         let state = match &self.state {
             State::Failed { .. } => "failed",
             State::Queued { .. } => "queued",
-            State::Waiting { .. } => "waiting for a slot",
             State::Dispatched { .. } => "dispatched",
             State::Done => "done",
         };
@@ -129,6 +120,20 @@ mod tests {
     use std::future::{ready, Ready};
     use tokio_test::{assert_ready, task};
 
+    /// A slot of a queue of one, as `PoolQueue::call` makes for a queued request.
+    fn slot() -> Arc<Slot> {
+        let shared = Arc::new(super::super::shared::Shared::new(
+            1,
+            std::time::Duration::from_secs(1),
+        ));
+        let permit = shared
+            .semaphore
+            .clone()
+            .try_acquire_owned()
+            .expect("a queue of one has a free slot");
+        Slot::new(permit, shared)
+    }
+
     fn after_completion<T: fmt::Debug>(output: Poll<Result<T, BoxError>>) {
         let error = assert_ready!(output).unwrap_err();
         assert!(error.is::<PolledAfterCompletion>(), "{error}");
@@ -138,14 +143,14 @@ mod tests {
     fn polled_after_completion_is_a_typed_error_in_every_state() {
         // Dispatched: the endpoint's future is not polled again.
         let (tx, rx) = oneshot::channel::<Result<Ready<Result<u8, Infallible>>, BoxError>>();
-        let mut dispatched = task::spawn(ResponseFuture::queued(rx));
+        let mut dispatched = task::spawn(ResponseFuture::queued(rx, slot()));
         assert!(tx.send(Ok(ready(Ok(7)))).is_ok());
         assert_eq!(assert_ready!(dispatched.poll()).unwrap(), 7);
         after_completion(dispatched.poll());
 
         // Answered with an error by the worker: the spent receiver is not polled again.
         let (tx, rx) = oneshot::channel::<Result<Ready<Result<u8, Infallible>>, BoxError>>();
-        let mut refused = task::spawn(ResponseFuture::queued(rx));
+        let mut refused = task::spawn(ResponseFuture::queued(rx, slot()));
         assert!(tx.send(Err(Box::new(WorkerGone::new()))).is_ok());
         assert!(assert_ready!(refused.poll())
             .unwrap_err()

@@ -1,4 +1,6 @@
 use super::error::BoxError;
+use super::shared::Shared;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use tokio::{
     sync::{oneshot, OwnedSemaphorePermit},
@@ -7,16 +9,17 @@ use tokio::{
 
 /// A request on its way from a handle to the worker.
 ///
-/// The slot (`_permit`) travels with the request and is released when the message is dropped:
-/// after dispatch, after it is failed, or when the worker skips it. That is what makes the
-/// capacity exact.
+/// The request's slot travels with it ([`Slot`]), shared with the caller's response future:
+/// the worker frees it when it takes the request out (dispatched, answered or skipped), the
+/// caller when it gives up first, wherever the request stands in the queue. That is what makes
+/// the capacity exact: the free slots and the requests that wait always add up to it.
 #[derive(Debug)]
 pub(crate) struct Message<Req, F> {
     pub(crate) request: Req,
     pub(crate) tx: oneshot::Sender<Result<F, BoxError>>,
     pub(crate) span: tracing::Span,
     pub(crate) enqueued_at: Instant,
-    pub(crate) _permit: OwnedSemaphorePermit,
+    pub(crate) slot: Arc<Slot>,
 }
 
 impl<Req, F> Message<Req, F> {
@@ -28,5 +31,61 @@ impl<Req, F> Message<Req, F> {
     /// Registers the worker to be woken when the caller drops its response future.
     pub(crate) fn poll_canceled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.tx.poll_closed(cx)
+    }
+}
+
+/// A queued request's place in the queue, held by the message and by the caller's response
+/// future; whichever leaves first frees it.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    shared: Arc<Shared>,
+}
+
+impl Slot {
+    /// A slot for a request about to be sent to the worker; counted as queued from now on.
+    pub(crate) fn new(permit: OwnedSemaphorePermit, shared: Arc<Shared>) -> Arc<Self> {
+        shared.enqueued();
+        Arc::new(Self {
+            permit: Mutex::new(Some(permit)),
+            shared,
+        })
+    }
+
+    /// Frees the slot and stops counting the request as queued, if nobody has yet. Whether
+    /// this call freed it: `false` means the other side already left.
+    pub(crate) fn free(&self) -> bool {
+        let permit = self
+            .permit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match permit {
+            Some(permit) => {
+                self.shared.dequeued();
+                drop(permit);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The caller gave up on its queued request: the slot is freed now (not when the worker
+    /// reaches the request), and counted as a cancellation.
+    pub(crate) fn abandon(&self) {
+        if self.free() {
+            self.shared.count_cancelled();
+        }
+    }
+}
+
+/// The caller's hold on a queued request's slot: dropped with its response future while the
+/// request is still queued, it frees the slot at once.
+#[derive(Debug)]
+pub(crate) struct SlotHold(pub(crate) Arc<Slot>);
+
+impl Drop for SlotHold {
+    fn drop(&mut self) {
+        self.0.abandon();
     }
 }

@@ -1,9 +1,9 @@
 use super::{
-    direct::DirectDispatch,
+    direct::{DirectDispatch, Dispatch},
     error::{BoxError, FailFast, NoSlot},
     failfast::{SlotWait, SlotWaitEnd},
     future::ResponseFuture,
-    message::Message,
+    message::{Message, Slot},
     metrics::PoolQueueMetrics,
     shared::Shared,
 };
@@ -20,7 +20,6 @@ use tokio::{
 };
 use tokio_util::sync::PollSemaphore;
 use tower_service::Service;
-use tracing::Instrument;
 
 /// A cloneable handle to a queue in front of a [`Pool`](crate::Pool).
 ///
@@ -37,9 +36,6 @@ pub struct PoolQueue<Req, F> {
     acquiring: bool,
     /// How long this handle has waited for a slot; bounded by the failfast timeout.
     slot_wait: SlotWait,
-    /// Whether `poll_ready` may promise a free slot instead of taking it (see
-    /// [`Readiness::Promised`]); off in the handle that waits for a slot a promise lost.
-    promise: bool,
     /// Where this handle counts its direct dispatches (`Shared::dispatched_directly`).
     stripe: usize,
 }
@@ -53,12 +49,6 @@ enum Readiness {
     Reserved(OwnedSemaphorePermit),
     /// The queue was in failfast: the next request fails at once, holding no slot.
     FailFast,
-    /// A slot was free and the request will most likely be dispatched directly, which holds
-    /// no slot: none is taken. `call` dispatches directly; failing that it takes a free slot
-    /// and queues the request; and if the slots went in the meantime (other handles took
-    /// them between this `poll_ready` and `call`), the response future waits for one
-    /// exactly as `poll_ready` would have (same failfast timeout, same errors).
-    Promised,
 }
 
 impl<Req, F> PoolQueue<Req, F> {
@@ -76,7 +66,6 @@ impl<Req, F> PoolQueue<Req, F> {
             ready: Readiness::Unpolled,
             acquiring: false,
             slot_wait: SlotWait::default(),
-            promise: true,
         }
     }
 
@@ -133,7 +122,7 @@ where
             return Poll::Ready(Err(self.shared.closed_error()));
         }
         match self.ready {
-            Readiness::Reserved(_) | Readiness::Promised => return Poll::Ready(Ok(())),
+            Readiness::Reserved(_) => return Poll::Ready(Ok(())),
             // Decided in failfast, which has ended since: take a slot like any other caller.
             Readiness::FailFast if !self.shared.in_failfast() => self.ready = Readiness::Unpolled,
             Readiness::FailFast => return Poll::Ready(Ok(())),
@@ -145,19 +134,10 @@ where
             self.ready = Readiness::FailFast;
             return Poll::Ready(Ok(()));
         }
-        // Nothing queued, more than half the slots free, the worker with nothing to do: this
-        // request will most likely be dispatched directly and never wait, so no slot is taken
-        // for it (taking one and giving it back is most of a direct dispatch's cost). Whatever
-        // `call` then finds, the request waits for a slot only as it would have here. With
-        // half the slots or more taken, slots are reserved here as always.
-        if self.promise
-            && !self.acquiring
-            && self.direct.may_dispatch(&self.shared)
-            && self.shared.semaphore.available_permits() > self.shared.capacity / 2 + 1
-        {
-            self.ready = Readiness::Promised;
-            return Poll::Ready(Ok(()));
-        }
+        // Every `Ready` holds a slot, whether the request then goes direct or queues: `Ready`
+        // means the call will be taken, so with `N` slots and no endpoint ready the `N + 1`th
+        // caller is pending (and a `LoadShed` above sheds it), and a handle's requests can
+        // only ever be dispatched in the order they were called.
         match self.semaphore.poll_acquire(cx) {
             Poll::Pending => {
                 self.acquiring = true;
@@ -213,63 +193,12 @@ where
             }
             Readiness::FailFast => return self.reject_in_failfast(),
             Readiness::Unpolled => return ResponseFuture::failed(Box::new(NotReady::new())),
-            Readiness::Promised => return self.call_promised(request),
         };
-        let request = match self
-            .direct
-            .try_dispatch(request, &self.shared, false, self.stripe)
-        {
-            Ok(fut) => {
-                // The slot held the place of a request that never had to wait.
-                drop(permit);
-                return ResponseFuture::direct(fut);
-            }
-            Err(request) => request,
-        };
-        self.send(request, permit)
-    }
-}
-
-impl<Req, F, T, E> PoolQueue<Req, F>
-where
-    Req: Send + 'static,
-    F: Future<Output = Result<T, E>> + Send + 'static,
-    E: Into<BoxError>,
-{
-    /// `call` after `poll_ready` promised a slot without taking it.
-    // The slot wait yields the response future the request then became, which
-    // `ResponseFuture` goes on polling in its place: yielding a future is the point.
-    #[allow(clippy::async_yields_async)]
-    fn call_promised(&mut self, request: Req) -> ResponseFuture<F> {
-        let request = match self
-            .direct
-            .try_dispatch(request, &self.shared, true, self.stripe)
-        {
-            Ok(fut) => {
-                return ResponseFuture::direct(fut);
-            }
-            Err(request) => request,
-        };
-        match self.shared.semaphore.clone().try_acquire_owned() {
-            Ok(permit) => self.send(request, permit),
-            Err(TryAcquireError::Closed) => ResponseFuture::failed(self.shared.closed_error()),
-            // Other handles took the free slots since `poll_ready`: wait for one as
-            // `poll_ready` does, on a handle of our own that reserves its slot.
-            Err(TryAcquireError::NoPermits) => {
-                let mut waiting = self.clone();
-                waiting.promise = false;
-                // The request goes out in the span it was called in, as a queued one does.
-                let span = tracing::Span::current();
-                ResponseFuture::waiting(Box::pin(
-                    async move {
-                        match std::future::poll_fn(|cx| waiting.poll_ready(cx)).await {
-                            Ok(()) => waiting.call(request),
-                            Err(error) => ResponseFuture::failed(error),
-                        }
-                    }
-                    .instrument(span),
-                ))
-            }
+        match self.direct.try_dispatch(request, &self.shared, self.stripe) {
+            // The slot held the place of a request that never had to wait.
+            Dispatch::Direct(fut) => ResponseFuture::direct(fut),
+            Dispatch::Queue(request) => self.send(request, permit),
+            Dispatch::Ended(error) => ResponseFuture::failed(error),
         }
     }
 }
@@ -278,18 +207,18 @@ impl<Req, F> PoolQueue<Req, F> {
     /// Queues `request` in the slot `permit` holds.
     fn send(&self, request: Req, permit: OwnedSemaphorePermit) -> ResponseFuture<F> {
         let (tx, rx) = oneshot::channel();
+        let slot = Slot::new(permit, self.shared.clone());
         let message = Message {
             request,
             tx,
             span: tracing::Span::current(),
             enqueued_at: Instant::now(),
-            _permit: permit,
+            slot: slot.clone(),
         };
-        self.shared.enqueued();
         match self.tx.send(message) {
-            Ok(()) => ResponseFuture::queued(rx),
+            Ok(()) => ResponseFuture::queued(rx, slot),
             Err(_) => {
-                self.shared.dequeued();
+                slot.free();
                 ResponseFuture::failed(self.shared.closed_error())
             }
         }
@@ -308,7 +237,6 @@ impl<Req, F> Clone for PoolQueue<Req, F> {
             ready: Readiness::Unpolled,
             acquiring: false,
             slot_wait: SlotWait::default(),
-            promise: true,
             stripe: self.shared.stripe(),
         }
     }

@@ -220,6 +220,13 @@ impl Shared {
         self.queued.load(Ordering::Acquire) != 0
     }
 
+    /// A queued request whose caller gave up was skipped (by the worker, or freed by the
+    /// caller before the worker reached it).
+    pub(crate) fn count_cancelled(&self) {
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!("skipping a request whose caller went away");
+    }
+
     // === terminal state ===
 
     /// Records the error that stopped the worker and wakes every caller waiting for a slot.

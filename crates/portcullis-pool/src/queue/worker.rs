@@ -120,8 +120,10 @@ where
 
     /// Drives pending endpoints, whether or not a request waits.
     fn poll_pool(&mut self, pool: &mut P, cx: &mut Context<'_>) -> Result<(), PoolFailed> {
-        if let Some(error) = self.pool.take_error() {
-            return Err(PoolFailed::new(FailureSource::Pool, error));
+        // A pool error a direct poll met ended the queue there (see `direct.rs`): the worker
+        // stops on it, answering what is queued.
+        if let Some(error) = self.shared.terminal_error() {
+            return Err(error.clone());
         }
         if self.pool.take_saw_ready() {
             self.failfast.endpoint_ready();
@@ -151,8 +153,7 @@ where
             if self.waiting.is_none() {
                 match self.rx.poll_recv(cx) {
                     Poll::Ready(Some(message)) if message.is_canceled() => {
-                        self.shared.dequeued();
-                        self.skip_canceled();
+                        skip_canceled(&message);
                         continue;
                     }
                     Poll::Ready(Some(message)) => self.waiting = Some(message),
@@ -194,9 +195,9 @@ where
                     }
                     if message.poll_canceled(cx).is_ready() {
                         // The clock runs on for whoever is next in line (see `failfast.rs`).
-                        self.waiting = None;
-                        self.shared.dequeued();
-                        self.skip_canceled();
+                        if let Some(message) = self.waiting.take() {
+                            skip_canceled(&message);
+                        }
                         continue;
                     }
                     let now = &mut self.now;
@@ -212,9 +213,10 @@ where
     }
 
     fn dispatch(&mut self, pool: &mut P, message: Message<Req, P::Future>) {
-        self.shared.dequeued();
-        if message.is_canceled() {
-            self.skip_canceled();
+        // The slot is freed as the request leaves the queue; a caller that gave up freed it
+        // already.
+        if message.is_canceled() || !message.slot.free() {
+            skip_canceled(&message);
             return;
         }
         let Message {
@@ -222,7 +224,7 @@ where
             tx,
             span,
             enqueued_at,
-            _permit,
+            slot: _,
         } = message;
         let fut = {
             let _enter = span.enter();
@@ -237,17 +239,13 @@ where
     }
 
     fn answer(&mut self, message: Message<Req, P::Future>, outcome: Outcome, error: BoxError) {
-        self.shared.dequeued();
+        if !message.slot.free() {
+            // The caller gave up and freed the slot: nobody to answer.
+            return;
+        }
         let waited = self.now().saturating_duration_since(message.enqueued_at);
         self.shared.record_in_queue(outcome, waited);
         let _ = message.tx.send(Err(error));
-    }
-
-    fn skip_canceled(&self) {
-        self.shared
-            .cancelled
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::trace!("skipping a request whose caller went away");
     }
 
     // === failfast ===
@@ -283,6 +281,12 @@ where
             self.answer(message, Outcome::Failed, Box::new(error.clone()));
         }
     }
+}
+
+/// Skips a request whose caller went away: its slot is freed, and counted as cancelled, by
+/// whichever side frees it first.
+fn skip_canceled<Req, F>(message: &Message<Req, F>) {
+    message.slot.abandon();
 }
 
 /// The clock, read at most once a turn (see `Worker::now`).
@@ -364,8 +368,12 @@ where
         let waiting = self.waiting.take().into_iter();
         let queued = std::iter::from_fn(|| self.rx.try_recv().ok());
         for message in waiting.chain(queued).collect::<Vec<_>>() {
-            let _ = message.tx.send(Err(self.shared.closed_error()));
+            if message.slot.free() {
+                let _ = message.tx.send(Err(self.shared.closed_error()));
+            }
         }
+        // What the worker owned is gone: its endpoint gauges no longer describe anything.
+        self.shared.record_endpoints(EndpointCounts::default());
     }
 }
 

@@ -27,6 +27,9 @@ pub type QueueWorker = Worker<
     Req,
 >;
 
+/// A response future under a mock task.
+pub type Spawned = Spawn<<Queue as Service<Req>>::Future>;
+
 pub const FAILFAST: Duration = Duration::from_secs(1);
 
 pub struct Harness {
