@@ -234,7 +234,9 @@ impl<C> P2cPoolBuilder<C> {
     /// [`DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT`](P2cPoolBuilder::DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT)).
     /// Off by default. The ramp follows the configured curve when the maker gives loads as
     /// numbers ([`make::peak_ewma`](crate::make::peak_ewma),
-    /// [`make::pending_requests`](crate::make::pending_requests)); over another load it
+    /// [`make::pending_requests`](crate::make::pending_requests)), and scales that load
+    /// without replacing it (an endpoint more than twice as slow as another stays avoided
+    /// while a third ramps up); over another load it
     /// steers only the choice of candidates, and an idle new endpoint, winning every
     /// comparison, takes up to twice its ramped share.
     pub fn slow_start(mut self, window: Duration, aggression: f64, min_weight_percent: u8) -> Self {

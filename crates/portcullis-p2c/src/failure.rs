@@ -120,7 +120,7 @@ where
         let inner = self.inner.load_value(&endpoint.inner)?;
         Some(LoadValue {
             tier: inner.tier.max(endpoint.health.level()),
-            value: inner.value,
+            ..inner
         })
     }
 }

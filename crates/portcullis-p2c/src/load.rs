@@ -232,16 +232,26 @@ impl<S> PeakEwma<S> {
 
     /// The work it holds: the RTT estimate times its requests in flight, 0 when idle. This,
     /// not the [`Cost`] (which counts one request more), is what weighted selection divides
-    /// by the weight: with the extra request, an idle light endpoint would always cost more
-    /// than a busy heavy one (an idle endpoint weighted 1 against one weighted 198 with a
-    /// hundred requests in flight), and idle endpoints of equal latency tie, so the draw by
-    /// weight decides between them.
+    /// by the weight: with the extra request divided too, an idle light endpoint would always
+    /// cost more than a busy heavy one (an idle endpoint weighted 1 against one weighted 198
+    /// with a hundred requests in flight), and idle endpoints of equal latency tie, so the
+    /// draw by weight decides between them. The estimate itself is compared beside it, not
+    /// divided ([`LoadValue::latency`](crate::make::LoadValue::latency)).
     pub fn in_flight_cost(&self) -> f64 {
         let pending = in_flight(&self.state);
         if pending == 0 {
             return 0.0;
         }
         self.state.decayed(self.state.now()) * pending as f64
+    }
+
+    /// [`in_flight_cost`](Self::in_flight_cost) and the RTT estimate now, in nanoseconds, from
+    /// one clock read: what weighted selection compares
+    /// ([`LoadValue`](crate::make::LoadValue)).
+    pub fn in_flight_cost_and_estimate(&self) -> (f64, f64) {
+        let pending = in_flight(&self.state);
+        let estimate = self.state.decayed(self.state.now());
+        (estimate * pending as f64, estimate)
     }
 
     /// The RTT estimate now (decayed since its last update).

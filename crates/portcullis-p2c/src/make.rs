@@ -40,14 +40,23 @@ pub trait MakeEndpoint<K, T> {
     }
 }
 
-/// An endpoint's load as a number: `tier` compares first (a failure level, say), then
-/// `value`, which the pool divides by the endpoint's weight.
+/// An endpoint's load as numbers, for weighted comparisons: `tier` compares first (a failure
+/// level, say), then `value` scaled by the endpoint's weight, with `latency` kept in the
+/// comparison so that a weight or a slow-start ramp never hides a slow endpoint (see
+/// [`P2cPoolBuilder::slow_start`](crate::P2cPoolBuilder::slow_start) and `docs/p2c.md`).
 #[derive(Copy, Clone, Debug, Default, PartialEq, PartialOrd)]
 pub struct LoadValue {
     /// Compared first: the lower tier wins whatever the values.
     pub tier: u8,
-    /// The load, divided by the endpoint's weight before it is compared.
+    /// The load of the requests in flight, divided by the endpoint's weight before it is
+    /// compared: 0 when idle.
     pub value: f64,
+    /// What one request costs on this endpoint alone, in the unit of `value` (the RTT
+    /// estimate of a [`PeakEwma`]); 0 for a load that knows no latency
+    /// ([`PendingRequests`]). Not divided by the weight: two endpoints whose latencies
+    /// differ by more than a factor of two compare by `latency × (1 + requests in flight ÷
+    /// relative weight)`, so the slower one stays avoided whatever the weights.
+    pub latency: f64,
 }
 
 impl<K, T, S, F> MakeEndpoint<K, T> for F
@@ -124,11 +133,14 @@ where
         self.inner.weight(key, target)
     }
 
-    /// [`PeakEwma::in_flight_cost`]: the estimate times the requests in flight.
+    /// [`PeakEwma::in_flight_cost`]: the estimate times the requests in flight, and the
+    /// estimate itself as the latency.
     fn load_value(&self, endpoint: &Self::Endpoint) -> Option<LoadValue> {
+        let (value, latency) = endpoint.in_flight_cost_and_estimate();
         Some(LoadValue {
             tier: 0,
-            value: endpoint.in_flight_cost(),
+            value,
+            latency,
         })
     }
 }
@@ -162,6 +174,7 @@ where
         Some(LoadValue {
             tier: 0,
             value: endpoint.load().value() as f64,
+            latency: 0.0,
         })
     }
 }
@@ -177,7 +190,9 @@ pub struct WeightedMaker<M, F> {
 /// Gives `maker`'s endpoints the weight `weight_of(key, target)` returns (0 counts as 1).
 ///
 /// The pool draws its two candidates in proportion to their weights and compares their loads
-/// divided by their weights, so that each endpoint's share of the requests follows its weight
+/// in flight divided by their weights, with their latencies beside (an endpoint more than twice
+/// as slow as the other loses whatever the weights: [`LoadValue::latency`]), so that each
+/// endpoint's share of the requests follows its weight
 /// (tower issue 696: drawing candidates uniformly and comparing weighted loads gives an
 /// endpoint weighted 0.99 about two thirds of the requests, not 99 %). The comparison needs a
 /// numeric load: wrap the maker in [`peak_ewma`] or [`pending_requests`] too (in either

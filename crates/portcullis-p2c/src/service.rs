@@ -105,6 +105,10 @@ where
     /// Samples two distinct candidates and keeps the less loaded one; with endpoint health
     /// on, ejects a candidate that turned out an outlier and draws again, and prefers a
     /// candidate that has not failed lately.
+    ///
+    /// Weighted, the two candidates are drawn by weight independently; the same endpoint
+    /// drawn twice is checked against one other candidate drawn uniformly, which replaces it
+    /// only if it is much faster or in a lower tier (`ready_cache/weight.rs`).
     fn select(&mut self, cx: &mut Context<'_>) -> Option<ReadyRef>
     where
         K: fmt::Debug,
@@ -121,25 +125,24 @@ where
         // Each ejection takes one endpoint out; a bound keeps a pick O(1) however many
         // outliers it meets.
         let mut ejections_left = 2;
+        // Whether `a` was drawn twice, and `b` is the uniform other it is checked against.
+        let mut twice = false;
         let pos = loop {
             let (a, b) = match self.endpoints.candidates() {
                 0 => return None,
                 // Nothing to compare: no draw, so a lone endpoint costs no randomness.
                 1 => (0, None),
                 len if weighted => {
-                    // Two independent draws by weight; the same endpoint twice is chosen
-                    // without a comparison.
+                    // Two independent draws by weight; the same endpoint twice meets a
+                    // uniform other, which must outpace it to win.
                     let a = self.draw_weighted(len, now);
                     let b = self.draw_weighted(len, now);
-                    (a, (a != b).then_some(b))
+                    twice = a == b;
+                    (a, Some(if twice { self.draw_other(len, a) } else { b }))
                 }
                 len => {
                     let a = self.rng.gen_range(0..len);
-                    let mut b = self.rng.gen_range(0..len - 1);
-                    if b >= a {
-                        b += 1;
-                    }
-                    (a, Some(b))
+                    (a, Some(self.draw_other(len, a)))
                 }
             };
             if ejects
@@ -156,12 +159,16 @@ where
                     break pos;
                 }
             }
+            if twice {
+                break if self.endpoints.outpaces(b, a, now) {
+                    b
+                } else {
+                    a
+                };
+            }
             if weighted {
-                if let (Some(a_load), Some(b_load)) = (
-                    self.endpoints.weighed_load(a, now),
-                    self.endpoints.weighed_load(b, now),
-                ) {
-                    break if b_load < a_load { b } else { a };
+                if let Some(pos) = self.endpoints.weighted_choice(a, b, now) {
+                    break pos;
                 }
             }
             let a_load = self.endpoints.get_ready(a).map(|(_, _, svc)| svc.load());
@@ -193,6 +200,16 @@ where
             }
         }
         pos
+    }
+
+    /// A position in `0..len` other than `a`, uniformly (`len` is at least 2).
+    fn draw_other(&mut self, len: usize, a: usize) -> usize {
+        let b = self.rng.gen_range(0..len - 1);
+        if b >= a {
+            b + 1
+        } else {
+            b
+        }
     }
 
     /// Of two candidates, the one that has not failed within `demotion` if the other has;

@@ -286,3 +286,131 @@ async fn shares_follow_weights_over_peak_ewma_too() {
         assert_within_two_points(&shares(&served), weights);
     }
 }
+
+// === Weights and ramps scale a latency-aware load ===
+
+/// The slow replica's key in [`slow_replica_share`]: 50× slower than the others.
+const SLOW: u32 = 3;
+
+/// How a pool over four replicas, one of them 50× slower, is set up in
+/// [`slow_replica_share`].
+#[derive(Copy, Clone, Debug)]
+enum Setup {
+    /// `make::peak_ewma`, every weight 1, no slow start.
+    Plain,
+    /// `make::weighted` over `make::peak_ewma`, weights 1, 2, 3, 4 (the slow replica 4).
+    Weighted,
+    /// `make::peak_ewma` with slow start; a fifth (fast) replica is added after a warm-up and
+    /// ramps up for the whole run.
+    Ramping,
+    /// As `Plain`, with the same fifth replica added at the same time: what `Ramping` is
+    /// compared with.
+    PlainWithFifth,
+}
+
+/// The slow replica's share, in percent, of `requests` sent one at a time (each answered
+/// before the next is sent) through a seeded pool over `make::peak_ewma`.
+async fn slow_replica_share(setup: Setup, requests: usize) -> f64 {
+    let fleet = Fleet::new();
+    for key in 0..5 {
+        fleet.control(key).set_latency(ms(8));
+    }
+    fleet.control(SLOW).set_latency(ms(400));
+    let weight_of: WeightOf = |key, _| key + 1;
+    let builder = P2cPool::builder().seed(5);
+    let builder = match setup {
+        Setup::Ramping => builder.slow_start(Duration::from_secs(3_600), 1.0, 10),
+        _ => builder,
+    };
+    let first: Vec<(u32, u32)> = (0..4).map(|key| (key, 0)).collect();
+    let add_fifth = matches!(setup, Setup::Ramping | Setup::PlainWithFifth);
+    let served = match setup {
+        Setup::Weighted => {
+            let maker = make::weighted(make::peak_ewma(Replicas(fleet.clone())), weight_of);
+            let mut pool = builder.build(maker).unwrap();
+            pool.update_pool(Update::Reset(first));
+            one_at_a_time(&mut pool, requests, |_| {}).await
+        }
+        _ => {
+            let mut pool = builder
+                .build(make::peak_ewma(Replicas(fleet.clone())))
+                .unwrap();
+            pool.update_pool(Update::Reset(first));
+            one_at_a_time(&mut pool, requests, |pool| {
+                if add_fifth {
+                    pool.update_pool(Update::Add(vec![(4, 0)]));
+                }
+            })
+            .await
+        }
+    };
+    let slow = served.iter().filter(|key| **key == SLOW).count();
+    100.0 * slow as f64 / served.len() as f64
+}
+
+/// Sends 200 requests one at a time through `pool` to warm it up, calls `then` once, sends
+/// `requests` more one at a time, and returns the key that served each of those.
+async fn one_at_a_time<S>(pool: &mut S, requests: usize, then: impl FnOnce(&mut S)) -> Vec<u32>
+where
+    S: Service<(), Response = (u32, u32)>,
+    S::Error: std::fmt::Debug,
+{
+    let warm_up = 200;
+    for _ in 0..warm_up {
+        pool.ready().await.unwrap().call(()).await.unwrap();
+    }
+    then(pool);
+    let mut served = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let (key, _) = pool.ready().await.unwrap().call(()).await.unwrap();
+        served.push(key);
+    }
+    served
+}
+
+#[tokio::test(start_paused = true)]
+async fn weights_keep_a_slow_replica_avoided() {
+    let plain = slow_replica_share(Setup::Plain, 2_000).await;
+    let weighted = slow_replica_share(Setup::Weighted, 2_000).await;
+    assert!(
+        (weighted - plain).abs() <= 2.0,
+        "the slow replica takes {weighted:.1} % with weights, {plain:.1} % without"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ramping_endpoint_keeps_a_slow_replica_avoided() {
+    let plain = slow_replica_share(Setup::PlainWithFifth, 2_000).await;
+    let ramping = slow_replica_share(Setup::Ramping, 2_000).await;
+    assert!(
+        (ramping - plain).abs() <= 2.0,
+        "the slow replica takes {ramping:.1} % while another ramps, {plain:.1} % without"
+    );
+}
+
+// === Weights count only the endpoints that may be picked ===
+
+#[tokio::test(start_paused = true)]
+async fn shares_follow_the_weights_of_the_endpoints_not_ejected() {
+    let fleet = Fleet::new();
+    let builder = P2cPool::builder()
+        .consecutive_failures(1)
+        .demotion(Duration::ZERO)
+        .ejection_time(Duration::from_secs(1_000), Duration::from_secs(1_000));
+    let mut pool = weighted_pool(&fleet, &[10, 90, 10_000], builder);
+    fleet.control(2).set_fail_calls(true);
+    for _ in 0..100 {
+        if pool.endpoint_state(&2) == Some(EndpointState::Ejected) {
+            break;
+        }
+        let _ = pool.ready().await.unwrap().call(()).await;
+    }
+    assert_eq!(pool.endpoint_state(&2), Some(EndpointState::Ejected));
+    // About 32 requests in flight, so that the light endpoint has a few of them (with under
+    // one, integer loads make its comparisons coarse: see `shares_follow_weights_one_to_four`).
+    let mut calls = [0u64; 3];
+    let every = Duration::from_micros(250);
+    drive(&mut pool, 20_000, every, |_, key| calls[key as usize] += 1).await;
+    assert_eq!(calls[2], 0, "the ejected endpoint is not picked");
+    assert_within_two_points(&shares(&calls[..2]), &[10, 90]);
+}

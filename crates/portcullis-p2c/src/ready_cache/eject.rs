@@ -4,6 +4,7 @@
 use super::{Known, ReadyCache};
 use crate::health::Outcomes;
 use crate::make::MakeEndpoint;
+use portcullis_pool::time::deadline_after;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
@@ -78,7 +79,9 @@ where
                 let timer = self
                     .sweep_timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(fp.interval)));
-                timer.as_mut().reset(Instant::now() + fp.interval);
+                timer
+                    .as_mut()
+                    .reset(deadline_after(Instant::now(), fp.interval));
                 // Registers the next interval's waker; it cannot have elapsed already.
                 let _ = timer.as_mut().poll(cx);
             }
@@ -142,7 +145,7 @@ where
         }
         ejection.count = ejection.count.saturating_add(1);
         let time = self.health.ejection_time(ejection.count);
-        let until = now + time;
+        let until = deadline_after(now, time);
         ejection.until = Some(until);
         warn!(
             ?key,
@@ -154,6 +157,9 @@ where
         self.ejected += 1;
         self.healthy -= 1;
         self.ready.swap_indices(pos, self.healthy);
+        if let Some((_, ep)) = self.ready.get_index(self.healthy) {
+            self.weights.moved(ep.weight, false);
+        }
         self.metrics.ejected();
         self.arm_ejection_timer(cx, until);
         self.sync_gauges();
@@ -218,6 +224,9 @@ where
                 .is_some_and(|known| known.ejection.until.is_some());
             if !ejected {
                 self.ready.swap_indices(pos, self.healthy);
+                if let Some((_, ep)) = self.ready.get_index(self.healthy) {
+                    self.weights.moved(ep.weight, true);
+                }
                 self.restart_ramp(cx, self.healthy);
                 self.healthy += 1;
             }

@@ -33,7 +33,6 @@ use crate::metrics::P2cMetrics;
 use crate::BoxError;
 use indexmap::IndexMap;
 use portcullis_pool::EndpointCounts;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
@@ -96,9 +95,10 @@ where
     ejection_timer: Option<Pin<Box<Sleep>>>,
     /// Fires at the end of each failure-percentage interval.
     sweep_timer: Option<Pin<Box<Sleep>>>,
-    /// How many ready endpoints have each weight: the largest bounds every effective weight,
-    /// and one weight alone (with nothing ramping) means a uniform draw.
-    weights: BTreeMap<u32, usize>,
+    /// How many ready endpoints have each weight, the healthy apart from the ejected: the
+    /// largest of those that may be picked bounds every effective weight, and one weight
+    /// alone among them (with nothing ramping) means a uniform draw.
+    weights: weight::Weights,
     /// Ready endpoints in slow start.
     ramping: usize,
     /// Fires when the earliest slow start ends.
@@ -208,7 +208,7 @@ where
             panic: false,
             ejection_timer: None,
             sweep_timer: None,
-            weights: BTreeMap::new(),
+            weights: weight::Weights::default(),
             ramping: 0,
             ramp_timer: None,
         }
@@ -349,7 +349,7 @@ where
             None => (None, false, 1),
         };
         let ramp_from = self.start_ramp(cx, ramp_from, slow_start);
-        self.count_in(weight, ramp_from.is_some());
+        self.count_in(weight, ramp_from.is_some(), !ejected);
         let ep = ReadyEndpoint {
             id,
             svc,
@@ -370,14 +370,15 @@ where
         if pos >= self.ready.len() {
             return None;
         }
-        if pos < self.healthy {
+        let healthy = pos < self.healthy;
+        if healthy {
             self.healthy -= 1;
             self.ready.swap_indices(pos, self.healthy);
             pos = self.healthy;
         }
         let taken = self.ready.swap_remove_index(pos);
         if let Some((_, ep)) = &taken {
-            self.count_out(ep.weight, ep.ramp_from.is_some());
+            self.count_out(ep.weight, ep.ramp_from.is_some(), healthy);
         }
         taken
     }
