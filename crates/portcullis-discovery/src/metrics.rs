@@ -20,6 +20,7 @@ struct Inner {
     created: Instant,
     reads: AtomicU64,
     errors: AtomicU64,
+    relists: AtomicU64,
     updates: UpdateCounters,
     endpoints: AtomicU64,
     /// Nanoseconds from `created` to the last update yielded, plus one; 0 before the first.
@@ -31,13 +32,18 @@ struct Inner {
 #[non_exhaustive]
 pub struct DiscoverySnapshot {
     /// Answers read from the system the source watches: DNS resolutions that got an answer
-    /// (NXDOMAIN included); etcd lists and watch responses; the Kubernetes watcher's events
-    /// (a list's start, each slice listed, the list's end, each slice watched).
+    /// (NXDOMAIN included); etcd lists and watch responses; Kubernetes lists answered, each
+    /// slice listed and each watch event (bookmarks included).
     pub reads: u64,
     /// Failed reads (SERVFAIL, timeouts, network errors, a lost etcd connection, a failed
     /// Kubernetes list or watch): each kept the last set and was retried after a backoff.
-    /// Also values that are not endpoints (an etcd value, an EndpointSlice without the port).
+    /// Also values that are not endpoints (an etcd value, an EndpointSlice without the port),
+    /// and Kubernetes watches that ended within a second with no event.
     pub errors: u64,
+    /// Lists made again because the place a watch would resume from is gone: Kubernetes'
+    /// 410 Gone, whether a watch event or the watch request's HTTP status. Each waited its
+    /// backoff first.
+    pub relists: u64,
     /// Updates yielded, by kind.
     pub updates: UpdateCounts,
     /// Endpoints in the set last yielded.
@@ -55,6 +61,7 @@ impl DiscoveryMetrics {
                 created: Instant::now(),
                 reads: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
+                relists: AtomicU64::new(0),
                 updates: UpdateCounters::default(),
                 endpoints: AtomicU64::new(0),
                 last_change: AtomicU64::new(0),
@@ -75,6 +82,7 @@ impl DiscoveryMetrics {
         DiscoverySnapshot {
             reads: i.reads.load(Relaxed),
             errors: i.errors.load(Relaxed),
+            relists: i.relists.load(Relaxed),
             updates: i.updates.counts(),
             endpoints: i.endpoints.load(Relaxed),
             since_last_change,
@@ -87,6 +95,11 @@ impl DiscoveryMetrics {
 
     pub(crate) fn error(&self) {
         self.inner.errors.fetch_add(1, Relaxed);
+    }
+
+    #[cfg_attr(not(feature = "k8s"), allow(dead_code))]
+    pub(crate) fn relist(&self) {
+        self.inner.relists.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn update(&self, kind: UpdateKind, endpoints: usize) {

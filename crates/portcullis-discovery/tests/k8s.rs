@@ -18,7 +18,7 @@ use portcullis_discovery::k8s::{K8s, K8sEndpoint, K8sUpdates};
 use portcullis_discovery::{BuildError, Update};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::time::timeout;
 
 /// Longest wait for an update that must come.
@@ -625,4 +625,154 @@ async fn names_kubernetes_would_refuse_are_refused() {
             .build(server.client()),
         Err(BuildError::Backoff { .. })
     ));
+}
+
+#[tokio::test]
+async fn watches_that_end_at_once_back_off_and_are_counted() {
+    let server = K8sServer::start().await;
+    server.apply(slice("api-a", "api", &[Ep("10.0.0.1", READY)]));
+    // A backoff from 20 ms doubling to 200 ms, less up to 10 % jitter.
+    let mut updates = source(&server)
+        .service("default", "api", "http")
+        .unwrap()
+        .updates();
+    let metrics = updates.metrics();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![ep("10.0.0.1", 8080)])
+    );
+
+    // Every watch now ends as soon as it is opened, with no event. The stream is read until
+    // the server has answered six watches: between each two, the source waits its backoff
+    // (20, 40, 80, 160, 200 ms, each less at most 10 %), so six take at least 450 ms of
+    // real time. Without it they would take a few milliseconds.
+    server.end_watches_at_once(true);
+    const WATCHES: usize = 6;
+    let started = Instant::now();
+    read_until(&mut updates, &server, |requests| {
+        requests.iter().filter(|r| r.watch).count() >= WATCHES
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let watches = server.watch_requests();
+    assert_eq!(watches, WATCHES, "{:?}", server.requests());
+    let per_second = watches as f64 / elapsed.as_secs_f64();
+    assert!(
+        elapsed >= Duration::from_millis(450),
+        "{watches} watches in {elapsed:?} ({per_second:.0}/s)"
+    );
+    assert!(per_second <= 14.0, "{per_second:.0} watches/s");
+    // Each watch that ended at once is counted (the sixth, once the source has seen it end).
+    let errors = metrics.snapshot().errors;
+    assert!(
+        (WATCHES as u64 - 1..=WATCHES as u64).contains(&errors),
+        "{:?}",
+        metrics.snapshot()
+    );
+    // Resumed from the list's resourceVersion each time: no list again.
+    assert_eq!(server.requests().iter().filter(|r| !r.watch).count(), 1);
+
+    // Watches that stay open again: the change made meanwhile arrives.
+    server.end_watches_at_once(false);
+    server.apply(slice(
+        "api-a",
+        "api",
+        &[Ep("10.0.0.1", READY), Ep("10.0.0.2", READY)],
+    ));
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Add(vec![ep("10.0.0.2", 8080)])
+    );
+}
+
+#[tokio::test]
+async fn a_watch_refused_with_http_410_lists_again() {
+    let server = K8sServer::start().await;
+    server.apply(slice("api-a", "api", &[Ep("10.0.0.1", READY)]));
+    let mut updates = source(&server)
+        .service("default", "api", "http")
+        .unwrap()
+        .updates();
+    let metrics = updates.metrics();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![ep("10.0.0.1", 8080)])
+    );
+    // The list was at resourceVersion 1, and no watch is open until the stream is read
+    // again. Meanwhile a change, and the history compacted past it; the server refuses a
+    // watch from 1 with the HTTP status 410, as a proxy or an aggregated API server does.
+    server.gone_as_status(true);
+    server.apply(slice(
+        "api-a",
+        "api",
+        &[Ep("10.0.0.1", READY), Ep("10.0.0.2", READY)],
+    ));
+    server.compact();
+
+    // Listed again: the whole new set, in one Reset.
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![ep("10.0.0.1", 8080), ep("10.0.0.2", 8080)])
+    );
+    let requests = server.requests();
+    let kinds: Vec<_> = requests
+        .iter()
+        .map(|r| (r.watch, r.resource_version.clone(), r.status))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (false, None, 200),
+            (true, Some("1".to_string()), 410),
+            (false, None, 200),
+        ],
+        "{requests:?}"
+    );
+    let snapshot = metrics.snapshot();
+    assert_eq!(snapshot.relists, 1, "{snapshot:?}");
+    assert_eq!(snapshot.updates.reset, 2, "{snapshot:?}");
+
+    // Then watched from the new list's resourceVersion: the next change arrives.
+    server.apply(slice("api-a", "api", &[Ep("10.0.0.2", READY)]));
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Remove(vec![addr("10.0.0.1", 8080)])
+    );
+    assert_eq!(
+        server.requests()[3].resource_version.as_deref(),
+        Some("2"),
+        "{:?}",
+        server.requests()
+    );
+}
+
+#[tokio::test]
+async fn a_service_name_that_does_not_start_with_a_letter_is_refused() {
+    let server = K8sServer::start().await;
+    let k8s = source(&server);
+    // Kubernetes validates a Service's name as an RFC 1035 label: no Service `1api` can
+    // exist, so a stream of it would stay empty forever.
+    for service in ["1api", "0", "9-lives"] {
+        match k8s.service("default", service, "http") {
+            Err(BuildError::Name { name, reason }) => {
+                assert_eq!(name, service);
+                assert!(reason.contains("must start with a letter"), "{reason}");
+            }
+            other => panic!("{service}: {other:?}"),
+        }
+    }
+    // A namespace may start with a digit (an RFC 1123 label), and a Service's port names
+    // are RFC 1123 labels too: Kubernetes accepts `8080`, `http--admin` and names longer
+    // than 15 characters there (the 15-character IANA rule is a container port's).
+    for (namespace, port) in [
+        ("0team", "http"),
+        ("default", "8080"),
+        ("default", "http--admin"),
+        ("default", "metrics-exporter-v2"),
+    ] {
+        assert!(
+            k8s.service(namespace, "api", port).is_ok(),
+            "{namespace}/api:{port}"
+        );
+    }
 }

@@ -28,7 +28,8 @@ pub struct K8sBuilder {
 }
 
 impl K8sBuilder {
-    /// The first wait after a failed list or watch; it doubles with each failure in a row.
+    /// The first wait after a failed list or watch, a watch that ended at once with no
+    /// event, or a 410 Gone; it doubles with each one in a row.
     /// client-go's reflector and kube-runtime's `default_backoff` start at 800 ms.
     pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(800);
     /// The longest wait after failures (client-go's and kube-runtime's: 30 s).
@@ -50,8 +51,10 @@ impl K8sBuilder {
         }
     }
 
-    /// The wait after a failed list or watch (`base`, doubling with each failure in a row,
-    /// up to `max`, jittered). The last set stays in force meanwhile.
+    /// The wait after a failed list or watch, a watch that ended within a second with no
+    /// event, or a 410 Gone before the list it calls for (`base`, doubling with each in a
+    /// row, up to `max`, jittered; from `base` again once a watch delivers an event or lasts
+    /// a second). The last set stays in force meanwhile.
     pub const fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.waits.backoff_base = base;
         self.waits.backoff_max = max;

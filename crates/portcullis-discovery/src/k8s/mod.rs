@@ -1,6 +1,7 @@
 //! Kubernetes discovery (feature `k8s`): the endpoints of a Service from its
-//! `discovery.k8s.io/v1` EndpointSlices, listed then watched by
-//! [kube-runtime](https://docs.rs/kube-runtime)'s `watcher` through a [`kube::Client`].
+//! `discovery.k8s.io/v1` EndpointSlices, listed then watched through a [`kube::Client`]
+//! (kube's `Api::list` and `Api::watch`: its HTTP client, requests and decoding; the loop
+//! between them, with its backoffs, is this module's, after client-go's reflector).
 //!
 //! [`K8s::builder`] makes a [`K8s`] over a client; [`K8s::service`] checks a namespace, a
 //! Service and a port name once and returns a [`K8sService`], whose
@@ -17,28 +18,38 @@
 //!    `serving` (unset defers to `ready`) and not `terminating`. Each at the slice's TCP
 //!    port of the given name (`""` for a Service's one unnamed port), at its first address
 //!    (the API calls them fungible). An address in two slices is one endpoint.
-//! 2. **List, then watch.** The first complete list is a `Reset` (even empty). A watch event
-//!    that only adds or changes endpoints is an `Add`, one that only removes is a `Remove`,
-//!    one that does both (an endpoint turned not ready while another turned ready) a
-//!    `Reset` of the whole set, so that a consumer never sees the set in between. An event
-//!    that leaves the set as it was (a slice's other port, a not-ready endpoint changed)
-//!    yields nothing.
+//! 2. **List, then watch.** The first complete list (one request) is a `Reset` (even
+//!    empty). A watch event that only adds or changes endpoints is an `Add`, one that only
+//!    removes is a `Remove`, one that does both (an endpoint turned not ready while another
+//!    turned ready) a `Reset` of the whole set, so that a consumer never sees the set in
+//!    between. An event that leaves the set as it was (a slice's other port, a not-ready
+//!    endpoint changed) yields nothing.
 //! 3. **Resumed where it stopped.** When the API server ends a watch (its timeout, a
-//!    restart, a lost connection), the watcher watches again from the last
-//!    `resourceVersion` it saw, bookmarks included: no change is lost, none seen twice.
-//! 4. **Listed again after 410 Gone.** When that `resourceVersion` is too old, the watcher
-//!    lists again; the set in force stays until the list is complete, then one `Reset` (if
-//!    the set changed): never an empty set in between.
+//!    restart, a lost connection), the source watches again from the last
+//!    `resourceVersion` it saw, bookmarks included: no change is lost, none seen twice. A
+//!    watch that ends within a second with no event (a proxy or an API server that closes
+//!    every watch at once) is a failure, as client-go has it: logged at warn, counted, and
+//!    watched again only after the backoff, never in a loop.
+//! 4. **Listed again after 410 Gone.** When that `resourceVersion` is too old, whether the
+//!    API server says so with an `ERROR` event on the watch or with the watch request's
+//!    HTTP status (as proxies and aggregated API servers do), the source lists again after
+//!    the backoff, counted in `relists`; the set in force stays until the list is complete,
+//!    then one `Reset` (if the set changed): never an empty set in between.
 //! 5. **Failures keep the last set.** A failed list or watch (an API error, a refused
 //!    connection) is logged at warn, counted, and retried after a jittered, doubling
-//!    backoff (800 ms to 30 s by default, as client-go's reflector and kube-runtime's
-//!    `default_backoff`). A slice that gives no endpoint for a reason an operator should
-//!    know (no TCP port of that name, FQDN addresses) is logged at warn, counted, and
-//!    counts as empty. The stream never fails and never ends. Each change of the set is
-//!    logged at info: `k8s default/api:http: 3 endpoints (+1 -0)`.
-//! 6. **Never blocks, never piles up.** The watcher's list and watch requests are kube's
+//!    backoff (800 ms to 30 s by default, as client-go's reflector). The backoff starts
+//!    from its base again once a watch delivers an event or lasts a second. A slice that
+//!    gives no endpoint for a reason an operator should know (no TCP port of that name,
+//!    FQDN addresses) is logged at warn, counted, and counts as empty. The stream never
+//!    fails and never ends. Each change of the set is logged at info:
+//!    `k8s default/api:http: 3 endpoints (+1 -0)`.
+//! 6. **Never blocks, never piles up.** The list and watch requests are kube's
 //!    asynchronous HTTP calls, run inside `poll_next`; between two polls nothing is read,
 //!    so changes wait in the API server and the connection, not in memory here.
+//! 7. **Names are checked as the API server checks them.** A namespace is an RFC 1123
+//!    label, a Service name an RFC 1035 label (it starts with a letter), a port name empty
+//!    or an RFC 1123 label (as a Service's and an EndpointSlice's port names are): any other
+//!    name is refused by [`K8s::service`], since no slice could ever carry it.
 //!
 //! The client is the caller's: `kube::Client::try_default()` in a cluster (its service
 //! account, which needs `list` and `watch` on `endpointslices` in the namespace), with a
@@ -81,9 +92,7 @@ use futures_core::Stream;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube_runtime::watcher;
 use portcullis_pool::Update;
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
@@ -137,15 +146,18 @@ impl K8s {
     }
 
     /// The endpoints of `service` in `namespace` at its TCP port named `port` (`""` for a
-    /// Service's one unnamed port). Refuses a name Kubernetes would refuse (not a DNS label).
+    /// Service's one unnamed port). Refuses, with [`BuildError::Name`], a name the API server
+    /// would refuse, as it validates them: a namespace or a port name that is not an RFC 1123
+    /// DNS label, a Service name that is not an RFC 1035 label (`1api`: it must start with a
+    /// letter).
     pub fn service(
         &self,
         namespace: &str,
         service: &str,
         port: &str,
     ) -> Result<K8sService, BuildError> {
-        name::check_label("namespace", namespace)?;
-        name::check_label("Service", service)?;
+        name::check_namespace(namespace)?;
+        name::check_service(service)?;
         name::check_port(port)?;
         let name = if port.is_empty() {
             format!("{namespace}/{service}")
@@ -207,18 +219,14 @@ impl K8sService {
     pub fn updates(&self) -> K8sUpdates {
         let metrics = DiscoveryMetrics::new();
         let api: Api<EndpointSlice> = Api::namespaced(self.k8s.client.clone(), &self.namespace);
-        let config =
-            watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}={}", self.service));
-        let watching = Watching {
-            name: self.name.clone(),
-            port: self.port.clone(),
-            events: watcher::watcher(api, config).boxed(),
-            set: Tracked::new("k8s", self.name.clone(), metrics.clone()),
-            delays: self.k8s.delays(),
-            slices: BTreeMap::new(),
-            listing: None,
-            merged: BTreeMap::new(),
-        };
+        let watching = Watching::new(
+            self.name.clone(),
+            self.port.clone(),
+            api,
+            format!("{SERVICE_NAME_LABEL}={}", self.service),
+            Tracked::new("k8s", self.name.clone(), metrics.clone()),
+            self.k8s.delays(),
+        );
         let updates = stream::unfold(watching, |mut watching| async move {
             let update = watching.next().await;
             Some((update, watching))

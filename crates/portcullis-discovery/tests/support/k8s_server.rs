@@ -17,6 +17,11 @@
 //!   stream.
 //! - injected failures: the next requests (or the next lists) answered `500` with a
 //!   `Status` body.
+//! - on demand, as proxies and aggregated API servers do: a watch from a compacted
+//!   resourceVersion refused with the HTTP status `410 Gone` and a `Status` body (reason
+//!   `Expired`) instead of a `200` stream with an `ERROR` event
+//!   ([`K8sServer::gone_as_status`]); every watch stream ended as soon as the changes it is
+//!   owed are written ([`K8sServer::end_watches_at_once`]).
 //!
 //! Not implemented: any other path or verb (404), pagination (`limit` is ignored: one page),
 //! `timeoutSeconds` (a watch lasts until the test ends it), set-based label selectors, field
@@ -80,6 +85,10 @@ struct State {
     failures: usize,
     /// How many of the next list requests fail with 500.
     list_failures: usize,
+    /// A watch from a compacted resourceVersion is answered with the HTTP status 410.
+    gone_as_status: bool,
+    /// Each watch stream ends once the history it is owed is written.
+    end_at_once: bool,
 }
 
 struct Watch {
@@ -217,6 +226,31 @@ impl K8sServer {
         self.state.lock().unwrap().list_failures = n;
     }
 
+    /// From now on (`true`), a watch from a resourceVersion older than the last compaction
+    /// is refused with the HTTP status `410 Gone` and a `Status` body, as some proxies and
+    /// aggregated API servers answer, rather than a `200` stream whose one event is an
+    /// `ERROR` 410.
+    pub fn gone_as_status(&self, yes: bool) {
+        self.state.lock().unwrap().gone_as_status = yes;
+    }
+
+    /// From now on (`true`), every watch stream ends as soon as the changes it is owed from
+    /// the history are written (none, for a watch from the current resourceVersion), as a
+    /// misbehaving proxy or an API server shedding load does; the open watches are ended
+    /// too.
+    pub fn end_watches_at_once(&self, yes: bool) {
+        let mut state = self.state.lock().unwrap();
+        state.end_at_once = yes;
+        if yes {
+            state.watches.clear();
+        }
+    }
+
+    /// The watch requests answered so far.
+    pub fn watch_requests(&self) -> usize {
+        self.requests().iter().filter(|seen| seen.watch).count()
+    }
+
     /// Waits until the requests answered so far satisfy `condition` (unbounded: wrap it in
     /// a timeout).
     pub async fn until(&self, condition: impl Fn(&[Seen]) -> bool) {
@@ -313,6 +347,12 @@ fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<Body> {
             .as_deref()
             .and_then(|rv| rv.parse::<u64>().ok())
             .unwrap_or(0);
+        if from < state.compacted && state.gone_as_status {
+            seen.status = 410;
+            state.requests.push(seen);
+            let message = format!("too old resource version: {from} ({})", state.compacted);
+            return status(410, "Expired", message);
+        }
         watch_stream(&mut state, namespace, selector, from, &query)
     } else {
         list(&state, &namespace, &selector)
@@ -373,7 +413,10 @@ fn watch_stream(
                 let _ = watch.events.send(event_line(kind, to_json(slice)));
             }
         }
-        state.watches.push(watch);
+        // Kept open for live changes, or dropped: the stream ends after the history.
+        if !state.end_at_once {
+            state.watches.push(watch);
+        }
     }
     let frames = futures_util::stream::poll_fn(move |cx| {
         receiver
