@@ -1,8 +1,9 @@
 //! `grpc-retry-pushback-ms` (gRFC A6), through `classify_code` and `GrpcClassify`.
 //!
 //! Contract checked (the `GrpcClassify` docs): on `UNAVAILABLE` and `RESOURCE_EXHAUSTED` a
-//! non-negative integer (digits only, whitespace around them allowed) that fits a `u64` is the
-//! delay in milliseconds, anything else is "stop" (`Permanent`); `OK` succeeds whatever the
+//! non-negative integer (digits only, whitespace around them allowed) is the delay in
+//! milliseconds, saturating at `u64::MAX` (a longer value never reads as a shorter delay, nor
+//! as "stop"), anything else is "stop" (`Permanent`); `OK` succeeds whatever the
 //! pushback; other codes are permanent.
 
 use portcullis_retry::classify::grpc::{classify_code, GrpcClassify, PUSHBACK};
@@ -80,5 +81,5 @@ fn pushback_ms(raw: &str) -> Option<u64> {
     if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    raw.parse().ok()
+    Some(raw.parse().unwrap_or(u64::MAX))
 }

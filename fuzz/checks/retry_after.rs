@@ -1,8 +1,9 @@
 //! `Retry-After` on a retryable HTTP response, through `HttpClassify`.
 //!
 //! Contract checked (the `HttpClassify` docs): a 503 is retried whatever the header says; a
-//! value of delta-seconds (RFC 9110: `1*DIGIT`, optional whitespace around it) that fits a
-//! `u64` becomes the delay; an HTTP-date becomes the time from now until it (zero once
+//! value of delta-seconds (RFC 9110: `1*DIGIT`, optional whitespace around it) becomes the
+//! delay, saturating at `u64::MAX` seconds (a longer value never reads as a shorter delay);
+//! an HTTP-date becomes the time from now until it (zero once
 //! passed); anything else names no delay (the backoff applies).
 //!
 //! The oracle for dates is this file's own reading of the IMF-fixdate form (the one senders
@@ -154,11 +155,11 @@ fn imf_fixdate(data: &[u8]) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
-/// RFC 9110 delta-seconds, within optional whitespace (SP, HTAB).
+/// RFC 9110 delta-seconds, within optional whitespace (SP, HTAB), saturating at `u64::MAX`.
 fn delta_seconds(data: &[u8]) -> Option<u64> {
     let value = std::str::from_utf8(data).ok()?.trim_matches([' ', '\t']);
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    value.parse().ok()
+    Some(value.parse().unwrap_or(u64::MAX))
 }

@@ -11,7 +11,9 @@ pub mod http;
 /// What a classifier makes of one attempt's result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Done: return this result.
+    /// Done: return this result. For an `Err`, [`Retry`](crate::Retry) returns the error
+    /// as a failure it cannot mend: its [`StopReason`](crate::StopReason) is `Permanent`,
+    /// never `Succeeded`.
     Success,
     /// Failed for good: return this result without retrying.
     Permanent,
@@ -48,6 +50,32 @@ pub trait Classify<Req, Rsp, E> {
     fn classify_timeout(&self, req: &Req) -> Decision {
         let _ = req;
         Decision::RETRY
+    }
+
+    /// Whether [`Retry`](crate::Retry) should show this classifier, through
+    /// [`classify_error_chain`](Self::classify_error_chain), an error it wanted to retry as a
+    /// `dyn Error`. `false` by default.
+    ///
+    /// A classifier generic over any error type (`E: 'static`, as the HTTP one is) cannot call
+    /// `source()` on an `E` of a concrete type it does not know; `Retry` can, as it needs
+    /// `E: Into<BoxError>`. Saying `true` costs the boxing of each error the classifier wanted
+    /// to retry (the box is kept and given to the caller if the sequence ends with it).
+    fn reads_error_chains(&self) -> bool {
+        false
+    }
+
+    /// Looks again at an error that [`classify`](Self::classify) answered `decision`, a
+    /// [`Decision::Retry`], for, now as a `dyn Error` whose whole `source()` chain can be
+    /// read. Called by [`Retry`](crate::Retry) only if
+    /// [`reads_error_chains`](Self::reads_error_chains) says so. By default, `decision`.
+    fn classify_error_chain(
+        &self,
+        req: &Req,
+        error: &(dyn std::error::Error + 'static),
+        decision: Decision,
+    ) -> Decision {
+        let _ = (req, error);
+        decision
     }
 }
 
@@ -165,8 +193,11 @@ impl<F> fmt::Debug for ReplayFn<F> {
 /// Whether `error` says that a [`PoolQueue`](portcullis_pool::PoolQueue) refused the request
 /// rather than that an endpoint failed it: a [`FailFast`](portcullis_pool::FailFast) (no
 /// endpoint has been ready for the failfast timeout) or a [`NoSlot`](portcullis_pool::NoSlot)
-/// (the queue stayed full), found as `error` itself, inside a [`BoxError`](crate::BoxError), or
-/// anywhere in the source chain (a tonic `Status` made from one, say).
+/// (the queue stayed full), found anywhere in the `source()` chain of `error` where `error` is
+/// one of the queue's errors, a [`BoxError`](crate::BoxError) (or another boxed error), or a
+/// tonic `Status` (made from one, say). `E` needs no `Error` bound, so an error of any other
+/// type cannot be looked into here: for one of your own types, call
+/// [`is_queue_refusal_in`] (as [`Classify::classify_error_chain`] lets a classifier do).
 ///
 /// Retrying such a request sends it straight back into the queue that refused it: it spends
 /// budget and cannot succeed sooner than the queue recovers. The HTTP and gRPC classifiers
@@ -179,31 +210,79 @@ impl<F> fmt::Debug for ReplayFn<F> {
 /// assert!(!is_queue_refusal(&refused));
 /// ```
 pub fn is_queue_refusal<E: 'static>(error: &E) -> bool {
-    let any: &dyn std::any::Any = error;
-    if any.is::<portcullis_pool::FailFast>() || any.is::<portcullis_pool::NoSlot>() {
-        return true;
-    }
-    let mut next: Option<&(dyn std::error::Error + 'static)> =
-        if let Some(boxed) = any.downcast_ref::<crate::BoxError>() {
-            Some(&**boxed)
-        } else if let Some(boxed) = any.downcast_ref::<Box<dyn std::error::Error + Send>>() {
-            Some(&**boxed)
-        } else if let Some(boxed) = any.downcast_ref::<Box<dyn std::error::Error>>() {
-            Some(&**boxed)
-        } else {
-            None
-        };
-    #[cfg(feature = "grpc")]
-    if let Some(status) = any.downcast_ref::<tonic::Status>() {
-        next = std::error::Error::source(status);
-    }
+    as_error(error).is_some_and(is_queue_refusal_in)
+}
+
+/// Whether `error` or any error in its `source()` chain is a queue refusal
+/// ([`FailFast`](portcullis_pool::FailFast) or [`NoSlot`](portcullis_pool::NoSlot)), whatever
+/// the type of `error`: a classifier over a concrete error type of its own calls this.
+///
+/// ```
+/// use portcullis_retry::classify::is_queue_refusal_in;
+///
+/// let reset = std::io::Error::other("connection reset");
+/// assert!(!is_queue_refusal_in(&reset));
+/// ```
+pub fn is_queue_refusal_in(error: &(dyn std::error::Error + 'static)) -> bool {
+    chain_holds(error, |e| {
+        e.is::<portcullis_pool::FailFast>() || e.is::<portcullis_pool::NoSlot>()
+    })
+}
+
+/// Whether `error` or any error in its `source()` chain says that a queue has stopped for
+/// good: [`PoolFailed`](portcullis_pool::PoolFailed) (its discovery or its pool failed) or
+/// [`WorkerGone`](portcullis_pool::WorkerGone). Every later request through that queue gets
+/// the same error at once, so the HTTP and gRPC classifiers never retry it.
+pub fn is_queue_stopped_in(error: &(dyn std::error::Error + 'static)) -> bool {
+    chain_holds(error, |e| {
+        e.is::<portcullis_pool::PoolFailed>() || e.is::<portcullis_pool::WorkerGone>()
+    })
+}
+
+fn chain_holds(
+    error: &(dyn std::error::Error + 'static),
+    found: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    let mut next = Some(error);
     while let Some(error) = next {
-        if error.is::<portcullis_pool::FailFast>() || error.is::<portcullis_pool::NoSlot>() {
+        if found(error) {
             return true;
         }
         next = error.source();
     }
     false
+}
+
+/// `error` as a `dyn Error`, where its type is one that can be seen as such without an
+/// `Error` bound: a boxed error, a `tonic::Status`, or one of the queue's own errors.
+pub(crate) fn as_error<E: 'static>(error: &E) -> Option<&(dyn std::error::Error + 'static)> {
+    let any: &dyn std::any::Any = error;
+    if let Some(boxed) = any.downcast_ref::<crate::BoxError>() {
+        return Some(&**boxed);
+    }
+    if let Some(boxed) = any.downcast_ref::<Box<dyn std::error::Error + Send>>() {
+        return Some(&**boxed);
+    }
+    if let Some(boxed) = any.downcast_ref::<Box<dyn std::error::Error>>() {
+        return Some(&**boxed);
+    }
+    #[cfg(feature = "grpc")]
+    if let Some(status) = any.downcast_ref::<tonic::Status>() {
+        return Some(status);
+    }
+    if let Some(e) = any.downcast_ref::<portcullis_pool::FailFast>() {
+        return Some(e);
+    }
+    if let Some(e) = any.downcast_ref::<portcullis_pool::NoSlot>() {
+        return Some(e);
+    }
+    if let Some(e) = any.downcast_ref::<portcullis_pool::PoolFailed>() {
+        return Some(e);
+    }
+    if let Some(e) = any.downcast_ref::<portcullis_pool::WorkerGone>() {
+        return Some(e);
+    }
+    None
 }
 
 #[cfg(test)]

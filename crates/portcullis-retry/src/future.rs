@@ -20,6 +20,12 @@ use portcullis_pool::time::deadline_after;
 
 pin_project! {
     /// The future [`Retry`](crate::Retry) returns.
+    ///
+    /// Once it has returned its output, however the sequence ended, it holds nothing but its
+    /// policy handle: the inner service's clone (which may be waiting for a queue's slot, as
+    /// a `PoolQueue`, a `Buffer` or a `ConcurrencyLimit` does in `poll_ready`), the request's
+    /// copies, a kept response and its timer are dropped then, not when the future is.
+    /// Polled again, it returns [`PolledAfterCompletion`].
     pub struct ResponseFuture<S, Req, C, K>
     where
         S: Service<Req>,
@@ -31,7 +37,9 @@ pin_project! {
         #[pin]
         timer: Option<Sleep>,
         timer_at: Option<Instant>,
-        service: S,
+        // The clone retries are sent on; `None` once the sequence has ended, so that a finished
+        // future kept by its caller holds nothing of the service (a queue's slot request).
+        service: Option<S>,
         // Kept for the classifier and as the source of every retry's copy.
         request: Option<Req>,
         next: Option<Req>,
@@ -62,6 +70,8 @@ pin_project! {
 
 enum Outcome<T, E> {
     Done(Result<T, E>),
+    // The inner error, already boxed to show its source chain to the classifier.
+    Failed(BoxError),
     TimedOut,
 }
 
@@ -81,7 +91,7 @@ where
             state: State::Called { future },
             timer: None,
             timer_at,
-            service,
+            service: Some(service),
             request,
             next: None,
             policy,
@@ -132,7 +142,16 @@ where
             return Poll::Ready(Err(Box::new(PolledAfterCompletion::new())));
         }
         let output = ready!(self.as_mut().poll_attempts(cx));
-        self.project().state.set(State::Done);
+        // Whatever ended the sequence (success, give-up, deadline, error), let go of all it
+        // held: the service (which may be queued for a slot it would never use), the request
+        // copies, a kept outcome and the timer.
+        let mut this = self.project();
+        this.state.set(State::Done);
+        this.timer.set(None);
+        *this.service = None;
+        *this.request = None;
+        *this.next = None;
+        *this.last = None;
         Poll::Ready(output)
     }
 }
@@ -166,6 +185,8 @@ where
                             Ok(decision) => decision,
                             Err(reason) => return finish(policy, reason, *this.attempts, outcome),
                         };
+                    let (decision, outcome) =
+                        look_again(policy, this.request.as_ref(), decision, outcome);
                     let sequence = Sequence {
                         attempts: *this.attempts,
                         request: this.request.as_ref(),
@@ -204,7 +225,11 @@ where
                         let last = this.last.take().unwrap_or(Outcome::TimedOut);
                         return finish(policy, StopReason::Deadline, *this.attempts, last);
                     }
-                    match this.service.poll_ready(cx) {
+                    let Some(service) = this.service.as_mut() else {
+                        // Unreachable: the service is released only when the future is Done.
+                        return Poll::Ready(Err(Box::new(PolledAfterCompletion::new())));
+                    };
+                    match service.poll_ready(cx) {
                         Poll::Ready(Ok(())) => {}
                         Poll::Ready(Err(e)) => {
                             let outcome = Outcome::Done(Err(e));
@@ -234,7 +259,7 @@ where
                     // Counted as a retry only now that it goes out.
                     policy.metrics.retry();
                     *this.last = None;
-                    let future = this.service.call(req);
+                    let future = service.call(req);
                     *this.attempts += 1;
                     let attempt_end = policy
                         .attempt_timeout
@@ -263,6 +288,8 @@ where
         (Outcome::Done(result), Some(req)) => policy.classify.classify(req, result.as_ref()),
         (Outcome::Done(Ok(_)), None) => Decision::Success,
         (Outcome::Done(Err(_)), None) => Decision::Permanent,
+        // Made only by `look_again`, after this: never a fresh attempt's outcome.
+        (Outcome::Failed(_), _) => Decision::Permanent,
         (Outcome::TimedOut, _) => {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(StopReason::Deadline);
@@ -275,6 +302,36 @@ where
             }
         }
     })
+}
+
+/// Second thoughts on an error outcome, before the decision is acted on:
+///
+/// - a classifier's `Success` for an `Err` is a `Permanent` failure: the caller gets an error,
+///   so the sequence never ends with an error counted (and reported) as a success;
+/// - a retry the classifier wanted for an error is shown to it again as a `dyn Error`, if it
+///   reads error chains ([`Classify::reads_error_chains`]): boxed here, since `S::Error` is
+///   `Into<BoxError>`, so its whole `source()` chain can be read whatever its type.
+fn look_again<C, K, Req, T, E>(
+    policy: &Policy<C, K>,
+    request: Option<&Req>,
+    decision: Decision,
+    outcome: Outcome<T, E>,
+) -> (Decision, Outcome<T, E>)
+where
+    C: Classify<Req, T, E>,
+    E: Into<BoxError>,
+{
+    match (decision, outcome, request) {
+        (Decision::Success, outcome @ Outcome::Done(Err(_)), _) => (Decision::Permanent, outcome),
+        (Decision::Retry { .. }, Outcome::Done(Err(e)), Some(req))
+            if policy.classify.reads_error_chains() =>
+        {
+            let boxed: BoxError = e.into();
+            let decision = policy.classify.classify_error_chain(req, &*boxed, decision);
+            (decision, Outcome::Failed(boxed))
+        }
+        (decision, outcome, _) => (decision, outcome),
+    }
 }
 
 /// Ends the sequence. Only a give-up with an error allocates: the inner error is converted
@@ -294,6 +351,7 @@ fn finish<C, K, T, E: Into<BoxError>>(
         Outcome::Done(Err(e)) => {
             Err(RetryError::new(reason, attempts, LastFailure::Inner(e.into())).into())
         }
+        Outcome::Failed(e) => Err(RetryError::new(reason, attempts, LastFailure::Inner(e)).into()),
         Outcome::TimedOut => Err(RetryError::new(reason, attempts, LastFailure::TimedOut).into()),
     })
 }

@@ -23,7 +23,8 @@ use crate::policy::{Handle, Policy};
 /// inner error with its own type, `S::Error`; it is boxed only when the retry layer gives up.
 ///
 /// Each call keeps a copy of the request (made by the [`Replay`] hook) for classification and
-/// retries, and a clone of the inner service to send retries on.
+/// retries, and a clone of the inner service to send retries on, until its sequence ends:
+/// a finished [`ResponseFuture`] holds neither, even while its caller keeps it.
 ///
 /// Every `Retry` (each clone included) holds its own small handle on the policy its layer
 /// shares, and each request's future holds a clone of that handle: requests through one

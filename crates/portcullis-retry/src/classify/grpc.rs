@@ -15,14 +15,22 @@ pub const PUSHBACK: &str = "grpc-retry-pushback-ms";
 /// a server that names a delay has said when trying again is welcome.
 ///
 /// `grpc-retry-pushback-ms` (gRFC A6), when present on a retryable status:
-/// - a non-negative integer becomes the next delay, replacing the backoff's;
+/// - a non-negative integer becomes the next delay, replacing the backoff's (saturating at
+///   `u64::MAX` ms, so a longer value never reads as a shorter delay; the retry layer ends the
+///   request with the status when the delay outlasts its deadline);
 /// - a negative or malformed value means "stop": [`Decision::Permanent`].
 ///
-/// Every other code is permanent and an `Ok` response succeeds. A status made from a
-/// [`PoolQueue`](portcullis_pool::PoolQueue)'s refusal (failfast or no slot, found in its source
-/// chain: see [`is_queue_refusal`](super::is_queue_refusal)) is permanent whatever its code,
-/// unless [`retry_queue_refusals`](Self::retry_queue_refusals) opts in: such a retry goes back
-/// into the queue that refused it.
+/// Every other code is permanent and an `Ok` response succeeds. An `Err` whose code is `OK`
+/// says nothing went right or wrong: it is a failure, [`Decision::Permanent`].
+///
+/// The queue's errors are found in the status's `source()` chain, whatever its code:
+/// - a [`PoolQueue`](portcullis_pool::PoolQueue)'s refusal (failfast or no slot: see
+///   [`is_queue_refusal`](super::is_queue_refusal)) is permanent, unless
+///   [`retry_queue_refusals`](Self::retry_queue_refusals) opts in (such a retry goes back into
+///   the queue that refused it); opted in, it is classified as `UNAVAILABLE`, so a status
+///   tonic made with `Status::from_error` (code `UNKNOWN`) is retried too;
+/// - a stopped queue's error ([`PoolFailed`](portcullis_pool::PoolFailed),
+///   [`WorkerGone`](portcullis_pool::WorkerGone)) is always permanent.
 ///
 /// ```
 /// use portcullis_retry::classify::{grpc::GrpcClassify, Classify, Decision};
@@ -45,7 +53,8 @@ impl GrpcClassify {
         }
     }
 
-    /// Also retries a status made from the queue's refusal (failfast, or no slot).
+    /// Also retries a status made from the queue's refusal (failfast, or no slot), as
+    /// `UNAVAILABLE` whatever its own code.
     pub const fn retry_queue_refusals(mut self, yes: bool) -> Self {
         self.queue_refusals = yes;
         self
@@ -54,24 +63,33 @@ impl GrpcClassify {
 
 impl<Req, Rsp> Classify<Req, Rsp, Status> for GrpcClassify {
     fn classify(&self, _req: &Req, result: Result<&Rsp, &Status>) -> Decision {
-        match result {
-            Ok(_) => Decision::Success,
-            Err(status) if !self.queue_refusals && super::is_queue_refusal(status) => {
-                Decision::Permanent
-            }
-            Err(status) => {
-                let pushback = status
-                    .metadata()
-                    .get(PUSHBACK)
-                    .map(|v| v.to_str().unwrap_or("malformed"));
-                classify_code(status.code(), pushback)
-            }
+        let status = match result {
+            Ok(_) => return Decision::Success,
+            Err(status) => status,
+        };
+        // An error that says OK is no answer at all (a server or transport fault): a failure,
+        // and not one a retry is known to mend.
+        if status.code() == Code::Ok || super::is_queue_stopped_in(status) {
+            return Decision::Permanent;
         }
+        // A refusal, whatever code the status was given (tonic's `Status::from_error` gives
+        // `UNKNOWN`): the queue was unavailable, and is read as `UNAVAILABLE` when opted in.
+        let code = match super::is_queue_refusal_in(status) {
+            true if !self.queue_refusals => return Decision::Permanent,
+            true => Code::Unavailable,
+            false => status.code(),
+        };
+        let pushback = status
+            .metadata()
+            .get(PUSHBACK)
+            .map(|v| v.to_str().unwrap_or("malformed"));
+        classify_code(code, pushback)
     }
 }
 
 /// The decision for a status `code` with an optional raw `grpc-retry-pushback-ms` value; for
-/// callers that read the status from `grpc-status` headers themselves.
+/// callers that read the status from `grpc-status` headers themselves (where `OK` is a
+/// success).
 pub fn classify_code(code: Code, pushback: Option<&str>) -> Decision {
     // A success is a success, whatever pushback came with it.
     if code == Code::Ok {
@@ -90,12 +108,15 @@ pub fn classify_code(code: Code, pushback: Option<&str>) -> Decision {
 }
 
 fn parse_pushback(raw: &str) -> Option<Duration> {
-    // Digits only: `u64::from_str` would accept a leading '+'.
+    // Digits only: `u64::from_str` would accept a leading '+'. Digits past `u64::MAX`
+    // saturate: a longer delay never reads as a shorter one, nor as "stop" (`Permanent`).
     let raw = raw.trim();
     if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    raw.parse::<u64>().ok().map(Duration::from_millis)
+    Some(Duration::from_millis(
+        raw.parse::<u64>().unwrap_or(u64::MAX),
+    ))
 }
 
 #[cfg(test)]

@@ -10,14 +10,26 @@ use super::{Classify, Decision};
 ///
 /// - 1xx, 2xx and 3xx: [`Decision::Success`].
 /// - 429, 502, 503, 504: retried; a `Retry-After` becomes the next delay: delta-seconds as
-///   they are, an HTTP-date (any of RFC 9110's three forms) as the time from now, on the
-///   system clock, until that date (zero once it has passed). Anything else names no delay and
-///   the backoff applies. The retry layer still keeps every delay inside its deadline.
-/// - Any other 4xx or 5xx (404, 409, 500, 501, …): [`Decision::Permanent`].
-/// - An `Err` from the inner service (a transport error): retried, except a
-///   [`PoolQueue`](portcullis_pool::PoolQueue)'s refusal ([`FailFast`](portcullis_pool::FailFast),
-///   [`NoSlot`](portcullis_pool::NoSlot); see [`is_queue_refusal`](super::is_queue_refusal)),
-///   which is permanent unless [`retry_queue_refusals`](Self::retry_queue_refusals) opts in.
+///   they are (saturating at `u64::MAX` seconds, so a longer value never reads as a shorter
+///   delay), an HTTP-date (any of RFC 9110's three forms) as the time from now, on the system
+///   clock, until that date (zero once it has passed). Anything else names no delay and the
+///   backoff applies. The retry layer still keeps every delay inside its deadline: a delay
+///   that outlasts it ends the request with this response.
+/// - Any other 4xx or 5xx (404, 409, 500, 501, …), and a code of no class RFC 9110 defines
+///   (600 to 999, which `http` accepts): [`Decision::Permanent`].
+/// - An `Err` from the inner service (a transport error): retried, except
+///   - a [`PoolQueue`](portcullis_pool::PoolQueue)'s refusal
+///     ([`FailFast`](portcullis_pool::FailFast), [`NoSlot`](portcullis_pool::NoSlot)), which is
+///     permanent unless [`retry_queue_refusals`](Self::retry_queue_refusals) opts in;
+///   - a stopped queue's error ([`PoolFailed`](portcullis_pool::PoolFailed),
+///     [`WorkerGone`](portcullis_pool::WorkerGone)), which is always permanent: every later
+///     attempt through that queue gets the same error at once.
+///
+///   Either is found anywhere in the error's `source()` chain. `classify` itself looks into
+///   the error types it can see as errors without an `Error` bound (the queue's own errors, a
+///   `BoxError` or other boxed error, a `tonic::Status`); for any other type (an error type
+///   of your own wrapping the queue's), [`Retry`](crate::Retry) shows the error to
+///   [`classify_error_chain`](Classify::classify_error_chain) before retrying it.
 ///
 /// Requests with a non-idempotent method (anything but GET, HEAD, OPTIONS, TRACE, PUT and
 /// DELETE) are never retried, because the server may have acted on them, unless
@@ -48,7 +60,8 @@ impl HttpClassify {
     }
 
     /// Also retries a request the queue below refused (failfast, or no slot): off by default,
-    /// as such a retry goes back into the queue that refused it.
+    /// as such a retry goes back into the queue that refused it. A stopped queue's error
+    /// (`PoolFailed`, `WorkerGone`) is never retried.
     pub const fn retry_queue_refusals(mut self, yes: bool) -> Self {
         self.queue_refusals = yes;
         self
@@ -78,14 +91,19 @@ impl<B, RB, E: 'static> Classify<Request<B>, Response<RB>, E> for HttpClassify {
     fn classify(&self, req: &Request<B>, result: Result<&Response<RB>, &E>) -> Decision {
         let rsp = match result {
             Ok(rsp) => rsp,
-            Err(error) if !self.queue_refusals && super::is_queue_refusal(error) => {
-                return Decision::Permanent
+            Err(error) => {
+                let queue = super::as_error(error).and_then(|e| self.queue_error(e));
+                return match queue {
+                    Some(decision) => decision,
+                    None if self.replayable(req.method()) => Decision::RETRY,
+                    None => Decision::Permanent,
+                };
             }
-            Err(_) if self.replayable(req.method()) => return Decision::RETRY,
-            Err(_) => return Decision::Permanent,
         };
         let status = rsp.status();
-        if !(status.is_client_error() || status.is_server_error()) {
+        // 1xx, 2xx and 3xx are answers; 4xx and 5xx failures; a code of no class RFC 9110
+        // defines (600 to 999, which `http` accepts) is no answer we can read: permanent.
+        if status.is_informational() || status.is_success() || status.is_redirection() {
             return Decision::Success;
         }
         let transient = matches!(
@@ -112,6 +130,35 @@ impl<B, RB, E: 'static> Classify<Request<B>, Response<RB>, E> for HttpClassify {
             Decision::Permanent
         }
     }
+
+    /// `true`: an error type `classify` cannot look into (a concrete type of the caller's
+    /// own) is looked into here, so a queue's error is found wherever it is in the chain.
+    fn reads_error_chains(&self) -> bool {
+        true
+    }
+
+    fn classify_error_chain(
+        &self,
+        _req: &Request<B>,
+        error: &(dyn std::error::Error + 'static),
+        decision: Decision,
+    ) -> Decision {
+        self.queue_error(error).unwrap_or(decision)
+    }
+}
+
+impl HttpClassify {
+    /// The decision for an error whose chain holds a queue's error: a stopped queue is
+    /// permanent; a refusal too, unless opted in (then `None`: a transport error like any).
+    fn queue_error(&self, error: &(dyn std::error::Error + 'static)) -> Option<Decision> {
+        if super::is_queue_stopped_in(error) {
+            return Some(Decision::Permanent);
+        }
+        if !self.queue_refusals && super::is_queue_refusal_in(error) {
+            return Some(Decision::Permanent);
+        }
+        None
+    }
 }
 
 fn retry_after<B>(rsp: &Response<B>) -> Option<Duration> {
@@ -125,9 +172,12 @@ fn retry_after_value(value: &str, now: SystemTime) -> Option<Duration> {
     if value.is_empty() {
         return None;
     }
-    // delta-seconds is `1*DIGIT`: `u64::from_str` alone would also take `+5`.
+    // delta-seconds is `1*DIGIT`: `u64::from_str` alone would also take `+5`. Digits past
+    // `u64::MAX` saturate: a longer delay never reads as a shorter one (or as none).
     if value.bytes().all(|b| b.is_ascii_digit()) {
-        return value.parse::<u64>().ok().map(Duration::from_secs);
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -273,7 +323,7 @@ mod tests {
     #[test]
     fn retry_after_is_digits_only() {
         let c = HttpClassify::new();
-        for value in ["+5", "-5", "1.5", "0x10", "5s", "18446744073709551616"] {
+        for value in ["+5", "-5", "1.5", "0x10", "5s"] {
             let rsp = Response::builder()
                 .status(503)
                 .header("retry-after", value)
