@@ -32,11 +32,18 @@
 //!
 //! **Stability.** When a server leaves or joins, the ranks after it shift by one and the ring
 //! is rescaled from `n` to `n ± 1` servers, which moves each client's start by at most one
-//! rank: a client's subset changes by at most one server, swapped for another (the server
-//! that left, or the one at an end of its arc). Measured over 1,000 clients and 1,000 servers,
-//! one removal or addition changes the subset of a quarter to a half of the clients, depending
-//! on where the server is in the key order (about a third on average; the ends of the order
-//! move the most), each by that one server.
+//! rank. A client whose run of ranks does not wrap around the end of the key order changes by
+//! at most one server, swapped for another (the server that left, or the one at an end of its
+//! run). A run that wraps (it holds both the first and the last key) can change by **two**: its
+//! start moves back one rank while the server that joined lands in the wrapped part (servers
+//! {1, 3, 5, 7}, size 3, client 11: {1, 3, 7} becomes {0, 5, 7} when server 0 joins), or,
+//! symmetrically, its start moves on one rank while the server that left was in the wrapped
+//! part. Never more than two: measured over 20,000 random fleets of 2 to 63 servers, sizes and
+//! clients (seeded, `tests/subset.rs`), a join or a leave swapped two servers for 2.6 % of the
+//! clients, all with wrapping runs, and more for none. Measured over 1,000 clients and 1,000
+//! servers, one removal or addition changes the subset of a quarter to a half of the clients,
+//! depending on where the server is in the key order (about a third on average; the ends of
+//! the order move the most).
 //!
 //! This is a variant of the deterministic subsetting of Google's SRE book ("Load Balancing in
 //! the Datacenter"), which shuffles the ordered servers per round of clients with a seeded
@@ -89,6 +96,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+
+/// The most inner updates one `poll_next` reads; then it wakes its task and yields, so a
+/// flood of updates that leave the subset as it is cannot hold the task (the
+/// [`PoolQueue`](portcullis_pool::PoolQueue) worker's own bound per turn).
+const UPDATES_PER_POLL: usize = 1_024;
 
 /// 2^64 / φ, rounded to odd: the step that spreads consecutive client ids around the ring.
 const GOLDEN_STEP: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -226,6 +238,9 @@ pin_project! {
     /// - the inner stream's errors as they come; the stream goes on after an error if the inner
     ///   one does.
     ///
+    /// One `poll_next` reads at most 1,024 inner updates: after as many that change nothing,
+    /// it wakes its task and returns `Pending`, so that the task can do other work.
+    ///
     /// It ends when the inner stream ends. Each change of the subset is logged at info level
     /// (`subset changed`, with `client_id`, `size`, `entered`, `left`, `replaced`).
     #[must_use = "streams do nothing unless polled"]
@@ -291,10 +306,16 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
+        let mut read = 0;
         loop {
             if let Some(update) = this.pending.pop_front() {
                 return Poll::Ready(Some(Ok(update)));
             }
+            if read == UPDATES_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            read += 1;
             let update = match ready!(this.discovery.as_mut().try_poll_next(cx)) {
                 None => return Poll::Ready(None),
                 Some(Err(error)) => return Poll::Ready(Some(Err(error))),

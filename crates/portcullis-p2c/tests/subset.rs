@@ -7,6 +7,7 @@ use portcullis_p2c::BuildError;
 use portcullis_pool::Update;
 use rand::rngs::SmallRng;
 use rand::seq::{index, SliceRandom};
+use rand::Rng;
 use rand::SeedableRng;
 use std::collections::BTreeSet;
 use std::task::Poll;
@@ -465,4 +466,108 @@ fn the_adapter_over_a_finite_stream() {
         Some(Ok(Update::Remove(first.iter().map(|(k, _)| *k).collect())))
     );
     assert_eq!(next(&mut discovery), None);
+}
+
+#[test]
+fn the_adapter_yields_after_a_bounded_run_of_updates_that_change_nothing() {
+    // 100,000 updates that leave client 0's subset (0 to 3 of 0..8) as it is: the target of a
+    // server outside it changes, again and again.
+    const NO_OPS: u32 = 100_000;
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = read.clone();
+    let updates = std::iter::once(reset(0..8))
+        .chain((1..=NO_OPS).map(|version| Update::Add(vec![(7, target(7, version))])))
+        .chain(std::iter::once(Update::Remove(vec![0])))
+        .map(move |update| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok::<Fleet, &str>(update)
+        });
+    let mut discovery = task::spawn(subset(0, 4).discover(stream::iter(updates)));
+    assert!(matches!(next(&mut discovery), Some(Ok(Update::Reset(_)))));
+    let reads =
+        |read: &std::sync::atomic::AtomicU32| read.load(std::sync::atomic::Ordering::Relaxed);
+
+    let mut polls = 0;
+    let mut before = reads(&read);
+    let removed = loop {
+        polls += 1;
+        match discovery.poll_next() {
+            Poll::Pending => {
+                assert!(discovery.is_woken(), "a yield wakes the task again");
+                let taken = reads(&read) - before;
+                assert!(taken <= 1_024, "one poll read {taken} updates");
+                before = reads(&read);
+            }
+            Poll::Ready(item) => break item,
+        }
+    };
+    assert!(reads(&read) - before <= 1_024);
+    assert_eq!(removed, Some(Ok(Update::Remove(vec![0]))));
+    assert!(polls > 1, "the no-op updates took {polls} poll(s)");
+    assert_eq!(reads(&read), NO_OPS + 2);
+}
+
+/// How many servers a client swaps when one server joins or leaves: measured over random
+/// fleets, subset sizes and clients (seeded), against the bound `docs/p2c.md` states.
+#[test]
+fn one_server_joining_or_leaving_swaps_at_most_two_of_a_subset() {
+    let mut rng = SmallRng::seed_from_u64(9);
+    let mut worst = [0usize; 2];
+    let mut swapped_two = [0usize; 2];
+    let mut cases = 0usize;
+    for _ in 0..20_000 {
+        let n = rng.gen_range(2..64usize);
+        let size = rng.gen_range(1..n + 2);
+        let client = rng.gen::<u64>() % 4_096;
+        let keys: BTreeSet<u32> = index::sample(&mut rng, 1_000, n)
+            .into_iter()
+            .map(|k| k as u32 * 2)
+            .collect();
+        let keys: Vec<u32> = keys.into_iter().collect();
+        let before: BTreeSet<u32> = subset(client, size)
+            .select(&keys)
+            .into_iter()
+            .copied()
+            .collect();
+        // A join (an odd key, new), then a leave.
+        let joined = rng.gen_range(0..1_000u32) * 2 + 1;
+        let mut more = keys.clone();
+        more.push(joined);
+        let gone = keys[rng.gen_range(0..n)];
+        let fewer: Vec<u32> = keys.iter().copied().filter(|k| *k != gone).collect();
+        for (change, after) in [&more, &fewer].into_iter().enumerate() {
+            let after: BTreeSet<u32> = subset(client, size)
+                .select(after)
+                .into_iter()
+                .copied()
+                .collect();
+            let out = before.difference(&after).count();
+            worst[change] = worst[change].max(out);
+            if out == 2 {
+                swapped_two[change] += 1;
+                // Only a window that wraps around the end of the key order, before or after.
+                let wraps = |set: &BTreeSet<u32>, fleet: &[u32]| {
+                    let (first, last) = (fleet.iter().min(), fleet.iter().max());
+                    set.len() < fleet.len()
+                        && first.is_some_and(|k| set.contains(k))
+                        && last.is_some_and(|k| set.contains(k))
+                };
+                let fleet_after: &[u32] = if change == 0 { &more } else { &fewer };
+                assert!(
+                    wraps(&before, &keys) || wraps(&after, fleet_after),
+                    "client {client}, size {size}: {before:?} -> {after:?}"
+                );
+            }
+        }
+        cases += 1;
+    }
+    eprintln!(
+        "{cases} cases: worst swap on a join {}, on a leave {}; two swapped: {swapped_two:?}",
+        worst[0], worst[1]
+    );
+    // The bound is reached, and never passed: two servers out, two in.
+    assert_eq!(worst, [2, 2]);
+    // The example of the docs: servers {1, 3, 5, 7}, size 3, client 11; server 0 joins.
+    assert_eq!(chosen(11, 3, &[1, 3, 5, 7]), [1, 3, 7]);
+    assert_eq!(chosen(11, 3, &[0, 1, 3, 5, 7]), [0, 5, 7]);
 }
