@@ -1,12 +1,14 @@
 //! An etcd value under the prefix: `host:port`, or `{"addr": .., "weight": .., "zone": ..}`.
 //!
-//! Contract checked: no panic; an accepted value names a `host:port` with a non-empty host and
-//! a port number; a plain value is the address itself, trimmed, with the default weight; and
-//! the endpoint, written back as JSON (and as a plain value, where one can hold it), reads back
-//! the same.
+//! Contract checked: no panic; an accepted value names a `host:port` whose port is decimal
+//! digits and whose host is an IP address (IPv6 in brackets) or a DNS host name (so never a
+//! URL, a list, an unclosed bracket or an IPv4 address out of range); a plain value is the
+//! address itself, trimmed, with the default weight; and the endpoint, written back as JSON
+//! (and as a plain value, where one can hold it), reads back the same.
 
 use portcullis_discovery::etcd::EtcdEndpoint;
 use portcullis_discovery::fuzzing::etcd_value;
+use std::net::SocketAddr;
 
 /// Fragments the random campaign splices into its inputs.
 #[allow(dead_code)]
@@ -22,6 +24,13 @@ pub(crate) const TOKENS: &[&[u8]] = &[
     b"null",
     b"[::1]:80",
     b"10.0.0.1:8080",
+    b"http://",
+    b"[",
+    b"]",
+    b".",
+    b"-",
+    b"api.internal",
+    b"256",
     b"4294967296",
     b"-1",
     b"1e3",
@@ -43,8 +52,15 @@ pub(crate) fn check(data: &[u8]) {
         .rsplit_once(':')
         .expect("an accepted address has a port");
     assert!(!host.is_empty(), "empty host accepted: {value:?}");
+    assert!(
+        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()),
+        "a port that is not decimal digits accepted: {value:?}"
+    );
     port.parse::<u16>()
         .expect("an accepted port is a port number");
+    if endpoint.addr.parse::<SocketAddr>().is_err() {
+        assert_host_name(host, value);
+    }
 
     let trimmed = value.trim();
     if !trimmed.starts_with('{') {
@@ -69,6 +85,36 @@ pub(crate) fn check(data: &[u8]) {
         let plain = etcd_value(addr.as_bytes()).expect("the address alone is a value");
         assert_eq!(plain.addr, endpoint.addr);
     }
+}
+
+/// `host`, which is not an IP address, is a DNS host name: labels of letters, digits, `-`
+/// and `_`, none empty or over 63 bytes or with a `-` at either end, at most 253 bytes
+/// (a final dot aside), and not an IPv4 address written wrong (a last label of digits).
+fn assert_host_name(host: &str, value: &str) {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    assert!(
+        name.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'),
+        "a host that is no host name accepted: {value:?}"
+    );
+    assert!(
+        name.len() <= 253,
+        "a host name too long accepted: {value:?}"
+    );
+    for label in name.split('.') {
+        assert!(
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-'),
+            "a bad label {label:?} accepted: {value:?}"
+        );
+    }
+    let last = name.rsplit('.').next().unwrap_or(name);
+    assert!(
+        !last.bytes().all(|b| b.is_ascii_digit()),
+        "an IPv4 address out of range accepted: {value:?}"
+    );
 }
 
 /// `s` as a JSON string.

@@ -21,6 +21,7 @@ struct Inner {
     reads: AtomicU64,
     errors: AtomicU64,
     relists: AtomicU64,
+    rewinds: AtomicU64,
     updates: UpdateCounters,
     endpoints: AtomicU64,
     /// Nanoseconds from `created` to the last update yielded, plus one; 0 before the first.
@@ -42,8 +43,14 @@ pub struct DiscoverySnapshot {
     pub errors: u64,
     /// Lists made again because the place a watch would resume from is gone: Kubernetes'
     /// 410 Gone, whether a watch event or the watch request's HTTP status. Each waited its
-    /// backoff first.
+    /// backoff first. etcd's: a watch refused as compacted or a backlog too large for one
+    /// message (listed at once), or a revision gone backwards (`rewinds`, after the backoff).
     pub relists: u64,
+    /// Times the system's revision was found behind the last one the source had seen (an
+    /// etcd replaced by an empty one, or restored from a backup without `--bump-revision`):
+    /// a watch from the old revision would hide every change until the new revisions pass
+    /// it, so each is also a failure (`errors`, backed off) and a re-list (`relists`).
+    pub rewinds: u64,
     /// Updates yielded, by kind.
     pub updates: UpdateCounts,
     /// Endpoints in the set last yielded.
@@ -62,6 +69,7 @@ impl DiscoveryMetrics {
                 reads: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 relists: AtomicU64::new(0),
+                rewinds: AtomicU64::new(0),
                 updates: UpdateCounters::default(),
                 endpoints: AtomicU64::new(0),
                 last_change: AtomicU64::new(0),
@@ -83,6 +91,7 @@ impl DiscoveryMetrics {
             reads: i.reads.load(Relaxed),
             errors: i.errors.load(Relaxed),
             relists: i.relists.load(Relaxed),
+            rewinds: i.rewinds.load(Relaxed),
             updates: i.updates.counts(),
             endpoints: i.endpoints.load(Relaxed),
             since_last_change,
@@ -97,9 +106,14 @@ impl DiscoveryMetrics {
         self.inner.errors.fetch_add(1, Relaxed);
     }
 
-    #[cfg_attr(not(feature = "k8s"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "k8s", feature = "etcd")), allow(dead_code))]
     pub(crate) fn relist(&self) {
         self.inner.relists.fetch_add(1, Relaxed);
+    }
+
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) fn rewind(&self) {
+        self.inner.rewinds.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn update(&self, kind: UpdateKind, endpoints: usize) {

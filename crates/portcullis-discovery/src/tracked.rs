@@ -49,6 +49,15 @@ impl<K: Ord + Clone, T: PartialEq + Clone> Tracked<K, T> {
         &self.metrics
     }
 
+    /// The target `key` has in the set last yielded, if it is there.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) fn get(&self, key: &K) -> Option<&T> {
+        match &self.state {
+            State::Known(set) => set.get(key),
+            State::Unknown | State::Missing => None,
+        }
+    }
+
     /// The complete set, read now: a `Reset` if it differs from the set last yielded (or is
     /// the first answer), else nothing. A key listed twice keeps its first target.
     pub(crate) fn reset(&mut self, set: Vec<(K, T)>) -> Option<Update<K, T>> {

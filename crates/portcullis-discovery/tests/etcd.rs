@@ -382,3 +382,129 @@ async fn a_prefix_emptied_by_a_range_delete_is_an_empty_set() {
         Update::Remove(vec!["/svc/api/a".into(), "/svc/api/b".into()])
     );
 }
+
+#[tokio::test]
+async fn a_relist_keeps_a_bad_values_key_at_its_last_good_value() {
+    let mut server = EtcdServer::start().await;
+    let mut kv = server.client().await.unwrap();
+    kv.put("/svc/api/a", "10.0.0.1:80", None).await.unwrap();
+    kv.put("/svc/api/b", "10.0.0.2:80", None).await.unwrap();
+    let mut updates = source(&server).await.updates("/svc/api/");
+    let metrics = updates.metrics();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![
+            ("/svc/api/a".into(), ep("10.0.0.1:80")),
+            ("/svc/api/b".into(), ep("10.0.0.2:80")),
+        ])
+    );
+
+    // While the stream is not polled: etcd restarts, a's value goes bad, c is added, and the
+    // history is compacted away, so the stream must list again.
+    server.restart().await;
+    let mut kv = server.client().await.unwrap();
+    kv.put("/svc/api/a", "not an address", None).await.unwrap();
+    let last = kv
+        .put("/svc/api/c", "10.0.0.3:80", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    kv.compact(last, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+
+    // The list keeps a at its last good value, as the watch would.
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![
+            ("/svc/api/a".into(), ep("10.0.0.1:80")),
+            ("/svc/api/b".into(), ep("10.0.0.2:80")),
+            ("/svc/api/c".into(), ep("10.0.0.3:80")),
+        ])
+    );
+    let snapshot = metrics.snapshot();
+    assert!(
+        snapshot.errors >= 1,
+        "the bad value is counted: {snapshot:?}"
+    );
+    assert_eq!(snapshot.relists, 1, "{snapshot:?}");
+
+    // A good value again: a change.
+    kv.put("/svc/api/a", "10.0.0.9:80", None).await.unwrap();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Add(vec![("/svc/api/a".into(), ep("10.0.0.9:80"))])
+    );
+}
+
+#[tokio::test]
+async fn an_etcd_whose_revision_went_backwards_is_listed_again() {
+    let mut server = EtcdServer::start().await;
+    let mut kv = server.client().await.unwrap();
+    kv.put("/svc/api/a", "10.0.0.1:80", None).await.unwrap();
+    // Revisions the replacement will not reach before the change below.
+    for i in 0..20 {
+        kv.put(format!("/other/{i}"), "x", None).await.unwrap();
+    }
+    let mut updates = source(&server).await.updates("/svc/api/");
+    let metrics = updates.metrics();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![("/svc/api/a".into(), ep("10.0.0.1:80"))])
+    );
+
+    // Replaced by an empty etcd (revision 1) while the stream is not polled, then one key
+    // put there (revision 2): a watch from the old revision + 1 would never see it.
+    server.replace_with_empty().await;
+    let mut kv = server.client().await.unwrap();
+    kv.put("/svc/api/b", "10.0.0.2:80", None).await.unwrap();
+
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![("/svc/api/b".into(), ep("10.0.0.2:80"))])
+    );
+    let snapshot = metrics.snapshot();
+    assert_eq!(snapshot.rewinds, 1, "{snapshot:?}");
+    assert_eq!(snapshot.relists, 1, "{snapshot:?}");
+
+    // And it watches on from the new list's revision.
+    kv.put("/svc/api/c", "10.0.0.3:80", None).await.unwrap();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Add(vec![("/svc/api/c".into(), ep("10.0.0.3:80"))])
+    );
+}
+
+#[tokio::test]
+async fn values_that_are_not_host_port_keep_the_keys_last_value() {
+    let server = EtcdServer::start().await;
+    let mut kv = server.client().await.unwrap();
+    kv.put("/svc/api/a", "10.0.0.1:80", None).await.unwrap();
+    let mut updates = source(&server).await.updates("/svc/api/");
+    let metrics = updates.metrics();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Reset(vec![("/svc/api/a".into(), ep("10.0.0.1:80"))])
+    );
+
+    let bad = [
+        "http://10.0.0.1:80",
+        "10.0.0.1:80,10.0.0.2:80",
+        "[::1:80",
+        r#"{"addr": "http://10.0.0.2:80"}"#,
+        "10.0.0.256:80",
+        "10.0.0.1:+80",
+    ];
+    for value in bad {
+        kv.put("/svc/api/a", value, None).await.unwrap();
+    }
+    // Then a change that is one: the next update, a unchanged.
+    kv.put("/svc/api/b", "[::1]:80", None).await.unwrap();
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Add(vec![("/svc/api/b".into(), ep("[::1]:80"))])
+    );
+    assert_eq!(metrics.snapshot().errors, bad.len() as u64);
+}

@@ -4,7 +4,10 @@
 //!
 //! One key per endpoint under the prefix; its value is an address, `10.0.0.1:8080`, or a
 //! small JSON object, `{"addr": "10.0.0.1:8080", "weight": 2, "zone": "eu-1a"}` (`weight`
-//! defaults to 1, `zone` to none). [`Etcd::updates`] yields `Update<String, EtcdEndpoint>`,
+//! defaults to 1, `zone` to none). An address is `host:port`: an IPv4 address, a bracketed
+//! IPv6 address (`[fd00::1]:80`) or a DNS host name, and a decimal port; a URL
+//! (`http://10.0.0.1:80`), a list (`10.0.0.1:80,10.0.0.2:80`) or anything else is not an
+//! endpoint. [`Etcd::updates`] yields `Update<String, EtcdEndpoint>`,
 //! keyed by the full key.
 //!
 //! # Rules
@@ -17,13 +20,20 @@
 //! 2. **Resumed where it stopped.** When the watch breaks (etcd restarted, the connection
 //!    lost), the stream backs off and watches again from the revision of the last change
 //!    it saw + 1: no change is lost, none is seen twice.
-//! 3. **Re-listed after a compaction.** If etcd has compacted its history past that
-//!    revision, the stream lists again and yields a `Reset` (if the set changed), the last
-//!    set staying in force until then: never an empty set in between.
+//! 3. **Re-listed when the history is gone.** If etcd has compacted its history past that
+//!    revision, or the backlog is too large for one message, or etcd's revision is behind
+//!    the last one seen (an etcd replaced by an empty one, or restored from a backup
+//!    without `--bump-revision`: a watch from the old revision would hide every change until
+//!    the new revisions pass it), the stream lists again and yields a `Reset` (if the set
+//!    changed), the last set staying in force until then: never an empty set in between.
+//!    Each re-list is counted (`relists`); a revision gone backwards also as a failure
+//!    (`errors`, `rewinds`, backed off before the list).
 //! 4. **Failures keep the last set.** A failed list or watch is logged at warn, counted, and
 //!    retried after a jittered, doubling backoff. A value that is not an endpoint is logged
-//!    at warn and counted; the key keeps its last value. The stream never fails and never
-//!    ends. Each change of the set is logged at info: `etcd /services/api/: 3 endpoints (+1 -0)`.
+//!    at warn and counted (`errors`); the key keeps its last value, on the watch and on a
+//!    list alike (a key whose first value is bad is left out). The stream never fails and
+//!    never ends. Each change of the set is logged at info:
+//!    `etcd /services/api/: 3 endpoints (+1 -0)`.
 //! 5. **Never blocks, never piles up.** The list and watch are etcd-client's asynchronous
 //!    gRPC calls, run inside `poll_next`; between two polls nothing is read, so a flood of
 //!    changes waits in etcd and in the connection's flow-control window, not in memory here.

@@ -16,6 +16,13 @@ enum Failure {
     WatchEnded,
     /// The watch was cancelled for another reason than compaction.
     Cancelled(String),
+    /// etcd's revision is behind the last one seen: it was replaced by an empty etcd or
+    /// restored from a backup without `--bump-revision`, and a watch from the old revision
+    /// would hide every change until its revisions pass it.
+    Rewound {
+        seen: i64,
+        server: i64,
+    },
 }
 
 /// One stream's state between two updates.
@@ -88,6 +95,7 @@ impl Watching {
                     error = %status.message(),
                     "etcd watch backlog too large for one message; listing again"
                 );
+                self.set.metrics().relist();
                 self.revision = None;
                 self.watch = None;
                 return Ok(None);
@@ -95,6 +103,21 @@ impl Watching {
             Err(error) => return Err(error.into()),
         };
         self.set.metrics().read();
+        let server = response
+            .header()
+            .map_or(revision, |header| header.revision());
+        if server < revision {
+            // Every response's header carries etcd's current revision, which never goes
+            // backwards on the same history: the history is another one. Only a new list
+            // is complete; the set stays in force until it is read.
+            self.set.metrics().rewind();
+            self.set.metrics().relist();
+            self.revision = None;
+            return Err(Failure::Rewound {
+                seen: revision,
+                server,
+            });
+        }
         if response.compact_revision() > 0 {
             // The history after our revision is gone: only a new list is complete. The set
             // stays in force until it is read (no empty set in between).
@@ -105,6 +128,7 @@ impl Watching {
                 compacted = response.compact_revision(),
                 "etcd history compacted past the watch; listing again"
             );
+            self.set.metrics().relist();
             self.revision = None;
             self.watch = None;
             return Ok(None);
@@ -131,7 +155,8 @@ impl Watching {
     }
 
     /// Reads every key under the prefix: a `Reset` if the set differs from the last one
-    /// yielded. A key whose value is not an endpoint is left out.
+    /// yielded. A key whose value is not an endpoint keeps its last value, as on the watch
+    /// (left out if it has none).
     async fn list(&mut self) -> Result<Option<Update<String, EtcdEndpoint>>, Failure> {
         let response = self
             .client
@@ -145,7 +170,10 @@ impl Watching {
             .iter()
             .filter_map(|kv| {
                 let key = self.key(kv)?;
-                let endpoint = self.endpoint(&key, kv)?;
+                let endpoint = match self.endpoint(&key, kv) {
+                    Some(endpoint) => endpoint,
+                    None => self.set.get(&key)?.clone(),
+                };
                 Some((key, endpoint))
             })
             .collect();
@@ -187,6 +215,11 @@ impl fmt::Display for Failure {
             Failure::Client(error) => error.fmt(f),
             Failure::WatchEnded => f.write_str("the watch stream ended"),
             Failure::Cancelled(reason) => write!(f, "the watch was cancelled: {reason}"),
+            Failure::Rewound { seen, server } => write!(
+                f,
+                "etcd's revision {server} is behind revision {seen} already seen (etcd replaced, \
+                 or restored from a backup without --bump-revision); listing again"
+            ),
         }
     }
 }

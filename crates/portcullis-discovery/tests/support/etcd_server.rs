@@ -107,6 +107,14 @@ impl EtcdServer {
         self.kill();
         self.run().await;
     }
+
+    /// Killed and replaced by an empty etcd on the same port (its data removed): revisions
+    /// start again from 1, as after a restore from a backup without `--bump-revision`.
+    pub async fn replace_with_empty(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(self.dir.join("data")).unwrap();
+        self.run().await;
+    }
 }
 
 impl Drop for EtcdServer {
