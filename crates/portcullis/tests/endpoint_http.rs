@@ -82,7 +82,9 @@ impl Drop for Backend {
 }
 
 /// The backend's name, the request's `Host` (HTTP/1.1) or `:authority` (HTTP/2), its path and
-/// query, and its version, as response headers.
+/// query, and its version, as response headers; and, apart, every `Host` header it carried
+/// (`x-host-headers`, comma-separated, empty for none) and its URI's authority (`x-authority`:
+/// HTTP/2's `:authority`, empty over HTTP/1.1).
 fn echo(name: &str, request: &Request<Incoming>) -> Response<Body> {
     let host = match request.headers().get(HOST) {
         Some(host) => host.to_str().unwrap_or("<not text>").to_string(),
@@ -95,9 +97,22 @@ fn echo(name: &str, request: &Request<Incoming>) -> Response<Body> {
         .uri()
         .path_and_query()
         .map_or_else(String::new, ToString::to_string);
+    // Every `Host` header received, and the URI's authority (HTTP/2's `:authority`), apart.
+    let host_headers: Vec<_> = request
+        .headers()
+        .get_all(HOST)
+        .iter()
+        .map(|value| value.to_str().unwrap_or("<not text>"))
+        .collect();
+    let authority = request
+        .uri()
+        .authority()
+        .map_or_else(String::new, ToString::to_string);
     Response::builder()
         .header("x-backend", name)
         .header("x-host", host)
+        .header("x-host-headers", host_headers.join(","))
+        .header("x-authority", authority)
         .header("x-path", path)
         .header("x-version", format!("{:?}", request.version()))
         .body(Full::new(Bytes::from_static(b"ok")))
@@ -300,4 +315,78 @@ async fn a_p2c_pool_of_http_endpoints_reaches_every_backend() {
         );
     }
     assert_eq!(answered, BTreeSet::from(["a".to_string(), "b".to_string()]));
+}
+
+/// Sends `request` through `endpoint`, and returns what the backend received: every `Host`
+/// header, the `:authority`, the version.
+async fn host_and_authority(
+    endpoint: HttpEndpoint<Body>,
+    request: Request<Body>,
+) -> (String, String, String) {
+    let response = timeout(EVENT_TIMEOUT, endpoint.oneshot(request))
+        .await
+        .unwrap()
+        .unwrap();
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_string();
+    (
+        header("x-host-headers"),
+        header("x-authority"),
+        header("x-version"),
+    )
+}
+
+#[tokio::test]
+async fn http2_requests_carry_no_host_that_differs_from_the_authority() {
+    let a = Backend::start("a").await.unwrap();
+    let maker = MakeHttpEndpoint::<Body>::from_builder(client_builder(), connector()).http2_only();
+    let endpoint = maker.make_endpoint(&"a", &a.addr);
+    // The caller's virtual host, and an absolute URI naming another: over HTTP/2 the backend
+    // gets the endpoint's address as `:authority` and no `Host` (RFC 9113 §8.3.1).
+    let request = Request::get("https://elsewhere.invalid/vhost")
+        .header(HOST, "app.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (hosts, authority, version) = host_and_authority(endpoint.clone(), request).await;
+    assert_eq!(hosts, "", "no Host header over HTTP/2");
+    assert_eq!(authority, a.addr.to_string());
+    assert_eq!(version, "HTTP/2.0");
+    // Without a Host of the caller's, none either (hyper adds none over HTTP/2).
+    let request = Request::get("/plain")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (hosts, authority, _) = host_and_authority(endpoint, request).await;
+    assert_eq!((hosts.as_str(), authority), ("", a.addr.to_string()));
+}
+
+#[tokio::test]
+async fn a_request_sent_as_http2_drops_the_callers_host() {
+    let a = Backend::start("a").await.unwrap();
+    // A client built with hyper's own `http2_only`, the endpoint not told: a request the
+    // caller marked HTTP/2 still goes without its `Host`.
+    let mut builder = client_builder();
+    builder.http2_only(true);
+    let endpoint =
+        MakeHttpEndpoint::<Body>::from_builder(builder, connector()).make_endpoint(&"a", &a.addr);
+    let request = Request::get("/vhost")
+        .version(Version::HTTP_2)
+        .header(HOST, "app.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (hosts, authority, version) = host_and_authority(endpoint, request).await;
+    assert_eq!(hosts, "", "no Host header over HTTP/2");
+    assert_eq!(authority, a.addr.to_string());
+    assert_eq!(version, "HTTP/2.0");
+
+    // Over HTTP/1.1 the caller's Host is still what the backend gets (and there is no
+    // `:authority`).
+    let endpoint = MakeHttpEndpoint::<Body>::new().make_endpoint(&"a", &a.addr);
+    let request = Request::get("/vhost")
+        .header(HOST, "app.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (hosts, authority, version) = host_and_authority(endpoint, request).await;
+    assert_eq!(
+        (hosts.as_str(), authority.as_str(), version.as_str()),
+        ("app.example", "", "HTTP/1.1")
+    );
 }

@@ -3,8 +3,25 @@
 //!
 //! An [`HttpEndpoint`] sends every request to its own address: the request's URI gets the
 //! scheme `http` and the endpoint's authority, and keeps its path and query (`/` when it has
-//! none). A `Host` header the request already carries is sent as it is, so a proxy can forward
-//! the caller's virtual host; without one, hyper derives it from the rewritten authority.
+//! none).
+//!
+//! # `Host` and `:authority`
+//!
+//! Over HTTP/1.1, a `Host` header the request already carries is sent as it is, so a proxy
+//! can forward the caller's virtual host; without one, hyper derives it from the rewritten
+//! authority.
+//!
+//! Over HTTP/2 the endpoint's address is the request's `:authority` (hyper-util's client
+//! connects, and pools its connections, by the URI's authority, so it cannot carry the
+//! caller's host there), and a `Host` the caller set is **dropped**: RFC 9113 §8.3.1 forbids a
+//! client to send a `Host` that differs from `:authority`. A backend that needs the caller's
+//! virtual host over HTTP/2 must get it another way (a `Forwarded` or `X-Forwarded-Host`
+//! header the caller sets). An endpoint knows that it speaks HTTP/2 when it is told:
+//! [`MakeHttpEndpoint::http2_only`] (which also makes its clients speak HTTP/2 with prior
+//! knowledge) or [`HttpEndpoint::http2_only`]; a request whose version is `HTTP/2` is sent
+//! as HTTP/2 too (hyper-util refuses to send it over HTTP/1.1). A client built with hyper's
+//! own `http2_only(true)`, or one that negotiates HTTP/2 by ALPN, says nothing to the
+//! endpoint: use these instead, or drop `Host` yourself.
 //!
 //! The response body is handed back unread ([`Incoming`]): reading it, and bounding how long
 //! that may take, is the caller's choice. Errors are [`BoxError`]s: hyper-util's
@@ -31,9 +48,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), portcullis::BoxError> {
 //! // HTTP/2 with prior knowledge; `MakeHttpEndpoint::new()` speaks HTTP/1.1.
-//! let mut builder = client_builder();
-//! builder.http2_only(true);
-//! let maker = MakeHttpEndpoint::from_builder(builder, connector());
+//! let maker = MakeHttpEndpoint::from_builder(client_builder(), connector()).http2_only();
 //!
 //! let addr: SocketAddr = "10.0.0.1:8080".parse()?;
 //! let endpoint = maker.make_endpoint(&"backend-1", &addr);
@@ -49,8 +64,9 @@
 
 use crate::p2c::MakeEndpoint;
 use crate::BoxError;
+use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::{self, Builder, Client};
@@ -162,6 +178,9 @@ pub struct HttpEndpoint<B, C = HttpConnector> {
     /// `Err` when the address the endpoint was made for is not a valid authority: every
     /// `poll_ready` and `call` then fails with it.
     authority: Result<Authority, RewriteError>,
+    /// Whether `client` speaks HTTP/2: every request is then sent as HTTP/2, without a
+    /// `Host` header.
+    http2: bool,
 }
 
 impl<B, C> HttpEndpoint<B, C> {
@@ -170,6 +189,7 @@ impl<B, C> HttpEndpoint<B, C> {
         Self {
             client,
             authority: Ok(authority),
+            http2: false,
         }
     }
 
@@ -179,7 +199,17 @@ impl<B, C> HttpEndpoint<B, C> {
             client,
             authority: Authority::try_from(addr.to_string())
                 .map_err(|error| RewriteError::new(addr, error)),
+            http2: false,
         }
+    }
+
+    /// Tells the endpoint that its client speaks HTTP/2 (a client built with
+    /// `http2_only(true)`): every request is sent as HTTP/2, with the endpoint's address as
+    /// its `:authority` and without the caller's `Host` header, which RFC 9113 forbids to
+    /// differ from `:authority` (see [the module](self#host-and-authority)).
+    pub fn http2_only(mut self) -> Self {
+        self.http2 = true;
+        self
     }
 
     /// Where this endpoint sends its requests, or why it cannot send any.
@@ -193,6 +223,7 @@ impl<B, C: Clone> Clone for HttpEndpoint<B, C> {
         Self {
             client: self.client.clone(),
             authority: self.authority.clone(),
+            http2: self.http2,
         }
     }
 }
@@ -201,6 +232,7 @@ impl<B, C> fmt::Debug for HttpEndpoint<B, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpEndpoint")
             .field("authority", &self.authority)
+            .field("http2", &self.http2)
             .finish_non_exhaustive()
     }
 }
@@ -228,6 +260,11 @@ where
             Ok(authority) => rewrite(request.uri_mut(), authority),
             Err(error) => Err(error.clone()),
         };
+        if self.http2 || request.version() == Version::HTTP_2 {
+            // `:authority` is the endpoint's address; a `Host` must not differ from it.
+            *request.version_mut() = Version::HTTP_2;
+            request.headers_mut().remove(HOST);
+        }
         match rewritten {
             Ok(()) => ResponseFuture::sent(self.client.request(request)),
             Err(error) => ResponseFuture::failed(error),
@@ -357,6 +394,8 @@ impl<B> crate::p2c::ClassifyResponse<Response<B>> for ServerErrors {
 /// ```
 pub struct MakeHttpEndpoint<B, C = HttpConnector> {
     clients: Clients<B, C>,
+    /// Whether the endpoints' clients speak HTTP/2 ([`Self::http2_only`]).
+    http2: bool,
 }
 
 enum Clients<B, C> {
@@ -393,6 +432,7 @@ impl<B, C> MakeHttpEndpoint<B, C> {
                 connector,
                 _body: PhantomData,
             },
+            http2: false,
         }
     }
 
@@ -401,6 +441,31 @@ impl<B, C> MakeHttpEndpoint<B, C> {
     pub fn shared(client: Client<C, B>) -> Self {
         Self {
             clients: Clients::Shared(client),
+            http2: false,
+        }
+    }
+
+    /// HTTP/2 with prior knowledge: the clients this maker builds speak only HTTP/2
+    /// (`http2_only(true)` on its builder), and every endpoint it makes sends its requests
+    /// with its address as `:authority` and without the caller's `Host` header (see
+    /// [the module](self#host-and-authority)). For a [`shared`](Self::shared) client, which
+    /// this maker does not build, build it with `http2_only(true)` yourself.
+    ///
+    /// Use this rather than hyper's `http2_only` on the builder: a maker cannot see inside
+    /// the builder it is given, and its endpoints would keep the caller's `Host`.
+    pub fn http2_only(mut self) -> Self {
+        if let Clients::PerEndpoint { builder, .. } = &mut self.clients {
+            builder.http2_only(true);
+        }
+        self.http2 = true;
+        self
+    }
+
+    fn endpoint(&self, endpoint: HttpEndpoint<B, C>) -> HttpEndpoint<B, C> {
+        if self.http2 {
+            endpoint.http2_only()
+        } else {
+            endpoint
         }
     }
 }
@@ -430,7 +495,7 @@ where
     type Endpoint = HttpEndpoint<B, C>;
 
     fn make_endpoint(&self, _key: &K, addr: &SocketAddr) -> HttpEndpoint<B, C> {
-        HttpEndpoint::for_addr(self.client(), *addr)
+        self.endpoint(HttpEndpoint::for_addr(self.client(), *addr))
     }
 }
 
@@ -443,7 +508,7 @@ where
     type Endpoint = HttpEndpoint<B, C>;
 
     fn make_endpoint(&self, _key: &K, authority: &Authority) -> HttpEndpoint<B, C> {
-        HttpEndpoint::new(self.client(), authority.clone())
+        self.endpoint(HttpEndpoint::new(self.client(), authority.clone()))
     }
 }
 
@@ -459,7 +524,10 @@ impl<B, C: Clone> Clone for MakeHttpEndpoint<B, C> {
             },
             Clients::Shared(client) => Clients::Shared(client.clone()),
         };
-        Self { clients }
+        Self {
+            clients,
+            http2: self.http2,
+        }
     }
 }
 
@@ -472,10 +540,12 @@ impl<B, C: fmt::Debug> fmt::Debug for MakeHttpEndpoint<B, C> {
                 .debug_struct("MakeHttpEndpoint")
                 .field("builder", builder)
                 .field("connector", connector)
+                .field("http2", &self.http2)
                 .finish(),
             Clients::Shared(client) => f
                 .debug_struct("MakeHttpEndpoint")
                 .field("shared", client)
+                .field("http2", &self.http2)
                 .finish(),
         }
     }
