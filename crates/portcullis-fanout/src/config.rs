@@ -79,8 +79,8 @@ impl FanOutBuilder {
         self
     }
 
-    /// Each peer call, readiness included, ends as timed out after `timeout`. No longer than
-    /// the overall timeout. A timeout too long for the clock means practically never (see
+    /// Each peer call, readiness included, ends as timed out after `timeout`. Longer than zero
+    /// and no longer than the overall timeout. A timeout too long for the clock means practically never (see
     /// [`deadline_after`](portcullis_pool::time::deadline_after)).
     pub fn per_peer_timeout(mut self, timeout: Duration) -> Self {
         self.config.per_peer_timeout = Some(timeout);
@@ -88,7 +88,8 @@ impl FanOutBuilder {
     }
 
     /// The whole fan-out ends after `timeout`, counted from `call`; peer calls still in flight
-    /// are reported as timed out, peers not yet called as cancelled. A timeout too long for
+    /// are reported as timed out (with no latency: they did not end on their own), peers not
+    /// yet called as cancelled. Longer than zero. A timeout too long for
     /// the clock means practically never (see
     /// [`deadline_after`](portcullis_pool::time::deadline_after)).
     pub fn overall_timeout(mut self, timeout: Duration) -> Self {
@@ -124,6 +125,12 @@ impl FanOutBuilder {
         }
         if let Policy::Quorum(0) = config.policy {
             return Err(BuildError::ZeroQuorum);
+        }
+        if config.per_peer_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(BuildError::ZeroPerPeerTimeout);
+        }
+        if config.overall_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(BuildError::ZeroOverallTimeout);
         }
         if let (Some(per_peer), Some(overall)) = (config.per_peer_timeout, config.overall_timeout) {
             if per_peer > overall {

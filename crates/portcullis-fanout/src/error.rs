@@ -27,6 +27,10 @@ pub enum BuildError {
     },
     /// `Policy::Quorum(0)`: a quorum of nobody is always met, which is surely a mistake.
     ZeroQuorum,
+    /// A `per_peer_timeout` of zero: no peer call could ever be waited for.
+    ZeroPerPeerTimeout,
+    /// An `overall_timeout` of zero: no fan-out could ever be waited for.
+    ZeroOverallTimeout,
     /// The per-peer timeout is longer than the overall one, so it could never fire.
     PerPeerTimeoutExceedsOverall {
         /// The configured per-peer timeout.
@@ -45,6 +49,8 @@ impl fmt::Display for BuildError {
                 write!(f, "fan-out shared limit {permits} exceeds the maximum {max}")
             }
             BuildError::ZeroQuorum => f.write_str("fan-out quorum must be at least 1"),
+            BuildError::ZeroPerPeerTimeout => f.write_str("fan-out per_peer_timeout of zero"),
+            BuildError::ZeroOverallTimeout => f.write_str("fan-out overall_timeout of zero"),
             BuildError::PerPeerTimeoutExceedsOverall { per_peer, overall } => write!(
                 f,
                 "fan-out per-peer timeout ({per_peer:?}) is longer than the overall timeout ({overall:?})"

@@ -338,11 +338,9 @@ where
     }
 
     fn finish(&mut self, overall_timed_out: bool) -> Report<K, S::Response, S::Error> {
-        // Calls cut short by the overall deadline: the report gives their time so far, but the
-        // latency histogram, which is about calls that ended on their own, does not take it.
-        let mut cut = Vec::new();
+        // Calls cut short by the overall deadline did not end on their own: they have no
+        // latency, in the report as in the latency histogram.
         if overall_timed_out {
-            let now = self.now();
             for call in self.in_flight.iter() {
                 let call = call.project_ref();
                 if let Some(slot) = self.slots.get_mut(*call.index) {
@@ -351,7 +349,6 @@ where
                         latency: None,
                     };
                     self.counts.timed_out += 1;
-                    cut.push((*call.index, now.saturating_duration_since(*call.started)));
                 }
             }
             tracing::warn!(
@@ -376,11 +373,6 @@ where
             &self.slots,
         );
         tracing::debug!(met, counts = ?self.counts, peak_in_flight = self.peak_in_flight, "fan-out ended");
-        for (index, latency) in cut {
-            if let Some(slot) = self.slots.get_mut(index) {
-                slot.latency = Some(latency);
-            }
-        }
         Report {
             keys: self.keys.clone(),
             slots: std::mem::take(&mut self.slots),

@@ -219,7 +219,9 @@ impl<K: PartialEq, R, E> Report<K, R, E> {
             .map(|s| &s.outcome)
     }
 
-    /// How long the peer's call took, if it ended on its own (answered, failed or timed out).
+    /// How long the peer's call took, if it ended on its own (answered, failed, or timed out
+    /// by its per-peer deadline); `None` for a call the overall deadline cut short, and for a
+    /// peer never called or cancelled.
     pub fn latency(&self, key: &K) -> Option<Duration> {
         self.position(key)
             .and_then(|i| self.slots.get(i))

@@ -173,6 +173,8 @@ proptest! {
         match &built {
             Err(FanOutBuildError::ZeroMaxInFlight) => prop_assert_eq!(max_in_flight, 0),
             Err(FanOutBuildError::ZeroQuorum) => prop_assert_eq!(policy, Policy::Quorum(0)),
+            Err(FanOutBuildError::ZeroPerPeerTimeout) => prop_assert_eq!(per_peer, Some(Duration::ZERO)),
+            Err(FanOutBuildError::ZeroOverallTimeout) => prop_assert_eq!(overall, Some(Duration::ZERO)),
             Err(FanOutBuildError::PerPeerTimeoutExceedsOverall { .. }) => prop_assert!(per_peer > overall),
             Err(other) => prop_assert!(false, "unexpected {other:?}"),
             Ok(_) => {}
