@@ -99,6 +99,7 @@ struct State {
     fail_ready: bool,
     fail_calls: bool,
     hang: bool,
+    panic_on_call: bool,
     calls: u64,
     in_flight: usize,
     /// Endpoint instances (and clones) not yet dropped.
@@ -173,6 +174,12 @@ impl SimControl {
         self.shared.lock().hang = hang;
     }
 
+    /// Whether later calls panic inside `call`, as a buggy endpoint would (the panic is raised
+    /// wherever the endpoint is called: a balancer's worker, or a caller dispatching itself).
+    pub fn set_panic_on_call(&self, panic: bool) {
+        self.shared.lock().panic_on_call = panic;
+    }
+
     /// Calls made to any endpoint of this replica so far.
     pub fn calls(&self) -> u64 {
         self.shared.lock().calls
@@ -213,6 +220,7 @@ impl Default for State {
             fail_ready: false,
             fail_calls: false,
             hang: false,
+            panic_on_call: false,
             calls: 0,
             in_flight: 0,
             alive: 0,
@@ -287,6 +295,10 @@ impl<Req, Rsp> Service<Req> for SimEndpoint<Req, Rsp> {
     fn call(&mut self, req: Req) -> SimFuture<Rsp> {
         let (latency, fail, hang) = {
             let mut state = self.shared.lock();
+            if state.panic_on_call {
+                drop(state);
+                panic!("simulated endpoint told to panic in call");
+            }
             state.calls += 1;
             state.in_flight += 1;
             (state.latency, state.fail_calls, state.hang)

@@ -1,0 +1,873 @@
+//! Every contract in every combination: a seeded, model-based property test of the queue and
+//! the pool together.
+//!
+//! Each case draws a configuration (direct dispatch on or off, capacity 1..=8, the failfast
+//! timeout, a `Retry` with attempt timeouts over the queue or plain callers, and each of the
+//! pool's health features: ejection, panic threshold, slow start, weights, failure-aware,
+//! subsetting) and a history of events (discovery updates and errors, readiness flips,
+//! endpoint failures, panics and hangs, latency changes, callers that pipeline on one handle,
+//! cancellations, clones, handles polled from a plain thread outside the runtime, and time).
+//! After every step it checks the contracts:
+//!
+//! - FIFO: requests reach the pool in the order they were called (per queue, so per handle);
+//! - never more than `capacity` admitted, and the free slots plus the requests that wait always
+//!   add up to the capacity;
+//! - every request ends with a response or a typed error within its bound;
+//! - no panic reaches a caller;
+//! - no request goes to an endpoint outside the set the pool was given;
+//! - ejected endpoints get no request outside panic mode;
+//! - the queue's counters add up to what the callers saw.
+//!
+//! Everything runs on tokio's paused clock (current-thread runtime) with seeded randomness, so
+//! a failing case replays exactly: proptest prints the drawn case and keeps a regression seed
+//! in `tests/combinations.proptest-regressions`. CI runs `PROPTEST_CASES` cases (64 by default
+//! here); a long run: `PROPTEST_CASES=5000 cargo test -p portcullis --test combinations
+//! --release`.
+
+use futures_util::FutureExt;
+use portcullis::p2c::{
+    failure::failure_aware,
+    make::{peak_ewma, weighted, MakeEndpoint},
+    subset::Subset,
+    EndpointState, P2cPool,
+};
+use portcullis::pool::{
+    EndpointCounts, FailFast, NoSlot, NotReady, Pool, PoolFailed, PoolQueue, Update, WorkerGone,
+};
+use portcullis::retry::{Backoff, Classify, Decision, Retry, RetryError, RetryLayer};
+use portcullis::BoxError;
+use portcullis_test::discovery::{self, DiscoverySender};
+use portcullis_test::endpoint::SimError;
+use portcullis_test::fleet::Fleet;
+use portcullis_test::time::{ms, settle};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+const KEYS: u32 = 6;
+const HANDLES: usize = 4;
+
+// === the drawn configuration ===
+
+#[derive(Clone, Debug)]
+struct Config {
+    direct_dispatch: bool,
+    capacity: usize,
+    failfast: Duration,
+    retry: Option<RetryConfig>,
+    ejection: Option<u32>,
+    panic_threshold: u8,
+    slow_start: Option<Duration>,
+    weights: Option<[u32; KEYS as usize]>,
+    failure_aware: bool,
+    subset: Option<(u64, usize)>,
+    seed: u64,
+}
+
+#[derive(Clone, Debug)]
+struct RetryConfig {
+    max_attempts: u32,
+    attempt_timeout: Duration,
+    deadline: Duration,
+}
+
+fn config() -> impl Strategy<Value = Config> {
+    let retry = (2..=4u32, 20..400u64, 1..=4u64).prop_map(|(max_attempts, attempt, d)| {
+        let attempt_timeout = ms(attempt);
+        RetryConfig {
+            max_attempts,
+            attempt_timeout,
+            // Room for the backoff's worst case (checked when the layer is built).
+            deadline: attempt_timeout * max_attempts + ms(250 * d),
+        }
+    });
+    (
+        any::<bool>(),
+        1..=8usize,
+        prop_oneof![Just(ms(100)), Just(ms(500)), Just(ms(2_000))],
+        prop::option::weighted(0.6, retry),
+        prop::option::of(1..=4u32),
+        prop_oneof![Just(0u8), Just(50), Just(100)],
+        prop::option::of(prop_oneof![Just(ms(500)), Just(ms(3_000))]),
+        prop::option::of(prop::array::uniform6(1..=20u32)),
+        any::<bool>(),
+        prop::option::weighted(0.3, (0..8u64, 2..=5usize)),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(
+                direct_dispatch,
+                capacity,
+                failfast,
+                retry,
+                ejection,
+                panic_threshold,
+                slow_start,
+                weights,
+                failure_aware,
+                subset,
+                seed,
+            )| Config {
+                direct_dispatch,
+                capacity,
+                failfast,
+                retry,
+                ejection,
+                panic_threshold,
+                slow_start,
+                weights,
+                failure_aware,
+                subset,
+                seed,
+            },
+        )
+}
+
+// === the drawn history ===
+
+#[derive(Clone, Debug)]
+enum Event {
+    Discovery(Update<u32, u32>),
+    DiscoveryFails,
+    SetReady(u32, bool),
+    FailReady(u32, bool),
+    FailCalls(u32, bool),
+    Latency(u32, u64),
+    /// The replica's calls hang (drawn only with a retry, whose deadline bounds them).
+    Hang(u32, bool),
+    /// The replica's next calls panic inside `call`.
+    Panic(u32),
+    Request(usize),
+    /// `n` requests on one handle without waiting for the answers.
+    Pipeline(usize, usize),
+    /// The oldest request still outstanding is given up (its task aborted).
+    Cancel,
+    CloneHandle(usize),
+    /// A request from a plain thread, outside the runtime.
+    FromPlainThread(usize),
+    Advance(u64),
+}
+
+fn endpoints() -> impl Strategy<Value = Vec<(u32, u32)>> {
+    vec((0..KEYS, 0..3u32), 0..=KEYS as usize)
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    let handle = 0..HANDLES;
+    prop_oneof![
+        2 => endpoints().prop_map(|e| Event::Discovery(Update::Reset(e))),
+        2 => endpoints().prop_map(|e| Event::Discovery(Update::Add(e))),
+        1 => vec(0..KEYS, 0..3).prop_map(|k| Event::Discovery(Update::Remove(k))),
+        1 => Just(Event::Discovery(Update::DoesNotExist)),
+        1 => prop::bool::weighted(0.1).prop_map(|fail| if fail {
+            Event::DiscoveryFails
+        } else {
+            Event::Advance(0)
+        }),
+        3 => (0..KEYS, any::<bool>()).prop_map(|(k, r)| Event::SetReady(k, r)),
+        2 => (0..KEYS, prop::bool::weighted(0.3)).prop_map(|(k, f)| Event::FailReady(k, f)),
+        2 => (0..KEYS, prop::bool::weighted(0.4)).prop_map(|(k, f)| Event::FailCalls(k, f)),
+        2 => (0..KEYS, prop_oneof![Just(0u64), Just(5), Just(50), Just(250)])
+            .prop_map(|(k, l)| Event::Latency(k, l)),
+        1 => (0..KEYS, prop::bool::weighted(0.3)).prop_map(|(k, h)| Event::Hang(k, h)),
+        1 => (0..KEYS, prop::bool::weighted(0.1)).prop_map(|(k, panic)| if panic {
+            Event::Panic(k)
+        } else {
+            Event::Advance(1)
+        }),
+        8 => handle.clone().prop_map(Event::Request),
+        2 => (handle.clone(), 2..=5usize).prop_map(|(h, n)| Event::Pipeline(h, n)),
+        2 => Just(Event::Cancel),
+        1 => handle.clone().prop_map(Event::CloneHandle),
+        2 => handle.prop_map(Event::FromPlainThread),
+        4 => prop_oneof![Just(1u64), Just(10), Just(60), Just(300), Just(1_100)]
+            .prop_map(Event::Advance),
+    ]
+}
+
+// === what the test sees ===
+
+/// One attempt that reached the queue's `call`.
+#[derive(Debug, Default)]
+struct Attempt {
+    called_at: Option<Instant>,
+    dispatched_at: Option<Instant>,
+    ended_at: Option<Instant>,
+}
+
+/// Everything the test observes, shared by the recording layers.
+#[derive(Debug, Default)]
+struct Log {
+    /// Attempts in the order their `call` was made; the index is the request the pool sees.
+    attempts: Vec<Attempt>,
+    /// Attempts in the order the pool was called with them.
+    dispatched: Vec<u64>,
+    /// What the pool was told by discovery (after subsetting), key → target.
+    discovered: HashMap<u32, u32>,
+    /// Contract breaches seen inside the pool, where a panic would be caught by the queue.
+    violations: Vec<String>,
+    /// Errors callers got that are none of the documented types.
+    untyped_errors: Vec<String>,
+    /// The paused clock as of the current step, for a caller on a plain thread (where
+    /// `Instant::now()` reads the real clock): time does not move while it calls.
+    step_clock: Option<Instant>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Shared(Arc<Mutex<Log>>);
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Log> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What the pool needs to tell the recorder about its choice.
+trait Inspect {
+    fn chosen_key(&self) -> Option<u32>;
+    fn state_of(&self, key: u32) -> Option<EndpointState>;
+    fn in_panic_mode(&self) -> bool;
+}
+
+impl<M: MakeEndpoint<u32, u32>, C> Inspect for P2cPool<u32, u32, M, u64, C> {
+    fn chosen_key(&self) -> Option<u32> {
+        self.chosen().copied()
+    }
+
+    fn state_of(&self, key: u32) -> Option<EndpointState> {
+        self.endpoint_state(&key)
+    }
+
+    fn in_panic_mode(&self) -> bool {
+        self.metrics().snapshot().panic_mode
+    }
+}
+
+/// The pool, recording what it is told and which endpoint each request goes to.
+struct Recorder<P> {
+    inner: P,
+    log: Shared,
+}
+
+impl<P> Service<u64> for Recorder<P>
+where
+    P: Service<u64> + Inspect,
+{
+    type Response = P::Response;
+    type Error = P::Error;
+    type Future = P::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), P::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, attempt: u64) -> P::Future {
+        let mut log = self.log.lock();
+        let chosen = self.inner.chosen_key();
+        match chosen {
+            Some(key) if !log.discovered.contains_key(&key) => {
+                let breach = format!(
+                    "attempt {attempt} went to {key}, not in {:?}",
+                    log.discovered
+                );
+                log.violations.push(breach)
+            }
+            Some(key)
+                if self.inner.state_of(key) == Some(EndpointState::Ejected)
+                    && !self.inner.in_panic_mode() =>
+            {
+                log.violations.push(format!(
+                    "attempt {attempt} went to ejected {key} outside panic mode"
+                ))
+            }
+            _ => {}
+        }
+        log.dispatched.push(attempt);
+        let now = Instant::now();
+        if let Some(record) = log.attempts.get_mut(attempt as usize) {
+            if record.dispatched_at.replace(now).is_some() {
+                log.violations
+                    .push(format!("attempt {attempt} dispatched twice"));
+            }
+        }
+        drop(log);
+        self.inner.call(attempt)
+    }
+}
+
+impl<P> Pool<u32, u32, u64> for Recorder<P>
+where
+    P: Pool<u32, u32, u64> + Inspect,
+{
+    fn update_pool(&mut self, update: Update<u32, u32>) {
+        {
+            let discovered = &mut self.log.lock().discovered;
+            match &update {
+                Update::Reset(all) => *discovered = all.iter().copied().collect(),
+                Update::Add(some) => discovered.extend(some.iter().copied()),
+                Update::Remove(keys) => keys.iter().for_each(|key| {
+                    discovered.remove(key);
+                }),
+                Update::DoesNotExist => discovered.clear(),
+            }
+        }
+        self.inner.update_pool(update);
+    }
+
+    fn poll_pool(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), P::Error>> {
+        self.inner.poll_pool(cx)
+    }
+
+    fn endpoints(&self) -> EndpointCounts {
+        self.inner.endpoints()
+    }
+}
+
+/// Below the retry (or the caller), above the queue: gives each attempt a number of its own,
+/// and records when it was called and when its caller stopped waiting for it.
+#[derive(Clone)]
+struct Attempts<S> {
+    inner: S,
+    log: Shared,
+}
+
+impl<S> Service<u64> for Attempts<S>
+where
+    S: Service<u64, Error = BoxError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, _logical: u64) -> Self::Future {
+        let attempt = {
+            let mut log = self.log.lock();
+            let now = match tokio::runtime::Handle::try_current() {
+                Ok(_) => Instant::now(),
+                Err(_) => log.step_clock.unwrap_or_else(Instant::now),
+            };
+            log.attempts.push(Attempt {
+                called_at: Some(now),
+                ..Attempt::default()
+            });
+            (log.attempts.len() - 1) as u64
+        };
+        let ended = Ended {
+            log: self.log.clone(),
+            attempt,
+        };
+        let response = self.inner.call(attempt);
+        Box::pin(async move {
+            let ended = ended;
+            let output = response.await;
+            if let Err(error) = &output {
+                if !is_typed(error.as_ref()) {
+                    ended.log.lock().untyped_errors.push(format!("{error:?}"));
+                }
+            }
+            output
+        })
+    }
+}
+
+/// Marks an attempt ended, however its future ends (completed or dropped).
+struct Ended {
+    log: Shared,
+    attempt: u64,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let mut log = self.log.lock();
+        if let Some(record) = log.attempts.get_mut(self.attempt as usize) {
+            record.ended_at.get_or_insert_with(Instant::now);
+        }
+    }
+}
+
+/// Whether `error` (or an error in its source chain) is one the stack documents.
+fn is_typed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<FailFast>()
+            || error.is::<NoSlot>()
+            || error.is::<WorkerGone>()
+            || error.is::<PoolFailed>()
+            || error.is::<NotReady>()
+            || error.is::<SimError>()
+            || error.is::<RetryError>()
+            || error.is::<portcullis::p2c::error::EndpointGone>()
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+// === the system under test ===
+
+type Queue<F> = PoolQueue<u64, F>;
+
+struct Case<F> {
+    config: Config,
+    fleet: Fleet,
+    log: Shared,
+    updates: DiscoverySender<u32, u32>,
+    handles: Vec<Attempts<Queue<F>>>,
+    /// The retry every logical request goes through, if drawn: one layer, so one budget.
+    retry: Option<RetryLayer<Classifier>>,
+    /// Logical requests: when each started, its task, and when it ended.
+    requests: Vec<Logical>,
+    /// Whether an endpoint was told to panic (the queue's counters stop at a panic).
+    panicked: bool,
+    start: Instant,
+}
+
+/// Retries every error (the queue's refusals and the endpoints' failures alike), so that
+/// attempts keep reaching the queue.
+#[derive(Clone, Copy, Debug)]
+struct Classifier;
+
+impl Classify<u64, (u32, u32), BoxError> for Classifier {
+    fn classify(&self, _: &u64, result: Result<&(u32, u32), &BoxError>) -> Decision {
+        match result {
+            Ok(_) => Decision::Success,
+            Err(_) => Decision::RETRY,
+        }
+    }
+}
+
+fn retry_layer(config: &RetryConfig) -> Result<RetryLayer<Classifier>, TestCaseError> {
+    Retry::builder()
+        .max_attempts(config.max_attempts)
+        .attempt_timeout(config.attempt_timeout)
+        .deadline(config.deadline)
+        .backoff(Backoff::new(ms(5), 2.0, ms(40)).map_err(fail)?)
+        .build_layer(Classifier)
+        .map_err(fail)
+}
+
+struct Logical {
+    started: Instant,
+    /// The bound its end must keep, for a request through the retry: its first attempt's
+    /// wait for a slot (in `poll_ready`, before the deadline starts: bounded by the failfast
+    /// timeout), then the retry's deadline.
+    bound: Option<Duration>,
+    task: JoinHandle<Option<Instant>>,
+}
+
+fn p2c_builder(config: &Config) -> portcullis::p2c::P2cPoolBuilder {
+    let mut builder = P2cPool::builder()
+        .seed(config.seed)
+        .panic_threshold(config.panic_threshold);
+    if let Some(failures) = config.ejection {
+        builder = builder
+            .consecutive_failures(failures)
+            .ejection_time(ms(500), ms(4_000))
+            .max_ejection_percent(50);
+    }
+    if let Some(window) = config.slow_start {
+        builder = builder.slow_start(window, 1.0, 10);
+    }
+    builder
+}
+
+async fn run(config: Config, events: Vec<Event>) -> Result<(), TestCaseError> {
+    let fleet = Fleet::new();
+    let log = Shared::default();
+    let (updates, stream) = discovery::channel::<u32, u32>();
+    // Without weights every endpoint weighs 1, which is what an unweighted maker says.
+    let weights = config.weights;
+    let maker = weighted(
+        peak_ewma(fleet.maker::<u64>()),
+        move |key: &u32, _: &u32| weights.map_or(1, |w| w[*key as usize % w.len()]),
+    );
+    let builder = p2c_builder(&config);
+    let queue = PoolQueue::builder()
+        .capacity(config.capacity)
+        .failfast_timeout(config.failfast)
+        .direct_dispatch(config.direct_dispatch);
+    // Two pool types (failure-aware or not): each run is the same generic code.
+    macro_rules! go {
+        ($pool:expr) => {{
+            let pool = Recorder {
+                inner: $pool,
+                log: log.clone(),
+            };
+            let queue = match config.subset {
+                Some((client, size)) => {
+                    let subset = Subset::new(client, size).map_err(fail)?;
+                    queue.build(pool, subset.discover(stream))
+                }
+                None => queue.build(pool, stream),
+            }
+            .map_err(fail)?;
+            let handle = Attempts {
+                inner: queue,
+                log: log.clone(),
+            };
+            let retry = config.retry.as_ref().map(retry_layer).transpose()?;
+            let case = Case {
+                handles: vec![handle; HANDLES],
+                retry,
+                panicked: false,
+                config,
+                fleet,
+                log,
+                updates,
+                requests: Vec::new(),
+                start: Instant::now(),
+            };
+            case.play(events).await
+        }};
+    }
+    if config.failure_aware {
+        let maker = failure_aware(maker, |_: &(u32, u32)| false, ms(1_000)).map_err(fail)?;
+        go!(builder.build(maker).map_err(fail)?)
+    } else {
+        go!(builder.build(maker).map_err(fail)?)
+    }
+}
+
+fn fail(error: impl std::fmt::Display) -> TestCaseError {
+    TestCaseError::fail(error.to_string())
+}
+
+impl<F> Case<F>
+where
+    F: Future<Output = Result<(u32, u32), BoxError>> + Send + 'static,
+{
+    async fn play(mut self, events: Vec<Event>) -> Result<(), TestCaseError> {
+        for (step, event) in events.into_iter().enumerate() {
+            self.log.lock().step_clock = Some(Instant::now());
+            self.apply(event.clone());
+            match event {
+                Event::Advance(millis) => self.advance(ms(millis)).await,
+                _ => settle().await,
+            }
+            self.check(step, &event)?;
+        }
+        self.heal_and_drain().await
+    }
+
+    fn apply(&mut self, event: Event) {
+        match event {
+            Event::Discovery(update) => {
+                self.updates.send(update);
+            }
+            Event::DiscoveryFails => {
+                self.updates.fail("discovery broke");
+            }
+            Event::SetReady(key, ready) => self.fleet.control(key).set_ready(ready),
+            Event::FailReady(key, fail) => self.fleet.control(key).set_fail_ready(fail),
+            Event::FailCalls(key, fail) => self.fleet.control(key).set_fail_calls(fail),
+            Event::Latency(key, latency) => self.fleet.control(key).set_latency(ms(latency)),
+            Event::Hang(key, hang) => {
+                // Without a retry nothing bounds a hung call, by design: the caller owns it.
+                if self.config.retry.is_some() {
+                    self.fleet.control(key).set_hang(hang);
+                }
+            }
+            Event::Panic(key) => {
+                self.panicked = true;
+                self.fleet.control(key).set_panic_on_call(true);
+            }
+            Event::Request(handle) => self.request(handle),
+            Event::Pipeline(handle, n) => self.pipeline(handle, n),
+            Event::Cancel => {
+                if let Some(request) = self.requests.iter().find(|r| !r.task.is_finished()) {
+                    request.task.abort();
+                }
+            }
+            Event::CloneHandle(handle) => {
+                let clone = self.handles[handle].clone();
+                self.handles[handle] = clone;
+            }
+            Event::FromPlainThread(handle) => self.request_from_plain_thread(handle),
+            // Time moves in `play`, after the step.
+            Event::Advance(_) => {}
+        }
+    }
+
+    fn request(&mut self, handle: usize) {
+        let service = self.handles[handle].clone();
+        let retry = self
+            .retry
+            .as_ref()
+            .map(|layer| tower::Layer::layer(layer, service.clone()));
+        let bound = (self.config.retry.as_ref()).map(|retry| retry.deadline + self.config.failfast);
+        let started = Instant::now();
+        let task = tokio::spawn(async move {
+            let _ = match retry {
+                Some(retry) => retry.oneshot(0).await.map(drop).map_err(drop),
+                None => service.oneshot(0).await.map(drop).map_err(drop),
+            };
+            Some(Instant::now())
+        });
+        self.requests.push(Logical {
+            started,
+            bound,
+            task,
+        });
+    }
+
+    /// How long a caller that bypasses the retry waits for an answer: with a retry drawn,
+    /// calls may hang, and such a caller bounds its own wait by the retry's deadline; without
+    /// one, nothing hangs.
+    fn own_timeout(&self) -> Duration {
+        self.config
+            .retry
+            .as_ref()
+            .map_or(Duration::MAX, |retry| retry.deadline)
+    }
+
+    fn pipeline(&mut self, handle: usize, n: usize) {
+        let mut service = self.handles[handle].clone();
+        let started = Instant::now();
+        let timeout = self.own_timeout();
+        let task = tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for _ in 0..n {
+                if service.ready().await.is_err() {
+                    break;
+                }
+                let answer = service.call(0);
+                answers.push(tokio::spawn(tokio::time::timeout(timeout, answer)));
+            }
+            for answer in answers {
+                let _ = answer.await;
+            }
+            Some(Instant::now())
+        });
+        self.requests.push(Logical {
+            started,
+            bound: None,
+            task,
+        });
+    }
+
+    fn request_from_plain_thread(&mut self, handle: usize) {
+        let service = self.handles[handle].clone();
+        let called = std::thread::spawn(move || {
+            let mut service = service;
+            let mut task = tokio_test::task::spawn(());
+            match task.enter(|cx, _| service.poll_ready(cx)) {
+                Poll::Ready(Ok(())) => Some(service.call(0)),
+                _ => None,
+            }
+        })
+        .join();
+        let started = Instant::now();
+        let timeout = self.own_timeout();
+        let task = tokio::spawn(async move {
+            match called {
+                Ok(Some(response)) => {
+                    let _ = tokio::time::timeout(timeout, response).await;
+                    Some(Instant::now())
+                }
+                Ok(None) => Some(Instant::now()),
+                // A panic reached the plain thread: reported as a task that panicked.
+                Err(_) => panic!("a panic reached a caller on a plain thread"),
+            }
+        });
+        self.requests.push(Logical {
+            started,
+            bound: None,
+            task,
+        });
+    }
+
+    /// The contracts, after one step.
+    fn check(&mut self, step: usize, event: &Event) -> Result<(), TestCaseError> {
+        let log = self.log.lock();
+        prop_assert!(
+            log.violations.is_empty(),
+            "step {step} ({event:?}): {:?}",
+            log.violations
+        );
+        prop_assert!(
+            log.untyped_errors.is_empty(),
+            "step {step}: untyped errors {:?}",
+            log.untyped_errors
+        );
+        // FIFO: the pool sees attempts in the order they were called.
+        prop_assert!(
+            log.dispatched.windows(2).all(|w| w[0] < w[1]),
+            "step {step}: dispatched out of call order: {:?}",
+            log.dispatched
+        );
+        // The free slots plus the waiting attempts are the capacity.
+        let metrics = self.handles[0].inner.metrics().snapshot();
+        prop_assert!(metrics.depth <= self.config.capacity);
+        let waiting = log
+            .attempts
+            .iter()
+            .filter(|a| a.dispatched_at.is_none() && a.ended_at.is_none())
+            .count();
+        prop_assert!(
+            metrics.depth == waiting,
+            "step {step} ({event:?}): depth {} but {waiting} attempts wait",
+            metrics.depth
+        );
+        // Every attempt's wait in the queue is bounded: a slot within the failfast timeout,
+        // then the queue's wait within the failfast clock (run by whoever waits).
+        let bound = self.config.failfast * (self.config.capacity as u32 + 2) + ms(2);
+        let now = Instant::now();
+        for (n, attempt) in log.attempts.iter().enumerate() {
+            let left = attempt.dispatched_at.or(attempt.ended_at).unwrap_or(now);
+            let waited = left - attempt.called_at.unwrap_or(now);
+            prop_assert!(
+                waited <= bound,
+                "step {step}: attempt {n} waited {waited:?} > {bound:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Moves the paused clock by `by`: a sleep, so that the runtime advances from timer to
+    /// timer and each fires at its own instant (one `tokio::time::advance` would fire them all
+    /// at the end).
+    async fn advance(&self, by: Duration) {
+        tokio::time::sleep(by).await;
+        settle().await;
+    }
+
+    /// Every replica healed and back in discovery: every request must end, no task may have
+    /// panicked, and the counters must add up.
+    async fn heal_and_drain(mut self) -> Result<(), TestCaseError> {
+        for key in 0..KEYS {
+            let control = self.fleet.control(key);
+            control.set_ready(true);
+            control.set_fail_ready(false);
+            control.set_fail_calls(false);
+            control.set_hang(false);
+            control.set_panic_on_call(false);
+            control.set_latency(Duration::ZERO);
+        }
+        self.updates
+            .send(Update::Reset((0..KEYS).map(|k| (k, 0)).collect()));
+        for _ in 0..60 {
+            self.advance(ms(500)).await;
+        }
+        let requests = std::mem::take(&mut self.requests);
+        for (n, request) in requests.into_iter().enumerate() {
+            prop_assert!(
+                request.task.is_finished(),
+                "request {n} (started {:?} in) never ended",
+                request.started - self.start
+            );
+            match request.task.now_or_never() {
+                Some(Ok(Some(ended))) => {
+                    if let Some(deadline) = request.bound {
+                        let took = ended - request.started;
+                        prop_assert!(
+                            took <= deadline + ms(1),
+                            "request {n} took {took:?}, deadline {deadline:?}"
+                        );
+                    }
+                }
+                Some(Ok(None)) => {}
+                Some(Err(error)) if error.is_panic() => {
+                    prop_assert!(false, "a panic reached request {n}'s caller")
+                }
+                Some(Err(_)) | None => {}
+            }
+        }
+        let log = self.log.lock();
+        prop_assert!(log.violations.is_empty(), "{:?}", log.violations);
+        let unended = log
+            .attempts
+            .iter()
+            .filter(|a| a.dispatched_at.is_none() && a.ended_at.is_none())
+            .count();
+        prop_assert_eq!(unended, 0, "attempts neither dispatched nor ended");
+        let metrics = self.handles[0].inner.metrics().snapshot();
+        let through_worker = metrics.in_queue.dispatched.len();
+        let dispatched = log.dispatched.len() as u64;
+        if !self.panicked {
+            prop_assert_eq!(
+                metrics.direct_dispatches + through_worker,
+                dispatched,
+                "direct + through the worker = what the pool saw"
+            );
+            prop_assert!(metrics.failfast_entered >= metrics.failfast_exited);
+            prop_assert!(metrics.failfast_entered - metrics.failfast_exited <= 1);
+        }
+        if !self.config.direct_dispatch {
+            prop_assert_eq!(metrics.direct_dispatches, 0);
+        }
+        Ok(())
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap_or_else(|error| panic!("a test runtime: {error}"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        max_shrink_iters: 1024,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(
+                "tests/combinations.proptest-regressions",
+            ),
+        )),
+        .. ProptestConfig::default()
+    })]
+
+    #[test]
+    fn every_contract_holds_in_every_combination(
+        config in config(),
+        events in vec(event(), 1..60),
+    ) {
+        runtime().block_on(run(config, events))?;
+    }
+}
+
+#[test]
+fn draws_cover_every_setting() {
+    // The strategy above draws every setting both ways; this pins that the suite stays wired
+    // to each of them (a setting dropped from `config()` would fail here).
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut seen: BTreeMap<&'static str, HashSet<bool>> = BTreeMap::new();
+    for _ in 0..512 {
+        let config = config().new_tree(&mut runner).map(|t| t.current());
+        let Ok(config) = config else { continue };
+        for (name, on) in [
+            ("direct_dispatch", config.direct_dispatch),
+            ("retry", config.retry.is_some()),
+            ("ejection", config.ejection.is_some()),
+            ("panic_threshold", config.panic_threshold > 0),
+            ("slow_start", config.slow_start.is_some()),
+            ("weights", config.weights.is_some()),
+            ("failure_aware", config.failure_aware),
+            ("subset", config.subset.is_some()),
+        ] {
+            seen.entry(name).or_default().insert(on);
+        }
+    }
+    for (name, values) in seen {
+        assert_eq!(values.len(), 2, "{name} is drawn only {values:?}");
+    }
+}
