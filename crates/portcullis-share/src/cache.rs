@@ -7,6 +7,7 @@ use crate::lease::{Lease, LeaseShared};
 use crate::make::MakeConnection;
 use crate::metrics::{ConnectionSnapshot, ConnectionState, KeySnapshot, SharedClientsMetrics};
 use crate::BoxError;
+use portcullis_pool::time::deadline_after;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
@@ -240,7 +241,8 @@ where
             Released::Close => Some(this.close(conns, at, key)),
             Released::Idle { arm } => {
                 if let (true, Some(runtime)) = (arm, runtime) {
-                    runtime.spawn(reap(Arc::downgrade(this), key.clone(), id, now + grace));
+                    let until = deadline_after(now, grace);
+                    runtime.spawn(reap(Arc::downgrade(this), key.clone(), id, until));
                 }
                 None
             }

@@ -2,6 +2,7 @@
 //! (least-leased) and the rebuild backoff. Everything here runs under the cache's lock and
 //! only decides; the cache carries the decisions out (makes, drops, spawns, logs).
 
+use portcullis_pool::time::deadline_after;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,7 +151,7 @@ impl<S: Clone> Conn<S> {
                 idle_since: Some(since),
                 ..
             } if self.leases == 0 => {
-                let until = *since + grace;
+                let until = deadline_after(*since, grace);
                 if now >= until {
                     Expiry::Close
                 } else {
@@ -184,7 +185,7 @@ impl<S: Clone> Conn<S> {
         let old = std::mem::replace(
             &mut self.state,
             ConnState::Broken {
-                retry_at: now + wait,
+                retry_at: deadline_after(now, wait),
             },
         );
         self.cell.advance();
