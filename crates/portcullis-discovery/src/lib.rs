@@ -10,7 +10,7 @@
 //! | [`AddrFile`] | a file of socket addresses ending with the line `# end`, re-read on an interval off the polling task | `Reset` whenever a complete file's set changes; a half-written file keeps the last set; never ends |
 //! | [`dns::Dns`] (feature `dns`) | A/AAAA records of `host:port`, or SRV records, on hickory-resolver, re-resolved on their TTL (clamped, jittered) | `Reset` when the set changed, `DoesNotExist` on NXDOMAIN; failures keep the last set; never ends |
 //! | [`etcd::Etcd`] (feature `etcd`) | keys under a prefix (an address, or JSON with a weight and a zone), on etcd-client: listed, then watched from the list's revision | `Reset` first and after a compaction, then `Add`/`Remove` per change (a `Reset` when one change both adds and removes); resumes after a disconnect from the last revision seen; never ends |
-//! | [`k8s::K8s`] (feature `k8s`) | a Service's `discovery.k8s.io/v1` EndpointSlices, through kube-runtime's watcher: endpoints ready, serving and not terminating, at a port chosen by name, with zone and node | `Reset` first and after a re-list (410 Gone), then `Add`/`Remove` per event (a `Reset` when one event both adds and removes); resumes a watch from the last resourceVersion; never ends |
+//! | [`k8s::K8s`] (feature `k8s`) | a Service's `discovery.k8s.io/v1` EndpointSlices, listed then watched through kube's `Api`: endpoints ready, serving and not terminating, at a port chosen by name, with zone and node | `Reset` first and after a re-list (410 Gone), then `Add`/`Remove` per event (a `Reset` when one event both adds and removes); resumes a watch from the last resourceVersion; never ends |
 //!
 //! [`etcd::Registration`] puts this process's own address under the prefix with a lease and
 //! keeps it alive until dropped.

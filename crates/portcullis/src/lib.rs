@@ -143,7 +143,7 @@
 //! - `etcd`: `discovery::etcd`, endpoints under an etcd key prefix, listed then watched, and
 //!   registration of this process under a lease (etcd-client; building it needs `protoc`).
 //! - `k8s`: `discovery::k8s`, the endpoints of a Kubernetes Service that are ready, from its
-//!   EndpointSlices, listed then watched (kube-runtime's watcher; bring a `kube::Client`).
+//!   EndpointSlices, listed then watched (kube's `Api`; bring a `kube::Client`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod builder;
