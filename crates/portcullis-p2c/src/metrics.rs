@@ -86,6 +86,14 @@ impl P2cMetrics {
         self.inner.ejected.store(ejected, Relaxed);
     }
 
+    /// The pool that owned these gauges is gone: nothing is ready, pending, failed, ejected
+    /// or ramping, and no panic mode is in force. Counters keep their totals.
+    pub(crate) fn clear_gauges(&self) {
+        self.set_counts(0, 0, 0, 0);
+        self.set_ramping(0);
+        self.inner.panic_mode.store(false, Relaxed);
+    }
+
     pub(crate) fn set_ramping(&self, ramping: usize) {
         self.inner.ramping.store(ramping, Relaxed);
     }
@@ -136,5 +144,17 @@ mod tests {
         assert_eq!((snap.ejected, snap.ejections), (1, 1));
         assert!(snap.panic_mode);
         assert_eq!(snap.panics, 1);
+    }
+}
+
+/// The pool's own hold on its metrics: when the pool is dropped (its queue's worker stopped,
+/// say), the gauges it owned go to zero, so a scrape after that does not report endpoints that
+/// nobody serves any more.
+#[derive(Debug)]
+pub(crate) struct OwnedGauges(pub(crate) P2cMetrics);
+
+impl Drop for OwnedGauges {
+    fn drop(&mut self) {
+        self.0.clear_gauges();
     }
 }

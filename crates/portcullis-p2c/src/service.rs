@@ -7,7 +7,7 @@ use crate::error::{EndpointGone, NotReady};
 use crate::future::ResponseFuture;
 use crate::health::{HealthConfig, Recorder};
 use crate::make::MakeEndpoint;
-use crate::metrics::P2cMetrics;
+use crate::metrics::{OwnedGauges, P2cMetrics};
 use crate::ready_cache::{ReadyCache, ReadyRef};
 use crate::BoxError;
 use crate::EndpointState;
@@ -48,7 +48,7 @@ where
     /// its instance id, so a removal or replacement in between is detected, never rerouted.
     chosen: Option<ReadyRef>,
     rng: SmallRng,
-    metrics: P2cMetrics,
+    metrics: OwnedGauges,
     _req: PhantomData<fn(Req)>,
 }
 
@@ -79,14 +79,14 @@ where
             classify,
             chosen: None,
             rng,
-            metrics,
+            metrics: OwnedGauges(metrics),
             _req: PhantomData,
         }
     }
 
     /// A handle to this pool's metrics; it stays valid (and current) as the pool changes.
     pub fn metrics(&self) -> P2cMetrics {
-        self.metrics.clone()
+        self.metrics.0.clone()
     }
 
     /// The state of the endpoint for `key`, or `None` if the pool does not know the key.
@@ -313,7 +313,7 @@ where
         let kind = update.kind();
         debug!(kind = kind.as_str(), len = update.len(), "applying update");
         update.apply_to(&mut self.endpoints);
-        self.metrics.update_applied(kind);
+        self.metrics.0.update_applied(kind);
         self.endpoints.sync_gauges();
     }
 

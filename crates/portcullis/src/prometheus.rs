@@ -39,6 +39,7 @@
 //! | | `pool_queue_endpoints` | gauge | `state` = `ready`, `pending`, `failed` |
 //! | | `pool_queue_discovery_updates` | counter | `kind` = `reset`, `add`, `remove`, `does_not_exist` |
 //! | | `pool_queue_discovery_ended` | gauge (0/1) | |
+//! | | `pool_queue_closed` | gauge (0/1) | |
 //! | [`register_p2c`] | `p2c_endpoints` | gauge | `state` = `ready`, `pending`, `failed` |
 //! | | `p2c_discovery_updates` | counter | `kind` |
 //! | | `p2c_evictions` | counter | |
@@ -389,6 +390,12 @@ impl Collector for PoolQueueCollector {
             "pool_queue_discovery_ended",
             "1 once discovery has ended (the last endpoint set is kept), else 0.",
             u64::from(s.discovery_ended),
+        )?;
+        gauge(
+            e,
+            "pool_queue_closed",
+            "1 once the queue has stopped for good (terminal error, panic, runtime gone, or every handle dropped), else 0.",
+            u64::from(s.closed),
         )
     }
 }

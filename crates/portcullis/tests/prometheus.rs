@@ -240,6 +240,48 @@ async fn failfast_is_exported_under_its_own_prefix() {
     assert_families_unique(&text);
 }
 
+/// After a discovery error ends the queue, a scrape says the queue is closed, and no gauge
+/// still reports endpoints the stopped worker (and the pool it dropped) no longer serve.
+#[tokio::test(start_paused = true)]
+async fn gauges_of_a_stopped_queue_report_no_endpoints_and_the_queue_closed() {
+    let pool = P2cPool::builder()
+        .build(portcullis::p2c::make::pending_requests(
+            |_: &&'static str, _: &()| service_fn(|_: u32| async { Ok::<_, Infallible>(()) }),
+        ))
+        .unwrap();
+    let p2c = pool.metrics();
+    let (updates, stream) = portcullis_test::discovery::channel::<&'static str, ()>();
+    let queue = PoolQueue::builder()
+        .capacity(4)
+        .build(pool, stream)
+        .unwrap();
+    let mut registry = Registry::default();
+    prometheus::register_pool_queue(&mut registry, "api", queue.metrics()).unwrap();
+    prometheus::register_p2c(&mut registry, "api", p2c).unwrap();
+
+    updates.add("a", ());
+    updates.add("b", ());
+    queue.clone().oneshot(1).await.unwrap();
+    let text = render(&registry);
+    assert_sample(&text, "api_pool_queue_endpoints{state=\"ready\"}", 2.0);
+    assert_sample(&text, "api_p2c_endpoints{state=\"ready\"}", 2.0);
+    assert_sample(&text, "api_pool_queue_closed", 0.0);
+
+    updates.fail("the registry is gone");
+    let error = queue.clone().oneshot(2).await.unwrap_err();
+    assert!(error.is::<portcullis::pool::PoolFailed>(), "{error}");
+    let text = render(&registry);
+    assert_sample(&text, "api_pool_queue_closed", 1.0);
+    assert_sample(&text, "api_pool_queue_endpoints{state=\"ready\"}", 0.0);
+    assert_sample(&text, "api_p2c_endpoints{state=\"ready\"}", 0.0);
+    // Counters keep their totals.
+    assert_sample(
+        &text,
+        "api_pool_queue_discovery_updates_total{kind=\"add\"}",
+        2.0,
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn fanout_metrics_are_exported_with_a_latency_histogram() {
     let peer = |delay_ms: u64| {
@@ -326,7 +368,7 @@ async fn every_kind_in_one_registry_has_unique_families() {
     let text = render(&registry);
     assert!(text.ends_with("# EOF\n"));
     let families = assert_families_unique(&text);
-    assert_eq!(families.len(), 2 * (13 + 9 + 9 + 8 + 9), "{text}");
+    assert_eq!(families.len(), 2 * (14 + 9 + 9 + 8 + 9), "{text}");
     // An empty histogram still has all its buckets, at zero.
     assert_sample(
         &text,

@@ -54,6 +54,10 @@ pub struct PoolQueueSnapshot {
     pub endpoints: EndpointCounts,
     /// Whether discovery has ended (the queue keeps serving the last endpoint set).
     pub discovery_ended: bool,
+    /// Whether the queue has stopped for good: its worker ended on a terminal error, a panic
+    /// or its runtime's shutdown, or every handle was dropped. Its endpoint gauges read zero
+    /// from then on; the counters keep their totals.
+    pub closed: bool,
     /// Time spent in the queue, in microseconds, by outcome.
     pub in_queue: InQueueTimes,
 }
@@ -156,6 +160,7 @@ impl PoolQueueMetrics {
                 failed: s.endpoints_failed.load(Ordering::Relaxed),
             },
             discovery_ended: s.discovery_ended.load(Ordering::Relaxed),
+            closed: s.is_closed(),
             in_queue: InQueueTimes {
                 dispatched: histogram(0),
                 failfast: histogram(1),
@@ -173,6 +178,11 @@ impl PoolQueueMetrics {
         self.shared
             .capacity
             .saturating_sub(self.shared.semaphore.available_permits())
+    }
+
+    /// Whether the queue has stopped for good (see [`PoolQueueSnapshot::closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
     }
 
     /// Whether the queue is failing fast now.
@@ -281,6 +291,7 @@ mod tests {
                 failed: 1,
             },
             discovery_ended: false,
+            closed: false,
             in_queue: InQueueTimes {
                 dispatched: histogram(&(1..=100).collect::<Vec<_>>()),
                 failfast: histogram(&[250_000, 250_000]),
