@@ -333,10 +333,14 @@ impl Service<&'static str> for ArmsATimer {
 impl portcullis_pool::Pool<(), (), &'static str> for ArmsATimer {
     fn update_pool(&mut self, _: Update<(), ()>) {}
 
+    /// Drives its timers, as a balancer drives its rebuild backoffs: a timer armed in a
+    /// runtime that has shut down panics here.
     fn poll_pool(
         &mut self,
-        _: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), portcullis_pool::BoxError>> {
+        self.timers
+            .retain_mut(|timer| std::future::Future::poll(timer.as_mut(), cx).is_pending());
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -352,15 +356,13 @@ impl portcullis_pool::Pool<(), (), &'static str> for ArmsATimer {
 fn a_caller_outside_the_workers_runtime_drives_the_pool_in_the_workers_runtime() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .start_paused(true)
         .build()
         .unwrap();
     let (updates, stream) = discovery::channel::<(), ()>();
+    let pool = ArmsATimer { timers: Vec::new() };
     let queue = runtime
-        .block_on(async {
-            PoolQueue::builder()
-                .capacity(4)
-                .build(ArmsATimer { timers: Vec::new() }, stream)
-        })
+        .block_on(async { PoolQueue::builder().capacity(4).build(pool, stream) })
         .unwrap();
     // One request through the worker, so that it has had its turn and sits idle.
     let first = runtime.block_on(queue.clone().oneshot("first"));
@@ -384,6 +386,29 @@ fn a_caller_outside_the_workers_runtime_drives_the_pool_in_the_workers_runtime()
     .expect("no panic reached the plain thread");
     assert_eq!(answered, Ok("plain thread"));
     assert_eq!(queue.metrics().snapshot().direct_dispatches, 1);
+
+    // From a task of another runtime, which then shuts down: the caller dispatches directly,
+    // and the worker carries on after the other runtime is gone.
+    let other = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answered = other.block_on({
+        let queue = queue.clone();
+        async move { tokio::spawn(queue.oneshot("other runtime")).await }
+    });
+    assert_eq!(answered.unwrap().unwrap(), "other runtime");
+    assert_eq!(queue.metrics().snapshot().direct_dispatches, 2);
+    drop(other);
+    let after = runtime.block_on(async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        queue.clone().oneshot("after").await
+    });
+    assert_eq!(
+        after.unwrap(),
+        "after",
+        "the worker outlived the other runtime"
+    );
     drop(updates);
 }
 

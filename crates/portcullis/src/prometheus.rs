@@ -106,7 +106,7 @@
 //! portcullis::prometheus::register_pool_queue(&mut registry, "portcullis_api", queue.metrics())?;
 //! portcullis::prometheus::register_p2c(&mut registry, "portcullis_api", p2c)?;
 //!
-//! assert_eq!(queue.oneshot(()).await?, "a");
+//! assert_eq!(queue.clone().oneshot(()).await?, "a");
 //!
 //! let mut text = String::new();
 //! encode(&mut text, &registry)?;

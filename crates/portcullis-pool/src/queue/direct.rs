@@ -30,7 +30,8 @@
 //!   `poll_ready` (so the capacity and failfast answers are the same, and `Ready` means the
 //!   call will be taken), and the response future is driven by the caller as always.
 //! - **The worker's runtime, whoever calls.** Pool code runs in the runtime context of the
-//!   worker's runtime (entered around every direct poll and call), so a caller on a plain
+//!   worker's runtime (entered around a direct poll and call, unless the caller is a task on a
+//!   thread the worker has run on, which is in that runtime already), so a caller on a plain
 //!   thread or on another runtime can drive it, and the timers it arms (a rebuild backoff, an
 //!   ejection) live and fire with the worker, not with the caller's runtime.
 //! - **Terminal before direct.** A direct caller checks, under the lock, that the queue has not
@@ -45,12 +46,13 @@
 use super::error::{BoxError, FailureSource, PoolFailed};
 use super::shared::Shared;
 use crate::Pool;
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::task::{Context, Poll, Wake, Waker};
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 /// How many times a caller tries the lock again before it queues its request, while another
 /// caller holds it.
@@ -59,6 +61,20 @@ const SPINS: u32 = 64;
 /// the holder, who needs it back to unlock (with callers on two cores, trying at once cost
 /// 140 ns a request against 60 ns with this pause).
 const PAUSES: u32 = 32;
+
+/// Numbers the queues (never reused, unlike addresses).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The last few queues whose worker took a turn on this thread, when it is a thread of a
+    /// multi-thread runtime: such a thread belongs to that runtime for life, and so does every
+    /// task it runs, so a caller in a task there is in the worker's runtime already, and
+    /// entering it again (tokio's `Handle::enter`: about 120 instructions and an atomic on a
+    /// line every thread shares) is skipped. Anywhere else (a plain thread, another runtime,
+    /// a current-thread runtime's thread, which may drive another runtime later), the
+    /// worker's runtime is entered.
+    static WORKERS_HERE: Cell<[u64; 4]> = const { Cell::new([0; 4]) };
+}
 
 /// The pool as the worker and direct callers share it.
 #[derive(Debug)]
@@ -74,8 +90,11 @@ pub(crate) struct Direct<P, K, T> {
     /// A direct dispatch found an endpoint ready since the worker last looked: the failfast
     /// clock's "an endpoint was ready" event.
     saw_ready: AtomicBool,
-    /// The runtime the worker runs on, as of its first turn: entered around every direct poll.
+    /// The runtime the worker runs on, as of its first turn: entered around a direct poll by a
+    /// caller that may be elsewhere.
     runtime: OnceLock<Handle>,
+    /// This queue's number, for the threads to note that its worker took a turn there.
+    id: u64,
     /// What the worker polls everything with, and direct callers poll the pool with.
     wake: Arc<WorkerWake>,
     waker: Waker,
@@ -171,6 +190,7 @@ impl<P, K, T> Direct<P, K, T> {
             worker_turn: AtomicBool::new(false),
             saw_ready: AtomicBool::new(false),
             runtime: OnceLock::new(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             waker: Waker::from(wake.clone()),
             wake,
             _target: PhantomData,
@@ -207,6 +227,22 @@ impl<P, K, T> Direct<P, K, T> {
                 let _ = self.runtime.set(runtime);
             }
         }
+        // Only a multi-thread runtime's threads are its own for life; a thread that drives a
+        // current-thread runtime may drive another one later.
+        if self
+            .runtime
+            .get()
+            .is_some_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread)
+        {
+            WORKERS_HERE.with(|here| {
+                let mut ids = here.get();
+                if !ids.contains(&self.id) {
+                    ids.rotate_right(1);
+                    ids[0] = self.id;
+                    here.set(ids);
+                }
+            });
+        }
         Turn {
             guard,
             worker_turn: &self.worker_turn,
@@ -237,13 +273,19 @@ impl<P, K, T> Direct<P, K, T> {
         let pool = inner.pool.take();
         let _ = catch_unwind(AssertUnwindSafe(move || drop(pool)));
         shared.clear_failfast();
-        shared.semaphore.close();
+        shared.slots.close();
         self.waker.wake_by_ref();
         shared.closed_error()
     }
 }
 
 impl<P, K, T> Direct<P, K, T> {
+    /// Whether the caller runs in a task on a thread this queue's worker has run on, so in
+    /// the worker's runtime (see [`WORKERS_HERE`]).
+    fn on_workers_runtime(&self) -> bool {
+        tokio::task::try_id().is_some() && WORKERS_HERE.with(|here| here.get().contains(&self.id))
+    }
+
     /// Whether a request may be dispatched directly, if an endpoint is ready: direct dispatch
     /// on, nothing queued, the worker neither woken nor waiting for the lock. Read without the
     /// lock, so checked again under it.
@@ -325,7 +367,11 @@ where
         };
         // The worker's runtime, whoever the caller is: timers the pool arms here belong to
         // the worker's runtime and outlive the caller's.
-        let _runtime = self.runtime.get().map(Handle::enter);
+        let _runtime = if self.on_workers_runtime() {
+            None
+        } else {
+            self.runtime.get().map(Handle::enter)
+        };
         let mut cx = Context::from_waker(&self.waker);
         let polled = catch_unwind(AssertUnwindSafe(|| pool.poll_ready(&mut cx)));
         match polled {

@@ -126,12 +126,11 @@ mod tests {
             1,
             std::time::Duration::from_secs(1),
         ));
-        let permit = shared
-            .semaphore
-            .clone()
-            .try_acquire_owned()
+        let held = shared
+            .slots
+            .try_take()
             .expect("a queue of one has a free slot");
-        Slot::new(permit, shared)
+        Slot::new(held, shared)
     }
 
     fn after_completion<T: fmt::Debug>(output: Poll<Result<T, BoxError>>) {

@@ -1,11 +1,9 @@
 use super::error::BoxError;
 use super::shared::Shared;
+use super::slots::Held;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use tokio::{
-    sync::{oneshot, OwnedSemaphorePermit},
-    time::Instant,
-};
+use tokio::{sync::oneshot, time::Instant};
 
 /// A request on its way from a handle to the worker.
 ///
@@ -38,16 +36,16 @@ impl<Req, F> Message<Req, F> {
 /// future; whichever leaves first frees it.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    held: Mutex<Option<Held>>,
     shared: Arc<Shared>,
 }
 
 impl Slot {
     /// A slot for a request about to be sent to the worker; counted as queued from now on.
-    pub(crate) fn new(permit: OwnedSemaphorePermit, shared: Arc<Shared>) -> Arc<Self> {
+    pub(crate) fn new(held: Held, shared: Arc<Shared>) -> Arc<Self> {
         shared.enqueued();
         Arc::new(Self {
-            permit: Mutex::new(Some(permit)),
+            held: Mutex::new(Some(held)),
             shared,
         })
     }
@@ -55,15 +53,15 @@ impl Slot {
     /// Frees the slot and stops counting the request as queued, if nobody has yet. Whether
     /// this call freed it: `false` means the other side already left.
     pub(crate) fn free(&self) -> bool {
-        let permit = self
-            .permit
+        let held = self
+            .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        match permit {
-            Some(permit) => {
+        match held {
+            Some(held) => {
                 self.shared.dequeued();
-                drop(permit);
+                self.shared.slots.give_back(held);
                 true
             }
             None => false,

@@ -172,12 +172,12 @@ impl PoolQueueMetrics {
     /// How many slots are taken now (see [`PoolQueueSnapshot::depth`]), without copying the
     /// histograms.
     pub fn depth(&self) -> usize {
-        if self.shared.semaphore.is_closed() {
+        if self.shared.is_closed() {
             return 0;
         }
         self.shared
             .capacity
-            .saturating_sub(self.shared.semaphore.available_permits())
+            .saturating_sub(self.shared.slots.free())
     }
 
     /// Whether the queue has stopped for good (see [`PoolQueueSnapshot::closed`]).

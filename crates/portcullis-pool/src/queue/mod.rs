@@ -82,6 +82,7 @@ mod message;
 mod metrics;
 mod service;
 mod shared;
+mod slots;
 mod worker;
 
 use config::Config;

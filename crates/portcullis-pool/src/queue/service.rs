@@ -6,6 +6,7 @@ use super::{
     message::{Message, Slot},
     metrics::PoolQueueMetrics,
     shared::Shared,
+    slots::{Held, NoFreeSlot},
 };
 use crate::NotReady;
 use std::{
@@ -15,7 +16,7 @@ use std::{
     task::{Context, Poll},
 };
 use tokio::{
-    sync::{mpsc, oneshot, OwnedSemaphorePermit, TryAcquireError},
+    sync::{mpsc, oneshot},
     time::Instant,
 };
 use tokio_util::sync::PollSemaphore;
@@ -46,7 +47,7 @@ enum Readiness {
     /// Not polled ready since the last call.
     Unpolled,
     /// A slot is reserved for the next request.
-    Reserved(OwnedSemaphorePermit),
+    Reserved(Held),
     /// The queue was in failfast: the next request fails at once, holding no slot.
     FailFast,
 }
@@ -60,7 +61,7 @@ impl<Req, F> PoolQueue<Req, F> {
         Self {
             tx,
             direct,
-            semaphore: PollSemaphore::new(shared.semaphore.clone()),
+            semaphore: PollSemaphore::new(shared.slots.semaphore.clone()),
             stripe: shared.stripe(),
             shared,
             ready: Readiness::Unpolled,
@@ -74,7 +75,8 @@ impl<Req, F> PoolQueue<Req, F> {
     fn leave_slot_line(&mut self) {
         self.slot_wait.done();
         if std::mem::take(&mut self.acquiring) {
-            self.semaphore = PollSemaphore::new(self.shared.semaphore.clone());
+            self.semaphore = PollSemaphore::new(self.shared.slots.semaphore.clone());
+            self.shared.slots.done_waiting();
         }
     }
 
@@ -138,9 +140,25 @@ where
         // means the call will be taken, so with `N` slots and no endpoint ready the `N + 1`th
         // caller is pending (and a `LoadShed` above sheds it), and a handle's requests can
         // only ever be dispatched in the order they were called.
+        // A free slot at once, without a permit object (`slots.rs`): the common case, and
+        // the direct path's.
+        if !self.acquiring {
+            match self.shared.slots.try_take() {
+                Ok(held) => {
+                    self.ready = Readiness::Reserved(held);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(NoFreeSlot::Closed) => return Poll::Ready(Err(self.shared.closed_error())),
+                Err(NoFreeSlot::Full) => {}
+            }
+        }
         match self.semaphore.poll_acquire(cx) {
             Poll::Pending => {
-                self.acquiring = true;
+                if !std::mem::replace(&mut self.acquiring, true) {
+                    // Registered in the semaphore's queue: counted as waiting, so that slots
+                    // given back from now on reach the queue.
+                    self.shared.slots.waiting();
+                }
                 let end = std::task::ready!(self.slot_wait.poll_end(&self.shared, cx));
                 self.leave_slot_line();
                 match end {
@@ -159,14 +177,16 @@ where
                 }
             }
             Poll::Ready(Some(permit)) => {
-                self.acquiring = false;
+                if std::mem::take(&mut self.acquiring) {
+                    self.shared.slots.done_waiting();
+                }
                 self.slot_wait.done();
                 // Failfast may have begun while this caller waited for the slot; the failed
                 // requests released the very slots that woke it.
                 self.ready = if self.shared.in_failfast() {
                     Readiness::FailFast
                 } else {
-                    Readiness::Reserved(permit)
+                    Readiness::Reserved(Held::Permit(permit))
                 };
                 Poll::Ready(Ok(()))
             }
@@ -176,19 +196,19 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let permit = match std::mem::replace(&mut self.ready, Readiness::Unpolled) {
-            Readiness::Reserved(permit) => permit,
+        let held = match std::mem::replace(&mut self.ready, Readiness::Unpolled) {
+            Readiness::Reserved(held) => held,
             // Failfast ended between `poll_ready` and `call`: send the request if a slot is
             // free now rather than fail it for a state that no longer holds.
             Readiness::FailFast if !self.shared.in_failfast() => {
-                match self.shared.semaphore.clone().try_acquire_owned() {
-                    Ok(permit) => permit,
+                match self.shared.slots.try_take() {
+                    Ok(held) => held,
                     // The worker stopped meanwhile: the error every later caller gets.
-                    Err(TryAcquireError::Closed) => {
+                    Err(NoFreeSlot::Closed) => {
                         return ResponseFuture::failed(self.shared.closed_error())
                     }
-                    // No slot free: the failfast answer `poll_ready` promised stands.
-                    Err(TryAcquireError::NoPermits) => return self.reject_in_failfast(),
+                    // No slot free: the failfast answer `poll_ready` gave stands.
+                    Err(NoFreeSlot::Full) => return self.reject_in_failfast(),
                 }
             }
             Readiness::FailFast => return self.reject_in_failfast(),
@@ -196,18 +216,24 @@ where
         };
         match self.direct.try_dispatch(request, &self.shared, self.stripe) {
             // The slot held the place of a request that never had to wait.
-            Dispatch::Direct(fut) => ResponseFuture::direct(fut),
-            Dispatch::Queue(request) => self.send(request, permit),
-            Dispatch::Ended(error) => ResponseFuture::failed(error),
+            Dispatch::Direct(fut) => {
+                self.shared.slots.give_back(held);
+                ResponseFuture::direct(fut)
+            }
+            Dispatch::Queue(request) => self.send(request, held),
+            Dispatch::Ended(error) => {
+                self.shared.slots.give_back(held);
+                ResponseFuture::failed(error)
+            }
         }
     }
 }
 
 impl<Req, F> PoolQueue<Req, F> {
     /// Queues `request` in the slot `permit` holds.
-    fn send(&self, request: Req, permit: OwnedSemaphorePermit) -> ResponseFuture<F> {
+    fn send(&self, request: Req, held: Held) -> ResponseFuture<F> {
         let (tx, rx) = oneshot::channel();
-        let slot = Slot::new(permit, self.shared.clone());
+        let slot = Slot::new(held, self.shared.clone());
         let message = Message {
             request,
             tx,
@@ -238,6 +264,19 @@ impl<Req, F> Clone for PoolQueue<Req, F> {
             acquiring: false,
             slot_wait: SlotWait::default(),
             stripe: self.shared.stripe(),
+        }
+    }
+}
+
+impl<Req, F> Drop for PoolQueue<Req, F> {
+    /// A handle dropped ready but not called gives its slot back, and one waiting for a slot
+    /// leaves the line.
+    fn drop(&mut self) {
+        if let Readiness::Reserved(held) = std::mem::replace(&mut self.ready, Readiness::Unpolled) {
+            self.shared.slots.give_back(held);
+        }
+        if self.acquiring {
+            self.shared.slots.done_waiting();
         }
     }
 }

@@ -3,15 +3,16 @@
 
 use super::error::{BoxError, PoolFailed, WorkerGone};
 use super::metrics::UpdateCounters;
+use super::slots::Slots;
 use crate::{EndpointCounts, UpdateKind};
 use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
 use std::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-    Arc, Mutex, OnceLock, PoisonError,
+    Mutex, OnceLock, PoisonError,
 };
 use std::time::Duration;
-use tokio::{sync::Semaphore, time::Instant};
+use tokio::time::Instant;
 
 /// What became of a request that entered the queue.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -101,8 +102,9 @@ pub(crate) struct Shared {
     /// failfast is on. Written by the worker on the clock's transitions only, read by a caller
     /// whose wait for a slot timed out (see `failfast.rs`): both rare, so a mutex serves.
     failfast_deadline: Mutex<Option<Instant>>,
-    /// Slots; closed when the worker stops, so that callers waiting for a slot wake up.
-    pub(crate) semaphore: Arc<Semaphore>,
+    /// Slots (`slots.rs`); closed when the worker stops, so that callers waiting for a slot
+    /// wake up.
+    pub(crate) slots: Slots,
     /// Read by every caller's `poll_ready`, written almost never.
     /// On a cache line of its own (`CachePadded`: 128 bytes where the prefetcher pulls line
     /// pairs), so that the worker's frequent counter writes beside it do not invalidate the
@@ -150,7 +152,7 @@ impl Shared {
             capacity,
             failfast_timeout,
             failfast_deadline: Mutex::new(None),
-            semaphore: Arc::new(Semaphore::new(capacity)),
+            slots: Slots::new(capacity),
             state: CachePadded::new(State {
                 terminal: OnceLock::new(),
                 failfast: AtomicBool::new(false),
@@ -232,7 +234,7 @@ impl Shared {
     /// Records the error that stopped the worker and wakes every caller waiting for a slot.
     pub(crate) fn terminate(&self, error: PoolFailed) {
         let _ = self.state.terminal.set(error);
-        self.semaphore.close();
+        self.slots.close();
     }
 
     pub(crate) fn terminal_error(&self) -> Option<&PoolFailed> {
@@ -270,7 +272,7 @@ impl Shared {
 
     /// Whether the worker has stopped (for any reason): no slot will ever be free again.
     pub(crate) fn is_closed(&self) -> bool {
-        self.semaphore.is_closed()
+        self.slots.is_closed()
     }
 
     /// Clears the failfast flag without counting an exit: the worker is gone, and callers

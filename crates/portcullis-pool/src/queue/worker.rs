@@ -363,7 +363,7 @@ where
     fn drop(&mut self) {
         self.pool.drop_pool();
         self.shared.clear_failfast();
-        self.shared.semaphore.close();
+        self.shared.slots.close();
         self.rx.close();
         let waiting = self.waiting.take().into_iter();
         let queued = std::iter::from_fn(|| self.rx.try_recv().ok());
