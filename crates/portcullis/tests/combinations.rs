@@ -871,3 +871,34 @@ fn draws_cover_every_setting() {
         assert_eq!(values.len(), 2, "{name} is drawn only {values:?}");
     }
 }
+
+/// Pinned: the first case the suite drew against the direct path before its contracts held. A
+/// caller on a plain thread dispatched directly to a pool whose latency-aware endpoint armed a
+/// timer, outside any runtime: the panic ("there is no reactor running") reached the caller.
+#[test]
+fn regression_a_plain_thread_caller_drives_a_latency_aware_pool() -> Result<(), TestCaseError> {
+    let config = Config {
+        direct_dispatch: true,
+        capacity: 2,
+        failfast: ms(100),
+        retry: None,
+        ejection: None,
+        panic_threshold: 0,
+        slow_start: None,
+        weights: Some([1, 19, 1, 16, 1, 1]),
+        failure_aware: false,
+        subset: None,
+        seed: 3_585_878_195_470_747_435,
+    };
+    let events = vec![
+        Event::Discovery(Update::Add(vec![])),
+        Event::Latency(1, 5),
+        Event::FromPlainThread(0),
+        Event::Discovery(Update::Reset(vec![(1, 0)])),
+        Event::Advance(0),
+        Event::Advance(0),
+        Event::Advance(0),
+        Event::FromPlainThread(0),
+    ];
+    runtime().block_on(run(config, events))
+}
