@@ -2,18 +2,19 @@
 //! refusals and its terminal errors), however the error that carries them is typed.
 #![cfg(all(feature = "http", feature = "grpc"))]
 
+mod support;
+
 use std::error::Error;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Request, Response};
 use portcullis_pool::{FailFast, PoolFailed, PoolQueue, WorkerGone};
 use portcullis_retry::classify::grpc::GrpcClassify;
 use portcullis_retry::classify::http::HttpClassify;
 use portcullis_retry::classify::{is_queue_refusal_in, Classify, Decision};
-use portcullis_retry::{Backoff, BoxError, Jitter, Retry, RetryError, StopReason};
+use portcullis_retry::{BoxError, Retry, RetryError, StopReason};
 use portcullis_test::pool::{self, MockResponse};
 use portcullis_test::{discovery, time::ms, time::settle};
 use tower::{service_fn, Layer, ServiceExt};
@@ -73,14 +74,7 @@ impl Error for Wrapped {
 }
 
 fn layer(classify: HttpClassify) -> portcullis_retry::RetryLayer<HttpClassify> {
-    Retry::builder()
-        .max_attempts(3)
-        .backoff(
-            Backoff::new(ms(10), 1.0, ms(10))
-                .unwrap()
-                .jitter(Jitter::None),
-        )
-        .deadline(Duration::from_secs(1))
+    support::three_attempts_10ms_apart()
         .build_layer(classify)
         .unwrap()
 }

@@ -2,6 +2,8 @@
 //! longer one never brings the retry sooner, however many digits it has.
 #![cfg(all(feature = "http", feature = "grpc"))]
 
+mod support;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +12,7 @@ use http::{Request, Response};
 use portcullis_retry::classify::grpc::{classify_code, GrpcClassify, PUSHBACK};
 use portcullis_retry::classify::http::HttpClassify;
 use portcullis_retry::classify::{Classify, Decision};
-use portcullis_retry::{Backoff, Jitter, Retry, RetryError, StopReason};
-use portcullis_test::time::ms;
+use portcullis_retry::{RetryError, StopReason};
 use tower::{service_fn, Layer, ServiceExt};
 
 /// Past `u64::MAX`: the largest value a `u64` holds, then one more, then many more digits.
@@ -21,21 +22,12 @@ const HUGE: [&str; 3] = [
     "99999999999999999999999999999999",
 ];
 
-fn builder() -> portcullis_retry::RetryBuilder {
-    Retry::builder()
-        .max_attempts(3)
-        .backoff(
-            Backoff::new(ms(10), 1.0, ms(10))
-                .unwrap()
-                .jitter(Jitter::None),
-        )
-        .deadline(Duration::from_secs(1))
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_too_large_for_a_u64_stops_like_any_past_the_deadline() {
     for value in ["2"].into_iter().chain(HUGE) {
-        let layer = builder().build_layer(HttpClassify::new()).unwrap();
+        let layer = support::three_attempts_10ms_apart()
+            .build_layer(HttpClassify::new())
+            .unwrap();
         let calls = Arc::new(AtomicU32::new(0));
         let svc = layer.layer(service_fn({
             let calls = calls.clone();
@@ -85,7 +77,9 @@ async fn a_pushback_too_large_for_a_u64_stops_like_any_past_the_deadline() {
             },
             "{value}"
         );
-        let layer = builder().build_layer(GrpcClassify::new()).unwrap();
+        let layer = support::three_attempts_10ms_apart()
+            .build_layer(GrpcClassify::new())
+            .unwrap();
         let calls = Arc::new(AtomicU32::new(0));
         let svc = layer.layer(service_fn({
             let calls = calls.clone();
