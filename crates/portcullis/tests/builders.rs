@@ -4,6 +4,8 @@
 //! paused time) without a panic. A configuration that is accepted and then panics, or hangs
 //! the component, is the failure these properties pin.
 
+mod support;
+
 use portcullis::fanout::{BuildError as FanOutBuildError, FanOut, Policy, SharedLimit};
 use portcullis::p2c::make::{pending_requests, PeakEwmaMaker};
 use portcullis::p2c::{BuildError as P2cBuildError, P2cPool};
@@ -18,17 +20,9 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use std::future::ready;
 use std::time::Duration;
+use support::paused_runtime;
 use tokio::time::Instant;
 use tower::{service_fn, Layer, Service, ServiceExt};
-
-/// A runtime per case: paused, so timers of any length cost nothing.
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
-}
 
 fn duration() -> impl Strategy<Value = Duration> {
     prop_oneof![

@@ -80,8 +80,8 @@ struct RetryConfig {
     deadline: Duration,
 }
 
-fn config() -> impl Strategy<Value = Config> {
-    let retry = (2..=4u32, 20..400u64, 1..=4u64).prop_map(|(max_attempts, attempt, d)| {
+fn retry_config() -> impl Strategy<Value = RetryConfig> {
+    (2..=4u32, 20..400u64, 1..=4u64).prop_map(|(max_attempts, attempt, d)| {
         let attempt_timeout = ms(attempt);
         RetryConfig {
             max_attempts,
@@ -89,47 +89,37 @@ fn config() -> impl Strategy<Value = Config> {
             // Room for the backoff's worst case (checked when the layer is built).
             deadline: attempt_timeout * max_attempts + ms(250 * d),
         }
-    });
-    (
-        any::<bool>(),
-        1..=8usize,
-        prop_oneof![Just(ms(100)), Just(ms(500)), Just(ms(2_000))],
-        prop::option::weighted(0.6, retry),
-        prop::option::of(1..=4u32),
-        prop_oneof![Just(0u8), Just(50), Just(100)],
-        prop::option::of(prop_oneof![Just(ms(500)), Just(ms(3_000))]),
-        prop::option::of(prop::array::uniform6(1..=20u32)),
-        any::<bool>(),
-        prop::option::weighted(0.3, (0..8u64, 2..=5usize)),
-        any::<u64>(),
-    )
-        .prop_map(
-            |(
-                direct_dispatch,
-                capacity,
-                failfast,
-                retry,
-                ejection,
-                panic_threshold,
-                slow_start,
-                weights,
-                failure_aware,
-                subset,
-                seed,
-            )| Config {
-                direct_dispatch,
-                capacity,
-                failfast,
-                retry,
-                ejection,
-                panic_threshold,
-                slow_start,
-                weights,
-                failure_aware,
-                subset,
-                seed,
-            },
-        )
+    })
+}
+
+prop_compose! {
+    fn config()(
+        direct_dispatch in any::<bool>(),
+        capacity in 1..=8usize,
+        failfast in prop_oneof![Just(ms(100)), Just(ms(500)), Just(ms(2_000))],
+        retry in prop::option::weighted(0.6, retry_config()),
+        ejection in prop::option::of(1..=4u32),
+        panic_threshold in prop_oneof![Just(0u8), Just(50), Just(100)],
+        slow_start in prop::option::of(prop_oneof![Just(ms(500)), Just(ms(3_000))]),
+        weights in prop::option::of(prop::array::uniform6(1..=20u32)),
+        failure_aware in any::<bool>(),
+        subset in prop::option::weighted(0.3, (0..8u64, 2..=5usize)),
+        seed in any::<u64>(),
+    ) -> Config {
+        Config {
+            direct_dispatch,
+            capacity,
+            failfast,
+            retry,
+            ejection,
+            panic_threshold,
+            slow_start,
+            weights,
+            failure_aware,
+            subset,
+            seed,
+        }
+    }
 }
 
 // === the drawn history ===
@@ -197,9 +187,9 @@ fn event() -> impl Strategy<Value = Event> {
 // === what the test sees ===
 
 /// One attempt that reached the queue's `call`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Attempt {
-    called_at: Option<Instant>,
+    called_at: Instant,
     dispatched_at: Option<Instant>,
     ended_at: Option<Instant>,
 }
@@ -362,8 +352,9 @@ where
                 Err(_) => log.step_clock.unwrap_or_else(Instant::now),
             };
             log.attempts.push(Attempt {
-                called_at: Some(now),
-                ..Attempt::default()
+                called_at: now,
+                dispatched_at: None,
+                ended_at: None,
             });
             (log.attempts.len() - 1) as u64
         };
@@ -731,7 +722,7 @@ where
         let now = Instant::now();
         for (n, attempt) in log.attempts.iter().enumerate() {
             let left = attempt.dispatched_at.or(attempt.ended_at).unwrap_or(now);
-            let waited = left - attempt.called_at.unwrap_or(now);
+            let waited = left - attempt.called_at;
             prop_assert!(
                 waited <= bound,
                 "step {step}: attempt {n} waited {waited:?} > {bound:?}"

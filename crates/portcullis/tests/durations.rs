@@ -6,6 +6,8 @@
 //! rebuild, unavailability) without a panic. `tests/builders.rs` draws the other crates'
 //! settings (queue, fan-out, retry, budget) the same way.
 
+mod support;
+
 use portcullis::p2c::make::{self, PeakEwmaMaker};
 use portcullis::p2c::{BuildError as P2cBuildError, P2cPool};
 use portcullis::pool::{Pool, Update};
@@ -14,20 +16,13 @@ use portcullis_test::endpoint::SimControl;
 use portcullis_test::fleet::Fleet;
 use proptest::prelude::*;
 use std::time::Duration;
+use support::paused_runtime;
 use tokio::time::timeout;
 use tower::{Service, ServiceExt};
 
 /// Long enough for any one step of a run; a step that takes longer is a hang, not a panic,
 /// and is let go.
 const STEP: Duration = Duration::from_secs(5);
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
-}
 
 /// The edges and one ordinary value.
 fn setting() -> impl Strategy<Value = Duration> {

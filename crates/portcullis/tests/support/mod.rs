@@ -1,4 +1,4 @@
-//! Shared helpers of the reliability suite: a p2c pool over `portcullis_test`'s [`Fleet`] of
+//! Shared helpers of the reliability suite: a paused runtime, a p2c pool over `portcullis_test`'s [`Fleet`] of
 //! simulated replicas, and a concurrency-limited endpoint.
 #![allow(dead_code, unreachable_pub)]
 
@@ -10,6 +10,16 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use tower::Service;
+
+/// A current-thread runtime on tokio's paused clock, one per case of a property test: timers
+/// of any length cost nothing.
+pub fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap_or_else(|error| panic!("a test runtime: {error}"))
+}
 
 /// A seeded p2c pool over `fleet`, with the pending-requests load.
 #[allow(clippy::type_complexity)]
