@@ -36,7 +36,8 @@ use portcullis::pool::{FailFast, PoolQueue, PoolQueueBuilder, PoolQueueMetrics, 
 use portcullis::retry::{
     classify::http::HttpClassify, Backoff, Budget, Retry, RetryError, RetryMetrics,
 };
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
 use std::{
     collections::{BTreeSet, HashMap},
     convert::Infallible,
@@ -44,8 +45,9 @@ use std::{
     future::Future,
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tower::{util::BoxCloneSyncService, Layer, ServiceExt};
@@ -412,6 +414,40 @@ pub struct ProxyMetrics {
     pub purge_queue: PoolQueueMetrics,
     /// The admin fan-out.
     pub fan_out: FanOutMetrics,
+    /// How long the proxy took over each forwarded request.
+    pub handling: HandlingTimes,
+}
+
+/// How long the proxy took over each forwarded request: from the moment hyper handed it over
+/// (its head read) to the response, the body read and the request stack's whole sequence
+/// included. It is what the stack's deadline can be held to; time before (the accept loop,
+/// hyper reading the head, a caller's own queueing) and after (writing the response) is
+/// outside it. Exported as `portcullis_proxy_request_duration_seconds`.
+#[derive(Clone, Debug)]
+pub struct HandlingTimes {
+    histogram: Histogram,
+    slowest_micros: Arc<AtomicU64>,
+}
+
+impl HandlingTimes {
+    fn new() -> Self {
+        Self {
+            // 1 ms to about 16 s.
+            histogram: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            slowest_micros: Arc::default(),
+        }
+    }
+
+    fn observe(&self, took: Duration) {
+        self.histogram.observe(took.as_secs_f64());
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.slowest_micros.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    /// The longest the proxy took over one request so far.
+    pub fn slowest(&self) -> Duration {
+        Duration::from_micros(self.slowest_micros.load(Ordering::Relaxed))
+    }
 }
 
 /// A bound proxy; [`Proxy::run`] serves it, [`Proxy::run_until`] until a shutdown.
@@ -500,12 +536,19 @@ impl Proxy {
             retry: retry.metrics().clone(),
             purge_queue: purge_queue_metrics,
             fan_out: fan_out_metrics,
+            handling: HandlingTimes::new(),
         };
         let mut registry = Registry::default();
         let proxy = "portcullis_proxy";
         portcullis::prometheus::register_pool_queue(&mut registry, proxy, metrics.queue.clone())?;
         portcullis::prometheus::register_p2c(&mut registry, proxy, metrics.p2c.clone())?;
         portcullis::prometheus::register_retry(&mut registry, proxy, metrics.retry.clone())?;
+        registry.register_with_unit(
+            format!("{proxy}_request_duration"),
+            "How long the proxy took over each forwarded request",
+            Unit::Seconds,
+            metrics.handling.histogram.clone(),
+        );
         let purge_prefix = "portcullis_purge";
         portcullis::prometheus::register_pool_queue(
             &mut registry,
@@ -683,6 +726,17 @@ impl Handler {
     }
 
     async fn forward(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let began = Instant::now();
+        let response = self.forward_timed(request, peer).await;
+        self.metrics.handling.observe(began.elapsed());
+        response
+    }
+
+    async fn forward_timed(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
         let mut upstream = match self.read(request).await {
             Ok(upstream) => upstream,
             Err(response) => return response,

@@ -284,6 +284,7 @@ async fn proxies_http1_and_http2_follows_the_file_and_fans_out() {
         "portcullis_proxy_p2c_endpoints{state=\"ready\"} 2",
         "portcullis_proxy_retry_requests_total 110",
         "portcullis_proxy_retry_succeeded_total 110",
+        "portcullis_proxy_request_duration_seconds_count 110",
         "portcullis_proxy_retry_give_ups_total{reason=\"budget_exhausted\"} 0",
         "portcullis_purge_pool_queue_discovery_updates_total{kind=\"reset\"} 2",
         "portcullis_purge_fanout_fan_outs_total 3",
