@@ -4,6 +4,7 @@
 //! endpoint is ready.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod backoff;
 mod error;
 mod pool;
 
