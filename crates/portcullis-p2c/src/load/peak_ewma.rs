@@ -1,29 +1,14 @@
-//! Loads of our own, lock-free and with numeric metrics: [`PeakEwma`] and [`PendingRequests`].
-//!
-//! They measure what tower's [`PeakEwma`](tower::load::PeakEwma) and
-//! [`PendingRequests`](tower::load::PendingRequests) measure, with two differences that matter
-//! to a balancer:
-//!
-//! - **Numbers.** Their metrics ([`Cost`], [`Count`]) give their value, so the pool can divide
-//!   a load by an endpoint's weight ([`make::weighted`](crate::make::weighted), slow start);
-//!   tower's metrics are opaque.
-//! - **No lock, no clock in the pick.** tower's `PeakEwma` takes a mutex on every `load()`
-//!   (twice per pick), reads the clock and computes an `exp` there; here the estimate, its time
-//!   stamp and the count of requests in flight are atomics, and `load()` reads neither the
-//!   clock nor computes a decay. Two estimates decayed toward zero to the same instant `t`
-//!   compare as `ln E + t_updated / decay` do (the `- t / decay` both share cancels), so each
-//!   completion stores that sum, and a pick compares it plus `ln(requests in flight + 1)`.
-//!
-//! Any other [`Load`] still works with the pool (tower's included); only weighting needs a
-//! numeric one.
+//! [`PeakEwma`]: a lock-free peak-EWMA load (see the [module](super) for how it differs from
+//! tower's).
 
+use super::in_flight;
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 use tower::load::Load;
@@ -41,108 +26,6 @@ impl Cost {
     /// The comparison key.
     pub fn key(self) -> f64 {
         self.0
-    }
-}
-
-/// The [`Load`] metric of a [`PendingRequests`] endpoint: its requests in flight.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Count(usize);
-
-impl Count {
-    /// The count as a number.
-    pub fn value(self) -> usize {
-        self.0
-    }
-}
-
-// === PendingRequests ===
-
-/// An endpoint whose load is its number of requests in flight: called and not yet answered
-/// (a response future dropped unanswered counts out too).
-pub struct PendingRequests<S> {
-    inner: S,
-    /// One reference here, one in each request in flight: the count is the `Arc`'s own, so a
-    /// call costs one reference taken and given back (no counter beside it).
-    pending: Arc<()>,
-}
-
-impl<S> PendingRequests<S> {
-    /// Wraps `inner`, with no request in flight.
-    pub fn new(inner: S) -> Self {
-        Self {
-            inner,
-            pending: Arc::new(()),
-        }
-    }
-
-    /// The wrapped endpoint.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-}
-
-impl<S> Load for PendingRequests<S> {
-    type Metric = Count;
-
-    fn load(&self) -> Count {
-        Count(in_flight(&self.pending))
-    }
-}
-
-impl<S: Service<Req>, Req> Service<Req> for PendingRequests<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = PendingFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        PendingFuture {
-            inner: self.inner.call(req),
-            pending: Some(InFlight(self.pending.clone())),
-        }
-    }
-}
-
-impl<S: fmt::Debug> fmt::Debug for PendingRequests<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PendingRequests")
-            .field("inner", &self.inner)
-            .field("pending", &in_flight(&self.pending))
-            .finish()
-    }
-}
-
-/// One request in its endpoint's requests in flight, until dropped: a reference to the
-/// endpoint's count.
-#[derive(Debug)]
-struct InFlight(#[allow(dead_code)] Arc<()>);
-
-/// Requests in flight of an endpoint whose count is `count`: every reference but its own.
-fn in_flight<T>(count: &Arc<T>) -> usize {
-    Arc::strong_count(count) - 1
-}
-
-pin_project! {
-    /// The response future of a [`PendingRequests`] endpoint.
-    #[derive(Debug)]
-    pub struct PendingFuture<F> {
-        #[pin]
-        inner: F,
-        pending: Option<InFlight>,
-    }
-}
-
-impl<F: Future> Future for PendingFuture<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let output = ready!(this.inner.poll(cx));
-        this.pending.take();
-        Poll::Ready(output)
     }
 }
 
@@ -427,24 +310,12 @@ impl<F: Future> Future for PeakEwmaFuture<F> {
 fn nanos(d: Duration) -> f64 {
     d.as_nanos() as f64
 }
-
 #[cfg(test)]
 mod tests {
+    use super::super::sleeper;
     use super::*;
     use futures_util::FutureExt;
     use tower::{service_fn, ServiceExt};
-
-    fn sleeper() -> impl Service<
-        Duration,
-        Response = (),
-        Error = std::convert::Infallible,
-        Future = impl Future<Output = Result<(), std::convert::Infallible>>,
-    > {
-        service_fn(|d: Duration| async move {
-            tokio::time::sleep(d).await;
-            Ok(())
-        })
-    }
 
     async fn answer<S>(ep: &mut PeakEwma<S>, after: Duration)
     where
@@ -579,18 +450,5 @@ mod tests {
             let exact = (pending as f64 + 1.0).ln();
             assert!((ln_in_flight(pending) - exact).abs() < 1e-15, "{pending}");
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn pending_requests_counts_calls_until_answered_or_dropped() {
-        let mut ep = PendingRequests::new(sleeper());
-        let quick = ep.ready().await.unwrap().call(Duration::ZERO);
-        let slow = ep.ready().await.unwrap().call(Duration::from_secs(1));
-        assert_eq!(ep.load(), Count(2));
-        quick.await.unwrap();
-        assert_eq!(ep.load().value(), 1);
-        drop(slow);
-        assert_eq!(ep.load().value(), 0);
-        assert!(ep.ready().now_or_never().is_some());
     }
 }
