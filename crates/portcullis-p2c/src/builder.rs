@@ -5,6 +5,7 @@ use crate::error::BuildError;
 use crate::health::{FailurePercentage, HealthConfig, SlowStart};
 use crate::make::MakeEndpoint;
 use crate::P2cPool;
+use portcullis_pool::backoff::ExponentialBackoff;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use std::hash::Hash;
@@ -281,7 +282,7 @@ impl<C> P2cPoolBuilder<C> {
         K: Hash + Eq + Clone,
         M: MakeEndpoint<K, T>,
     {
-        let backoff = Backoff::new(self.backoff_base, self.backoff_max)?;
+        let backoff = rebuild_backoff(self.backoff_base, self.backoff_max)?;
         let health = self.check_health()?;
         let rng = self.rng.unwrap_or_else(SmallRng::from_entropy);
         Ok(P2cPool::from_parts(
@@ -365,28 +366,13 @@ impl<C> P2cPoolBuilder<C> {
     }
 }
 
-/// Exponential rebuild backoff, validated.
-#[derive(Copy, Clone, Debug)]
-pub(crate) struct Backoff {
+/// The rebuild backoff: `base` after an endpoint's first failure, doubling with each one after
+/// it up to `max` (the delay after `n` failures in a row is `wait(n - 1)`), checked.
+pub(crate) fn rebuild_backoff(
     base: Duration,
     max: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(base: Duration, max: Duration) -> Result<Self, BuildError> {
-        if base.is_zero() || base > max {
-            return Err(BuildError::InvalidBackoff { base, max });
-        }
-        Ok(Self { base, max })
-    }
-
-    /// The delay after `failures` consecutive failures (1 for the first).
-    pub(crate) fn delay(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(31);
-        self.base
-            .checked_mul(1u32 << doublings)
-            .map_or(self.max, |d| d.min(self.max))
-    }
+) -> Result<ExponentialBackoff, BuildError> {
+    ExponentialBackoff::doubling(base, max).map_err(|_| BuildError::InvalidBackoff { base, max })
 }
 
 #[cfg(test)]
@@ -394,22 +380,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_caps() {
-        let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).unwrap();
-        assert_eq!(b.delay(1), Duration::from_millis(100));
-        assert_eq!(b.delay(2), Duration::from_millis(200));
-        assert_eq!(b.delay(4), Duration::from_millis(800));
-        assert_eq!(b.delay(5), Duration::from_secs(1));
-        assert_eq!(b.delay(u32::MAX), Duration::from_secs(1));
-    }
-
-    #[test]
     fn invalid_backoff_is_a_typed_error() {
-        let zero = Backoff::new(Duration::ZERO, Duration::from_secs(1));
+        let zero = rebuild_backoff(Duration::ZERO, Duration::from_secs(1));
         assert!(matches!(zero, Err(BuildError::InvalidBackoff { .. })));
-        let inverted = Backoff::new(Duration::from_secs(2), Duration::from_secs(1));
+        let inverted = rebuild_backoff(Duration::from_secs(2), Duration::from_secs(1));
         assert!(matches!(inverted, Err(BuildError::InvalidBackoff { .. })));
-        assert!(Backoff::new(
+        assert!(rebuild_backoff(
             P2cPoolBuilder::DEFAULT_BACKOFF_BASE,
             P2cPoolBuilder::DEFAULT_BACKOFF_MAX
         )

@@ -43,6 +43,7 @@ pub use crate::classify::{ClassifyResponse, ErrorsOnly};
 use crate::error::BuildError;
 use crate::make::{LoadValue, MakeEndpoint};
 use pin_project_lite::pin_project;
+use portcullis_pool::time::Origin;
 use std::{
     fmt,
     future::Future,
@@ -54,7 +55,6 @@ use std::{
     task::{ready, Context, Poll},
     time::Duration,
 };
-use tokio::time::Instant;
 use tower::load::Load;
 use tower_service::Service;
 
@@ -149,7 +149,7 @@ struct Health {
     rate: AtomicU64,
     /// When `rate` was last updated, in nanoseconds since `origin`.
     updated: AtomicU64,
-    origin: Instant,
+    origin: Origin,
     half_life_nanos: f64,
 }
 
@@ -162,7 +162,7 @@ impl<S, C> FailureAware<S, C> {
             health: Arc::new(Health {
                 rate: AtomicU64::new(0f64.to_bits()),
                 updated: AtomicU64::new(0),
-                origin: Instant::now(),
+                origin: Origin::now(),
                 half_life_nanos: half_life.as_nanos().max(1) as f64,
             }),
         }
@@ -177,10 +177,6 @@ impl<S, C> FailureAware<S, C> {
 // === impl Health ===
 
 impl Health {
-    fn nanos_since_origin(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
     /// `rate` decayed from its last update to `now`.
     fn decayed(&self, rate: f64, now: u64) -> f64 {
         let since = now.saturating_sub(self.updated.load(Ordering::Relaxed)) as f64;
@@ -192,7 +188,7 @@ impl Health {
         if rate == 0.0 {
             return 0.0;
         }
-        self.decayed(rate, self.nanos_since_origin())
+        self.decayed(rate, self.origin.elapsed_nanos())
     }
 
     fn level(&self) -> u8 {
@@ -209,7 +205,7 @@ impl Health {
         if !failed && rate == 0.0 {
             return;
         }
-        let now = self.nanos_since_origin();
+        let now = self.origin.elapsed_nanos();
         // Concurrent responses may interleave between the two stores; the rate is a heuristic
         // and either order leaves it within one response's weight of exact.
         let decayed = self.decayed(rate, now);

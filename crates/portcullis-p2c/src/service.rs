@@ -1,7 +1,6 @@
 //! [`P2cPool`]: power-of-two-choices selection over a [`ReadyCache`], and the `Service` and
 //! `Pool` impls that drive it.
 
-use crate::builder::Backoff;
 use crate::classify::{ClassifyResponse, ErrorsOnly};
 use crate::error::{EndpointGone, NotReady};
 use crate::future::ResponseFuture;
@@ -12,6 +11,7 @@ use crate::ready_cache::{ReadyCache, ReadyRef};
 use crate::BoxError;
 use crate::EndpointState;
 use crate::P2cPoolBuilder;
+use portcullis_pool::backoff::ExponentialBackoff;
 use portcullis_pool::{EndpointCounts, Pool, Update};
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -68,7 +68,7 @@ where
 {
     pub(crate) fn from_parts(
         maker: M,
-        backoff: Backoff,
+        backoff: ExponentialBackoff,
         health: HealthConfig,
         classify: C,
         rng: SmallRng,

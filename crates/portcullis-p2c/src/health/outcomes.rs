@@ -1,6 +1,7 @@
 //! [`Outcomes`]: what an endpoint's calls came to, recorded by the response futures and read
 //! by the pool, without a lock.
 
+use portcullis_pool::time::Origin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,11 +22,11 @@ pub(crate) struct Outcomes {
     last_failure: AtomicU64,
     /// Back from an ejection and not yet answered successfully: one failure ejects again.
     probation: AtomicBool,
-    origin: Instant,
+    origin: Origin,
 }
 
 impl Outcomes {
-    pub(crate) fn new(origin: Instant) -> Arc<Self> {
+    pub(crate) fn new(origin: Origin) -> Arc<Self> {
         Arc::new(Self {
             consecutive: AtomicU32::new(0),
             successes: AtomicU32::new(0),
@@ -36,17 +37,13 @@ impl Outcomes {
         })
     }
 
-    fn nanos_since_origin(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
-    }
-
     pub(crate) fn record(&self, failed: bool, count_totals: bool) {
         if failed {
             self.consecutive.fetch_add(1, Relaxed);
             if count_totals {
                 self.failures.fetch_add(1, Relaxed);
             }
-            let stamp = self.nanos_since_origin(Instant::now()).saturating_add(1);
+            let stamp = self.origin.elapsed_nanos().saturating_add(1);
             self.last_failure.store(stamp, Relaxed);
         } else {
             // Loads first: a healthy endpoint's success writes no shared cache line it
@@ -80,7 +77,7 @@ impl Outcomes {
         if stamp == 0 {
             return false;
         }
-        let since = self.nanos_since_origin(now).saturating_sub(stamp - 1);
+        let since = self.origin.nanos_to(now).saturating_sub(stamp - 1);
         u128::from(since) < window.as_nanos()
     }
 
@@ -141,7 +138,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn consecutive_failures_and_probation() {
-        let o = Outcomes::new(Instant::now());
+        let o = Outcomes::new(Origin::now());
         for _ in 0..4 {
             o.record(true, false);
         }
@@ -163,7 +160,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failure_is_recent_for_its_window_only() {
-        let o = Outcomes::new(Instant::now());
+        let o = Outcomes::new(Origin::now());
         let window = Duration::from_millis(100);
         assert!(!o.ever_failed());
         assert!(!o.failed_within(window, Instant::now()));
@@ -178,7 +175,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn totals_are_counted_only_when_asked_and_taken_once() {
-        let o = Outcomes::new(Instant::now());
+        let o = Outcomes::new(Origin::now());
         o.record(true, false);
         o.record(false, false);
         assert_eq!(o.take_totals(), (0, 0));

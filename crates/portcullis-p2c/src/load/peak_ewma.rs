@@ -3,6 +3,7 @@
 
 use super::in_flight;
 use pin_project_lite::pin_project;
+use portcullis_pool::time::Origin;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -66,7 +67,7 @@ struct Ewma {
     /// `ln(estimate) + (updated on the process's clock) / decay`, as `f64` bits: what a pick
     /// compares (see the module documentation).
     key: AtomicU64,
-    origin: Instant,
+    origin: Origin,
     /// `origin` on the process's clock ([`process_origin`]), in nanoseconds (negative if
     /// before it, as a paused test clock may be).
     origin_offset_ns: f64,
@@ -101,7 +102,7 @@ impl<S> PeakEwma<S> {
                 updated: AtomicU64::new(0),
                 ln_estimate: AtomicU64::new(estimate.ln().to_bits()),
                 key: AtomicU64::new(key(estimate, origin_offset_ns, decay_ns).to_bits()),
-                origin,
+                origin: Origin::at(origin),
                 origin_offset_ns,
                 decay_ns,
             }),
@@ -145,7 +146,7 @@ impl<S> PeakEwma<S> {
 
 impl Ewma {
     fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.origin.elapsed_nanos()
     }
 
     /// `exp(-elapsed / decay)` for the time from the last update to `now`.

@@ -26,12 +26,13 @@ mod eject;
 mod update;
 mod weight;
 
-use crate::builder::Backoff;
 use crate::health::{HealthConfig, Outcomes};
 use crate::make::MakeEndpoint;
 use crate::metrics::P2cMetrics;
 use crate::BoxError;
 use indexmap::IndexMap;
+use portcullis_pool::backoff::ExponentialBackoff;
+use portcullis_pool::time::Origin;
 use portcullis_pool::EndpointCounts;
 use std::fmt;
 use std::future::Future;
@@ -81,12 +82,12 @@ where
     failed: IndexMap<K, FailedEndpoint>,
     /// The instance id the next built endpoint gets.
     next_id: u64,
-    backoff: Backoff,
+    backoff: ExponentialBackoff,
     /// Shared with the pool; the cache counts evictions and rebuilds and keeps the gauges.
     metrics: P2cMetrics,
     health: HealthConfig,
     /// What outcome timestamps count from.
-    origin: Instant,
+    origin: Origin,
     /// Keys with an ejection running, wherever their endpoint is.
     ejected: usize,
     /// Whether too few endpoints are healthy, so that ejected ones are picked too.
@@ -188,7 +189,7 @@ where
 {
     pub(crate) fn new(
         maker: M,
-        backoff: Backoff,
+        backoff: ExponentialBackoff,
         health: HealthConfig,
         metrics: P2cMetrics,
     ) -> Self {
@@ -203,7 +204,7 @@ where
             backoff,
             metrics,
             health,
-            origin: Instant::now(),
+            origin: Origin::now(),
             ejected: 0,
             panic: false,
             ejection_timer: None,
@@ -218,7 +219,7 @@ where
         &self.health
     }
 
-    pub(crate) fn backoff(&self) -> &Backoff {
+    pub(crate) fn backoff(&self) -> &ExponentialBackoff {
         &self.backoff
     }
 
@@ -435,7 +436,7 @@ where
     where
         K: fmt::Debug,
     {
-        let delay = self.backoff.delay(failures);
+        let delay = self.backoff.wait(failures.saturating_sub(1));
         warn!(?key, %error, failures, ?delay, "evicting endpoint: readiness failed");
         self.metrics.evicted();
         let mut rebuild_at = Box::pin(tokio::time::sleep(delay));
@@ -586,7 +587,9 @@ mod tests {
         controls: &[SimControl],
     ) -> ReadyCache<u32, u32, impl MakeEndpoint<u32, u32, Endpoint = Ep>> {
         let controls = controls.to_vec();
-        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).unwrap();
+        let backoff =
+            crate::builder::rebuild_backoff(Duration::from_millis(100), Duration::from_secs(1))
+                .unwrap();
         let maker =
             move |key: &u32, _: &u32| controls[*key as usize].endpoint_with_id::<(), u32>(*key);
         ReadyCache::new(
