@@ -4,6 +4,7 @@ use crate::config::{Config, SharedLimit};
 use crate::error::FanOutError;
 use crate::in_flight::InFlight;
 use crate::metrics::FanOutMetrics;
+use crate::peer_call::PeerCall;
 use crate::policy::Policy;
 use crate::report::{Counts, Outcome, Report, Slot};
 use pin_project_lite::pin_project;
@@ -15,10 +16,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::sync::PollSemaphore;
-use tower::util::{Oneshot, ServiceExt};
+use tower::util::ServiceExt;
 use tower_service::Service;
 
 pin_project! {
@@ -297,24 +297,15 @@ where
             let deadline = self
                 .per_peer_timeout
                 .map(|timeout| deadline_after(started, timeout));
-            // A reused timer still holds an old deadline; it is set only if the call has to
-            // wait, so a peer that answers on its first poll costs no timer work at all.
-            let (timer, armed) = match deadline {
-                None => (None, false),
-                Some(deadline) => match self.spare_timers.pop() {
-                    Some(timer) => (Some(timer), false),
-                    None => (Some(Box::pin(sleep_until(deadline))), true),
-                },
-            };
-            self.in_flight.push(PeerCall {
+            let call = PeerCall::new(
                 index,
                 started,
                 permit,
                 call,
                 deadline,
-                timer,
-                armed,
-            });
+                &mut self.spare_timers,
+            );
+            self.in_flight.push(call);
         }
         self.peak_in_flight = self.peak_in_flight.max(self.in_flight.len());
     }
@@ -342,8 +333,7 @@ where
         // latency, in the report as in the latency histogram.
         if overall_timed_out {
             for call in self.in_flight.iter() {
-                let call = call.project_ref();
-                if let Some(slot) = self.slots.get_mut(*call.index) {
+                if let Some(slot) = self.slots.get_mut(call.index()) {
                     *slot = Slot {
                         outcome: Outcome::TimedOut,
                         latency: None,
@@ -400,72 +390,6 @@ where
         self.metrics
             .fan_out_ended(&self.counts, None, false, self.peak_in_flight, &self.slots);
         tracing::debug!(counts = ?self.counts, "fan-out dropped before it ended");
-    }
-}
-
-// === impl PeerCall ===
-
-pin_project! {
-    /// One peer call: ready-then-call on the peer's own clone, raced against its deadline.
-    struct PeerCall<S, Req>
-    where
-        S: Service<Req>,
-    {
-        index: usize,
-        started: Instant,
-        // Held only while the call runs; given back the moment it ends.
-        permit: Option<OwnedSemaphorePermit>,
-        #[pin]
-        call: Oneshot<S, Req>,
-        deadline: Option<Instant>,
-        // Boxed, so that a fan-out without per-peer deadlines does not move a timer's worth
-        // of bytes with every peer call; the boxes are reused (see `spare_timers`).
-        timer: Option<Pin<Box<Sleep>>>,
-        // Whether `timer` is set to `deadline` (a reused one is not until the call waits).
-        armed: bool,
-    }
-}
-
-/// What a peer call hands back when it ends.
-struct Ended<R, E> {
-    index: usize,
-    started: Instant,
-    outcome: Outcome<R, E>,
-    timer: Option<Pin<Box<Sleep>>>,
-}
-
-impl<S, Req> Future for PeerCall<S, Req>
-where
-    S: Service<Req>,
-{
-    type Output = Ended<S::Response, S::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let outcome = match this.call.poll(cx) {
-            Poll::Ready(Ok(response)) => Outcome::Response(response),
-            Poll::Ready(Err(error)) => Outcome::Error(error),
-            Poll::Pending => {
-                let (Some(timer), Some(deadline)) = (this.timer.as_mut(), *this.deadline) else {
-                    return Poll::Pending;
-                };
-                if !*this.armed {
-                    timer.as_mut().reset(deadline);
-                    *this.armed = true;
-                }
-                if timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                Outcome::TimedOut
-            }
-        };
-        drop(this.permit.take());
-        Poll::Ready(Ended {
-            index: *this.index,
-            started: *this.started,
-            outcome,
-            timer: this.timer.take(),
-        })
     }
 }
 

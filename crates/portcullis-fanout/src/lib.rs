@@ -74,6 +74,7 @@ mod future;
 mod in_flight;
 mod layer;
 mod metrics;
+mod peer_call;
 mod policy;
 mod report;
 mod service;
