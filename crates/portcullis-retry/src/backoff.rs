@@ -1,7 +1,8 @@
 //! Exponential backoff with jitter, a fresh random sequence per request.
 //!
 //! The `n`th retry (from 0) waits a random delay drawn under the ceiling
-//! `min(cap, base × factor^n)`, computed in nanoseconds. Jitter is applied *after* the cap, so
+//! `min(cap, base × factor^n)`, computed in nanoseconds by the schedule every crate backs off
+//! by ([`ExponentialBackoff`]). Jitter is applied *after* the cap, so
 //! requests that reached the cap still spread out (tower clamps after jittering, so every
 //! capped request waits exactly the cap). Each request draws from its own generator, seeded
 //! from a shared source: two requests failing together get different sequences (tower hands
@@ -13,6 +14,9 @@ use std::time::Duration;
 
 use rand::rngs::{OsRng, SmallRng};
 use rand::{Rng, SeedableRng};
+
+use portcullis_pool::backoff::{BackoffError, ExponentialBackoff};
+use portcullis_pool::time::saturating_nanos;
 
 use crate::error::BuildError;
 
@@ -44,9 +48,8 @@ pub enum Jitter {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
-    base: Duration,
-    factor: f64,
-    cap: Duration,
+    /// The ceilings: `portcullis-pool`'s schedule, which every crate's backoff follows.
+    schedule: ExponentialBackoff,
     jitter: Jitter,
     seed: Option<u64>,
 }
@@ -82,19 +85,17 @@ impl Backoff {
     /// Refuses a factor that is not finite or below 1 ([`BuildError::BackoffFactor`]) and a
     /// cap below the base ([`BuildError::BackoffCapBelowBase`]).
     pub const fn new(base: Duration, factor: f64, cap: Duration) -> Result<Self, BuildError> {
-        if !factor.is_finite() || factor < 1.0 {
-            return Err(BuildError::BackoffFactor(factor));
+        match ExponentialBackoff::new(base, factor, cap) {
+            Ok(schedule) => Ok(Self {
+                schedule,
+                jitter: Jitter::Full,
+                seed: None,
+            }),
+            Err(BackoffError::Factor(factor)) => Err(BuildError::BackoffFactor(factor)),
+            // `ExponentialBackoff::new` refuses a bad factor and a cap below the base, nothing
+            // else (a zero base is a schedule of zero waits).
+            Err(_) => Err(BuildError::BackoffCapBelowBase { base, cap }),
         }
-        if cap.as_nanos() < base.as_nanos() {
-            return Err(BuildError::BackoffCapBelowBase { base, cap });
-        }
-        Ok(Self {
-            base,
-            factor,
-            cap,
-            jitter: Jitter::Full,
-            seed: None,
-        })
     }
 
     /// How delays are drawn under the ceiling.
@@ -119,16 +120,12 @@ impl Backoff {
     }
 
     fn ceiling_nanos(&self, retry: u32) -> u64 {
-        let cap = duration_nanos(self.cap);
-        let raw =
-            duration_nanos(self.base) as f64 * self.factor.powi(retry.min(i32::MAX as u32) as i32);
-        // `as` saturates, and NaN (0 × inf) maps to 0.
-        (raw as u64).min(cap)
+        self.schedule.wait_nanos(retry)
     }
 
     /// The longest delay this backoff ever draws.
     pub fn cap(&self) -> Duration {
-        self.cap
+        self.schedule.cap()
     }
 
     /// The worst-case total sleep over `retries` retries: the sum of [`ceiling`](Self::ceiling)
@@ -150,9 +147,10 @@ impl Backoff {
     /// In `u128` nanoseconds: `u32::MAX` ceilings of up to `u64::MAX` each never overflow it,
     /// so a total past `u64::MAX` ns is still compared rightly with a longer deadline.
     fn worst_case_nanos(&self, retries: u32) -> u128 {
-        let cap = u128::from(duration_nanos(self.cap));
-        let base = duration_nanos(self.base);
-        if self.factor == 1.0 || base == 0 {
+        let cap = u128::from(saturating_nanos(self.schedule.cap()));
+        let base = saturating_nanos(self.schedule.base());
+        let factor = self.schedule.factor();
+        if factor == 1.0 || base == 0 {
             // base × 1^n is base exactly, and 0 × anything is 0 (NaN, for 0 × inf, casts to
             // 0): every ceiling is the first.
             return u128::from(self.ceiling_nanos(0)) * u128::from(retries);
@@ -171,7 +169,7 @@ impl Backoff {
         if rest == 0 {
             return total;
         }
-        if self.factor.is_finite() && self.factor > 1.0 {
+        if factor.is_finite() && factor > 1.0 {
             total + self.geometric_tail(exact, rest, cap, retries)
         } else {
             // A factor `build` refuses: no ceiling exceeds the cap.
@@ -186,8 +184,9 @@ impl Backoff {
     fn geometric_tail(&self, first: u32, rest: u32, cap: u128, retries: u32) -> u128 {
         // The same rounded base the ceilings are computed from (1 or more: base 0 is handled
         // by the caller).
-        let base = duration_nanos(self.base) as f64;
-        let ln_factor = (self.factor - 1.0).ln_1p();
+        let base = saturating_nanos(self.schedule.base()) as f64;
+        let factor = self.schedule.factor();
+        let ln_factor = (factor - 1.0).ln_1p();
         // Retries from `first` on whose real-valued ceiling is below the cap. Any count is a
         // valid split (a term counted at its real value where the cap applies is only larger),
         // so rounding here costs tightness, never soundness.
@@ -198,7 +197,7 @@ impl Backoff {
         // of `factor^below - 1` for a factor close to 1.
         let sum =
             base * (f64::from(first) * ln_factor).exp() * (f64::from(below) * ln_factor).exp_m1()
-                / (self.factor - 1.0);
+                / (factor - 1.0);
         // `powi` multiplies the factor by itself, so a ceiling carries a relative rounding
         // error of up to about `retry` units in the last place: cover it, and the few roundings
         // of this formula, with a margin of that size.
@@ -230,10 +229,6 @@ impl Backoff {
 /// form: enough that every ordinary backoff (a factor of 1.045 or more, whatever its base and
 /// cap) reaches its cap first and gets an exact total, few enough to cost microseconds.
 const EXACT_TERMS: u32 = 1024;
-
-fn duration_nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
 
 /// `nanos` as a [`Duration`], saturating at [`Duration::MAX`].
 fn nanos_duration(nanos: u128) -> Duration {

@@ -389,7 +389,6 @@ mod tests {
     use crate::budget::tests::budget;
     use crate::budget::Budget;
     use std::time::Duration;
-    use tokio::time::Instant;
 
     #[tokio::test(start_paused = true)]
     async fn idle_stripes_expire_on_time() {
@@ -517,7 +516,7 @@ mod tests {
         assert_eq!(deposited, (threads * per_thread) << 30);
         assert!(granted > 0 && granted <= threads * per_thread);
         // Expire everything: two whole windows past now.
-        let now = inner.slot_of(b.inner.now_nanos(Instant::now()));
+        let now = inner.slot_of(b.inner.origin.elapsed_nanos());
         inner.advance_to(now + 2 * inner.slots);
         let (deposited, expired) = inner.totals();
         assert_eq!(expired, deposited);

@@ -95,6 +95,7 @@ mod reserve;
 use std::fmt;
 use std::sync::Arc;
 
+use portcullis_pool::time::Origin;
 use tokio::time::Instant;
 
 pub use self::builder::BudgetBuilder;
@@ -132,8 +133,8 @@ pub struct Budget {
 }
 
 struct Inner {
-    /// The instant every count is measured from.
-    origin: Instant,
+    /// The instant every count is measured from, in nanoseconds.
+    origin: Origin,
     /// The deposits, what is spent of them and their expiry.
     ledger: Ledger,
     /// Retries paid without deposits.
@@ -151,7 +152,7 @@ impl Budget {
     fn from_parts(parts: Parts) -> Self {
         Budget {
             inner: Arc::new(Inner {
-                origin: Instant::now(),
+                origin: Origin::now(),
                 ledger: Ledger::new(&parts),
                 reserve: Reserve::new(parts.min_per_sec),
             }),
@@ -172,14 +173,14 @@ impl Budget {
         if inner.ledger.deposits() {
             inner
                 .ledger
-                .deposit(inner.now_nanos(now.unwrap_or_else(Instant::now)));
+                .deposit(inner.origin.nanos_to(now.unwrap_or_else(Instant::now)));
         }
     }
 
     /// Takes the cost of one retry; `false` if the budget cannot pay for it.
     pub fn withdraw(&self) -> bool {
         let inner = &self.inner;
-        let nanos = inner.now_nanos(Instant::now());
+        let nanos = inner.origin.elapsed_nanos();
         // Live deposits first, the reserve only when they cannot pay (rule 2).
         inner.ledger.withdraw(nanos) || inner.reserve.take(nanos)
     }
@@ -187,13 +188,13 @@ impl Budget {
     /// Whole retries the live deposits can still pay for (the reserve not included).
     pub fn balance(&self) -> u64 {
         let inner = &self.inner;
-        inner.ledger.balance(inner.now_nanos(Instant::now()))
+        inner.ledger.balance(inner.origin.elapsed_nanos())
     }
 
     /// Retries the reserve could pay for right now.
     pub fn reserve_available(&self) -> u64 {
         let inner = &self.inner;
-        inner.reserve.available(inner.now_nanos(Instant::now()))
+        inner.reserve.available(inner.origin.elapsed_nanos())
     }
 }
 
@@ -210,19 +211,6 @@ impl fmt::Debug for Budget {
         let mut debug = f.debug_struct("Budget");
         self.inner.ledger.debug_fields(&mut debug);
         debug.finish()
-    }
-}
-
-// === impl Inner ===
-
-impl Inner {
-    /// Nanoseconds from the budget's origin to `now` (saturating).
-    fn now_nanos(&self, now: Instant) -> u64 {
-        let since = now.saturating_duration_since(self.origin);
-        since
-            .as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(since.subsec_nanos()))
     }
 }
 
