@@ -3,6 +3,7 @@
 use crate::error::BuildError;
 use crate::make::MakeConnection;
 use crate::{BoxError, SharedClients};
+use portcullis_pool::backoff::ExponentialBackoff;
 use std::fmt;
 use std::hash::Hash;
 use std::time::Duration;
@@ -66,8 +67,9 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The one check of every setting, also run at compile time on the defaults.
-    pub(crate) const fn check(&self) -> Result<(), BuildError> {
+    /// The one check of every setting, also run at compile time on the defaults; the rebuild
+    /// backoff it made of two of them.
+    pub(crate) const fn check(&self) -> Result<ExponentialBackoff, BuildError> {
         if self.max_connections == 0 {
             return Err(BuildError::ZeroMaxConnections);
         }
@@ -80,19 +82,16 @@ impl Config {
                 max: Semaphore::MAX_PERMITS,
             });
         }
-        if self.rebuild_backoff_base.is_zero() {
-            return Err(BuildError::ZeroRebuildBackoff);
-        }
-        if self.rebuild_backoff_base.as_nanos() > self.rebuild_backoff_max.as_nanos() {
-            return Err(BuildError::RebuildBackoffExceedsMax {
-                base: self.rebuild_backoff_base,
-                max: self.rebuild_backoff_max,
-            });
-        }
+        let rebuild_backoff =
+            match ExponentialBackoff::doubling(self.rebuild_backoff_base, self.rebuild_backoff_max)
+            {
+                Ok(backoff) => backoff,
+                Err(e) => return Err(BuildError::RebuildBackoff(e)),
+            };
         if self.unavailable_timeout.is_zero() {
             return Err(BuildError::ZeroUnavailableTimeout);
         }
-        Ok(())
+        Ok(rebuild_backoff)
     }
 }
 
@@ -157,7 +156,7 @@ impl SharedClientsBuilder {
 
     /// A connection whose `poll_ready` fails is rebuilt after `base`, then after twice as long
     /// each time it fails again soon after a rebuild, up to `max`. `base` must be above zero
-    /// and at most `max`.
+    /// and at most `max` ([`BuildError::RebuildBackoff`] otherwise).
     pub fn rebuild_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.config.rebuild_backoff_base = base;
         self.config.rebuild_backoff_max = max;
@@ -181,8 +180,13 @@ impl SharedClientsBuilder {
         M: MakeConnection<K> + Send + Sync + 'static,
         M::Connection: Clone + Send + 'static,
     {
-        self.config.check()?;
-        Ok(SharedClients::new(self.config, Box::new(make), None))
+        let rebuild_backoff = self.config.check()?;
+        Ok(SharedClients::new(
+            self.config,
+            rebuild_backoff,
+            Box::new(make),
+            None,
+        ))
     }
 
     /// Like [`build`](Self::build), and a connection whose call fails with an error that
@@ -238,9 +242,10 @@ impl SharedClientsBuilder {
         M::Connection: Clone + Send + 'static,
         F: Fn(&BoxError) -> bool + Send + Sync + 'static,
     {
-        self.config.check()?;
+        let rebuild_backoff = self.config.check()?;
         Ok(SharedClients::new(
             self.config,
+            rebuild_backoff,
             Box::new(make),
             Some(Box::new(is_connection_error)),
         ))

@@ -7,6 +7,7 @@ use crate::lease::{Lease, LeaseShared};
 use crate::make::MakeConnection;
 use crate::metrics::{ConnectionSnapshot, ConnectionState, KeySnapshot, SharedClientsMetrics};
 use crate::BoxError;
+use portcullis_pool::backoff::ExponentialBackoff;
 use portcullis_pool::time::deadline_after;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -35,6 +36,8 @@ pub(crate) struct Inner<K, S> {
     make: Box<dyn MakeConnection<K, Connection = S> + Send + Sync>,
     pub(crate) is_connection_error: Option<IsConnectionError>,
     pub(crate) config: Config,
+    /// The rebuild backoff, made of `config` when it was checked.
+    rebuild_backoff: ExponentialBackoff,
     table: Mutex<Table<K, S>>,
     pub(crate) metrics: SharedClientsMetrics,
 }
@@ -72,6 +75,7 @@ where
 {
     pub(crate) fn new(
         config: Config,
+        rebuild_backoff: ExponentialBackoff,
         make: Box<dyn MakeConnection<K, Connection = S> + Send + Sync>,
         is_connection_error: Option<IsConnectionError>,
     ) -> Self {
@@ -80,6 +84,7 @@ where
                 make,
                 is_connection_error,
                 config,
+                rebuild_backoff,
                 table: Mutex::new(Table {
                     keys: HashMap::new(),
                     next_id: 0,
@@ -304,11 +309,7 @@ where
         if conn.cell.epoch() != epoch {
             return;
         }
-        let (base, max) = (
-            self.config.rebuild_backoff_base,
-            self.config.rebuild_backoff_max,
-        );
-        let failed = conn.fail(Instant::now(), base, max);
+        let failed = conn.fail(Instant::now(), &self.rebuild_backoff);
         let failures = conn.failures;
         drop(table);
         if let Some((svc, retry_in)) = failed {

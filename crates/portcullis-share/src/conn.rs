@@ -2,6 +2,7 @@
 //! (least-leased) and the rebuild backoff. Everything here runs under the cache's lock and
 //! only decides; the cache carries the decisions out (makes, drops, spawns, logs).
 
+use portcullis_pool::backoff::ExponentialBackoff;
 use portcullis_pool::time::deadline_after;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -167,21 +168,24 @@ impl<S: Clone> Conn<S> {
 
     /// Its `poll_ready` failed: drop the service (returned, to be dropped outside the lock)
     /// and wait for the backoff before a rebuild. `None` when it was already broken.
+    ///
+    /// The wait before the `failures`-th rebuild in a row is `backoff`'s wait for it: its base,
+    /// doubled for each failure after the first, capped. No jitter: one lease rebuilds a slot,
+    /// whoever else waits for it finds it rebuilt, so there is no herd to spread.
     pub(crate) fn fail(
         &mut self,
         now: Instant,
-        base: Duration,
-        max: Duration,
+        backoff: &ExponentialBackoff,
     ) -> Option<(S, Duration)> {
         if !self.is_ready() {
             return None;
         }
-        self.failures = if now.saturating_duration_since(self.built_at) > max {
+        self.failures = if now.saturating_duration_since(self.built_at) > backoff.cap() {
             1
         } else {
             self.failures.saturating_add(1)
         };
-        let wait = backoff(self.failures, base, max);
+        let wait = backoff.wait(self.failures - 1);
         let old = std::mem::replace(
             &mut self.state,
             ConnState::Broken {
@@ -204,14 +208,6 @@ impl<S: Clone> Conn<S> {
         self.built_at = now;
         self.cell.advance();
     }
-}
-
-/// The wait before the `failures`-th rebuild in a row: `base`, doubled for each failure after
-/// the first, capped at `max`. No jitter: one lease rebuilds a slot, whoever else waits for it
-/// finds it rebuilt, so there is no herd to spread.
-pub(crate) fn backoff(failures: u32, base: Duration, max: Duration) -> Duration {
-    let doublings = failures.saturating_sub(1).min(31);
-    base.saturating_mul(1u32 << doublings).min(max)
 }
 
 /// The assignment policy, least-leased: a new lease goes to
@@ -253,6 +249,10 @@ mod tests {
 
     const BASE: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(10);
+    const BACKOFF: ExponentialBackoff = match ExponentialBackoff::doubling(BASE, MAX) {
+        Ok(backoff) => backoff,
+        Err(_) => panic!("a valid backoff"),
+    };
 
     fn conns(leases: &[usize]) -> Vec<Conn<()>> {
         let now = Instant::now();
@@ -287,9 +287,9 @@ mod tests {
         let now = Instant::now();
         let mut cs = conns(&[0, 5]);
         cs[0].leases = 1;
-        cs[0].fail(now, BASE, MAX);
+        cs[0].fail(now, &BACKOFF);
         assert_eq!(pick(&cs, 2), Pick::Existing(1), "the up one, though busier");
-        cs[1].fail(now, BASE, MAX);
+        cs[1].fail(now, &BACKOFF);
         assert_eq!(
             pick(&cs, 2),
             Pick::Existing(0),
@@ -298,30 +298,18 @@ mod tests {
         assert_eq!(move_target(&cs, 0), None);
     }
 
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(1, BASE, MAX), BASE);
-        assert_eq!(backoff(2, BASE, MAX), BASE * 2);
-        assert_eq!(backoff(4, BASE, MAX), BASE * 8);
-        assert_eq!(backoff(8, BASE, MAX), MAX);
-        assert_eq!(backoff(u32::MAX, BASE, MAX), MAX);
-    }
-
     #[tokio::test(start_paused = true)]
     async fn failures_in_a_row_grow_the_wait_and_a_long_life_resets_it() {
         let mut c = conns(&[1]).remove(0);
         let now = Instant::now();
-        assert_eq!(c.fail(now, BASE, MAX).map(|(_, w)| w), Some(BASE));
-        assert_eq!(c.fail(now, BASE, MAX), None, "already failed");
+        assert_eq!(c.fail(now, &BACKOFF).map(|(_, w)| w), Some(BASE));
+        assert_eq!(c.fail(now, &BACKOFF), None, "already failed");
         c.rebuild((), now + BASE);
-        assert_eq!(
-            c.fail(now + BASE, BASE, MAX).map(|(_, w)| w),
-            Some(BASE * 2)
-        );
+        assert_eq!(c.fail(now + BASE, &BACKOFF).map(|(_, w)| w), Some(BASE * 2));
         let later = now + MAX * 3;
         c.rebuild((), later);
         assert_eq!(
-            c.fail(later + MAX * 2, BASE, MAX).map(|(_, w)| w),
+            c.fail(later + MAX * 2, &BACKOFF).map(|(_, w)| w),
             Some(BASE)
         );
     }

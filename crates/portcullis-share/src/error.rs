@@ -1,12 +1,13 @@
 //! Typed errors: settings refused when a cache is built, and the one condition a lease can
 //! meet at run time.
 
+use portcullis_pool::backoff::BackoffError;
 use std::fmt;
 use std::time::Duration;
 
 /// A [`SharedClients`](crate::SharedClients) configuration that cannot work, refused by
 /// [`SharedClientsBuilder::build`](crate::SharedClientsBuilder::build).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum BuildError {
     /// `max_connections` is 0: no lease could ever be served.
@@ -20,16 +21,9 @@ pub enum BuildError {
         /// The largest limit allowed.
         max: usize,
     },
-    /// `rebuild_backoff` starts at zero: a connection that fails at once would be rebuilt in a
-    /// busy loop.
-    ZeroRebuildBackoff,
-    /// The rebuild backoff's first wait is longer than its cap.
-    RebuildBackoffExceedsMax {
-        /// The first wait.
-        base: Duration,
-        /// The cap.
-        max: Duration,
-    },
+    /// `rebuild_backoff` cannot work: it starts at zero (a connection that fails at once
+    /// would be rebuilt in a busy loop) or its first wait is longer than its cap.
+    RebuildBackoff(BackoffError),
     /// `unavailable_timeout` is 0: a lease whose connection failed would fail at once instead
     /// of waiting for a rebuild.
     ZeroUnavailableTimeout,
@@ -48,13 +42,7 @@ impl fmt::Display for BuildError {
                 f,
                 "shared clients max_in_flight {max_in_flight} exceeds the maximum {max}"
             ),
-            BuildError::ZeroRebuildBackoff => {
-                f.write_str("shared clients rebuild_backoff must start above zero")
-            }
-            BuildError::RebuildBackoffExceedsMax { base, max } => write!(
-                f,
-                "shared clients rebuild_backoff base ({base:?}) is longer than its cap ({max:?})"
-            ),
+            BuildError::RebuildBackoff(e) => write!(f, "shared clients rebuild_backoff: {e}"),
             BuildError::ZeroUnavailableTimeout => {
                 f.write_str("shared clients unavailable_timeout must be above zero")
             }
@@ -62,7 +50,14 @@ impl fmt::Display for BuildError {
     }
 }
 
-impl std::error::Error for BuildError {}
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::RebuildBackoff(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// A lease waited [`unavailable_timeout`](crate::SharedClientsBuilder::unavailable_timeout)
 /// for a healthy connection and found none: every connection of its key had failed and none

@@ -100,4 +100,5 @@ pub use metrics::{
 };
 
 /// The boxed error of every portcullis service (one alias, defined in `portcullis-pool`).
+pub use portcullis_pool::backoff::BackoffError;
 pub use portcullis_pool::BoxError;

@@ -371,7 +371,7 @@ async fn call_without_ready_and_polling_after_completion_are_typed_errors() {
 
 #[test]
 fn settings_are_checked_when_built() {
-    use portcullis_share::BuildError;
+    use portcullis_share::{BackoffError, BuildError};
     let make = |_: &u32| ();
     let build = |b: SharedClientsBuilder| b.build(make).err();
     assert_eq!(
@@ -384,17 +384,17 @@ fn settings_are_checked_when_built() {
     );
     assert_eq!(
         build(SharedClients::builder().rebuild_backoff(Duration::ZERO, Duration::from_secs(1))),
-        Some(BuildError::ZeroRebuildBackoff)
+        Some(BuildError::RebuildBackoff(BackoffError::ZeroBase))
     );
     assert_eq!(
         build(
             SharedClients::builder()
                 .rebuild_backoff(Duration::from_secs(2), Duration::from_secs(1))
         ),
-        Some(BuildError::RebuildBackoffExceedsMax {
+        Some(BuildError::RebuildBackoff(BackoffError::CapBelowBase {
             base: Duration::from_secs(2),
-            max: Duration::from_secs(1)
-        })
+            cap: Duration::from_secs(1)
+        }))
     );
     assert_eq!(
         build(SharedClients::builder().unavailable_timeout(Duration::ZERO)),
