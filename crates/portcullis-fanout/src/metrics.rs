@@ -5,15 +5,12 @@
 
 use crate::report::{Counts, Slot};
 use hdrhistogram::Histogram;
+use portcullis_pool::time::micros_histogram;
 use portcullis_pool::{HistogramSummary, UpdateCounters, UpdateCounts, UpdateKind};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// The longest peer-call latency the histogram tells apart, in microseconds (an hour); longer
-/// calls are recorded as an hour.
-const LATENCY_MAX_US: u64 = 3_600_000_000;
 
 /// One significant figure: 16 linear sub-buckets per power of two, so a latency is read back
 /// within 1/16 (6.25 %) of what was recorded, and exactly below 32 µs.
@@ -111,9 +108,7 @@ impl FanOutMetrics {
             // Fixed bounds (1 µs to an hour): an auto-resizing histogram would grow only on
             // `record`, and saturating records into its initial 1..=2 µs range clamp every
             // latency to 2 µs.
-            latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGNIFICANT_FIGURES).ok(),
-            ),
+            latency_us: Mutex::new(Some(micros_histogram(LATENCY_SIGNIFICANT_FIGURES))),
             ..Inner::default()
         };
         Self {
@@ -303,7 +298,7 @@ mod tests {
         let Some(h) = guard.as_mut() else {
             panic!("constant bounds are valid");
         };
-        for us in (1..200_000u64).chain([1 << 20, LATENCY_MAX_US]) {
+        for us in (1..200_000u64).chain([1 << 20, portcullis_pool::time::HISTOGRAM_MAX_MICROS]) {
             let (low, high) = (h.lowest_equivalent(us), h.highest_equivalent(us));
             assert!(low <= us && us <= high, "{us} in [{low}, {high}]");
             assert!(high - low < us.max(32) / 16, "{us} in [{low}, {high}]");

@@ -4,6 +4,7 @@
 use super::error::{BoxError, PoolFailed, WorkerGone};
 use super::metrics::UpdateCounters;
 use super::slots::Slots;
+use crate::time::micros_histogram;
 use crate::{EndpointCounts, UpdateKind};
 use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
@@ -72,7 +73,8 @@ impl WaitHistogram {
 
     /// The recorded waits as an hdrhistogram, each bucket at its lowest value.
     pub(crate) fn to_histogram(&self) -> Histogram<u64> {
-        let mut histogram = new_histogram();
+        // In microseconds, up to an hour (longer waits saturate), to three significant figures.
+        let mut histogram = micros_histogram(3);
         for (index, bucket) in self.buckets.iter().enumerate() {
             let count = bucket.load(Ordering::Relaxed);
             if count > 0 {
@@ -81,17 +83,6 @@ impl WaitHistogram {
         }
         histogram
     }
-}
-
-/// In-queue times are reported in microseconds, up to an hour; longer waits saturate.
-const MAX_RECORDED_MICROS: u64 = 3_600_000_000;
-
-// hdrhistogram only refuses bounds with low < 1, high < 2 * low or more than 5 significant
-// figures; these constants are none of those, so no caller can reach the panic.
-#[allow(clippy::expect_used)]
-pub(crate) fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_RECORDED_MICROS, 3)
-        .expect("constant histogram bounds are valid")
 }
 
 #[derive(Debug)]
