@@ -47,6 +47,9 @@ pub enum LastFailure {
     Inner(BoxError),
     /// The last attempt was cut short by the per-attempt timeout or the overall deadline.
     TimedOut,
+    /// No attempt was made: the overall deadline passed while the inner service was still not
+    /// ready (waiting for a queue's slot, say).
+    NotReady,
 }
 
 /// Why a [`Retry`](crate::Retry) gave up with an error, and the inner error it gave up with.
@@ -105,7 +108,7 @@ impl RetryError {
     pub fn inner(&self) -> Option<&(dyn Error + Send + Sync + 'static)> {
         match &self.last {
             LastFailure::Inner(e) => Some(&**e),
-            LastFailure::TimedOut => None,
+            LastFailure::TimedOut | LastFailure::NotReady => None,
         }
     }
 
@@ -113,13 +116,14 @@ impl RetryError {
     pub fn into_inner(self) -> Option<BoxError> {
         match self.last {
             LastFailure::Inner(e) => Some(e),
-            LastFailure::TimedOut => None,
+            LastFailure::TimedOut | LastFailure::NotReady => None,
         }
     }
 
-    /// Whether the last attempt timed out rather than failing.
+    /// Whether the request ran out of time rather than failing: its last attempt timed out,
+    /// or the deadline passed before the inner service was ready for a first attempt.
     pub fn is_timeout(&self) -> bool {
-        matches!(self.last, LastFailure::TimedOut)
+        matches!(self.last, LastFailure::TimedOut | LastFailure::NotReady)
     }
 }
 
@@ -147,6 +151,7 @@ impl fmt::Display for RetryError {
         match self.last {
             LastFailure::Inner(_) => Ok(()),
             LastFailure::TimedOut => f.write_str(" (the last attempt timed out)"),
+            LastFailure::NotReady => f.write_str(" (the service was not ready)"),
         }
     }
 }
@@ -155,7 +160,7 @@ impl Error for RetryError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match &self.last {
             LastFailure::Inner(e) => Some(&**e),
-            LastFailure::TimedOut => None,
+            LastFailure::TimedOut | LastFailure::NotReady => None,
         }
     }
 }

@@ -63,6 +63,8 @@ pin_project! {
         Backoff,
         // Waiting for the service to be ready for the retry in `next`.
         Ready,
+        // Never called: the inner service was not ready before the deadline.
+        NeverReady,
         // Returned its output: polled again, it fails with `PolledAfterCompletion`.
         Done,
     }
@@ -73,12 +75,32 @@ enum Outcome<T, E> {
     // The inner error, already boxed to show its source chain to the classifier.
     Failed(BoxError),
     TimedOut,
+    // No attempt: the service was not ready before the deadline.
+    NotReady,
 }
 
 impl<S, Req, C, K> ResponseFuture<S, Req, C, K>
 where
     S: Service<Req>,
 {
+    /// The future of a call whose deadline passed while the inner service was not ready: it
+    /// ends at once with the deadline, and holds nothing of the service.
+    pub(crate) fn never_ready(policy: Handle<C, K>) -> Self {
+        ResponseFuture {
+            state: State::NeverReady,
+            timer: None,
+            timer_at: None,
+            service: None,
+            request: None,
+            next: None,
+            policy,
+            attempts: 0,
+            deadline: None,
+            rng: None,
+            last: None,
+        }
+    }
+
     pub(crate) fn new(
         future: S::Future,
         service: S,
@@ -214,6 +236,10 @@ where
                     *this.timer_at = *this.deadline;
                     this.state.set(State::Ready);
                 }
+                StateProj::NeverReady => {
+                    let outcome = Outcome::<S::Response, S::Error>::NotReady;
+                    return finish(policy, StopReason::Deadline, 0, outcome);
+                }
                 // `poll` answers a finished future before it gets here.
                 StateProj::Done => {
                     return Poll::Ready(Err(Box::new(PolledAfterCompletion::new())));
@@ -288,8 +314,9 @@ where
         (Outcome::Done(result), Some(req)) => policy.classify.classify(req, result.as_ref()),
         (Outcome::Done(Ok(_)), None) => Decision::Success,
         (Outcome::Done(Err(_)), None) => Decision::Permanent,
-        // Made only by `look_again`, after this: never a fresh attempt's outcome.
-        (Outcome::Failed(_), _) => Decision::Permanent,
+        // Made only by `look_again`, after this, and by a call that made no attempt: never a
+        // fresh attempt's outcome.
+        (Outcome::Failed(_) | Outcome::NotReady, _) => Decision::Permanent,
         (Outcome::TimedOut, _) => {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(StopReason::Deadline);
@@ -353,6 +380,7 @@ fn finish<C, K, T, E: Into<BoxError>>(
         }
         Outcome::Failed(e) => Err(RetryError::new(reason, attempts, LastFailure::Inner(e)).into()),
         Outcome::TimedOut => Err(RetryError::new(reason, attempts, LastFailure::TimedOut).into()),
+        Outcome::NotReady => Err(RetryError::new(reason, attempts, LastFailure::NotReady).into()),
     })
 }
 
@@ -365,6 +393,7 @@ where
             State::Called { .. } => "called",
             State::Backoff => "backoff",
             State::Ready => "ready",
+            State::NeverReady => "never ready",
             State::Done => "done",
         };
         f.debug_struct("ResponseFuture")

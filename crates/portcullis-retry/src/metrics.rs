@@ -21,10 +21,11 @@ pub struct RetryMetrics {
     budget: Budget,
 }
 
-/// One stripe of the counters: 9 words, padded to cache lines of its own (128 bytes on x86_64).
+/// One stripe of the counters: 10 words, padded to cache lines of its own (128 bytes on x86_64).
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,
+    never_ready: AtomicU64,
     retries: AtomicU64,
     budget_refusals: AtomicU64,
     attempt_timeouts: AtomicU64,
@@ -35,9 +36,12 @@ struct Counters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct RetrySnapshot {
-    /// Logical requests (first attempts).
+    /// Logical requests: calls to the retry layer.
     pub requests: u64,
-    /// Calls to the inner service: `requests + retries`.
+    /// Requests that made no attempt: the deadline passed while the inner service was still
+    /// not ready (each also ends as `deadline`).
+    pub never_ready: u64,
+    /// Calls to the inner service: `requests - never_ready + retries`.
     pub attempts: u64,
     /// Retries sent.
     pub retries: u64,
@@ -103,9 +107,11 @@ impl RetryMetrics {
                 .map(|c| c.stopped[index(r)].load(Ordering::Relaxed))
                 .fold(0, u64::wrapping_add)
         };
+        let never_ready = sum(|c| &c.never_ready);
         RetrySnapshot {
             requests,
-            attempts: requests + retries,
+            never_ready,
+            attempts: (requests + retries).wrapping_sub(never_ready),
             retries,
             budget_refusals: sum(|c| &c.budget_refusals),
             attempt_timeouts: sum(|c| &c.attempt_timeouts),
@@ -131,6 +137,10 @@ impl RetryMetrics {
 
     pub(crate) fn request(&self) {
         self.mine().requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn never_ready(&self) {
+        self.mine().never_ready.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn retry(&self) {

@@ -456,9 +456,8 @@ fn retry_layer(config: &RetryConfig) -> Result<RetryLayer<Classifier>, TestCaseE
 
 struct Logical {
     started: Instant,
-    /// The bound its end must keep, for a request through the retry: its first attempt's
-    /// wait for a slot (in `poll_ready`, before the deadline starts: bounded by the failfast
-    /// timeout), then the retry's deadline.
+    /// The bound its end must keep, for a request through the retry: the retry's deadline,
+    /// which counts the first attempt's wait for a slot (in `poll_ready`) too.
     bound: Option<Duration>,
     task: JoinHandle<Option<Instant>>,
 }
@@ -602,7 +601,7 @@ where
             .retry
             .as_ref()
             .map(|layer| tower::Layer::layer(layer, service.clone()));
-        let bound = (self.config.retry.as_ref()).map(|retry| retry.deadline + self.config.failfast);
+        let bound = (self.config.retry.as_ref()).map(|retry| retry.deadline);
         let started = Instant::now();
         let task = tokio::spawn(async move {
             let _ = match retry {
