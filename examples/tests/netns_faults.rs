@@ -4,7 +4,9 @@
 //! test creates, reached over a veth pair (see `support::netns`).
 //!
 //! Each test runs its scenario twice at once, over HTTP/1.1 and over HTTP/2: the callers speak
-//! that protocol to the proxy and the proxy speaks it to the backends. The load is open-loop
+//! that protocol to the proxy and the proxy speaks it to the backends. The tests take turns
+//! (one scenario at a time in this binary, `support::each_protocol`), so that a scenario's
+//! load meets the machine, not another scenario's. The load is open-loop
 //! ([`Load::CI`]: 500 requests a second for 4 s; `PORTCULLIS_NETNS_LONG=1` makes it issue 18's
 //! 2,000 a second for 20 s), and the faults come at fixed points of it: a cut link (packets
 //! vanish, no RST), a killed backend (refused), a frozen one (SIGSTOP-like, later thawed), 503
@@ -12,8 +14,9 @@
 //! restarted on the same addresses), discovery emptied (failfast), and several at once.
 //!
 //! What is asserted is what must hold whatever the timing: every request ends, with a
-//! response or a typed error, within the proxy's deadline plus a margin (a per-request
-//! timeout above it finds a hang), and none is lost; retries stay within the budget's bound;
+//! response or a typed error, within the proxy's deadline plus a margin, as the proxy saw it
+//! (`STACK_MARGIN`) and as its caller did (a per-request timeout above it finds a hang), and
+//! none is lost; retries stay within the budget's bound;
 //! and each fault's own rule (below). Waits for something the test caused are bounded polls
 //! of the proxy's metrics, never fixed sleeps. The counts are printed
 //! (`-- --nocapture`); docs/reliability.md has them.
@@ -33,7 +36,7 @@ use std::time::{Duration, Instant};
 use support::load::{self, at, End, Load};
 use support::{
     assert_every_request_ended, each_protocol, eventually, healthy, slow,
-    unavailable_with_retry_after, Removal, Stack,
+    unavailable_with_retry_after, Removal, Stack, STACK_MARGIN,
 };
 
 /// Where the faults come, as fractions of the run: a quarter in, with every backend warm;
@@ -53,6 +56,7 @@ async fn run_checked(
     let outcome = load::run(stack.proxy, protocol, load, events).await;
     stack.report(&outcome);
     assert_every_request_ended(&outcome, load);
+    assert_the_proxy_kept_its_deadline(stack);
     assert_retries_within_budget(stack);
     outcome
 }
@@ -73,9 +77,30 @@ fn assert_retries_within_budget(stack: &Stack) {
         retry.retries,
         retry.requests
     );
-    assert_eq!(retry.attempts, retry.requests + retry.retries, "{retry:?}");
+    // A request that never reached the queue within its deadline made no attempt.
+    assert_eq!(
+        retry.attempts,
+        retry.requests - retry.never_ready + retry.retries,
+        "{retry:?}"
+    );
     let calls: u64 = stack.calls().iter().sum();
     assert!(calls <= retry.attempts, "{calls} calls, {retry:?}");
+}
+
+/// Inside the proxy, every request ended within the deadline and [`STACK_MARGIN`]: from the
+/// moment hyper handed it over to its response (`ProxyMetrics::handling`). The callers'
+/// bound ([`load::REQUEST_BOUND`]) adds what lies outside the stack: the accept loop, hyper,
+/// and the load generator itself, on the same machine.
+fn assert_the_proxy_kept_its_deadline(stack: &Stack) {
+    let slowest = stack.metrics.handling.slowest();
+    assert!(
+        slowest <= load::DEADLINE + STACK_MARGIN,
+        "{}: the proxy took {slowest:?} over a request, past its {:?} deadline and the {:?} \
+         margin",
+        stack.label,
+        load::DEADLINE,
+        STACK_MARGIN
+    );
 }
 
 /// The fault took: host `a`, faulted a quarter into the run, served under half as many calls

@@ -37,8 +37,9 @@ pub(crate) struct Load {
 }
 
 impl Load {
-    /// The CI size: 500 requests a second for 4 s, so that four runs at once (two tests, two
-    /// protocols each) stay within what a shared 2-core machine serves in a debug build.
+    /// The CI size: 500 requests a second for 4 s, to each of two stacks at once (one scenario,
+    /// both protocols; scenarios run one at a time): within what a 2-core machine serves in a
+    /// debug build with a parallel release build beside it (docs/reliability.md has the runs).
     pub(crate) const CI: Self = Self {
         rate: 500,
         duration: Duration::from_secs(4),
