@@ -7,7 +7,7 @@ use crate::future::ResponseFuture;
 use crate::health::{HealthConfig, Recorder};
 use crate::make::MakeEndpoint;
 use crate::metrics::{OwnedGauges, P2cMetrics};
-use crate::ready_cache::{ReadyCache, ReadyRef};
+use crate::ready_cache::{ReadyCache, ReadyRef, EJECTIONS_PER_PICK};
 use crate::BoxError;
 use crate::EndpointState;
 use crate::P2cPoolBuilder;
@@ -26,6 +26,17 @@ use tracing::{debug, trace};
 
 /// The most draws one weighted candidate takes (see `draw_weighted`).
 const WEIGHTED_DRAWS: usize = 32;
+
+/// The candidates of one pick, as positions in the ready set.
+#[derive(Copy, Clone, Debug)]
+enum Draw {
+    /// The one candidate there is.
+    One(usize),
+    /// Two distinct candidates.
+    Two(usize, usize),
+    /// The same candidate drawn twice by weight, and a uniform other it meets.
+    Twice { drawn: usize, other: usize },
+}
 
 /// A power-of-two-choices load balancer over endpoints that discovery keeps current.
 ///
@@ -102,80 +113,36 @@ where
         self.endpoints.key_of(self.chosen?)
     }
 
-    /// Samples two distinct candidates and keeps the less loaded one; with endpoint health
-    /// on, ejects a candidate that turned out an outlier and draws again, and prefers a
-    /// candidate that has not failed lately.
-    ///
-    /// Weighted, the two candidates are drawn by weight independently; the same endpoint
-    /// drawn twice is checked against one other candidate drawn uniformly, which replaces it
-    /// only if it is much faster or in a lower tier (`ready_cache/weight.rs`).
+    /// The p2c pick, in three steps: [`draw`](Self::draw) two distinct candidates (or none,
+    /// or the one there is); with outlier ejection on, eject a candidate whose outcomes call
+    /// for it and draw again (at most [`EJECTIONS_PER_PICK`] times); then
+    /// [`prefer`](Self::prefer) a candidate that has not failed lately, or else
+    /// [`compare`](Self::compare) their loads.
     fn select(&mut self, cx: &mut Context<'_>) -> Option<ReadyRef>
     where
         K: fmt::Debug,
         M::Endpoint: Load,
     {
-        let health = *self.endpoints.health();
-        let ejects = health.ejects();
+        let ejects = self.endpoints.health().ejects();
         let weighted = self.endpoints.weighted();
         let now = if weighted {
             self.endpoints.ramp_clock()
         } else {
             None
         };
-        // Each ejection takes one endpoint out; a bound keeps a pick O(1) however many
-        // outliers it meets.
-        let mut ejections_left = 2;
-        // Whether `a` was drawn twice, and `b` is the uniform other it is checked against.
-        let mut twice = false;
+        let mut ejections_left = EJECTIONS_PER_PICK;
         let pos = loop {
-            let (a, b) = match self.endpoints.candidates() {
-                0 => return None,
-                // Nothing to compare: no draw, so a lone endpoint costs no randomness.
-                1 => (0, None),
-                len if weighted => {
-                    // Two independent draws by weight; the same endpoint twice meets a
-                    // uniform other, which must outpace it to win.
-                    let a = self.draw_weighted(len, now);
-                    let b = self.draw_weighted(len, now);
-                    twice = a == b;
-                    (a, Some(if twice { self.draw_other(len, a) } else { b }))
-                }
-                len => {
-                    let a = self.rng.gen_range(0..len);
-                    (a, Some(self.draw_other(len, a)))
-                }
-            };
-            if ejects
-                && ejections_left > 0
-                && (self.endpoints.eject_if_outlier(cx, a)
-                    || b.is_some_and(|b| self.endpoints.eject_if_outlier(cx, b)))
-            {
+            let draw = self.draw(weighted, now)?;
+            if ejects && ejections_left > 0 && self.eject_outlier(cx, draw) {
                 ejections_left -= 1;
                 continue;
             }
-            let Some(b) = b else { break a };
-            if !health.demotion.is_zero() {
-                if let Some(pos) = self.prefer_not_failed(a, b, health.demotion) {
-                    break pos;
-                }
-            }
-            if twice {
-                break if self.endpoints.outpaces(b, a, now) {
-                    b
-                } else {
-                    a
-                };
-            }
-            if weighted {
-                if let Some(pos) = self.endpoints.weighted_choice(a, b, now) {
-                    break pos;
-                }
-            }
-            let a_load = self.endpoints.get_ready(a).map(|(_, _, svc)| svc.load());
-            let b_load = self.endpoints.get_ready(b).map(|(_, _, svc)| svc.load());
-            // `a` is itself a uniform draw, so keeping it on a tie (or when the loads do
-            // not compare, e.g. NaN) spreads ties evenly without a third draw.
-            break if b_load < a_load { b } else { a };
+            break match draw {
+                Draw::One(a) => a,
+                Draw::Two(a, b) | Draw::Twice { drawn: a, other: b } => self
+                    .prefer(a, b)
+                    .unwrap_or_else(|| self.compare(draw, weighted, now)),
+            };
         };
         let (key, chosen, _) = self.endpoints.get_ready(pos)?;
         trace!(
@@ -184,6 +151,104 @@ where
             "endpoint selected"
         );
         Some(chosen)
+    }
+
+    /// Draws the candidates: none if nothing is ready; the one there is, with no draw, so a
+    /// lone endpoint costs no randomness; else two distinct ones, uniformly or, weighted, by
+    /// two independent draws by weight, where the same endpoint drawn twice meets a uniform
+    /// other that must outpace it to win (`ready_cache/weight.rs`).
+    fn draw(&mut self, weighted: bool, now: Option<Instant>) -> Option<Draw> {
+        Some(match self.endpoints.candidates() {
+            0 => return None,
+            1 => Draw::One(0),
+            len if weighted => {
+                let a = self.draw_weighted(len, now);
+                let b = self.draw_weighted(len, now);
+                if a == b {
+                    Draw::Twice {
+                        drawn: a,
+                        other: self.draw_other(len, a),
+                    }
+                } else {
+                    Draw::Two(a, b)
+                }
+            }
+            len => {
+                let a = self.rng.gen_range(0..len);
+                Draw::Two(a, self.draw_other(len, a))
+            }
+        })
+    }
+
+    /// Ejects a drawn candidate that turned out an outlier; whether one was.
+    fn eject_outlier(&mut self, cx: &mut Context<'_>, draw: Draw) -> bool
+    where
+        K: fmt::Debug,
+    {
+        let (a, b) = match draw {
+            Draw::One(a) => (a, None),
+            Draw::Two(a, b) | Draw::Twice { drawn: a, other: b } => (a, Some(b)),
+        };
+        self.endpoints.eject_if_outlier(cx, a)
+            || b.is_some_and(|b| self.endpoints.eject_if_outlier(cx, b))
+    }
+
+    /// Of two candidates, the one that has not failed within the demotion time if the other
+    /// has; `None` without demotion, or if neither or both have. The clock is read only if
+    /// one has failed at all.
+    fn prefer(&self, a: usize, b: usize) -> Option<usize> {
+        let demotion = self.endpoints.health().demotion;
+        if demotion.is_zero() {
+            return None;
+        }
+        let a_outcomes = self.endpoints.outcomes_at(a)?;
+        let b_outcomes = self.endpoints.outcomes_at(b)?;
+        if !a_outcomes.ever_failed() && !b_outcomes.ever_failed() {
+            return None;
+        }
+        let now = Instant::now();
+        match (
+            a_outcomes.failed_within(demotion, now),
+            b_outcomes.failed_within(demotion, now),
+        ) {
+            (true, false) => Some(b),
+            (false, true) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Of two candidates, the less loaded. A candidate drawn twice keeps its place unless
+    /// the other outpaces it; weighted, loads divided by effective weights (where the maker
+    /// gives loads as numbers, `ready_cache/weight.rs`); otherwise by [`Load`], where `a`, a
+    /// uniform draw itself, wins a tie (or loads that do not compare, e.g. NaN), which spreads
+    /// ties evenly without a third draw.
+    fn compare(&self, draw: Draw, weighted: bool, now: Option<Instant>) -> usize
+    where
+        M::Endpoint: Load,
+    {
+        let (a, b) = match draw {
+            Draw::One(a) => return a,
+            Draw::Twice { drawn, other } => {
+                return if self.endpoints.outpaces(other, drawn, now) {
+                    other
+                } else {
+                    drawn
+                };
+            }
+            Draw::Two(a, b) => (a, b),
+        };
+        if weighted {
+            if let Some(pos) = self.endpoints.weighted_choice(a, b, now) {
+                return pos;
+            }
+        }
+        let a_load = self.endpoints.endpoint_at(a).map(Load::load);
+        let b_load = self.endpoints.endpoint_at(b).map(Load::load);
+        if b_load < a_load {
+            b
+        } else {
+            a
+        }
     }
 
     /// A position in `0..len` drawn in proportion to effective weights: uniform draws, each
@@ -209,30 +274,6 @@ where
             b + 1
         } else {
             b
-        }
-    }
-
-    /// Of two candidates, the one that has not failed within `demotion` if the other has;
-    /// `None` if neither or both have. The clock is read only if one has failed at all.
-    fn prefer_not_failed(
-        &self,
-        a: usize,
-        b: usize,
-        demotion: std::time::Duration,
-    ) -> Option<usize> {
-        let a_outcomes = self.endpoints.outcomes_at(a)?;
-        let b_outcomes = self.endpoints.outcomes_at(b)?;
-        if !a_outcomes.ever_failed() && !b_outcomes.ever_failed() {
-            return None;
-        }
-        let now = Instant::now();
-        match (
-            a_outcomes.failed_within(demotion, now),
-            b_outcomes.failed_within(demotion, now),
-        ) {
-            (true, false) => Some(b),
-            (false, true) => Some(a),
-            _ => None,
         }
     }
 }

@@ -23,7 +23,7 @@
 
 mod outcomes;
 
-pub(crate) use self::outcomes::{Outcomes, Recorder};
+pub(crate) use self::outcomes::{Outcomes, Reason, Recorder};
 
 use std::time::Duration;
 

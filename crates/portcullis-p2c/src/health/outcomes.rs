@@ -1,7 +1,9 @@
 //! [`Outcomes`]: what an endpoint's calls came to, recorded by the response futures and read
 //! by the pool, without a lock.
 
+use super::HealthConfig;
 use portcullis_pool::time::Origin;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,13 +62,34 @@ impl Outcomes {
         }
     }
 
-    /// Whether the endpoint has failed `threshold` times in a row, or once while on
-    /// probation.
-    pub(crate) fn should_eject(&self, threshold: Option<u32>) -> bool {
+    /// Why the endpoint is to be ejected, if it is: the one place the ejection rules are
+    /// read. Between sweeps (`interval` is `None`), after `consecutive_failures` failures in a
+    /// row, or one while on probation; at the end of a failure-percentage interval, with the
+    /// interval's totals (from [`Self::take_totals`]), after too large a share of failed
+    /// requests among enough of them.
+    pub(crate) fn ejection_reason(
+        &self,
+        rules: &HealthConfig,
+        interval: Option<Totals>,
+    ) -> Option<Reason> {
+        if let Some(totals) = interval {
+            let fp = rules.failure_percentage?;
+            let Totals {
+                successes,
+                failures,
+            } = totals;
+            let requests = successes.saturating_add(failures);
+            let over = requests >= fp.min_requests
+                && u64::from(failures) * 100 >= u64::from(fp.threshold) * u64::from(requests);
+            return over.then_some(Reason::FailurePercentage { failures, requests });
+        }
         let consecutive = self.consecutive.load(Relaxed);
-        match threshold {
-            Some(threshold) if consecutive >= threshold => true,
-            _ => consecutive > 0 && self.probation.load(Relaxed),
+        match rules.consecutive_failures {
+            Some(threshold) if consecutive >= threshold => {
+                Some(Reason::ConsecutiveFailures(consecutive))
+            }
+            _ if consecutive > 0 && self.probation.load(Relaxed) => Some(Reason::FailedOnProbation),
+            _ => None,
         }
     }
 
@@ -87,12 +110,12 @@ impl Outcomes {
         self.last_failure.load(Relaxed) != 0
     }
 
-    /// The counts since the last sweep, `(successes, failures)`, and a fresh start.
-    pub(crate) fn take_totals(&self) -> (u32, u32) {
-        (
-            self.successes.swap(0, Relaxed),
-            self.failures.swap(0, Relaxed),
-        )
+    /// The counts since the last sweep, and a fresh start.
+    pub(crate) fn take_totals(&self) -> Totals {
+        Totals {
+            successes: self.successes.swap(0, Relaxed),
+            failures: self.failures.swap(0, Relaxed),
+        }
     }
 
     /// Back from an ejection: a clean slate, on probation.
@@ -103,9 +126,32 @@ impl Outcomes {
         self.last_failure.store(0, Relaxed);
         self.probation.store(true, Relaxed);
     }
+}
 
-    pub(crate) fn consecutive(&self) -> u32 {
-        self.consecutive.load(Relaxed)
+/// An endpoint's outcomes over a failure-percentage interval.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub(crate) successes: u32,
+    pub(crate) failures: u32,
+}
+
+/// Why an endpoint was ejected, for logs.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
+    ConsecutiveFailures(u32),
+    FailedOnProbation,
+    FailurePercentage { failures: u32, requests: u32 },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::ConsecutiveFailures(n) => write!(f, "{n} consecutive failures"),
+            Reason::FailedOnProbation => f.write_str("a failure on probation"),
+            Reason::FailurePercentage { failures, requests } => {
+                write!(f, "{failures} of {requests} requests failed")
+            }
+        }
     }
 }
 
@@ -135,6 +181,27 @@ impl<C> Recorder<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::FailurePercentage;
+
+    fn rules(consecutive_failures: Option<u32>) -> HealthConfig {
+        HealthConfig {
+            consecutive_failures,
+            ..crate::builder::NO_HEALTH
+        }
+    }
+
+    /// Whether `o` is to be ejected between sweeps, with a threshold of `threshold` failures.
+    fn should_eject(o: &Outcomes, threshold: Option<u32>) -> bool {
+        o.ejection_reason(&rules(threshold), None).is_some()
+    }
+
+    fn take_totals(o: &Outcomes) -> (u32, u32) {
+        let Totals {
+            successes,
+            failures,
+        } = o.take_totals();
+        (successes, failures)
+    }
 
     #[tokio::test(start_paused = true)]
     async fn consecutive_failures_and_probation() {
@@ -142,20 +209,20 @@ mod tests {
         for _ in 0..4 {
             o.record(true, false);
         }
-        assert!(!o.should_eject(Some(5)));
+        assert!(!should_eject(&o, Some(5)));
         o.record(true, false);
-        assert!(o.should_eject(Some(5)));
+        assert!(should_eject(&o, Some(5)));
         o.record(false, false);
-        assert!(!o.should_eject(Some(5)));
+        assert!(!should_eject(&o, Some(5)));
 
         o.start_probation();
-        assert!(!o.should_eject(Some(5)));
+        assert!(!should_eject(&o, Some(5)));
         o.record(true, false);
-        assert!(o.should_eject(Some(5)), "one failure on probation");
+        assert!(should_eject(&o, Some(5)), "one failure on probation");
         o.start_probation();
         o.record(false, false);
         o.record(true, false);
-        assert!(!o.should_eject(Some(5)), "a success ended the probation");
+        assert!(!should_eject(&o, Some(5)), "a success ended the probation");
     }
 
     #[tokio::test(start_paused = true)]
@@ -178,11 +245,70 @@ mod tests {
         let o = Outcomes::new(Origin::now());
         o.record(true, false);
         o.record(false, false);
-        assert_eq!(o.take_totals(), (0, 0));
+        assert_eq!(take_totals(&o), (0, 0));
         o.record(true, true);
         o.record(false, true);
         o.record(false, true);
-        assert_eq!(o.take_totals(), (2, 1));
-        assert_eq!(o.take_totals(), (0, 0));
+        assert_eq!(take_totals(&o), (2, 1));
+        assert_eq!(take_totals(&o), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reason_names_the_rule_that_ejects() {
+        let o = Outcomes::new(Origin::now());
+        for _ in 0..5 {
+            o.record(true, false);
+        }
+        let reason = o.ejection_reason(&rules(Some(5)), None);
+        assert_eq!(reason, Some(Reason::ConsecutiveFailures(5)));
+        assert_eq!(o.ejection_reason(&rules(None), None), None);
+        o.start_probation();
+        o.record(true, false);
+        let reason = o.ejection_reason(&rules(Some(5)), None);
+        assert_eq!(reason, Some(Reason::FailedOnProbation));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_percentage_ejects_at_its_threshold_among_enough_requests() {
+        let o = Outcomes::new(Origin::now());
+        let fp = HealthConfig {
+            failure_percentage: Some(FailurePercentage {
+                threshold: 50,
+                min_requests: 4,
+                interval: Duration::from_secs(10),
+            }),
+            ..rules(Some(1))
+        };
+        let totals = |successes, failures| {
+            Some(Totals {
+                successes,
+                failures,
+            })
+        };
+        assert_eq!(
+            o.ejection_reason(&fp, totals(1, 2)),
+            None,
+            "too few requests"
+        );
+        assert_eq!(
+            o.ejection_reason(&fp, totals(3, 1)),
+            None,
+            "below the threshold"
+        );
+        let reason = o.ejection_reason(&fp, totals(2, 2));
+        assert_eq!(
+            reason,
+            Some(Reason::FailurePercentage {
+                failures: 2,
+                requests: 4
+            })
+        );
+        o.record(true, false);
+        assert_eq!(
+            o.ejection_reason(&fp, totals(4, 0)),
+            None,
+            "a sweep reads its totals only"
+        );
+        assert_eq!(o.ejection_reason(&rules(Some(1)), totals(0, 9)), None);
     }
 }

@@ -1,44 +1,116 @@
-//! Outlier ejection in a [`ReadyCache`]: what ejects an endpoint, what brings it back, and
-//! the two timers behind them. The rules are in [`crate::health`].
+//! Outlier ejection and panic mode in a [`ReadyCache`]: acting on the decision that
+//! [`Outcomes::ejection_reason`] makes (the rules are in [`crate::health`]), within its limits
+//! (at most `max_ejection_percent` of the endpoints, at most [`EJECTIONS_PER_PICK`] per pick),
+//! bringing endpoints back when their time is over, and whether the pool panics.
 
+use super::timer::Timer;
 use super::{Known, ReadyCache};
-use crate::health::Outcomes;
+use crate::health::{Outcomes, Reason};
 use crate::make::MakeEndpoint;
-use portcullis_pool::time::deadline_after;
+use portcullis_pool::time::{deadline_after, Origin};
 use std::fmt;
-use std::future::Future;
 use std::hash::Hash;
+use std::sync::Arc;
 use std::task::Context;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-/// Why an endpoint was ejected, for logs.
-#[derive(Copy, Clone, Debug)]
-pub(crate) enum Reason {
-    ConsecutiveFailures(u32),
-    FailedOnProbation,
-    FailurePercentage { failures: u32, requests: u32 },
+/// The most endpoints one pick ejects: each ejection takes an endpoint out and the pick
+/// draws again, and this bound keeps a pick O(1) however many outliers it meets.
+pub(crate) const EJECTIONS_PER_PICK: u32 = 2;
+
+/// The cache's ejection and panic state.
+#[derive(Debug)]
+pub(super) struct Ejections {
+    /// Keys with an ejection running, wherever their endpoint is.
+    ejected: usize,
+    /// Whether too few endpoints are healthy, so that ejected ones are picked too.
+    panic: bool,
+    /// What outcome timestamps count from.
+    origin: Origin,
+    /// Fires when the earliest running ejection ends.
+    ends: Timer,
+    /// Fires at the end of each failure-percentage interval.
+    sweep: Timer,
 }
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Reason::ConsecutiveFailures(n) => write!(f, "{n} consecutive failures"),
-            Reason::FailedOnProbation => f.write_str("a failure on probation"),
-            Reason::FailurePercentage { failures, requests } => {
-                write!(f, "{failures} of {requests} requests failed")
-            }
+impl Ejections {
+    pub(super) fn new() -> Self {
+        Self {
+            ejected: 0,
+            panic: false,
+            origin: Origin::now(),
+            ends: Timer::default(),
+            sweep: Timer::default(),
+        }
+    }
+
+    /// Keys with an ejection running.
+    pub(super) fn ejected(&self) -> usize {
+        self.ejected
+    }
+
+    /// Whether the pool is in panic mode: ejected endpoints are picked too.
+    pub(super) fn panic(&self) -> bool {
+        self.panic
+    }
+
+    /// Every key is gone: no ejection runs. (Panic mode is left by the next gauge sync.)
+    pub(super) fn clear(&mut self) {
+        self.ejected = 0;
+        self.ends.clear();
+    }
+}
+
+/// A key's ejections, which outlive any one build of its endpoint.
+#[derive(Debug, Default)]
+pub(super) struct Ejection {
+    /// When the running ejection ends; `None` when none runs.
+    pub(super) until: Option<Instant>,
+    /// Ejections so far, which the next ejection's time grows with.
+    count: u32,
+    /// When the last ejection ended.
+    ended: Option<Instant>,
+}
+
+impl<T> Known<T> {
+    pub(super) fn new(target: T, outcomes: Option<Arc<Outcomes>>) -> Self {
+        Self {
+            target,
+            outcomes,
+            ejection: Ejection::default(),
         }
     }
 }
 
-impl<T> Known<T> {
-    pub(super) fn new(target: T, outcomes: Option<std::sync::Arc<Outcomes>>) -> Self {
-        Self {
-            target,
-            outcomes,
-            ejection: super::Ejection::default(),
+impl<K, T, M> ReadyCache<K, T, M>
+where
+    M: MakeEndpoint<K, T>,
+{
+    /// Enters or leaves panic mode: panic when some ready endpoints are ejected and fewer
+    /// than `panic_threshold` percent of all are healthy (ready and not ejected, or still
+    /// connecting).
+    pub(super) fn sync_panic(&mut self) {
+        let healthy = self.ready.healthy() + self.pending.len();
+        let total = self.targets.len();
+        let ejected = self.ready.len() - self.ready.healthy();
+        let panic = ejected > 0 && self.health.panics(healthy, total);
+        if panic == self.ejections.panic {
+            return;
         }
+        self.ejections.panic = panic;
+        if panic {
+            info!(
+                healthy,
+                ejected,
+                total,
+                threshold_percent = self.health.panic_threshold,
+                "entering panic mode: picking ejected endpoints too"
+            );
+        } else {
+            info!(healthy, ejected, total, "leaving panic mode");
+        }
+        self.metrics.set_panic(panic);
     }
 }
 
@@ -48,14 +120,16 @@ where
     M: MakeEndpoint<K, T>,
 {
     /// A fresh record of outcomes for a new key, if the pool records them.
-    pub(super) fn new_outcomes(&self) -> Option<std::sync::Arc<Outcomes>> {
-        self.health.records().then(|| Outcomes::new(self.origin))
+    pub(super) fn new_outcomes(&self) -> Option<Arc<Outcomes>> {
+        self.health
+            .records()
+            .then(|| Outcomes::new(self.ejections.origin))
     }
 
     /// Forgets what `known`'s key had running: the cache no longer counts its ejection.
     pub(super) fn forget_health(&mut self, known: &Known<T>) {
         if known.ejection.until.is_some() {
-            self.ejected -= 1;
+            self.ejections.ejected -= 1;
         }
     }
 
@@ -64,67 +138,50 @@ where
     /// whether any endpoint moved.
     pub(super) fn drive_health(&mut self, cx: &mut Context<'_>) -> bool {
         let mut changed = false;
-        if let Some(timer) = self.ejection_timer.as_mut() {
-            if timer.as_mut().poll(cx).is_ready() {
-                self.end_ejections(cx);
-                changed = true;
-            }
+        if self.ejections.ends.fired(cx) {
+            self.end_ejections(cx);
+            changed = true;
         }
         if let Some(fp) = self.health.failure_percentage {
-            let timer = self
-                .sweep_timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(fp.interval)));
-            if timer.as_mut().poll(cx).is_ready() {
+            if self.ejections.sweep.every(cx, fp.interval) {
                 changed |= self.sweep(cx);
-                let timer = self
-                    .sweep_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(fp.interval)));
-                timer
-                    .as_mut()
-                    .reset(deadline_after(Instant::now(), fp.interval));
-                // Registers the next interval's waker; it cannot have elapsed already.
-                let _ = timer.as_mut().poll(cx);
             }
         }
         changed
     }
 
-    /// Ejects the candidate at `pos` if its outcomes say so (consecutive failures, or one on
-    /// probation). Returns whether it did.
+    /// Ejects the candidate at `pos` if its outcomes call for it (between sweeps). Returns
+    /// whether it did.
     pub(crate) fn eject_if_outlier(&mut self, cx: &mut Context<'_>, pos: usize) -> bool {
-        if pos >= self.healthy {
+        if pos >= self.ready.healthy() {
             return false;
         }
-        let Some(outcomes) = self.outcomes_at(pos) else {
-            return false;
-        };
-        let threshold = self.health.consecutive_failures;
-        if !outcomes.should_eject(threshold) {
-            return false;
+        let reason = self
+            .ready
+            .slot(pos)
+            .and_then(|ep| ep.outcomes.as_ref())
+            .and_then(|outcomes| outcomes.ejection_reason(&self.health, None));
+        match reason {
+            Some(reason) => self.eject_at(cx, pos, reason),
+            None => false,
         }
-        let consecutive = outcomes.consecutive();
-        let reason = match threshold {
-            Some(threshold) if consecutive >= threshold => Reason::ConsecutiveFailures(consecutive),
-            _ => Reason::FailedOnProbation,
-        };
-        self.eject_at(cx, pos, reason)
     }
 
     /// Ejects the healthy ready endpoint at `pos`, unless `max_ejection_percent` of the
     /// endpoints are ejected already. Returns whether it did.
     fn eject_at(&mut self, cx: &mut Context<'_>, pos: usize, reason: Reason) -> bool {
-        if pos >= self.healthy {
+        if pos >= self.ready.healthy() {
             return false;
         }
         let max = self.health.max_ejected(self.targets.len());
-        let Some((key, _)) = self.ready.get_index(pos) else {
+        let Some((key, _)) = self.ready.get(pos) else {
             return false;
         };
-        if self.ejected >= max {
+        if self.ejections.ejected >= max {
             debug!(
                 ?key,
                 %reason,
-                ejected = self.ejected,
+                ejected = self.ejections.ejected,
                 max,
                 "ejection refused: max_ejection_percent reached"
             );
@@ -154,31 +211,14 @@ where
             ejected_for = ?time,
             "endpoint ejected"
         );
-        self.ejected += 1;
-        self.healthy -= 1;
-        self.ready.swap_indices(pos, self.healthy);
-        if let Some((_, ep)) = self.ready.get_index(self.healthy) {
+        self.ejections.ejected += 1;
+        if let Some(ep) = self.ready.eject(pos) {
             self.weights.moved(ep.weight, false);
         }
         self.metrics.ejected();
-        self.arm_ejection_timer(cx, until);
+        self.ejections.ends.arm_by(cx, until);
         self.sync_gauges();
         true
-    }
-
-    fn arm_ejection_timer(&mut self, cx: &mut Context<'_>, until: Instant) {
-        let timer = match self.ejection_timer.as_mut() {
-            Some(timer) if timer.deadline() <= until => return,
-            Some(timer) => {
-                timer.as_mut().reset(until);
-                timer
-            }
-            None => self
-                .ejection_timer
-                .insert(Box::pin(tokio::time::sleep_until(until))),
-        };
-        // Registers the waker, so that an idle pool still brings the endpoint back.
-        let _ = timer.as_mut().poll(cx);
     }
 
     /// Ends every ejection whose time has passed: the endpoint is a candidate again (if it
@@ -203,11 +243,11 @@ where
             info!(?key, "endpoint back from ejection, on probation");
             ended += 1;
         }
-        self.ejected -= ended;
+        self.ejections.ejected -= ended;
         self.restore_unejected(cx);
-        self.ejection_timer = None;
+        self.ejections.ends.clear();
         if let Some(next) = next {
-            self.arm_ejection_timer(cx, next);
+            self.ejections.ends.arm_by(cx, next);
         }
         self.sync_gauges();
     }
@@ -215,48 +255,44 @@ where
     /// Moves every ready endpoint in the ejected part whose key is no longer ejected to the
     /// healthy part, in slow start again if the pool has one.
     fn restore_unejected(&mut self, cx: &mut Context<'_>) {
-        let mut pos = self.healthy;
+        let mut pos = self.ready.healthy();
         while pos < self.ready.len() {
             let ejected = self
                 .ready
-                .get_index(pos)
+                .get(pos)
                 .and_then(|(key, _)| self.targets.get(key))
                 .is_some_and(|known| known.ejection.until.is_some());
             if !ejected {
-                self.ready.swap_indices(pos, self.healthy);
-                if let Some((_, ep)) = self.ready.get_index(self.healthy) {
-                    self.weights.moved(ep.weight, true);
+                if let Some(now_at) = self.ready.restore(pos) {
+                    if let Some(ep) = self.ready.slot(now_at) {
+                        self.weights.moved(ep.weight, true);
+                    }
+                    self.restart_ramp(cx, now_at);
                 }
-                self.restart_ramp(cx, self.healthy);
-                self.healthy += 1;
             }
             pos += 1;
         }
     }
 
-    /// The end of a failure-percentage interval: ejects each healthy ready endpoint with
-    /// enough requests and too many of them failed, and starts every count afresh.
+    /// The end of a failure-percentage interval: ejects each healthy ready endpoint whose
+    /// totals call for it, and starts every count afresh.
     fn sweep(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(fp) = self.health.failure_percentage else {
-            return false;
-        };
         let mut outliers = Vec::new();
         for (pos, (_, ep)) in self.ready.iter().enumerate() {
             let Some(outcomes) = &ep.outcomes else {
                 continue;
             };
-            let (successes, failures) = outcomes.take_totals();
-            let requests = successes.saturating_add(failures);
-            if pos < self.healthy
-                && requests >= fp.min_requests
-                && u64::from(failures) * 100 >= u64::from(fp.threshold) * u64::from(requests)
-            {
-                outliers.push((ep.id, Reason::FailurePercentage { failures, requests }));
+            let totals = outcomes.take_totals();
+            if pos >= self.ready.healthy() {
+                continue;
+            }
+            if let Some(reason) = outcomes.ejection_reason(&self.health, Some(totals)) {
+                outliers.push((ep.id, reason));
             }
         }
         let mut changed = false;
         for (id, reason) in outliers {
-            if let Some(pos) = self.ready.values().position(|ep| ep.id == id) {
+            if let Some(pos) = self.ready.position_of_id(id) {
                 changed |= self.eject_at(cx, pos, reason);
             }
         }

@@ -16,37 +16,36 @@
 //! [`EndpointSet`](portcullis_pool::EndpointSet)); choosing among the ready endpoints is the
 //! pool's (`service.rs`).
 //!
-//! Each set is an [`IndexMap`]: its dense storage is what makes sampling a ready endpoint by
-//! position O(1), and its index keeps lookups and removals by key O(1). Removals swap the last
-//! entry into the hole (`swap_remove`), so a position is not stable across a change to the
-//! set: an endpoint is identified across calls by its [`ReadyRef`], whose instance id is
-//! checked before its position is trusted.
+//! The state of the cache is kept by concern: the ready set and its layout for the pick
+//! (`ready.rs`), ejection and panic mode (`eject.rs`), weights and slow starts (`weight.rs`),
+//! each with its timers (`timer.rs`). The pending and failed sets are [`IndexMap`]s: lookups
+//! and removals by key in O(1), in insertion order.
 
+mod drive;
 mod eject;
+mod ready;
+mod timer;
 mod update;
 mod weight;
 
+pub(crate) use self::eject::EJECTIONS_PER_PICK;
+pub(crate) use self::ready::ReadyRef;
+
+use self::drive::{FailedEndpoint, PendingEndpoint};
+use self::eject::{Ejection, Ejections};
+use self::ready::{ReadySet, Slot};
+use self::weight::Weights;
 use crate::health::{HealthConfig, Outcomes};
 use crate::make::MakeEndpoint;
 use crate::metrics::P2cMetrics;
-use crate::BoxError;
 use indexmap::IndexMap;
 use portcullis_pool::backoff::ExponentialBackoff;
-use portcullis_pool::time::Origin;
 use portcullis_pool::EndpointCounts;
 use std::fmt;
-use std::future::Future;
 use std::hash::Hash;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::time::{Instant, Sleep};
-use tower_service::Service;
-use tracing::{debug, info, trace, warn};
-
-/// How many entries an empty pending or failed set may keep room for; beyond it, the room is
-/// given back once the set empties.
-const SPARE_CAPACITY: usize = 64;
+use std::task::Context;
+use tokio::time::Instant;
 
 /// Where an endpoint of a [`P2cPool`](crate::P2cPool) is in its life, as told by
 /// [`P2cPool::endpoint_state`](crate::P2cPool::endpoint_state).
@@ -74,10 +73,8 @@ where
     /// Every known key, what it was built from and its health; each key is in exactly one
     /// of the three sets below.
     targets: IndexMap<K, Known<T>>,
-    /// `[healthy.. | ejected..]`: the first `healthy` entries are the candidates for
-    /// selection, the rest are ejected.
-    ready: IndexMap<K, ReadyEndpoint<M::Endpoint>>,
-    healthy: usize,
+    /// `[healthy.. | ejected..]`: the candidates for selection first, the ejected after.
+    ready: ReadySet<K, M::Endpoint>,
     pending: IndexMap<K, PendingEndpoint<M::Endpoint>>,
     failed: IndexMap<K, FailedEndpoint>,
     /// The instance id the next built endpoint gets.
@@ -86,24 +83,8 @@ where
     /// Shared with the pool; the cache counts evictions and rebuilds and keeps the gauges.
     metrics: P2cMetrics,
     health: HealthConfig,
-    /// What outcome timestamps count from.
-    origin: Origin,
-    /// Keys with an ejection running, wherever their endpoint is.
-    ejected: usize,
-    /// Whether too few endpoints are healthy, so that ejected ones are picked too.
-    panic: bool,
-    /// Fires when the earliest running ejection ends.
-    ejection_timer: Option<Pin<Box<Sleep>>>,
-    /// Fires at the end of each failure-percentage interval.
-    sweep_timer: Option<Pin<Box<Sleep>>>,
-    /// How many ready endpoints have each weight, the healthy apart from the ejected: the
-    /// largest of those that may be picked bounds every effective weight, and one weight
-    /// alone among them (with nothing ramping) means a uniform draw.
-    weights: weight::Weights,
-    /// Ready endpoints in slow start.
-    ramping: usize,
-    /// Fires when the earliest slow start ends.
-    ramp_timer: Option<Pin<Box<Sleep>>>,
+    ejections: Ejections,
+    weights: Weights,
 }
 
 /// A key the cache knows: its target and its health, which outlive any one build of its
@@ -115,71 +96,9 @@ struct Known<T> {
     ejection: Ejection,
 }
 
-/// A key's ejections.
-#[derive(Debug, Default)]
-struct Ejection {
-    /// When the running ejection ends; `None` when none runs.
-    until: Option<Instant>,
-    /// Ejections so far, which the next ejection's time grows with.
-    count: u32,
-    /// When the last ejection ended.
-    ended: Option<Instant>,
-}
-
 /// A chosen endpoint, for its call: its key, the endpoint, and its outcomes if the pool
 /// records them.
 pub(crate) type ChosenMut<'a, K, S> = (&'a K, &'a mut S, Option<&'a Arc<Outcomes>>);
-
-/// A ready endpoint as it was found: its instance id, which is what identifies it, and its
-/// position in the ready set then, which is only where to look for it first.
-///
-/// Every endpoint built gets a new instance id, so a reference taken before its key was
-/// replaced (or its endpoint evicted and rebuilt) can never reach the new endpoint. No key is
-/// kept, so taking a reference never clones one (a `String` key would allocate).
-#[derive(Copy, Clone, Debug)]
-pub(crate) struct ReadyRef {
-    id: u64,
-    pos: usize,
-}
-
-struct ReadyEndpoint<S> {
-    id: u64,
-    svc: S,
-    /// The key's outcomes, where response futures record theirs.
-    outcomes: Option<Arc<Outcomes>>,
-    /// Its weight, from the maker (at least 1).
-    weight: u32,
-    /// When its slow start began, while it lasts.
-    ramp_from: Option<Instant>,
-}
-
-struct PendingEndpoint<S> {
-    id: u64,
-    svc: S,
-    /// Consecutive failures before this build, for the next backoff.
-    failures: u32,
-    /// The slow start it had when it was last ready, kept so that a ready endpoint found
-    /// not ready for a moment does not start its ramp over.
-    ramp_from: Option<Instant>,
-    /// Whether it starts slow once ready: built while others were ready to spare it. The
-    /// first endpoints of an empty pool take their share at once, as there is no one to take
-    /// it instead.
-    slow_start: bool,
-}
-
-struct FailedEndpoint {
-    rebuild_at: Pin<Box<Sleep>>,
-    failures: u32,
-}
-
-// === impl ReadyRef ===
-
-impl ReadyRef {
-    /// The instance id of the endpoint referred to, for logs.
-    pub(crate) fn id(&self) -> u64 {
-        self.id
-    }
-}
 
 // === impl ReadyCache ===
 
@@ -196,22 +115,15 @@ where
         Self {
             maker,
             targets: IndexMap::new(),
-            ready: IndexMap::new(),
-            healthy: 0,
+            ready: ReadySet::default(),
             pending: IndexMap::new(),
             failed: IndexMap::new(),
             next_id: 0,
             backoff,
             metrics,
             health,
-            origin: Origin::now(),
-            ejected: 0,
-            panic: false,
-            ejection_timer: None,
-            sweep_timer: None,
-            weights: weight::Weights::default(),
-            ramping: 0,
-            ramp_timer: None,
+            ejections: Ejections::new(),
+            weights: Weights::default(),
         }
     }
 
@@ -238,10 +150,10 @@ where
     /// How many ready endpoints selection samples from: the healthy ones, or in panic mode
     /// all of them.
     pub(crate) fn candidates(&self) -> usize {
-        if self.panic {
+        if self.ejections.panic() {
             self.ready.len()
         } else {
-            self.healthy
+            self.ready.healthy()
         }
     }
 
@@ -250,36 +162,16 @@ where
         self.pending.is_empty() && self.failed.is_empty()
     }
 
-    /// Publishes the gauges, and enters or leaves panic mode: panic when some ready
-    /// endpoints are ejected and fewer than `panic_threshold` percent of all are healthy
-    /// (ready and not ejected, or still connecting).
+    /// Enters or leaves panic mode, and publishes the gauges.
     pub(crate) fn sync_gauges(&mut self) {
-        let healthy = self.healthy + self.pending.len();
-        let total = self.targets.len();
-        let panic = self.ready.len() > self.healthy && self.health.panics(healthy, total);
-        if panic != self.panic {
-            self.panic = panic;
-            let ejected = self.ready.len() - self.healthy;
-            if panic {
-                info!(
-                    healthy,
-                    ejected,
-                    total,
-                    threshold_percent = self.health.panic_threshold,
-                    "entering panic mode: picking ejected endpoints too"
-                );
-            } else {
-                info!(healthy, ejected, total, "leaving panic mode");
-            }
-            self.metrics.set_panic(panic);
-        }
+        self.sync_panic();
         self.metrics.set_counts(
             self.ready.len(),
             self.pending.len(),
             self.failed.len(),
-            self.ejected,
+            self.ejections.ejected(),
         );
-        self.metrics.set_ramping(self.ramping);
+        self.metrics.set_ramping(self.weights.ramping());
     }
 }
 
@@ -290,8 +182,8 @@ where
 {
     /// The state of the endpoint for `key`, or `None` if the cache does not know the key.
     pub(crate) fn state(&self, key: &K) -> Option<EndpointState> {
-        if let Some(pos) = self.ready.get_index_of(key) {
-            if pos < self.healthy {
+        if let Some(pos) = self.ready.position(key) {
+            if pos < self.ready.healthy() {
                 Some(EndpointState::Ready)
             } else {
                 Some(EndpointState::Ejected)
@@ -307,26 +199,31 @@ where
 
     /// The ready endpoint at `pos`: its key, a reference to it, and the endpoint.
     pub(crate) fn get_ready(&self, pos: usize) -> Option<(&K, ReadyRef, &M::Endpoint)> {
-        let (key, ep) = self.ready.get_index(pos)?;
+        let (key, ep) = self.ready.get(pos)?;
         Some((key, ReadyRef { id: ep.id, pos }, &ep.svc))
+    }
+
+    /// The ready endpoint at `pos`, without its key: all a pick reads of a candidate.
+    pub(crate) fn endpoint_at(&self, pos: usize) -> Option<&M::Endpoint> {
+        self.ready.slot(pos).map(|ep| &ep.svc)
     }
 
     /// The key of the endpoint `r` refers to, if it is still in the ready set.
     pub(crate) fn key_of(&self, r: ReadyRef) -> Option<&K> {
-        let pos = self.find(r)?;
-        self.ready.get_index(pos).map(|(key, _)| key)
+        let pos = self.ready.find(r)?;
+        self.ready.get(pos).map(|(key, _)| key)
     }
 
     /// The outcomes of the ready endpoint at `pos`, if the pool records them.
     pub(crate) fn outcomes_at(&self, pos: usize) -> Option<&Outcomes> {
-        self.ready.get_index(pos)?.1.outcomes.as_deref()
+        self.ready.slot(pos)?.outcomes.as_deref()
     }
 
     /// The endpoint `r` refers to, if it is still in the ready set, and its outcomes.
     pub(crate) fn get_mut(&mut self, r: ReadyRef) -> Option<ChosenMut<'_, K, M::Endpoint>> {
-        let pos = self.find(r)?;
+        let pos = self.ready.find(r)?;
         self.ready
-            .get_index_mut(pos)
+            .get_mut(pos)
             .map(|(key, ep)| (key, &mut ep.svc, ep.outcomes.as_ref()))
     }
 
@@ -350,212 +247,35 @@ where
             None => (None, false, 1),
         };
         let ramp_from = self.start_ramp(cx, ramp_from, slow_start);
-        self.count_in(weight, ramp_from.is_some(), !ejected);
-        let ep = ReadyEndpoint {
+        self.weights.count_in(weight, ramp_from.is_some(), !ejected);
+        let ep = Slot {
             id,
             svc,
             outcomes,
             weight,
             ramp_from,
         };
-        let (pos, _) = self.ready.insert_full(key, ep);
-        if !ejected {
-            self.ready.swap_indices(pos, self.healthy);
-            self.healthy += 1;
-        }
+        self.ready.insert(key, ep, !ejected);
     }
 
-    /// Takes the ready endpoint at `pos` out of the ready set, keeping the healthy ones
-    /// first.
-    fn take_ready_at(&mut self, mut pos: usize) -> Option<(K, ReadyEndpoint<M::Endpoint>)> {
-        if pos >= self.ready.len() {
-            return None;
-        }
-        let healthy = pos < self.healthy;
-        if healthy {
-            self.healthy -= 1;
-            self.ready.swap_indices(pos, self.healthy);
-            pos = self.healthy;
-        }
-        let taken = self.ready.swap_remove_index(pos);
-        if let Some((_, ep)) = &taken {
-            self.count_out(ep.weight, ep.ramp_from.is_some(), healthy);
-        }
-        taken
-    }
-
-    /// Where the endpoint `r` refers to stands in the ready set now, if it is still there.
-    fn find(&self, r: ReadyRef) -> Option<usize> {
-        if let Some((_, ep)) = self.ready.get_index(r.pos) {
-            if ep.id == r.id {
-                return Some(r.pos);
-            }
-        }
-        // Only after a change to the ready set moved it (a removal's swap, say): rare, so a
-        // scan by id costs less than keeping a key clone in every reference.
-        self.ready.values().position(|ep| ep.id == r.id)
-    }
-
-    /// Builds the endpoint for `key` from its target, with a new instance id, and queues it
-    /// to be driven to readiness.
-    fn build(&mut self, key: K, failures: u32) {
-        let Some(target) = self.targets.get(&key) else {
-            return;
-        };
-        let svc = self.maker.make_endpoint(&key, &target.target);
-        let slow_start = self.health.slow_start.is_some() && !self.ready.is_empty();
-        let id = self.next_id;
-        self.next_id += 1;
-        self.pending.insert(
-            key,
-            PendingEndpoint {
-                id,
-                svc,
-                failures,
-                ramp_from: None,
-                slow_start,
-            },
-        );
+    /// Takes the ready endpoint at `pos` out of the ready set, and out of the weights' counts.
+    fn take_ready_at(&mut self, pos: usize) -> Option<(K, Slot<M::Endpoint>)> {
+        let (key, ep, healthy) = self.ready.take(pos)?;
+        self.weights
+            .count_out(ep.weight, ep.ramp_from.is_some(), healthy);
+        Some((key, ep))
     }
 
     /// Drops the endpoint for `key`, whatever its state. A [`ReadyRef`] to it finds it gone.
     fn drop_endpoint(&mut self, key: &K) {
         // A key is in at most one set.
-        let in_ready = match self.ready.get_index_of(key) {
+        let in_ready = match self.ready.position(key) {
             Some(pos) => self.take_ready_at(pos).is_some(),
             None => false,
         };
         if !in_ready && self.pending.swap_remove(key).is_none() {
             self.failed.swap_remove(key);
         }
-    }
-
-    /// Moves an endpoint whose readiness failed to the failed set, to be rebuilt after its
-    /// backoff.
-    fn evict(&mut self, cx: &mut Context<'_>, key: K, failures: u32, error: BoxError)
-    where
-        K: fmt::Debug,
-    {
-        let delay = self.backoff.wait(failures.saturating_sub(1));
-        warn!(?key, %error, failures, ?delay, "evicting endpoint: readiness failed");
-        self.metrics.evicted();
-        let mut rebuild_at = Box::pin(tokio::time::sleep(delay));
-        // Registers the timer with this task now, so `Pending` from the pool has a waker
-        // behind it. The delay is never zero, so this cannot complete here.
-        let _ = rebuild_at.as_mut().poll(cx);
-        self.failed.insert(
-            key,
-            FailedEndpoint {
-                rebuild_at,
-                failures,
-            },
-        );
-    }
-}
-
-impl<K, T, M> ReadyCache<K, T, M>
-where
-    K: Hash + Eq + fmt::Debug,
-    M: MakeEndpoint<K, T>,
-{
-    /// Rebuilds endpoints whose backoff has elapsed and promotes pending endpoints that are
-    /// ready. Every endpoint still waiting has `cx`'s waker registered.
-    pub(crate) fn drive<Req>(&mut self, cx: &mut Context<'_>)
-    where
-        M::Endpoint: Service<Req>,
-        <M::Endpoint as Service<Req>>::Error: Into<BoxError>,
-    {
-        let mut changed = self.drive_health(cx);
-        changed |= self.drive_ramps(cx);
-
-        // Before the pending pass, so a rebuilt endpoint is polled in this same pass.
-        let mut i = 0;
-        while let Some((_, failed)) = self.failed.get_index_mut(i) {
-            if failed.rebuild_at.as_mut().poll(cx).is_pending() {
-                i += 1;
-                continue;
-            }
-            if let Some((key, failed)) = self.failed.swap_remove_index(i) {
-                info!(
-                    ?key,
-                    failures = failed.failures,
-                    "rebuilding endpoint: backoff elapsed"
-                );
-                self.metrics.rebuilt();
-                self.build(key, failed.failures);
-                changed = true;
-            }
-        }
-
-        let mut i = 0;
-        while let Some((_, pending)) = self.pending.get_index_mut(i) {
-            let poll = pending.svc.poll_ready(cx);
-            if poll.is_pending() {
-                i += 1;
-                continue;
-            }
-            let Some((key, pending)) = self.pending.swap_remove_index(i) else {
-                break;
-            };
-            changed = true;
-            match poll {
-                Poll::Ready(Ok(())) => {
-                    debug!(?key, "endpoint ready");
-                    let (id, svc) = (pending.id, pending.svc);
-                    self.insert_ready(cx, key, id, svc, pending.ramp_from, pending.slow_start);
-                }
-                Poll::Ready(Err(error)) => {
-                    let failures = pending.failures.saturating_add(1);
-                    self.evict(cx, key, failures, error.into());
-                }
-                Poll::Pending => {}
-            }
-        }
-
-        if changed {
-            // A burst of pending endpoints (a large `Reset`) leaves the set's storage behind
-            // once they are all ready: give it back rather than hold it for every idle one.
-            if self.pending.is_empty() && self.pending.capacity() > SPARE_CAPACITY {
-                self.pending = IndexMap::new();
-            }
-            if self.failed.is_empty() && self.failed.capacity() > SPARE_CAPACITY {
-                self.failed = IndexMap::new();
-            }
-            self.sync_gauges();
-        }
-    }
-
-    /// Polls the endpoint `r` refers to again, right before a call: `Some` with where it
-    /// stands now if it is still ready. `None` if it is gone, or was found not ready (it goes
-    /// back to the pending set) or failed (it is evicted).
-    pub(crate) fn check_ready<Req>(&mut self, cx: &mut Context<'_>, r: ReadyRef) -> Option<ReadyRef>
-    where
-        M::Endpoint: Service<Req>,
-        <M::Endpoint as Service<Req>>::Error: Into<BoxError>,
-    {
-        let pos = self.find(r)?;
-        let (_, ep) = self.ready.get_index_mut(pos)?;
-        let poll = ep.svc.poll_ready(cx);
-        if let Poll::Ready(Ok(())) = poll {
-            return Some(ReadyRef { pos, ..r });
-        }
-        let (key, ep) = self.take_ready_at(pos)?;
-        match poll {
-            Poll::Ready(Err(error)) => self.evict(cx, key, 1, error.into()),
-            _ => {
-                trace!(?key, "chosen endpoint no longer ready");
-                let pending = PendingEndpoint {
-                    id: ep.id,
-                    svc: ep.svc,
-                    failures: 0,
-                    ramp_from: ep.ramp_from,
-                    slow_start: false,
-                };
-                self.pending.insert(key, pending);
-            }
-        }
-        self.sync_gauges();
-        None
     }
 }
 

@@ -67,12 +67,8 @@ where
         }
         self.targets.clear();
         self.ready.clear();
-        self.healthy = 0;
-        self.ejected = 0;
-        self.ejection_timer = None;
+        self.ejections.clear();
         self.weights.clear();
-        self.ramping = 0;
-        self.ramp_timer = None;
         self.pending.clear();
         self.failed.clear();
     }

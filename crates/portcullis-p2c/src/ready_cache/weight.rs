@@ -20,12 +20,12 @@
 //! gives a heavy endpoint its share), unless a second, uniform candidate has a lower tier or
 //! a latency more than [`LATENCY_TIE`] times lower and wins step 3.
 
+use super::timer::Timer;
 use super::ReadyCache;
 use crate::make::{LoadValue, MakeEndpoint};
 use portcullis_pool::time::deadline_after;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::future::Future;
 use std::hash::Hash;
 use std::task::Context;
 use tokio::time::Instant;
@@ -44,11 +44,18 @@ fn latencies_tie(a: f64, b: f64) -> bool {
     a <= LATENCY_TIE * b && b <= LATENCY_TIE * a
 }
 
-/// Ready endpoints counted by weight, the candidates apart from the ejected ones.
+/// Weights and slow starts of the ready endpoints: how many have each weight, the candidates
+/// apart from the ejected ones (the largest of those that may be picked bounds every effective
+/// weight, and one weight alone among them, with nothing ramping, means a uniform draw), how
+/// many are ramping, and the timer that ends the earliest ramp.
 #[derive(Debug, Default)]
 pub(super) struct Weights {
     healthy: BTreeMap<u32, usize>,
     ejected: BTreeMap<u32, usize>,
+    /// Ready endpoints in slow start.
+    ramping: usize,
+    /// Fires when the earliest slow start ends.
+    ramp_ends: Timer,
 }
 
 impl Weights {
@@ -60,11 +67,11 @@ impl Weights {
         }
     }
 
-    pub(super) fn count_in(&mut self, weight: u32, healthy: bool) {
+    fn count_weight_in(&mut self, weight: u32, healthy: bool) {
         *self.part(healthy).entry(weight).or_default() += 1;
     }
 
-    pub(super) fn count_out(&mut self, weight: u32, healthy: bool) {
+    fn count_weight_out(&mut self, weight: u32, healthy: bool) {
         let part = self.part(healthy);
         if let Some(count) = part.get_mut(&weight) {
             *count -= 1;
@@ -74,15 +81,38 @@ impl Weights {
         }
     }
 
+    /// Counts a ready endpoint in, among the candidates if `healthy`.
+    pub(super) fn count_in(&mut self, weight: u32, ramping: bool, healthy: bool) {
+        self.count_weight_in(weight, healthy);
+        if ramping {
+            self.ramping += 1;
+        }
+    }
+
+    /// Counts a ready endpoint out.
+    pub(super) fn count_out(&mut self, weight: u32, ramping: bool, healthy: bool) {
+        self.count_weight_out(weight, healthy);
+        if ramping {
+            self.ramping -= 1;
+        }
+    }
+
     /// An endpoint of `weight` moves between the healthy and the ejected part.
     pub(super) fn moved(&mut self, weight: u32, to_healthy: bool) {
-        self.count_out(weight, !to_healthy);
-        self.count_in(weight, to_healthy);
+        self.count_weight_out(weight, !to_healthy);
+        self.count_weight_in(weight, to_healthy);
+    }
+
+    /// Ready endpoints in slow start.
+    pub(super) fn ramping(&self) -> usize {
+        self.ramping
     }
 
     pub(super) fn clear(&mut self) {
         self.healthy.clear();
         self.ejected.clear();
+        self.ramping = 0;
+        self.ramp_ends.clear();
     }
 
     /// Whether the candidates (the healthy endpoints, or in panic mode all) weigh unequally.
@@ -117,24 +147,26 @@ where
     /// Whether selection must weigh: the weights of the endpoints that may be picked differ,
     /// or some endpoint is ramping.
     pub(crate) fn weighted(&self) -> bool {
-        self.ramping > 0 || self.weights.differ(self.panic)
+        self.weights.ramping > 0 || self.weights.differ(self.ejections.panic())
     }
 
     /// The clock, read once per pick, if some endpoint's weight depends on it.
     pub(crate) fn ramp_clock(&self) -> Option<Instant> {
-        (self.ramping > 0).then(Instant::now)
+        (self.weights.ramping > 0).then(Instant::now)
     }
 
     /// The largest weight of an endpoint that may be picked (ejected ones only in panic
     /// mode): a bound on every candidate's effective weight.
     pub(crate) fn max_weight(&self) -> f64 {
-        self.weights.max(self.panic).map_or(1.0, f64::from)
+        self.weights
+            .max(self.ejections.panic())
+            .map_or(1.0, f64::from)
     }
 
     /// The effective weight of the ready endpoint at `pos`: its weight times its slow-start
     /// factor at `now` (`None`: nothing is ramping).
     pub(crate) fn effective_weight(&self, pos: usize, now: Option<Instant>) -> f64 {
-        let Some((_, ep)) = self.ready.get_index(pos) else {
+        let Some(ep) = self.ready.slot(pos) else {
             return 0.0;
         };
         let weight = f64::from(ep.weight);
@@ -147,8 +179,7 @@ where
     }
 
     fn load_value_at(&self, pos: usize) -> Option<LoadValue> {
-        let (_, ep) = self.ready.get_index(pos)?;
-        self.maker.load_value(&ep.svc)
+        self.maker.load_value(&self.ready.slot(pos)?.svc)
     }
 
     /// Of two distinct candidates, the one a weighted pick keeps (see the module), if the
@@ -190,22 +221,6 @@ where
             && self.weighted_choice(twice, other, now) == Some(other)
     }
 
-    /// Counts a ready endpoint in, among the candidates if `healthy`.
-    pub(super) fn count_in(&mut self, weight: u32, ramping: bool, healthy: bool) {
-        self.weights.count_in(weight, healthy);
-        if ramping {
-            self.ramping += 1;
-        }
-    }
-
-    /// Counts a ready endpoint out.
-    pub(super) fn count_out(&mut self, weight: u32, ramping: bool, healthy: bool) {
-        self.weights.count_out(weight, healthy);
-        if ramping {
-            self.ramping -= 1;
-        }
-    }
-
     /// When the slow start of an endpoint becoming ready began: `from` if it was ramping
     /// already, now if it is to start slow (`fresh`), `None` otherwise or without slow start.
     /// Arms the timer that ends it.
@@ -221,22 +236,10 @@ where
             None if fresh => Instant::now(),
             None => return None,
         };
-        self.arm_ramp_timer(cx, deadline_after(from, slow_start.window));
+        self.weights
+            .ramp_ends
+            .arm_by(cx, deadline_after(from, slow_start.window));
         Some(from)
-    }
-
-    fn arm_ramp_timer(&mut self, cx: &mut Context<'_>, at: Instant) {
-        let timer = match self.ramp_timer.as_mut() {
-            Some(timer) if timer.deadline() <= at => return,
-            Some(timer) => {
-                timer.as_mut().reset(at);
-                timer
-            }
-            None => self
-                .ramp_timer
-                .insert(Box::pin(tokio::time::sleep_until(at))),
-        };
-        let _ = timer.as_mut().poll(cx);
     }
 }
 
@@ -251,26 +254,24 @@ where
             return;
         };
         let now = Instant::now();
-        let Some((key, ep)) = self.ready.get_index_mut(pos) else {
+        let Some((key, ep)) = self.ready.get_mut(pos) else {
             return;
         };
         if ep.ramp_from.replace(now).is_none() {
-            self.ramping += 1;
+            self.weights.ramping += 1;
         }
         debug!(?key, window = ?slow_start.window, "slow start began");
-        self.arm_ramp_timer(cx, deadline_after(now, slow_start.window));
+        self.weights
+            .ramp_ends
+            .arm_by(cx, deadline_after(now, slow_start.window));
     }
 
     /// Ends the slow starts whose window has passed, when their timer fires. Returns whether
     /// any ended.
     pub(super) fn drive_ramps(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(timer) = self.ramp_timer.as_mut() else {
-            return false;
-        };
-        if timer.as_mut().poll(cx).is_pending() {
+        if !self.weights.ramp_ends.fired(cx) {
             return false;
         }
-        self.ramp_timer = None;
         let Some(slow_start) = self.health.slow_start else {
             return false;
         };
@@ -288,9 +289,9 @@ where
                 next = Some(next.map_or(end, |next| next.min(end)));
             }
         }
-        self.ramping -= ended;
+        self.weights.ramping -= ended;
         if let Some(next) = next {
-            self.arm_ramp_timer(cx, next);
+            self.weights.ramp_ends.arm_by(cx, next);
         }
         self.sync_gauges();
         ended > 0
