@@ -5,6 +5,7 @@
 
 use crate::report::{Counts, Slot};
 use hdrhistogram::Histogram;
+use portcullis_pool::families::{Describe, Family};
 use portcullis_pool::time::micros_histogram;
 use portcullis_pool::{HistogramSummary, UpdateCounters, UpdateCounts, UpdateKind};
 use std::fmt;
@@ -224,6 +225,68 @@ impl fmt::Debug for FanOutMetrics {
         f.debug_tuple("FanOutMetrics")
             .field(&self.snapshot())
             .finish()
+    }
+}
+
+// === impl Describe for FanOutSnapshot ===
+
+impl Describe for FanOutSnapshot {
+    const PIECE: &'static str = "fanout";
+
+    fn describe(&self, out: &mut dyn FnMut(Family<'_>)) {
+        let peers = &self.peer_calls;
+        out(Family::counter(
+            "fan_outs",
+            "Fan-outs started.",
+            self.fan_outs,
+        ));
+        out(Family::counters(
+            "results",
+            "Fan-outs ended, by result (dropped: the response future was dropped first).",
+            "result",
+            &[
+                ("policy_met", self.policy_met),
+                ("policy_not_met", self.policy_not_met),
+                ("dropped", self.dropped),
+            ],
+        ));
+        out(Family::counter(
+            "overall_timeouts",
+            "Fan-outs ended by the overall deadline.",
+            self.overall_timeouts,
+        ));
+        out(Family::counter(
+            "refused",
+            "Fan-out calls refused before they started.",
+            self.refused,
+        ));
+        out(Family::counters(
+            "peer_calls",
+            "Peer calls, by outcome.",
+            "outcome",
+            &[
+                ("responses", peers.responses),
+                ("errors", peers.errors),
+                ("timed_out", peers.timed_out),
+                ("cancelled", peers.cancelled),
+            ],
+        ));
+        out(Family::gauge(
+            "peak_in_flight",
+            "The most peer calls one fan-out had in flight at once.",
+            self.peak_in_flight as u64,
+        ));
+        out(Family::counters(
+            "updates",
+            "Peer-set updates applied, by kind.",
+            "kind",
+            &self.updates.by_kind(),
+        ));
+        out(Family::histogram(
+            "peer_latency_us",
+            "Latency of peer calls that ended on their own (answered, failed or timed out).",
+            &[("", self.peer_latency_us.as_ref())],
+        ));
     }
 }
 

@@ -1,6 +1,7 @@
 //! A cheap, cloneable view of a pool's state and history.
 
-use portcullis_pool::{UpdateCounters, UpdateCounts, UpdateKind};
+use portcullis_pool::families::{Describe, Family};
+use portcullis_pool::{EndpointCounts, UpdateCounters, UpdateCounts, UpdateKind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -56,6 +57,67 @@ pub struct P2cSnapshot {
     pub panics: u64,
     /// Ready endpoints in slow start now.
     pub ramping: usize,
+}
+
+// === impl Describe for P2cSnapshot ===
+
+impl Describe for P2cSnapshot {
+    const PIECE: &'static str = "p2c";
+
+    fn describe(&self, out: &mut dyn FnMut(Family<'_>)) {
+        let endpoints = EndpointCounts {
+            ready: self.ready,
+            pending: self.pending,
+            failed: self.failed,
+        };
+        out(Family::gauges(
+            "endpoints",
+            "Endpoints by state.",
+            "state",
+            &endpoints.by_state(),
+        ));
+        out(Family::counters(
+            "updates",
+            "Discovery updates applied, by kind.",
+            "kind",
+            &self.updates.by_kind(),
+        ));
+        out(Family::counter(
+            "evictions",
+            "Endpoints evicted because their readiness failed.",
+            self.evictions,
+        ));
+        out(Family::counter(
+            "rebuilds",
+            "Endpoints rebuilt from their target after a backoff.",
+            self.rebuilds,
+        ));
+        out(Family::gauge(
+            "ejected",
+            "Endpoints ejected as outliers now.",
+            self.ejected as u64,
+        ));
+        out(Family::counter(
+            "ejections",
+            "Outlier ejections.",
+            self.ejections,
+        ));
+        out(Family::gauge(
+            "panic_mode",
+            "1 while too few endpoints are healthy and ejected ones are picked too.",
+            u64::from(self.panic_mode),
+        ));
+        out(Family::counter(
+            "panics",
+            "Times the pool entered panic mode.",
+            self.panics,
+        ));
+        out(Family::gauge(
+            "ramping",
+            "Endpoints in slow start now.",
+            self.ramping as u64,
+        ));
+    }
 }
 
 // === impl P2cMetrics ===

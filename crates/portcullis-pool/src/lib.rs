@@ -6,6 +6,7 @@
 
 pub mod backoff;
 mod error;
+pub mod families;
 mod pool;
 
 pub use error::{NotReady, PolledAfterCompletion};

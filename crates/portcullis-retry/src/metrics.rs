@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
+use portcullis_pool::families::{Describe, Family};
 
 use crate::budget::Budget;
 use crate::error::StopReason;
@@ -80,6 +81,67 @@ impl RetrySnapshot {
     /// Requests that ended for any reason but success.
     pub fn give_ups(&self) -> u64 {
         self.permanent + self.budget_exhausted + self.attempts_exhausted + self.deadline
+    }
+}
+
+// === impl Describe for RetrySnapshot ===
+
+impl Describe for RetrySnapshot {
+    const PIECE: &'static str = "retry";
+
+    fn describe(&self, out: &mut dyn FnMut(Family<'_>)) {
+        out(Family::counter(
+            "requests",
+            "Logical requests: calls to the retry layer.",
+            self.requests,
+        ));
+        out(Family::counter(
+            "never_ready",
+            "Requests that made no attempt: the deadline passed while the inner service was not ready.",
+            self.never_ready,
+        ));
+        out(Family::counter(
+            "attempts",
+            "Calls to the inner service: requests that made one, plus retries.",
+            self.attempts,
+        ));
+        out(Family::counter("retries", "Retries sent.", self.retries));
+        out(Family::counter(
+            "attempt_timeouts",
+            "Attempts cut short by the per-attempt timeout.",
+            self.attempt_timeouts,
+        ));
+        out(Family::counter(
+            "budget_refusals",
+            "Retries the budget refused.",
+            self.budget_refusals,
+        ));
+        out(Family::counter(
+            "succeeded",
+            "Requests that ended accepted by the classifier.",
+            self.succeeded,
+        ));
+        out(Family::counters(
+            "give_ups",
+            "Requests given up, by reason.",
+            "reason",
+            &[
+                ("permanent", self.permanent),
+                ("budget_exhausted", self.budget_exhausted),
+                ("attempts_exhausted", self.attempts_exhausted),
+                ("deadline", self.deadline),
+            ],
+        ));
+        out(Family::gauge(
+            "budget_balance",
+            "Whole retries the budget's live deposits can still pay for.",
+            self.budget_balance,
+        ));
+        out(Family::gauge(
+            "budget_reserve",
+            "Retries the budget's reserve can pay for now.",
+            self.budget_reserve,
+        ));
     }
 }
 

@@ -1,5 +1,6 @@
 //! Counters and gauges shared by every clone of a cache, and the per-key view.
 
+use portcullis_pool::families::{Describe, Family};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -57,6 +58,60 @@ pub struct SharedClientsSnapshot {
     pub moves: u64,
     /// `poll_ready` calls that failed with [`Unavailable`](crate::Unavailable).
     pub unavailable: u64,
+}
+
+// === impl Describe for SharedClientsSnapshot ===
+
+impl Describe for SharedClientsSnapshot {
+    const PIECE: &'static str = "share";
+
+    fn describe(&self, out: &mut dyn FnMut(Family<'_>)) {
+        out(Family::gauge(
+            "keys",
+            "Keys with at least one connection (leased, idle in its grace, or failed).",
+            self.keys as u64,
+        ));
+        out(Family::gauge(
+            "connections",
+            "Shared connections open or waiting for a rebuild, over every key.",
+            self.connections as u64,
+        ));
+        out(Family::gauge(
+            "leases",
+            "Leases alive: consumers, a lease's clones counted once.",
+            self.leases as u64,
+        ));
+        out(Family::counter(
+            "builds",
+            "Connections made for a new slot.",
+            self.builds,
+        ));
+        out(Family::counter(
+            "rebuilds",
+            "Connections made again in the slot of a failed one.",
+            self.rebuilds,
+        ));
+        out(Family::counter(
+            "closes",
+            "Connections closed: their last lease left (after the grace), or a failed one was left.",
+            self.closes,
+        ));
+        out(Family::counter(
+            "connection_failures",
+            "Connections marked failed.",
+            self.connection_failures,
+        ));
+        out(Family::counter(
+            "moves",
+            "Leases moved off a failed connection to a healthy one of the same key.",
+            self.moves,
+        ));
+        out(Family::counter(
+            "unavailable",
+            "Lease readiness checks that found no healthy connection within the unavailable timeout.",
+            self.unavailable,
+        ));
+    }
 }
 
 /// One key's connections, from

@@ -1,4 +1,5 @@
 use super::shared::Shared;
+use crate::families::{Describe, Family};
 use crate::{EndpointCounts, UpdateKind};
 use hdrhistogram::Histogram;
 use std::{
@@ -193,6 +194,93 @@ impl PoolQueueMetrics {
     /// Discovery updates applied so far, by kind.
     pub fn updates(&self) -> UpdateCounts {
         self.shared.updates.counts()
+    }
+}
+
+// === impl Describe for PoolQueueSnapshot ===
+
+impl Describe for PoolQueueSnapshot {
+    const PIECE: &'static str = "pool_queue";
+
+    fn describe(&self, out: &mut dyn FnMut(Family<'_>)) {
+        let q = &self.in_queue;
+        out(Family::gauge(
+            "depth",
+            "Slots taken now: requests waiting to be dispatched and callers ready but not yet called.",
+            self.depth as u64,
+        ));
+        out(Family::gauge(
+            "capacity",
+            "Requests that may wait in the queue.",
+            self.capacity as u64,
+        ));
+        out(Family::histograms(
+            "in_queue",
+            "Time requests spent in the queue, by outcome.",
+            "outcome",
+            &[
+                ("dispatched", Some(&q.dispatched)),
+                ("failfast", Some(&q.failfast)),
+                ("failed", Some(&q.failed)),
+            ],
+        ));
+        out(Family::gauge(
+            "failfast_active",
+            "1 while the queue fails fast, else 0.",
+            u64::from(self.failfast_active),
+        ));
+        out(Family::counter(
+            "failfast_entered",
+            "Times the queue entered failfast.",
+            self.failfast_entered,
+        ));
+        out(Family::counter(
+            "failfast_exited",
+            "Times the queue left failfast.",
+            self.failfast_exited,
+        ));
+        out(Family::counter(
+            "rejected_in_failfast",
+            "Requests refused at once because the queue was failing fast.",
+            self.rejected_in_failfast,
+        ));
+        out(Family::counter(
+            "no_slot",
+            "Callers that waited the failfast timeout for a queue slot and got NoSlot.",
+            self.no_slot,
+        ));
+        out(Family::counter(
+            "cancelled",
+            "Requests skipped because their caller had gone away.",
+            self.cancelled,
+        ));
+        out(Family::counter(
+            "direct_dispatches",
+            "Requests their callers dispatched themselves, nothing being queued.",
+            self.direct_dispatches,
+        ));
+        out(Family::gauges(
+            "endpoints",
+            "The pool's endpoints by state, as of the worker's last look.",
+            "state",
+            &self.endpoints.by_state(),
+        ));
+        out(Family::counters(
+            "updates",
+            "Discovery updates applied, by kind.",
+            "kind",
+            &self.updates.by_kind(),
+        ));
+        out(Family::gauge(
+            "discovery_ended",
+            "1 once discovery has ended (the last endpoint set is kept), else 0.",
+            u64::from(self.discovery_ended),
+        ));
+        out(Family::gauge(
+            "closed",
+            "1 once the queue has stopped for good (terminal error, panic, runtime gone, or every handle dropped), else 0.",
+            u64::from(self.closed),
+        ));
     }
 }
 
