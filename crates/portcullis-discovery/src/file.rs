@@ -1,8 +1,10 @@
 //! [`AddrFile`]: a file of socket addresses, re-read on an interval, as a stream of
 //! [`Update`]s.
 
+use crate::DiscoveryMetrics;
 use futures_core::Stream;
 use portcullis_pool::Update;
+use portcullis_pool::UpdateKind;
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::fmt;
@@ -136,6 +138,7 @@ pub struct AddrFileUpdates {
     /// The read in flight on the blocking pool, if any.
     read: Option<JoinHandle<io::Result<String>>>,
     seen: Seen,
+    metrics: DiscoveryMetrics,
 }
 
 /// What the stream last read and yielded.
@@ -205,6 +208,7 @@ impl AddrFile {
             interval: None,
             read: None,
             seen: Seen::default(),
+            metrics: DiscoveryMetrics::new(),
         }
     }
 }
@@ -215,6 +219,15 @@ impl AddrFileUpdates {
     /// The file this stream reads.
     pub fn file(&self) -> &AddrFile {
         &self.file
+    }
+
+    /// What this stream has read, failed and yielded: `reads` counts reads of the file that
+    /// returned its contents; `errors` counts reads that failed, complete files with lines
+    /// that are not addresses (once per change of the contents) and files still incomplete a
+    /// poll interval later (once), each logged at warn; `updates` and `endpoints` count the
+    /// sets yielded.
+    pub fn metrics(&self) -> DiscoveryMetrics {
+        self.metrics.clone()
     }
 }
 
@@ -229,7 +242,9 @@ impl Stream for AddrFileUpdates {
                 this.read = None;
                 // The read cannot panic; a runtime shutting down cancels it.
                 let contents = read.unwrap_or_else(|cancelled| Err(io::Error::other(cancelled)));
-                if let Some(addrs) = this.seen.apply(&this.file.path, contents) {
+                let (path, metrics) = (&this.file.path, &this.metrics);
+                if let Some(addrs) = this.seen.apply(path, contents, metrics) {
+                    metrics.update(UpdateKind::Reset, addrs.len());
                     let endpoints = addrs.into_iter().map(|addr| (addr, addr)).collect();
                     return Poll::Ready(Some(Ok(Update::Reset(endpoints))));
                 }
@@ -259,10 +274,20 @@ impl Seen {
     /// Takes the result of one read of the file and returns its addresses (in file order,
     /// without duplicates) if the file is complete and their set differs from the last one
     /// returned.
-    fn apply(&mut self, path: &Path, read: io::Result<String>) -> Option<Vec<SocketAddr>> {
+    /// Counts the read, and each failure it logs at warn, in `metrics`.
+    fn apply(
+        &mut self,
+        path: &Path,
+        read: io::Result<String>,
+        metrics: &DiscoveryMetrics,
+    ) -> Option<Vec<SocketAddr>> {
         let contents = match read {
-            Ok(contents) => contents,
+            Ok(contents) => {
+                metrics.read();
+                contents
+            }
             Err(error) => {
+                metrics.error();
                 if !self.unreadable {
                     tracing::warn!(
                         path = %path.display(),
@@ -279,6 +304,7 @@ impl Seen {
         }
         if self.contents.as_deref() == Some(contents.as_str()) {
             if let Some(incomplete) = self.incomplete_unwarned.take() {
+                metrics.error();
                 tracing::warn!(
                     path = %path.display(),
                     %incomplete,
@@ -294,6 +320,7 @@ impl Seen {
         let addrs = match parsed {
             Ok(Some(addrs)) => addrs,
             Ok(None) => {
+                metrics.error();
                 tracing::warn!(
                     path = %path.display(),
                     "address file has lines that are not addresses; keeping the last endpoint set"

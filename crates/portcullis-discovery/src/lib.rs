@@ -15,8 +15,9 @@
 //! [`etcd::Registration`] puts this process's own address under the prefix with a lease and
 //! keeps it alive until dropped.
 //!
-//! The DNS, etcd and Kubernetes sources each count what they read, what failed and what they
-//! yielded in a [`DiscoveryMetrics`], and log each change of their set at info, in one form:
+//! The address file, DNS, etcd and Kubernetes sources each count what they read, what failed
+//! and what they yielded in a [`DiscoveryMetrics`]; the DNS, etcd and Kubernetes sources log
+//! each change of their set at info, in one form:
 //! `dns api.internal.: 3 endpoints (+1 -0)`, `etcd /services/api/: 2 endpoints (+0 -1)`,
 //! `k8s default/api:http: 4 endpoints (+1 -1)`.
 //!
@@ -30,6 +31,7 @@
 
 mod discover;
 mod file;
+mod metrics;
 mod watch;
 
 #[cfg(feature = "dns")]
@@ -44,17 +46,14 @@ mod delay;
 #[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
 mod error;
 #[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
-mod metrics;
-#[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
 mod tracked;
 
 #[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
 pub use self::error::BuildError;
-#[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
-pub use self::metrics::{DiscoveryMetrics, DiscoverySnapshot};
 
 pub use self::discover::{from_discover, FromDiscover};
 pub use self::file::{AddrFile, AddrFileUpdates, ZeroPollInterval};
+pub use self::metrics::{DiscoveryMetrics, DiscoverySnapshot};
 pub use self::watch::{from_watch, FromWatch};
 
 /// Entry points to the parsers of outside input that are private to their modules, for the

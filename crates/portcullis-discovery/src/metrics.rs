@@ -1,11 +1,14 @@
-//! [`DiscoveryMetrics`]: what a DNS, etcd or Kubernetes source has read, failed and yielded.
+//! [`DiscoveryMetrics`]: what an address file, DNS, etcd or Kubernetes source has read, failed
+//! and yielded.
 
+use portcullis_pool::families::{Describe, Family};
 use portcullis_pool::{UpdateCounters, UpdateCounts, UpdateKind};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A handle to one discovery source's metrics (a DNS, an etcd or a Kubernetes stream).
+/// A handle to one discovery source's metrics (an address file, a DNS, an etcd or a
+/// Kubernetes stream).
 ///
 /// Cloning is an `Arc` clone; reading is a few relaxed atomic loads, so it can be exported
 /// from any task while the stream is read by another (a `PoolQueue` worker).
@@ -32,14 +35,16 @@ struct Inner {
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DiscoverySnapshot {
-    /// Answers read from the system the source watches: DNS resolutions that got an answer
-    /// (NXDOMAIN included); etcd lists and watch responses; Kubernetes lists answered, each
-    /// slice listed and each watch event (bookmarks included).
+    /// Answers read from the system the source watches: reads of an address file that
+    /// returned its contents; DNS resolutions that got an answer (NXDOMAIN included); etcd
+    /// lists and watch responses; Kubernetes lists answered, each slice listed and each watch
+    /// event (bookmarks included).
     pub reads: u64,
     /// Failed reads (SERVFAIL, timeouts, network errors, a lost etcd connection, a failed
     /// Kubernetes list or watch): each kept the last set and was retried after a backoff.
-    /// Also values that are not endpoints (an etcd value, an EndpointSlice without the port),
-    /// and Kubernetes watches that ended within a second with no event.
+    /// Also values that are not endpoints (an etcd value, an EndpointSlice without the port,
+    /// an address file's line), address files still incomplete a poll interval later, and
+    /// Kubernetes watches that ended within a second with no event.
     pub errors: u64,
     /// Lists made again because the place a watch would resume from is gone: Kubernetes'
     /// 410 Gone, whether a watch event or the watch request's HTTP status. Each waited its
@@ -57,6 +62,51 @@ pub struct DiscoverySnapshot {
     pub endpoints: u64,
     /// Time since the last update was yielded; `None` before the first.
     pub since_last_change: Option<Duration>,
+}
+
+// === impl Describe for DiscoverySnapshot ===
+
+impl Describe for DiscoverySnapshot {
+    const PIECE: &'static str = "discovery";
+
+    fn describe(&self, out: &mut dyn FnMut(Family<'_>)) {
+        out(Family::counter(
+            "reads",
+            "Answers read from the system the source watches.",
+            self.reads,
+        ));
+        out(Family::counter(
+            "errors",
+            "Failed reads and values that are not endpoints; each kept the last set.",
+            self.errors,
+        ));
+        out(Family::counter(
+            "relists",
+            "Lists made again because the place a watch would resume from is gone.",
+            self.relists,
+        ));
+        out(Family::counter(
+            "rewinds",
+            "Times the system's revision was found behind the last one seen.",
+            self.rewinds,
+        ));
+        out(Family::counters(
+            "updates",
+            "Updates yielded, by kind.",
+            "kind",
+            &self.updates.by_kind(),
+        ));
+        out(Family::gauge(
+            "endpoints",
+            "Endpoints in the set last yielded.",
+            self.endpoints,
+        ));
+        out(Family::duration(
+            "since_last_change",
+            "Time since the last update was yielded (no sample before the first).",
+            self.since_last_change,
+        ));
+    }
 }
 
 // === impl DiscoveryMetrics ===

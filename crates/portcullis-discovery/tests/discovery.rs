@@ -466,3 +466,48 @@ fn polling_the_file_stream_does_no_file_io() {
     let update = reader.join().unwrap().expect("the read ends once written");
     assert_eq!(update, Some(Ok(Update::Reset(vec![(a, a)]))));
 }
+
+/// The address file counts as the other sources do: each read that returned the file, each
+/// failure it logs at warn (a failed read, every time; a file with a bad line or still
+/// incomplete an interval later, once), and each set it yields.
+#[tokio::test(start_paused = true)]
+async fn an_address_file_counts_its_reads_failures_and_updates() {
+    let file = TempFile::new("metrics");
+    let mut reads = Reads::new(&file);
+    let metrics = reads.updates.metrics();
+    let counts = || {
+        let s = metrics.snapshot();
+        (s.reads, s.errors, s.updates.reset, s.endpoints)
+    };
+    assert_eq!(metrics.snapshot().since_last_change, None);
+
+    file.write("10.0.0.1:80\n10.0.0.2:80\n# end\n");
+    assert!(reads.next().await.is_some());
+    assert_eq!(counts(), (1, 0, 1, 2));
+    assert!(metrics.snapshot().since_last_change.is_some());
+
+    // A bad line: one failure, not one per read of the same contents.
+    file.write("10.0.0.1\n# end\n");
+    assert_eq!(reads.next().await, None);
+    assert_eq!(reads.next().await, None);
+    assert_eq!(counts(), (3, 1, 1, 2));
+
+    // Unreadable: every failed read counts.
+    file.remove();
+    assert_eq!(reads.next().await, None);
+    assert_eq!(reads.next().await, None);
+    assert_eq!(counts(), (3, 3, 1, 2));
+
+    // Incomplete: a write caught half-way is no failure; the same contents an interval later
+    // are, once.
+    file.write("10.0.0.3:80\n");
+    for _ in 0..3 {
+        assert_eq!(reads.next().await, None);
+    }
+    assert_eq!(counts(), (6, 4, 1, 2));
+
+    file.write("10.0.0.3:80\n# end\n");
+    assert_eq!(reads.next().await, reset(&[addr("10.0.0.3:80")]));
+    assert_eq!(counts(), (7, 4, 2, 1));
+    assert_eq!(metrics.snapshot().updates.total(), 2);
+}
