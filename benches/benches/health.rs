@@ -27,7 +27,7 @@
 #[path = "compare/common.rs"]
 mod common;
 
-use common::{fmt_ns, histogram, nanos, quantile_ns};
+use common::{fmt_ns, histogram, nanos, open_loop, paused_runtime, quantile_ns, Answer};
 use futures_util::{stream, StreamExt};
 use hdrhistogram::Histogram;
 use portcullis_p2c::make::{self, MakeEndpoint};
@@ -36,20 +36,17 @@ use portcullis_p2c::{failure, P2cMetrics, P2cPool, P2cSnapshot};
 use portcullis_pool::{Pool, PoolQueue, Update};
 use portcullis_retry::classify::predicate;
 use portcullis_retry::Backoff;
+use portcullis_test::endpoint::{SimCall, SimControl, SimEndpoint, SimError, SimFuture};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
 use std::convert::Infallible;
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 use tower::load::Load;
-use tower::{BoxError, Service, ServiceExt};
+use tower::{BoxError, Service};
 
 const ENDPOINTS: usize = 10;
 const BASE_LATENCY: Duration = Duration::from_millis(10);
@@ -104,25 +101,10 @@ fn is_5xx(reply: &Reply) -> bool {
 
 type Classifier = fn(&Reply) -> bool;
 
-/// A failing endpoint's error, carrying its key.
-#[derive(Debug)]
-struct Failed {
-    key: usize,
-}
-
-impl fmt::Display for Failed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "endpoint {} failing", self.key)
-    }
-}
-
-impl std::error::Error for Failed {}
-
-/// What every endpoint records, shared across rebuilds: calls and in-flight requests per
-/// endpoint, and every attempt in the order it was made.
+/// What every endpoint records, shared across rebuilds: each endpoint's control (its calls and
+/// calls in flight), and every attempt in the order it was made.
 struct Record {
-    calls: Vec<AtomicU64>,
-    in_flight: Vec<AtomicUsize>,
+    endpoints: Vec<SimControl>,
     /// (request, endpoint, failed, when from the run's start), in call order.
     attempts: Mutex<Vec<(u64, usize, bool, Duration)>>,
 }
@@ -130,10 +112,14 @@ struct Record {
 impl Record {
     fn new() -> Arc<Self> {
         Arc::new(Self {
-            calls: (0..ENDPOINTS).map(|_| AtomicU64::new(0)).collect(),
-            in_flight: (0..ENDPOINTS).map(|_| AtomicUsize::new(0)).collect(),
+            endpoints: (0..ENDPOINTS).map(|_| SimControl::new()).collect(),
             attempts: Mutex::new(Vec::with_capacity(2 * REQUESTS as usize)),
         })
+    }
+
+    /// Calls made to endpoint `key`.
+    fn calls(&self, key: usize) -> u64 {
+        self.endpoints[key].calls()
     }
 
     fn log(&self, request: u64, key: usize, failed: bool, at: Duration) {
@@ -150,80 +136,37 @@ impl Record {
     }
 }
 
-/// Takes one request off its endpoint's in-flight count when the response future ends.
-struct InFlight {
-    record: Arc<Record>,
-    key: usize,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.record.in_flight[self.key].fetch_sub(1, Relaxed);
-    }
-}
-
 /// A simulated endpoint: answers after 10 ms ±20% (longer under load if it has a capacity),
 /// or fails its way once its time comes. Always ready.
-struct Sim {
-    key: usize,
-    profile: Profile,
-    origin: Instant,
-    rng: SmallRng,
-    record: Arc<Record>,
-}
-
-type SimFuture = Pin<Box<dyn Future<Output = Result<Reply, BoxError>> + Send>>;
-
-impl Service<u64> for Sim {
-    type Response = Reply;
-    type Error = BoxError;
-    type Future = SimFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: u64) -> SimFuture {
-        let key = self.key;
-        self.record.calls[key].fetch_add(1, Relaxed);
-        let failing = self
-            .profile
+fn sim(key: usize, profile: Profile, origin: Instant, record: Arc<Record>) -> Sim {
+    let mut rng = SmallRng::seed_from_u64(key as u64 + 1);
+    let control = record.endpoints[key].clone();
+    control.scripted(move |request, in_flight| {
+        let failing = profile
             .fails
-            .filter(|(_, from)| Instant::now() >= self.origin + *from)
+            .filter(|(_, from)| Instant::now() >= origin + *from)
             .map(|(kind, _)| kind);
-        self.record
-            .log(request, key, failing.is_some(), self.origin.elapsed());
+        record.log(request, key, failing.is_some(), origin.elapsed());
         match failing {
-            Some(Kind::FastErr) => Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                Err(Failed { key }.into())
-            }),
-            Some(Kind::ReadyButDead) => Box::pin(std::future::ready(Err(Failed { key }.into()))),
-            Some(Kind::Status503) => Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                Ok(Reply { key, status: 503 })
-            }),
+            Some(Kind::FastErr) => SimCall::fail(Duration::from_millis(1)),
+            Some(Kind::ReadyButDead) => SimCall::fail(Duration::ZERO),
+            Some(Kind::Status503) => {
+                SimCall::answer(Duration::from_millis(1), Reply { key, status: 503 })
+            }
             None => {
-                let others = self.record.in_flight[key].fetch_add(1, Relaxed);
-                let guard = InFlight {
-                    record: self.record.clone(),
-                    key,
-                };
-                let load = if self.profile.capacity {
-                    1.0 + others as f64 / 4.0
+                let load = if profile.capacity {
+                    1.0 + in_flight as f64 / 4.0
                 } else {
                     1.0
                 };
-                let delay = BASE_LATENCY.mul_f64(self.rng.gen_range(0.8..1.2) * load);
-                Box::pin(async move {
-                    tokio::time::sleep(delay).await;
-                    drop(guard);
-                    Ok(Reply { key, status: 200 })
-                })
+                let delay = BASE_LATENCY.mul_f64(rng.gen_range(0.8..1.2) * load);
+                SimCall::answer(delay, Reply { key, status: 200 })
             }
         }
-    }
+    })
 }
+
+type Sim = SimEndpoint<u64, Reply>;
 
 // === the driver ===
 
@@ -245,39 +188,24 @@ impl Outcome {
 /// From when on a run is past its transients (item 3: every failing endpoint ejected).
 const STEADY_FROM: Duration = Duration::from_secs(5);
 
-/// One request every [`ARRIVAL`]; latency counts from the request's scheduled arrival, so
-/// waiting for a ready endpoint is included. Request `i` is the number `i`.
-async fn drive<S>(mut svc: S, requests: u64) -> Outcome
+/// One request every [`ARRIVAL`] ([`open_loop`]): a request fails with an `Err` or a 5xx.
+async fn drive<S>(svc: S, requests: u64) -> Outcome
 where
     S: Service<u64, Response = Reply>,
     S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Send,
+    S::Error: Into<BoxError> + Send + 'static,
 {
-    let mut ticks = tokio::time::interval(ARRIVAL);
-    let mut calls = Vec::with_capacity(requests as usize);
-    for i in 0..requests {
-        let arrival = ticks.tick().await;
-        let ready = svc.ready().await;
-        let future = ready
-            .map_err(Into::<BoxError>::into)
-            .expect("the stack is ready")
-            .call(i);
-        calls.push(tokio::spawn(async move {
-            let ok = matches!(future.await, Ok(reply) if !is_5xx(&reply));
-            (arrival.elapsed(), ok, ARRIVAL * i as u32 >= STEADY_FROM)
-        }));
-    }
+    let answers = open_loop(svc, requests, ARRIVAL, |_, _| {}).await;
     let mut outcome = Outcome {
         latency: histogram(),
         steady: histogram(),
         failures: 0,
         total: requests,
     };
-    for call in calls {
-        let (latency, ok, steady) = call.await.expect("call task");
-        if ok {
+    for (i, (latency, answer)) in answers.into_iter().enumerate() {
+        if matches!(answer, Ok(reply) if !is_5xx(&reply)) {
             outcome.latency.saturating_record(nanos(latency));
-            if steady {
+            if ARRIVAL * i as u32 >= STEADY_FROM {
                 outcome.steady.saturating_record(nanos(latency));
             }
         } else {
@@ -359,24 +287,14 @@ fn fmt_at(at: Option<Duration>) -> String {
 }
 
 fn simulate(stack: Stack, profiles: &[Profile], requests: u64) -> Run {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
     let profiles = profiles.to_vec();
-    rt.block_on(async move {
+    paused_runtime().block_on(async move {
         let origin = Instant::now();
         let record = Record::new();
         let reset = Update::Reset(profiles.iter().copied().enumerate().collect());
         let shared = record.clone();
-        let maker = move |key: &usize, profile: &Profile| Sim {
-            key: *key,
-            profile: *profile,
-            origin,
-            rng: SmallRng::seed_from_u64(*key as u64 + 1),
-            record: shared.clone(),
-        };
+        let maker =
+            move |key: &usize, profile: &Profile| sim(*key, *profile, origin, shared.clone());
         let (outcome, pool, timeline) = if stack.failure_aware {
             let maker = failure::failure_aware(
                 make::peak_ewma(maker),
@@ -419,7 +337,7 @@ async fn run_stack<M>(
 ) -> (Outcome, P2cSnapshot, Timeline)
 where
     M: MakeEndpoint<usize, Profile> + Send + 'static,
-    M::Endpoint: Service<u64, Response = Reply, Error = BoxError> + Load + Send + 'static,
+    M::Endpoint: Service<u64, Response = Reply, Error = SimError> + Load + Send + 'static,
     <M::Endpoint as Service<u64>>::Future: Send + 'static,
 {
     let metrics: P2cMetrics = pool.metrics();
@@ -500,7 +418,7 @@ fn item1() {
                 stack.name(),
                 r.outcome.failures,
                 r.outcome.failure_pct(),
-                r.record.calls[0].load(Relaxed),
+                r.record.calls(0),
                 r.pool.ejections,
                 fmt_at(r.timeline.first_ejection),
                 fmt_at(r.record.last_failed_call()),
@@ -569,7 +487,7 @@ fn item2() {
             "| Retry + PoolQueue + {name} | {} ({:.3}%) | {retries} | {same} | {} | {} |",
             r.outcome.failures,
             r.outcome.failure_pct(),
-            r.record.calls[0].load(Relaxed),
+            r.record.calls(0),
             r.pool.ejections,
         );
     }
@@ -608,14 +526,8 @@ fn item3() {
                 retry: false,
             };
             let r = simulate(stack, &profiles, REQUESTS);
-            let to_healthy: u64 = r.record.calls[FAILING..]
-                .iter()
-                .map(|c| c.load(Relaxed))
-                .sum();
-            let to_failing: u64 = r.record.calls[..FAILING]
-                .iter()
-                .map(|c| c.load(Relaxed))
-                .sum();
+            let to_healthy: u64 = (FAILING..ENDPOINTS).map(|key| r.record.calls(key)).sum();
+            let to_failing: u64 = (0..FAILING).map(|key| r.record.calls(key)).sum();
             let per_healthy = to_healthy as f64 / healthy / seconds;
             let (steady_p50, steady_p99) = (
                 quantile_ns(&r.outcome.steady, 0.5),
@@ -767,82 +679,22 @@ const REPLICA_LATENCY: Duration = Duration::from_millis(8);
 const WEIGHT_REQUESTS: usize = 20_000;
 
 /// A replica of items 5 and 6: always ready, answers with its key after 8 ms ±20%.
-struct Replica {
-    key: usize,
-    rng: SmallRng,
+type Replica = SimEndpoint<u64, usize>;
+
+/// Replica `key`, its jitter seeded by its key.
+fn replica_of(key: usize) -> Replica {
+    let mut rng = SmallRng::seed_from_u64(key as u64 + 1);
+    SimControl::new().scripted(move |_, _| {
+        SimCall::answer(REPLICA_LATENCY.mul_f64(rng.gen_range(0.8..1.2)), key)
+    })
 }
 
-impl Replica {
-    fn new(key: usize) -> Self {
-        Self {
-            key,
-            rng: SmallRng::seed_from_u64(key as u64 + 1),
-        }
-    }
-}
-
-type ReplicaFuture = Pin<Box<dyn Future<Output = Result<usize, Infallible>> + Send>>;
-
-impl Service<u64> for Replica {
-    type Response = usize;
-    type Error = Infallible;
-    type Future = ReplicaFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: u64) -> ReplicaFuture {
-        let key = self.key;
-        let delay = REPLICA_LATENCY.mul_f64(self.rng.gen_range(0.8..1.2));
-        Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            Ok(key)
-        })
-    }
-}
-
-/// One request every `every`, `requests` of them; `before(i, svc)` runs before request `i`
-/// is sent. Returns the key that served each request, in request order.
-async fn drive_keys<S>(
-    svc: &mut S,
-    requests: usize,
-    every: Duration,
-    mut before: impl FnMut(usize, &mut S),
-) -> Vec<usize>
-where
-    S: Service<u64, Response = usize>,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError> + Send + 'static,
-{
-    let mut ticks = tokio::time::interval(every);
-    let mut calls = Vec::with_capacity(requests);
-    for i in 0..requests {
-        ticks.tick().await;
-        before(i, svc);
-        let future = svc
-            .ready()
-            .await
-            .map_err(Into::<BoxError>::into)
-            .expect("the balancer is ready")
-            .call(i as u64);
-        calls.push(tokio::spawn(future));
-    }
-    let mut keys = Vec::with_capacity(requests);
-    for call in calls {
-        let served = call.await.expect("call task");
-        keys.push(served.map_err(Into::<BoxError>::into).expect("served"));
-    }
-    keys
-}
-
-/// A fresh current-thread runtime in paused time.
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime")
+/// The key that served each request.
+fn served(answers: Vec<Answer<usize>>) -> Vec<usize> {
+    answers
+        .into_iter()
+        .map(|(_, served)| served.expect("served"))
+        .collect()
 }
 
 /// Each key's share of `keys`, in percent, for `endpoints` keys.
@@ -896,7 +748,7 @@ impl TinyP2c {
                 .enumerate()
                 .map(|(key, w)| {
                     (
-                        portcullis_p2c::load::PendingRequests::new(Replica::new(key)),
+                        portcullis_p2c::load::PendingRequests::new(replica_of(key)),
                         *w,
                     )
                 })
@@ -954,10 +806,10 @@ impl TinyP2c {
 
 impl Service<u64> for TinyP2c {
     type Response = usize;
-    type Error = Infallible;
-    type Future = portcullis_p2c::load::PendingFuture<ReplicaFuture>;
+    type Error = SimError;
+    type Future = portcullis_p2c::load::PendingFuture<SimFuture<usize>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), SimError>> {
         Poll::Ready(Ok(()))
     }
 
@@ -969,7 +821,7 @@ impl Service<u64> for TinyP2c {
 
 /// The replicas' maker: the target is the weight, unused here.
 fn replica(key: &usize, _: &u32) -> Replica {
-    Replica::new(*key)
+    replica_of(*key)
 }
 
 type ReplicaMaker = fn(&usize, &u32) -> Replica;
@@ -992,21 +844,22 @@ async fn pool_keys<M>(
 ) -> Vec<usize>
 where
     M: MakeEndpoint<usize, u32>,
-    M::Endpoint: Service<u64, Response = usize, Error = Infallible> + Load,
+    M::Endpoint: Service<u64, Response = usize, Error = SimError> + Load,
     <M::Endpoint as Load>::Metric: PartialOrd,
     <M::Endpoint as Service<u64>>::Future: Send + 'static,
 {
     let mut pool: P2cPool<usize, u32, M, u64> =
         builder.seed(SEED).build(maker).expect("valid settings");
     pool.update_pool(Update::Reset(targets));
-    drive_keys(&mut pool, requests, every, |i, pool| {
+    let answers = open_loop(&mut pool, requests as u64, every, |i, pool| {
         if let Some((at, added)) = add {
-            if i == at {
+            if i == at as u64 {
                 pool.update_pool(Update::Add(vec![added]));
             }
         }
     })
-    .await
+    .await;
+    served(answers)
 }
 
 fn weighted_shares(weighing: Weighing, weights: &[u32], every: Duration) -> Vec<f64> {
@@ -1044,8 +897,8 @@ fn weighted_shares(weighing: Weighing, weights: &[u32], every: Duration) -> Vec<
                 .await
             }
             Weighing::NaiveUniform | Weighing::ByWeightRawLoad => {
-                let mut tiny = TinyP2c::new(weights, weighing == Weighing::ByWeightRawLoad);
-                drive_keys(&mut tiny, WEIGHT_REQUESTS, every, |_, _| {}).await
+                let tiny = TinyP2c::new(weights, weighing == Weighing::ByWeightRawLoad);
+                served(open_loop(tiny, WEIGHT_REQUESTS as u64, every, |_, _| {}).await)
             }
         }
     });

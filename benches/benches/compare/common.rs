@@ -5,7 +5,7 @@ use hdrhistogram::Histogram;
 use std::fmt::Debug;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-use tower::{Service, ServiceExt};
+use tower::{BoxError, Service, ServiceExt};
 
 /// How big a run is: `--quick` shrinks every comparison.
 #[derive(Clone, Copy, Debug)]
@@ -136,6 +136,60 @@ where
         ns_per_request: start.elapsed().as_nanos() as f64 / (per_caller * callers as u64) as f64,
         latency,
     }
+}
+
+// === the open-loop driver ===
+
+/// A fresh current-thread runtime in paused time, for a simulation.
+pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
+
+/// One request of an [`open_loop`] run: its latency, from its scheduled arrival to its answer
+/// (waiting for a ready service included), and the answer.
+pub(crate) type Answer<R> = (Duration, Result<R, BoxError>);
+
+/// Sends `requests` requests through `svc`, request `i` (the number `i`) at `i × every` on
+/// tokio's clock, after `before(i, &mut svc)`: each as soon as `svc` is ready, its response
+/// awaited in a task of its own, so that a slow answer holds up no later request (only an
+/// unready `svc` does). Returns every request's [`Answer`], in request order. For simulations
+/// in paused time.
+pub(crate) async fn open_loop<S>(
+    mut svc: S,
+    requests: u64,
+    every: Duration,
+    mut before: impl FnMut(u64, &mut S),
+) -> Vec<Answer<S::Response>>
+where
+    S: Service<u64>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+{
+    let mut ticks = tokio::time::interval(every);
+    let mut calls = Vec::with_capacity(requests as usize);
+    for i in 0..requests {
+        let arrival = ticks.tick().await;
+        before(i, &mut svc);
+        let ready = svc.ready().await;
+        let future = ready
+            .map_err(Into::<BoxError>::into)
+            .expect("the service is ready")
+            .call(i);
+        calls.push(tokio::spawn(async move {
+            let result = future.await.map_err(Into::into);
+            (arrival.elapsed(), result)
+        }));
+    }
+    let mut answers = Vec::with_capacity(requests as usize);
+    for call in calls {
+        answers.push(call.await.expect("call task"));
+    }
+    answers
 }
 
 // === summary table ===

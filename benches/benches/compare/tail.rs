@@ -1,23 +1,24 @@
 //! Item 3: tail latency with one slow endpoint, and with one endpoint that starts failing.
 //! Ten simulated endpoints in tokio's paused time, so every figure is deterministic.
 
-use crate::common::{fmt_ns, histogram, nanos, quantile_ns, Config, Row};
+use crate::common::{
+    fmt_ns, histogram, nanos, open_loop, paused_runtime, quantile_ns, Config, Row,
+};
 use crate::svg::{self, Series};
 use hdrhistogram::Histogram;
 use portcullis_p2c::make::{self, DEFAULT_DECAY, DEFAULT_RTT};
 use portcullis_p2c::{failure, P2cPool};
 use portcullis_pool::{Pool, Update};
+use portcullis_test::endpoint::{SimCall, SimControl, SimEndpoint, SimError, SimFuture};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwma};
-use tower::{BoxError, Service, ServiceExt};
+use tower::{BoxError, Service};
 
 const ENDPOINTS: usize = 10;
 const BASE_LATENCY: Duration = Duration::from_millis(10);
@@ -66,46 +67,20 @@ fn profiles(scenario: Scenario, run: Duration) -> Vec<Profile> {
 }
 
 /// A simulated endpoint: answers after its latency ±20%, or fails fast once its time comes.
-struct Sim {
-    latency: Duration,
-    fail_from: Option<Instant>,
-    rng: SmallRng,
-}
+type Sim = SimEndpoint<u64, u64>;
 
-type SimFuture = Pin<Box<dyn Future<Output = Result<u64, BoxError>> + Send>>;
-
-impl Sim {
-    fn new(key: usize, profile: &Profile, origin: Instant) -> Self {
-        Self {
-            latency: profile.latency,
-            fail_from: profile.fail_after.map(|d| origin + d),
-            rng: SmallRng::seed_from_u64(key as u64 + 1),
+/// Endpoint `key` of `profile`, its jitter seeded by its key; `origin` is the run's start.
+fn sim(key: usize, profile: &Profile, origin: Instant) -> Sim {
+    let latency = profile.latency;
+    let fail_from = profile.fail_after.map(|d| origin + d);
+    let mut rng = SmallRng::seed_from_u64(key as u64 + 1);
+    SimControl::new().scripted(move |request, _| {
+        if fail_from.is_some_and(|t| Instant::now() >= t) {
+            SimCall::fail(Duration::from_millis(1))
+        } else {
+            SimCall::answer(latency.mul_f64(rng.gen_range(0.8..1.2)), request)
         }
-    }
-}
-
-impl Service<u64> for Sim {
-    type Response = u64;
-    type Error = BoxError;
-    type Future = SimFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: u64) -> SimFuture {
-        if self.fail_from.is_some_and(|t| Instant::now() >= t) {
-            return Box::pin(async {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                Err::<u64, BoxError>("endpoint failing".into())
-            });
-        }
-        let delay = self.latency.mul_f64(self.rng.gen_range(0.8..1.2));
-        Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            Ok(request)
-        })
-    }
+    })
 }
 
 // === the tiny balancers ===
@@ -117,14 +92,14 @@ struct RoundRobin {
 
 impl Service<u64> for RoundRobin {
     type Response = u64;
-    type Error = BoxError;
-    type Future = SimFuture;
+    type Error = SimError;
+    type Future = SimFuture<u64>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SimError>> {
         self.endpoints[self.next].poll_ready(cx)
     }
 
-    fn call(&mut self, request: u64) -> SimFuture {
+    fn call(&mut self, request: u64) -> SimFuture<u64> {
         let future = self.endpoints[self.next].call(request);
         self.next = (self.next + 1) % self.endpoints.len();
         future
@@ -139,17 +114,17 @@ struct Random {
 
 impl Service<u64> for Random {
     type Response = u64;
-    type Error = BoxError;
-    type Future = SimFuture;
+    type Error = SimError;
+    type Future = SimFuture<u64>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SimError>> {
         let chosen = *self
             .chosen
             .get_or_insert_with(|| self.rng.gen_range(0..self.endpoints.len()));
         self.endpoints[chosen].poll_ready(cx)
     }
 
-    fn call(&mut self, request: u64) -> SimFuture {
+    fn call(&mut self, request: u64) -> SimFuture<u64> {
         let chosen = self.chosen.take().expect("polled ready first");
         self.endpoints[chosen].call(request)
     }
@@ -173,37 +148,21 @@ struct Outcome {
     total: u64,
 }
 
-/// One request every [`ARRIVAL`]; latency counts from the request's scheduled arrival, so
-/// waiting for a ready endpoint is included.
-async fn drive<S>(mut svc: S, requests: u64) -> Outcome
+/// One request every [`ARRIVAL`] ([`open_loop`]).
+async fn drive<S>(svc: S, requests: u64) -> Outcome
 where
     S: Service<u64>,
     S::Future: Send + 'static,
-    S::Response: Send,
-    S::Error: Into<BoxError> + Send,
+    S::Response: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
 {
-    let mut ticks = tokio::time::interval(ARRIVAL);
-    let mut calls = Vec::with_capacity(requests as usize);
-    for i in 0..requests {
-        let arrival = ticks.tick().await;
-        let ready = svc.ready().await;
-        let future = ready
-            .map_err(Into::<BoxError>::into)
-            .expect("balancer ready")
-            .call(i);
-        calls.push(tokio::spawn(async move {
-            let result = future.await;
-            (arrival.elapsed(), result.is_ok())
-        }));
-    }
     let mut outcome = Outcome {
         latency: histogram(),
         errors: 0,
         total: requests,
     };
-    for call in calls {
-        let (latency, ok) = call.await.expect("call task");
-        if ok {
+    for (latency, answer) in open_loop(svc, requests, ARRIVAL, |_, _| {}).await {
+        if answer.is_ok() {
             outcome.latency.saturating_record(nanos(latency));
         } else {
             outcome.errors += 1;
@@ -222,24 +181,19 @@ const BALANCERS: [&str; 6] = [
 ];
 
 fn simulate(balancer: usize, scenario: Scenario, requests: u64) -> Outcome {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
     let run = ARRIVAL * requests as u32;
     let profiles = profiles(scenario, run);
-    rt.block_on(async move {
+    paused_runtime().block_on(async move {
         let origin = Instant::now();
         let reset = Update::Reset(profiles.iter().copied().enumerate().collect());
         let sims = || -> Vec<Sim> {
             profiles
                 .iter()
                 .enumerate()
-                .map(|(k, p)| Sim::new(k, p, origin))
+                .map(|(k, p)| sim(k, p, origin))
                 .collect()
         };
-        let maker = move |k: &usize, p: &Profile| Sim::new(*k, p, origin);
+        let maker = move |k: &usize, p: &Profile| sim(*k, p, origin);
         match balancer {
             0 => {
                 let mut pool = P2cPool::builder()

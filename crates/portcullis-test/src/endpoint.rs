@@ -11,7 +11,10 @@
 //! - faults: [`SimControl::set_fail_ready`] makes `poll_ready` fail (a pool should evict the
 //!   endpoint), [`SimControl::set_fail_calls`] makes responses fail, [`SimControl::set_hang`]
 //!   makes responses never complete;
-//! - counting: [`SimControl::calls`], [`SimControl::in_flight`].
+//! - counting: [`SimControl::calls`], [`SimControl::in_flight`];
+//! - scripts: [`SimControl::scripted`] makes an endpoint whose every call's latency and outcome
+//!   a closure decides ([`SimCall`]): a seeded jitter, a latency that grows with the calls in
+//!   flight, failures that follow the simulation's own clock.
 //!
 //! # Example
 //!
@@ -62,7 +65,46 @@ pub struct SimControl {
 /// A simulated endpoint; see the [module documentation](self).
 pub struct SimEndpoint<Req, Rsp> {
     shared: Arc<Shared>,
-    respond: Arc<dyn Fn(Req) -> Rsp + Send + Sync>,
+    respond: Respond<Req, Rsp>,
+}
+
+/// How a [`SimEndpoint`] answers a call.
+enum Respond<Req, Rsp> {
+    /// With `respond(request)` after the control's latency, or the control's call failure.
+    Plain(Arc<dyn Fn(Req) -> Rsp + Send + Sync>),
+    /// As the script says; shared by the endpoint's clones.
+    Scripted(Arc<Mutex<Script<Req, Rsp>>>),
+}
+
+/// The closure of a [`SimControl::scripted`] endpoint.
+type Script<Req, Rsp> = dyn FnMut(Req, usize) -> SimCall<Rsp> + Send;
+
+/// What one call of a [scripted](SimControl::scripted) endpoint does: it ends with `outcome`
+/// after `latency` (on tokio's clock; zero is at its first poll).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimCall<Rsp> {
+    /// How long the call takes.
+    pub latency: Duration,
+    /// What it ends with.
+    pub outcome: Result<Rsp, SimError>,
+}
+
+impl<Rsp> SimCall<Rsp> {
+    /// A call answered with `response` after `latency`.
+    pub fn answer(latency: Duration, response: Rsp) -> Self {
+        Self {
+            latency,
+            outcome: Ok(response),
+        }
+    }
+
+    /// A call that fails with [`SimError::Call`] after `latency`.
+    pub fn fail(latency: Duration) -> Self {
+        Self {
+            latency,
+            outcome: Err(SimError::Call),
+        }
+    }
 }
 
 /// A failure injected through a [`SimControl`].
@@ -127,7 +169,53 @@ impl SimControl {
         self.shared.lock().alive += 1;
         SimEndpoint {
             shared: self.shared.clone(),
-            respond: Arc::new(respond),
+            respond: Respond::Plain(Arc::new(respond)),
+        }
+    }
+
+    /// An endpoint of this replica whose calls follow `script`: each call `request` takes the
+    /// latency and ends with the outcome of `script(request, in_flight)` ([`SimCall`]), where
+    /// `in_flight` is how many of this replica's calls were in flight before it
+    /// ([`SimControl::in_flight`]).
+    ///
+    /// The script stands in for [`set_latency`](Self::set_latency) and
+    /// [`set_fail_calls`](Self::set_fail_calls), which this endpoint does not read; readiness,
+    /// its failures, hangs and panics are the control's, and calls are counted as for any
+    /// endpoint. The endpoint's clones share the script, which runs once per call, in call
+    /// order: a script that draws a seeded jitter draws the same sequence every run.
+    ///
+    /// ```
+    /// use portcullis_test::endpoint::{SimCall, SimControl};
+    /// use std::time::Duration;
+    /// use tower::{Service, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// // 10 ms per call already in flight, plus 10 ms; request 0 fails at once.
+    /// let control = SimControl::new();
+    /// let mut replica = control.scripted(|request: u32, in_flight| match request {
+    ///     0 => SimCall::fail(Duration::ZERO),
+    ///     _ => SimCall::answer(Duration::from_millis(10) * (in_flight as u32 + 1), request),
+    /// });
+    ///
+    /// let first = replica.ready().await.unwrap().call(1);
+    /// let second = replica.ready().await.unwrap().call(2);
+    /// let started = tokio::time::Instant::now();
+    /// assert_eq!(second.await, Ok(2));
+    /// assert_eq!(started.elapsed(), Duration::from_millis(20));
+    /// assert_eq!(first.await, Ok(1));
+    /// assert!(replica.ready().await.unwrap().call(0).await.is_err());
+    /// assert_eq!(control.calls(), 3);
+    /// # }
+    /// ```
+    pub fn scripted<Req, Rsp>(
+        &self,
+        script: impl FnMut(Req, usize) -> SimCall<Rsp> + Send + 'static,
+    ) -> SimEndpoint<Req, Rsp> {
+        self.shared.lock().alive += 1;
+        SimEndpoint {
+            shared: self.shared.clone(),
+            respond: Respond::Scripted(Arc::new(Mutex::new(script))),
         }
     }
 
@@ -251,7 +339,10 @@ impl<Req, Rsp> Clone for SimEndpoint<Req, Rsp> {
         self.shared.lock().alive += 1;
         Self {
             shared: self.shared.clone(),
-            respond: self.respond.clone(),
+            respond: match &self.respond {
+                Respond::Plain(respond) => Respond::Plain(respond.clone()),
+                Respond::Scripted(script) => Respond::Scripted(script.clone()),
+            },
         }
     }
 }
@@ -293,7 +384,7 @@ impl<Req, Rsp> Service<Req> for SimEndpoint<Req, Rsp> {
     }
 
     fn call(&mut self, req: Req) -> SimFuture<Rsp> {
-        let (latency, fail, hang) = {
+        let (latency, fail, hang, in_flight) = {
             let mut state = self.shared.lock();
             if state.panic_on_call {
                 drop(state);
@@ -301,12 +392,21 @@ impl<Req, Rsp> Service<Req> for SimEndpoint<Req, Rsp> {
             }
             state.calls += 1;
             state.in_flight += 1;
-            (state.latency, state.fail_calls, state.hang)
+            (
+                state.latency,
+                state.fail_calls,
+                state.hang,
+                state.in_flight - 1,
+            )
         };
-        let outcome = if fail {
-            Err(SimError::Call)
-        } else {
-            Ok((self.respond)(req))
+        // The script runs outside the state's lock: it may read the control.
+        let SimCall { latency, outcome } = match &self.respond {
+            Respond::Plain(_) if fail => SimCall::fail(latency),
+            Respond::Plain(respond) => SimCall::answer(latency, respond(req)),
+            Respond::Scripted(script) => {
+                let mut script = script.lock().unwrap_or_else(PoisonError::into_inner);
+                script(req, in_flight)
+            }
         };
         SimFuture {
             delay: (!latency.is_zero()).then(|| tokio::time::sleep(latency)),
@@ -404,5 +504,50 @@ mod tests {
         let mut failing = task::spawn(ep.call(3));
         tokio::time::advance(Duration::from_millis(10)).await;
         assert_eq!(assert_ready_err!(failing.poll()), SimError::Call);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_script_decides_each_calls_latency_and_outcome_and_sees_the_calls_in_flight() {
+        let control = SimControl::new();
+        // What the control says about latency and call failures is the script's to decide.
+        control.set_latency(Duration::from_secs(60));
+        control.set_fail_calls(true);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let mut ep = control.scripted(move |n: u32, in_flight| {
+            log.lock().unwrap().push((n, in_flight));
+            match n {
+                0 => SimCall::fail(Duration::from_millis(1)),
+                _ => SimCall::answer(Duration::from_millis(u64::from(n)), n * 10),
+            }
+        });
+        let mut clone = ep.clone();
+        let mut slow = task::spawn(ep.call(5));
+        let mut failing = task::spawn(clone.call(0));
+        let mut fast = task::spawn(ep.call(2));
+        assert_eq!(*seen.lock().unwrap(), [(5, 0), (0, 1), (2, 2)]);
+        assert_eq!((control.calls(), control.in_flight()), (3, 3));
+        assert_pending!(slow.poll());
+        assert_pending!(failing.poll());
+        assert_pending!(fast.poll());
+
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(assert_ready_err!(failing.poll()), SimError::Call);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(assert_ready_ok!(fast.poll()), 20);
+        assert_pending!(slow.poll());
+        tokio::time::advance(Duration::from_millis(3)).await;
+        assert_eq!(assert_ready_ok!(slow.poll()), 50);
+        drop((slow, failing, fast));
+        assert_eq!(control.in_flight(), 0);
+
+        // Readiness and hangs are still the control's.
+        control.set_ready(false);
+        let mut t = task::spawn(());
+        assert_pending!(t.enter(|cx, _| ep.poll_ready(cx)));
+        control.set_hang(true);
+        let mut hung = task::spawn(ep.call(1));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_pending!(hung.poll());
     }
 }

@@ -6,7 +6,8 @@
 //! - [`discovery`]: discovery streams, fed by hand through a channel or scripted in time.
 //! - [`alloc`]: a counting global allocator, for tests that show memory does not grow.
 //! - [`endpoint`]: simulated endpoints with latency, failures, hangs and readiness a test
-//!   controls, for stacks with a real balancer inside.
+//!   controls, or whose every call a script decides, for stacks with a real balancer inside
+//!   and for simulations in paused time.
 //! - [`fleet`]: the replicas behind such a balancer, one simulated endpoint control per key,
 //!   and the maker that builds their endpoints.
 //! - [`time`]: [`time::ms`] and [`time::settle`], for tests on the paused clock.
