@@ -278,17 +278,17 @@ async fn proxies_http1_and_http2_follows_the_file_and_fans_out() {
     );
     for line in [
         "portcullis_proxy_pool_queue_depth 0",
-        "portcullis_proxy_pool_queue_time_seconds_count{outcome=\"failfast\"} 0",
-        "portcullis_proxy_pool_queue_discovery_updates_total{kind=\"reset\"} 2",
+        "portcullis_proxy_pool_queue_in_queue_seconds_count{outcome=\"failfast\"} 0",
+        "portcullis_proxy_pool_queue_updates_total{kind=\"reset\"} 2",
         "portcullis_proxy_pool_queue_endpoints{state=\"ready\"} 2",
         "portcullis_proxy_p2c_endpoints{state=\"ready\"} 2",
         "portcullis_proxy_retry_requests_total 110",
         "portcullis_proxy_retry_succeeded_total 110",
         "portcullis_proxy_request_duration_seconds_count 110",
         "portcullis_proxy_retry_give_ups_total{reason=\"budget_exhausted\"} 0",
-        "portcullis_purge_pool_queue_discovery_updates_total{kind=\"reset\"} 2",
+        "portcullis_purge_pool_queue_updates_total{kind=\"reset\"} 2",
         "portcullis_purge_fanout_fan_outs_total 3",
-        "portcullis_purge_fanout_peer_calls_total{outcome=\"response\"} 8",
+        "portcullis_purge_fanout_peer_calls_total{outcome=\"responses\"} 8",
         "portcullis_purge_fanout_peak_in_flight 3",
         "# EOF",
     ] {

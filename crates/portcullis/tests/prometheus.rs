@@ -2,6 +2,7 @@
 //! the numbers back out of the text exposition.
 #![cfg(feature = "prometheus")]
 
+use portcullis::pool::families::{Describe, Family, Values};
 use portcullis::prelude::*;
 use portcullis::prometheus;
 use prometheus_client::{encoding::text::encode, registry::Registry};
@@ -138,48 +139,36 @@ async fn retry_queue_and_p2c_metrics_are_exported() {
     // its caller, nothing being queued.
     assert_sample(&text, "api_pool_queue_depth", 0.0);
     assert_sample(&text, "api_pool_queue_capacity", 8.0);
-    assert_sample(&text, "api_pool_queue_failfast", 0.0);
+    assert_sample(&text, "api_pool_queue_failfast_active", 0.0);
     assert_sample(&text, "api_pool_queue_failfast_entered_total", 0.0);
-    let dispatched = "api_pool_queue_time_seconds_count{outcome=\"dispatched\"}";
+    let dispatched = "api_pool_queue_in_queue_seconds_count{outcome=\"dispatched\"}";
     let queued = sample(&text, dispatched).unwrap();
     let direct = sample(&text, "api_pool_queue_direct_dispatches_total").unwrap();
     assert_eq!(queued + direct, 12.0, "{text}");
     assert_sample(
         &text,
-        "api_pool_queue_time_seconds_bucket{le=\"0.0001\",outcome=\"dispatched\"}",
+        "api_pool_queue_in_queue_seconds_bucket{le=\"0.0001\",outcome=\"dispatched\"}",
         queued,
     );
     assert_sample(
         &text,
-        "api_pool_queue_time_seconds_bucket{le=\"+Inf\",outcome=\"dispatched\"}",
+        "api_pool_queue_in_queue_seconds_bucket{le=\"+Inf\",outcome=\"dispatched\"}",
         queued,
     );
     assert_sample(
         &text,
-        "api_pool_queue_time_seconds_count{outcome=\"failfast\"}",
+        "api_pool_queue_in_queue_seconds_count{outcome=\"failfast\"}",
         0.0,
     );
-    assert_sample(
-        &text,
-        "api_pool_queue_discovery_updates_total{kind=\"reset\"}",
-        2.0,
-    );
-    assert_sample(
-        &text,
-        "api_pool_queue_discovery_updates_total{kind=\"add\"}",
-        0.0,
-    );
+    assert_sample(&text, "api_pool_queue_updates_total{kind=\"reset\"}", 2.0);
+    assert_sample(&text, "api_pool_queue_updates_total{kind=\"add\"}", 0.0);
     assert_sample(&text, "api_pool_queue_endpoints{state=\"ready\"}", 2.0);
     assert_sample(&text, "api_pool_queue_endpoints{state=\"failed\"}", 0.0);
     assert_sample(&text, "api_pool_queue_discovery_ended", 0.0);
 
     assert_sample(&text, "api_p2c_endpoints{state=\"ready\"}", 2.0);
     assert_sample(&text, "api_p2c_endpoints{state=\"pending\"}", 0.0);
-    assert_sample(
-        &text,
-        "api_p2c_discovery_updates_total{kind=\"reset\"}",
-        2.0,
-    );
+    assert_sample(&text, "api_p2c_updates_total{kind=\"reset\"}", 2.0);
     let evictions = sample(&text, "api_p2c_evictions_total").unwrap();
     assert!(evictions >= 1.0, "the broken replica was evicted: {text}");
     assert!(sample(&text, "api_p2c_rebuilds_total").is_some(), "{text}");
@@ -210,28 +199,28 @@ async fn failfast_is_exported_under_its_own_prefix() {
     assert!(error.is::<portcullis::pool::FailFast>(), "{error}");
 
     let text = render(&registry);
-    assert_sample(&text, "empty_pool_queue_failfast", 1.0);
+    assert_sample(&text, "empty_pool_queue_failfast_active", 1.0);
     assert_sample(&text, "empty_pool_queue_failfast_entered_total", 1.0);
     assert_sample(&text, "empty_pool_queue_failfast_exited_total", 0.0);
     assert_sample(
         &text,
-        "empty_pool_queue_time_seconds_count{outcome=\"failfast\"}",
+        "empty_pool_queue_in_queue_seconds_count{outcome=\"failfast\"}",
         1.0,
     );
     // It waited the 100 ms timeout: not in the 50 ms bucket, in the 100 ms one.
     assert_sample(
         &text,
-        "empty_pool_queue_time_seconds_bucket{le=\"0.05\",outcome=\"failfast\"}",
+        "empty_pool_queue_in_queue_seconds_bucket{le=\"0.05\",outcome=\"failfast\"}",
         0.0,
     );
     assert_sample(
         &text,
-        "empty_pool_queue_time_seconds_bucket{le=\"0.25\",outcome=\"failfast\"}",
+        "empty_pool_queue_in_queue_seconds_bucket{le=\"0.25\",outcome=\"failfast\"}",
         1.0,
     );
     let sum = sample(
         &text,
-        "empty_pool_queue_time_seconds_sum{outcome=\"failfast\"}",
+        "empty_pool_queue_in_queue_seconds_sum{outcome=\"failfast\"}",
     )
     .unwrap();
     // 100 ms, to the precision of the queue's histogram (a few percent).
@@ -275,11 +264,7 @@ async fn gauges_of_a_stopped_queue_report_no_endpoints_and_the_queue_closed() {
     assert_sample(&text, "api_pool_queue_endpoints{state=\"ready\"}", 0.0);
     assert_sample(&text, "api_p2c_endpoints{state=\"ready\"}", 0.0);
     // Counters keep their totals.
-    assert_sample(
-        &text,
-        "api_pool_queue_discovery_updates_total{kind=\"add\"}",
-        2.0,
-    );
+    assert_sample(&text, "api_pool_queue_updates_total{kind=\"add\"}", 2.0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -320,7 +305,7 @@ async fn fanout_metrics_are_exported_with_a_latency_histogram() {
     );
     assert_sample(
         &text,
-        "purge_fanout_peer_calls_total{outcome=\"response\"}",
+        "purge_fanout_peer_calls_total{outcome=\"responses\"}",
         2.0,
     );
     assert_sample(
@@ -330,7 +315,7 @@ async fn fanout_metrics_are_exported_with_a_latency_histogram() {
     );
     assert_sample(
         &text,
-        "purge_fanout_peer_calls_total{outcome=\"error\"}",
+        "purge_fanout_peer_calls_total{outcome=\"errors\"}",
         0.0,
     );
     assert_sample(
@@ -364,11 +349,18 @@ async fn fanout_metrics_are_exported_with_a_latency_histogram() {
 #[tokio::test(start_paused = true)]
 async fn every_kind_in_one_registry_has_unique_families() {
     // Two stacks of the same kinds, told apart by their prefixes.
-    let registry = register_every_kind(&["one", "two"]);
+    let (registry, described) = register_every_kind(&["one", "two"]);
     let text = render(&registry);
     assert!(text.ends_with("# EOF\n"));
     let families = assert_families_unique(&text);
-    assert_eq!(families.len(), 2 * (14 + 9 + 9 + 8 + 9), "{text}");
+    // Each family a snapshot describes, under each prefix, and nothing else.
+    assert_eq!(families.len(), 2 * described.len(), "{text}");
+    for name in &described {
+        for prefix in ["one", "two"] {
+            let family = format!("{prefix}_{name}");
+            assert!(families.contains(family.as_str()), "{family} in:\n{text}");
+        }
+    }
     // An empty histogram still has all its buckets, at zero.
     assert_sample(
         &text,
@@ -507,15 +499,16 @@ fn a_valid_prefix_names_every_metric() {
 /// Prometheus accepts.
 #[tokio::test(start_paused = true)]
 async fn every_name_and_label_exported_is_valid_for_prometheus() {
-    let registry = register_every_kind(&["api"]);
+    let (registry, _) = register_every_kind(&["api"]);
     let text = render(&registry);
     let checked = assert_every_name_valid(&text);
     assert!(checked > 100, "{checked} samples in:\n{text}");
 }
 
 /// A registry with one collector of every kind under each prefix, over an idle queue, pool,
-/// retry layer and fan-out. Must run inside a runtime (the queue spawns its worker).
-fn register_every_kind(prefixes: &[&str]) -> Registry {
+/// retry layer, fan-out, cache and address file, and the families their snapshots describe
+/// (see [`described`]). Must run inside a runtime (the queue spawns its worker).
+fn register_every_kind(prefixes: &[&str]) -> (Registry, Vec<String>) {
     let pool = P2cPool::builder()
         .build(portcullis::p2c::make::peak_ewma(
             |_: &&'static str, _: &()| service_fn(|_: u32| async { Ok::<_, Infallible>(()) }),
@@ -536,16 +529,48 @@ fn register_every_kind(prefixes: &[&str]) -> Registry {
     let fanout = FanOut::builder()
         .build([("a", service_fn(|_: u32| async { Ok::<_, Infallible>(()) }))])
         .unwrap();
+    let shared = share::SharedClientsMetrics::new();
+    let file = AddrFile::new("portcullis-never-read.addrs", Duration::from_secs(5))
+        .unwrap()
+        .updates()
+        .metrics();
     let mut registry = Registry::default();
     for &prefix in prefixes {
         prometheus::register_pool_queue(&mut registry, prefix, queue.metrics()).unwrap();
         prometheus::register_p2c(&mut registry, prefix, p2c.clone()).unwrap();
         prometheus::register_retry(&mut registry, prefix, retry.metrics().clone()).unwrap();
         prometheus::register_fanout(&mut registry, prefix, fanout.metrics().clone()).unwrap();
-        prometheus::register_share(&mut registry, prefix, share::SharedClientsMetrics::new())
-            .unwrap();
+        prometheus::register_share(&mut registry, prefix, shared.clone()).unwrap();
+        prometheus::register_discovery(&mut registry, prefix, file.clone()).unwrap();
     }
-    registry
+    let described = [
+        described(&queue.metrics().snapshot()),
+        described(&p2c.snapshot()),
+        described(&retry.metrics().snapshot()),
+        described(&fanout.metrics().snapshot()),
+        described(&shared.snapshot()),
+        described(&file.snapshot()),
+    ]
+    .concat();
+    (registry, described)
+}
+
+/// The families `snapshot` describes, named as the module docs say (`{piece}_{field}`; a
+/// time in seconds), as a `# TYPE` line names them.
+fn described<S: Describe>(snapshot: &S) -> Vec<String> {
+    let mut names = Vec::new();
+    snapshot.describe(&mut |family| {
+        let field = family.name;
+        let name = match family.values {
+            Values::Micros { .. } => {
+                format!("{}_seconds", field.strip_suffix("_us").unwrap_or(field))
+            }
+            Values::Duration(_) => format!("{field}_seconds"),
+            _ => field.to_owned(),
+        };
+        names.push(format!("{}_{name}", S::PIECE));
+    });
+    names
 }
 
 /// Prometheus's metric and label names, without the colon a recording rule may add.
@@ -697,4 +722,187 @@ impl Service<u32> for Flaky {
     fn call(&mut self, req: u32) -> Self::Future {
         std::future::ready(Ok(req))
     }
+}
+
+// === discovery ===
+
+/// Removes the file when the test ends, passed or not.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// An address file read by a queue's worker: its reads, its failure and the set it yielded
+/// are exported under the prefix its metrics were registered with.
+#[tokio::test(start_paused = true)]
+async fn an_address_files_discovery_metrics_are_exported() {
+    let interval = Duration::from_secs(5);
+    let file = RemoveOnDrop(std::env::temp_dir().join(format!(
+        "portcullis-prometheus-{}.addrs",
+        std::process::id()
+    )));
+    std::fs::write(&file.0, "127.0.0.1:8080\n127.0.0.2:8080\n# end\n").unwrap();
+    let updates = AddrFile::new(&file.0, interval).unwrap().updates();
+    let mut registry = Registry::default();
+    prometheus::register_discovery(&mut registry, "api_file", updates.metrics()).unwrap();
+
+    // Nothing read yet, and no change to time.
+    let text = render(&registry);
+    assert_sample(&text, "api_file_discovery_reads_total", 0.0);
+    assert_sample(&text, "api_file_discovery_endpoints", 0.0);
+    assert!(
+        text.contains("# TYPE api_file_discovery_since_last_change_seconds gauge"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "api_file_discovery_since_last_change_seconds"),
+        None
+    );
+
+    let pool = P2cPool::builder()
+        .build(portcullis::p2c::make::pending_requests(
+            |addr: &std::net::SocketAddr, _: &std::net::SocketAddr| {
+                let addr = *addr;
+                service_fn(move |_: u32| async move { Ok::<_, Infallible>(addr) })
+            },
+        ))
+        .unwrap();
+    let queue = PoolQueue::builder().build(pool, updates).unwrap();
+    let answer = queue.clone().oneshot(1).await.unwrap();
+    assert_eq!(answer.ip().to_string().get(..8), Some("127.0.0."));
+
+    // A bad edit, read at the next tick: one failure, the last set kept.
+    std::fs::write(&file.0, "127.0.0.3\n# end\n").unwrap();
+    tokio::time::sleep(interval + interval / 2).await;
+
+    let text = render(&registry);
+    assert_sample(&text, "api_file_discovery_reads_total", 2.0);
+    assert_sample(&text, "api_file_discovery_errors_total", 1.0);
+    assert_sample(&text, "api_file_discovery_relists_total", 0.0);
+    assert_sample(&text, "api_file_discovery_rewinds_total", 0.0);
+    assert_sample(
+        &text,
+        "api_file_discovery_updates_total{kind=\"reset\"}",
+        1.0,
+    );
+    assert_sample(
+        &text,
+        "api_file_discovery_updates_total{kind=\"remove\"}",
+        0.0,
+    );
+    assert_sample(&text, "api_file_discovery_endpoints", 2.0);
+    let since = sample(&text, "api_file_discovery_since_last_change_seconds").unwrap();
+    assert!(since >= 0.0, "{since}");
+    assert_families_unique(&text);
+    assert_every_name_valid(&text);
+}
+
+// === names follow the fields ===
+
+/// The top-level fields of a snapshot's `Debug` (`Name { field: value, .. }`), each with the
+/// text of its value.
+fn debug_fields(debug: &str) -> Vec<(String, String)> {
+    let body = debug
+        .split_once('{')
+        .and_then(|(_, rest)| rest.trim_end().strip_suffix('}'))
+        .unwrap_or_else(|| panic!("not a struct: {debug}"));
+    let mut fields = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    let chars: Vec<(usize, char)> = body.char_indices().collect();
+    for (i, c) in chars.iter().copied().chain([(body.len(), ',')]) {
+        match c {
+            '{' | '(' | '[' => depth += 1,
+            '}' | ')' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                let (name, value) = body[start..i].split_once(':').unwrap();
+                fields.push((name.trim().to_owned(), value.trim().to_owned()));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    fields
+}
+
+/// Every family a snapshot describes is named for the field it comes from: a field of the
+/// snapshot, whose own fields name the labels of a family of several values; or, for a group
+/// of the snapshot's fields, labelled with those fields' names.
+#[track_caller]
+fn assert_names_follow_fields<S: Describe + std::fmt::Debug>(snapshot: &S) -> usize {
+    let debug = format!("{snapshot:?}");
+    let fields = debug_fields(&debug);
+    let field = |name: &str| fields.iter().find(|(field, _)| field == name);
+    let mut checked = 0;
+    snapshot.describe(&mut |family: Family<'_>| {
+        let labels: Vec<&str> = match family.values {
+            Values::Counters { values, .. } | Values::Gauges { values, .. } => {
+                values.iter().map(|&(label, _)| label).collect()
+            }
+            Values::Micros {
+                label: Some(_),
+                values,
+            } => values.iter().map(|&(label, _)| label).collect(),
+            _ => Vec::new(),
+        };
+        match field(family.name) {
+            // A field of its own; a group's labels are its fields.
+            Some((_, value)) => {
+                for label in &labels {
+                    let inner = format!("{label}: ");
+                    assert!(
+                        value.contains(&inner),
+                        "{}: {label} in {debug}",
+                        family.name
+                    );
+                }
+            }
+            // A group of the snapshot's fields.
+            None => {
+                assert!(!labels.is_empty(), "{} is no field of {debug}", family.name);
+                for label in &labels {
+                    assert!(
+                        field(label).is_some(),
+                        "{}: {label} in {debug}",
+                        family.name
+                    );
+                }
+            }
+        }
+        checked += 1;
+    });
+    checked
+}
+
+#[tokio::test(start_paused = true)]
+async fn exported_names_follow_the_snapshot_fields() {
+    let pool = P2cPool::builder()
+        .build(portcullis::p2c::make::peak_ewma(
+            |_: &&'static str, _: &()| service_fn(|_: u32| async { Ok::<_, Infallible>(()) }),
+        ))
+        .unwrap();
+    let p2c = pool.metrics();
+    let queue = PoolQueue::builder()
+        .build(
+            pool,
+            futures_util::stream::pending::<Result<Update<&'static str, ()>, BoxError>>(),
+        )
+        .unwrap();
+    let retry = Retry::builder()
+        .build_layer(retry::classify::predicate(|res: Result<&(), &BoxError>| {
+            res.is_err()
+        }))
+        .unwrap();
+    let file = AddrFile::new("portcullis-never-read.addrs", Duration::from_secs(5)).unwrap();
+    let checked = [
+        assert_names_follow_fields(&queue.metrics().snapshot()),
+        assert_names_follow_fields(&p2c.snapshot()),
+        assert_names_follow_fields(&retry.metrics().snapshot()),
+        assert_names_follow_fields(&fanout::FanOutMetrics::new().snapshot()),
+        assert_names_follow_fields(&share::SharedClientsMetrics::new().snapshot()),
+        assert_names_follow_fields(&file.updates().metrics().snapshot()),
+    ];
+    assert!(checked.iter().all(|&n| n > 0), "{checked:?}");
 }
