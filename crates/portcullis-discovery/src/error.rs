@@ -1,10 +1,12 @@
 //! [`BuildError`]: a setting a source's builder refused.
 
+use portcullis_pool::backoff::BackoffError;
 use std::fmt;
 use std::time::Duration;
 
-/// A configuration that cannot work, reported by a source's builder (`build`) or where a
-/// stream is made from a name that cannot be one.
+/// A configuration that cannot work, reported by a source's builder (`build`), by
+/// [`AddrFile::new`](crate::AddrFile::new), or where a stream is made from a name that cannot
+/// be one.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum BuildError {
@@ -18,16 +20,14 @@ pub enum BuildError {
     },
     /// A jitter outside `0.0..1.0` (the fraction of a delay that may be taken off it).
     Jitter(f64),
-    /// The retry backoff's base is zero (a failing source would retry in a hot loop) or above
-    /// its maximum.
-    Backoff {
-        /// The configured base delay.
-        base: Duration,
-        /// The configured maximum delay.
-        max: Duration,
-    },
+    /// The retry backoff cannot work: its base is zero (a failing source would retry in a hot
+    /// loop) or above its maximum.
+    Backoff(BackoffError),
     /// A zero query or request timeout.
     ZeroTimeout,
+    /// An [`AddrFile`](crate::AddrFile) poll interval of zero, which would re-read the file in
+    /// a busy loop.
+    ZeroPollInterval,
     /// A name that cannot be looked up: not a DNS name, or not a Kubernetes namespace,
     /// Service or port name.
     Name {
@@ -53,11 +53,11 @@ impl fmt::Display for BuildError {
             BuildError::Jitter(jitter) => {
                 write!(f, "invalid jitter {jitter}: must be in 0.0..1.0")
             }
-            BuildError::Backoff { base, max } => write!(
-                f,
-                "invalid retry backoff: base {base:?} must be non-zero and at most max {max:?}"
-            ),
+            BuildError::Backoff(e) => write!(f, "invalid retry backoff: {e}"),
             BuildError::ZeroTimeout => f.write_str("the timeout must be greater than zero"),
+            BuildError::ZeroPollInterval => {
+                f.write_str("the address file poll interval must be greater than zero")
+            }
             BuildError::Name { name, reason } => write!(f, "invalid name {name:?}: {reason}"),
             BuildError::SystemConfig { reason } => write!(
                 f,
@@ -67,4 +67,11 @@ impl fmt::Display for BuildError {
     }
 }
 
-impl std::error::Error for BuildError {}
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::Backoff(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! [`AddrFile`]: a file of socket addresses, re-read on an interval, as a stream of
 //! [`Update`]s.
 
-use crate::DiscoveryMetrics;
+use crate::{BuildError, DiscoveryMetrics};
 use futures_core::Stream;
 use portcullis_pool::Update;
 use portcullis_pool::UpdateKind;
@@ -164,10 +164,6 @@ enum Incomplete {
     EndLineNotLast,
 }
 
-/// An [`AddrFile`] poll interval of zero, which would re-read the file in a busy loop.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct ZeroPollInterval;
-
 // === impl AddrFile ===
 
 impl AddrFile {
@@ -177,13 +173,11 @@ impl AddrFile {
 
     /// The file at `path`, to be re-read every `poll_interval`.
     ///
-    /// Refuses a zero interval. The file need not exist yet.
-    pub fn new(
-        path: impl Into<PathBuf>,
-        poll_interval: Duration,
-    ) -> Result<Self, ZeroPollInterval> {
+    /// Refuses a zero interval ([`BuildError::ZeroPollInterval`]). The file need not exist
+    /// yet.
+    pub fn new(path: impl Into<PathBuf>, poll_interval: Duration) -> Result<Self, BuildError> {
         if poll_interval.is_zero() {
-            return Err(ZeroPollInterval);
+            return Err(BuildError::ZeroPollInterval);
         }
         Ok(Self {
             path: path.into(),
@@ -422,16 +416,6 @@ impl fmt::Display for Incomplete {
     }
 }
 
-// === impl ZeroPollInterval ===
-
-impl fmt::Display for ZeroPollInterval {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the address file poll interval must be greater than zero")
-    }
-}
-
-impl std::error::Error for ZeroPollInterval {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,7 +508,10 @@ mod tests {
 
     #[test]
     fn zero_interval_is_refused() {
-        assert_eq!(AddrFile::new("x", Duration::ZERO), Err(ZeroPollInterval));
+        assert_eq!(
+            AddrFile::new("x", Duration::ZERO),
+            Err(BuildError::ZeroPollInterval)
+        );
         assert!(AddrFile::new("x", Duration::from_millis(1)).is_ok());
     }
 }

@@ -30,6 +30,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod discover;
+mod error;
 mod file;
 mod metrics;
 mod watch;
@@ -40,19 +41,12 @@ pub mod dns;
 pub mod etcd;
 #[cfg(feature = "k8s")]
 pub mod k8s;
-
 #[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
-mod delay;
-#[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
-mod error;
-#[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
-mod tracked;
-
-#[cfg(any(feature = "dns", feature = "etcd", feature = "k8s"))]
-pub use self::error::BuildError;
+pub mod source;
 
 pub use self::discover::{from_discover, FromDiscover};
-pub use self::file::{AddrFile, AddrFileUpdates, ZeroPollInterval};
+pub use self::error::BuildError;
+pub use self::file::{AddrFile, AddrFileUpdates};
 pub use self::metrics::{DiscoveryMetrics, DiscoverySnapshot};
 pub use self::watch::{from_watch, FromWatch};
 
@@ -76,6 +70,9 @@ pub mod fuzzing {
         crate::etcd::parse_value(value)
     }
 }
+
+/// What a [`BuildError::Backoff`] carries: the backoff refused, as every crate refuses one.
+pub use portcullis_pool::backoff::BackoffError;
 
 /// What every source yields: [`Update`], from the `portcullis-pool` crate.
 pub use portcullis_pool::{Update, UpdateKind};

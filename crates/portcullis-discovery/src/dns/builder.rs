@@ -1,7 +1,7 @@
 //! [`DnsBuilder`]: the settings of [`Dns`], checked once in [`DnsBuilder::build`].
 
 use super::Dns;
-use crate::delay::Waits;
+use crate::source::{Sealed, Source, SourceBuilder};
 use crate::BuildError;
 use hickory_resolver::config::{NameServerConfig, NameServerConfigGroup, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
@@ -27,13 +27,39 @@ use std::time::Duration;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// Its jitter also shortens each wait on a record's TTL, so that a fleet of clients started
+/// together does not resolve in lock-step.
+pub type DnsBuilder = SourceBuilder<Dns>;
+
+/// The settings of a [`Dns`] alone, set by [`DnsBuilder`]'s own setters.
 #[derive(Clone, Debug)]
-pub struct DnsBuilder {
+pub struct DnsSettings {
     name_servers: Vec<SocketAddr>,
     min_ttl: Duration,
     max_ttl: Duration,
-    waits: Waits,
     timeout: Duration,
+}
+
+impl Sealed for Dns {}
+
+impl Source for Dns {
+    /// 250 ms, after a failed resolution.
+    const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(250);
+    /// 30 s.
+    const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+    /// 0.1, of each backoff and each wait on a TTL.
+    const DEFAULT_JITTER: f64 = 0.1;
+    type Settings = DnsSettings;
+    /// The system's name servers, the TTL clamped to
+    /// [`DEFAULT_MIN_TTL`](DnsBuilder::DEFAULT_MIN_TTL)..=[`DEFAULT_MAX_TTL`](DnsBuilder::DEFAULT_MAX_TTL),
+    /// a [`DEFAULT_TIMEOUT`](DnsBuilder::DEFAULT_TIMEOUT).
+    const DEFAULT_SETTINGS: DnsSettings = DnsSettings {
+        name_servers: Vec::new(),
+        min_ttl: DnsBuilder::DEFAULT_MIN_TTL,
+        max_ttl: DnsBuilder::DEFAULT_MAX_TTL,
+        timeout: DnsBuilder::DEFAULT_TIMEOUT,
+    };
 }
 
 impl DnsBuilder {
@@ -41,92 +67,55 @@ impl DnsBuilder {
     pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(1);
     /// The longest wait between two resolutions of one name, whatever the records' TTL.
     pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(300);
-    /// The fraction of each wait that may be taken off it at random.
-    pub const DEFAULT_JITTER: f64 = 0.1;
-    /// The first wait after a failed resolution; it doubles with each failure in a row.
-    pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(250);
-    /// The longest wait after failed resolutions.
-    pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
     /// How long one resolution waits for its answer.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
-    /// The default settings: the system's name servers, the TTL clamped to
-    /// [`DEFAULT_MIN_TTL`](Self::DEFAULT_MIN_TTL)..=[`DEFAULT_MAX_TTL`](Self::DEFAULT_MAX_TTL),
-    /// [`DEFAULT_JITTER`](Self::DEFAULT_JITTER), a backoff from
-    /// [`DEFAULT_BACKOFF_BASE`](Self::DEFAULT_BACKOFF_BASE) to
-    /// [`DEFAULT_BACKOFF_MAX`](Self::DEFAULT_BACKOFF_MAX), a
-    /// [`DEFAULT_TIMEOUT`](Self::DEFAULT_TIMEOUT), a random source seeded from the OS.
-    pub const fn new() -> Self {
-        Self {
-            name_servers: Vec::new(),
-            min_ttl: Self::DEFAULT_MIN_TTL,
-            max_ttl: Self::DEFAULT_MAX_TTL,
-            waits: Waits::new(
-                Self::DEFAULT_BACKOFF_BASE,
-                Self::DEFAULT_BACKOFF_MAX,
-                Self::DEFAULT_JITTER,
-            ),
-            timeout: Self::DEFAULT_TIMEOUT,
-        }
-    }
 
     /// The name servers to ask (over UDP, and TCP for truncated answers), in place of the
     /// system's (`/etc/resolv.conf`).
     pub fn name_servers(mut self, servers: impl IntoIterator<Item = SocketAddr>) -> Self {
-        self.name_servers = servers.into_iter().collect();
+        self.settings.name_servers = servers.into_iter().collect();
         self
     }
 
     /// The shortest wait between two resolutions, however short the records' TTL.
     pub const fn min_ttl(mut self, min_ttl: Duration) -> Self {
-        self.min_ttl = min_ttl;
+        self.settings.min_ttl = min_ttl;
         self
     }
 
     /// The longest wait between two resolutions, however long the records' TTL.
     pub const fn max_ttl(mut self, max_ttl: Duration) -> Self {
-        self.max_ttl = max_ttl;
-        self
-    }
-
-    /// The fraction of each wait (`0.0..1.0`) that may be taken off it at random, so that a
-    /// fleet of clients started together does not resolve in lock-step.
-    pub const fn jitter(mut self, jitter: f64) -> Self {
-        self.waits.jitter = jitter;
-        self
-    }
-
-    /// The wait after a failed resolution (`base`, doubling with each failure in a row, up to
-    /// `max`, jittered). The last set stays in force meanwhile.
-    pub const fn backoff(mut self, base: Duration, max: Duration) -> Self {
-        self.waits.backoff_base = base;
-        self.waits.backoff_max = max;
+        self.settings.max_ttl = max_ttl;
         self
     }
 
     /// How long one resolution waits for its answer before it counts as failed.
     pub const fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Seeds the jitter's random source, so that a test sees the same waits every run.
-    pub const fn seed(mut self, seed: u64) -> Self {
-        self.waits.seed = Some(seed);
+        self.settings.timeout = timeout;
         self
     }
 
     /// Checks every setting and makes the resolver.
     pub fn build(self) -> Result<Dns, BuildError> {
-        self.check()?;
+        let settings = &self.settings;
+        if settings.min_ttl.is_zero() || settings.min_ttl > settings.max_ttl {
+            return Err(BuildError::TtlRange {
+                min: settings.min_ttl,
+                max: settings.max_ttl,
+            });
+        }
+        let pacing = self.pacing()?;
+        if settings.timeout.is_zero() {
+            return Err(BuildError::ZeroTimeout);
+        }
         let provider = TokioConnectionProvider::default();
-        let mut builder = if self.name_servers.is_empty() {
+        let mut builder = if settings.name_servers.is_empty() {
             TokioResolver::builder(provider).map_err(|error| BuildError::SystemConfig {
                 reason: error.to_string(),
             })?
         } else {
             let mut group = NameServerConfigGroup::new();
-            for addr in &self.name_servers {
+            for addr in &settings.name_servers {
                 for protocol in [Protocol::Udp, Protocol::Tcp] {
                     let mut server = NameServerConfig::new(*addr, protocol);
                     // One server's NXDOMAIN is the answer: the name does not exist.
@@ -143,44 +132,23 @@ impl DnsBuilder {
         // Each stream decides when to ask again (on the TTL, clamped and jittered); a cache
         // would answer from memory in between and hide a change for up to a TTL.
         options.cache_size = 0;
-        options.timeout = self.timeout;
+        options.timeout = settings.timeout;
         // A failed query is retried by the stream, after its backoff, and counted.
         options.attempts = 1;
         Ok(Dns {
             resolver: builder.build(),
-            min_ttl: self.min_ttl,
-            max_ttl: self.max_ttl,
-            waits: self.waits,
-            timeout: self.timeout,
+            min_ttl: settings.min_ttl,
+            max_ttl: settings.max_ttl,
+            pacing,
+            timeout: settings.timeout,
         })
     }
-
-    fn check(&self) -> Result<(), BuildError> {
-        if self.min_ttl.is_zero() || self.min_ttl > self.max_ttl {
-            return Err(BuildError::TtlRange {
-                min: self.min_ttl,
-                max: self.max_ttl,
-            });
-        }
-        self.waits.check()?;
-        if self.timeout.is_zero() {
-            return Err(BuildError::ZeroTimeout);
-        }
-        Ok(())
-    }
 }
 
-impl Default for DnsBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-// The defaults pass the checks `build` runs.
+// The defaults of the DNS settings pass the checks `build` runs.
 const _: () = {
-    let d = DnsBuilder::new();
+    let d = Dns::DEFAULT_SETTINGS;
     assert!(!d.min_ttl.is_zero() && d.min_ttl.as_nanos() <= d.max_ttl.as_nanos());
-    assert!(d.waits.is_valid());
     assert!(!d.timeout.is_zero());
     std::mem::forget(d);
 };
@@ -188,6 +156,7 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_pool::backoff::BackoffError;
 
     fn local() -> DnsBuilder {
         DnsBuilder::new().name_servers(["127.0.0.1:53".parse().unwrap()])
@@ -220,17 +189,14 @@ mod tests {
         );
         assert_eq!(
             local().backoff(s(0), s(1)).build().err(),
-            Some(BuildError::Backoff {
-                base: s(0),
-                max: s(1)
-            })
+            Some(BuildError::Backoff(BackoffError::ZeroBase))
         );
         assert_eq!(
             local().backoff(s(2), s(1)).build().err(),
-            Some(BuildError::Backoff {
+            Some(BuildError::Backoff(BackoffError::CapBelowBase {
                 base: s(2),
-                max: s(1)
-            })
+                cap: s(1)
+            }))
         );
         assert_eq!(
             local().timeout(s(0)).build().err(),

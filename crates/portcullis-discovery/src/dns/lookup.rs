@@ -1,8 +1,7 @@
 //! One resolution of a name, and the loop that asks again on the TTL.
 
 use super::DnsEndpoint;
-use crate::delay::Delays;
-use crate::tracked::Tracked;
+use crate::source::{Delays, SourceLoop, Tracked};
 use futures_util::future::{join, join_all};
 use hickory_resolver::lookup::Lookup;
 use hickory_resolver::proto::op::ResponseCode;
@@ -49,9 +48,12 @@ pub(super) struct Resolution {
     pub(super) wait: Option<Duration>,
 }
 
-impl Resolution {
+impl SourceLoop for Resolution {
+    type Key = SocketAddr;
+    type Target = DnsEndpoint;
+
     /// Resolves, waits and resolves again until the set changes.
-    pub(super) async fn next(&mut self) -> Update<SocketAddr, DnsEndpoint> {
+    async fn next(&mut self) -> Update<SocketAddr, DnsEndpoint> {
         loop {
             if let Some(wait) = self.wait.take() {
                 tokio::time::sleep(wait).await;
@@ -64,7 +66,9 @@ impl Resolution {
             }
         }
     }
+}
 
+impl Resolution {
     /// What an answer changes, and how long until the next resolution.
     fn apply(&mut self, answer: Answer) -> (Option<Update<SocketAddr, DnsEndpoint>>, Duration) {
         let metrics = self.set.metrics().clone();

@@ -52,22 +52,14 @@
 mod builder;
 mod lookup;
 
-pub use self::builder::DnsBuilder;
+pub use self::builder::{DnsBuilder, DnsSettings};
 
 use self::lookup::{Query, Resolution};
-use crate::delay::Waits;
-use crate::metrics::DiscoveryMetrics;
-use crate::tracked::Tracked;
+use crate::source::{Pacing, Updates};
 use crate::BuildError;
-use futures_core::Stream;
-use futures_util::stream::{self, BoxStream, StreamExt};
 use hickory_resolver::{Name, TokioResolver};
-use portcullis_pool::Update;
-use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// One endpoint found in DNS: its address, and the SRV weight and priority it was published
@@ -88,7 +80,7 @@ pub struct Dns {
     resolver: TokioResolver,
     min_ttl: Duration,
     max_ttl: Duration,
-    waits: Waits,
+    pacing: Pacing,
     timeout: Duration,
 }
 
@@ -100,12 +92,9 @@ pub struct DnsQuery {
     query: Query,
 }
 
-/// The stream [`DnsQuery::updates`] returns; see [the module](self).
-pub struct DnsUpdates {
-    name: String,
-    metrics: DiscoveryMetrics,
-    updates: BoxStream<'static, Update<SocketAddr, DnsEndpoint>>,
-}
+/// The stream [`DnsQuery::updates`] returns; see [the module](self). Its
+/// [`name`](Updates::name) is the name it resolves; its metrics count resolutions.
+pub type DnsUpdates = Updates<SocketAddr, DnsEndpoint>;
 
 // === impl Dns ===
 
@@ -155,7 +144,7 @@ impl Dns {
 
     /// The fraction of each wait that may be taken off it at random.
     pub fn jitter(&self) -> f64 {
-        self.waits.jitter
+        self.pacing.jitter()
     }
 
     /// How long one resolution waits for its answer.
@@ -184,26 +173,17 @@ impl DnsQuery {
     /// [the module](self).
     pub fn updates(&self) -> DnsUpdates {
         let dns = &self.dns;
-        let metrics = DiscoveryMetrics::new();
-        let resolution = Resolution {
-            resolver: dns.resolver.clone(),
-            query: self.query.clone(),
-            set: Tracked::new("dns", self.name.clone(), metrics.clone()),
-            delays: dns.waits.delays(),
-            min_ttl: dns.min_ttl,
-            max_ttl: dns.max_ttl,
-            wait: None,
-        };
-        let updates = stream::unfold(resolution, |mut resolution| async move {
-            let update = resolution.next().await;
-            Some((update, resolution))
+        Updates::start("dns", self.name.clone(), &dns.pacing, |set, delays| {
+            Resolution {
+                resolver: dns.resolver.clone(),
+                query: self.query.clone(),
+                set,
+                delays,
+                min_ttl: dns.min_ttl,
+                max_ttl: dns.max_ttl,
+                wait: None,
+            }
         })
-        .boxed();
-        DnsUpdates {
-            name: self.name.clone(),
-            metrics,
-            updates,
-        }
     }
 }
 
@@ -229,41 +209,8 @@ impl fmt::Debug for Dns {
         f.debug_struct("Dns")
             .field("min_ttl", &self.min_ttl)
             .field("max_ttl", &self.max_ttl)
-            .field("waits", &self.waits)
+            .field("pacing", &self.pacing)
             .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-// === impl DnsUpdates ===
-
-impl DnsUpdates {
-    /// The name this stream resolves.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// This stream's metrics: resolutions, failures, updates, the age of the last change.
-    pub fn metrics(&self) -> DiscoveryMetrics {
-        self.metrics.clone()
-    }
-}
-
-impl Stream for DnsUpdates {
-    type Item = Result<Update<SocketAddr, DnsEndpoint>, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.updates
-            .poll_next_unpin(cx)
-            .map(|update| update.map(Ok))
-    }
-}
-
-impl fmt::Debug for DnsUpdates {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DnsUpdates")
-            .field("name", &self.name)
-            .field("metrics", &self.metrics.snapshot())
             .finish_non_exhaustive()
     }
 }

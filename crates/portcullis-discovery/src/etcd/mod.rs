@@ -62,7 +62,6 @@
 //! # }
 //! ```
 
-mod builder;
 mod error;
 mod register;
 mod value;
@@ -70,7 +69,6 @@ mod watch;
 
 pub(crate) use self::value::parse as parse_value;
 
-pub use self::builder::EtcdBuilder;
 pub use self::error::EtcdError;
 pub use self::register::Registration;
 
@@ -79,17 +77,10 @@ pub use self::register::Registration;
 pub use etcd_client;
 
 use self::watch::Watching;
-use crate::delay::{Delays, Waits};
-use crate::metrics::DiscoveryMetrics;
-use crate::tracked::Tracked;
+use crate::source::{Pacing, Sealed, Source, SourceBuilder, Updates};
+use crate::BuildError;
 use etcd_client::Client;
-use futures_core::Stream;
-use futures_util::stream::{self, BoxStream, StreamExt};
-use portcullis_pool::Update;
-use std::convert::Infallible;
 use std::fmt;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// One endpoint found under the prefix.
@@ -112,17 +103,58 @@ impl EtcdEndpoint {
 #[derive(Clone)]
 pub struct Etcd {
     client: Client,
-    waits: Waits,
+    pacing: Pacing,
 }
 
-/// The stream [`Etcd::updates`] returns; see [the module](self).
-pub struct EtcdUpdates {
-    prefix: String,
-    metrics: DiscoveryMetrics,
-    updates: BoxStream<'static, Update<String, EtcdEndpoint>>,
-}
+/// Builds an [`Etcd`] over a connected [`etcd_client::Client`] (the part, given to
+/// [`build`](SourceBuilder::build)).
+///
+/// ```no_run
+/// use portcullis_discovery::etcd::Etcd;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = etcd_client::Client::connect(["http://127.0.0.1:2379"], None).await?;
+/// let etcd = Etcd::builder()
+///     .backoff(Duration::from_millis(100), Duration::from_secs(10))
+///     .build(client)?;
+/// let updates = etcd.updates("/services/api/");
+/// # drop(updates);
+/// # Ok(())
+/// # }
+/// ```
+pub type EtcdBuilder = SourceBuilder<Etcd>;
+
+/// The stream [`Etcd::updates`] returns; see [the module](self). Its
+/// [`name`](Updates::name) is the key prefix it watches; its metrics count lists and watch
+/// responses read.
+pub type EtcdUpdates = Updates<String, EtcdEndpoint>;
 
 // === impl Etcd ===
+
+impl Sealed for Etcd {}
+
+impl Source for Etcd {
+    /// 250 ms, after a failed read or refresh.
+    const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(250);
+    /// 30 s.
+    const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+    /// 0.1, so that a fleet of clients does not reconnect in lock-step after an etcd restart.
+    const DEFAULT_JITTER: f64 = 0.1;
+    type Settings = ();
+    const DEFAULT_SETTINGS: () = ();
+}
+
+impl EtcdBuilder {
+    /// Checks every setting.
+    pub fn build(self, client: Client) -> Result<Etcd, BuildError> {
+        Ok(Etcd {
+            client,
+            pacing: self.pacing()?,
+        })
+    }
+}
 
 impl Etcd {
     /// A builder with the default settings.
@@ -132,25 +164,16 @@ impl Etcd {
 
     /// The endpoints under `prefix` (every key that starts with it), listed then watched.
     pub fn updates(&self, prefix: &str) -> EtcdUpdates {
-        let metrics = DiscoveryMetrics::new();
-        let watching = Watching {
-            client: self.client.clone(),
-            prefix: prefix.to_string(),
-            set: Tracked::new("etcd", prefix.to_string(), metrics.clone()),
-            delays: self.delays(),
-            revision: None,
-            watch: None,
-        };
-        let updates = stream::unfold(watching, |mut watching| async move {
-            let update = watching.next().await;
-            Some((update, watching))
+        Updates::start("etcd", prefix.to_string(), &self.pacing, |set, delays| {
+            Watching {
+                client: self.client.clone(),
+                prefix: prefix.to_string(),
+                set,
+                delays,
+                revision: None,
+                watch: None,
+            }
         })
-        .boxed();
-        EtcdUpdates {
-            prefix: prefix.to_string(),
-            metrics,
-            updates,
-        }
     }
 
     /// Puts `value` at `key` under a lease of `ttl` (whole seconds, at least one; etcd may
@@ -168,7 +191,7 @@ impl Etcd {
             key.into(),
             value.into(),
             ttl,
-            self.delays(),
+            self.pacing.delays(),
         )
         .await
     }
@@ -177,50 +200,12 @@ impl Etcd {
     pub fn client(&self) -> &Client {
         &self.client
     }
-
-    fn delays(&self) -> Delays {
-        self.waits.delays()
-    }
 }
 
 impl fmt::Debug for Etcd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Etcd")
-            .field("waits", &self.waits)
-            .finish_non_exhaustive()
-    }
-}
-
-// === impl EtcdUpdates ===
-
-impl EtcdUpdates {
-    /// The key prefix this stream watches.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// This stream's metrics: lists and watch responses read, failures, updates, the age
-    /// of the last change.
-    pub fn metrics(&self) -> DiscoveryMetrics {
-        self.metrics.clone()
-    }
-}
-
-impl Stream for EtcdUpdates {
-    type Item = Result<Update<String, EtcdEndpoint>, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.updates
-            .poll_next_unpin(cx)
-            .map(|update| update.map(Ok))
-    }
-}
-
-impl fmt::Debug for EtcdUpdates {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdUpdates")
-            .field("prefix", &self.prefix)
-            .field("metrics", &self.metrics.snapshot())
+            .field("pacing", &self.pacing)
             .finish_non_exhaustive()
     }
 }

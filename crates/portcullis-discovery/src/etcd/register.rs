@@ -1,7 +1,7 @@
 //! [`Registration`]: this process's address under the prefix, kept alive by a lease.
 
 use super::EtcdError;
-use crate::delay::Delays;
+use crate::source::Delays;
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper, PutOptions};
 use std::fmt;
 use std::time::Duration;

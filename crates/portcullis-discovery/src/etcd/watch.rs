@@ -1,8 +1,7 @@
 //! The list-then-watch loop behind [`EtcdUpdates`](super::EtcdUpdates).
 
 use super::{value, EtcdEndpoint};
-use crate::delay::Delays;
-use crate::tracked::Tracked;
+use crate::source::{Delays, SourceLoop, Tracked};
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchStream};
 use portcullis_pool::Update;
 use std::fmt;
@@ -38,9 +37,12 @@ pub(super) struct Watching {
     pub(super) watch: Option<WatchStream>,
 }
 
-impl Watching {
+impl SourceLoop for Watching {
+    type Key = String;
+    type Target = EtcdEndpoint;
+
     /// Lists, watches and re-watches until the set changes.
-    pub(super) async fn next(&mut self) -> Update<String, EtcdEndpoint> {
+    async fn next(&mut self) -> Update<String, EtcdEndpoint> {
         loop {
             match self.step().await {
                 Ok(Some(update)) => return update,
@@ -61,7 +63,9 @@ impl Watching {
             }
         }
     }
+}
 
+impl Watching {
     /// One read: the list when there is no revision to watch from, else one watch
     /// response (opening the watch first if there is none).
     async fn step(&mut self) -> Result<Option<Update<String, EtcdEndpoint>>, Failure> {

@@ -71,12 +71,9 @@
 //! # }
 //! ```
 
-mod builder;
 mod name;
 mod slice;
 mod watch;
-
-pub use self::builder::K8sBuilder;
 
 /// The kube crate this source is built on, so that the `kube::Client` given to
 /// [`K8sBuilder::build`] is of the same version without a dependency of the caller's own
@@ -84,23 +81,11 @@ pub use self::builder::K8sBuilder;
 pub use kube;
 
 use self::watch::Watching;
-use crate::delay::{Delays, Waits};
-use crate::metrics::DiscoveryMetrics;
-use crate::tracked::Tracked;
+use crate::source::{Pacing, Sealed, Source, SourceBuilder, Updates};
 use crate::BuildError;
-use futures_core::Stream;
-use futures_util::stream::{self, BoxStream, StreamExt};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Api;
-use portcullis_pool::Update;
-use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-/// The label the EndpointSlice controller puts on each slice of a Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+use std::time::Duration;
 
 /// One endpoint of a Service that takes traffic: where to connect, and where it runs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,8 +102,32 @@ pub struct K8sEndpoint {
 #[derive(Clone)]
 pub struct K8s {
     client: kube::Client,
-    waits: Waits,
+    pacing: Pacing,
 }
+
+/// Builds a [`K8s`] over a [`kube::Client`] (the part, given to
+/// [`build`](SourceBuilder::build)).
+///
+/// ```no_run
+/// use portcullis_discovery::k8s::K8s;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = kube::Client::try_default().await?;
+/// let k8s = K8s::builder()
+///     .backoff(Duration::from_millis(500), Duration::from_secs(30))
+///     .build(client)?;
+/// let updates = k8s.service("default", "api", "http")?.updates();
+/// # drop(updates);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A failure it backs off after is a failed list or watch, a watch that ended within a
+/// second with no event, or a 410 Gone before the list it calls for; the backoff starts from
+/// its base again once a watch delivers an event or lasts a second.
+pub type K8sBuilder = SourceBuilder<K8s>;
 
 /// A checked Service and port to watch, made by [`K8s::service`]: a maker of streams.
 #[derive(Clone)]
@@ -130,14 +139,35 @@ pub struct K8sService {
     name: String,
 }
 
-/// The stream [`K8sService::updates`] returns; see [the module](self).
-pub struct K8sUpdates {
-    name: String,
-    metrics: DiscoveryMetrics,
-    updates: BoxStream<'static, Update<SocketAddr, K8sEndpoint>>,
-}
+/// The stream [`K8sService::updates`] returns; see [the module](self). Its
+/// [`name`](Updates::name) is `namespace/service:port`; its metrics count lists answered,
+/// slices listed and watch events read.
+pub type K8sUpdates = Updates<SocketAddr, K8sEndpoint>;
 
 // === impl K8s ===
+
+impl Sealed for K8s {}
+
+impl Source for K8s {
+    /// 800 ms, as client-go's reflector and kube-runtime's `default_backoff` start.
+    const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(800);
+    /// 30 s (client-go's and kube-runtime's).
+    const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+    /// 0.1, so that a fleet of clients does not come back to the API server in lock-step.
+    const DEFAULT_JITTER: f64 = 0.1;
+    type Settings = ();
+    const DEFAULT_SETTINGS: () = ();
+}
+
+impl K8sBuilder {
+    /// Checks every setting.
+    pub fn build(self, client: kube::Client) -> Result<K8s, BuildError> {
+        Ok(K8s {
+            client,
+            pacing: self.pacing()?,
+        })
+    }
+}
 
 impl K8s {
     /// A builder with the default settings.
@@ -177,16 +207,12 @@ impl K8s {
     pub fn client(&self) -> &kube::Client {
         &self.client
     }
-
-    fn delays(&self) -> Delays {
-        self.waits.delays()
-    }
 }
 
 impl fmt::Debug for K8s {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("K8s")
-            .field("waits", &self.waits)
+            .field("pacing", &self.pacing)
             .finish_non_exhaustive()
     }
 }
@@ -217,26 +243,9 @@ impl K8sService {
     /// A new stream of this Service's endpoints, with a watch and metrics of its own; see
     /// [the module](self).
     pub fn updates(&self) -> K8sUpdates {
-        let metrics = DiscoveryMetrics::new();
-        let api: Api<EndpointSlice> = Api::namespaced(self.k8s.client.clone(), &self.namespace);
-        let watching = Watching::new(
-            self.name.clone(),
-            self.port.clone(),
-            api,
-            format!("{SERVICE_NAME_LABEL}={}", self.service),
-            Tracked::new("k8s", self.name.clone(), metrics.clone()),
-            self.k8s.delays(),
-        );
-        let updates = stream::unfold(watching, |mut watching| async move {
-            let update = watching.next().await;
-            Some((update, watching))
+        Updates::start("k8s", self.name.clone(), &self.k8s.pacing, |set, delays| {
+            Watching::new(self, set, delays)
         })
-        .boxed();
-        K8sUpdates {
-            name: self.name.clone(),
-            metrics,
-            updates,
-        }
     }
 }
 
@@ -245,40 +254,6 @@ impl fmt::Debug for K8sService {
         f.debug_struct("K8sService")
             .field("name", &self.name)
             .field("k8s", &self.k8s)
-            .finish_non_exhaustive()
-    }
-}
-
-// === impl K8sUpdates ===
-
-impl K8sUpdates {
-    /// `namespace/service:port`, as in logs.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// This stream's metrics: watcher events read, failures, updates, the age of the last
-    /// change.
-    pub fn metrics(&self) -> DiscoveryMetrics {
-        self.metrics.clone()
-    }
-}
-
-impl Stream for K8sUpdates {
-    type Item = Result<Update<SocketAddr, K8sEndpoint>, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.updates
-            .poll_next_unpin(cx)
-            .map(|update| update.map(Ok))
-    }
-}
-
-impl fmt::Debug for K8sUpdates {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("K8sUpdates")
-            .field("name", &self.name)
-            .field("metrics", &self.metrics.snapshot())
             .finish_non_exhaustive()
     }
 }

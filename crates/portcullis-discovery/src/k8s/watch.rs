@@ -7,9 +7,8 @@
 //! (a proxy, an API server shedding load), a 410 Gone whether it comes as a watch event or as
 //! the watch request's HTTP status, a failed list or watch.
 
-use super::{slice, K8sEndpoint};
-use crate::delay::Delays;
-use crate::tracked::Tracked;
+use super::{slice, K8sEndpoint, K8sService};
+use crate::source::{Delays, SourceLoop, Tracked};
 use futures_util::stream::{BoxStream, StreamExt};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, WatchEvent, WatchParams};
@@ -24,6 +23,9 @@ use tokio::time::Instant;
 
 /// The ready endpoints of one slice, as last read.
 type SliceEndpoints = Vec<(SocketAddr, K8sEndpoint)>;
+
+/// The label the EndpointSlice controller puts on each slice of a Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// A watch's events, as kube decodes them.
 type Events = BoxStream<'static, kube::Result<WatchEvent<EndpointSlice>>>;
@@ -84,19 +86,17 @@ struct OpenWatch {
 }
 
 impl Watching {
+    /// A stream's loop over `service`'s slices, from a list.
     pub(super) fn new(
-        name: String,
-        port: String,
-        api: Api<EndpointSlice>,
-        selector: String,
+        service: &K8sService,
         set: Tracked<SocketAddr, K8sEndpoint>,
         delays: Delays,
     ) -> Self {
         Self {
-            name,
-            port,
-            api,
-            selector,
+            name: service.name.clone(),
+            port: service.port.clone(),
+            api: Api::namespaced(service.k8s.client.clone(), &service.namespace),
+            selector: format!("{SERVICE_NAME_LABEL}={}", service.service),
             set,
             delays,
             slices: BTreeMap::new(),
@@ -104,9 +104,14 @@ impl Watching {
             phase: Phase::List,
         }
     }
+}
+
+impl SourceLoop for Watching {
+    type Key = SocketAddr;
+    type Target = K8sEndpoint;
 
     /// Lists, watches and waits until the set changes.
-    pub(super) async fn next(&mut self) -> Update<SocketAddr, K8sEndpoint> {
+    async fn next(&mut self) -> Update<SocketAddr, K8sEndpoint> {
         loop {
             // Each step sets the phase that follows it. (A step is never abandoned half-way:
             // the stream owns this future until it yields.)
@@ -120,7 +125,9 @@ impl Watching {
             }
         }
     }
+}
 
+impl Watching {
     /// One list of every slice of the Service (one request: a Service's slices are few),
     /// a `Reset` if the set changed; the set in force stays until the list is complete.
     async fn list(&mut self) -> Option<Update<SocketAddr, K8sEndpoint>> {

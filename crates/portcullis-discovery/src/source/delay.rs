@@ -1,14 +1,15 @@
 //! The waits of a polling source: the jittered re-read delay, and the backoff after failures.
 
 use crate::BuildError;
+use portcullis_pool::backoff::ExponentialBackoff;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;
 
 /// How a source waits after failures, as its builder was told: a backoff from `backoff_base`
 /// doubling to `backoff_max`, each wait less a random fraction of up to `jitter`, from a
-/// seedable random source. Held by each source's builder and by the source it builds, which
-/// makes a [`Delays`] of it per stream.
+/// seedable random source. Held by each source's builder; [`check`](Self::check) makes the
+/// [`Pacing`] the built source holds.
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub(crate) struct Waits {
     pub(crate) backoff_base: Duration,
@@ -27,33 +28,48 @@ impl Waits {
         }
     }
 
-    /// Whether every setting can work: a jitter within `0.0..1.0`, a backoff whose base is
-    /// not zero and not above its maximum. `const`, so that each builder's defaults are
+    /// Whether every setting can work: a jitter within `0.0..1.0`, a backoff
+    /// [`ExponentialBackoff::doubling`] takes. `const`, so that each builder's defaults are
     /// checked when the crate compiles.
     pub(crate) const fn is_valid(&self) -> bool {
         self.jitter >= 0.0
             && self.jitter < 1.0
-            && !self.backoff_base.is_zero()
-            && self.backoff_base.as_nanos() <= self.backoff_max.as_nanos()
+            && ExponentialBackoff::doubling(self.backoff_base, self.backoff_max).is_ok()
     }
 
-    /// [`Self::is_valid`], with the refused setting named.
-    pub(crate) fn check(&self) -> Result<(), BuildError> {
+    /// Checks every setting, the refused one named, and makes the waits of a built source.
+    pub(crate) fn check(&self) -> Result<Pacing, BuildError> {
         if !(0.0..1.0).contains(&self.jitter) {
             return Err(BuildError::Jitter(self.jitter));
         }
-        if !self.is_valid() {
-            return Err(BuildError::Backoff {
-                base: self.backoff_base,
-                max: self.backoff_max,
-            });
-        }
-        Ok(())
+        let backoff = ExponentialBackoff::doubling(self.backoff_base, self.backoff_max)
+            .map_err(BuildError::Backoff)?;
+        Ok(Pacing {
+            backoff,
+            jitter: self.jitter,
+            seed: self.seed,
+        })
+    }
+}
+
+/// The checked waits of a built source, which makes a [`Delays`] of them per stream.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub(crate) struct Pacing {
+    backoff: ExponentialBackoff,
+    jitter: f64,
+    seed: Option<u64>,
+}
+
+impl Pacing {
+    /// The fraction of each wait that may be taken off it at random.
+    #[cfg_attr(not(feature = "dns"), allow(dead_code))]
+    pub(crate) fn jitter(&self) -> f64 {
+        self.jitter
     }
 
     /// The waits of one stream.
     pub(crate) fn delays(&self) -> Delays {
-        Delays::new(self.seed, self.jitter, self.backoff_base, self.backoff_max)
+        Delays::new(self.seed, self.jitter, self.backoff)
     }
 }
 
@@ -63,24 +79,17 @@ pub(crate) struct Delays {
     rng: SmallRng,
     /// The fraction of a delay that may be taken off it, in `0.0..1.0`.
     jitter: f64,
-    backoff_base: Duration,
-    backoff_max: Duration,
+    backoff: ExponentialBackoff,
     /// Failures in a row, since the last read that got an answer.
     failures: u32,
 }
 
 impl Delays {
-    pub(crate) fn new(
-        seed: Option<u64>,
-        jitter: f64,
-        backoff_base: Duration,
-        backoff_max: Duration,
-    ) -> Self {
+    fn new(seed: Option<u64>, jitter: f64, backoff: ExponentialBackoff) -> Self {
         Self {
             rng: seed.map_or_else(SmallRng::from_entropy, SmallRng::seed_from_u64),
             jitter,
-            backoff_base,
-            backoff_max,
+            backoff,
             failures: 0,
         }
     }
@@ -100,12 +109,9 @@ impl Delays {
     /// A read failed: the wait before the next, doubling from the base up to the maximum,
     /// jittered.
     pub(crate) fn failed(&mut self) -> Duration {
-        let doubled = self
-            .backoff_base
-            .saturating_mul(1u32 << self.failures.min(20))
-            .min(self.backoff_max);
+        let wait = self.backoff.wait(self.failures);
         self.failures = self.failures.saturating_add(1);
-        self.jittered(doubled)
+        self.jittered(wait)
     }
 }
 
@@ -113,10 +119,15 @@ impl Delays {
 mod tests {
     use super::*;
 
+    fn delays(seed: u64, jitter: f64, base: Duration, max: Duration) -> Delays {
+        let backoff = ExponentialBackoff::doubling(base, max).unwrap();
+        Delays::new(Some(seed), jitter, backoff)
+    }
+
     #[test]
     fn jitter_only_shortens_and_is_seeded() {
-        let mut a = Delays::new(Some(7), 0.5, Duration::from_secs(1), Duration::from_secs(8));
-        let mut b = Delays::new(Some(7), 0.5, Duration::from_secs(1), Duration::from_secs(8));
+        let mut a = delays(7, 0.5, Duration::from_secs(1), Duration::from_secs(8));
+        let mut b = delays(7, 0.5, Duration::from_secs(1), Duration::from_secs(8));
         let ttl = Duration::from_secs(10);
         let waits: Vec<_> = (0..100).map(|_| a.jittered(ttl)).collect();
         assert!(waits
@@ -128,7 +139,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_the_max_and_restarts_after_success() {
-        let mut d = Delays::new(Some(1), 0.0, Duration::from_secs(1), Duration::from_secs(5));
+        let mut d = delays(1, 0.0, Duration::from_secs(1), Duration::from_secs(5));
         let waits: Vec<_> = (0..5).map(|_| d.failed().as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 5, 5]);
         d.succeeded();
