@@ -18,12 +18,16 @@
 //!   only the last waker they were polled with, so a poll with the caller's would take the
 //!   registration away from the worker. Whatever a direct poll found pending wakes the worker
 //!   when it turns ready.
-//! - **Nothing the worker has yet to do is skipped.** The worker polls everything (discovery,
-//!   the request channel, the pool, its timers) with a waker of ours that notes it was woken
-//!   before it wakes the worker's task, and clears the note when its turn begins. While the
-//!   note is set, callers queue: a discovery update that has arrived but is not applied yet
-//!   (the worker woken, not yet run) is applied before the next request is routed, as it was
-//!   when every request went through the worker.
+//! - **An update that has arrived is applied first.** The worker polls discovery with a waker
+//!   of ours that notes an update may be waiting before it wakes the worker's task, and clears
+//!   the note when its turn begins. While the note is set, callers queue: a discovery update
+//!   that has arrived but is not applied yet (the worker woken, not yet run) is applied before
+//!   the next request is routed, as it was when every request went through the worker.
+//! - **Only that and FIFO hold callers back.** Every other wake-up of the worker (an endpoint
+//!   turning ready, a rebuild or ejection timer, the failfast clock, a request queued) wakes it
+//!   without the note: a queued request holds callers back by itself (FIFO, above), and an
+//!   endpoint's readiness is what a direct caller polls anyway. So one endpoint's readiness
+//!   churn does not send every other caller through the queue.
 //! - **Pending means queue.** If the pool is not ready at once, the request is queued exactly
 //!   as without direct dispatch, and the worker takes over.
 //! - **Everything else is as queued:** a direct dispatch happens only with a slot reserved by
@@ -95,9 +99,14 @@ pub(crate) struct Direct<P, K, T> {
     runtime: OnceLock<Handle>,
     /// This queue's number, for the threads to note that its worker took a turn there.
     id: u64,
-    /// What the worker polls everything with, and direct callers poll the pool with.
+    /// The worker's task, and the note of an update waiting.
     wake: Arc<WorkerWake>,
+    /// What the worker polls the pool, the requests and its timers with, and direct callers
+    /// poll the pool with: it wakes the worker, and holds no caller back.
     waker: Waker,
+    /// What the worker polls discovery with: it notes an update may be waiting, then wakes the
+    /// worker; callers queue until the worker's next turn.
+    discovery_waker: Waker,
     _target: PhantomData<fn(K, T)>,
 }
 
@@ -136,27 +145,50 @@ impl<P> Drop for Turn<'_, P> {
     }
 }
 
-/// The worker's waker, wrapped: a wake-up is noted (the worker has something to do) before it
-/// is passed on to the worker's task.
+/// The worker's task as its wakers reach it, and the note that discovery woke it (see
+/// [`DiscoveryWake`]).
 #[derive(Debug)]
 struct WorkerWake {
-    /// Set by every wake-up, cleared when a turn begins; set until the first turn.
-    woken: AtomicBool,
+    /// Set by a discovery wake-up (an update may be waiting), cleared when a turn begins; set
+    /// until the first turn, so that the first endpoint set is applied before any request is
+    /// routed.
+    update_pending: AtomicBool,
     /// The worker task's waker as of its last turn.
     task: Mutex<Option<Waker>>,
 }
 
+impl WorkerWake {
+    fn wake_task(&self) {
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(task) = task.as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+/// Wakes the worker, and holds no caller back.
 impl Wake for WorkerWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_task();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wake_task();
+    }
+}
+
+/// Discovery's wake-up: notes that an update may be waiting, then wakes the worker.
+#[derive(Debug)]
+struct DiscoveryWake(Arc<WorkerWake>);
+
+impl Wake for DiscoveryWake {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(task) = task.as_ref() {
-            task.wake_by_ref();
-        }
+        self.0.update_pending.store(true, Ordering::Release);
+        self.0.wake_task();
     }
 }
 
@@ -180,7 +212,7 @@ pub(crate) trait DirectDispatch<Req, F>: Send + Sync {
 impl<P, K, T> Direct<P, K, T> {
     pub(crate) fn new(pool: P, enabled: bool) -> Self {
         let wake = Arc::new(WorkerWake {
-            woken: AtomicBool::new(true),
+            update_pending: AtomicBool::new(true),
             task: Mutex::new(None),
         });
         Self {
@@ -192,14 +224,20 @@ impl<P, K, T> Direct<P, K, T> {
             runtime: OnceLock::new(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             waker: Waker::from(wake.clone()),
+            discovery_waker: Waker::from(Arc::new(DiscoveryWake(wake.clone()))),
             wake,
             _target: PhantomData,
         }
     }
 
-    /// The waker the worker polls everything with during its turn.
+    /// The waker the worker polls the pool, the requests and its timers with during its turn.
     pub(crate) fn waker(&self) -> &Waker {
         &self.waker
+    }
+
+    /// The waker the worker polls discovery with during its turn.
+    pub(crate) fn discovery_waker(&self) -> &Waker {
+        &self.discovery_waker
     }
 
     /// The worker's lock for its turn, taken with the worker task's `waker`; callers step
@@ -221,7 +259,7 @@ impl<P, K, T> Direct<P, K, T> {
                 *task = Some(waker.clone());
             }
         }
-        self.wake.woken.store(false, Ordering::Release);
+        self.wake.update_pending.store(false, Ordering::Release);
         if self.runtime.get().is_none() {
             if let Ok(runtime) = Handle::try_current() {
                 let _ = self.runtime.set(runtime);
@@ -287,11 +325,11 @@ impl<P, K, T> Direct<P, K, T> {
     }
 
     /// Whether a request may be dispatched directly, if an endpoint is ready: direct dispatch
-    /// on, nothing queued, the worker neither woken nor waiting for the lock. Read without the
-    /// lock, so checked again under it.
+    /// on, nothing queued, no discovery update waiting, the worker not waiting for the lock.
+    /// Read without the lock, so checked again under it.
     fn may_dispatch(&self, shared: &Shared) -> bool {
         self.enabled
-            && !self.wake.woken.load(Ordering::Acquire)
+            && !self.wake.update_pending.load(Ordering::Acquire)
             && !self.worker_waiting.load(Ordering::Relaxed)
             && !shared.any_queued()
     }
@@ -353,13 +391,13 @@ where
             }
             None => return Dispatch::Queue(request),
         };
-        // Again under the lock: a request queued, or anything for the worker to do, before
+        // Again under the lock: a request queued, or a discovery update that arrived, before
         // it was taken goes first; and a queue that ended (the worker's terminal error, a
         // pool error or panic met by another caller) is never dispatched to.
         if shared.is_closed() {
             return Dispatch::Ended(shared.closed_error());
         }
-        if shared.any_queued() || self.wake.woken.load(Ordering::Acquire) {
+        if shared.any_queued() || self.wake.update_pending.load(Ordering::Acquire) {
             return Dispatch::Queue(request);
         }
         let Some(pool) = guard.pool.as_mut() else {
@@ -446,6 +484,63 @@ mod tests {
         fn endpoints(&self) -> EndpointCounts {
             EndpointCounts::default()
         }
+    }
+
+    /// A pool that is always ready and answers at once.
+    struct AlwaysReady;
+
+    impl Service<()> for AlwaysReady {
+        type Response = ();
+        type Error = BoxError;
+        type Future = Ready<Result<(), BoxError>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, (): ()) -> Self::Future {
+            std::future::ready(Ok(()))
+        }
+    }
+
+    impl Pool<(), (), ()> for AlwaysReady {
+        fn update_pool(&mut self, _: Update<(), ()>) {}
+
+        fn poll_pool(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn endpoints(&self) -> EndpointCounts {
+            EndpointCounts::default()
+        }
+    }
+
+    /// An endpoint turning ready, a timer, a request sent to the worker: each wakes the worker
+    /// with the plain waker, and callers keep dispatching directly until its turn. Only
+    /// discovery's wake-up (an update may be waiting) holds them back, until the turn begins.
+    #[test]
+    fn only_a_discovery_wake_up_holds_callers_back_until_the_workers_turn() {
+        let direct = Direct::<_, (), ()>::new(AlwaysReady, true);
+        let shared = Shared::new(4, Duration::from_secs(1));
+        let mut worker = tokio_test::task::spawn(());
+        worker.enter(|cx, _| drop(direct.lock_for_turn(cx.waker())));
+        let dispatch = || DirectDispatch::<(), _>::try_dispatch(&direct, (), &shared, 0);
+        assert!(matches!(dispatch(), Dispatch::Direct(_)));
+
+        direct.waker().wake_by_ref();
+        assert!(worker.is_woken(), "the worker is woken");
+        assert!(
+            matches!(dispatch(), Dispatch::Direct(_)),
+            "a plain wake-up holds no caller back"
+        );
+
+        direct.discovery_waker().wake_by_ref();
+        assert!(matches!(dispatch(), Dispatch::Queue(())));
+        worker.enter(|cx, _| drop(direct.lock_for_turn(cx.waker())));
+        assert!(
+            matches!(dispatch(), Dispatch::Direct(_)),
+            "the worker's turn took the note"
+        );
     }
 
     #[test]

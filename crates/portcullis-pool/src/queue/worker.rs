@@ -313,10 +313,11 @@ where
         // The worker's turn: the pool is its alone until the turn ends (see `direct.rs`).
         let direct = this.pool.clone();
         let mut guard = direct.lock_for_turn(cx.waker());
-        // Everything is polled with the noting waker, so callers know when the worker has
-        // something to do (see `direct.rs`).
+        // Discovery is polled with the noting waker, so that callers queue while an update
+        // waits; everything else with the plain one (see `direct.rs`).
         let mut cx = Context::from_waker(direct.waker());
         let cx = &mut cx;
+        let mut discovery_cx = Context::from_waker(direct.discovery_waker());
         let Some(pool) = guard.pool.as_mut() else {
             // Dropped only by the worker's own `Drop`; a worker polled after that has nothing
             // left to do.
@@ -324,7 +325,7 @@ where
         };
         loop {
             let step = this
-                .poll_discovery(pool, cx)
+                .poll_discovery(pool, &mut discovery_cx)
                 .and_then(|()| this.poll_pool(pool, cx))
                 .map(|()| this.poll_requests(pool, cx));
             match step {
