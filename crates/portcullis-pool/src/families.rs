@@ -111,31 +111,24 @@ pub enum Values<'a> {
 // === impl Family ===
 
 impl<'a> Family<'a> {
+    /// A family named `name`, of `values`.
+    pub const fn new(name: &'static str, help: &'static str, values: Values<'a>) -> Self {
+        Self { name, help, values }
+    }
+
     /// A counter named `name`.
     pub const fn counter(name: &'static str, help: &'static str, value: u64) -> Self {
-        Self {
-            name,
-            help,
-            values: Values::Counter(value),
-        }
+        Self::new(name, help, Values::Counter(value))
     }
 
     /// A gauge named `name`.
     pub const fn gauge(name: &'static str, help: &'static str, value: u64) -> Self {
-        Self {
-            name,
-            help,
-            values: Values::Gauge(value),
-        }
+        Self::new(name, help, Values::Gauge(value))
     }
 
     /// A gauge of a duration named `name`, `None` while there is none.
     pub const fn duration(name: &'static str, help: &'static str, value: Option<Duration>) -> Self {
-        Self {
-            name,
-            help,
-            values: Values::Duration(value),
-        }
+        Self::new(name, help, Values::Duration(value))
     }
 
     /// Counters of a group named `name`, one per field, labelled `label`.
@@ -145,11 +138,7 @@ impl<'a> Family<'a> {
         label: &'static str,
         values: &'a [(&'static str, u64)],
     ) -> Self {
-        Self {
-            name,
-            help,
-            values: Values::Counters { label, values },
-        }
+        Self::new(name, help, Values::Counters { label, values })
     }
 
     /// Gauges of a group named `name`, one per field, labelled `label`.
@@ -159,11 +148,7 @@ impl<'a> Family<'a> {
         label: &'static str,
         values: &'a [(&'static str, u64)],
     ) -> Self {
-        Self {
-            name,
-            help,
-            values: Values::Gauges { label, values },
-        }
+        Self::new(name, help, Values::Gauges { label, values })
     }
 
     /// Histograms of microseconds of a group named `name`, one per field, labelled `label`.
@@ -173,14 +158,14 @@ impl<'a> Family<'a> {
         label: &'static str,
         values: &'a [(&'static str, Option<&'a Histogram<u64>>)],
     ) -> Self {
-        Self {
+        Self::new(
             name,
             help,
-            values: Values::Micros {
+            Values::Micros {
                 label: Some(label),
                 values,
             },
-        }
+        )
     }
 
     /// One histogram of microseconds named `name` (`values` holds it, under the name `""`).
@@ -189,14 +174,14 @@ impl<'a> Family<'a> {
         help: &'static str,
         values: &'a [(&'static str, Option<&'a Histogram<u64>>); 1],
     ) -> Self {
-        Self {
+        Self::new(
             name,
             help,
-            values: Values::Micros {
+            Values::Micros {
                 label: None,
                 values,
             },
-        }
+        )
     }
 }
 

@@ -35,12 +35,12 @@
 //!
 //! | function | handle | snapshot | piece |
 //! | --- | --- | --- | --- |
-//! | [`register_pool_queue`] | [`PoolQueueMetrics`] | [`PoolQueueSnapshot`](crate::pool::PoolQueueSnapshot) | `pool_queue` |
-//! | [`register_p2c`] | [`P2cMetrics`] | [`P2cSnapshot`](crate::p2c::P2cSnapshot) | `p2c` |
-//! | [`register_retry`] | [`RetryMetrics`] | [`RetrySnapshot`](crate::retry::RetrySnapshot) | `retry` |
-//! | [`register_fanout`] | [`FanOutMetrics`] | [`FanOutSnapshot`](crate::fanout::FanOutSnapshot) | `fanout` |
-//! | [`register_share`] | [`SharedClientsMetrics`] | [`SharedClientsSnapshot`](crate::share::SharedClientsSnapshot) | `share` |
-//! | [`register_discovery`] | [`DiscoveryMetrics`] (an address file's, a DNS, etcd or Kubernetes source's) | [`DiscoverySnapshot`](crate::discovery::DiscoverySnapshot) | `discovery` |
+//! | [`register_pool_queue`] | [`PoolQueueMetrics`] | [`PoolQueueSnapshot`] | `pool_queue` |
+//! | [`register_p2c`] | [`P2cMetrics`] | [`P2cSnapshot`] | `p2c` |
+//! | [`register_retry`] | [`RetryMetrics`] | [`RetrySnapshot`] | `retry` |
+//! | [`register_fanout`] | [`FanOutMetrics`] | [`FanOutSnapshot`] | `fanout` |
+//! | [`register_share`] | [`SharedClientsMetrics`] | [`SharedClientsSnapshot`] | `share` |
+//! | [`register_discovery`] | [`DiscoveryMetrics`] (an address file's, a DNS, etcd or Kubernetes source's) | [`DiscoverySnapshot`] | `discovery` |
 //!
 //! A group of fields is one family with a label whose values are the fields' names:
 //!
@@ -97,13 +97,13 @@
 
 mod encode;
 
-use crate::discovery::DiscoveryMetrics;
-use crate::fanout::FanOutMetrics;
-use crate::p2c::P2cMetrics;
+use crate::discovery::{DiscoveryMetrics, DiscoverySnapshot};
+use crate::fanout::{FanOutMetrics, FanOutSnapshot};
+use crate::p2c::{P2cMetrics, P2cSnapshot};
 use crate::pool::families::Describe;
-use crate::pool::PoolQueueMetrics;
-use crate::retry::RetryMetrics;
-use crate::share::SharedClientsMetrics;
+use crate::pool::{PoolQueueMetrics, PoolQueueSnapshot};
+use crate::retry::{RetryMetrics, RetrySnapshot};
+use crate::share::{SharedClientsMetrics, SharedClientsSnapshot};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
@@ -116,82 +116,80 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
-/// Registers a [`PoolQueueCollector`] for `metrics` under `prefix` (see the
-/// [module docs](self) for the metric names), or refuses a prefix Prometheus would reject.
-pub fn register_pool_queue(
-    registry: &mut Registry,
-    prefix: &str,
-    metrics: PoolQueueMetrics,
-) -> Result<(), InvalidPrefix> {
-    register(registry, prefix, metrics)
+/// For each piece: the collector's alias (with the docs given), its `register_*` function,
+/// and its handle's [`MetricsHandle`] impl.
+macro_rules! pieces {
+    ($(
+        $(#[$doc:meta])*
+        $collector:ident = $register:ident($handle:ty) -> $snapshot:ty;
+    )*) => {$(
+        $(#[$doc])*
+        pub type $collector = MetricsCollector<$handle>;
+
+        #[doc = concat!(
+            "Registers a [`", stringify!($collector), "`] for `metrics` under `prefix` (see the ",
+            "[module docs](self) for the metric names), or refuses a prefix Prometheus would ",
+            "reject.",
+        )]
+        pub fn $register(
+            registry: &mut Registry,
+            prefix: &str,
+            metrics: $handle,
+        ) -> Result<(), InvalidPrefix> {
+            register(registry, prefix, metrics)
+        }
+
+        impl MetricsHandle for $handle {
+            type Snapshot = $snapshot;
+
+            fn snapshot(&self) -> $snapshot {
+                <$handle>::snapshot(self)
+            }
+        }
+    )*};
 }
 
-/// Registers a [`P2cCollector`] for `metrics` under `prefix` (see the
-/// [module docs](self) for the metric names), or refuses a prefix Prometheus would reject.
-pub fn register_p2c(
-    registry: &mut Registry,
-    prefix: &str,
-    metrics: P2cMetrics,
-) -> Result<(), InvalidPrefix> {
-    register(registry, prefix, metrics)
-}
+pieces! {
+    /// Encodes a [`PoolQueue`](crate::pool::PoolQueue)'s metrics (from
+    /// [`PoolQueue::metrics`](crate::pool::PoolQueue::metrics)) on every scrape.
+    PoolQueueCollector = register_pool_queue(PoolQueueMetrics) -> PoolQueueSnapshot;
 
-/// Registers a [`RetryCollector`] for `metrics` under `prefix` (see the
-/// [module docs](self) for the metric names), or refuses a prefix Prometheus would reject.
-pub fn register_retry(
-    registry: &mut Registry,
-    prefix: &str,
-    metrics: RetryMetrics,
-) -> Result<(), InvalidPrefix> {
-    register(registry, prefix, metrics)
-}
+    /// Encodes a [`P2cPool`](crate::p2c::P2cPool)'s metrics (from
+    /// [`P2cPool::metrics`](crate::p2c::P2cPool::metrics)) on every scrape.
+    P2cCollector = register_p2c(P2cMetrics) -> P2cSnapshot;
 
-/// Registers a [`FanOutCollector`] for `metrics` under `prefix` (see the
-/// [module docs](self) for the metric names), or refuses a prefix Prometheus would reject.
-pub fn register_fanout(
-    registry: &mut Registry,
-    prefix: &str,
-    metrics: FanOutMetrics,
-) -> Result<(), InvalidPrefix> {
-    register(registry, prefix, metrics)
-}
+    /// Encodes a [`RetryLayer`](crate::retry::RetryLayer)'s metrics (from
+    /// [`RetryLayer::metrics`](crate::retry::RetryLayer::metrics)) on every scrape.
+    RetryCollector = register_retry(RetryMetrics) -> RetrySnapshot;
 
-/// Registers a [`SharedClientsCollector`] for `metrics` under `prefix` (see the
-/// [module docs](self) for the metric names), or refuses a prefix Prometheus would reject.
-pub fn register_share(
-    registry: &mut Registry,
-    prefix: &str,
-    metrics: SharedClientsMetrics,
-) -> Result<(), InvalidPrefix> {
-    register(registry, prefix, metrics)
-}
+    /// Encodes a [`FanOut`](crate::fanout::FanOut)'s metrics (from
+    /// [`FanOut::metrics`](crate::fanout::FanOut::metrics) or
+    /// [`FanOutLayer::metrics`](crate::fanout::FanOutLayer::metrics)) on every scrape.
+    FanOutCollector = register_fanout(FanOutMetrics) -> FanOutSnapshot;
 
-/// Registers a [`DiscoveryCollector`] for `metrics` (from
-/// [`AddrFileUpdates::metrics`](crate::discovery::AddrFileUpdates::metrics) or a DNS, etcd or
-/// Kubernetes source's `metrics()`) under `prefix` (see the [module docs](self) for the
-/// metric names), or refuses a prefix Prometheus would reject. Give each source its own
-/// prefix.
-///
-/// ```
-/// use portcullis::discovery::AddrFile;
-/// use prometheus_client::{encoding::text::encode, registry::Registry};
-/// use std::time::Duration;
-///
-/// let updates = AddrFile::new("/etc/portcullis/api.addrs", Duration::from_secs(5))?.updates();
-/// let mut registry = Registry::default();
-/// portcullis::prometheus::register_discovery(&mut registry, "api_file", updates.metrics())?;
-///
-/// let mut text = String::new();
-/// encode(&mut text, &registry)?;
-/// assert!(text.contains("api_file_discovery_reads_total 0"));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub fn register_discovery(
-    registry: &mut Registry,
-    prefix: &str,
-    metrics: DiscoveryMetrics,
-) -> Result<(), InvalidPrefix> {
-    register(registry, prefix, metrics)
+    /// Encodes a [`SharedClients`](crate::share::SharedClients) cache's metrics (from
+    /// [`SharedClients::metrics`](crate::share::SharedClients::metrics)) on every scrape.
+    SharedClientsCollector = register_share(SharedClientsMetrics) -> SharedClientsSnapshot;
+
+    /// Encodes a discovery source's metrics (from
+    /// [`AddrFileUpdates::metrics`](crate::discovery::AddrFileUpdates::metrics) or a DNS, etcd
+    /// or Kubernetes source's `metrics()`) on every scrape. Give each source its own prefix.
+    ///
+    /// ```
+    /// use portcullis::discovery::AddrFile;
+    /// use prometheus_client::{encoding::text::encode, registry::Registry};
+    /// use std::time::Duration;
+    ///
+    /// let updates = AddrFile::new("/etc/portcullis/api.addrs", Duration::from_secs(5))?.updates();
+    /// let mut registry = Registry::default();
+    /// portcullis::prometheus::register_discovery(&mut registry, "api_file", updates.metrics())?;
+    ///
+    /// let mut text = String::new();
+    /// encode(&mut text, &registry)?;
+    /// assert!(text.contains("api_file_discovery_reads_total 0"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    DiscoveryCollector = register_discovery(DiscoveryMetrics) -> DiscoverySnapshot;
 }
 
 fn register<M: MetricsHandle>(
@@ -298,27 +296,6 @@ pub trait MetricsHandle: Clone + fmt::Debug + Send + Sync + 'static {
     fn snapshot(&self) -> Self::Snapshot;
 }
 
-macro_rules! handles {
-    ($($handle:ty => $snapshot:ty,)*) => {$(
-        impl MetricsHandle for $handle {
-            type Snapshot = $snapshot;
-
-            fn snapshot(&self) -> $snapshot {
-                <$handle>::snapshot(self)
-            }
-        }
-    )*};
-}
-
-handles! {
-    PoolQueueMetrics => crate::pool::PoolQueueSnapshot,
-    P2cMetrics => crate::p2c::P2cSnapshot,
-    RetryMetrics => crate::retry::RetrySnapshot,
-    FanOutMetrics => crate::fanout::FanOutSnapshot,
-    SharedClientsMetrics => crate::share::SharedClientsSnapshot,
-    DiscoveryMetrics => crate::discovery::DiscoverySnapshot,
-}
-
 /// Encodes a metrics handle's snapshot on every scrape: each family the snapshot describes,
 /// named as the [module docs](self#names) say.
 #[derive(Clone, Debug)]
@@ -338,28 +315,3 @@ impl<M: MetricsHandle> Collector for MetricsCollector<M> {
         encode::snapshot(&self.metrics.snapshot(), &mut encoder)
     }
 }
-
-/// Encodes a [`PoolQueue`](crate::pool::PoolQueue)'s metrics (from
-/// [`PoolQueue::metrics`](crate::pool::PoolQueue::metrics)) on every scrape.
-pub type PoolQueueCollector = MetricsCollector<PoolQueueMetrics>;
-
-/// Encodes a [`P2cPool`](crate::p2c::P2cPool)'s metrics (from
-/// [`P2cPool::metrics`](crate::p2c::P2cPool::metrics)) on every scrape.
-pub type P2cCollector = MetricsCollector<P2cMetrics>;
-
-/// Encodes a [`RetryLayer`](crate::retry::RetryLayer)'s metrics (from
-/// [`RetryLayer::metrics`](crate::retry::RetryLayer::metrics)) on every scrape.
-pub type RetryCollector = MetricsCollector<RetryMetrics>;
-
-/// Encodes a [`FanOut`](crate::fanout::FanOut)'s metrics (from
-/// [`FanOut::metrics`](crate::fanout::FanOut::metrics) or
-/// [`FanOutLayer::metrics`](crate::fanout::FanOutLayer::metrics)) on every scrape.
-pub type FanOutCollector = MetricsCollector<FanOutMetrics>;
-
-/// Encodes a [`SharedClients`](crate::share::SharedClients) cache's metrics (from
-/// [`SharedClients::metrics`](crate::share::SharedClients::metrics)) on every scrape.
-pub type SharedClientsCollector = MetricsCollector<SharedClientsMetrics>;
-
-/// Encodes a discovery source's metrics (an address file's, a DNS, etcd or Kubernetes
-/// source's) on every scrape.
-pub type DiscoveryCollector = MetricsCollector<DiscoveryMetrics>;
