@@ -17,9 +17,10 @@
 //!
 //! The address file, DNS, etcd and Kubernetes sources each count what they read, what failed
 //! and what they yielded in a [`DiscoveryMetrics`]; the DNS, etcd and Kubernetes sources log
-//! each change of their set at info, in one form:
-//! `dns api.internal.: 3 endpoints (+1 -0)`, `etcd /services/api/: 2 endpoints (+0 -1)`,
-//! `k8s default/api:http: 4 endpoints (+1 -1)`.
+//! each change of their set at info, in one form: the message `endpoint set changed` (or
+//! `name does not exist`), the details in fields: `system` (`dns`, `etcd`, `k8s`), `name`
+//! (`api.internal.`, `/services/api/`, `default/api:http`), `endpoints`, `added`, `removed`
+//! and the update's `kind`.
 //!
 //! A `PoolQueueLayer` takes a *function* that makes the stream, since a stream can be consumed
 //! only once: `move || from_watch(rx.clone())`, `move || file.updates()`.

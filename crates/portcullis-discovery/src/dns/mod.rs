@@ -17,7 +17,8 @@
 //!    its TTL. hickory's own cache is off: the stream decides when to ask.
 //! 2. **An update only when the set changed.** The first answer is a `Reset`, even an empty
 //!    one; later ones only if the set of endpoints (address, weight, priority) differs. Each
-//!    change is logged at info: `dns api.internal.: 3 endpoints (+1 -0)`.
+//!    change is logged at info: `endpoint set changed`, with `system=dns`, `name`, `endpoints`,
+//!    `added`, `removed` and `kind` as fields.
 //! 3. **NXDOMAIN is `DoesNotExist`**, once; re-asked after the zone's negative TTL (clamped).
 //!    A name that exists with no record of the type asked (NODATA) is an empty set. A
 //!    negative answer without an SOA carries no negative TTL and is not kept (RFC 2308 §5):

@@ -32,8 +32,8 @@
 //!    retried after a jittered, doubling backoff. A value that is not an endpoint is logged
 //!    at warn and counted (`errors`); the key keeps its last value, on the watch and on a
 //!    list alike (a key whose first value is bad is left out). The stream never fails and
-//!    never ends. Each change of the set is logged at info:
-//!    `etcd /services/api/: 3 endpoints (+1 -0)`.
+//!    never ends. Each change of the set is logged at info: `endpoint set changed`, with
+//!    `system=etcd`, `name` (the prefix), `endpoints`, `added`, `removed` and `kind` as fields.
 //! 5. **Never blocks, never piles up.** The list and watch are etcd-client's asynchronous
 //!    gRPC calls, run inside `poll_next`; between two polls nothing is read, so a flood of
 //!    changes waits in etcd and in the connection's flow-control window, not in memory here.

@@ -41,8 +41,9 @@
 //!    from its base again once a watch delivers an event or lasts a second. A slice that
 //!    gives no endpoint for a reason an operator should know (no TCP port of that name,
 //!    FQDN addresses) is logged at warn, counted, and counts as empty. The stream never
-//!    fails and never ends. Each change of the set is logged at info:
-//!    `k8s default/api:http: 3 endpoints (+1 -0)`.
+//!    fails and never ends. Each change of the set is logged at info: `endpoint set changed`,
+//!    with `system=k8s`, `name` (`namespace/service:port`), `endpoints`, `added`, `removed` and
+//!    `kind` as fields.
 //! 6. **Never blocks, never piles up.** The list and watch requests are kube's
 //!    asynchronous HTTP calls, run inside `poll_next`; between two polls nothing is read,
 //!    so changes wait in the API server and the connection, not in memory here.

@@ -153,9 +153,7 @@ impl<K: Ord + Clone, T: PartialEq + Clone> Tracked<K, T> {
             system = self.system,
             name = %self.name,
             removed,
-            "{} {}: does not exist (-{removed})",
-            self.system,
-            self.name,
+            "name does not exist"
         );
         self.metrics.update(Update::<K, T>::DoesNotExist.kind(), 0);
         Some(Update::DoesNotExist)
@@ -174,9 +172,7 @@ impl<K: Ord + Clone, T: PartialEq + Clone> Tracked<K, T> {
             added,
             removed,
             kind = update.kind().as_str(),
-            "{} {}: {endpoints} endpoints (+{added} -{removed})",
-            self.system,
-            self.name,
+            "endpoint set changed"
         );
         self.metrics.update(update.kind(), endpoints);
         update
