@@ -225,8 +225,8 @@ fn tower_stack(
     });
     let discover = tower::load::PeakEwmaDiscover::new(
         changes,
-        portcullis_p2c::make::DEFAULT_RTT,
-        portcullis_p2c::make::DEFAULT_DECAY,
+        portcullis_p2c::make::PeakEwmaMaker::DEFAULT_RTT,
+        portcullis_p2c::make::PeakEwmaMaker::DEFAULT_DECAY,
         tower::load::CompleteOnResponse::default(),
     );
     let balance = tower::balance::p2c::Balance::new(discover);
@@ -259,7 +259,6 @@ fn portcullis_stack(
     // few-second scale (30 s by default); it returns on probation. A failure also demotes
     // its backend for a second, so that the retry of a failed request goes elsewhere.
     let pool = P2cPool::builder()
-        .classify(|response: &Response<Bytes>| response.status().is_server_error())
         .consecutive_failures(5)
         .ejection_time(Duration::from_secs(1), Duration::from_secs(10))
         // A backend added while others serve ramps up over 3 s (the demo's scale).
@@ -268,7 +267,9 @@ fn portcullis_stack(
             P2cPoolBuilder::DEFAULT_SLOW_START_AGGRESSION,
             P2cPoolBuilder::DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT,
         )
-        .build(maker)?;
+        .build_with_classify(maker, |response: &Response<Bytes>| {
+            response.status().is_server_error()
+        })?;
     let p2c_metrics = pool.metrics();
     let queue = PoolQueue::builder()
         .capacity(1024)

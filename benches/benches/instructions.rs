@@ -106,8 +106,8 @@ where
 fn tower_ewma(svc: Echo) -> PeakEwma<Echo> {
     PeakEwma::new(
         svc,
-        make::DEFAULT_RTT,
-        make::DEFAULT_DECAY.as_nanos() as f64,
+        make::PeakEwmaMaker::DEFAULT_RTT,
+        make::PeakEwmaMaker::DEFAULT_DECAY.as_nanos() as f64,
         CompleteOnResponse::default(),
     )
 }

@@ -105,7 +105,8 @@ fn main() {
             Box::new(|n| {
                 per_endpoint(n, |n| {
                     let list = (0..n).map(|_| {
-                        PeakEwma::new(Echo, make::DEFAULT_RTT, 1e10, CompleteOnResponse::default())
+                        let rtt = make::PeakEwmaMaker::DEFAULT_RTT;
+                        PeakEwma::new(Echo, rtt, 1e10, CompleteOnResponse::default())
                     });
                     let mut balance = Balance::new(ServiceList::new(list));
                     rt.block_on(async {

@@ -93,8 +93,8 @@ where
 fn tower_ewma<S>(endpoint: S) -> PeakEwma<S> {
     PeakEwma::new(
         endpoint,
-        make::DEFAULT_RTT,
-        make::DEFAULT_DECAY.as_nanos() as f64,
+        make::PeakEwmaMaker::DEFAULT_RTT,
+        make::PeakEwmaMaker::DEFAULT_DECAY.as_nanos() as f64,
         CompleteOnResponse::default(),
     )
 }

@@ -6,7 +6,7 @@ use crate::common::{
 };
 use crate::svg::{self, Series};
 use hdrhistogram::Histogram;
-use portcullis_p2c::make::{self, DEFAULT_DECAY, DEFAULT_RTT};
+use portcullis_p2c::make::{self, PeakEwmaMaker};
 use portcullis_p2c::{failure, P2cPool};
 use portcullis_pool::{Pool, Update};
 use portcullis_test::endpoint::{SimCall, SimControl, SimEndpoint, SimError, SimFuture};
@@ -217,8 +217,8 @@ fn simulate(balancer: usize, scenario: Scenario, requests: u64) -> Outcome {
                     .map(|s| {
                         PeakEwma::new(
                             s,
-                            DEFAULT_RTT,
-                            DEFAULT_DECAY.as_nanos() as f64,
+                            PeakEwmaMaker::DEFAULT_RTT,
+                            PeakEwmaMaker::DEFAULT_DECAY.as_nanos() as f64,
                             CompleteOnResponse::default(),
                         )
                     })

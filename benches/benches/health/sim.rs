@@ -289,14 +289,16 @@ pub(crate) fn build<M>(maker: M, stack: Stack) -> P2cPool<usize, Profile, M, u64
 where
     M: MakeEndpoint<usize, Profile>,
 {
-    let mut builder = P2cPool::builder().seed(SEED).classify(is_5xx as Classifier);
+    let mut builder = P2cPool::builder().seed(SEED);
     if let Some((max_percent, panic_threshold)) = stack.eject {
         builder = builder
             .consecutive_failures(5)
             .max_ejection_percent(max_percent)
             .panic_threshold(panic_threshold);
     }
-    builder.build(maker).expect("valid settings")
+    builder
+        .build_with_classify(maker, is_5xx as Classifier)
+        .expect("valid settings")
 }
 
 pub(crate) async fn run_stack<M>(

@@ -45,24 +45,25 @@ use std::time::Duration;
 /// use tower::service_fn;
 ///
 /// let pool = P2cPool::builder()
-///     // A 5xx response is a failure of its endpoint, as an `Err` is.
-///     .classify(|status: &u16| *status >= 500)
 ///     .consecutive_failures(5)
 ///     .ejection_time(Duration::from_secs(30), Duration::from_secs(300))
 ///     .max_ejection_percent(10)
 ///     .demotion(Duration::from_secs(1))
-///     .build(|_: &u32, _: &()| {
-///         Constant::new(service_fn(|_: ()| async { Ok::<u16, std::io::Error>(200) }), 0)
-///     })?;
+///     .build_with_classify(
+///         |_: &u32, _: &()| {
+///             Constant::new(service_fn(|_: ()| async { Ok::<u16, std::io::Error>(200) }), 0)
+///         },
+///         // A 5xx response is a failure of its endpoint, as an `Err` is.
+///         |status: &u16| *status >= 500,
+///     )?;
 /// # let _: P2cPool<u32, (), _, (), _> = pool;
 /// # Ok::<(), portcullis_p2c::BuildError>(())
 /// ```
 #[derive(Clone, Debug)]
-pub struct P2cPoolBuilder<C = ErrorsOnly> {
+pub struct P2cPoolBuilder {
     backoff_base: Duration,
     backoff_max: Duration,
-    rng: Option<SmallRng>,
-    classify: C,
+    seed: Option<u64>,
     consecutive_failures: Option<u32>,
     failure_percentage: Option<FailurePercentage>,
     ejection_base: Duration,
@@ -129,8 +130,7 @@ impl P2cPoolBuilder {
         Self {
             backoff_base: Self::DEFAULT_BACKOFF_BASE,
             backoff_max: Self::DEFAULT_BACKOFF_MAX,
-            rng: None,
-            classify: ErrorsOnly,
+            seed: None,
             consecutive_failures: None,
             failure_percentage: None,
             ejection_base: Self::DEFAULT_EJECTION_BASE,
@@ -144,27 +144,7 @@ impl P2cPoolBuilder {
     }
 }
 
-impl<C> P2cPoolBuilder<C> {
-    /// Decides which `Ok` responses count as failures of their endpoint, for ejection and
-    /// demotion (an `Err` always does). The default, [`ErrorsOnly`], counts none.
-    pub fn classify<C2>(self, classify: C2) -> P2cPoolBuilder<C2> {
-        P2cPoolBuilder {
-            backoff_base: self.backoff_base,
-            backoff_max: self.backoff_max,
-            rng: self.rng,
-            classify,
-            consecutive_failures: self.consecutive_failures,
-            failure_percentage: self.failure_percentage,
-            ejection_base: self.ejection_base,
-            ejection_max: self.ejection_max,
-            max_ejection_percent: self.max_ejection_percent,
-            demotion: self.demotion,
-            abandoned_after: self.abandoned_after,
-            panic_threshold: self.panic_threshold,
-            slow_start: self.slow_start,
-        }
-    }
-
+impl P2cPoolBuilder {
     /// Ejects an endpoint after `failures` failures in a row (off by default;
     /// [`DEFAULT_CONSECUTIVE_FAILURES`](P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES) is
     /// Envoy's). Zero is refused by [`build`](Self::build).
@@ -264,34 +244,47 @@ impl<C> P2cPoolBuilder<C> {
         self
     }
 
-    /// Seeds the random source, so that selection is reproducible.
+    /// Seeds the random source (a [`SmallRng`]), so that selection is reproducible; without
+    /// a seed, each pool's source is seeded from the OS.
     pub fn seed(mut self, seed: u64) -> Self {
-        self.rng = Some(SmallRng::seed_from_u64(seed));
+        self.seed = Some(seed);
         self
     }
 
-    /// Uses `rng` as the random source.
-    pub fn rng(mut self, rng: SmallRng) -> Self {
-        self.rng = Some(rng);
-        self
+    /// Builds the pool, empty until its first update; of the endpoints' responses only an
+    /// `Err` is a failure ([`ErrorsOnly`]).
+    pub fn build<K, T, M, Req>(self, maker: M) -> Result<P2cPool<K, T, M, Req>, BuildError>
+    where
+        K: Hash + Eq + Clone,
+        M: MakeEndpoint<K, T>,
+    {
+        self.build_with_classify(maker, ErrorsOnly)
     }
 
-    /// Builds the pool, empty until its first update.
-    pub fn build<K, T, M, Req>(self, maker: M) -> Result<P2cPool<K, T, M, Req, C>, BuildError>
+    /// Builds the pool, empty until its first update, with `classify` deciding which `Ok`
+    /// responses count as failures of their endpoint, for ejection and demotion (an `Err`
+    /// always does): the facade's `endpoint::http::ServerErrors`, say.
+    pub fn build_with_classify<K, T, M, Req, C>(
+        self,
+        maker: M,
+        classify: C,
+    ) -> Result<P2cPool<K, T, M, Req, C>, BuildError>
     where
         K: Hash + Eq + Clone,
         M: MakeEndpoint<K, T>,
     {
         let backoff = rebuild_backoff(self.backoff_base, self.backoff_max)?;
         let health = self.check_health()?;
-        let rng = self.rng.unwrap_or_else(SmallRng::from_entropy);
-        Ok(P2cPool::from_parts(
-            maker,
-            backoff,
+        let rng = match self.seed {
+            Some(seed) => SmallRng::seed_from_u64(seed),
+            None => SmallRng::from_entropy(),
+        };
+        let settings = Settings {
             health,
-            self.classify,
-            rng,
-        ))
+            backoff,
+            seed: self.seed,
+        };
+        Ok(P2cPool::from_parts(maker, settings, classify, rng))
     }
 
     fn check_health(&self) -> Result<HealthConfig, BuildError> {
@@ -343,6 +336,7 @@ impl<C> P2cPoolBuilder<C> {
                     window,
                     aggression,
                     min_weight: f64::from(min_weight_percent) / 100.0,
+                    min_weight_percent,
                 })
             }
         };
@@ -364,6 +358,15 @@ impl<C> P2cPoolBuilder<C> {
             slow_start,
         })
     }
+}
+
+/// A built pool's checked settings, which it answers with ([`P2cPool::backoff`] and the
+/// others named after their setters).
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) health: HealthConfig,
+    pub(crate) backoff: ExponentialBackoff,
+    pub(crate) seed: Option<u64>,
 }
 
 /// The rebuild backoff: `base` after an endpoint's first failure, doubling with each one after

@@ -2,9 +2,10 @@
 //! [`ClassifyResponse`] calls failures (an HTTP 5xx, a gRPC `UNAVAILABLE`).
 //!
 //! One classifier serves both uses of outcomes in this crate: the pool's outlier ejection and
-//! demotion ([`P2cPoolBuilder::classify`](crate::P2cPoolBuilder::classify)) and the
-//! failure-aware load ([`failure::failure_aware`](crate::failure::failure_aware)). The facade
-//! `portcullis` has classifiers for HTTP and gRPC responses.
+//! demotion
+//! ([`P2cPoolBuilder::build_with_classify`](crate::P2cPoolBuilder::build_with_classify)) and
+//! the failure-aware load ([`failure::failure_aware`](crate::failure::failure_aware)). The
+//! facade `portcullis` has classifiers for HTTP and gRPC responses.
 
 /// Decides whether a successful (`Ok`) response counts as a failure of the endpoint.
 ///

@@ -80,14 +80,20 @@ pub fn failure_aware<M, C>(
     classify: C,
     half_life: Duration,
 ) -> Result<FailureAwareMaker<M, C>, BuildError> {
-    if half_life.is_zero() {
-        return Err(BuildError::ZeroHalfLife);
-    }
+    check(half_life)?;
     Ok(FailureAwareMaker {
         inner: maker,
         classify: Arc::new(classify),
         half_life,
     })
+}
+
+/// Refuses a zero half-life: the rate would forget every failure at once.
+const fn check(half_life: Duration) -> Result<(), BuildError> {
+    if half_life.is_zero() {
+        return Err(BuildError::ZeroHalfLife);
+    }
+    Ok(())
 }
 
 /// The maker [`failure_aware`] returns.
@@ -104,7 +110,7 @@ where
     type Endpoint = FailureAware<M::Endpoint, C>;
 
     fn make_endpoint(&self, key: &K, target: &T) -> Self::Endpoint {
-        FailureAware::new(
+        FailureAware::checked(
             self.inner.make_endpoint(key, target),
             self.classify.clone(),
             self.half_life,
@@ -154,8 +160,16 @@ struct Health {
 }
 
 impl<S, C> FailureAware<S, C> {
-    /// Wraps `inner`.
-    pub fn new(inner: S, classify: Arc<C>, half_life: Duration) -> Self {
+    /// Wraps `inner`, with `classify` deciding which `Ok` responses are failures and the
+    /// failure rate halving every `half_life` without failures; a zero `half_life` is
+    /// refused ([`BuildError::ZeroHalfLife`]), as [`failure_aware`] refuses it.
+    pub fn new(inner: S, classify: Arc<C>, half_life: Duration) -> Result<Self, BuildError> {
+        check(half_life)?;
+        Ok(Self::checked(inner, classify, half_life))
+    }
+
+    /// [`Self::new`] with a half-life [`check`]ed already.
+    fn checked(inner: S, classify: Arc<C>, half_life: Duration) -> Self {
         Self {
             inner,
             classify,
@@ -163,7 +177,7 @@ impl<S, C> FailureAware<S, C> {
                 rate: AtomicU64::new(0f64.to_bits()),
                 updated: AtomicU64::new(0),
                 origin: Origin::now(),
-                half_life_nanos: half_life.as_nanos().max(1) as f64,
+                half_life_nanos: half_life.as_nanos() as f64,
             }),
         }
     }
@@ -342,6 +356,7 @@ mod tests {
             Arc::new(classify),
             Duration::from_secs(1),
         )
+        .unwrap()
     }
 
     #[tokio::test(start_paused = true)]
@@ -378,6 +393,13 @@ mod tests {
     fn a_zero_half_life_is_refused() {
         let refused = failure_aware((), ErrorsOnly, Duration::ZERO).map(|_| ());
         assert_eq!(refused, Err(BuildError::ZeroHalfLife));
+    }
+
+    #[test]
+    fn a_failure_aware_endpoint_refuses_a_zero_half_life_as_its_maker_does() {
+        let refused = FailureAware::new((), Arc::new(ErrorsOnly), Duration::ZERO).map(|_| ());
+        assert_eq!(refused, Err(BuildError::ZeroHalfLife));
+        assert!(FailureAware::new((), Arc::new(ErrorsOnly), Duration::from_nanos(1)).is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -70,16 +70,6 @@ where
     }
 }
 
-/// The default RTT a [`PeakEwma`] endpoint is assumed to have before it has answered once.
-///
-/// Low enough that a new endpoint gets traffic soon, high enough that it is not flooded before
-/// its first response is measured.
-pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
-
-/// The default decay window of the [`PeakEwma`] estimate: how long a latency peak takes to
-/// fade (by a factor of e) once the endpoint is fast again.
-pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
-
 /// A maker that wraps each endpoint of an inner maker in our lock-free [`PeakEwma`].
 ///
 /// Build one with [`peak_ewma`] (documented defaults) or [`PeakEwmaMaker::new`].
@@ -90,13 +80,33 @@ pub struct PeakEwmaMaker<M> {
     decay: Duration,
 }
 
-/// Wraps `maker`'s endpoints in [`PeakEwma`] with [`DEFAULT_RTT`] and [`DEFAULT_DECAY`].
+/// Wraps `maker`'s endpoints in [`PeakEwma`] with [`PeakEwmaMaker::DEFAULT_RTT`] and
+/// [`PeakEwmaMaker::DEFAULT_DECAY`].
 pub fn peak_ewma<M>(maker: M) -> PeakEwmaMaker<M> {
     PeakEwmaMaker {
         inner: maker,
-        default_rtt: DEFAULT_RTT,
-        decay: DEFAULT_DECAY,
+        default_rtt: PeakEwmaMaker::DEFAULT_RTT,
+        decay: PeakEwmaMaker::DEFAULT_DECAY,
     }
+}
+
+// The defaults pass the check `PeakEwmaMaker::new` and `PeakEwma::new` run.
+const _: () = assert!(crate::load::peak_ewma::check(
+    PeakEwmaMaker::DEFAULT_RTT,
+    PeakEwmaMaker::DEFAULT_DECAY
+)
+.is_ok());
+
+impl PeakEwmaMaker<()> {
+    /// The default RTT a [`PeakEwma`] endpoint is assumed to have before it has answered once.
+    ///
+    /// Low enough that a new endpoint gets traffic soon, high enough that it is not flooded
+    /// before its first response is measured.
+    pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+
+    /// The default decay window of the [`PeakEwma`] estimate: how long a latency peak takes to
+    /// fade (by a factor of e) once the endpoint is fast again.
+    pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 }
 
 impl<M> PeakEwmaMaker<M> {
@@ -104,9 +114,7 @@ impl<M> PeakEwmaMaker<M> {
     ///
     /// Both must be non-zero: the estimate decays by `exp(-elapsed / decay)`.
     pub fn new(maker: M, default_rtt: Duration, decay: Duration) -> Result<Self, BuildError> {
-        if default_rtt.is_zero() || decay.is_zero() {
-            return Err(BuildError::InvalidPeakEwma { default_rtt, decay });
-        }
+        crate::load::peak_ewma::check(default_rtt, decay)?;
         Ok(Self {
             inner: maker,
             default_rtt,
@@ -122,7 +130,7 @@ where
     type Endpoint = PeakEwma<M::Endpoint>;
 
     fn make_endpoint(&self, key: &K, target: &T) -> Self::Endpoint {
-        PeakEwma::new(
+        PeakEwma::checked(
             self.inner.make_endpoint(key, target),
             self.default_rtt,
             self.decay,
@@ -256,10 +264,11 @@ mod tests {
     fn peak_ewma_rejects_zero_parameters() {
         let maker = |_: &u32, _: &()| ();
         assert!(matches!(
-            PeakEwmaMaker::new(maker, Duration::ZERO, DEFAULT_DECAY),
+            PeakEwmaMaker::new(maker, Duration::ZERO, PeakEwmaMaker::DEFAULT_DECAY),
             Err(BuildError::InvalidPeakEwma { .. })
         ));
-        assert!(PeakEwmaMaker::new(maker, DEFAULT_RTT, Duration::ZERO).is_err());
-        assert!(PeakEwmaMaker::new(maker, DEFAULT_RTT, DEFAULT_DECAY).is_ok());
+        let (rtt, decay) = (PeakEwmaMaker::DEFAULT_RTT, PeakEwmaMaker::DEFAULT_DECAY);
+        assert!(PeakEwmaMaker::new(maker, rtt, Duration::ZERO).is_err());
+        assert!(PeakEwmaMaker::new(maker, rtt, decay).is_ok());
     }
 }

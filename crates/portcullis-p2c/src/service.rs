@@ -1,17 +1,17 @@
 //! [`P2cPool`]: power-of-two-choices selection over a [`ReadyCache`], and the `Service` and
 //! `Pool` impls that drive it.
 
+use crate::builder::Settings;
 use crate::classify::{ClassifyResponse, ErrorsOnly};
 use crate::error::{EndpointGone, NotReady};
 use crate::future::ResponseFuture;
-use crate::health::{HealthConfig, Recorder};
+use crate::health::Recorder;
 use crate::make::MakeEndpoint;
 use crate::metrics::{OwnedGauges, P2cMetrics};
 use crate::ready_cache::{ReadyCache, ReadyRef, EJECTIONS_PER_PICK};
 use crate::BoxError;
 use crate::EndpointState;
 use crate::P2cPoolBuilder;
-use portcullis_pool::backoff::ExponentialBackoff;
 use portcullis_pool::{EndpointCounts, Pool, Update};
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -19,6 +19,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::time::Instant;
 use tower::load::Load;
 use tower_service::Service;
@@ -44,7 +45,7 @@ enum Draw {
 ///
 /// `K` identifies an endpoint, `T` is the target it is built from by the maker `M` (see
 /// [`MakeEndpoint`]), and `Req` is the request type; `C` classifies responses for endpoint
-/// health ([`P2cPoolBuilder::classify`]). A key is cloned when its endpoint is added or
+/// health ([`P2cPoolBuilder::build_with_classify`]). A key is cloned when its endpoint is added or
 /// replaced and when an [`Update::Reset`] drops it, never per request.
 ///
 /// Failed endpoints are rebuilt after a [`tokio::time::sleep`], so the pool must be polled
@@ -59,6 +60,8 @@ where
     /// its instance id, so a removal or replacement in between is detected, never rerouted.
     chosen: Option<ReadyRef>,
     rng: SmallRng,
+    /// The seed the random source started from, if it was given one.
+    seed: Option<u64>,
     metrics: OwnedGauges,
     _req: PhantomData<fn(Req)>,
 }
@@ -77,22 +80,95 @@ where
     K: Hash + Eq + Clone,
     M: MakeEndpoint<K, T>,
 {
-    pub(crate) fn from_parts(
-        maker: M,
-        backoff: ExponentialBackoff,
-        health: HealthConfig,
-        classify: C,
-        rng: SmallRng,
-    ) -> Self {
+    pub(crate) fn from_parts(maker: M, settings: Settings, classify: C, rng: SmallRng) -> Self {
         let metrics = P2cMetrics::default();
+        let Settings {
+            health,
+            backoff,
+            seed,
+        } = settings;
         Self {
             endpoints: ReadyCache::new(maker, backoff, health, metrics.clone()),
             classify,
             chosen: None,
             rng,
+            seed,
             metrics: OwnedGauges(metrics),
             _req: PhantomData,
         }
+    }
+
+    /// The rebuild backoff, `(base, max)`, as [`P2cPoolBuilder::backoff`] set it.
+    pub fn backoff(&self) -> (Duration, Duration) {
+        let backoff = self.endpoints.backoff();
+        (backoff.base(), backoff.cap())
+    }
+
+    /// The seed of the random source ([`P2cPoolBuilder::seed`]); `None` if it was seeded
+    /// from the OS.
+    pub fn seed(&self) -> Option<u64> {
+        self.seed
+    }
+
+    /// Failures in a row that eject an endpoint
+    /// ([`P2cPoolBuilder::consecutive_failures`]); `None` if off.
+    pub fn consecutive_failures(&self) -> Option<u32> {
+        self.endpoints.health().consecutive_failures
+    }
+
+    /// Failure-percentage ejection, `(threshold, min_requests, interval)`
+    /// ([`P2cPoolBuilder::failure_percentage`]); `None` if off.
+    pub fn failure_percentage(&self) -> Option<(u8, u32, Duration)> {
+        let fp = self.endpoints.health().failure_percentage?;
+        Some((fp.threshold, fp.min_requests, fp.interval))
+    }
+
+    /// How long ejections last, `(base, max)` ([`P2cPoolBuilder::ejection_time`]).
+    pub fn ejection_time(&self) -> (Duration, Duration) {
+        let health = self.endpoints.health();
+        (health.ejection_base, health.ejection_max)
+    }
+
+    /// The largest share of endpoints ejected at once, in percent
+    /// ([`P2cPoolBuilder::max_ejection_percent`]).
+    pub fn max_ejection_percent(&self) -> u8 {
+        self.endpoints.health().max_ejection_percent
+    }
+
+    /// For how long a failed endpoint loses to one that has not failed
+    /// ([`P2cPoolBuilder::demotion`]), as it is in force: its default once outcomes are
+    /// recorded for ejection, `Duration::ZERO` when off.
+    pub fn demotion(&self) -> Duration {
+        self.endpoints.health().demotion
+    }
+
+    /// After how long a response future dropped unfinished counts as a failure
+    /// ([`P2cPoolBuilder::abandoned_after`]); `None` if off.
+    pub fn abandoned_after(&self) -> Option<Duration> {
+        self.endpoints.health().abandoned_after
+    }
+
+    /// Slow start, `(window, aggression, min_weight_percent)`
+    /// ([`P2cPoolBuilder::slow_start`]); `None` if off.
+    pub fn slow_start(&self) -> Option<(Duration, f64, u8)> {
+        let slow_start = self.endpoints.health().slow_start?;
+        Some((
+            slow_start.window,
+            slow_start.aggression,
+            slow_start.min_weight_percent,
+        ))
+    }
+
+    /// The percentage of healthy endpoints below which the pool panics
+    /// ([`P2cPoolBuilder::panic_threshold`]); 0 if off.
+    pub fn panic_threshold(&self) -> u8 {
+        self.endpoints.health().panic_threshold
+    }
+
+    /// The classifier of responses the pool was built with
+    /// ([`P2cPoolBuilder::build_with_classify`]).
+    pub fn classify(&self) -> &C {
+        &self.classify
     }
 
     /// A handle to this pool's metrics; it stays valid (and current) as the pool changes.

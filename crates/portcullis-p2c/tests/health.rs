@@ -19,14 +19,28 @@ const EJECTION: Duration = Duration::from_secs(30);
 type HealthPool<C> = P2cPool<u32, u32, FleetMaker, (), C>;
 
 /// A seeded pool over `fleet` with `n` endpoints, all ready, made by `builder`.
-fn pool_of<C>(fleet: &Fleet, n: u32, builder: P2cPoolBuilder<C>) -> (Spawn<()>, HealthPool<C>)
+fn pool_of(
+    fleet: &Fleet,
+    n: u32,
+    builder: P2cPoolBuilder,
+) -> (Spawn<()>, HealthPool<portcullis_p2c::ErrorsOnly>) {
+    classified_pool_of(fleet, n, builder, portcullis_p2c::ErrorsOnly)
+}
+
+/// [`pool_of`], with `classify` judging the responses.
+fn classified_pool_of<C>(
+    fleet: &Fleet,
+    n: u32,
+    builder: P2cPoolBuilder,
+    classify: C,
+) -> (Spawn<()>, HealthPool<C>)
 where
     C: portcullis_p2c::ClassifyResponse<(u32, u32)> + Clone,
 {
     let mut pool = builder
         .backoff(BACKOFF_BASE, BACKOFF_MAX)
         .seed(17)
-        .build(FleetMaker(fleet.clone()))
+        .build_with_classify(FleetMaker(fleet.clone()), classify)
         .unwrap();
     pool.update_pool(Update::Reset((0..n).map(|k| (k, 0)).collect()));
     let mut t = task::spawn(());
@@ -274,8 +288,8 @@ async fn ejection_turns_demotion_on_by_default() {
 async fn the_classifier_decides_which_responses_are_failures() {
     let fleet = Fleet::new();
     // Replica 0 answers, but its answers are failures ("5xx") by the classifier.
-    let builder = ejecting(3).classify(|&(key, _): &(u32, u32)| key == 0);
-    let (mut t, mut pool) = pool_of(&fleet, 4, builder);
+    let classify = |&(key, _): &(u32, u32)| key == 0;
+    let (mut t, mut pool) = classified_pool_of(&fleet, 4, ejecting(3), classify);
     let calls = spread(&mut t, &mut pool, &fleet, 500, 4);
     assert_eq!(calls[0], 3);
     assert_eq!(pool.endpoint_state(&0), Some(EndpointState::Ejected));

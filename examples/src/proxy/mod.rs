@@ -188,7 +188,6 @@ impl Proxy {
         // retry of a request goes to another backend. Exported as p2c_ejections_total,
         // p2c_ejected, p2c_panic_mode and p2c_ramping on /metrics.
         let pool = P2cPool::builder()
-            .classify(|response: &Response<Bytes>| response.status().is_server_error())
             .consecutive_failures(P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES)
             // The attempt timeout starts before the queue wait and the pool's clock at the
             // call, so a call it cuts short is a little younger than the timeout: count one
@@ -200,10 +199,15 @@ impl Proxy {
                 P2cPoolBuilder::DEFAULT_SLOW_START_AGGRESSION,
                 P2cPoolBuilder::DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT,
             )
-            .build(portcullis::p2c::make::peak_ewma({
-                let client = client.clone();
-                move |_: &SocketAddr, addr: &SocketAddr| HttpEndpoint::new(client.clone(), *addr)
-            }))?;
+            .build_with_classify(
+                portcullis::p2c::make::peak_ewma({
+                    let client = client.clone();
+                    move |_: &SocketAddr, addr: &SocketAddr| {
+                        HttpEndpoint::new(client.clone(), *addr)
+                    }
+                }),
+                |response: &Response<Bytes>| response.status().is_server_error(),
+            )?;
         let p2c = pool.metrics();
         let queue = config.queue.build(pool, source.updates())?;
         let retry = Retry::builder()

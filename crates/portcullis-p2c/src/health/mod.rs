@@ -51,6 +51,8 @@ pub struct SlowStart {
     pub(crate) aggression: f64,
     /// A fraction in (0, 1].
     pub(crate) min_weight: f64,
+    /// The same, as it was set: a percentage in 1..=100.
+    pub(crate) min_weight_percent: u8,
 }
 
 impl SlowStart {
@@ -117,6 +119,7 @@ mod tests {
             window: Duration::from_secs(10),
             aggression: 1.0,
             min_weight: 0.1,
+            min_weight_percent: 10,
         };
         assert_eq!(linear.factor(Duration::ZERO), 0.1);
         assert_eq!(linear.factor(Duration::from_secs(5)), 0.5);

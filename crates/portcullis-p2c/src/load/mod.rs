@@ -14,10 +14,10 @@
 //!   compare as `ln E + t_updated / decay` do (the `- t / decay` both share cancels), so each
 //!   completion stores that sum, and a pick compares it plus `ln(requests in flight + 1)`.
 //!
-//! Any other [`Load`] still works with the pool (tower's included); only weighting needs a
+//! Any other [`Load`](tower::load::Load) still works with the pool (tower's included); only weighting needs a
 //! numeric one.
 
-mod peak_ewma;
+pub(crate) mod peak_ewma;
 mod pending_requests;
 
 pub use self::peak_ewma::{Cost, PeakEwma, PeakEwmaFuture};

@@ -2,6 +2,9 @@
 //! tower's).
 
 use super::in_flight;
+use crate::error::BuildError;
+#[cfg(doc)]
+use crate::make::PeakEwmaMaker;
 use pin_project_lite::pin_project;
 use portcullis_pool::time::Origin;
 use std::fmt;
@@ -88,12 +91,29 @@ fn signed_nanos(at: Instant, origin: Instant) -> f64 {
     }
 }
 
+/// Refuses a default RTT or a decay window of zero: the estimate decays by
+/// `exp(-elapsed / decay)`, and a zero estimate has no logarithm to compare.
+pub(crate) const fn check(default_rtt: Duration, decay: Duration) -> Result<(), BuildError> {
+    if default_rtt.is_zero() || decay.is_zero() {
+        return Err(BuildError::InvalidPeakEwma { default_rtt, decay });
+    }
+    Ok(())
+}
+
 impl<S> PeakEwma<S> {
-    /// Wraps `inner`, starting from `default_rtt`, decaying over `decay` (made non-zero).
-    pub fn new(inner: S, default_rtt: Duration, decay: Duration) -> Self {
+    /// Wraps `inner`, starting from `default_rtt`, decaying over `decay`; both must be
+    /// non-zero ([`BuildError::InvalidPeakEwma`]). The defaults are
+    /// [`PeakEwmaMaker::DEFAULT_RTT`] and [`PeakEwmaMaker::DEFAULT_DECAY`].
+    pub fn new(inner: S, default_rtt: Duration, decay: Duration) -> Result<Self, BuildError> {
+        check(default_rtt, decay)?;
+        Ok(Self::checked(inner, default_rtt, decay))
+    }
+
+    /// [`Self::new`] with settings [`check`]ed already.
+    pub(crate) fn checked(inner: S, default_rtt: Duration, decay: Duration) -> Self {
         let origin = Instant::now();
         let origin_offset_ns = signed_nanos(origin, process_origin());
-        let decay_ns = nanos(decay).max(1.0);
+        let decay_ns = nanos(decay);
         let estimate = nanos(default_rtt);
         Self {
             inner,
@@ -328,7 +348,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn peak_ewma_jumps_to_a_peak_and_decays_back() {
         let decay = Duration::from_secs(10);
-        let mut ep = PeakEwma::new(sleeper(), Duration::from_millis(30), decay);
+        let mut ep = PeakEwma::new(sleeper(), Duration::from_millis(30), decay).unwrap();
         assert_eq!(ep.rtt_estimate(), Duration::from_millis(30));
 
         answer(&mut ep, Duration::from_millis(100)).await;
@@ -355,8 +375,8 @@ mod tests {
         let decay = Duration::from_secs(10);
         let at_once =
             || service_fn(|_: Duration| std::future::ready(Ok::<_, std::convert::Infallible>(())));
-        let mut untimed = PeakEwma::new(at_once(), Duration::from_millis(30), decay);
-        let zero = PeakEwma::new(at_once(), Duration::from_millis(30), decay);
+        let mut untimed = PeakEwma::new(at_once(), Duration::from_millis(30), decay).unwrap();
+        let zero = PeakEwma::new(at_once(), Duration::from_millis(30), decay).unwrap();
         tokio::time::advance(Duration::from_secs(3)).await;
         let mut response = untimed.ready().await.unwrap().call(Duration::ZERO);
         assert!(response.track.as_ref().is_some_and(|t| t.sent_at.is_none()));
@@ -367,7 +387,7 @@ mod tests {
         assert_eq!(untimed.rtt_estimate(), zero.rtt_estimate());
         assert_eq!(in_flight(&untimed.state), 0);
         // One that waits is timed from the poll that found it waiting.
-        let mut waits = PeakEwma::new(sleeper(), Duration::from_millis(30), decay);
+        let mut waits = PeakEwma::new(sleeper(), Duration::from_millis(30), decay).unwrap();
         answer(&mut waits, Duration::from_millis(100)).await;
         assert_eq!(waits.rtt_estimate(), Duration::from_millis(100));
     }
@@ -375,8 +395,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn keys_compare_as_the_costs_now_do_whenever_they_were_stored() {
         let decay = Duration::from_secs(10);
-        let mut slow = PeakEwma::new(sleeper(), Duration::from_millis(1), decay);
-        let mut fast = PeakEwma::new(sleeper(), Duration::from_millis(1), decay);
+        let mut slow = PeakEwma::new(sleeper(), Duration::from_millis(1), decay).unwrap();
+        let mut fast = PeakEwma::new(sleeper(), Duration::from_millis(1), decay).unwrap();
         answer(&mut slow, Duration::from_millis(100)).await;
         // Later, the other answers in 30 ms: cheaper than the slow one's decayed 100 ms.
         tokio::time::advance(Duration::from_millis(40)).await;
@@ -400,7 +420,8 @@ mod tests {
             sleeper(),
             Duration::from_millis(10),
             Duration::from_secs(10),
-        );
+        )
+        .unwrap();
         let idle = ep.load().key();
         let a = ep.ready().await.unwrap().call(Duration::from_secs(1));
         let b = ep.ready().await.unwrap().call(Duration::from_secs(1));
@@ -435,7 +456,8 @@ mod tests {
             sleeper(),
             Duration::from_millis(30),
             Duration::from_secs(10),
-        );
+        )
+        .unwrap();
         for (i, after) in [50u64, 10, 10, 70, 5, 5, 5].iter().enumerate() {
             tokio::time::advance(Duration::from_millis(i as u64 * 3)).await;
             answer(&mut ep, Duration::from_millis(*after)).await;
@@ -443,6 +465,23 @@ mod tests {
             let ln = f64::from_bits(ep.state.ln_estimate.load(Relaxed));
             assert!((ln - estimate.ln()).abs() < 1e-9, "{ln} vs ln {estimate}");
         }
+    }
+
+    #[test]
+    fn zero_parameters_are_refused_as_the_maker_refuses_them() {
+        let rtt = Duration::from_millis(30);
+        let decay = Duration::from_secs(10);
+        for (rtt, decay) in [(Duration::ZERO, decay), (rtt, Duration::ZERO)] {
+            let refused = PeakEwma::new((), rtt, decay).map(|_| ());
+            assert_eq!(
+                refused,
+                Err(BuildError::InvalidPeakEwma {
+                    default_rtt: rtt,
+                    decay
+                })
+            );
+        }
+        assert!(PeakEwma::new((), rtt, decay).is_ok());
     }
 
     #[test]

@@ -209,7 +209,8 @@ impl<K> MakeEndpoint<K, Uri> for MakeGrpcEndpoint {
 /// status is 5xx, or whose `grpc-status` header (a trailers-only response, which is how a
 /// server refuses a call before streaming) is `UNAVAILABLE` (14), is a failure of the
 /// endpoint; every other status is the call's own outcome. Transport errors (`Err`) always
-/// are. Give it to [`P2cPoolBuilder::classify`](crate::p2c::P2cPoolBuilder::classify).
+/// are. Give it to
+/// [`P2cPoolBuilder::build_with_classify`](crate::p2c::P2cPoolBuilder::build_with_classify).
 ///
 /// A status sent in trailers after a streamed body is not seen: the pool judges a call when
 /// its response head arrives.
