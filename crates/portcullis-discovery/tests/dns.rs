@@ -6,6 +6,8 @@
 
 #[path = "support/dns_server.rs"]
 mod dns_server;
+#[path = "support/stream.rs"]
+mod stream;
 
 use dns_server::{Fault, RecordType, Rr, TestDns};
 use futures_util::StreamExt;
@@ -13,6 +15,7 @@ use portcullis_discovery::dns::{Dns, DnsEndpoint, DnsUpdates};
 use portcullis_discovery::{DiscoverySnapshot, Update};
 use std::net::SocketAddr;
 use std::time::Duration;
+use stream::assert_quiet_for;
 use tokio::time::{timeout, Instant};
 
 /// Longest wait for an update that must come.
@@ -31,17 +34,52 @@ fn endpoint(ip: [u8; 4], port: u16) -> (SocketAddr, DnsEndpoint) {
 }
 
 async fn next(updates: &mut DnsUpdates) -> Update<SocketAddr, DnsEndpoint> {
-    match timeout(PATIENCE, updates.next()).await {
-        Ok(Some(Ok(update))) => update,
-        Ok(other) => panic!("the stream ended or failed: {other:?}"),
-        Err(_) => panic!("no update within {PATIENCE:?}"),
-    }
+    stream::next_within(updates, PATIENCE).await
+}
+
+/// The next update, and how long it took to come.
+async fn timed_next(updates: &mut DnsUpdates) -> (Update<SocketAddr, DnsEndpoint>, Duration) {
+    let start = Instant::now();
+    let update = next(updates).await;
+    (update, start.elapsed())
+}
+
+/// A server whose zone holds one record, `api.test.` A 127.0.0.10 with a TTL of 1 s, and a
+/// stream of that name's A and AAAA records at `port`.
+async fn api_test_at(port: u16) -> (TestDns, DnsUpdates) {
+    let server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]).await;
+    let updates = server.client().host("api.test.", port).unwrap().updates();
+    (server, updates)
+}
+
+/// A server with two SRV records of `_http._tcp.api.test.`, each `(priority, weight)`: the
+/// first to `a.test.` at 8080, the second to `b.test.` at 8081, with their A records
+/// (127.0.0.1 and 127.0.0.2); and a stream of them.
+async fn srv_test(a: (u16, u16), b: (u16, u16)) -> (TestDns, DnsUpdates) {
+    let server = TestDns::start(vec![
+        Rr::Srv("_http._tcp.api.test.", a.0, a.1, 8080, "a.test.", 1),
+        Rr::Srv("_http._tcp.api.test.", b.0, b.1, 8081, "b.test.", 1),
+        Rr::A("a.test.", [127, 0, 0, 1], 1),
+        Rr::A("b.test.", [127, 0, 0, 2], 1),
+    ])
+    .await;
+    let updates = server
+        .client()
+        .srv("_http._tcp.api.test.")
+        .unwrap()
+        .updates();
+    (server, updates)
+}
+
+/// The same fault (or none) for both questions of a name, A and AAAA.
+fn fault_both(server: &mut TestDns, fault: Option<Fault>) {
+    server.fault(RecordType::A, fault);
+    server.fault(RecordType::AAAA, fault);
 }
 
 #[tokio::test]
 async fn host_records_added_and_removed() {
-    let mut server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]).await;
-    let mut updates = server.client().host("api.test.", 8080).unwrap().updates();
+    let (mut server, mut updates) = api_test_at(8080).await;
     let metrics = updates.metrics();
 
     // The first answer: a Reset.
@@ -78,17 +116,14 @@ async fn host_records_added_and_removed() {
 
 #[tokio::test]
 async fn re_resolved_on_the_ttl_and_quiet_while_unchanged() {
-    let mut server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]).await;
-    let mut updates = server.client().host("api.test.", 80).unwrap().updates();
+    let (mut server, mut updates) = api_test_at(80).await;
     let metrics = updates.metrics();
     next(&mut updates).await;
     let first = Instant::now();
 
     // Unchanged records: asked again every TTL (1 s, less at most 10% jitter), nothing
     // yielded.
-    assert!(timeout(Duration::from_millis(2_500), updates.next())
-        .await
-        .is_err());
+    assert_quiet_for(&mut updates, Duration::from_millis(2_500)).await;
     let reads = metrics.snapshot().reads;
     assert!(
         (3..=4).contains(&reads),
@@ -97,16 +132,9 @@ async fn re_resolved_on_the_ttl_and_quiet_while_unchanged() {
 
     // A change is seen at the next expiry of the TTL, not before.
     server.set(vec![Rr::A("api.test.", [127, 0, 0, 12], 1)]);
-    let changed = Instant::now();
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![endpoint([127, 0, 0, 12], 80)])
-    );
-    assert!(
-        changed.elapsed() <= Duration::from_secs(2),
-        "{:?}",
-        changed.elapsed()
-    );
+    let (update, changed) = timed_next(&mut updates).await;
+    assert_eq!(update, Update::Reset(vec![endpoint([127, 0, 0, 12], 80)]));
+    assert!(changed <= Duration::from_secs(2), "{changed:?}");
     assert!(first.elapsed() >= Duration::from_millis(2_500));
     server.stop().await;
 }
@@ -125,17 +153,10 @@ async fn a_long_ttl_is_clamped_to_max_ttl() {
     next(&mut updates).await;
 
     server.set(vec![Rr::A("api.test.", [127, 0, 0, 11], 3_600)]);
-    let changed = Instant::now();
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![endpoint([127, 0, 0, 11], 80)])
-    );
+    let (update, changed) = timed_next(&mut updates).await;
+    assert_eq!(update, Update::Reset(vec![endpoint([127, 0, 0, 11], 80)]));
     // An hour's TTL, but asked again within max_ttl.
-    assert!(
-        changed.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        changed.elapsed()
-    );
+    assert!(changed < Duration::from_secs(1), "{changed:?}");
     server.stop().await;
 }
 
@@ -156,9 +177,7 @@ async fn nxdomain_is_does_not_exist_once() {
     server.set(vec![]);
     assert_eq!(next(&mut updates).await, Update::DoesNotExist);
     // Still gone at the next answers: nothing more.
-    assert!(timeout(Duration::from_millis(1_500), updates.next())
-        .await
-        .is_err());
+    assert_quiet_for(&mut updates, Duration::from_millis(1_500)).await;
     let snapshot = metrics.snapshot();
     assert_eq!(snapshot.updates.does_not_exist, 2);
     assert_eq!(snapshot.errors, 0);
@@ -167,18 +186,7 @@ async fn nxdomain_is_does_not_exist_once() {
 
 #[tokio::test]
 async fn srv_carries_weight_and_priority() {
-    let mut server = TestDns::start(vec![
-        Rr::Srv("_http._tcp.api.test.", 10, 5, 8080, "a.test.", 1),
-        Rr::Srv("_http._tcp.api.test.", 20, 1, 8081, "b.test.", 1),
-        Rr::A("a.test.", [127, 0, 0, 1], 1),
-        Rr::A("b.test.", [127, 0, 0, 2], 1),
-    ])
-    .await;
-    let mut updates = server
-        .client()
-        .srv("_http._tcp.api.test.")
-        .unwrap()
-        .updates();
+    let (mut server, mut updates) = srv_test((10, 5), (20, 1)).await;
     let a = DnsEndpoint {
         addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
         weight: 5,
@@ -207,8 +215,7 @@ async fn srv_carries_weight_and_priority() {
 
 #[tokio::test]
 async fn a_server_gone_or_refusing_keeps_the_last_set_until_it_answers() {
-    let mut server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]).await;
-    let mut updates = server.client().host("api.test.", 80).unwrap().updates();
+    let (mut server, mut updates) = api_test_at(80).await;
     let metrics = updates.metrics();
     assert_eq!(
         next(&mut updates).await,
@@ -217,26 +224,20 @@ async fn a_server_gone_or_refusing_keeps_the_last_set_until_it_answers() {
 
     // The server goes away: timeouts, retried with backoff, nothing yielded.
     server.stop().await;
-    assert!(timeout(Duration::from_secs(3), updates.next())
-        .await
-        .is_err());
+    assert_quiet_for(&mut updates, Duration::from_secs(3)).await;
     let errors = metrics.snapshot().errors;
     assert!(errors >= 2, "errors {errors}");
 
     // It comes back on the same port, with the same records: still nothing to yield.
     server.serve().await;
     let reads = metrics.snapshot().reads;
-    assert!(timeout(Duration::from_secs(2), updates.next())
-        .await
-        .is_err());
+    assert_quiet_for(&mut updates, Duration::from_secs(2)).await;
     assert!(metrics.snapshot().reads > reads, "answered again");
 
     // It answers REFUSED (SERVFAIL's kin): an error too, the set stays.
     server.refuse();
     let errors = metrics.snapshot().errors;
-    assert!(timeout(Duration::from_secs(2), updates.next())
-        .await
-        .is_err());
+    assert_quiet_for(&mut updates, Duration::from_secs(2)).await;
     assert!(metrics.snapshot().errors > errors);
 
     // Back with a change: yielded.
@@ -296,10 +297,15 @@ async fn quiet_until(updates: &mut DnsUpdates, done: impl Fn(&DiscoverySnapshot)
     }
 }
 
+/// Reads the stream until two more resolutions have failed, yielding nothing meanwhile.
+async fn two_more_failures(updates: &mut DnsUpdates) {
+    let errors = updates.metrics().snapshot().errors;
+    quiet_until(updates, |s| s.errors >= errors + 2).await;
+}
+
 #[tokio::test]
 async fn a_failed_a_query_keeps_the_last_set_while_aaaa_answers_nodata() {
-    let mut server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]).await;
-    let mut updates = server.client().host("api.test.", 80).unwrap().updates();
+    let (mut server, mut updates) = api_test_at(80).await;
     let metrics = updates.metrics();
     assert_eq!(
         next(&mut updates).await,
@@ -309,13 +315,11 @@ async fn a_failed_a_query_keeps_the_last_set_while_aaaa_answers_nodata() {
     // The A question goes unanswered (one lost packet: the resolver asks once), the AAAA
     // question is answered NODATA at once: a failure, not an empty set.
     server.fault(RecordType::A, Some(Fault::Silent));
-    let errors = metrics.snapshot().errors;
-    quiet_until(&mut updates, |s| s.errors >= errors + 2).await;
+    two_more_failures(&mut updates).await;
 
     // SERVFAIL to A, the same.
     server.fault(RecordType::A, Some(Fault::ServFail));
-    let errors = metrics.snapshot().errors;
-    quiet_until(&mut updates, |s| s.errors >= errors + 2).await;
+    two_more_failures(&mut updates).await;
 
     // Answered again, with a change: the next update is that change, never an empty set.
     server.fault(RecordType::A, None);
@@ -337,7 +341,6 @@ async fn a_failed_aaaa_query_of_a_dual_stack_name_keeps_both_families() {
     ])
     .await;
     let mut updates = server.client().host("api.test.", 80).unwrap().updates();
-    let metrics = updates.metrics();
     assert_eq!(
         next(&mut updates).await,
         Update::Reset(vec![endpoint([127, 0, 0, 10], 80), endpoint6(v6, 80)])
@@ -345,8 +348,7 @@ async fn a_failed_aaaa_query_of_a_dual_stack_name_keeps_both_families() {
 
     for fault in [Fault::ServFail, Fault::Silent] {
         server.fault(RecordType::AAAA, Some(fault));
-        let errors = metrics.snapshot().errors;
-        quiet_until(&mut updates, |s| s.errors >= errors + 2).await;
+        two_more_failures(&mut updates).await;
     }
 
     server.fault(RecordType::AAAA, None);
@@ -368,19 +370,7 @@ async fn a_failed_aaaa_query_of_a_dual_stack_name_keeps_both_families() {
 
 #[tokio::test]
 async fn an_srv_target_whose_a_lookup_fails_fails_the_resolution() {
-    let mut server = TestDns::start(vec![
-        Rr::Srv("_http._tcp.api.test.", 10, 1, 8080, "a.test.", 1),
-        Rr::Srv("_http._tcp.api.test.", 10, 1, 8081, "b.test.", 1),
-        Rr::A("a.test.", [127, 0, 0, 1], 1),
-        Rr::A("b.test.", [127, 0, 0, 2], 1),
-    ])
-    .await;
-    let mut updates = server
-        .client()
-        .srv("_http._tcp.api.test.")
-        .unwrap()
-        .updates();
-    let metrics = updates.metrics();
+    let (mut server, mut updates) = srv_test((10, 1), (10, 1)).await;
     let at = |ip: [u8; 4], port: u16| {
         let addr = SocketAddr::from((ip, port));
         (
@@ -401,8 +391,7 @@ async fn an_srv_target_whose_a_lookup_fails_fails_the_resolution() {
     // resolution fails, and the last set stays.
     for fault in [Fault::Silent, Fault::ServFail] {
         server.fault(RecordType::A, Some(fault));
-        let errors = metrics.snapshot().errors;
-        quiet_until(&mut updates, |s| s.errors >= errors + 2).await;
+        two_more_failures(&mut updates).await;
     }
 
     server.fault(RecordType::A, None);
@@ -419,46 +408,27 @@ async fn an_srv_target_whose_a_lookup_fails_fails_the_resolution() {
 
 #[tokio::test]
 async fn negative_answers_without_an_soa_are_asked_again_at_min_ttl() {
-    let mut server = TestDns::start(vec![Rr::A("api.test.", [127, 0, 0, 10], 1)]).await;
     // max_ttl 60 s: a negative answer kept for max_ttl would outlast `PATIENCE`.
-    let mut updates = server.client().host("api.test.", 80).unwrap().updates();
+    let (mut server, mut updates) = api_test_at(80).await;
     assert_eq!(
         next(&mut updates).await,
         Update::Reset(vec![endpoint([127, 0, 0, 10], 80)])
     );
 
     // NODATA without an SOA (no negative TTL): an empty set, not to be kept.
-    server.fault(RecordType::A, Some(Fault::NoDataWithoutSoa));
-    server.fault(RecordType::AAAA, Some(Fault::NoDataWithoutSoa));
+    fault_both(&mut server, Some(Fault::NoDataWithoutSoa));
     assert_eq!(next(&mut updates).await, Update::Reset(vec![]));
-    server.fault(RecordType::A, None);
-    server.fault(RecordType::AAAA, None);
-    let back = Instant::now();
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![endpoint([127, 0, 0, 10], 80)])
-    );
-    assert!(
-        back.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        back.elapsed()
-    );
+    fault_both(&mut server, None);
+    let (update, back) = timed_next(&mut updates).await;
+    assert_eq!(update, Update::Reset(vec![endpoint([127, 0, 0, 10], 80)]));
+    assert!(back < Duration::from_secs(2), "{back:?}");
 
     // NXDOMAIN without an SOA: the name does not exist, asked again at min_ttl.
-    server.fault(RecordType::A, Some(Fault::NxDomainWithoutSoa));
-    server.fault(RecordType::AAAA, Some(Fault::NxDomainWithoutSoa));
+    fault_both(&mut server, Some(Fault::NxDomainWithoutSoa));
     assert_eq!(next(&mut updates).await, Update::DoesNotExist);
-    server.fault(RecordType::A, None);
-    server.fault(RecordType::AAAA, None);
-    let back = Instant::now();
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![endpoint([127, 0, 0, 10], 80)])
-    );
-    assert!(
-        back.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        back.elapsed()
-    );
+    fault_both(&mut server, None);
+    let (update, back) = timed_next(&mut updates).await;
+    assert_eq!(update, Update::Reset(vec![endpoint([127, 0, 0, 10], 80)]));
+    assert!(back < Duration::from_secs(2), "{back:?}");
     server.stop().await;
 }

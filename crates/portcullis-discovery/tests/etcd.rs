@@ -6,16 +6,18 @@
 
 #[path = "support/etcd_server.rs"]
 mod etcd_server;
+#[path = "support/stream.rs"]
+mod stream;
 
-use etcd_client::{CompactionOptions, DeleteOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, CompactionOptions, DeleteOptions, PutOptions, Txn, TxnOp};
 use etcd_server::EtcdServer;
-use futures_util::StreamExt;
 use portcullis_discovery::etcd::{Etcd, EtcdEndpoint, EtcdUpdates};
 use portcullis_discovery::Update;
 use portcullis_test::alloc::CountingAllocator;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::time::{timeout, Instant};
+use stream::assert_quiet_for;
+use tokio::time::Instant;
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator::new();
@@ -40,15 +42,40 @@ fn ep(addr: &str) -> EtcdEndpoint {
     }
 }
 
+/// The endpoint at `key` under `/svc/api/`, as the stream yields it.
+fn at(key: &str, addr: &str) -> (String, EtcdEndpoint) {
+    (format!("/svc/api/{key}"), ep(addr))
+}
+
 async fn next(updates: &mut EtcdUpdates) -> Update<String, EtcdEndpoint> {
-    match timeout(PATIENCE, updates.next()).await {
-        Ok(Some(Ok(update))) => update,
-        Ok(other) => panic!("the stream ended or failed: {other:?}"),
-        Err(_) => panic!(
-            "no update within {PATIENCE:?}: {:?}",
-            updates.metrics().snapshot()
-        ),
+    stream::next_within(updates, PATIENCE).await
+}
+
+/// A client of `server` that has put each `(key, value)` under `/svc/api/`, and a stream of
+/// that prefix (listed when it is first read).
+async fn api(server: &EtcdServer, puts: &[(&str, &str)]) -> (Client, EtcdUpdates) {
+    let mut kv = server.client().await.unwrap();
+    for (key, value) in puts {
+        kv.put(format!("/svc/api/{key}"), *value, None)
+            .await
+            .unwrap();
     }
+    (kv, source(server).await.updates("/svc/api/"))
+}
+
+/// Puts `value` at `key`, then compacts etcd's history up to that put, physically: a watch
+/// from an earlier revision is refused.
+async fn put_and_compact(kv: &mut Client, key: &str, value: &str) {
+    let last = kv
+        .put(key, value, None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    kv.compact(last, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
 }
 
 /// Applies updates to a model of the set until it equals `expected` (bounded).
@@ -82,7 +109,7 @@ async fn keys_added_changed_and_removed() {
 
     assert_eq!(
         next(&mut updates).await,
-        Update::Reset(vec![("/svc/api/a".into(), ep("10.0.0.1:80"))])
+        Update::Reset(vec![at("a", "10.0.0.1:80")])
     );
 
     kv.put(
@@ -110,7 +137,7 @@ async fn keys_added_changed_and_removed() {
     kv.put("/svc/api/a", "10.0.0.3:80", None).await.unwrap();
     assert_eq!(
         next(&mut updates).await,
-        Update::Add(vec![("/svc/api/a".into(), ep("10.0.0.3:80"))])
+        Update::Add(vec![at("a", "10.0.0.3:80")])
     );
 
     kv.delete("/svc/api/b", None).await.unwrap();
@@ -128,7 +155,7 @@ async fn keys_added_changed_and_removed() {
     .unwrap();
     assert_eq!(
         next(&mut updates).await,
-        Update::Reset(vec![("/svc/api/d".into(), ep("10.0.0.4:80"))])
+        Update::Reset(vec![at("d", "10.0.0.4:80")])
     );
 
     let snapshot = metrics.snapshot();
@@ -143,8 +170,7 @@ async fn keys_added_changed_and_removed() {
 #[tokio::test]
 async fn a_lease_that_expires_removes_its_key() {
     let server = EtcdServer::start().await;
-    let mut kv = server.client().await.unwrap();
-    let mut updates = source(&server).await.updates("/svc/api/");
+    let (mut kv, mut updates) = api(&server, &[]).await;
     assert_eq!(next(&mut updates).await, Update::Reset(vec![]));
 
     // Granted, never kept alive: etcd deletes the key when the TTL runs out.
@@ -158,7 +184,7 @@ async fn a_lease_that_expires_removes_its_key() {
     .unwrap();
     assert_eq!(
         next(&mut updates).await,
-        Update::Add(vec![("/svc/api/a".into(), ep("10.0.0.1:80"))])
+        Update::Add(vec![at("a", "10.0.0.1:80")])
     );
     let added = Instant::now();
     assert_eq!(
@@ -186,12 +212,10 @@ async fn a_registration_lives_past_its_ttl_and_goes_when_revoked_or_dropped() {
     assert_eq!(registration.key(), "/svc/api/self");
     assert_eq!(
         next(&mut updates).await,
-        Update::Add(vec![("/svc/api/self".into(), ep("10.0.0.7:80"))])
+        Update::Add(vec![at("self", "10.0.0.7:80")])
     );
     // Kept alive: still there after twice its TTL.
-    assert!(timeout(Duration::from_secs(5), updates.next())
-        .await
-        .is_err());
+    assert_quiet_for(&mut updates, Duration::from_secs(5)).await;
 
     // Revoked: gone at once, long before the TTL.
     let revoked = Instant::now();
@@ -209,7 +233,7 @@ async fn a_registration_lives_past_its_ttl_and_goes_when_revoked_or_dropped() {
         .unwrap();
     assert_eq!(
         next(&mut updates).await,
-        Update::Add(vec![("/svc/api/again".into(), ep("10.0.0.8:80"))])
+        Update::Add(vec![at("again", "10.0.0.8:80")])
     );
     drop(registration);
     assert_eq!(
@@ -221,18 +245,13 @@ async fn a_registration_lives_past_its_ttl_and_goes_when_revoked_or_dropped() {
 #[tokio::test]
 async fn etcd_restarted_mid_watch_resumes_without_losing_a_change() {
     let mut server = EtcdServer::start().await;
-    let mut kv = server.client().await.unwrap();
-    kv.put("/svc/api/a", "10.0.0.1:80", None).await.unwrap();
-    let mut updates = source(&server).await.updates("/svc/api/");
+    let (mut kv, mut updates) = api(&server, &[("a", "10.0.0.1:80")]).await;
     let metrics = updates.metrics();
     let mut model = BTreeMap::new();
-    let expected = BTreeMap::from([("/svc/api/a".to_string(), ep("10.0.0.1:80"))]);
+    let expected = BTreeMap::from([at("a", "10.0.0.1:80")]);
     until_set(&mut updates, &mut model, &expected).await;
     kv.put("/svc/api/b", "10.0.0.2:80", None).await.unwrap();
-    let expected = BTreeMap::from([
-        ("/svc/api/a".to_string(), ep("10.0.0.1:80")),
-        ("/svc/api/b".to_string(), ep("10.0.0.2:80")),
-    ]);
+    let expected = BTreeMap::from([at("a", "10.0.0.1:80"), at("b", "10.0.0.2:80")]);
     until_set(&mut updates, &mut model, &expected).await;
 
     // Restarted while the stream is not polled; changed before it is polled again, so the
@@ -243,9 +262,9 @@ async fn etcd_restarted_mid_watch_resumes_without_losing_a_change() {
     kv.put("/svc/api/c", "10.0.0.3:80", None).await.unwrap();
 
     let expected = BTreeMap::from([
-        ("/svc/api/a".to_string(), ep("10.0.0.9:80")),
-        ("/svc/api/b".to_string(), ep("10.0.0.2:80")),
-        ("/svc/api/c".to_string(), ep("10.0.0.3:80")),
+        at("a", "10.0.0.9:80"),
+        at("b", "10.0.0.2:80"),
+        at("c", "10.0.0.3:80"),
     ]);
     until_set(&mut updates, &mut model, &expected).await;
     let snapshot = metrics.snapshot();
@@ -257,25 +276,17 @@ async fn etcd_restarted_mid_watch_resumes_without_losing_a_change() {
         "the broken watch is counted: {snapshot:?}"
     );
     // And nothing more to come.
-    assert!(timeout(Duration::from_secs(1), updates.next())
-        .await
-        .is_err());
+    assert_quiet_for(&mut updates, Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
 async fn compaction_past_the_watch_revision_lists_again_with_a_reset() {
     let mut server = EtcdServer::start().await;
-    let mut kv = server.client().await.unwrap();
-    kv.put("/svc/api/a", "10.0.0.1:80", None).await.unwrap();
-    kv.put("/svc/api/b", "10.0.0.2:80", None).await.unwrap();
-    let mut updates = source(&server).await.updates("/svc/api/");
+    let (_, mut updates) = api(&server, &[("a", "10.0.0.1:80"), ("b", "10.0.0.2:80")]).await;
     let metrics = updates.metrics();
     assert_eq!(
         next(&mut updates).await,
-        Update::Reset(vec![
-            ("/svc/api/a".into(), ep("10.0.0.1:80")),
-            ("/svc/api/b".into(), ep("10.0.0.2:80")),
-        ])
+        Update::Reset(vec![at("a", "10.0.0.1:80"), at("b", "10.0.0.2:80")])
     );
 
     // While the stream is not polled: etcd restarts (its watch breaks), the set changes, and
@@ -283,25 +294,13 @@ async fn compaction_past_the_watch_revision_lists_again_with_a_reset() {
     server.restart().await;
     let mut kv = server.client().await.unwrap();
     kv.delete("/svc/api/a", None).await.unwrap();
-    let last = kv
-        .put("/svc/api/c", "10.0.0.3:80", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    kv.compact(last, Some(CompactionOptions::new().with_physical()))
-        .await
-        .unwrap();
+    put_and_compact(&mut kv, "/svc/api/c", "10.0.0.3:80").await;
 
     // The stream's watch from its revision is refused as compacted: it lists again, and the
     // first update is the whole new set (never an empty one).
     assert_eq!(
         next(&mut updates).await,
-        Update::Reset(vec![
-            ("/svc/api/b".into(), ep("10.0.0.2:80")),
-            ("/svc/api/c".into(), ep("10.0.0.3:80")),
-        ])
+        Update::Reset(vec![at("b", "10.0.0.2:80"), at("c", "10.0.0.3:80"),])
     );
     assert_eq!(metrics.snapshot().updates.reset, 2);
 
@@ -369,10 +368,7 @@ async fn memory_stays_flat_under_100k_changes() {
 #[tokio::test]
 async fn a_prefix_emptied_by_a_range_delete_is_an_empty_set() {
     let server = EtcdServer::start().await;
-    let mut kv = server.client().await.unwrap();
-    kv.put("/svc/api/a", "10.0.0.1:80", None).await.unwrap();
-    kv.put("/svc/api/b", "10.0.0.2:80", None).await.unwrap();
-    let mut updates = source(&server).await.updates("/svc/api/");
+    let (mut kv, mut updates) = api(&server, &[("a", "10.0.0.1:80"), ("b", "10.0.0.2:80")]).await;
     next(&mut updates).await;
     kv.delete("/svc/api/", Some(DeleteOptions::new().with_prefix()))
         .await
@@ -386,17 +382,11 @@ async fn a_prefix_emptied_by_a_range_delete_is_an_empty_set() {
 #[tokio::test]
 async fn a_relist_keeps_a_bad_values_key_at_its_last_good_value() {
     let mut server = EtcdServer::start().await;
-    let mut kv = server.client().await.unwrap();
-    kv.put("/svc/api/a", "10.0.0.1:80", None).await.unwrap();
-    kv.put("/svc/api/b", "10.0.0.2:80", None).await.unwrap();
-    let mut updates = source(&server).await.updates("/svc/api/");
+    let (_, mut updates) = api(&server, &[("a", "10.0.0.1:80"), ("b", "10.0.0.2:80")]).await;
     let metrics = updates.metrics();
     assert_eq!(
         next(&mut updates).await,
-        Update::Reset(vec![
-            ("/svc/api/a".into(), ep("10.0.0.1:80")),
-            ("/svc/api/b".into(), ep("10.0.0.2:80")),
-        ])
+        Update::Reset(vec![at("a", "10.0.0.1:80"), at("b", "10.0.0.2:80")])
     );
 
     // While the stream is not polled: etcd restarts, a's value goes bad, c is added, and the
@@ -404,24 +394,15 @@ async fn a_relist_keeps_a_bad_values_key_at_its_last_good_value() {
     server.restart().await;
     let mut kv = server.client().await.unwrap();
     kv.put("/svc/api/a", "not an address", None).await.unwrap();
-    let last = kv
-        .put("/svc/api/c", "10.0.0.3:80", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    kv.compact(last, Some(CompactionOptions::new().with_physical()))
-        .await
-        .unwrap();
+    put_and_compact(&mut kv, "/svc/api/c", "10.0.0.3:80").await;
 
     // The list keeps a at its last good value, as the watch would.
     assert_eq!(
         next(&mut updates).await,
         Update::Reset(vec![
-            ("/svc/api/a".into(), ep("10.0.0.1:80")),
-            ("/svc/api/b".into(), ep("10.0.0.2:80")),
-            ("/svc/api/c".into(), ep("10.0.0.3:80")),
+            at("a", "10.0.0.1:80"),
+            at("b", "10.0.0.2:80"),
+            at("c", "10.0.0.3:80"),
         ])
     );
     let snapshot = metrics.snapshot();
@@ -435,7 +416,7 @@ async fn a_relist_keeps_a_bad_values_key_at_its_last_good_value() {
     kv.put("/svc/api/a", "10.0.0.9:80", None).await.unwrap();
     assert_eq!(
         next(&mut updates).await,
-        Update::Add(vec![("/svc/api/a".into(), ep("10.0.0.9:80"))])
+        Update::Add(vec![at("a", "10.0.0.9:80")])
     );
 }
 
@@ -452,7 +433,7 @@ async fn an_etcd_whose_revision_went_backwards_is_listed_again() {
     let metrics = updates.metrics();
     assert_eq!(
         next(&mut updates).await,
-        Update::Reset(vec![("/svc/api/a".into(), ep("10.0.0.1:80"))])
+        Update::Reset(vec![at("a", "10.0.0.1:80")])
     );
 
     // Replaced by an empty etcd (revision 1) while the stream is not polled, then one key
@@ -463,7 +444,7 @@ async fn an_etcd_whose_revision_went_backwards_is_listed_again() {
 
     assert_eq!(
         next(&mut updates).await,
-        Update::Reset(vec![("/svc/api/b".into(), ep("10.0.0.2:80"))])
+        Update::Reset(vec![at("b", "10.0.0.2:80")])
     );
     let snapshot = metrics.snapshot();
     assert_eq!(snapshot.rewinds, 1, "{snapshot:?}");
@@ -473,20 +454,18 @@ async fn an_etcd_whose_revision_went_backwards_is_listed_again() {
     kv.put("/svc/api/c", "10.0.0.3:80", None).await.unwrap();
     assert_eq!(
         next(&mut updates).await,
-        Update::Add(vec![("/svc/api/c".into(), ep("10.0.0.3:80"))])
+        Update::Add(vec![at("c", "10.0.0.3:80")])
     );
 }
 
 #[tokio::test]
 async fn values_that_are_not_host_port_keep_the_keys_last_value() {
     let server = EtcdServer::start().await;
-    let mut kv = server.client().await.unwrap();
-    kv.put("/svc/api/a", "10.0.0.1:80", None).await.unwrap();
-    let mut updates = source(&server).await.updates("/svc/api/");
+    let (mut kv, mut updates) = api(&server, &[("a", "10.0.0.1:80")]).await;
     let metrics = updates.metrics();
     assert_eq!(
         next(&mut updates).await,
-        Update::Reset(vec![("/svc/api/a".into(), ep("10.0.0.1:80"))])
+        Update::Reset(vec![at("a", "10.0.0.1:80")])
     );
 
     let bad = [
@@ -504,7 +483,7 @@ async fn values_that_are_not_host_port_keep_the_keys_last_value() {
     kv.put("/svc/api/b", "[::1]:80", None).await.unwrap();
     assert_eq!(
         next(&mut updates).await,
-        Update::Add(vec![("/svc/api/b".into(), ep("[::1]:80"))])
+        Update::Add(vec![at("b", "[::1]:80")])
     );
     assert_eq!(metrics.snapshot().errors, bad.len() as u64);
 }

@@ -9,6 +9,8 @@
 
 #[path = "support/k8s_server.rs"]
 mod k8s_server;
+#[path = "support/stream.rs"]
+mod stream;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
@@ -127,14 +129,55 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
 }
 
 async fn next(updates: &mut K8sUpdates) -> Update<SocketAddr, K8sEndpoint> {
-    match timeout(PATIENCE, updates.next()).await {
-        Ok(Some(Ok(update))) => update,
-        Ok(other) => panic!("the stream ended or failed: {other:?}"),
-        Err(_) => panic!(
-            "no update within {PATIENCE:?}: {:?}",
-            updates.metrics().snapshot()
-        ),
+    stream::next_within(updates, PATIENCE).await
+}
+
+/// A slice of `service` in `default` whose endpoints `ips` are all ready (see [`slice`]).
+fn ready(name: &str, service: &str, ips: &[&'static str]) -> EndpointSlice {
+    let endpoints: Vec<_> = ips.iter().map(|ip| Ep(ip, READY)).collect();
+    slice(name, service, &endpoints)
+}
+
+/// The `Reset` to exactly `ips` at the port `http`, as the source yields it.
+fn reset(ips: &[&str]) -> Update<SocketAddr, K8sEndpoint> {
+    Update::Reset(ips.iter().map(|ip| ep(ip, 8080)).collect())
+}
+
+/// The `Add` of `ips` at the port `http`.
+fn added(ips: &[&str]) -> Update<SocketAddr, K8sEndpoint> {
+    Update::Add(ips.iter().map(|ip| ep(ip, 8080)).collect())
+}
+
+/// The `Remove` of `ips` at the port `http`.
+fn removed(ips: &[&str]) -> Update<SocketAddr, K8sEndpoint> {
+    Update::Remove(ips.iter().map(|ip| addr(ip, 8080)).collect())
+}
+
+/// A stand-in API server serving `slices`.
+async fn serving(slices: impl IntoIterator<Item = EndpointSlice>) -> K8sServer {
+    let server = K8sServer::start().await;
+    for slice in slices {
+        server.apply(slice);
     }
+    server
+}
+
+/// A stream of the `http` port of the Service `api` in `default`, from `server`.
+fn api(server: &K8sServer) -> K8sUpdates {
+    source(server)
+        .service("default", "api", "http")
+        .unwrap()
+        .updates()
+}
+
+/// Each request the server has answered: whether it was a watch, and the resourceVersion
+/// it started from.
+fn watches_and_versions(server: &K8sServer) -> Vec<(bool, Option<String>)> {
+    server
+        .requests()
+        .iter()
+        .map(|r| (r.watch, r.resource_version.clone()))
+        .collect()
 }
 
 /// Reads the stream until the server's requests satisfy `condition`; an update meanwhile
@@ -172,8 +215,8 @@ async fn slices_listed_then_added_modified_and_deleted() {
         ],
     ));
     // Another Service in the namespace, and the same Service name in another namespace.
-    server.apply(slice("web-a", "web", &[Ep("10.0.9.1", READY)]));
-    let mut elsewhere = slice("api-x", "api", &[Ep("10.0.8.1", READY)]);
+    server.apply(ready("web-a", "web", &["10.0.9.1"]));
+    let mut elsewhere = ready("api-x", "api", &["10.0.8.1"]);
     elsewhere.metadata.namespace = Some("other".into());
     server.apply(elsewhere);
 
@@ -183,25 +226,15 @@ async fn slices_listed_then_added_modified_and_deleted() {
     let metrics = updates.metrics();
 
     // The list: ready (10.0.0.1) and conditions unset (10.0.0.2, ready as the API says).
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![ep("10.0.0.1", 8080), ep("10.0.0.2", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, reset(&["10.0.0.1", "10.0.0.2"]));
 
     // A second slice of the Service: its endpoints are added to the first's.
-    server.apply(slice("api-b", "api", &[Ep("10.0.0.4", READY)]));
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Add(vec![ep("10.0.0.4", 8080)])
-    );
+    server.apply(ready("api-b", "api", &["10.0.0.4"]));
+    assert_eq!(next(&mut updates).await, added(&["10.0.0.4"]));
 
     // Changes that leave the set as it was yield nothing: another Service's slice, a
     // not-ready endpoint that stays not ready; the next update is the next real change.
-    server.apply(slice(
-        "web-a",
-        "web",
-        &[Ep("10.0.9.1", READY), Ep("10.0.9.2", READY)],
-    ));
+    server.apply(ready("web-a", "web", &["10.0.9.1", "10.0.9.2"]));
     server.apply(slice(
         "api-a",
         "api",
@@ -220,16 +253,10 @@ async fn slices_listed_then_added_modified_and_deleted() {
             Ep("10.0.0.3", READY),
         ],
     ));
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Add(vec![ep("10.0.0.3", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, added(&["10.0.0.3"]));
 
     server.delete("default", "api-b");
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Remove(vec![addr("10.0.0.4", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, removed(&["10.0.0.4"]));
 
     // One event that both removes and adds: one Reset of the whole set, never the set in
     // between.
@@ -245,22 +272,14 @@ async fn slices_listed_then_added_modified_and_deleted() {
     ));
     assert_eq!(
         next(&mut updates).await,
-        Update::Reset(vec![
-            ep("10.0.0.2", 8080),
-            ep("10.0.0.3", 8080),
-            ep("10.0.0.5", 8080)
-        ])
+        reset(&["10.0.0.2", "10.0.0.3", "10.0.0.5"])
     );
 
     // The last slice deleted: the set is empty (the Service has no backend).
     server.delete("default", "api-a");
     assert_eq!(
         next(&mut updates).await,
-        Update::Remove(vec![
-            addr("10.0.0.2", 8080),
-            addr("10.0.0.3", 8080),
-            addr("10.0.0.5", 8080)
-        ])
+        removed(&["10.0.0.2", "10.0.0.3", "10.0.0.5"])
     );
 
     let snapshot = metrics.snapshot();
@@ -290,19 +309,9 @@ async fn slices_listed_then_added_modified_and_deleted() {
 #[tokio::test]
 async fn endpoints_not_ready_or_terminating_drop_out_and_come_back() {
     let server = K8sServer::start().await;
-    server.apply(slice(
-        "api-a",
-        "api",
-        &[Ep("10.0.0.1", READY), Ep("10.0.0.2", READY)],
-    ));
-    let mut updates = source(&server)
-        .service("default", "api", "http")
-        .unwrap()
-        .updates();
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![ep("10.0.0.1", 8080), ep("10.0.0.2", 8080)])
-    );
+    server.apply(ready("api-a", "api", &["10.0.0.1", "10.0.0.2"]));
+    let mut updates = api(&server);
+    assert_eq!(next(&mut updates).await, reset(&["10.0.0.1", "10.0.0.2"]));
 
     // Not ready: out.
     server.apply(slice(
@@ -310,30 +319,17 @@ async fn endpoints_not_ready_or_terminating_drop_out_and_come_back() {
         "api",
         &[Ep("10.0.0.1", NOT_READY), Ep("10.0.0.2", READY)],
     ));
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Remove(vec![addr("10.0.0.1", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, removed(&["10.0.0.1"]));
     // Ready again: back.
-    server.apply(slice(
-        "api-a",
-        "api",
-        &[Ep("10.0.0.1", READY), Ep("10.0.0.2", READY)],
-    ));
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Add(vec![ep("10.0.0.1", 8080)])
-    );
+    server.apply(ready("api-a", "api", &["10.0.0.1", "10.0.0.2"]));
+    assert_eq!(next(&mut updates).await, added(&["10.0.0.1"]));
     // Terminating while still serving: out (no new traffic to a pod on its way down).
     server.apply(slice(
         "api-a",
         "api",
         &[Ep("10.0.0.1", READY), Ep("10.0.0.2", TERMINATING)],
     ));
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Remove(vec![addr("10.0.0.2", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, removed(&["10.0.0.2"]));
     // Ready but not serving (a status an API server should not write, read as out).
     server.apply(slice(
         "api-a",
@@ -343,10 +339,7 @@ async fn endpoints_not_ready_or_terminating_drop_out_and_come_back() {
             Ep("10.0.0.2", TERMINATING),
         ],
     ));
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Remove(vec![addr("10.0.0.1", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, removed(&["10.0.0.1"]));
 }
 
 #[tokio::test]
@@ -397,75 +390,42 @@ async fn the_port_is_chosen_by_name_and_protocol() {
 
 #[tokio::test]
 async fn an_address_in_two_slices_is_one_endpoint() {
-    let server = K8sServer::start().await;
-    server.apply(slice("api-a", "api", &[Ep("10.0.0.1", READY)]));
-    let mut updates = source(&server)
-        .service("default", "api", "http")
-        .unwrap()
-        .updates();
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![ep("10.0.0.1", 8080)])
-    );
+    let server = serving([ready("api-a", "api", &["10.0.0.1"])]).await;
+    let mut updates = api(&server);
+    assert_eq!(next(&mut updates).await, reset(&["10.0.0.1"]));
     // The controller moves 10.0.0.1 from one slice to another: it appears in the second
     // before it leaves the first. Neither step changes the set.
-    server.apply(slice("api-b", "api", &[Ep("10.0.0.1", READY)]));
+    server.apply(ready("api-b", "api", &["10.0.0.1"]));
     server.apply(slice("api-a", "api", &[]));
     // Then a change that is one.
-    server.apply(slice("api-a", "api", &[Ep("10.0.0.2", READY)]));
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Add(vec![ep("10.0.0.2", 8080)])
-    );
+    server.apply(ready("api-a", "api", &["10.0.0.2"]));
+    assert_eq!(next(&mut updates).await, added(&["10.0.0.2"]));
     server.delete("default", "api-b");
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Remove(vec![addr("10.0.0.1", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, removed(&["10.0.0.1"]));
 }
 
 #[tokio::test]
 async fn a_watch_that_ends_resumes_from_the_last_resource_version() {
-    let server = K8sServer::start().await;
-    server.apply(slice("api-a", "api", &[Ep("10.0.0.1", READY)]));
-    let mut updates = source(&server)
-        .service("default", "api", "http")
-        .unwrap()
-        .updates();
+    let server = serving([ready("api-a", "api", &["10.0.0.1"])]).await;
+    let mut updates = api(&server);
     let metrics = updates.metrics();
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![ep("10.0.0.1", 8080)])
-    );
-    server.apply(slice("api-b", "api", &[Ep("10.0.0.2", READY)]));
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Add(vec![ep("10.0.0.2", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, reset(&["10.0.0.1"]));
+    server.apply(ready("api-b", "api", &["10.0.0.2"]));
+    assert_eq!(next(&mut updates).await, added(&["10.0.0.2"]));
 
     // Changes the watch does not select move the resourceVersion on; a bookmark tells the
     // watcher, and the watch ends (the API server's timeout, or its restart).
-    server.apply(slice("web-a", "web", &[Ep("10.0.9.1", READY)]));
-    server.apply(slice("web-a", "web", &[Ep("10.0.9.2", READY)]));
+    server.apply(ready("web-a", "web", &["10.0.9.1"]));
+    server.apply(ready("web-a", "web", &["10.0.9.2"]));
     let bookmark = server.bookmark();
     server.end_watches();
     // A change made while no watch is open: the resumed watch must still bring it.
-    server.apply(slice(
-        "api-b",
-        "api",
-        &[Ep("10.0.0.2", READY), Ep("10.0.0.3", READY)],
-    ));
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Add(vec![ep("10.0.0.3", 8080)])
-    );
+    server.apply(ready("api-b", "api", &["10.0.0.2", "10.0.0.3"]));
+    assert_eq!(next(&mut updates).await, added(&["10.0.0.3"]));
 
     // Resumed by watching from the bookmark's resourceVersion, not by listing again.
     let requests = server.requests();
-    let kinds: Vec<_> = requests
-        .iter()
-        .map(|r| (r.watch, r.resource_version.clone()))
-        .collect();
+    let kinds = watches_and_versions(&server);
     assert_eq!(
         kinds,
         [
@@ -485,37 +445,27 @@ async fn a_watch_that_ends_resumes_from_the_last_resource_version() {
 
 #[tokio::test]
 async fn gone_lists_again_with_one_reset_and_no_empty_set_between() {
-    let server = K8sServer::start().await;
-    server.apply(slice("api-a", "api", &[Ep("10.0.0.1", READY)]));
-    server.apply(slice("api-b", "api", &[Ep("10.0.0.2", READY)]));
-    let mut updates = source(&server)
-        .service("default", "api", "http")
-        .unwrap()
-        .updates();
+    let server = serving([
+        ready("api-a", "api", &["10.0.0.1"]),
+        ready("api-b", "api", &["10.0.0.2"]),
+    ])
+    .await;
+    let mut updates = api(&server);
     let metrics = updates.metrics();
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![ep("10.0.0.1", 8080), ep("10.0.0.2", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, reset(&["10.0.0.1", "10.0.0.2"]));
     // The list was at resourceVersion 2; no watch is open until the stream is read again.
     // Meanwhile: every slice replaced, and the history compacted. The watcher's watch from
     // 2 gets ERROR 410, and it lists again.
     server.delete("default", "api-a");
     server.delete("default", "api-b");
-    server.apply(slice("api-c", "api", &[Ep("10.0.0.3", READY)]));
+    server.apply(ready("api-c", "api", &["10.0.0.3"]));
     server.compact();
 
     // The first update is the whole new set: never the empty set the deletions passed
     // through, and no update before the list is complete.
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![ep("10.0.0.3", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, reset(&["10.0.0.3"]));
     let requests = server.requests();
-    let kinds: Vec<_> = requests
-        .iter()
-        .map(|r| (r.watch, r.resource_version.clone()))
-        .collect();
+    let kinds = watches_and_versions(&server);
     assert_eq!(
         kinds,
         [(false, None), (true, Some("2".to_string())), (false, None)],
@@ -526,7 +476,7 @@ async fn gone_lists_again_with_one_reset_and_no_empty_set_between() {
     // moves the resourceVersion past the one the watcher will resume from, and the history
     // is compacted: the stream is read until the server has answered the 410, the list and
     // the new watch, and must yield nothing meanwhile.
-    server.apply(slice("web-a", "web", &[Ep("10.0.9.1", READY)]));
+    server.apply(ready("web-a", "web", &["10.0.9.1"]));
     server.compact();
     read_until(&mut updates, &server, |requests| {
         requests.len() == 6 && requests[4].status == 200 && !requests[4].watch && requests[5].watch
@@ -536,15 +486,8 @@ async fn gone_lists_again_with_one_reset_and_no_empty_set_between() {
     assert_eq!(requests[3].resource_version.as_deref(), Some("5"));
     assert_eq!(requests[5].resource_version.as_deref(), Some("6"));
     // The next update is the next change, an Add on the new watch.
-    server.apply(slice(
-        "api-c",
-        "api",
-        &[Ep("10.0.0.3", READY), Ep("10.0.0.4", READY)],
-    ));
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Add(vec![ep("10.0.0.4", 8080)])
-    );
+    server.apply(ready("api-c", "api", &["10.0.0.3", "10.0.0.4"]));
+    assert_eq!(next(&mut updates).await, added(&["10.0.0.4"]));
     let snapshot = metrics.snapshot();
     assert_eq!(snapshot.updates.reset, 2, "{snapshot:?}");
     assert_eq!(snapshot.updates.remove, 0, "{snapshot:?}");
@@ -556,47 +499,30 @@ async fn gone_lists_again_with_one_reset_and_no_empty_set_between() {
 
 #[tokio::test]
 async fn api_errors_keep_the_last_set_and_are_retried() {
-    let server = K8sServer::start().await;
-    server.apply(slice("api-a", "api", &[Ep("10.0.0.1", READY)]));
+    let server = serving([ready("api-a", "api", &["10.0.0.1"])]).await;
     // The first two lists fail: retried after a backoff, then the set.
     server.fail_next(2);
-    let mut updates = source(&server)
-        .service("default", "api", "http")
-        .unwrap()
-        .updates();
+    let mut updates = api(&server);
     let metrics = updates.metrics();
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![ep("10.0.0.1", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, reset(&["10.0.0.1"]));
     assert_eq!(metrics.snapshot().errors, 2);
 
     // The watch ends and its next three starts fail: the set stays, nothing is yielded;
     // the change made meanwhile arrives once a watch is open again.
     server.fail_next(3);
     server.end_watches();
-    server.apply(slice(
-        "api-a",
-        "api",
-        &[Ep("10.0.0.1", READY), Ep("10.0.0.2", READY)],
-    ));
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Add(vec![ep("10.0.0.2", 8080)])
-    );
+    server.apply(ready("api-a", "api", &["10.0.0.1", "10.0.0.2"]));
+    assert_eq!(next(&mut updates).await, added(&["10.0.0.2"]));
     assert_eq!(metrics.snapshot().errors, 5);
 
     // A re-list (410) whose lists fail twice: the set stays until one succeeds, and then
     // it is the new set in one Reset. The watch ends, the set changes while none is open,
     // and the history is compacted past the watcher's resourceVersion.
     server.end_watches();
-    server.apply(slice("api-a", "api", &[Ep("10.0.0.3", READY)]));
+    server.apply(ready("api-a", "api", &["10.0.0.3"]));
     server.compact();
     server.fail_next_lists(2);
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![ep("10.0.0.3", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, reset(&["10.0.0.3"]));
     let snapshot = metrics.snapshot();
     assert_eq!(snapshot.errors, 7, "{snapshot:?}");
     assert_eq!(snapshot.updates.reset, 2, "{snapshot:?}");
@@ -629,18 +555,11 @@ async fn names_kubernetes_would_refuse_are_refused() {
 
 #[tokio::test]
 async fn watches_that_end_at_once_back_off_and_are_counted() {
-    let server = K8sServer::start().await;
-    server.apply(slice("api-a", "api", &[Ep("10.0.0.1", READY)]));
+    let server = serving([ready("api-a", "api", &["10.0.0.1"])]).await;
     // A backoff from 20 ms doubling to 200 ms, less up to 10 % jitter.
-    let mut updates = source(&server)
-        .service("default", "api", "http")
-        .unwrap()
-        .updates();
+    let mut updates = api(&server);
     let metrics = updates.metrics();
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![ep("10.0.0.1", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, reset(&["10.0.0.1"]));
 
     // Every watch now ends as soon as it is opened, with no event. The stream is read until
     // the server has answered six watches: between each two, the source waits its backoff
@@ -674,46 +593,25 @@ async fn watches_that_end_at_once_back_off_and_are_counted() {
 
     // Watches that stay open again: the change made meanwhile arrives.
     server.end_watches_at_once(false);
-    server.apply(slice(
-        "api-a",
-        "api",
-        &[Ep("10.0.0.1", READY), Ep("10.0.0.2", READY)],
-    ));
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Add(vec![ep("10.0.0.2", 8080)])
-    );
+    server.apply(ready("api-a", "api", &["10.0.0.1", "10.0.0.2"]));
+    assert_eq!(next(&mut updates).await, added(&["10.0.0.2"]));
 }
 
 #[tokio::test]
 async fn a_watch_refused_with_http_410_lists_again() {
-    let server = K8sServer::start().await;
-    server.apply(slice("api-a", "api", &[Ep("10.0.0.1", READY)]));
-    let mut updates = source(&server)
-        .service("default", "api", "http")
-        .unwrap()
-        .updates();
+    let server = serving([ready("api-a", "api", &["10.0.0.1"])]).await;
+    let mut updates = api(&server);
     let metrics = updates.metrics();
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![ep("10.0.0.1", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, reset(&["10.0.0.1"]));
     // The list was at resourceVersion 1, and no watch is open until the stream is read
     // again. Meanwhile a change, and the history compacted past it; the server refuses a
     // watch from 1 with the HTTP status 410, as a proxy or an aggregated API server does.
     server.gone_as_status(true);
-    server.apply(slice(
-        "api-a",
-        "api",
-        &[Ep("10.0.0.1", READY), Ep("10.0.0.2", READY)],
-    ));
+    server.apply(ready("api-a", "api", &["10.0.0.1", "10.0.0.2"]));
     server.compact();
 
     // Listed again: the whole new set, in one Reset.
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Reset(vec![ep("10.0.0.1", 8080), ep("10.0.0.2", 8080)])
-    );
+    assert_eq!(next(&mut updates).await, reset(&["10.0.0.1", "10.0.0.2"]));
     let requests = server.requests();
     let kinds: Vec<_> = requests
         .iter()
@@ -733,11 +631,8 @@ async fn a_watch_refused_with_http_410_lists_again() {
     assert_eq!(snapshot.updates.reset, 2, "{snapshot:?}");
 
     // Then watched from the new list's resourceVersion: the next change arrives.
-    server.apply(slice("api-a", "api", &[Ep("10.0.0.2", READY)]));
-    assert_eq!(
-        next(&mut updates).await,
-        Update::Remove(vec![addr("10.0.0.1", 8080)])
-    );
+    server.apply(ready("api-a", "api", &["10.0.0.2"]));
+    assert_eq!(next(&mut updates).await, removed(&["10.0.0.1"]));
     assert_eq!(
         server.requests()[3].resource_version.as_deref(),
         Some("2"),
