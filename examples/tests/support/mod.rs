@@ -326,14 +326,73 @@ pub(crate) fn assert_every_request_ended(outcome: &Outcome, load: load::Load) {
 /// scenario (two stacks, one per protocol), not several.
 static ONE_SCENARIO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The nice value the scenarios run at: ahead of whatever else runs at the default 0 (a
+/// parallel build, another test suite), by a weight of about 9 to 1 in Linux's scheduler.
+const NICE: i32 = -10;
+
+/// Where Linux keeps this process's autogroup and its nice value, with autogroups on (the
+/// default on desktops: each session, a terminal, is one group, and the groups share the CPU
+/// evenly whatever their threads' nice values).
+const AUTOGROUP: &str = "/proc/self/autogroup";
+
+/// While held, the scenario runs ahead of other work on the machine: every thread of this
+/// process is at [`NICE`] (threads made later, the backends' and the blocking pool's, inherit
+/// it from the thread that makes them), and so is this process's autogroup, given back its
+/// nice value on drop. The suite already needs root for its namespaces, and root may raise a
+/// priority. Why: a scenario asserts deadlines in real time, and its load is sized for the
+/// machine's two cores; what a stack does when it is short of CPU is the starvation test's
+/// question (`crates/portcullis/tests/starvation.rs`), not this suite's.
+pub(crate) struct AheadOfOtherWork {
+    autogroup_nice: Option<i32>,
+}
+
+#[allow(unsafe_code)]
+fn run_ahead_of_other_work() -> AheadOfOtherWork {
+    let tasks =
+        std::fs::read_dir("/proc/self/task").expect("/proc/self/task lists this process's threads");
+    for task in tasks.flatten() {
+        let name = task.file_name();
+        let Some(tid) = name.to_str().and_then(|t| t.parse::<libc::id_t>().ok()) else {
+            continue;
+        };
+        // setpriority(2) has no wrapper in the standard library. A thread that ended since
+        // the listing (ESRCH) is no matter; anything else is.
+        let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, NICE) };
+        let error = std::io::Error::last_os_error();
+        assert!(
+            set == 0 || error.raw_os_error() == Some(libc::ESRCH),
+            "cannot run the scenario at nice {NICE} (needs root): {error}"
+        );
+    }
+    // "/autogroup-29 nice 0"; absent without autogroups, where the threads' nice is enough.
+    let autogroup_nice = std::fs::read_to_string(AUTOGROUP).ok().and_then(|group| {
+        let nice = group.split_whitespace().last()?.parse().ok()?;
+        std::fs::write(AUTOGROUP, NICE.to_string()).unwrap_or_else(|error| {
+            panic!("cannot set {AUTOGROUP} to {NICE} (needs root): {error}")
+        });
+        Some(nice)
+    });
+    AheadOfOtherWork { autogroup_nice }
+}
+
+impl Drop for AheadOfOtherWork {
+    fn drop(&mut self) {
+        if let Some(nice) = self.autogroup_nice {
+            let _ = std::fs::write(AUTOGROUP, nice.to_string());
+        }
+    }
+}
+
 /// Runs `scenario` over both protocols at once, each with a stack of its own, while no other
-/// scenario of this test binary runs.
+/// scenario of this test binary runs, ahead of other work on the machine
+/// ([`run_ahead_of_other_work`]).
 pub(crate) async fn each_protocol<F, Fut>(scenario: F)
 where
     F: Fn(Protocol) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let _alone = ONE_SCENARIO.lock().await;
+    let _ahead = run_ahead_of_other_work();
     let runs: Vec<_> = PROTOCOLS
         .into_iter()
         .map(|protocol| tokio::spawn(scenario(protocol)))
