@@ -22,6 +22,13 @@
 //! (`api.internal.`, `/services/api/`, `default/api:http`), `endpoints`, `added`, `removed`
 //! and the update's `kind`.
 //!
+//! The DNS, etcd and Kubernetes sources share one builder and one stream, written once in
+//! `source` (compiled with any of their features): `DnsBuilder`,
+//! `EtcdBuilder` and `K8sBuilder` are a `source::SourceBuilder` (backoff, jitter, seed, and
+//! the source's own settings); `DnsUpdates`, `EtcdUpdates` and `K8sUpdates` are a
+//! `source::Updates` (a name, its metrics, never fails, never ends). Each source's module
+//! holds its protocol alone.
+//!
 //! A `PoolQueueLayer` takes a *function* that makes the stream, since a stream can be consumed
 //! only once: `move || from_watch(rx.clone())`, `move || file.updates()`.
 //!
