@@ -14,7 +14,7 @@
 //!
 //! Discovery updates change which keys the cache holds (`update.rs`, through
 //! [`EndpointSet`](portcullis_pool::EndpointSet)); choosing among the ready endpoints is the
-//! pool's (`service.rs`).
+//! pool's (`service/pick.rs`).
 //!
 //! The state of the cache is kept by concern: the ready set and its layout for the pick
 //! (`ready.rs`), ejection and panic mode (`eject.rs`), weights and slow starts (`weight.rs`),

@@ -1,5 +1,7 @@
-//! [`P2cPool`]: power-of-two-choices selection over a [`ReadyCache`], and the `Service` and
-//! `Pool` impls that drive it.
+//! [`P2cPool`]: power-of-two-choices selection over a [`ReadyCache`] (the pick is in
+//! `pick.rs`), the settings it answers, and the `Service` and `Pool` impls that drive it.
+
+mod pick;
 
 use crate::builder::Settings;
 use crate::classify::{ClassifyResponse, ErrorsOnly};
@@ -8,13 +10,12 @@ use crate::future::ResponseFuture;
 use crate::health::Recorder;
 use crate::make::MakeEndpoint;
 use crate::metrics::{OwnedGauges, P2cMetrics};
-use crate::ready_cache::{ReadyCache, ReadyRef, EJECTIONS_PER_PICK};
+use crate::ready_cache::{ReadyCache, ReadyRef};
 use crate::BoxError;
 use crate::EndpointState;
 use crate::P2cPoolBuilder;
 use portcullis_pool::{EndpointCounts, Pool, Update};
 use rand::rngs::SmallRng;
-use rand::Rng;
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
@@ -24,20 +25,6 @@ use tokio::time::Instant;
 use tower::load::Load;
 use tower_service::Service;
 use tracing::{debug, trace};
-
-/// The most draws one weighted candidate takes (see `draw_weighted`).
-const WEIGHTED_DRAWS: usize = 32;
-
-/// The candidates of one pick, as positions in the ready set.
-#[derive(Copy, Clone, Debug)]
-enum Draw {
-    /// The one candidate there is.
-    One(usize),
-    /// Two distinct candidates.
-    Two(usize, usize),
-    /// The same candidate drawn twice by weight, and a uniform other it meets.
-    Twice { drawn: usize, other: usize },
-}
 
 /// A power-of-two-choices load balancer over endpoints that discovery keeps current.
 ///
@@ -187,170 +174,6 @@ where
     /// which endpoint served a request.
     pub fn chosen(&self) -> Option<&K> {
         self.endpoints.key_of(self.chosen?)
-    }
-
-    /// The p2c pick, in three steps: [`draw`](Self::draw) two distinct candidates (or none,
-    /// or the one there is); with outlier ejection on, eject a candidate whose outcomes call
-    /// for it and draw again (at most [`EJECTIONS_PER_PICK`] times); then
-    /// [`prefer`](Self::prefer) a candidate that has not failed lately, or else
-    /// [`compare`](Self::compare) their loads.
-    fn select(&mut self, cx: &mut Context<'_>) -> Option<ReadyRef>
-    where
-        K: fmt::Debug,
-        M::Endpoint: Load,
-    {
-        let ejects = self.endpoints.health().ejects();
-        let weighted = self.endpoints.weighted();
-        let now = if weighted {
-            self.endpoints.ramp_clock()
-        } else {
-            None
-        };
-        let mut ejections_left = EJECTIONS_PER_PICK;
-        let pos = loop {
-            let draw = self.draw(weighted, now)?;
-            if ejects && ejections_left > 0 && self.eject_outlier(cx, draw) {
-                ejections_left -= 1;
-                continue;
-            }
-            break match draw {
-                Draw::One(a) => a,
-                Draw::Two(a, b) | Draw::Twice { drawn: a, other: b } => self
-                    .prefer(a, b)
-                    .unwrap_or_else(|| self.compare(draw, weighted, now)),
-            };
-        };
-        let (key, chosen, _) = self.endpoints.get_ready(pos)?;
-        trace!(
-            ?key,
-            ready = self.endpoints.ready_len(),
-            "endpoint selected"
-        );
-        Some(chosen)
-    }
-
-    /// Draws the candidates: none if nothing is ready; the one there is, with no draw, so a
-    /// lone endpoint costs no randomness; else two distinct ones, uniformly or, weighted, by
-    /// two independent draws by weight, where the same endpoint drawn twice meets a uniform
-    /// other that must outpace it to win (`ready_cache/weight.rs`).
-    fn draw(&mut self, weighted: bool, now: Option<Instant>) -> Option<Draw> {
-        Some(match self.endpoints.candidates() {
-            0 => return None,
-            1 => Draw::One(0),
-            len if weighted => {
-                let a = self.draw_weighted(len, now);
-                let b = self.draw_weighted(len, now);
-                if a == b {
-                    Draw::Twice {
-                        drawn: a,
-                        other: self.draw_other(len, a),
-                    }
-                } else {
-                    Draw::Two(a, b)
-                }
-            }
-            len => {
-                let a = self.rng.gen_range(0..len);
-                Draw::Two(a, self.draw_other(len, a))
-            }
-        })
-    }
-
-    /// Ejects a drawn candidate that turned out an outlier; whether one was.
-    fn eject_outlier(&mut self, cx: &mut Context<'_>, draw: Draw) -> bool
-    where
-        K: fmt::Debug,
-    {
-        let (a, b) = match draw {
-            Draw::One(a) => (a, None),
-            Draw::Two(a, b) | Draw::Twice { drawn: a, other: b } => (a, Some(b)),
-        };
-        self.endpoints.eject_if_outlier(cx, a)
-            || b.is_some_and(|b| self.endpoints.eject_if_outlier(cx, b))
-    }
-
-    /// Of two candidates, the one that has not failed within the demotion time if the other
-    /// has; `None` without demotion, or if neither or both have. The clock is read only if
-    /// one has failed at all.
-    fn prefer(&self, a: usize, b: usize) -> Option<usize> {
-        let demotion = self.endpoints.health().demotion;
-        if demotion.is_zero() {
-            return None;
-        }
-        let a_outcomes = self.endpoints.outcomes_at(a)?;
-        let b_outcomes = self.endpoints.outcomes_at(b)?;
-        if !a_outcomes.ever_failed() && !b_outcomes.ever_failed() {
-            return None;
-        }
-        let now = Instant::now();
-        match (
-            a_outcomes.failed_within(demotion, now),
-            b_outcomes.failed_within(demotion, now),
-        ) {
-            (true, false) => Some(b),
-            (false, true) => Some(a),
-            _ => None,
-        }
-    }
-
-    /// Of two candidates, the less loaded. A candidate drawn twice keeps its place unless
-    /// the other outpaces it; weighted, loads divided by effective weights (where the maker
-    /// gives loads as numbers, `ready_cache/weight.rs`); otherwise by [`Load`], where `a`, a
-    /// uniform draw itself, wins a tie (or loads that do not compare, e.g. NaN), which spreads
-    /// ties evenly without a third draw.
-    fn compare(&self, draw: Draw, weighted: bool, now: Option<Instant>) -> usize
-    where
-        M::Endpoint: Load,
-    {
-        let (a, b) = match draw {
-            Draw::One(a) => return a,
-            Draw::Twice { drawn, other } => {
-                return if self.endpoints.outpaces(other, drawn, now) {
-                    other
-                } else {
-                    drawn
-                };
-            }
-            Draw::Two(a, b) => (a, b),
-        };
-        if weighted {
-            if let Some(pos) = self.endpoints.weighted_choice(a, b, now) {
-                return pos;
-            }
-        }
-        let a_load = self.endpoints.endpoint_at(a).map(Load::load);
-        let b_load = self.endpoints.endpoint_at(b).map(Load::load);
-        if b_load < a_load {
-            b
-        } else {
-            a
-        }
-    }
-
-    /// A position in `0..len` drawn in proportion to effective weights: uniform draws, each
-    /// kept with probability weight / largest weight. The expected number of draws is the
-    /// largest weight over the mean; after [`WEIGHTED_DRAWS`] the last one is kept, so a pick
-    /// stays bounded however skewed the weights are.
-    fn draw_weighted(&mut self, len: usize, now: Option<Instant>) -> usize {
-        let max = self.endpoints.max_weight();
-        let mut pos = 0;
-        for _ in 0..WEIGHTED_DRAWS {
-            pos = self.rng.gen_range(0..len);
-            if self.rng.gen::<f64>() * max < self.endpoints.effective_weight(pos, now) {
-                break;
-            }
-        }
-        pos
-    }
-
-    /// A position in `0..len` other than `a`, uniformly (`len` is at least 2).
-    fn draw_other(&mut self, len: usize, a: usize) -> usize {
-        let b = self.rng.gen_range(0..len - 1);
-        if b >= a {
-            b + 1
-        } else {
-            b
-        }
     }
 }
 
