@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis_share::SharedClients;
-use portcullis_test::alloc::CountingAllocator;
+use portcullis_test::alloc::{resident_bytes, CountingAllocator};
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -129,16 +129,6 @@ fn server() {
 
 // === a memory measurement, in a process of its own ===
 
-fn statm_resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
 fn open_sockets() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|dir| {
@@ -157,11 +147,7 @@ fn memory() {
     let consumers: usize = env("CONSUMERS").parse().expect("a number");
     let mode = env("MODE");
     runtime().block_on(async move {
-        let (heap0, rss0, sockets0) = (
-            ALLOCATOR.live_bytes(),
-            statm_resident_bytes(),
-            open_sockets(),
-        );
+        let (heap0, rss0, sockets0) = (ALLOCATOR.live_bytes(), resident_bytes(), open_sockets());
         let held: Box<dyn std::any::Any> = if mode == "shared" {
             let clients = SharedClients::builder()
                 .max_connections(CONNECTIONS_PER_KEY)
@@ -180,7 +166,7 @@ fn memory() {
             Box::new(clients)
         };
         let heap = ALLOCATOR.live_bytes() - heap0;
-        let rss = statm_resident_bytes().saturating_sub(rss0);
+        let rss = resident_bytes().saturating_sub(rss0);
         let sockets = open_sockets().saturating_sub(sockets0);
         println!("{heap} {rss} {sockets}");
         drop(held);

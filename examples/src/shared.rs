@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::share::{Lease, SharedClients};
+use portcullis_test::alloc::resident_bytes;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -298,15 +299,4 @@ pub fn p99(sorted: &[Duration]) -> Duration {
     }
     let rank = (sorted.len() * 99).div_ceil(100).max(1);
     sorted[rank - 1]
-}
-
-/// This process's resident memory, from `/proc/self/statm` (0 where there is none).
-pub fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
 }

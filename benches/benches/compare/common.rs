@@ -222,14 +222,6 @@ impl Row {
 
 // === memory ===
 
-/// The process's resident set, from `/proc/self/statm` (0 where there is no procfs).
-pub(crate) fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
-}
-
 pub(crate) fn fmt_mib(bytes: f64) -> String {
     format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
 }

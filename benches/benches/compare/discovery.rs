@@ -2,11 +2,12 @@
 //! flows, and the process's memory across a million updates, for `PoolQueue` + `P2cPool`
 //! against tower's `Buffer` + `Balance` fed by an unbounded channel.
 
-use crate::common::{fmt_mib, fmt_ns, histogram, nanos, quantile_ns, rss_bytes, Config, Echo, Row};
+use crate::common::{fmt_mib, fmt_ns, histogram, nanos, quantile_ns, Config, Echo, Row};
 use futures_util::Stream;
 use hdrhistogram::Histogram;
 use portcullis_p2c::{make, P2cPool};
 use portcullis_pool::{EndpointCounts, Pool, PoolQueue, Update};
+use portcullis_test::alloc::resident_bytes;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -189,7 +190,7 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
         let discovery =
             futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|u| u.map(Ok::<_, Infallible>)));
         let queue = queue_config.build(pool, discovery).expect("inside a runtime");
-        let start_ours = rss_bytes() as f64;
+        let start_ours = resident_bytes() as f64;
         let mut ours_points = Vec::new();
         let ours_started = Instant::now();
         for sent in (MEMORY_BATCH..=MEMORY_UPDATES).step_by(MEMORY_BATCH as usize) {
@@ -203,7 +204,7 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             if sent % (MEMORY_UPDATES / MEMORY_SAMPLES) == 0 {
-                ours_points.push((sent, rss_bytes() as f64 - start_ours, queue.metrics().updates().total()));
+                ours_points.push((sent, resident_bytes() as f64 - start_ours, queue.metrics().updates().total()));
             }
         }
         let ours_elapsed = ours_started.elapsed();
@@ -218,7 +219,7 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
             count: tower_count.clone(),
         });
         let tower: Buffer<u64, _> = Buffer::new(balance, 64);
-        let start_tower = rss_bytes() as f64;
+        let start_tower = resident_bytes() as f64;
         let mut tower_points = Vec::new();
         for sent in (MEMORY_BATCH..=MEMORY_UPDATES).step_by(MEMORY_BATCH as usize) {
             for i in sent - MEMORY_BATCH..sent {
@@ -227,7 +228,7 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
             }
             tokio::task::yield_now().await;
             if sent % (MEMORY_UPDATES / MEMORY_SAMPLES) == 0 {
-                tower_points.push((sent, rss_bytes() as f64 - start_tower, tower_count.load(Ordering::Relaxed)));
+                tower_points.push((sent, resident_bytes() as f64 - start_tower, tower_count.load(Ordering::Relaxed)));
             }
         }
         let first = Instant::now();

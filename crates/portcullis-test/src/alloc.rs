@@ -1,4 +1,5 @@
-//! A counting global allocator, for tests that show memory does not grow.
+//! A counting global allocator, for tests that show memory does not grow, and the process's
+//! resident set ([`resident_bytes`]), for what the allocator does not see.
 //!
 //! Install it as the global allocator of a test binary (one per binary, so such a test is
 //! best kept in a file of its own) and compare [`CountingAllocator::live_bytes`] before and
@@ -76,5 +77,50 @@ unsafe impl GlobalAlloc for CountingAllocator {
             Ordering::Relaxed,
         );
         System.realloc(ptr, layout, new_size)
+    }
+}
+
+/// This process's resident set in bytes, as the kernel counts it (`/proc/self/statm`, in pages
+/// of 4 KiB): the heap and everything else the process holds in memory (stacks, code, the
+/// allocator's own caches), which [`CountingAllocator`] does not see. 0 where there is no
+/// procfs.
+///
+/// ```
+/// let resident = portcullis_test::alloc::resident_bytes();
+/// # #[cfg(target_os = "linux")]
+/// assert!(resident > 0);
+/// ```
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm").map_or(0, |statm| statm_resident_bytes(&statm))
+}
+
+/// The resident bytes in the text of a `/proc/<pid>/statm`: its second field, in 4 KiB pages.
+fn statm_resident_bytes(statm: &str) -> u64 {
+    const PAGE: u64 = 4096;
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|pages| pages.parse::<u64>().ok())
+        .map_or(0, |pages| pages.saturating_mul(PAGE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resident_set_is_statms_second_field_in_pages() {
+        assert_eq!(
+            statm_resident_bytes("10240 2560 512 7 0 1100 0\n"),
+            2560 * 4096
+        );
+        assert_eq!(statm_resident_bytes(""), 0);
+        assert_eq!(statm_resident_bytes("10240 many"), 0);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_running_process_has_a_resident_set() {
+        assert!(resident_bytes() > 0);
     }
 }

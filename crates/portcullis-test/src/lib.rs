@@ -4,7 +4,8 @@
 //!   failures a test controls, and which records the discovery updates it receives and hands
 //!   each request to the test to answer.
 //! - [`discovery`]: discovery streams, fed by hand through a channel or scripted in time.
-//! - [`alloc`]: a counting global allocator, for tests that show memory does not grow.
+//! - [`alloc`]: a counting global allocator, for tests that show memory does not grow, and the
+//!   process's resident set.
 //! - [`endpoint`]: simulated endpoints with latency, failures, hangs and readiness a test
 //!   controls, or whose every call a script decides, for stacks with a real balancer inside
 //!   and for simulations in paused time.
