@@ -82,8 +82,8 @@ impl Backoff {
 
     /// `base × factor^n`, capped at `cap`, with full jitter.
     ///
-    /// Refuses a factor that is not finite or below 1 ([`BuildError::BackoffFactor`]) and a
-    /// cap below the base ([`BuildError::BackoffCapBelowBase`]).
+    /// Refuses a factor that is not finite or below 1 and a cap below the base
+    /// ([`BuildError::Backoff`]; a zero base is a schedule of zero waits, and allowed).
     pub const fn new(base: Duration, factor: f64, cap: Duration) -> Result<Self, BuildError> {
         match ExponentialBackoff::new(base, factor, cap) {
             Ok(schedule) => Ok(Self {
@@ -91,10 +91,7 @@ impl Backoff {
                 jitter: Jitter::Full,
                 seed: None,
             }),
-            Err(BackoffError::Factor(factor)) => Err(BuildError::BackoffFactor(factor)),
-            // `ExponentialBackoff::new` refuses a bad factor and a cap below the base, nothing
-            // else (a zero base is a schedule of zero waits).
-            Err(_) => Err(BuildError::BackoffCapBelowBase { base, cap }),
+            Err(error) => Err(BuildError::Backoff(error)),
         }
     }
 
@@ -456,7 +453,7 @@ mod tests {
             assert!(
                 matches!(
                     Backoff::new(ms(10), factor, ms(100)),
-                    Err(BuildError::BackoffFactor(_))
+                    Err(BuildError::Backoff(BackoffError::Factor(_)))
                 ),
                 "factor {factor}"
             );

@@ -4,6 +4,8 @@ use std::error::Error;
 use std::fmt;
 use std::time::Duration;
 
+pub use portcullis_pool::backoff::BackoffError;
+
 /// Why a request's attempt sequence ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -173,15 +175,9 @@ impl Error for RetryError {
 pub enum BuildError {
     /// `max_attempts` must be at least 1.
     ZeroAttempts,
-    /// The backoff factor must be finite and at least 1.
-    BackoffFactor(f64),
-    /// The backoff cap must not be below its base.
-    BackoffCapBelowBase {
-        /// The base delay.
-        base: Duration,
-        /// The cap.
-        cap: Duration,
-    },
+    /// The backoff refused: a factor that is not finite or below 1, or a cap below the base
+    /// (the one backoff error every crate carries).
+    Backoff(BackoffError),
     /// An `attempt_timeout` of zero: no attempt could ever succeed.
     ZeroAttemptTimeout,
     /// A `deadline` of zero: no request could ever succeed.
@@ -209,12 +205,7 @@ impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BuildError::ZeroAttempts => f.write_str("retry max_attempts must be at least 1"),
-            BuildError::BackoffFactor(x) => {
-                write!(f, "retry backoff factor {x} must be finite and >= 1")
-            }
-            BuildError::BackoffCapBelowBase { base, cap } => {
-                write!(f, "retry backoff cap {cap:?} is below its base {base:?}")
-            }
+            BuildError::Backoff(error) => write!(f, "retry {error}"),
             BuildError::ZeroAttemptTimeout => f.write_str("retry attempt_timeout of zero"),
             BuildError::ZeroDeadline => f.write_str("retry deadline of zero"),
             BuildError::BackoffExceedsDeadline {

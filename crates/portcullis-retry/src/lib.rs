@@ -93,7 +93,7 @@ mod sync;
 pub use backoff::{Backoff, Jitter};
 pub use budget::{Budget, BudgetBuilder};
 pub use classify::{Classify, Decision};
-pub use error::{BoxError, BuildError, LastFailure, RetryError, StopReason};
+pub use error::{BackoffError, BoxError, BuildError, LastFailure, RetryError, StopReason};
 pub use future::ResponseFuture;
 pub use layer::{RetryBuilder, RetryLayer};
 pub use metrics::{RetryMetrics, RetrySnapshot};

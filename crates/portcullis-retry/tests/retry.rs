@@ -142,7 +142,9 @@ async fn config_with_backoff_total_not_below_deadline_is_refused() {
     // A backoff is checked where it is made, so a layer never holds a bad one.
     assert!(matches!(
         Backoff::new(ms(10), 0.5, ms(100)),
-        Err(BuildError::BackoffFactor(_))
+        Err(BuildError::Backoff(portcullis_retry::BackoffError::Factor(
+            _
+        )))
     ));
 }
 

@@ -211,11 +211,13 @@ proptest! {
     ) {
         // The backoff is checked where it is made.
         let backoff = match Backoff::new(base, factor, cap) {
-            Err(RetryBuildError::BackoffFactor(f)) => {
+            Err(RetryBuildError::Backoff(portcullis::retry::BackoffError::Factor(f))) => {
                 prop_assert!(!(f.is_finite() && f >= 1.0));
                 return Ok(());
             }
-            Err(RetryBuildError::BackoffCapBelowBase { .. }) => {
+            Err(RetryBuildError::Backoff(portcullis::retry::BackoffError::CapBelowBase {
+                ..
+            })) => {
                 prop_assert!(factor.is_finite() && factor >= 1.0 && cap < base);
                 return Ok(());
             }
