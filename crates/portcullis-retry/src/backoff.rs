@@ -15,7 +15,7 @@ use std::time::Duration;
 use rand::rngs::{OsRng, SmallRng};
 use rand::{Rng, SeedableRng};
 
-use portcullis_pool::backoff::{BackoffError, ExponentialBackoff};
+use portcullis_pool::backoff::ExponentialBackoff;
 use portcullis_pool::time::saturating_nanos;
 
 use crate::error::BuildError;
@@ -453,7 +453,7 @@ mod tests {
             assert!(
                 matches!(
                     Backoff::new(ms(10), factor, ms(100)),
-                    Err(BuildError::Backoff(BackoffError::Factor(_)))
+                    Err(BuildError::Backoff(crate::BackoffError::Factor(_)))
                 ),
                 "factor {factor}"
             );
