@@ -28,47 +28,22 @@
 //! - `retry` (portcullis Retry + Budget, defaults) and `tower-retry` (tower Retry + TpsBudget
 //!   configured alike), on an endpoint that always succeeds.
 
-use futures_util::future::FutureExt;
 use futures_util::{stream, StreamExt};
-use portcullis_benches::TowerBudgetPolicy;
+use portcullis_benches::{buffer_unordered, our_retry, tower_retry, Echo};
 use portcullis_fanout::FanOut;
 use portcullis_p2c::{make, P2cPool};
 use portcullis_pool::{Pool, PoolQueue, Update};
-use portcullis_retry::classify::predicate;
 use std::convert::Infallible;
-use std::future::{ready, Ready};
-use std::task::{Context, Poll};
-use std::time::Duration;
 use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwma, PendingRequests};
-use tower::retry::budget::TpsBudget;
-use tower::retry::Retry;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
 const ENDPOINTS: usize = 10;
 const CAPACITY: usize = 1024;
 const PEERS: usize = 200;
 const FAN_OUT_LIMIT: usize = 16;
-
-/// Answers every request with itself, at once.
-#[derive(Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: u64) -> Self::Future {
-        ready(Ok(request))
-    }
-}
 
 async fn drive<S>(mut svc: S, requests: u64)
 where
@@ -191,29 +166,12 @@ fn main() {
             "buffer-unordered" => {
                 let peers: Vec<(usize, Echo)> = (0..PEERS).map(|k| (k, Echo)).collect();
                 for i in 0..requests {
-                    let answers = stream::iter(peers.iter())
-                        .map(|(k, p)| (*p).oneshot(i).map(move |r| (*k, r)))
-                        .buffer_unordered(FAN_OUT_LIMIT)
-                        .collect::<Vec<_>>()
-                        .await;
+                    let answers = buffer_unordered(&peers, i, FAN_OUT_LIMIT).await;
                     assert_eq!(answers.len(), PEERS);
                 }
             }
-            "retry" => {
-                let ours = portcullis_retry::Retry::builder()
-                    .build_layer(predicate(|r: Result<&u64, &Infallible>| r.is_err()))
-                    .unwrap()
-                    .layer(Echo);
-                drive(ours, requests).await
-            }
-            "tower-retry" => {
-                let budget = TpsBudget::new(Duration::from_secs(10), 10, 0.2);
-                drive(
-                    Retry::new(TowerBudgetPolicy::new(budget, 3), Echo),
-                    requests,
-                )
-                .await
-            }
+            "retry" => drive(our_retry(Echo), requests).await,
+            "tower-retry" => drive(tower_retry(Echo), requests).await,
             other => panic!("unknown stack {other}"),
         }
     });

@@ -5,12 +5,10 @@
 //! The concurrent comparisons and the ratio table are in the `compare` bench.
 
 use criterion::Criterion;
-use futures_util::future::FutureExt;
 use futures_util::{stream, StreamExt};
 use portcullis_fanout::FanOut;
 use portcullis_p2c::{make, P2cPool};
 use portcullis_pool::{PoolQueue, Update};
-use portcullis_retry::classify::predicate;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +16,9 @@ use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PendingRequests};
-use tower::retry::budget::TpsBudget;
-use tower::retry::Retry;
-use tower::{Layer, ServiceExt};
+use tower::ServiceExt;
 
-use portcullis_benches::{Echo, TowerBudgetPolicy};
+use portcullis_benches::{buffer_unordered, our_retry, tower_retry, Echo};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -97,13 +93,7 @@ fn fanout(c: &mut Criterion) {
         b.iter_custom(|iters| {
             timed(&rt, iters, || {
                 let peers = peers.clone();
-                async move {
-                    stream::iter(peers.iter())
-                        .map(|(k, p)| (*p).oneshot(1).map(move |r| (*k, r)))
-                        .buffer_unordered(16)
-                        .collect::<Vec<_>>()
-                        .await
-                }
+                async move { buffer_unordered(&peers, 1, 16).await }
             })
         })
     });
@@ -112,12 +102,8 @@ fn fanout(c: &mut Criterion) {
 
 fn retry(c: &mut Criterion) {
     let rt = runtime();
-    let ours = portcullis_retry::Retry::builder()
-        .build_layer(predicate(|r: Result<&u64, &Infallible>| r.is_err()))
-        .expect("valid")
-        .layer(Echo);
-    let policy = TowerBudgetPolicy::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2), 3);
-    let tower = Retry::new(policy, Echo);
+    let ours = our_retry(Echo);
+    let tower = tower_retry(Echo);
     let mut group = c.benchmark_group("retry, one request, success");
     group.bench_function("portcullis Retry + Budget", |b| {
         b.iter_custom(|iters| timed(&rt, iters, || ours.clone().oneshot(1)))

@@ -29,13 +29,11 @@ mod common;
 mod svg;
 
 use common::{drive, drive_untimed, median, Config, Echo};
-use futures_util::future::FutureExt;
-use futures_util::{stream, StreamExt};
-use portcullis_benches::{TowerBudgetPolicy, WaitOnce};
+use futures_util::stream;
+use portcullis_benches::{buffer_unordered, our_retry, tower_retry, WaitOnce};
 use portcullis_fanout::FanOut;
 use portcullis_p2c::{make, P2cPool};
 use portcullis_pool::{Pool, PoolQueue, Update};
-use portcullis_retry::classify::predicate;
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -43,9 +41,7 @@ use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwma, PendingRequests};
-use tower::retry::budget::TpsBudget;
-use tower::retry::Retry;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
 const CAPACITY: usize = 1024;
 
@@ -463,12 +459,7 @@ fn fanout(rt: &tokio::runtime::Runtime, config: &Config) {
                         let report = ours.clone().oneshot(i).await.expect("fan-out");
                         report.counts().responses
                     } else {
-                        stream::iter(peers.iter())
-                            .map(|(k, p)| (*p).oneshot(i).map(move |r| (*k, r)))
-                            .buffer_unordered(LIMIT)
-                            .collect::<Vec<_>>()
-                            .await
-                            .len()
+                        buffer_unordered(&peers, i, LIMIT).await.len()
                     };
                     assert_eq!(black_box(answered), PEERS);
                 }
@@ -504,14 +495,8 @@ fn fanout(rt: &tokio::runtime::Runtime, config: &Config) {
 fn retry(config: &Config) {
     let total: u64 = config.pick(800_000, 200_000);
     let rounds = config.pick(5, 3);
-    let ours = portcullis_retry::Retry::builder()
-        .build_layer(predicate(|r: Result<&u64, &Infallible>| r.is_err()))
-        .expect("valid")
-        .layer(Echo);
-    let tower = Retry::new(
-        TowerBudgetPolicy::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2), 3),
-        Echo,
-    );
+    let ours = our_retry(Echo);
+    let tower = tower_retry(Echo);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("\n### Retry budget shared by 1, 2 and 8 threads ({cores} cores: 8 threads take turns on them), each thread a current-thread runtime sending its share of {total} requests, one after another; ns of wall time per request, median (spread) of {rounds} rounds\n");
     println!(

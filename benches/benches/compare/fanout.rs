@@ -5,6 +5,7 @@
 use crate::common::{fmt_ns, median, Config, Echo, Row};
 use futures_util::future::{join_all, FutureExt};
 use futures_util::{stream, StreamExt};
+use portcullis_benches::buffer_unordered;
 use portcullis_fanout::{FanOut, Policy};
 use std::future::Future;
 use std::hint::black_box;
@@ -140,14 +141,7 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
             .await;
             let buffered = cost(fanouts, |i| {
                 let peers = trivial.clone();
-                async move {
-                    stream::iter(peers.iter())
-                        .map(|(k, p)| (*p).oneshot(i).map(move |r| (*k, r)))
-                        .buffer_unordered(LIMIT)
-                        .collect::<Vec<_>>()
-                        .await
-                        .len()
-                }
+                async move { buffer_unordered(&peers, i, LIMIT).await.len() }
             })
             .await;
             let joined = cost(fanouts, |i| {

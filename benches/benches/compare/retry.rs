@@ -5,10 +5,9 @@
 
 use crate::common::{drive, median, Config, Echo, Row};
 use crate::svg;
-use portcullis_benches::TowerBudgetPolicy;
+use portcullis_benches::{our_retry, tower_retry, TowerBudgetPolicy};
 use portcullis_retry::classify::predicate;
 use portcullis_retry::Budget;
-use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -65,14 +64,8 @@ where
 fn cost(config: &Config) -> [f64; 3] {
     let total: u64 = config.pick(512_000, 128_000);
     let rounds = config.pick(5, 3);
-    let ours = portcullis_retry::Retry::builder()
-        .build_layer(predicate(|r: Result<&u64, &Infallible>| r.is_err()))
-        .expect("valid")
-        .layer(Echo);
-    let tower = Retry::new(
-        TowerBudgetPolicy::new(TpsBudget::new(TTL, MIN_PER_SEC, RATIO), ATTEMPTS),
-        Echo,
-    );
+    let ours = our_retry(Echo);
+    let tower = tower_retry(Echo);
     let mut samples = [Vec::new(), Vec::new(), Vec::new()];
     on_two_threads(ours.clone(), 64_000);
     on_two_threads(tower.clone(), 64_000);
