@@ -67,6 +67,12 @@ struct State {
 }
 
 impl Backend {
+    /// Its line of a backends file: its name and address, as
+    /// [`write_backends_file`](crate::proxy::write_backends_file) takes them.
+    pub fn entry(&self) -> (&str, SocketAddr) {
+        (&self.name, self.addr)
+    }
+
     /// Binds 127.0.0.1 on a free port and serves HTTP/1.1 and HTTP/2 until the runtime ends.
     pub async fn start(name: &str, behavior: Behavior) -> std::io::Result<Self> {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), name, behavior).await

@@ -26,9 +26,9 @@ use portcullis::retry::{Backoff, Budget, Jitter};
 use portcullis_examples::{
     backend::{Backend, Behavior},
     endpoint::{self, HttpClient},
-    proxy::{write_backends_file, Backends, DnsName, Proxy, ProxyConfig, ProxyMetrics},
+    proxy::{Backends, BackendsFile, DnsName, Proxy, ProxyConfig, ProxyMetrics},
 };
-use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::time::{timeout, Instant};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -42,36 +42,10 @@ fn healthy() -> Behavior {
     }
 }
 
-/// A temp file of backend addresses, removed on drop.
-struct AddrsFile(PathBuf);
-
-impl AddrsFile {
-    fn new(name: &str, backends: &[&Backend]) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "portcullis-http-proxy-test-{}-{name}.addrs",
-            std::process::id()
-        ));
-        let file = Self(path);
-        file.write(backends);
-        file
-    }
-
-    /// Replaces the file whole, as the proxy's own writer does.
-    fn write(&self, backends: &[&Backend]) {
-        write_backends_file(&self.0, backends.iter().map(|b| (b.name.as_str(), b.addr))).unwrap();
-    }
-}
-
-impl Drop for AddrsFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// Retries that always outlast the 503 window: 100, 200, 400, 400 ms with no jitter, so the
 /// fourth attempt starts 700 ms after the first; a budget that never refuses them.
-fn config(file: &AddrsFile) -> ProxyConfig {
-    config_over(Backends::File(file.0.clone()))
+fn config(file: &BackendsFile) -> ProxyConfig {
+    config_over(Backends::from(file.path()))
 }
 
 /// [`config`]'s settings over any source of backends.
@@ -156,7 +130,8 @@ async fn proxies_http1_and_http2_follows_the_file_and_fans_out() {
     let a = Backend::start("a", healthy()).await.unwrap();
     let b = Backend::start("b", healthy()).await.unwrap();
     let c = Backend::start("c", healthy()).await.unwrap();
-    let file = AddrsFile::new("three", &[&a, &b, &c]);
+    let file = BackendsFile::temp("three");
+    file.write([&a, &b, &c].map(Backend::entry)).unwrap();
     let (proxy, metrics) = start(config(&file)).await;
     eventually("3 endpoints ready", || metrics.p2c.snapshot().ready == 3).await;
 
@@ -242,7 +217,7 @@ async fn proxies_http1_and_http2_follows_the_file_and_fans_out() {
     }
 
     // `c` leaves the file: once both stacks have read it, `c` gets nothing more.
-    file.write(&[&a, &b]);
+    file.write([&a, &b].map(Backend::entry)).unwrap();
     eventually("the removal applied by both stacks", || {
         metrics.queue.updates().reset == 2
             && metrics.purge_queue.updates().reset == 2
@@ -307,7 +282,8 @@ async fn proxies_http1_and_http2_follows_the_file_and_fans_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_answering_503_is_retried_until_it_recovers() {
     let flaky = Backend::start("flaky", healthy()).await.unwrap();
-    let file = AddrsFile::new("flaky", &[&flaky]);
+    let file = BackendsFile::temp("flaky");
+    file.write([flaky.entry()]).unwrap();
     let (proxy, metrics) = start(config(&file)).await;
     eventually("the endpoint ready", || metrics.p2c.snapshot().ready == 1).await;
 

@@ -18,10 +18,9 @@ use hyper_util::rt::TokioExecutor;
 use portcullis_examples::{
     backend::{Backend, Behavior},
     endpoint::HttpClient,
-    proxy::{write_backends_file, Proxy, ProxyConfig, ProxyMetrics},
+    proxy::{BackendsFile, Proxy, ProxyConfig, ProxyMetrics},
 };
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,26 +38,6 @@ fn healthy() -> Behavior {
         delay: Duration::from_millis(1),
         unavailable_until: None,
         ..Behavior::default()
-    }
-}
-
-/// A temp file of backend addresses, removed on drop.
-struct AddrsFile(PathBuf);
-
-impl AddrsFile {
-    fn new(name: &str, backends: &[&Backend]) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "portcullis-proxy-faults-{}-{name}.addrs",
-            std::process::id()
-        ));
-        write_backends_file(&path, backends.iter().map(|b| (b.name.as_str(), b.addr))).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for AddrsFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -151,8 +130,9 @@ async fn a_killed_backend_costs_no_request() {
         Backend::start("b", healthy()).await.unwrap(),
         Backend::start("c", healthy()).await.unwrap(),
     ];
-    let file = AddrsFile::new("killed", &backends.iter().collect::<Vec<_>>());
-    let mut config = ProxyConfig::new(&file.0);
+    let file = BackendsFile::temp("killed");
+    file.write(backends.iter().map(Backend::entry)).unwrap();
+    let mut config = ProxyConfig::new(file.path());
     config.attempt_timeout = Duration::from_secs(1);
     let (proxy, metrics) = start(config).await;
 
@@ -195,9 +175,10 @@ async fn a_backend_that_accepts_and_never_answers_holds_up_one_wave_at_most() {
         Backend::start("b", healthy()).await.unwrap(),
         Backend::start("c", healthy()).await.unwrap(),
     ];
-    let file = AddrsFile::new("stopped", &backends.iter().collect::<Vec<_>>());
+    let file = BackendsFile::temp("stopped");
+    file.write(backends.iter().map(Backend::entry)).unwrap();
     let attempt_timeout = Duration::from_millis(300);
-    let mut config = ProxyConfig::new(&file.0);
+    let mut config = ProxyConfig::new(file.path());
     config.attempt_timeout = attempt_timeout;
     let (proxy, metrics) = start(config).await;
 

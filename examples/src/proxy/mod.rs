@@ -23,7 +23,7 @@ mod report;
 mod source;
 
 pub use report::{report_json, report_text};
-pub use source::{write_backends_file, Backends, DnsName};
+pub use source::{write_backends_file, Backends, BackendsFile, DnsName};
 
 use crate::endpoint::{self, BoxError, HttpClient, HttpEndpoint, Protocol};
 use bytes::Bytes;

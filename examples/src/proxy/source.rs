@@ -296,6 +296,54 @@ pub fn write_backends_file<'a>(
     replaced
 }
 
+/// A backends file in the temporary directory, removed when dropped: for the tests and demos
+/// that start a proxy over backends they started themselves.
+///
+/// ```
+/// use portcullis_examples::proxy::BackendsFile;
+///
+/// let file = BackendsFile::temp("doc");
+/// file.write([("a", "127.0.0.1:8080".parse().unwrap())]).unwrap();
+/// assert!(std::fs::read_to_string(file.path()).unwrap().contains("127.0.0.1:8080"));
+/// let path = file.path().to_path_buf();
+/// drop(file);
+/// assert!(!path.exists());
+/// ```
+#[derive(Debug)]
+pub struct BackendsFile {
+    path: PathBuf,
+}
+
+impl BackendsFile {
+    /// A file named after `name` and this process in the temporary directory; nothing is
+    /// written until [`BackendsFile::write`].
+    pub fn temp(name: &str) -> Self {
+        let file = format!("portcullis-backends-{}-{name}.addrs", std::process::id());
+        Self {
+            path: std::env::temp_dir().join(file),
+        }
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the file whole with `backends` ([`write_backends_file`]).
+    pub fn write<'a>(
+        &self,
+        backends: impl IntoIterator<Item = (&'a str, SocketAddr)>,
+    ) -> std::io::Result<()> {
+        write_backends_file(&self.path, backends)
+    }
+}
+
+impl Drop for BackendsFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Writes `contents` to a new file at `path` and waits for them to reach the disk, so that a
 /// rename after it cannot leave an empty file behind a crash.
 fn write_synced(path: &Path, contents: &[u8]) -> std::io::Result<()> {
