@@ -32,6 +32,16 @@ pub struct Behavior {
     pub stall: Option<Stall>,
 }
 
+impl Behavior {
+    /// A healthy backend on a real network: 200 after 1 ms.
+    pub fn healthy() -> Self {
+        Self {
+            delay: Duration::from_millis(1),
+            ..Self::default()
+        }
+    }
+}
+
 /// One request in `every` (the `every`-th, the `2 × every`-th, …, counted by the backend)
 /// takes `delay` instead of [`Behavior::delay`].
 #[derive(Clone, Copy, Debug)]

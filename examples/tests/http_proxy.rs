@@ -26,21 +26,13 @@ use portcullis::retry::{Backoff, Budget, Jitter};
 use portcullis_examples::{
     backend::{Backend, Behavior},
     endpoint::{self, HttpClient},
-    proxy::{Backends, BackendsFile, DnsName, Proxy, ProxyConfig, ProxyMetrics},
+    proxy::{Backends, BackendsFile, DnsName, Proxy, ProxyConfig},
 };
 use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::time::{timeout, Instant};
 
 const WAIT: Duration = Duration::from_secs(5);
 const UNAVAILABLE_FOR: Duration = Duration::from_millis(300);
-
-fn healthy() -> Behavior {
-    Behavior {
-        delay: Duration::from_millis(1),
-        unavailable_until: None,
-        ..Behavior::default()
-    }
-}
 
 /// Retries that always outlast the 503 window: 100, 200, 400, 400 ms with no jitter, so the
 /// fourth attempt starts 700 ms after the first; a budget that never refuses them.
@@ -59,16 +51,6 @@ fn config_over(backends: Backends) -> ProxyConfig {
     config.budget = Budget::builder().ratio(10.0).build().unwrap();
     config.deadline = Duration::from_secs(4);
     config
-}
-
-async fn start(config: ProxyConfig) -> (SocketAddr, ProxyMetrics) {
-    let proxy = Proxy::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)
-        .await
-        .unwrap();
-    let addr = proxy.local_addr().unwrap();
-    let metrics = proxy.metrics().clone();
-    tokio::spawn(proxy.run());
-    (addr, metrics)
 }
 
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
@@ -127,12 +109,12 @@ async fn get(client: &HttpClient, uri: String) -> (StatusCode, Version, String) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_http1_and_http2_follows_the_file_and_fans_out() {
-    let a = Backend::start("a", healthy()).await.unwrap();
-    let b = Backend::start("b", healthy()).await.unwrap();
-    let c = Backend::start("c", healthy()).await.unwrap();
+    let a = Backend::start("a", Behavior::healthy()).await.unwrap();
+    let b = Backend::start("b", Behavior::healthy()).await.unwrap();
+    let c = Backend::start("c", Behavior::healthy()).await.unwrap();
     let file = BackendsFile::temp("three");
     file.write([&a, &b, &c].map(Backend::entry)).unwrap();
-    let (proxy, metrics) = start(config(&file)).await;
+    let (proxy, metrics) = Proxy::spawn_local(config(&file)).await.unwrap();
     eventually("3 endpoints ready", || metrics.p2c.snapshot().ready == 3).await;
 
     // HTTP/1.1 and HTTP/2 (prior knowledge), each answered by one of the backends.
@@ -281,10 +263,10 @@ async fn proxies_http1_and_http2_follows_the_file_and_fans_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_answering_503_is_retried_until_it_recovers() {
-    let flaky = Backend::start("flaky", healthy()).await.unwrap();
+    let flaky = Backend::start("flaky", Behavior::healthy()).await.unwrap();
     let file = BackendsFile::temp("flaky");
     file.write([flaky.entry()]).unwrap();
-    let (proxy, metrics) = start(config(&file)).await;
+    let (proxy, metrics) = Proxy::spawn_local(config(&file)).await.unwrap();
     eventually("the endpoint ready", || metrics.p2c.snapshot().ready == 1).await;
 
     flaky.set_behavior(Behavior {
@@ -348,9 +330,9 @@ async fn purge_reaches(proxy: SocketAddr, backends: &[&Backend]) {
 async fn backends_from_etcd_follow_its_keys() {
     let etcd = EtcdServer::start().await;
     let mut kv = etcd.client().await.unwrap();
-    let a = Backend::start("a", healthy()).await.unwrap();
-    let b = Backend::start("b", healthy()).await.unwrap();
-    let c = Backend::start("c", healthy()).await.unwrap();
+    let a = Backend::start("a", Behavior::healthy()).await.unwrap();
+    let b = Backend::start("b", Behavior::healthy()).await.unwrap();
+    let c = Backend::start("c", Behavior::healthy()).await.unwrap();
     let prefix = "/services/api/";
     kv.put(format!("{prefix}a"), a.addr.to_string(), None)
         .await
@@ -363,12 +345,13 @@ async fn backends_from_etcd_follow_its_keys() {
         .await
         .unwrap();
 
-    let (proxy, metrics) = start(config_over(Backends::Etcd {
+    let (proxy, metrics) = Proxy::spawn_local(config_over(Backends::Etcd {
         endpoints: vec![etcd.url().to_string()],
         prefix: prefix.to_string(),
         source: Etcd::builder().backoff(Duration::from_millis(50), Duration::from_millis(500)),
     }))
-    .await;
+    .await
+    .unwrap();
     eventually("a and b ready", || metrics.p2c.snapshot().ready == 2).await;
     answered_by(proxy, "first", 20, &["a", "b"]).await;
     purge_reaches(proxy, &[&a, &b]).await;
@@ -401,9 +384,9 @@ async fn backends_from_etcd_follow_its_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_from_dns_srv_follow_the_zone() {
-    let a = Backend::start("a", healthy()).await.unwrap();
-    let b = Backend::start("b", healthy()).await.unwrap();
-    let c = Backend::start("c", healthy()).await.unwrap();
+    let a = Backend::start("a", Behavior::healthy()).await.unwrap();
+    let b = Backend::start("b", Behavior::healthy()).await.unwrap();
+    let c = Backend::start("c", Behavior::healthy()).await.unwrap();
     // One SRV record per backend, each at its port on `lo.test.` (127.0.0.1); TTLs of 1 s.
     let srv = |backend: &Backend| {
         Rr::Srv(
@@ -418,11 +401,12 @@ async fn backends_from_dns_srv_follow_the_zone() {
     let lo = Rr::A("lo.test.", [127, 0, 0, 1], 1);
     let mut dns = TestDns::start(vec![lo.clone(), srv(&a), srv(&b), srv(&c)]).await;
 
-    let (proxy, metrics) = start(config_over(Backends::Dns {
+    let (proxy, metrics) = Proxy::spawn_local(config_over(Backends::Dns {
         name: DnsName::Srv("_http._tcp.api.test.".to_string()),
         resolver: dns.resolver(),
     }))
-    .await;
+    .await
+    .unwrap();
     eventually("a, b and c ready", || metrics.p2c.snapshot().ready == 3).await;
     answered_by(proxy, "first", 20, &["a", "b", "c"]).await;
     purge_reaches(proxy, &[&a, &b, &c]).await;

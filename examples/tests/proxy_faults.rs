@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use portcullis_examples::{
     backend::{Backend, Behavior},
     endpoint::HttpClient,
-    proxy::{BackendsFile, Proxy, ProxyConfig, ProxyMetrics},
+    proxy::{BackendsFile, Proxy, ProxyConfig},
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,24 +32,6 @@ const RUN: Duration = Duration::from_secs(4);
 const FAULT_AFTER: Duration = Duration::from_secs(1);
 /// A bound on the whole run: far above what it takes, so only a hang reaches it.
 const RUN_BOUND: Duration = Duration::from_secs(60);
-
-fn healthy() -> Behavior {
-    Behavior {
-        delay: Duration::from_millis(1),
-        unavailable_until: None,
-        ..Behavior::default()
-    }
-}
-
-async fn start(config: ProxyConfig) -> (SocketAddr, ProxyMetrics) {
-    let proxy = Proxy::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)
-        .await
-        .unwrap();
-    let addr = proxy.local_addr().unwrap();
-    let metrics = proxy.metrics().clone();
-    tokio::spawn(proxy.run());
-    (addr, metrics)
-}
 
 /// What became of the run's requests.
 #[derive(Debug, Default)]
@@ -126,15 +108,15 @@ async fn run(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_backend_costs_no_request() {
     let backends = [
-        Backend::start("a", healthy()).await.unwrap(),
-        Backend::start("b", healthy()).await.unwrap(),
-        Backend::start("c", healthy()).await.unwrap(),
+        Backend::start("a", Behavior::healthy()).await.unwrap(),
+        Backend::start("b", Behavior::healthy()).await.unwrap(),
+        Backend::start("c", Behavior::healthy()).await.unwrap(),
     ];
     let file = BackendsFile::temp("killed");
     file.write(backends.iter().map(Backend::entry)).unwrap();
     let mut config = ProxyConfig::new(file.path());
     config.attempt_timeout = Duration::from_secs(1);
-    let (proxy, metrics) = start(config).await;
+    let (proxy, metrics) = Proxy::spawn_local(config).await.unwrap();
 
     let backends = Arc::new(backends);
     let killed = backends.clone();
@@ -171,16 +153,16 @@ async fn a_killed_backend_costs_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_accepts_and_never_answers_holds_up_one_wave_at_most() {
     let backends = [
-        Backend::start("a", healthy()).await.unwrap(),
-        Backend::start("b", healthy()).await.unwrap(),
-        Backend::start("c", healthy()).await.unwrap(),
+        Backend::start("a", Behavior::healthy()).await.unwrap(),
+        Backend::start("b", Behavior::healthy()).await.unwrap(),
+        Backend::start("c", Behavior::healthy()).await.unwrap(),
     ];
     let file = BackendsFile::temp("stopped");
     file.write(backends.iter().map(Backend::entry)).unwrap();
     let attempt_timeout = Duration::from_millis(300);
     let mut config = ProxyConfig::new(file.path());
     config.attempt_timeout = attempt_timeout;
-    let (proxy, metrics) = start(config).await;
+    let (proxy, metrics) = Proxy::spawn_local(config).await.unwrap();
 
     let backends = Arc::new(backends);
     let stopped = backends.clone();

@@ -279,6 +279,16 @@ impl Proxy {
         })
     }
 
+    /// Binds 127.0.0.1 on a free port and serves there ([`Proxy::run`], spawned on the current
+    /// runtime) until the runtime ends: the proxy's address and metrics. For tests and demos.
+    pub async fn spawn_local(config: ProxyConfig) -> Result<(SocketAddr, ProxyMetrics), BoxError> {
+        let proxy = Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await?;
+        let addr = proxy.local_addr()?;
+        let metrics = proxy.metrics().clone();
+        tokio::spawn(proxy.run());
+        Ok((addr, metrics))
+    }
+
     /// Where the proxy listens.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
