@@ -32,15 +32,21 @@ impl Timer {
 
     /// Whether the timer is armed and its instant has passed; it is disarmed then. Registers
     /// `cx`'s waker while it is armed and not due.
+    ///
+    /// Inlined: every `poll_ready` asks, and a timer that is not armed (the usual case) must
+    /// cost the pool a test, not a call.
+    #[inline]
     pub(super) fn fired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(timer) = self.0.as_mut() else {
-            return false;
-        };
-        if timer.as_mut().poll(cx).is_pending() {
-            return false;
+        match self.0.as_mut() {
+            None => false,
+            Some(timer) => {
+                if timer.as_mut().poll(cx).is_pending() {
+                    return false;
+                }
+                self.0 = None;
+                true
+            }
         }
-        self.0 = None;
-        true
     }
 
     /// Whether an `interval` ended: the first interval starts at the first call, and each
