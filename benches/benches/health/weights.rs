@@ -203,39 +203,33 @@ where
     served(answers)
 }
 
+/// [`pool_keys`] for item 5: [`WEIGHT_REQUESTS`] requests through a default pool, no endpoint
+/// added.
+async fn weighted_pool_keys<M>(maker: M, targets: Vec<(usize, u32)>, every: Duration) -> Vec<usize>
+where
+    M: MakeEndpoint<usize, u32>,
+    M::Endpoint: Service<u64, Response = usize, Error = SimError> + Load,
+    <M::Endpoint as Load>::Metric: PartialOrd,
+    <M::Endpoint as Service<u64>>::Future: Send + 'static,
+{
+    let builder = P2cPool::builder();
+    pool_keys(maker, targets, every, builder, WEIGHT_REQUESTS, None).await
+}
+
 pub(crate) fn weighted_shares(weighing: Weighing, weights: &[u32], every: Duration) -> Vec<f64> {
     let targets: Vec<(usize, u32)> = weights.iter().copied().enumerate().collect();
     let keys = paused_runtime().block_on(async {
         match weighing {
+            // The same pool over either load, each replica weighted by its target.
             Weighing::PoolPending => {
-                let maker = make::weighted(
-                    make::pending_requests(replica as ReplicaMaker),
-                    weight_of as WeightOf,
-                );
-                pool_keys(
-                    maker,
-                    targets,
-                    every,
-                    P2cPool::builder(),
-                    WEIGHT_REQUESTS,
-                    None,
-                )
-                .await
+                let maker = make::pending_requests(replica as ReplicaMaker);
+                weighted_pool_keys(make::weighted(maker, weight_of as WeightOf), targets, every)
+                    .await
             }
             Weighing::PoolPeakEwma => {
-                let maker = make::weighted(
-                    make::peak_ewma(replica as ReplicaMaker),
-                    weight_of as WeightOf,
-                );
-                pool_keys(
-                    maker,
-                    targets,
-                    every,
-                    P2cPool::builder(),
-                    WEIGHT_REQUESTS,
-                    None,
-                )
-                .await
+                let maker = make::peak_ewma(replica as ReplicaMaker);
+                weighted_pool_keys(make::weighted(maker, weight_of as WeightOf), targets, every)
+                    .await
             }
             Weighing::NaiveUniform | Weighing::ByWeightRawLoad => {
                 let tiny = TinyP2c::new(weights, weighing == Weighing::ByWeightRawLoad);
