@@ -76,6 +76,31 @@ async fn a_finished_retry_holds_no_queue_slot() {
     drop(response);
 }
 
+type Control = pool::PoolControl<&'static str, u16, &'static str, &'static str>;
+
+/// A queue of one slot whose pool is not ready, the slot taken by a plain caller's queued
+/// request (its response awaited by a task of its own): a retry caller must wait for the slot.
+/// The queue's failfast timeout (10 s) is far past any retry deadline here.
+async fn a_full_queue() -> (
+    Queue,
+    Control,
+    discovery::DiscoverySender<&'static str, u16>,
+    tokio::task::JoinHandle<Result<&'static str, BoxError>>,
+) {
+    let (mock, control) = pool::pair::<&'static str, u16, &'static str, &'static str>();
+    let (publish, stream) = discovery::channel();
+    let queue: Queue = PoolQueue::builder()
+        .capacity(1)
+        .failfast_timeout(Duration::from_secs(10))
+        .build(mock, stream)
+        .unwrap();
+    let mut plain = queue.clone();
+    plain.ready().await.unwrap();
+    let holder = tokio::spawn(plain.call("holder"));
+    settle().await;
+    (queue, control, publish, holder)
+}
+
 /// A retry layer whose deadline (500 ms) is far inside the queue's failfast timeout (10 s).
 macro_rules! retry_within_500ms {
     () => {
@@ -99,17 +124,7 @@ macro_rules! retry_within_500ms {
 /// starting a fresh 500 ms then.
 #[tokio::test(start_paused = true)]
 async fn the_deadline_cuts_a_wait_for_a_queue_slot() {
-    let (mock, control) = pool::pair::<&'static str, u16, &'static str, &'static str>();
-    let (_discovery, stream) = discovery::channel();
-    let queue: Queue = PoolQueue::builder()
-        .capacity(1)
-        .failfast_timeout(Duration::from_secs(10))
-        .build(mock, stream)
-        .unwrap();
-    let mut plain = queue.clone();
-    plain.ready().await.unwrap();
-    let mut holder = task::spawn(plain.call("holder"));
-    assert_pending!(holder.poll());
+    let (queue, control, _discovery, _holder) = a_full_queue().await;
 
     let layer = retry_within_500ms!();
     let mut retry = layer.layer(queue.clone());
@@ -154,17 +169,7 @@ async fn the_deadline_cuts_a_wait_for_a_queue_slot() {
 /// 800 ms (500 ms from the call).
 #[tokio::test(start_paused = true)]
 async fn a_wait_for_a_queue_slot_counts_toward_the_deadline() {
-    let (mock, control) = pool::pair::<&'static str, u16, &'static str, &'static str>();
-    let (_discovery, stream) = discovery::channel();
-    let queue: Queue = PoolQueue::builder()
-        .capacity(1)
-        .failfast_timeout(Duration::from_secs(10))
-        .build(mock, stream)
-        .unwrap();
-    let mut plain = queue.clone();
-    plain.ready().await.unwrap();
-    let mut holder = task::spawn(plain.call("holder"));
-    assert_pending!(holder.poll());
+    let (queue, control, _discovery, holder) = a_full_queue().await;
 
     let layer = retry_within_500ms!();
     let mut retry = layer.layer(queue.clone());
@@ -177,7 +182,7 @@ async fn a_wait_for_a_queue_slot_counts_toward_the_deadline() {
     let (request, holder_responder) = control.next_request().await;
     assert_eq!(request, "holder");
     holder_responder.respond("done");
-    assert_eq!(assert_ready!(holder.poll()).unwrap(), "done");
+    assert_eq!(holder.await.unwrap().unwrap(), "done");
     settle().await;
     assert_ready!(ready.enter(|cx, _| retry.poll_ready(cx))).unwrap();
 
