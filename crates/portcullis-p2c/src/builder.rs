@@ -375,19 +375,26 @@ pub(crate) fn rebuild_backoff(
     base: Duration,
     max: Duration,
 ) -> Result<ExponentialBackoff, BuildError> {
-    ExponentialBackoff::doubling(base, max).map_err(|_| BuildError::InvalidBackoff { base, max })
+    ExponentialBackoff::doubling(base, max).map_err(BuildError::Backoff)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::BackoffError;
 
     #[test]
     fn invalid_backoff_is_a_typed_error() {
         let zero = rebuild_backoff(Duration::ZERO, Duration::from_secs(1));
-        assert!(matches!(zero, Err(BuildError::InvalidBackoff { .. })));
+        assert!(matches!(
+            zero,
+            Err(BuildError::Backoff(BackoffError::ZeroBase))
+        ));
         let inverted = rebuild_backoff(Duration::from_secs(2), Duration::from_secs(1));
-        assert!(matches!(inverted, Err(BuildError::InvalidBackoff { .. })));
+        assert!(matches!(
+            inverted,
+            Err(BuildError::Backoff(BackoffError::CapBelowBase { .. }))
+        ));
         assert!(rebuild_backoff(
             P2cPoolBuilder::DEFAULT_BACKOFF_BASE,
             P2cPoolBuilder::DEFAULT_BACKOFF_MAX

@@ -7,6 +7,8 @@
 use std::fmt;
 use std::time::Duration;
 
+pub use portcullis_pool::backoff::BackoffError;
+
 /// `call` found the endpoint that `poll_ready` chose gone: discovery removed or replaced it
 /// between the two calls.
 ///
@@ -37,14 +39,9 @@ pub use portcullis_pool::NotReady;
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// The rebuild backoff's base is zero (a failing endpoint would be rebuilt in a hot loop)
-    /// or larger than its maximum.
-    InvalidBackoff {
-        /// The configured base delay.
-        base: Duration,
-        /// The configured maximum delay.
-        max: Duration,
-    },
+    /// The rebuild backoff refused: a zero base (a failing endpoint would be rebuilt in a hot
+    /// loop) or a base larger than its maximum (the one backoff error every crate carries).
+    Backoff(BackoffError),
     /// A PeakEWMA decay or default RTT of zero.
     InvalidPeakEwma {
         /// The configured default round-trip time.
@@ -103,10 +100,7 @@ pub enum BuildError {
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BuildError::InvalidBackoff { base, max } => write!(
-                f,
-                "invalid rebuild backoff: base {base:?} must be non-zero and at most max {max:?}"
-            ),
+            BuildError::Backoff(error) => write!(f, "p2c rebuild {error}"),
             BuildError::ZeroHalfLife => {
                 f.write_str("failure-aware load: half_life must be greater than zero")
             }

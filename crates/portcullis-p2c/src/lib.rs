@@ -83,7 +83,7 @@ pub mod subset;
 
 pub use builder::P2cPoolBuilder;
 pub use classify::{ClassifyResponse, ErrorsOnly};
-pub use error::BuildError;
+pub use error::{BackoffError, BuildError};
 pub use future::ResponseFuture;
 pub use make::MakeEndpoint;
 pub use metrics::{P2cMetrics, P2cSnapshot};

@@ -122,7 +122,7 @@ proptest! {
                 control.endpoint_with_id::<(), u32>(0)
             }));
         match built {
-            Err(P2cBuildError::InvalidBackoff { .. }) => prop_assert!(base.is_zero() || base > max),
+            Err(P2cBuildError::Backoff(_)) => prop_assert!(base.is_zero() || base > max),
             Err(other) => prop_assert!(false, "unexpected {other:?}"),
             Ok(mut pool) => {
                 prop_assert!(!base.is_zero() && base <= max);
