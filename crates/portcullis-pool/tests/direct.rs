@@ -17,6 +17,10 @@ use tower::{Service, ServiceExt};
 #[tokio::test(start_paused = true)]
 async fn a_caller_dispatches_itself_when_nothing_waits_and_the_pool_is_ready() {
     let mut h = harness(4);
+    assert!(
+        h.queue.direct_dispatch(),
+        "on by default, and the queue says so"
+    );
     h.control.set_ready(true);
     assert_pending!(h.worker.poll());
 
@@ -165,6 +169,7 @@ async fn with_direct_dispatch_off_every_request_goes_through_the_worker() {
     let mut worker = tokio_test::task::spawn(worker);
     control.set_ready(true);
     assert_pending!(worker.poll());
+    assert!(!queue.direct_dispatch(), "the queue answers its setting");
 
     let mut response = Caller::new(&queue).send("a");
     assert_eq!(control.calls(), 0, "not called by the caller");

@@ -85,6 +85,31 @@ impl<S, C, K> Retry<S, C, K> {
         self.policy.metrics.clone()
     }
 
+    /// The budget shared with the layer that built this service.
+    pub fn budget(&self) -> crate::Budget {
+        self.policy.budget.clone()
+    }
+
+    /// Attempts per request, the first included.
+    pub fn max_attempts(&self) -> u32 {
+        self.policy.max_attempts
+    }
+
+    /// The per-attempt timeout, if any.
+    pub fn attempt_timeout(&self) -> Option<std::time::Duration> {
+        self.policy.attempt_timeout
+    }
+
+    /// The deadline of a whole attempt sequence, if any.
+    pub fn deadline(&self) -> Option<std::time::Duration> {
+        self.policy.deadline
+    }
+
+    /// The backoff between attempts.
+    pub fn backoff(&self) -> crate::Backoff {
+        self.policy.backoff
+    }
+
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner

@@ -199,3 +199,15 @@ async fn a_wait_for_a_queue_slot_counts_toward_the_deadline() {
     assert_eq!(error.reason(), StopReason::Deadline);
     assert_eq!(error.attempts(), 1);
 }
+
+/// A built service answers its layer's settings (convention 5).
+#[tokio::test(start_paused = true)]
+async fn a_retry_service_answers_its_settings() {
+    let (queue, _control, _discovery, _holder) = a_full_queue().await;
+    let retry = tower::Layer::layer(&retry_within_500ms!(), queue);
+    assert_eq!(retry.max_attempts(), 3);
+    assert_eq!(retry.deadline(), Some(ms(500)));
+    assert_eq!(retry.attempt_timeout(), None);
+    assert_eq!(retry.backoff().worst_case(2), ms(20));
+    assert_eq!(retry.budget().balance(), retry.metrics().budget().balance());
+}

@@ -207,6 +207,9 @@ pub(crate) trait DirectDispatch<Req, F>: Send + Sync {
     /// Dispatches `request` at once if nothing is queued and an endpoint is ready; gives it
     /// back otherwise, to be queued. A dispatch is counted in the handle's `stripe`.
     fn try_dispatch(&self, request: Req, shared: &Shared, stripe: usize) -> Dispatch<Req, F>;
+
+    /// Whether direct dispatch is on (`PoolQueueBuilder::direct_dispatch`).
+    fn enabled(&self) -> bool;
 }
 
 impl<P, K, T> Direct<P, K, T> {
@@ -370,6 +373,10 @@ where
     P: Pool<K, T, Req> + Send,
     P::Error: Into<BoxError>,
 {
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     fn try_dispatch(
         &self,
         request: Req,

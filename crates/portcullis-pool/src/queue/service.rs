@@ -98,6 +98,12 @@ impl<Req, F> PoolQueue<Req, F> {
         self.shared.failfast_timeout
     }
 
+    /// Whether a caller may dispatch directly when nothing waits and an endpoint is ready
+    /// (`PoolQueueBuilder::direct_dispatch`).
+    pub fn direct_dispatch(&self) -> bool {
+        self.direct.enabled()
+    }
+
     /// The queue's metrics. Every handle of one queue returns the same metrics.
     pub fn metrics(&self) -> PoolQueueMetrics {
         PoolQueueMetrics::new(self.shared.clone())
