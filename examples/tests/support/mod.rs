@@ -12,10 +12,9 @@ use netns::{Host, Hosts};
 use portcullis_examples::{
     backend::{Behavior, Stall},
     endpoint::Protocol,
-    proxy::{write_backends_file, Proxy, ProxyConfig, ProxyMetrics},
+    proxy::{BackendsFile, Proxy, ProxyConfig, ProxyMetrics},
 };
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -43,10 +42,7 @@ pub(crate) const FLAP_HOLD: Duration = Duration::from_millis(200);
 
 /// A backend that answers at once.
 pub(crate) fn healthy() -> Behavior {
-    Behavior {
-        delay: Duration::from_millis(1),
-        ..Behavior::default()
-    }
+    Behavior::healthy()
 }
 
 /// A backend that answers every request with 503 and `Retry-After: 1` (for an hour).
@@ -91,26 +87,14 @@ pub(crate) async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// The proxy's backends file, in the temp directory; removed on drop.
-pub(crate) struct AddrsFile(pub(crate) PathBuf);
-
-impl AddrsFile {
-    fn new(name: &str) -> Self {
-        let file = format!("portcullis-netns-{}-{name}.addrs", std::process::id());
-        Self(std::env::temp_dir().join(file))
-    }
-
-    /// Names `hosts`, and only them.
-    pub(crate) fn write<'a>(&self, hosts: impl IntoIterator<Item = &'a Host>) {
-        let backends = hosts.into_iter().map(|h| (h.name(), h.addr));
-        write_backends_file(&self.0, backends).unwrap();
-    }
-}
-
-impl Drop for AddrsFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+/// Names `hosts`, and only them, in the proxy's backends `file`.
+fn name_in(
+    file: &BackendsFile,
+    hosts: impl IntoIterator<Item = impl std::ops::Deref<Target = Host>>,
+) {
+    let hosts: Vec<_> = hosts.into_iter().collect();
+    file.write(hosts.iter().map(|h| (h.name(), h.addr)))
+        .expect("the backends file is written");
 }
 
 /// Hosts in network namespaces, each serving one backend, and the `http_proxy` example's proxy
@@ -126,7 +110,7 @@ pub(crate) struct Stack {
     /// Declared before `net`, so that they drop before it: the backends' threads end before
     /// their namespaces go.
     pub(crate) hosts: Vec<Host>,
-    pub(crate) file: AddrsFile,
+    pub(crate) file: BackendsFile,
     pub(crate) net: Hosts,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
     served: Mutex<Option<JoinHandle<()>>>,
@@ -156,9 +140,9 @@ impl Stack {
             .enumerate()
             .map(|(i, n)| Host::start(&net.namespaces[i], net.addrs[i], n, healthy()))
             .collect();
-        let file = AddrsFile::new(&name);
-        file.write(&hosts);
-        let mut config = ProxyConfig::new(&file.0);
+        let file = BackendsFile::temp(&format!("netns-{name}"));
+        name_in(&file, &hosts);
+        let mut config = ProxyConfig::new(file.path());
         config.attempt_timeout = ATTEMPT_TIMEOUT;
         config.deadline = DEADLINE;
         config.poll_interval = POLL_INTERVAL;
@@ -208,8 +192,10 @@ impl Stack {
     /// (blocking: for events).
     pub(crate) fn name_only(&self, names: &[&str]) {
         let before = self.metrics.queue.updates().reset;
-        self.file
-            .write(self.hosts.iter().filter(|h| names.contains(&h.name())));
+        name_in(
+            &self.file,
+            self.hosts.iter().filter(|h| names.contains(&h.name())),
+        );
         wait_until("the proxy applied the backends file", || {
             self.metrics.queue.updates().reset > before
         });
