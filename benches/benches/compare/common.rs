@@ -66,8 +66,12 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
 pub(crate) struct Sample {
     /// Wall time over requests: the cost per request at this concurrency.
     pub(crate) ns_per_request: f64,
-    /// Each request's latency, ready-then-call-then-response.
+    /// Each request's latency, ready-then-call-then-response (timed drives only).
     pub(crate) latency: Histogram<u64>,
+    /// Mean requests in flight, from call to response, over the drive's wall time (Little's
+    /// law: the sum of every request's call-to-response time over the wall time; timed drives
+    /// only).
+    pub(crate) in_flight: f64,
 }
 
 /// Runs `total` requests through `svc` from `callers` concurrent tasks spawned on the current
@@ -79,7 +83,7 @@ where
     S::Response: Send,
     S::Error: Debug,
 {
-    drive_with(svc, callers, total, true).await
+    drive_with(svc, callers, total, true, false).await
 }
 
 /// As [`drive`], without timing each request (two clock reads, ~45 ns, per request): for a
@@ -91,10 +95,21 @@ where
     S::Response: Send,
     S::Error: Debug,
 {
-    drive_with(svc, callers, total, false).await
+    drive_with(svc, callers, total, false, false).await
 }
 
-async fn drive_with<S>(svc: S, callers: usize, total: u64, timed: bool) -> Sample
+/// Runs `total` requests through `svc` from `callers` tasks spawned on the current runtime,
+/// each doing ready, call and await in a loop. `timed` reads the clock three times a request,
+/// for the latencies and the requests in flight; without it the cost is the stack's alone.
+/// `yields`: each caller yields (`tokio::task::yield_now`) after each request, so that a
+/// caller whose requests never wait does not run its whole loop before the others get in.
+pub(crate) async fn drive_with<S>(
+    svc: S,
+    callers: usize,
+    total: u64,
+    timed: bool,
+    yields: bool,
+) -> Sample
 where
     S: Service<u64> + Clone + Send + 'static,
     S::Future: Send,
@@ -108,33 +123,38 @@ where
             let mut svc = svc.clone();
             tokio::spawn(async move {
                 let mut latency = histogram();
+                let mut busy = 0u64;
                 for i in 0..per_caller {
                     let begin = timed.then(Instant::now);
-                    let response = svc
-                        .ready()
-                        .await
-                        .expect("the service is ready")
-                        .call(i)
-                        .await
-                        .expect("a trivial endpoint answers");
+                    let ready = svc.ready().await.expect("the service is ready");
+                    let called = timed.then(Instant::now);
+                    let response = ready.call(i).await.expect("the endpoint answers");
                     black_box(response);
-                    if let Some(begin) = begin {
-                        latency.saturating_record(nanos(begin.elapsed()));
+                    if let (Some(begin), Some(called)) = (begin, called) {
+                        let end = Instant::now();
+                        latency.saturating_record(nanos(end - begin));
+                        busy += nanos(end - called);
+                    }
+                    if yields {
+                        tokio::task::yield_now().await;
                     }
                 }
-                latency
+                (latency, busy)
             })
         })
         .collect();
     let mut latency = histogram();
+    let mut busy = 0u64;
     for task in tasks {
-        latency
-            .add(task.await.expect("caller task"))
-            .expect("same bounds");
+        let (h, b) = task.await.expect("caller task");
+        latency.add(h).expect("same bounds");
+        busy += b;
     }
+    let elapsed = start.elapsed().as_nanos() as f64;
     Sample {
-        ns_per_request: start.elapsed().as_nanos() as f64 / (per_caller * callers as u64) as f64,
+        ns_per_request: elapsed / (per_caller * callers as u64) as f64,
         latency,
+        in_flight: busy as f64 / elapsed,
     }
 }
 
