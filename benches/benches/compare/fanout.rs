@@ -133,67 +133,74 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     rt.block_on(async {
+        // Round 0 warms up; then each round runs the stacks in a rotating order, so that no
+        // stack always runs first or last (each takes each place once in five rounds).
         for round in 0..=rounds {
-            let ours = cost(fanouts, |i| {
-                let fanout = plain.clone();
-                async move { fanout.oneshot(i).await.expect("fan-out").counts().responses }
-            })
-            .await;
-            let buffered = cost(fanouts, |i| {
-                let peers = trivial.clone();
-                async move { buffer_unordered(&peers, i, LIMIT).await.len() }
-            })
-            .await;
-            let joined = cost(fanouts, |i| {
-                let peers = trivial.clone();
-                async move {
-                    join_all(
-                        peers
-                            .iter()
-                            .map(|(k, p)| (*p).oneshot(i).map(move |r| (*k, r))),
-                    )
-                    .await
-                    .len()
-                }
-            })
-            .await;
-            let ours_deadline = cost(fanouts, |i| {
-                let fanout = deadline.clone();
-                async move { fanout.oneshot(i).await.expect("fan-out").counts().responses }
-            })
-            .await;
-            let buffered_deadline = cost(fanouts, |i| {
-                let peers = trivial.clone();
-                async move {
-                    stream::iter(peers.iter())
-                        .map(|(k, p)| {
-                            tokio::time::timeout(Duration::from_secs(1), (*p).oneshot(i))
-                                .map(move |r| (*k, r))
+            for turn in 0..names.len() {
+                let i = (round + turn) % names.len();
+                let ns = match i {
+                    0 => cost(fanouts, |i| {
+                        let fanout = plain.clone();
+                        async move { fanout.oneshot(i).await.expect("fan-out").counts().responses }
+                    })
+                    .await,
+                    1 => {
+                        cost(fanouts, |i| {
+                            let peers = trivial.clone();
+                            async move { buffer_unordered(&peers, i, LIMIT).await.len() }
                         })
-                        .buffer_unordered(LIMIT)
-                        .collect::<Vec<_>>()
                         .await
-                        .len()
-                }
-            })
-            .await;
-            // Round 0 warms up.
-            if round > 0 {
-                for (s, v) in samples.iter_mut().zip([
-                    ours,
-                    buffered,
-                    joined,
-                    ours_deadline,
-                    buffered_deadline,
-                ]) {
-                    s.push(v);
+                    }
+                    2 => {
+                        cost(fanouts, |i| {
+                            let peers = trivial.clone();
+                            async move {
+                                join_all(
+                                    peers
+                                        .iter()
+                                        .map(|(k, p)| (*p).oneshot(i).map(move |r| (*k, r))),
+                                )
+                                .await
+                                .len()
+                            }
+                        })
+                        .await
+                    }
+                    3 => cost(fanouts, |i| {
+                        let fanout = deadline.clone();
+                        async move { fanout.oneshot(i).await.expect("fan-out").counts().responses }
+                    })
+                    .await,
+                    _ => {
+                        cost(fanouts, |i| {
+                            let peers = trivial.clone();
+                            async move {
+                                stream::iter(peers.iter())
+                                    .map(|(k, p)| {
+                                        tokio::time::timeout(
+                                            Duration::from_secs(1),
+                                            (*p).oneshot(i),
+                                        )
+                                        .map(move |r| (*k, r))
+                                    })
+                                    .buffer_unordered(LIMIT)
+                                    .collect::<Vec<_>>()
+                                    .await
+                                    .len()
+                            }
+                        })
+                        .await
+                    }
+                };
+                if round > 0 {
+                    samples[i].push(ns);
                 }
             }
         }
     });
     let ns: Vec<f64> = samples.into_iter().map(median).collect();
 
-    println!("\n### 4. Fan-out to {PEERS} trivial peers, one task, median of {rounds} rounds of {fanouts} fan-outs\n");
+    println!("\n### 4. Fan-out to {PEERS} trivial peers, one task, median of {rounds} rounds of {fanouts} fan-outs, the stacks in rotating order\n");
     println!("| fan-out | ns per peer call | × buffer_unordered(16) |");
     println!("| --- | --- | --- |");
     for (name, v) in names.iter().zip(&ns) {
