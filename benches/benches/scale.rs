@@ -1,9 +1,11 @@
 //! `scale`: what the pick and the pool cost as the endpoint set grows, against tower's
-//! middleware in the same run (issue 16). Sections, each alone with `--only NAME`:
+//! middleware in the same run. Sections, each alone with `--only NAME`:
 //!
 //! - `pick`: the bare pick, no queue, one task, ten trivial endpoints: `P2cPool` over our
 //!   pending-requests and peak-EWMA loads and over tower's `PeakEwma`, and tower's p2c
-//!   `Balance` over its `PendingRequests` and `PeakEwma`;
+//!   `Balance` over its `PendingRequests` and `PeakEwma`, then the peak-EWMA picks again over
+//!   endpoints whose responses wait once (ours and tower's, like for like: each times every
+//!   round trip);
 //! - `endpoints`: per-request cost through `PoolQueue` + `P2cPool` (direct dispatch on; 1 and
 //!   64 callers) and the bare pick at 10, 100, 1,000 and 10,000 endpoints, with tower's
 //!   `Buffer` + `Balance` beside it; plotted into `scale-endpoints.svg`;
@@ -206,6 +208,21 @@ fn pick(config: &Config) {
             }
         );
     }
+    // Like for like: both peak-EWMA picks over endpoints whose responses wait once, so that
+    // each times every round trip (over `Echo`, ours reads no clock and tower's reads it all
+    // the same).
+    let (ours, tower) = (6, 7);
+    let ratios: Vec<f64> = ns[tower]
+        .iter()
+        .zip(&ns[ours])
+        .map(|(a, b)| a / b)
+        .collect();
+    println!(
+        "\nLike for like, responses that wait once: tower Balance + PeakEwma {} ns against P2cPool + make::peak_ewma {} ns per request: tower's × ours {}× (median (spread) of the per-round ratios)",
+        spread(&ns[tower], 1),
+        spread(&ns[ours], 1),
+        spread(&ratios, 2)
+    );
 }
 
 // === cost by number of endpoints ===

@@ -1,6 +1,6 @@
-//! Seed 003, measured: C consumers of one target, each with a client of its own, against the
-//! same C consumers holding leases of one `SharedClients` cache (4 connections per key), and
-//! the cost of a request through a lease against a direct clone of the client.
+//! Shared clients, measured: C consumers of one target, each with a client of its own,
+//! against the same C consumers holding leases of one `SharedClients` cache (4 connections per
+//! key), and the cost of a request through a lease against a direct clone of the client.
 //!
 //! Everything runs against a real HTTP/2 server (hyper, prior knowledge) on 127.0.0.1 in a
 //! process of its own, so the memory measured is the clients' only. Each memory measurement
