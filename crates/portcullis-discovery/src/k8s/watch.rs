@@ -303,9 +303,10 @@ impl Watching {
         tracing::warn!(
             system = "k8s",
             name = %self.name,
+            request = what,
             %error,
             ?retry_in,
-            "k8s {what} failed; keeping the last endpoint set"
+            "k8s request failed; keeping the last endpoint set"
         );
         tokio::time::sleep(retry_in)
     }
