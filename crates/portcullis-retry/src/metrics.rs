@@ -193,10 +193,12 @@ impl RetryMetrics {
     }
 
     /// This thread's stripe.
+    #[inline]
     fn mine(&self) -> &Counters {
         &self.inner[stripe::current() % STRIPES]
     }
 
+    #[inline]
     pub(crate) fn request(&self) {
         self.mine().requests.fetch_add(1, Ordering::Relaxed);
     }
@@ -217,6 +219,7 @@ impl RetryMetrics {
         self.mine().attempt_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(crate) fn stopped(&self, reason: StopReason) {
         self.mine().stopped[index(reason)].fetch_add(1, Ordering::Relaxed);
     }

@@ -24,6 +24,7 @@ pub(crate) const STRIPES: usize = 2;
 /// This thread's stripe number, assigned round-robin on first use. Reduce it modulo the
 /// number of stripes (a power of two: mask it).
 #[cfg(not(loom))]
+#[inline]
 pub(crate) fn current() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {

@@ -298,11 +298,20 @@ impl Ledger {
     /// load when none did. The cursor moves only once the cells have moved on, so whoever
     /// reads it past `slot` finds those expiries done (or being counted by a concurrent
     /// caller's last store).
+    #[inline]
     fn advance_to(&self, slot: u64) {
         let cursor = self.cursor.load(Ordering::Acquire);
         if cursor >= slot {
             return;
         }
+        self.advance_from(cursor, slot);
+    }
+
+    /// [`advance_to`](Self::advance_to) once `slot` is past the `cursor` read: once a slot,
+    /// so kept out of line from every deposit's path.
+    #[cold]
+    #[inline(never)]
+    fn advance_from(&self, cursor: u64, slot: u64) {
         let first = (cursor + 1).max(slot.saturating_sub(self.slots - 1));
         // After an idle gap of 2^31 slots or more a stale 32-bit tag could read as newer:
         // then every tag but the current one is stale.
