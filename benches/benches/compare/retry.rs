@@ -80,7 +80,7 @@ const THREADS: [usize; 2] = [1, 2];
 
 /// ns per request of each of [`COST_STACKS`] in each round, for `threads` threads.
 fn cost(config: &Config, threads: usize) -> [Vec<f64>; 3] {
-    let total: u64 = config.pick(512_000, 128_000);
+    let total: u64 = config.pick(2_048_000, 256_000);
     let rounds = config.pick(5, 3);
     let ours = our_retry(Echo);
     let tower = tower_retry(Echo);
