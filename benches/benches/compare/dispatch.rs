@@ -365,6 +365,12 @@ fn dispatches<F>(queue: &PoolQueue<u64, F>) -> (u64, u64) {
     )
 }
 
+/// Rounds per scenario: a multiple of the number of stacks, so that each takes each place in
+/// the order equally often.
+fn rounds(config: &Config) -> usize {
+    config.pick(8, 4)
+}
+
 async fn scenario<E, M, B>(load: Load, endpoint: M, bare_endpoint: B, config: &Config) -> Scenario
 where
     M: Fn(usize) -> E + Send + Sync + 'static,
@@ -373,8 +379,7 @@ where
     B: Service<u64, Response = u64, Error = Infallible> + Send + 'static,
     B::Future: Send + 'static,
 {
-    // A multiple of the number of stacks: each takes each place in the order equally often.
-    let rounds = 4;
+    let rounds = rounds(config);
     let totals = |c: usize| -> u64 {
         if c == 1 {
             config.pick(40_000, 10_000)
@@ -501,7 +506,7 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
         })
         .collect();
 
-    println!("\n### 1. Dispatch cost by load (2-worker multi-thread runtime, {ENDPOINTS} endpoints, 4 rounds in rotating order)\n");
+    println!("\n### 1. Dispatch cost by load (2-worker multi-thread runtime, {ENDPOINTS} endpoints, {} rounds per scenario in rotating order)\n", rounds(config));
     println!("ns/request: median round of drives that do not time each request; ratios: median of the per-round ratios (cost over the other stack's cost in the same round); direct: PoolQueue's requests dispatched by their callers over all its requests in this scenario's cost drives (its metrics); in flight: mean requests between call and response, from the timed drives (sum of call-to-response times over wall time). 64 callers yield (`tokio::task::yield_now`) after each request; 1 caller does not. The Mutex<tower Balance> control locks a std Mutex around Balance's poll_ready and call (one hold per request) and awaits the response outside it.\n");
     for s in &scenarios {
         println!("- {}: {}", s.load.name(), s.load.describe());
