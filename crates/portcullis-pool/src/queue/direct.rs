@@ -50,6 +50,7 @@
 use super::error::{BoxError, FailureSource, PoolFailed};
 use super::shared::Shared;
 use crate::Pool;
+use futures_util::task::AtomicWaker;
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -153,16 +154,15 @@ struct WorkerWake {
     /// until the first turn, so that the first endpoint set is applied before any request is
     /// routed.
     update_pending: AtomicBool,
-    /// The worker task's waker as of its last turn.
-    task: Mutex<Option<Waker>>,
+    /// The worker task's waker, registered at each of its turns. Woken once until the next
+    /// turn registers it again: the worker is scheduled by then, and its turn looks at
+    /// everything.
+    task: AtomicWaker,
 }
 
 impl WorkerWake {
     fn wake_task(&self) {
-        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(task) = task.as_ref() {
-            task.wake_by_ref();
-        }
+        self.task.wake();
     }
 }
 
@@ -216,7 +216,7 @@ impl<P, K, T> Direct<P, K, T> {
     pub(crate) fn new(pool: P, enabled: bool) -> Self {
         let wake = Arc::new(WorkerWake {
             update_pending: AtomicBool::new(true),
-            task: Mutex::new(None),
+            task: AtomicWaker::new(),
         });
         Self {
             inner: Mutex::new(Inner { pool: Some(pool) }),
@@ -252,16 +252,7 @@ impl<P, K, T> Direct<P, K, T> {
         let guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         self.worker_turn.store(true, Ordering::Relaxed);
         self.worker_waiting.store(false, Ordering::Relaxed);
-        {
-            let mut task = self
-                .wake
-                .task
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if !task.as_ref().is_some_and(|w| w.will_wake(waker)) {
-                *task = Some(waker.clone());
-            }
-        }
+        self.wake.task.register(waker);
         self.wake.update_pending.store(false, Ordering::Release);
         if self.runtime.get().is_none() {
             if let Ok(runtime) = Handle::try_current() {
