@@ -136,3 +136,65 @@ async fn metrics_count_updates_and_endpoints() {
     assert_eq!((snap.ready, snap.pending, snap.failed), (0, 0, 0));
     assert_eq!((snap.evictions, snap.rebuilds), (0, 0));
 }
+
+/// An endpoint that is never ready, counting its readiness polls and keeping the last waker
+/// it was polled with.
+#[derive(Clone, Default)]
+struct NeverReady {
+    polls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    waker: std::sync::Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+}
+
+impl tower::Service<u32> for NeverReady {
+    type Response = u32;
+    type Error = portcullis_p2c::BoxError;
+    type Future = std::future::Ready<Result<u32, portcullis_p2c::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *self.waker.lock().unwrap() = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, request: u32) -> Self::Future {
+        std::future::ready(Ok(request))
+    }
+}
+
+/// A pending endpoint is polled when it joins the pending set and again only once it has woken
+/// its waker: a pool driven while nothing woke polls none of its pending endpoints (with a
+/// fleet at its concurrency limits, that was every pending endpoint two or three times for
+/// each request served), and the wake-up still reaches the pool's driver.
+#[tokio::test(start_paused = true)]
+async fn a_pending_endpoint_is_polled_again_only_once_it_has_woken() {
+    let endpoint = NeverReady::default();
+    let make = {
+        let endpoint = endpoint.clone();
+        move |_: &u32, _: &u32| endpoint.clone()
+    };
+    let mut pool = portcullis_p2c::P2cPool::builder()
+        .seed(1)
+        .build(portcullis_p2c::make::pending_requests(make))
+        .unwrap();
+    let mut t = task::spawn(());
+    Pool::<u32, u32, u32>::update_pool(&mut pool, Update::Reset(vec![(1, 10)]));
+    let polls = || endpoint.polls.load(std::sync::atomic::Ordering::SeqCst);
+
+    assert_pending!(t.enter(|cx, _| tower::Service::<u32>::poll_ready(&mut pool, cx)));
+    assert_eq!(polls(), 1, "polled once on joining the pending set");
+    for _ in 0..3 {
+        assert_pending!(t.enter(|cx, _| tower::Service::<u32>::poll_ready(&mut pool, cx)));
+        assert_pending!(t.enter(|cx, _| Pool::<u32, u32, u32>::poll_pool(&mut pool, cx)));
+    }
+    assert_eq!(polls(), 1, "not polled again while it has not woken");
+
+    let waker = endpoint.waker.lock().unwrap().take().unwrap();
+    assert!(!t.is_woken());
+    waker.wake();
+    assert!(t.is_woken(), "its wake-up reaches the pool's driver");
+    assert_pending!(t.enter(|cx, _| tower::Service::<u32>::poll_ready(&mut pool, cx)));
+    assert_eq!(polls(), 2, "polled again once it woke");
+}

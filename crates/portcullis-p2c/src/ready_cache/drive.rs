@@ -5,12 +5,15 @@
 use super::{ReadyCache, ReadyRef};
 use crate::make::MakeEndpoint;
 use crate::BoxError;
+use futures_util::task::AtomicWaker;
 use indexmap::IndexMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 use tracing::{debug, info, trace, warn};
@@ -33,6 +36,59 @@ pub(super) struct PendingEndpoint<S> {
     slow_start: bool,
 }
 
+/// The waker the pending endpoints are polled with. Polling every pending endpoint at every
+/// drive cost as many readiness polls as there were pending endpoints, for each request the
+/// pool served while they waited (a saturated fleet: every endpoint at its concurrency limit,
+/// polled two or three times a request); now a pass polls them only once one of them has
+/// woken, or one has joined the set since the last pass (it must be polled once, to register
+/// this waker).
+pub(super) struct PendingWake {
+    wake: Arc<PendingWakeState>,
+    waker: Waker,
+    /// An endpoint joined the pending set since the last pass.
+    joined: bool,
+}
+
+struct PendingWakeState {
+    /// A pending endpoint woke since the last pass.
+    woken: AtomicBool,
+    /// Whoever drives the cache, as of its last drive.
+    driver: AtomicWaker,
+}
+
+impl Wake for PendingWakeState {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.driver.wake();
+    }
+}
+
+impl PendingWake {
+    pub(super) fn new() -> Self {
+        let wake = Arc::new(PendingWakeState {
+            woken: AtomicBool::new(false),
+            driver: AtomicWaker::new(),
+        });
+        Self {
+            waker: Waker::from(wake.clone()),
+            wake,
+            joined: false,
+        }
+    }
+
+    /// Registers the driver's waker; `Some` with the waker to poll the pending endpoints with
+    /// if a pass is due.
+    fn pass(&mut self, driver: &Waker) -> Option<Waker> {
+        self.wake.driver.register(driver);
+        let woken = self.wake.woken.swap(false, Ordering::AcqRel);
+        (woken || std::mem::take(&mut self.joined)).then(|| self.waker.clone())
+    }
+}
+
 pub(super) struct FailedEndpoint {
     rebuild_at: Pin<Box<Sleep>>,
     failures: u32,
@@ -44,7 +100,8 @@ where
     M: MakeEndpoint<K, T>,
 {
     /// Rebuilds endpoints whose backoff has elapsed and promotes pending endpoints that are
-    /// ready. Every endpoint still waiting has `cx`'s waker registered.
+    /// ready. Every endpoint still waiting has a waker registered that wakes `cx`'s (the
+    /// pending ones through [`PendingWake`], polled again only once one of them has woken).
     pub(crate) fn drive<Req>(&mut self, cx: &mut Context<'_>)
     where
         M::Endpoint: Service<Req>,
@@ -72,9 +129,35 @@ where
             }
         }
 
+        if let Some(waker) = self.pending_wake.pass(cx.waker()) {
+            changed |= self.drive_pending(cx, &waker);
+        }
+
+        if changed {
+            // A burst of pending endpoints (a large `Reset`) leaves the set's storage behind
+            // once they are all ready: give it back rather than hold it for every idle one.
+            if self.pending.is_empty() && self.pending.capacity() > SPARE_CAPACITY {
+                self.pending = IndexMap::new();
+            }
+            if self.failed.is_empty() && self.failed.capacity() > SPARE_CAPACITY {
+                self.failed = IndexMap::new();
+            }
+            self.sync_gauges();
+        }
+    }
+
+    /// Polls every pending endpoint with `waker`, promoting the ready ones and evicting the
+    /// failed ones; whether any moved.
+    fn drive_pending<Req>(&mut self, cx: &mut Context<'_>, waker: &Waker) -> bool
+    where
+        M::Endpoint: Service<Req>,
+        <M::Endpoint as Service<Req>>::Error: Into<BoxError>,
+    {
+        let mut changed = false;
+        let mut pending_cx = Context::from_waker(waker);
         let mut i = 0;
         while let Some((_, pending)) = self.pending.get_index_mut(i) {
-            let poll = pending.svc.poll_ready(cx);
+            let poll = pending.svc.poll_ready(&mut pending_cx);
             if poll.is_pending() {
                 i += 1;
                 continue;
@@ -97,17 +180,7 @@ where
             }
         }
 
-        if changed {
-            // A burst of pending endpoints (a large `Reset`) leaves the set's storage behind
-            // once they are all ready: give it back rather than hold it for every idle one.
-            if self.pending.is_empty() && self.pending.capacity() > SPARE_CAPACITY {
-                self.pending = IndexMap::new();
-            }
-            if self.failed.is_empty() && self.failed.capacity() > SPARE_CAPACITY {
-                self.failed = IndexMap::new();
-            }
-            self.sync_gauges();
-        }
+        changed
     }
 
     /// Polls the endpoint `r` refers to again, right before a call: `Some` with where it
@@ -136,11 +209,17 @@ where
                     ramp_from: ep.ramp_from,
                     slow_start: false,
                 };
-                self.pending.insert(key, pending);
+                self.insert_pending(key, pending);
             }
         }
         self.sync_gauges();
         None
+    }
+
+    /// Adds an endpoint to the pending set; the next drive polls it.
+    fn insert_pending(&mut self, key: K, pending: PendingEndpoint<M::Endpoint>) {
+        self.pending.insert(key, pending);
+        self.pending_wake.joined = true;
     }
 
     /// Builds the endpoint for `key` from its target, with a new instance id, and queues it
@@ -153,7 +232,7 @@ where
         let slow_start = self.health.slow_start.is_some() && !self.ready.is_empty();
         let id = self.next_id;
         self.next_id += 1;
-        self.pending.insert(
+        self.insert_pending(
             key,
             PendingEndpoint {
                 id,

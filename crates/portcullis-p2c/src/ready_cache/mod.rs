@@ -31,7 +31,7 @@ mod weight;
 pub(crate) use self::eject::EJECTIONS_PER_PICK;
 pub(crate) use self::ready::ReadyRef;
 
-use self::drive::{FailedEndpoint, PendingEndpoint};
+use self::drive::{FailedEndpoint, PendingEndpoint, PendingWake};
 use self::eject::{Ejection, Ejections};
 use self::ready::{ReadySet, Slot};
 use self::weight::Weights;
@@ -76,6 +76,9 @@ where
     /// `[healthy.. | ejected..]`: the candidates for selection first, the ejected after.
     ready: ReadySet<K, M::Endpoint>,
     pending: IndexMap<K, PendingEndpoint<M::Endpoint>>,
+    /// What the pending endpoints are polled with: only a wake-up from one of them, or a
+    /// newly pending one, makes the next drive poll the pending set.
+    pending_wake: PendingWake,
     failed: IndexMap<K, FailedEndpoint>,
     /// The instance id the next built endpoint gets.
     next_id: u64,
@@ -117,6 +120,7 @@ where
             targets: IndexMap::new(),
             ready: ReadySet::default(),
             pending: IndexMap::new(),
+            pending_wake: PendingWake::new(),
             failed: IndexMap::new(),
             next_id: 0,
             backoff,
