@@ -2,11 +2,11 @@
 //! the failed ones rebuilt once their backoff has elapsed, and a ready one checked again right
 //! before its call (back to pending if it is not ready, evicted if it failed).
 
+use super::Map;
 use super::{ReadyCache, ReadyRef};
 use crate::make::MakeEndpoint;
 use crate::BoxError;
 use futures_util::task::AtomicWaker;
-use indexmap::IndexMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
@@ -129,18 +129,21 @@ where
             }
         }
 
-        if let Some(waker) = self.pending_wake.pass(cx.waker()) {
-            changed |= self.drive_pending(cx, &waker);
+        // With nothing pending (every endpoint ready: the common case), nothing to register.
+        if !self.pending.is_empty() {
+            if let Some(waker) = self.pending_wake.pass(cx.waker()) {
+                changed |= self.drive_pending(cx, &waker);
+            }
         }
 
         if changed {
             // A burst of pending endpoints (a large `Reset`) leaves the set's storage behind
             // once they are all ready: give it back rather than hold it for every idle one.
             if self.pending.is_empty() && self.pending.capacity() > SPARE_CAPACITY {
-                self.pending = IndexMap::new();
+                self.pending = Map::default();
             }
             if self.failed.is_empty() && self.failed.capacity() > SPARE_CAPACITY {
-                self.failed = IndexMap::new();
+                self.failed = Map::default();
             }
             self.sync_gauges();
         }

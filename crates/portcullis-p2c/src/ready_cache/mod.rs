@@ -39,6 +39,11 @@ use crate::health::{HealthConfig, Outcomes};
 use crate::make::MakeEndpoint;
 use crate::metrics::P2cMetrics;
 use indexmap::IndexMap;
+
+/// The cache's maps by key: insertion-ordered, with hashbrown's default hasher (foldhash,
+/// seeded per process) rather than SipHash: an endpoint moves between them on every request
+/// when the fleet is at its concurrency limits, each move a hash or two.
+pub(super) type Map<K, V> = IndexMap<K, V, foldhash::fast::RandomState>;
 use portcullis_pool::backoff::ExponentialBackoff;
 use portcullis_pool::EndpointCounts;
 use std::fmt;
@@ -72,14 +77,14 @@ where
     maker: M,
     /// Every known key, what it was built from and its health; each key is in exactly one
     /// of the three sets below.
-    targets: IndexMap<K, Known<T>>,
+    targets: Map<K, Known<T>>,
     /// `[healthy.. | ejected..]`: the candidates for selection first, the ejected after.
     ready: ReadySet<K, M::Endpoint>,
-    pending: IndexMap<K, PendingEndpoint<M::Endpoint>>,
+    pending: Map<K, PendingEndpoint<M::Endpoint>>,
     /// What the pending endpoints are polled with: only a wake-up from one of them, or a
     /// newly pending one, makes the next drive poll the pending set.
     pending_wake: PendingWake,
-    failed: IndexMap<K, FailedEndpoint>,
+    failed: Map<K, FailedEndpoint>,
     /// The instance id the next built endpoint gets.
     next_id: u64,
     backoff: ExponentialBackoff,
@@ -117,11 +122,11 @@ where
     ) -> Self {
         Self {
             maker,
-            targets: IndexMap::new(),
+            targets: Map::default(),
             ready: ReadySet::default(),
-            pending: IndexMap::new(),
+            pending: Map::default(),
             pending_wake: PendingWake::new(),
-            failed: IndexMap::new(),
+            failed: Map::default(),
             next_id: 0,
             backoff,
             metrics,

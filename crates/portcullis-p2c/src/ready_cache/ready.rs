@@ -17,8 +17,8 @@
 //! the set: an endpoint is identified across calls by its [`ReadyRef`], whose instance id is
 //! checked before its position is trusted.
 
+use super::Map;
 use crate::health::Outcomes;
-use indexmap::IndexMap;
 use std::hash::Hash;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -56,14 +56,14 @@ pub(super) struct Slot<S> {
 
 /// The ready endpoints, `[healthy.. | ejected..]`.
 pub(super) struct ReadySet<K, S> {
-    slots: IndexMap<K, Slot<S>>,
+    slots: Map<K, Slot<S>>,
     healthy: usize,
 }
 
 impl<K, S> Default for ReadySet<K, S> {
     fn default() -> Self {
         Self {
-            slots: IndexMap::new(),
+            slots: Map::default(),
             healthy: 0,
         }
     }

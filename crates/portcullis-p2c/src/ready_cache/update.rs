@@ -12,9 +12,9 @@
 //!
 //! [`ReadyRef`]: super::ReadyRef
 
+use super::Map;
 use super::{Known, ReadyCache};
 use crate::make::MakeEndpoint;
-use indexmap::IndexMap;
 use portcullis_pool::EndpointSet;
 use std::fmt;
 use std::hash::Hash;
@@ -28,7 +28,7 @@ where
 {
     /// Removes every key not in `endpoints`, then adds or replaces the rest.
     fn reset(&mut self, endpoints: Vec<(K, T)>) {
-        let wanted: IndexMap<K, T> = endpoints.into_iter().collect();
+        let wanted: Map<K, T> = endpoints.into_iter().collect();
         let stale: Vec<K> = self
             .targets
             .keys()
@@ -46,7 +46,7 @@ where
     fn add(&mut self, endpoints: Vec<(K, T)>) {
         // Only the last target named for a key counts, so an update that names a key twice
         // but ends on its current target does not rebuild it.
-        let wanted: IndexMap<K, T> = endpoints.into_iter().collect();
+        let wanted: Map<K, T> = endpoints.into_iter().collect();
         for (key, target) in wanted {
             self.upsert(key, target);
         }
