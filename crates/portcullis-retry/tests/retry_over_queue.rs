@@ -165,8 +165,8 @@ async fn the_deadline_cuts_a_wait_for_a_queue_slot() {
 }
 
 /// A wait for the slot is part of the deadline: the pool turns ready 300 ms in and takes the
-/// queued request, which frees the slot; the attempt the pool then holds is cut 200 ms later, at 500 ms from the start of the wait, not at
-/// 800 ms (500 ms from the call).
+/// queued request, which frees the slot; the attempt the pool then holds is cut 200 ms later,
+/// at 500 ms from the start of the wait, not at 800 ms (500 ms from the call).
 #[tokio::test(start_paused = true)]
 async fn a_wait_for_a_queue_slot_counts_toward_the_deadline() {
     let (queue, control, _discovery, holder) = a_full_queue().await;
