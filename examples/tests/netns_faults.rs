@@ -30,13 +30,14 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use portcullis::pool::PoolQueue;
 use portcullis::retry::BudgetBuilder;
+use portcullis_examples::backend::Behavior;
 use portcullis_examples::endpoint::{self, Protocol};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::load::{self, at, End, Load};
 use support::{
-    assert_every_request_ended, each_protocol, eventually, healthy, slow,
-    unavailable_with_retry_after, Removal, Stack, STACK_MARGIN,
+    assert_every_request_ended, each_protocol, eventually, slow, unavailable_with_retry_after,
+    Removal, Stack, STACK_MARGIN,
 };
 
 /// Where the faults come, as fractions of the run: a quarter in, with every backend warm;
@@ -351,7 +352,10 @@ async fn a_total_outage_spends_no_more_than_the_budget() {
                     .lock()
                     .unwrap()
                     .push(restarted.metrics.retry.snapshot());
-                restarted.hosts.iter().for_each(|h| h.restart(healthy()));
+                restarted
+                    .hosts
+                    .iter()
+                    .for_each(|h| h.restart(Behavior::healthy()));
             }),
         ];
         let outcome = run_checked(&stack, protocol, load, events).await;

@@ -40,18 +40,13 @@ pub(crate) const STACK_MARGIN: Duration = Duration::from_millis(250);
 /// How long a flapping backend stays out of the backends file, and then in, each time.
 pub(crate) const FLAP_HOLD: Duration = Duration::from_millis(200);
 
-/// A backend that answers at once.
-pub(crate) fn healthy() -> Behavior {
-    Behavior::healthy()
-}
-
 /// A backend that answers every request with 503 and `Retry-After: 1` (for an hour).
 pub(crate) fn unavailable_with_retry_after() -> Behavior {
     let hour = tokio::time::Instant::now() + Duration::from_secs(3_600);
     Behavior {
         unavailable_until: Some(hour),
         retry_after: Some(1),
-        ..healthy()
+        ..Behavior::healthy()
     }
 }
 
@@ -64,7 +59,7 @@ pub(crate) fn slow() -> Behavior {
             every: 10,
             delay: Duration::from_millis(400),
         }),
-        ..healthy()
+        ..Behavior::healthy()
     }
 }
 
@@ -138,7 +133,7 @@ impl Stack {
         let hosts: Vec<Host> = names
             .iter()
             .enumerate()
-            .map(|(i, n)| Host::start(&net.namespaces[i], net.addrs[i], n, healthy()))
+            .map(|(i, n)| Host::start(&net.namespaces[i], net.addrs[i], n, Behavior::healthy()))
             .collect();
         let file = BackendsFile::temp(&format!("netns-{name}"));
         name_in(&file, &hosts);
