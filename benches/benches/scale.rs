@@ -30,7 +30,7 @@ mod common;
 #[path = "compare/svg.rs"]
 mod svg;
 
-use common::{drive, drive_untimed, median, Config, Echo};
+use common::{drive, drive_untimed, median, spread, Config, Echo};
 use futures_util::stream;
 use portcullis_benches::{buffer_unordered, our_retry, tower_retry, WaitOnce};
 use portcullis_fanout::FanOut;
@@ -46,16 +46,6 @@ use tower::load::{CompleteOnResponse, PeakEwma, PendingRequests};
 use tower::{Service, ServiceExt};
 
 const CAPACITY: usize = 1024;
-
-/// Median and spread (least–most) of a set of samples.
-fn spread(values: &[f64], digits: usize) -> String {
-    let lo = values.iter().copied().fold(f64::MAX, f64::min);
-    let hi = values.iter().copied().fold(f64::MIN, f64::max);
-    format!(
-        "{:.digits$} ({lo:.digits$}–{hi:.digits$})",
-        median(values.to_vec())
-    )
-}
 
 /// ns per request of `requests` requests, one after another, through `svc` on this task.
 async fn one_task<S>(svc: &mut S, requests: u64) -> f64

@@ -59,6 +59,16 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// Median and spread (least–most) of `values`, with `digits` decimals: `12.3 (11.9–13.0)`.
+pub(crate) fn spread(values: &[f64], digits: usize) -> String {
+    let lo = values.iter().copied().fold(f64::MAX, f64::min);
+    let hi = values.iter().copied().fold(f64::MIN, f64::max);
+    format!(
+        "{:.digits$} ({lo:.digits$}–{hi:.digits$})",
+        median(values.to_vec())
+    )
+}
+
 // === the load driver ===
 
 /// What one run of [`drive`] measured.

@@ -4,7 +4,7 @@
 //! and the calls each logical request makes during a total outage and during 10%
 //! transient failures, against a naive 3-attempt retry and tower's budget.
 
-use crate::common::{drive_untimed, median, Config, Echo, Row};
+use crate::common::{drive_untimed, median, spread, Config, Echo, Row};
 use crate::svg;
 use portcullis_benches::{our_retry, tower_retry, TowerBudgetPolicy};
 use portcullis_retry::classify::predicate;
@@ -102,16 +102,6 @@ fn cost(config: &Config, threads: usize) -> [Vec<f64>; 3] {
         }
     }
     samples
-}
-
-/// Median and spread (least–most) of `values`.
-fn spread(values: &[f64], digits: usize) -> String {
-    let lo = values.iter().copied().fold(f64::MAX, f64::min);
-    let hi = values.iter().copied().fold(f64::MIN, f64::max);
-    format!(
-        "{:.digits$} ({lo:.digits$}–{hi:.digits$})",
-        median(values.to_vec())
-    )
 }
 
 // === amplification ===
