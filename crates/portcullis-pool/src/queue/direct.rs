@@ -9,8 +9,10 @@
 //!
 //! - **The worker still owns the pool's life.** Discovery, `poll_pool`, the queue and failfast
 //!   stay the worker's. The pool sits behind a mutex that the worker holds for its whole turn;
-//!   a caller only ever *tries* the lock, and steps aside while the worker waits for it, so a
-//!   stream of direct callers cannot keep the worker (and discovery updates) out.
+//!   a caller only ever *tries* the lock, and never while the worker waits for it or holds
+//!   it, so a stream of direct callers cannot keep the worker (and discovery updates) out. A
+//!   caller that meets the worker's turn waits a bounded while for it to end (a turn with
+//!   nothing queued is short), then queues.
 //! - **FIFO.** A caller dispatches directly only if no request is queued (sent to the worker
 //!   and not yet dispatched or answered), checked again under the lock. A request queued
 //!   after that check came after this caller; one queued before makes it queue too.
@@ -87,10 +89,11 @@ pub(crate) struct Direct<P, K, T> {
     inner: Mutex<Inner<P>>,
     /// Whether direct dispatch is on (`PoolQueueBuilder::direct_dispatch`).
     enabled: bool,
-    /// Set while the worker waits for the lock: callers step aside.
+    /// Set while the worker waits for the lock: callers do not try it.
     worker_waiting: AtomicBool,
-    /// Set while the worker holds the lock for its turn (which may be long: a discovery update
-    /// of thousands of endpoints): callers queue rather than spin.
+    /// Set while the worker holds the lock for its turn: callers do not try the lock, and
+    /// queue if the turn outlasts their bounded wait (a discovery update of thousands of
+    /// endpoints).
     worker_turn: AtomicBool,
     /// A direct dispatch found an endpoint ready since the worker last looked: the failfast
     /// clock's "an endpoint was ready" event.
@@ -319,41 +322,46 @@ impl<P, K, T> Direct<P, K, T> {
     }
 
     /// Whether a request may be dispatched directly, if an endpoint is ready: direct dispatch
-    /// on, nothing queued, no discovery update waiting, the worker not waiting for the lock.
-    /// Read without the lock, so checked again under it.
+    /// on, nothing queued, no discovery update waiting. Read without the lock, so checked
+    /// again under it.
     fn may_dispatch(&self, shared: &Shared) -> bool {
-        self.enabled
-            && !self.wake.update_pending.load(Ordering::Acquire)
-            && !self.worker_waiting.load(Ordering::Relaxed)
-            && !shared.any_queued()
+        self.enabled && !self.wake.update_pending.load(Ordering::Acquire) && !shared.any_queued()
     }
 
     /// The pool's lock for a direct dispatch, or `None` to queue: tried, never waited for.
     /// A poisoned lock is handed back as `Err` for the caller to end the queue.
+    ///
+    /// While the worker waits for the lock or holds it for its turn, the caller does not try
+    /// it (the worker goes first) but waits a bounded while for the turn to end: a turn with
+    /// nothing queued is short (an endpoint that turned ready, a timer), and queueing behind
+    /// it would send every caller after this one through the queue too (FIFO), until the
+    /// worker had run again. A long turn (a large discovery update) outlasts the bound, and
+    /// the caller queues.
     #[allow(clippy::type_complexity)]
     fn try_lock(&self) -> Option<Result<MutexGuard<'_, Inner<P>>, MutexGuard<'_, Inner<P>>>> {
         let mut spins = SPINS;
         loop {
-            match self.inner.try_lock() {
-                Ok(guard) => return Some(Ok(guard)),
-                Err(TryLockError::Poisoned(poisoned)) => return Some(Err(poisoned.into_inner())),
-                // Most likely another caller, inside for a pick and a call: worth a few
-                // tries before the hand-off, which costs far more (and, once one request is
-                // queued, every caller queues behind it until the worker has run). Never
-                // while the worker waits for the lock, and only a bounded number of times:
-                // a caller never blocks on the lock.
-                Err(TryLockError::WouldBlock) => {
-                    if spins == 0
-                        || self.worker_waiting.load(Ordering::Relaxed)
-                        || self.worker_turn.load(Ordering::Relaxed)
-                    {
-                        return None;
+            let workers = self.worker_waiting.load(Ordering::Relaxed)
+                || self.worker_turn.load(Ordering::Relaxed);
+            if !workers {
+                match self.inner.try_lock() {
+                    Ok(guard) => return Some(Ok(guard)),
+                    Err(TryLockError::Poisoned(poisoned)) => {
+                        return Some(Err(poisoned.into_inner()))
                     }
-                    spins -= 1;
-                    for _ in 0..PAUSES {
-                        std::hint::spin_loop();
-                    }
+                    // Most likely another caller, inside for a pick and a call: worth a few
+                    // tries before the hand-off, which costs far more (and, once one request
+                    // is queued, every caller queues behind it until the worker has run).
+                    Err(TryLockError::WouldBlock) => {}
                 }
+            }
+            // Only a bounded number of times: a caller never blocks on the lock.
+            if spins == 0 {
+                return None;
+            }
+            spins -= 1;
+            for _ in 0..PAUSES {
+                std::hint::spin_loop();
             }
         }
     }
@@ -569,10 +577,10 @@ mod tests {
         );
     }
 
-    /// While the worker holds the pool for its turn, a caller queues at once (it does not
-    /// spin for a lock that may be held for a long turn), and the pool is not polled.
+    /// While the worker holds the pool for its turn, a caller waits a bounded while and then
+    /// queues (a turn may be long), and the pool is not polled.
     #[test]
-    fn callers_queue_at_once_while_the_worker_holds_its_turn() {
+    fn callers_queue_after_a_bounded_wait_while_the_worker_holds_its_turn() {
         let wakers = Arc::new(Mutex::new(Vec::new()));
         let direct = Direct::<_, (), ()>::new(Recording(wakers.clone()), true);
         let shared = Shared::new(4, Duration::from_secs(1));
