@@ -336,14 +336,22 @@ impl<P, K, T> Direct<P, K, T> {
     /// nothing queued is short (an endpoint that turned ready, a timer), and queueing behind
     /// it would send every caller after this one through the queue too (FIFO), until the
     /// worker had run again. A long turn (a large discovery update) outlasts the bound, and
-    /// the caller queues.
+    /// the caller queues; so does a caller that sees a request queued or an update waiting
+    /// meanwhile, which it could not go ahead of anyway.
     #[allow(clippy::type_complexity)]
-    fn try_lock(&self) -> Option<Result<MutexGuard<'_, Inner<P>>, MutexGuard<'_, Inner<P>>>> {
+    fn try_lock(
+        &self,
+        shared: &Shared,
+    ) -> Option<Result<MutexGuard<'_, Inner<P>>, MutexGuard<'_, Inner<P>>>> {
         let mut spins = SPINS;
         loop {
             let workers = self.worker_waiting.load(Ordering::Relaxed)
                 || self.worker_turn.load(Ordering::Relaxed);
-            if !workers {
+            if workers {
+                if !self.may_dispatch(shared) {
+                    return None;
+                }
+            } else {
                 match self.inner.try_lock() {
                     Ok(guard) => return Some(Ok(guard)),
                     Err(TryLockError::Poisoned(poisoned)) => {
@@ -390,7 +398,7 @@ where
         if !self.may_dispatch(shared) {
             return Dispatch::Queue(request);
         }
-        let mut guard = match self.try_lock() {
+        let mut guard = match self.try_lock(shared) {
             Some(Ok(guard)) => guard,
             Some(Err(mut poisoned)) => {
                 return Dispatch::Ended(self.end_after_panic(&mut poisoned, shared));
