@@ -85,7 +85,7 @@ where
                         Ok(response) => record.classify.is_failure(response),
                         Err(_) => true,
                     };
-                    record.outcomes.record(failed, record.count_totals);
+                    record.finished(failed);
                 }
                 result.map_err(Into::into)
             }

@@ -25,10 +25,27 @@ pub(crate) struct Outcomes {
     /// Back from an ejection and not yet answered successfully: one failure ejects again.
     probation: AtomicBool,
     origin: Origin,
+    /// Whether the totals are counted (a failure-percentage rule reads them): the pool's
+    /// setting, kept here rather than in every response future.
+    count_totals: bool,
+    /// A future dropped unfinished this long after its call counts as a failure: the pool's
+    /// setting, kept here for the same reason.
+    abandoned_after: Option<Duration>,
 }
 
 impl Outcomes {
+    #[cfg(test)]
     pub(crate) fn new(origin: Origin) -> Arc<Self> {
+        Self::with_rules(origin, false, None)
+    }
+
+    /// A record under the pool's rules: totals counted or not, and when a dropped future
+    /// counts as a failure.
+    pub(crate) fn with_rules(
+        origin: Origin,
+        count_totals: bool,
+        abandoned_after: Option<Duration>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             consecutive: AtomicU32::new(0),
             successes: AtomicU32::new(0),
@@ -36,7 +53,18 @@ impl Outcomes {
             last_failure: AtomicU64::new(0),
             probation: AtomicBool::new(false),
             origin,
+            count_totals,
+            abandoned_after,
         })
+    }
+
+    /// A recorder for a call made now, for its response future.
+    pub(crate) fn recorder<C>(self: &Arc<Self>, classify: C) -> Recorder<C> {
+        Recorder {
+            called: self.abandoned_after.map(|_| Instant::now()),
+            outcomes: self.clone(),
+            classify,
+        }
     }
 
     pub(crate) fn record(&self, failed: bool, count_totals: bool) {
@@ -155,24 +183,30 @@ impl fmt::Display for Reason {
     }
 }
 
-/// What a response future needs to record its call's outcome.
+/// What a response future needs to record its call's outcome. Small on purpose (the pool's
+/// settings stay in [`Outcomes`]): it rides in every response future, which the queue sends
+/// to its caller through a channel whose allocation grows with it.
 #[derive(Debug)]
 pub(crate) struct Recorder<C> {
     pub(crate) outcomes: Arc<Outcomes>,
     pub(crate) classify: C,
-    pub(crate) count_totals: bool,
     /// When the call was made, if a future dropped unfinished after `abandoned_after`
     /// counts as a failure.
-    pub(crate) abandoned: Option<(Instant, Duration)>,
+    called: Option<Instant>,
 }
 
 impl<C> Recorder<C> {
+    /// Records the call's outcome.
+    pub(crate) fn finished(self, failed: bool) {
+        self.outcomes.record(failed, self.outcomes.count_totals);
+    }
+
     /// Records a failure if the future was dropped unfinished long enough after its call
     /// that it was given up on (an attempt timeout), not merely cancelled.
     pub(crate) fn dropped_unfinished(self) {
-        if let Some((called, after)) = self.abandoned {
+        if let (Some(called), Some(after)) = (self.called, self.outcomes.abandoned_after) {
             if called.elapsed() >= after {
-                self.outcomes.record(true, self.count_totals);
+                self.outcomes.record(true, self.outcomes.count_totals);
             }
         }
     }

@@ -121,9 +121,13 @@ where
 {
     /// A fresh record of outcomes for a new key, if the pool records them.
     pub(super) fn new_outcomes(&self) -> Option<Arc<Outcomes>> {
-        self.health
-            .records()
-            .then(|| Outcomes::new(self.ejections.origin))
+        self.health.records().then(|| {
+            Outcomes::with_rules(
+                self.ejections.origin,
+                self.health.failure_percentage.is_some(),
+                self.health.abandoned_after,
+            )
+        })
     }
 
     /// Forgets what `known`'s key had running: the cache no longer counts its ejection.

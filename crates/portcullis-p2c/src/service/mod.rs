@@ -7,7 +7,6 @@ use crate::builder::Settings;
 use crate::classify::{ClassifyResponse, ErrorsOnly};
 use crate::error::{EndpointGone, NotReady};
 use crate::future::ResponseFuture;
-use crate::health::Recorder;
 use crate::make::MakeEndpoint;
 use crate::metrics::{OwnedGauges, P2cMetrics};
 use crate::ready_cache::{ReadyCache, ReadyRef};
@@ -21,7 +20,6 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::Instant;
 use tower::load::Load;
 use tower_service::Service;
 use tracing::{debug, trace};
@@ -220,16 +218,10 @@ where
         let Some(chosen) = self.chosen.take() else {
             return ResponseFuture::failed(NotReady::new());
         };
-        let health = *self.endpoints.health();
         match self.endpoints.get_mut(chosen) {
             Some((key, svc, outcomes)) => {
                 trace!(?key, "dispatching request");
-                let record = outcomes.map(|outcomes| Recorder {
-                    outcomes: outcomes.clone(),
-                    classify: self.classify.clone(),
-                    count_totals: health.failure_percentage.is_some(),
-                    abandoned: health.abandoned_after.map(|after| (Instant::now(), after)),
-                });
+                let record = outcomes.map(|outcomes| outcomes.recorder(self.classify.clone()));
                 ResponseFuture::called(svc.call(req), record)
             }
             None => {
