@@ -571,6 +571,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let config = Config {
         quick: args.iter().any(|a| a == "--quick"),
+        load: None,
+        stack: None,
     };
     let only = args
         .iter()

@@ -8,9 +8,16 @@ use std::time::{Duration, Instant};
 use tower::{BoxError, Service, ServiceExt};
 
 /// How big a run is: `--quick` shrinks every comparison.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) quick: bool,
+    /// `--load NAME`: the dispatch section runs this load alone (`echo`, `wait-once`,
+    /// `churn-256`, `churn-64`, `churn-16`, `saturated`).
+    pub(crate) load: Option<String>,
+    /// `--stack NAME`: the dispatch section drives this stack alone (`bare`, `balance`,
+    /// `locked`, `ours`), with 64 yielding callers, and prints its cost per drive: for
+    /// `perf record` and `perf stat`, where the other stacks would blur the profile.
+    pub(crate) stack: Option<String>,
 }
 
 impl Config {

@@ -73,6 +73,16 @@ enum Load {
 }
 
 impl Load {
+    /// The name `--load` takes.
+    fn slug(self) -> String {
+        match self {
+            Load::Echo => "echo".into(),
+            Load::WaitOnce => "wait-once".into(),
+            Load::Churn(n) => format!("churn-{n}"),
+            Load::Saturated => "saturated".into(),
+        }
+    }
+
     fn name(self) -> String {
         match self {
             Load::Echo => "ready (Echo)".into(),
@@ -420,6 +430,33 @@ where
     drive(locked.clone(), 64, 20_000).await;
     drive(queue.clone(), 64, 20_000).await;
 
+    if let Some(stack) = config.stack.as_deref() {
+        // One stack alone, for a profiler: its cost per drive, nothing else.
+        let c = 64;
+        for _ in 0..rounds * 4 {
+            let before = dispatches(&queue);
+            let sample = match stack {
+                "bare" => drive_stack(bare.clone(), c, totals(c), false).await,
+                "balance" => drive_stack(balance.clone(), c, totals(c), false).await,
+                "locked" => drive_stack(locked.clone(), c, totals(c), false).await,
+                _ => drive_stack(queue.clone(), c, totals(c), false).await,
+            };
+            let after = dispatches(&queue);
+            println!(
+                "{} / {stack}: {:.0} ns/request, {} direct, {} through the worker",
+                load.slug(),
+                sample.ns_per_request,
+                after.0 - before.0,
+                after.1 - before.1,
+            );
+        }
+        return Scenario {
+            load,
+            figures: Vec::new(),
+            dispatches: Vec::new(),
+        };
+    }
+
     let mut figures: Vec<Vec<Figures>> = STACKS
         .iter()
         .map(|_| CALLERS.iter().map(|_| Figures::new()).collect())
@@ -484,6 +521,20 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
         Load::Churn(16),
         Load::Saturated,
     ];
+    if let Some(stack) = config.stack.as_deref() {
+        if !["bare", "balance", "locked", "ours"].contains(&stack) {
+            eprintln!("--stack takes bare, balance, locked or ours, not {stack:?}");
+            std::process::exit(2);
+        }
+    }
+    let loads: Vec<Load> = loads
+        .into_iter()
+        .filter(|load| config.load.as_deref().is_none_or(|l| l == load.slug()))
+        .collect();
+    if loads.is_empty() {
+        eprintln!("--load takes echo, wait-once, churn-256, churn-64, churn-16 or saturated");
+        std::process::exit(2);
+    }
     let scenarios: Vec<Scenario> = loads
         .iter()
         .map(|&load| {
@@ -505,6 +556,9 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, config: &Config, rows: &mut Vec<
             })
         })
         .collect();
+    if config.stack.is_some() {
+        return;
+    }
 
     println!("\n### 1. Dispatch cost by load (2-worker multi-thread runtime, {ENDPOINTS} endpoints, {} rounds per scenario in rotating order)\n", rounds(config));
     println!("ns/request: median round of drives that do not time each request; ratios: median of the per-round ratios (cost over the other stack's cost in the same round); direct: PoolQueue's requests dispatched by their callers over all its requests in this scenario's cost drives (its metrics); in flight: mean requests between call and response, from the timed drives (sum of call-to-response times over wall time). 64 callers yield (`tokio::task::yield_now`) after each request; 1 caller does not. The Mutex<tower Balance> control locks a std Mutex around Balance's poll_ready and call (one hold per request) and awaits the response outside it.\n");

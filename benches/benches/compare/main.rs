@@ -7,6 +7,8 @@
 //! cargo bench -p portcullis-benches --bench compare -- --quick # smaller, for a quick look
 //! cargo bench -p portcullis-benches --bench compare -- --only fanout  # one section (profiling)
 //! cargo bench -p portcullis-benches --bench compare -- --write-plots  # also replace docs/plots/
+//! cargo bench -p portcullis-benches --bench compare -- --only dispatch --load saturated --stack ours
+//!                                                      # one stack under one load (profiling)
 //! ```
 //!
 //! Absolute times depend on the machine; the ratios between stacks measured in the same run
@@ -36,8 +38,16 @@ fn cpu_model() -> String {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
     let config = Config {
-        quick: std::env::args().any(|a| a == "--quick"),
+        quick: args.iter().any(|a| a == "--quick"),
+        load: value("--load"),
+        stack: value("--stack"),
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
@@ -52,11 +62,7 @@ fn main() {
         .expect("runtime");
 
     // `--only NAME` (dispatch, discovery, fanout, retry, tail) runs one section, for profiling.
-    let args: Vec<String> = std::env::args().collect();
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1).cloned());
+    let only = value("--only");
     let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
 
     let started = Instant::now();
