@@ -150,7 +150,8 @@ impl<F> fmt::Debug for ClassifyFn<F> {
 /// Makes the copy of a request that a retry sends.
 pub trait Replay<Req> {
     /// A copy of `req` to send again, or `None` if it cannot be replayed (then the request is
-    /// not retried and a failure counts as [permanent](crate::StopReason::Permanent)).
+    /// not retried, and a failure that wanted a retry ends as
+    /// [`NotReplayable`](crate::StopReason::NotReplayable)).
     fn replay(&self, req: &Req) -> Option<Req>;
 }
 

@@ -12,9 +12,13 @@ pub use portcullis_pool::backoff::BackoffError;
 pub enum StopReason {
     /// The classifier accepted a result.
     Succeeded,
-    /// The classifier called the failure permanent (or the request could not be replayed, or
-    /// the inner service failed while becoming ready for a retry).
+    /// The classifier called the failure permanent (or the inner service failed while becoming
+    /// ready for a retry).
     Permanent,
+    /// A retry was wanted but the request could not be replayed: its
+    /// [`Replay`](crate::classify::Replay) hook gave no copy (a body past its replay bound, say:
+    /// [`ReplayBody`](crate::replay::ReplayBody), feature `http`).
+    NotReplayable,
     /// A retry was wanted but the budget refused it.
     BudgetExhausted,
     /// A retry was wanted but `max_attempts` were made.
@@ -29,6 +33,7 @@ impl fmt::Display for StopReason {
         f.write_str(match self {
             StopReason::Succeeded => "succeeded",
             StopReason::Permanent => "permanent failure",
+            StopReason::NotReplayable => "retry wanted but the request could not be replayed",
             StopReason::BudgetExhausted => "retry budget exhausted",
             StopReason::AttemptsExhausted => "attempts exhausted",
             StopReason::Deadline => "deadline elapsed",

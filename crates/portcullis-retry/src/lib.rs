@@ -86,6 +86,8 @@ mod layer;
 mod metrics;
 // The retry decision, in the order of the list above: `Policy::next_attempt`.
 mod policy;
+#[cfg(feature = "http")]
+pub mod replay;
 mod service;
 mod stripe;
 mod sync;

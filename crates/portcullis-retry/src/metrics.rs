@@ -30,7 +30,7 @@ struct Counters {
     retries: AtomicU64,
     budget_refusals: AtomicU64,
     attempt_timeouts: AtomicU64,
-    stopped: [AtomicU64; 5],
+    stopped: [AtomicU64; 6],
 }
 
 /// A point-in-time copy of the counters.
@@ -54,6 +54,8 @@ pub struct RetrySnapshot {
     pub succeeded: u64,
     /// Requests given up as permanent failures.
     pub permanent: u64,
+    /// Requests given up because a retry was wanted but the request could not be replayed.
+    pub not_replayable: u64,
     /// Requests given up because the budget refused a retry.
     pub budget_exhausted: u64,
     /// Requests given up after `max_attempts`.
@@ -72,6 +74,7 @@ impl RetrySnapshot {
         match reason {
             StopReason::Succeeded => self.succeeded,
             StopReason::Permanent => self.permanent,
+            StopReason::NotReplayable => self.not_replayable,
             StopReason::BudgetExhausted => self.budget_exhausted,
             StopReason::AttemptsExhausted => self.attempts_exhausted,
             StopReason::Deadline => self.deadline,
@@ -80,7 +83,11 @@ impl RetrySnapshot {
 
     /// Requests that ended for any reason but success.
     pub fn give_ups(&self) -> u64 {
-        self.permanent + self.budget_exhausted + self.attempts_exhausted + self.deadline
+        self.permanent
+            + self.not_replayable
+            + self.budget_exhausted
+            + self.attempts_exhausted
+            + self.deadline
     }
 }
 
@@ -127,6 +134,7 @@ impl Describe for RetrySnapshot {
             "reason",
             &[
                 ("permanent", self.permanent),
+                ("not_replayable", self.not_replayable),
                 ("budget_exhausted", self.budget_exhausted),
                 ("attempts_exhausted", self.attempts_exhausted),
                 ("deadline", self.deadline),
@@ -179,6 +187,7 @@ impl RetryMetrics {
             attempt_timeouts: sum(|c| &c.attempt_timeouts),
             succeeded: stopped(StopReason::Succeeded),
             permanent: stopped(StopReason::Permanent),
+            not_replayable: stopped(StopReason::NotReplayable),
             budget_exhausted: stopped(StopReason::BudgetExhausted),
             attempts_exhausted: stopped(StopReason::AttemptsExhausted),
             deadline: stopped(StopReason::Deadline),
@@ -232,6 +241,7 @@ fn index(reason: StopReason) -> usize {
         StopReason::BudgetExhausted => 2,
         StopReason::AttemptsExhausted => 3,
         StopReason::Deadline => 4,
+        StopReason::NotReplayable => 5,
     }
 }
 

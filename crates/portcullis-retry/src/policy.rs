@@ -71,7 +71,7 @@ impl<C, K> Policy<C, K> {
     /// A retry goes out only if, checked in this order (docs/retry.md, "The order of checks"):
     ///
     /// 1. attempts remain (`max_attempts`), else [`StopReason::AttemptsExhausted`];
-    /// 2. the request can be replayed, else [`StopReason::Permanent`];
+    /// 2. the request can be replayed, else [`StopReason::NotReplayable`];
     /// 3. with no deadline to bound it, a delay the server asked for is within the backoff's
     ///    cap, else [`StopReason::Deadline`] (rather than park the caller for as long as the
     ///    server likes);
@@ -104,7 +104,7 @@ impl<C, K> Policy<C, K> {
             return Next::Stop(StopReason::AttemptsExhausted);
         }
         let Some(request) = request.and_then(|r| self.replay.replay(r)) else {
-            return Next::Stop(StopReason::Permanent);
+            return Next::Stop(StopReason::NotReplayable);
         };
         if let (Some(after), None) = (after, deadline) {
             if after > self.backoff.cap() {
@@ -253,7 +253,7 @@ mod tests {
         assert_eq!(stopped(next), Some(StopReason::AttemptsExhausted));
         // 2. Nothing to replay: no copy kept, or a hook that refuses.
         let next = decide(&policy, Decision::RETRY, 1, None, deadline);
-        assert_eq!(stopped(next), Some(StopReason::Permanent));
+        assert_eq!(stopped(next), Some(StopReason::NotReplayable));
         let refusing = Policy {
             replay: replay_fn(|_: &u16| None),
             classify: (),
@@ -266,7 +266,7 @@ mod tests {
             metrics: policy.metrics.clone(),
         };
         let next = decide(&refusing, Decision::RETRY, 1, Some(&7), deadline);
-        assert_eq!(stopped(next), Some(StopReason::Permanent));
+        assert_eq!(stopped(next), Some(StopReason::NotReplayable));
         // 4. A delay ending within a timer tick of the deadline.
         let late = Decision::Retry {
             after: Some(ms(99) + Duration::from_nanos(1)),

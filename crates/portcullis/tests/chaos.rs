@@ -201,8 +201,7 @@ async fn run(seed: u64, ops: usize) {
         "seed {seed}"
     );
     assert_eq!(stats.succeeded, responses, "seed {seed}");
-    let given_up =
-        stats.permanent + stats.budget_exhausted + stats.attempts_exhausted + stats.deadline;
+    let given_up = stats.give_ups();
     assert_eq!(given_up, errors, "seed {seed}");
     assert!(stats.requests <= spawned);
     assert!(

@@ -120,6 +120,7 @@ async fn retry_queue_and_p2c_metrics_are_exported() {
     assert_sample(&text, "api_retry_budget_refusals_total", 0.0);
     for reason in [
         "permanent",
+        "not_replayable",
         "budget_exhausted",
         "attempts_exhausted",
         "deadline",

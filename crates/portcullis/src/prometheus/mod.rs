@@ -49,7 +49,7 @@
 //! | `pool_queue_in_queue_seconds` (histograms) | `outcome` | `dispatched`, `failfast`, `failed` |
 //! | `pool_queue_endpoints`, `p2c_endpoints` (gauges) | `state` | `ready`, `pending`, `failed` |
 //! | `pool_queue_updates_total`, `p2c_updates_total`, `fanout_updates_total`, `discovery_updates_total` | `kind` | `reset`, `add`, `remove`, `does_not_exist` |
-//! | `retry_give_ups_total` | `reason` | `permanent`, `budget_exhausted`, `attempts_exhausted`, `deadline` |
+//! | `retry_give_ups_total` | `reason` | `permanent`, `not_replayable`, `budget_exhausted`, `attempts_exhausted`, `deadline` |
 //! | `fanout_results_total` | `result` | `policy_met`, `policy_not_met`, `dropped` |
 //! | `fanout_peer_calls_total` | `outcome` | `responses`, `errors`, `timed_out`, `cancelled` |
 //!
