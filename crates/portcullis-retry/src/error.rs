@@ -17,7 +17,7 @@ pub enum StopReason {
     Permanent,
     /// A retry was wanted but the request could not be replayed: its
     /// [`Replay`](crate::classify::Replay) hook gave no copy (a body past its replay bound, say:
-    /// [`ReplayBody`](crate::replay::ReplayBody), feature `http`).
+    /// `replay::ReplayBody`, feature `http`).
     NotReplayable,
     /// A retry was wanted but the budget refused it.
     BudgetExhausted,

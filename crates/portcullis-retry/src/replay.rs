@@ -13,7 +13,7 @@
 //!
 //! - **Bounded.** Once the data passes the bound ([`DEFAULT_LIMIT`], 64 KiB, unless set), the
 //!   recording is dropped and the body can no longer be replayed: [`ReplayRequest`] answers
-//!   `None`, and [`Retry`](crate::Retry) stops with [`StopReason::NotReplayable`]. The attempt
+//!   `None`, and [`Retry`](crate::Retry) stops with [`StopReason::NotReplayable`](crate::StopReason::NotReplayable). The attempt
 //!   under way goes on streaming; memory stays within the bound whatever the body's size.
 //! - **One reader at a time.** Each copy takes over when it is first polled: from then on, an
 //!   older copy (an attempt that was given up but whose connection still reads its body) gets

@@ -149,6 +149,14 @@
 mod builder;
 #[cfg(any(feature = "http", feature = "grpc"))]
 pub mod endpoint;
+#[cfg(any(feature = "http", feature = "grpc"))]
+mod error;
+#[cfg(feature = "grpc")]
+pub mod grpc;
+#[cfg(any(feature = "http", feature = "grpc"))]
+pub mod target;
+#[cfg(any(feature = "http", feature = "grpc"))]
+pub use error::BuildError;
 
 /// The repository README's stack, run as a doctest so that it stays true. Only in doctests:
 /// the README is outside the published package.

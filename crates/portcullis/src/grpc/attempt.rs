@@ -1,0 +1,73 @@
+//! One endpoint of a [`Channel`](super::Channel)'s pool: a lazily connecting tonic channel to
+//! one backend, sent each attempt with its replayable body and the time the call has left.
+
+use super::timeout;
+use crate::endpoint::grpc::MakeGrpcEndpoint;
+use crate::p2c::MakeEndpoint;
+use crate::retry::replay::ReplayBody;
+use crate::target::Backend;
+use http::{HeaderValue, Request, Response};
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+use tonic::body::Body;
+use tower_service::Service;
+
+/// What a [`Channel`](super::Channel) sends through its stack: the caller's request, its body
+/// made replayable.
+pub(crate) type AttemptRequest = Request<ReplayBody<Body>>;
+
+/// When the call must be over: put in each request's extensions by the channel, read by each
+/// attempt to set `grpc-timeout` to what is left.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct CallDeadline(pub(crate) Instant);
+
+/// Makes an [`Attempt`] endpoint per backend, over [`MakeGrpcEndpoint`]'s channels.
+#[derive(Clone, Debug)]
+pub(crate) struct MakeAttempt {
+    pub(crate) grpc: MakeGrpcEndpoint,
+}
+
+impl MakeEndpoint<String, Backend> for MakeAttempt {
+    type Endpoint = Attempt;
+
+    fn make_endpoint(&self, key: &String, backend: &Backend) -> Attempt {
+        let channel = match backend.authority.parse::<http::uri::Authority>() {
+            Ok(authority) => self.grpc.make_endpoint(key, &authority),
+            // Checked when the target was parsed, or by the source; a channel to nowhere
+            // fails its calls (with tonic's invalid-URI error) rather than panic.
+            Err(_) => self.grpc.make_endpoint(key, &http::Uri::default()),
+        };
+        Attempt { channel }
+    }
+
+    fn weight(&self, _key: &String, backend: &Backend) -> u32 {
+        backend.weight
+    }
+}
+
+/// One backend's endpoint: each request's `grpc-timeout` set to what its call has left, its
+/// body handed to tonic as it is (a replayable body streams like the original).
+#[derive(Clone, Debug)]
+pub(crate) struct Attempt {
+    channel: tonic::transport::Channel,
+}
+
+impl Service<AttemptRequest> for Attempt {
+    type Response = Response<Body>;
+    type Error = tonic::transport::Error;
+    type Future = tonic::transport::channel::ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.channel.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: AttemptRequest) -> Self::Future {
+        if let Some(CallDeadline(at)) = request.extensions().get::<CallDeadline>().copied() {
+            let left = at.saturating_duration_since(Instant::now());
+            if let Ok(value) = HeaderValue::from_str(&timeout::format(left)) {
+                request.headers_mut().insert(timeout::GRPC_TIMEOUT, value);
+            }
+        }
+        self.channel.call(request.map(Body::new))
+    }
+}

@@ -1,0 +1,487 @@
+//! [`Channel`]: a balanced, retrying gRPC channel that tonic's generated clients take as they
+//! are (feature `grpc`).
+//!
+//! ```no_run
+//! # mod pb { pub type GreeterClient<T> = tonic_health::pb::health_client::HealthClient<T>; }
+//! use pb::GreeterClient;
+//! use portcullis::grpc::Channel;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), portcullis::BuildError> {
+//! let channel = Channel::from_target("dns:///greeter.internal:50051")?;
+//! let mut greeter = GreeterClient::new(channel);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What is under it
+//!
+//! The stack of the README, built for gRPC:
+//!
+//! - **[`Retry`](crate::retry::Retry)** with a [`Budget`](crate::retry::Budget): a call is
+//!   retried when its attempt failed before the response started, and only then: a transport
+//!   error, a trailers-only `UNAVAILABLE` (the `grpc-status` in the response head, which is how
+//!   a server refuses a call before any message), `RESOURCE_EXHAUSTED` with a
+//!   `grpc-retry-pushback-ms`, or a proxy's 502/503/504/429. A response that has started
+//!   streaming is handed on and never retried.
+//! - **Replayable bodies.** The request body is recorded as it is sent, up to
+//!   [`replay_limit`](ChannelBuilder::replay_limit) (64 KiB by default), so that unary and
+//!   client-streaming calls are retried with no code per method. A body past the bound is sent
+//!   once and never retried; an answer that wanted a retry then says so, naming the bound (see
+//!   [`retry::replay`](crate::retry::replay)).
+//! - **[`PoolQueue`]**: the target's discovery applied as it arrives,
+//!   and every call failed fast with `UNAVAILABLE` once no backend has been ready for the
+//!   failfast timeout.
+//! - **[`P2cPool`]** over our PeakEwma, with outlier ejection on
+//!   `UNAVAILABLE` and 5xx ([`Unavailable`]); each backend
+//!   a lazily connecting tonic channel ([`MakeGrpcEndpoint`]).
+//!
+//! # Deadlines
+//!
+//! A call's deadline is the earlier of the channel's [`deadline`](ChannelBuilder::deadline)
+//! (none by default, as tonic's) and the caller's own `grpc-timeout`
+//! (`tonic::Request::set_timeout`): a caller's timeout shortens the channel's, and is never
+//! lengthened. Every attempt carries `grpc-timeout` set to what is left of it, so the server
+//! stops working on a call its caller has given up. A call whose deadline passes fails with
+//! `DEADLINE_EXCEEDED`.
+//!
+//! # Errors
+//!
+//! The channel's error is a [`BoxError`] holding a [`tonic::Status`], which is what a
+//! generated client hands its caller: `UNAVAILABLE` when the queue failed fast, a transport
+//! failure outlasted the retries, or the queue stopped; `DEADLINE_EXCEEDED` at the deadline.
+//! The status's `source()` is the error that caused it.
+
+mod attempt;
+mod classify;
+mod timeout;
+
+use self::attempt::{AttemptRequest, CallDeadline, MakeAttempt};
+use self::classify::{head_status, GrpcAttemptClassify};
+use crate::endpoint::grpc::{MakeGrpcEndpoint, Unavailable};
+use crate::p2c::{make::peak_ewma, P2cMetrics, P2cPool, P2cPoolBuilder, P2cSnapshot};
+use crate::pool::{PoolQueue, PoolQueueBuilder, PoolQueueMetrics, PoolQueueSnapshot};
+use crate::retry::classify::Decision;
+use crate::retry::replay::{ReplayBody, ReplayRequest};
+use crate::retry::{RetryBuilder, RetryError, RetryMetrics, RetrySnapshot, StopReason};
+use crate::target::{Sources, Target};
+use crate::{BoxError, BuildError};
+use http::{Request, Response};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tower::util::BoxCloneSyncService;
+use tower::Layer;
+use tower_service::Service;
+
+type Stack = BoxCloneSyncService<AttemptRequest, Response<Body>, BoxError>;
+
+/// A balanced, retrying gRPC channel over the backends a target names; see the
+/// [module](self). `Clone` (a clone shares the stack: one queue, one pool, one budget), and a
+/// `tower::Service` of `http::Request<tonic::body::Body>`, which is what tonic's generated
+/// clients take.
+#[derive(Clone)]
+pub struct Channel {
+    stack: Stack,
+    shared: Arc<Shared>,
+    /// When the caller's wait for readiness began, if `poll_ready` found the stack not ready:
+    /// the channel's deadline runs from there.
+    ready_since: Option<Instant>,
+}
+
+/// What every clone of a channel shares.
+struct Shared {
+    target: Target,
+    deadline: Option<Duration>,
+    replay_limit: usize,
+    metrics: ChannelMetrics,
+}
+
+/// The metrics of a [`Channel`]'s pieces: its retry layer, its queue and its pool.
+#[derive(Clone, Debug)]
+pub struct ChannelMetrics {
+    retry: RetryMetrics,
+    queue: PoolQueueMetrics,
+    pool: P2cMetrics,
+}
+
+/// A snapshot of a [`Channel`]'s metrics.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ChannelSnapshot {
+    /// The retry layer's: requests, attempts, retries, give-ups by reason, the budget.
+    pub retry: RetrySnapshot,
+    /// The queue's: requests queued and dispatched, failfast, discovery updates.
+    pub queue: PoolQueueSnapshot,
+    /// The pool's: endpoints by state, ejections, picks.
+    pub pool: P2cSnapshot,
+}
+
+impl ChannelMetrics {
+    /// The numbers now.
+    pub fn snapshot(&self) -> ChannelSnapshot {
+        ChannelSnapshot {
+            retry: self.retry.snapshot(),
+            queue: self.queue.snapshot(),
+            pool: self.pool.snapshot(),
+        }
+    }
+
+    /// The retry layer's metrics handle.
+    pub fn retry(&self) -> &RetryMetrics {
+        &self.retry
+    }
+
+    /// The queue's metrics handle.
+    pub fn queue(&self) -> &PoolQueueMetrics {
+        &self.queue
+    }
+
+    /// The pool's metrics handle.
+    pub fn pool(&self) -> &P2cMetrics {
+        &self.pool
+    }
+}
+
+/// Builds a [`Channel`]: every setting of the stack under it, each piece's own builder for
+/// the rest. `Clone`; settings only, checked by [`build`](Self::build).
+#[derive(Clone)]
+pub struct ChannelBuilder {
+    retry: RetryBuilder,
+    queue: PoolQueueBuilder,
+    pool: P2cPoolBuilder,
+    endpoint: MakeGrpcEndpoint,
+    deadline: Option<Duration>,
+    replay_limit: usize,
+    file_poll_interval: Duration,
+    #[cfg(feature = "dns")]
+    dns: Option<crate::discovery::dns::Dns>,
+}
+
+impl Channel {
+    /// A builder with the default settings.
+    pub fn builder() -> ChannelBuilder {
+        ChannelBuilder::default()
+    }
+
+    /// A channel over `target` with the default settings: `Channel::builder().build(target)`.
+    /// Call it inside a tokio runtime (the queue's worker is spawned on it).
+    pub fn from_target(target: &str) -> Result<Channel, BuildError> {
+        Self::builder().build(target)
+    }
+
+    /// The target this channel reads its backends from.
+    pub fn target(&self) -> &Target {
+        &self.shared.target
+    }
+
+    /// The channel's own deadline, if any (a caller's `grpc-timeout` may shorten it).
+    pub fn deadline(&self) -> Option<Duration> {
+        self.shared.deadline
+    }
+
+    /// The bound on a request body kept for retries, in bytes.
+    pub fn replay_limit(&self) -> usize {
+        self.shared.replay_limit
+    }
+
+    /// The metrics of the channel's retry layer, queue and pool.
+    pub fn metrics(&self) -> ChannelMetrics {
+        self.shared.metrics.clone()
+    }
+}
+
+impl ChannelBuilder {
+    /// The bound on a request body kept for retries: 64 KiB.
+    pub const DEFAULT_REPLAY_LIMIT: usize = crate::retry::replay::DEFAULT_LIMIT;
+    /// How often a `file:` target's file is re-read: 1 s.
+    pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+    /// The retry layer's settings (attempts, budget, backoff, per-attempt timeout). Its
+    /// deadline is the channel's [`deadline`](Self::deadline), which replaces one set here.
+    pub fn retry(mut self, retry: RetryBuilder) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The queue's settings (capacity, failfast timeout, direct dispatch).
+    pub fn queue(mut self, queue: PoolQueueBuilder) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// The pool's settings (ejection, panic mode, slow start, subsetting, rebuild backoff).
+    /// The default ejects an endpoint after
+    /// [`DEFAULT_CONSECUTIVE_FAILURES`](P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES) failures
+    /// in a row, which also turns on the demotion that sends a retry to another endpoint than
+    /// the one that just failed; a builder given here without ejection has neither.
+    pub fn pool(mut self, pool: P2cPoolBuilder) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// The tonic `Endpoint` settings of every backend's connection (connect timeout, HTTP/2
+    /// keep-alive, window sizes, ...), as [`MakeGrpcEndpoint::configure`] takes them.
+    pub fn configure_endpoint<F>(mut self, configure: F) -> Self
+    where
+        F: Fn(tonic::transport::Endpoint) -> tonic::transport::Endpoint + Send + Sync + 'static,
+    {
+        self.endpoint = self.endpoint.configure(configure);
+        self
+    }
+
+    /// Every call's deadline, retries and backoff included; a caller's `grpc-timeout` may
+    /// shorten it. None by default.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The bound on a request body kept for retries, in bytes
+    /// ([`DEFAULT_REPLAY_LIMIT`](Self::DEFAULT_REPLAY_LIMIT)); 0 retries only calls with an
+    /// empty body.
+    pub fn replay_limit(mut self, bytes: usize) -> Self {
+        self.replay_limit = bytes;
+        self
+    }
+
+    /// How often a `file:` target's file is re-read
+    /// ([`DEFAULT_FILE_POLL_INTERVAL`](Self::DEFAULT_FILE_POLL_INTERVAL)).
+    pub fn file_poll_interval(mut self, interval: Duration) -> Self {
+        self.file_poll_interval = interval;
+        self
+    }
+
+    /// The resolver of a `dns:` target (its name servers, TTL clamp, timeout); the system's
+    /// configuration by default (feature `dns`).
+    #[cfg(feature = "dns")]
+    pub fn dns(mut self, dns: crate::discovery::dns::Dns) -> Self {
+        self.dns = Some(dns);
+        self
+    }
+
+    /// A channel over `target` (see [`target`](crate::target) for the schemes). Checks the
+    /// target and every setting, and spawns the queue's worker on the current tokio runtime.
+    pub fn build(self, target: &str) -> Result<Channel, BuildError> {
+        let target: Target = target.parse()?;
+        let sources = Sources {
+            file_poll_interval: self.file_poll_interval,
+            #[cfg(feature = "dns")]
+            dns: self.dns,
+        };
+        let discovery = target.updates(&sources)?;
+        let mut retry = self.retry.replay(ReplayRequest);
+        if let Some(deadline) = self.deadline {
+            retry = retry.deadline(deadline);
+        }
+        let retry = retry
+            .build_layer(GrpcAttemptClassify)
+            .map_err(BuildError::Retry)?;
+        let pool = self
+            .pool
+            .build_with_classify(
+                peak_ewma(MakeAttempt {
+                    grpc: self.endpoint,
+                }),
+                Unavailable,
+            )
+            .map_err(BuildError::Pool)?;
+        let pool_metrics = pool.metrics();
+        let pool: P2cPool<String, _, _, AttemptRequest, _> = pool;
+        let queue: PoolQueue<AttemptRequest, _> = self
+            .queue
+            .build(pool, discovery)
+            .map_err(BuildError::Queue)?;
+        let metrics = ChannelMetrics {
+            retry: retry.metrics(),
+            queue: queue.metrics(),
+            pool: pool_metrics,
+        };
+        let stack = BoxCloneSyncService::new(retry.layer(queue));
+        Ok(Channel {
+            stack,
+            shared: Arc::new(Shared {
+                target,
+                deadline: self.deadline,
+                replay_limit: self.replay_limit,
+                metrics,
+            }),
+            ready_since: None,
+        })
+    }
+}
+
+impl Default for ChannelBuilder {
+    fn default() -> Self {
+        Self {
+            retry: RetryBuilder::default(),
+            queue: PoolQueueBuilder::default(),
+            pool: P2cPoolBuilder::default()
+                .consecutive_failures(P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES),
+            endpoint: MakeGrpcEndpoint::new(),
+            deadline: None,
+            replay_limit: Self::DEFAULT_REPLAY_LIMIT,
+            file_poll_interval: Self::DEFAULT_FILE_POLL_INTERVAL,
+            #[cfg(feature = "dns")]
+            dns: None,
+        }
+    }
+}
+
+impl fmt::Debug for ChannelBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelBuilder")
+            .field("retry", &self.retry)
+            .field("queue", &self.queue)
+            .field("pool", &self.pool)
+            .field("deadline", &self.deadline)
+            .field("replay_limit", &self.replay_limit)
+            .field("file_poll_interval", &self.file_poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("target", &self.shared.target)
+            .field("deadline", &self.shared.deadline)
+            .field("replay_limit", &self.shared.replay_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future a [`Channel`]'s call returns.
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send + 'static>>;
+
+impl Service<Request<Body>> for Channel {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self.stack.poll_ready(cx) {
+            Poll::Pending => {
+                self.ready_since.get_or_insert_with(Instant::now);
+                Poll::Pending
+            }
+            ready => ready.map_err(|error| status_from(error, self.shared.replay_limit)),
+        }
+    }
+
+    fn call(&mut self, request: Request<Body>) -> ResponseFuture {
+        let now = Instant::now();
+        let start = self.ready_since.take().unwrap_or(now);
+        let caller = request
+            .headers()
+            .get(timeout::GRPC_TIMEOUT)
+            .and_then(|value| timeout::parse(value.as_bytes()))
+            .map(|left| now + left);
+        let own = self.shared.deadline.map(|deadline| start + deadline);
+        let deadline = match (caller, own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let limit = self.shared.replay_limit;
+        let mut request = request.map(|body| ReplayBody::with_limit(body, limit));
+        if let Some(at) = deadline {
+            request.extensions_mut().insert(CallDeadline(at));
+        }
+        // A look at the body afterwards: whether it could still be replayed.
+        let body = request.body().replay();
+        let call = self.stack.call(request);
+        Box::pin(async move {
+            let result = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, call).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        return Err(Box::new(Status::deadline_exceeded(
+                            "deadline elapsed before the call was answered",
+                        )) as BoxError)
+                    }
+                },
+                None => call.await,
+            };
+            match result {
+                Ok(response) => Ok(note_not_replayed(response, body.as_ref(), limit)),
+                Err(error) => Err(status_from(error, limit)),
+            }
+        })
+    }
+}
+
+/// A response that wanted a retry, handed back because the request's body could not be sent
+/// again: its status says so, naming the bound.
+fn note_not_replayed(
+    response: Response<Body>,
+    body: Option<&ReplayBody<Body>>,
+    limit: usize,
+) -> Response<Body> {
+    let replayable = body.is_some_and(ReplayBody::is_replayable);
+    let retryable = head_status(&response).is_some_and(|(code, pushback)| {
+        matches!(
+            crate::retry::classify::grpc::classify_code(code, pushback),
+            Decision::Retry { .. }
+        )
+    });
+    if replayable || !retryable {
+        return response;
+    }
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    let noted = Status::with_metadata(
+        status.code(),
+        format!(
+            "{}; not retried: the request body was larger than the replay bound ({limit} bytes)",
+            status.message()
+        ),
+        status.metadata().clone(),
+    );
+    let (mut parts, body) = noted.into_http::<Body>().into_parts();
+    parts.extensions = response.into_parts().0.extensions;
+    Response::from_parts(parts, body)
+}
+
+/// The status a generated client gives its caller for a failed call, the error as its source.
+fn status_from(error: BoxError, limit: usize) -> BoxError {
+    if error.is::<Status>() {
+        return error;
+    }
+    let (code, message) = match error.downcast_ref::<RetryError>() {
+        Some(retry) if retry.reason() == StopReason::Deadline => {
+            (Code::DeadlineExceeded, format!("{retry}"))
+        }
+        Some(retry) if retry.reason() == StopReason::NotReplayable => (
+            Code::Unavailable,
+            format!("{retry}: the request body was larger than the replay bound ({limit} bytes)"),
+        ),
+        Some(retry) => match find_status(&*error) {
+            Some(status) => (status.code(), format!("{retry}: {}", status.message())),
+            None => (Code::Unavailable, format!("{retry}")),
+        },
+        None => (Code::Unavailable, format!("{error}")),
+    };
+    let mut status = Status::new(code, message);
+    status.set_source(Arc::from(error));
+    Box::new(status)
+}
+
+/// A status anywhere in `error`'s chain.
+fn find_status<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Status> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(status) = error.downcast_ref::<Status>() {
+            return Some(status);
+        }
+        next = error.source();
+    }
+    None
+}

@@ -1,0 +1,446 @@
+//! Targets in gRPC's name syntax (`scheme:///...`), and the discovery each one reads: what
+//! [`grpc::Channel`](crate::grpc::Channel) is built from.
+//!
+//! | target | backends | feature |
+//! | --- | --- | --- |
+//! | `static:///10.0.0.1:50051,10.0.0.2:50051` | the listed `host:port`s, for good | |
+//! | `file:///path/to/addrs` | an [`AddrFile`](crate::discovery::AddrFile), re-read every [`file_poll_interval`](crate::grpc::ChannelBuilder::file_poll_interval) | |
+//! | `dns:///greeter.internal:50051` | the A and AAAA records of the host at the port, re-resolved on their TTL | `dns` |
+//! | `dns:///_grpc._tcp.greeter.internal` | the SRV records of the name, with their weights | `dns` |
+//!
+//! A target is parsed (and refused with a typed [`TargetError`]) when the client is built; its
+//! discovery stream is made by the client. Each backend is keyed by its `host:port` text, so
+//! the same address named twice is one endpoint.
+//!
+//! ```
+//! use portcullis::target::{Target, TargetError};
+//!
+//! let target: Target = "static:///10.0.0.1:50051,10.0.0.2:50051".parse()?;
+//! assert_eq!(target.scheme(), "static");
+//! assert!(matches!(
+//!     "zk:///services/api".parse::<Target>(),
+//!     Err(TargetError::UnknownScheme { .. })
+//! ));
+//! # Ok::<(), TargetError>(())
+//! ```
+
+use crate::pool::Update;
+use crate::BoxError;
+use futures_core::Stream;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A parsed target: where a client's backends come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Target {
+    /// `static:///host:port,host:port`: these backends, for good.
+    Static(Vec<Backend>),
+    /// `file:///path`: the addresses in an [`AddrFile`](crate::discovery::AddrFile).
+    File(PathBuf),
+    /// `dns:///host:port`: the A and AAAA records of `host`, each at `port`.
+    DnsHost {
+        /// The name to resolve.
+        host: String,
+        /// The port every address is reached at.
+        port: u16,
+    },
+    /// `dns:///_service._proto.name` (no port): the SRV records of the name.
+    DnsSrv {
+        /// The SRV name.
+        name: String,
+    },
+}
+
+/// One backend a target names: where to connect (`host:port`, an IP address or a name the
+/// connection resolves) and its weight among the others (1 unless the source gives one: an
+/// SRV record's).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    /// `host:port`.
+    pub authority: String,
+    /// A share among the backends, for weighted selection.
+    pub weight: u32,
+}
+
+impl Backend {
+    /// A backend at `authority` (`host:port`) with weight 1.
+    pub fn new(authority: impl Into<String>) -> Self {
+        Self {
+            authority: authority.into(),
+            weight: 1,
+        }
+    }
+}
+
+impl From<SocketAddr> for Backend {
+    fn from(addr: SocketAddr) -> Self {
+        Self::new(addr.to_string())
+    }
+}
+
+/// Why a target was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TargetError {
+    /// Not `scheme:///rest` (the three slashes: the authority, a resolver's address in gRPC's
+    /// syntax, is not supported and must be empty).
+    Syntax {
+        /// The target given.
+        target: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A scheme no source reads.
+    UnknownScheme {
+        /// The scheme given.
+        scheme: String,
+    },
+    /// A scheme whose source is behind a feature that is not enabled.
+    FeatureDisabled {
+        /// The scheme given.
+        scheme: &'static str,
+        /// The crate feature it needs.
+        feature: &'static str,
+    },
+    /// A `host:port` that is not one (a static backend, or a DNS host without its port).
+    Authority {
+        /// The text given.
+        authority: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetError::Syntax { target, reason } => {
+                write!(f, "invalid target {target:?}: {reason}")
+            }
+            TargetError::UnknownScheme { scheme } => write!(
+                f,
+                "unknown target scheme {scheme:?} (known: static, file, dns)"
+            ),
+            TargetError::FeatureDisabled { scheme, feature } => write!(
+                f,
+                "target scheme {scheme:?} needs portcullis's {feature:?} feature"
+            ),
+            TargetError::Authority { authority, reason } => {
+                write!(f, "invalid backend {authority:?}: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TargetError {}
+
+impl Target {
+    /// The target's scheme: `static`, `file` or `dns`.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Target::Static(_) => "static",
+            Target::File(_) => "file",
+            Target::DnsHost { .. } | Target::DnsSrv { .. } => "dns",
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = TargetError;
+
+    fn from_str(target: &str) -> Result<Self, TargetError> {
+        let syntax = |reason| TargetError::Syntax {
+            target: target.to_string(),
+            reason,
+        };
+        let (scheme, rest) = target
+            .split_once("://")
+            .ok_or_else(|| syntax("expected scheme:///endpoint"))?;
+        let rest = rest.strip_prefix('/').ok_or_else(|| {
+            syntax("expected three slashes after the scheme (an empty authority)")
+        })?;
+        if rest.is_empty() {
+            return Err(syntax("nothing after the scheme"));
+        }
+        match scheme {
+            "static" => {
+                let backends = rest
+                    .split(',')
+                    .map(|authority| authority.trim())
+                    .map(|authority| check_authority(authority).map(|_| Backend::new(authority)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Target::Static(backends))
+            }
+            // `file:///path/to/addrs`: the path is absolute, its leading slash the third one.
+            "file" => Ok(Target::File(PathBuf::from(format!("/{rest}")))),
+            "dns" => {
+                if cfg!(not(feature = "dns")) {
+                    return Err(TargetError::FeatureDisabled {
+                        scheme: "dns",
+                        feature: "dns",
+                    });
+                }
+                if rest.starts_with('_') && !rest.contains(':') {
+                    return Ok(Target::DnsSrv {
+                        name: rest.to_string(),
+                    });
+                }
+                let (host, port) = check_authority(rest)?;
+                Ok(Target::DnsHost {
+                    host: host.to_string(),
+                    port,
+                })
+            }
+            _ => Err(TargetError::UnknownScheme {
+                scheme: scheme.to_string(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Static(backends) => {
+                f.write_str("static:///")?;
+                for (i, backend) in backends.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    f.write_str(&backend.authority)?;
+                }
+                Ok(())
+            }
+            Target::File(path) => write!(f, "file://{}", path.display()),
+            Target::DnsHost { host, port } => write!(f, "dns:///{host}:{port}"),
+            Target::DnsSrv { name } => write!(f, "dns:///{name}"),
+        }
+    }
+}
+
+// Read by the gRPC channel; the HTTP client (to come) reads them too.
+#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+/// A target's discovery stream, as a client's queue reads it.
+pub(crate) type Discovery =
+    Pin<Box<dyn Stream<Item = Result<Update<String, Backend>, BoxError>> + Send + 'static>>;
+
+/// What a client reads its target's discovery with: the settings of its sources.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+pub(crate) struct Sources {
+    /// How often a `file:` target's file is re-read.
+    pub(crate) file_poll_interval: Duration,
+    /// The resolver of `dns:` targets; the system's configuration if `None`.
+    #[cfg(feature = "dns")]
+    pub(crate) dns: Option<crate::discovery::dns::Dns>,
+}
+
+#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+impl Target {
+    /// A new discovery stream of this target's backends, keyed by `host:port`.
+    pub(crate) fn updates(&self, sources: &Sources) -> Result<Discovery, crate::BuildError> {
+        use futures_util::{stream, StreamExt};
+        Ok(match self {
+            Target::Static(backends) => {
+                let set = backends
+                    .iter()
+                    .map(|b| (b.authority.clone(), b.clone()))
+                    .collect();
+                // The set, then a discovery that stays open: the queue keeps it for good.
+                Box::pin(stream::iter([Ok(Update::Reset(set))]).chain(stream::pending()))
+            }
+            Target::File(path) => {
+                let file = crate::discovery::AddrFile::new(path, sources.file_poll_interval)
+                    .map_err(crate::BuildError::Discovery)?;
+                Box::pin(file.updates().map(|update| {
+                    let update = update.unwrap_or_else(|never| match never {});
+                    Ok(map_update(update, |addr: SocketAddr, _| {
+                        Backend::from(addr)
+                    }))
+                }))
+            }
+            #[cfg(feature = "dns")]
+            Target::DnsHost { host, port } => dns_updates(sources.dns()?.host(host, *port))?,
+            #[cfg(feature = "dns")]
+            Target::DnsSrv { name } => dns_updates(sources.dns()?.srv(name))?,
+            #[cfg(not(feature = "dns"))]
+            Target::DnsHost { .. } | Target::DnsSrv { .. } => {
+                return Err(crate::BuildError::Target(TargetError::FeatureDisabled {
+                    scheme: "dns",
+                    feature: "dns",
+                }))
+            }
+        })
+    }
+}
+
+#[cfg(feature = "dns")]
+impl Sources {
+    /// The resolver of `dns:` targets: the one given, or the system's.
+    fn dns(&self) -> Result<crate::discovery::dns::Dns, crate::BuildError> {
+        match &self.dns {
+            Some(dns) => Ok(dns.clone()),
+            None => crate::discovery::dns::Dns::builder()
+                .build()
+                .map_err(crate::BuildError::Discovery),
+        }
+    }
+}
+
+#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+/// A DNS query's stream, each address weighted by its SRV weight (1 for an A or AAAA record).
+#[cfg(feature = "dns")]
+fn dns_updates(
+    query: Result<crate::discovery::dns::DnsQuery, crate::discovery::BuildError>,
+) -> Result<Discovery, crate::BuildError> {
+    use futures_util::StreamExt;
+    let query = query.map_err(crate::BuildError::Discovery)?;
+    Ok(Box::pin(query.updates().map(|update| {
+        let update = update.unwrap_or_else(|never| match never {});
+        Ok(map_update(update, |addr: SocketAddr, endpoint| Backend {
+            authority: addr.to_string(),
+            weight: u32::from(endpoint.weight).max(1),
+        }))
+    })))
+}
+
+/// A source's update keyed by address, its targets made backends.
+#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+fn map_update<T>(
+    update: Update<SocketAddr, T>,
+    backend: impl Fn(SocketAddr, T) -> Backend,
+) -> Update<String, Backend> {
+    let set = |set: Vec<(SocketAddr, T)>| {
+        set.into_iter()
+            .map(|(addr, target)| (addr.to_string(), backend(addr, target)))
+            .collect()
+    };
+    match update {
+        Update::Reset(targets) => Update::Reset(set(targets)),
+        Update::Add(targets) => Update::Add(set(targets)),
+        Update::Remove(keys) => Update::Remove(keys.iter().map(ToString::to_string).collect()),
+        Update::DoesNotExist => Update::DoesNotExist,
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` for an IPv6 address), refusing anything else.
+fn check_authority(authority: &str) -> Result<(&str, u16), TargetError> {
+    let refuse = |reason| TargetError::Authority {
+        authority: authority.to_string(),
+        reason,
+    };
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| refuse("expected host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| refuse("the port is not a number from 0 to 65535"))?;
+    if host.is_empty() {
+        return Err(refuse("no host"));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(refuse("an IPv6 address goes in brackets: [::1]:50051"));
+    }
+    // The whole authority must be one a URI can carry.
+    authority
+        .parse::<http::uri::Authority>()
+        .map_err(|_| refuse("not a URI authority"))?;
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_scheme_parses_and_prints_back() {
+        let cases = [
+            "static:///10.0.0.1:50051,10.0.0.2:50051",
+            "static:///[::1]:50051",
+            "static:///backend.internal:80",
+            "file:///var/run/backends.addrs",
+        ];
+        for case in cases {
+            let target: Target = case.parse().unwrap();
+            assert_eq!(target.to_string(), case);
+        }
+        assert_eq!(
+            "static:///10.0.0.1:1, 10.0.0.2:2"
+                .parse::<Target>()
+                .unwrap(),
+            Target::Static(vec![Backend::new("10.0.0.1:1"), Backend::new("10.0.0.2:2")])
+        );
+        assert_eq!(
+            "file:///tmp/a".parse::<Target>().unwrap(),
+            Target::File("/tmp/a".into())
+        );
+    }
+
+    #[cfg(feature = "dns")]
+    #[test]
+    fn dns_targets_are_a_host_and_port_or_an_srv_name() {
+        assert_eq!(
+            "dns:///greeter.internal:50051".parse::<Target>().unwrap(),
+            Target::DnsHost {
+                host: "greeter.internal".into(),
+                port: 50051
+            }
+        );
+        assert_eq!(
+            "dns:///_grpc._tcp.greeter.internal"
+                .parse::<Target>()
+                .unwrap(),
+            Target::DnsSrv {
+                name: "_grpc._tcp.greeter.internal".into()
+            }
+        );
+        assert!(matches!(
+            "dns:///greeter.internal".parse::<Target>(),
+            Err(TargetError::Authority { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_targets_are_typed_errors() {
+        let syntax = [
+            "10.0.0.1:50051",
+            "static://10.0.0.1:1",
+            "static:///",
+            "dns:",
+        ];
+        for case in syntax {
+            assert!(
+                matches!(case.parse::<Target>(), Err(TargetError::Syntax { .. })),
+                "{case}"
+            );
+        }
+        let authority = [
+            "static:///10.0.0.1",
+            "static:///10.0.0.1:99999",
+            "static:///:80",
+            "static:///::1:80",
+            "static:///a:1,,b:2",
+            "static:///a b:1",
+        ];
+        for case in authority {
+            let error = case.parse::<Target>().unwrap_err();
+            assert!(
+                matches!(error, TargetError::Authority { .. }),
+                "{case}: {error}"
+            );
+        }
+        let error = "consul:///api".parse::<Target>().unwrap_err();
+        assert_eq!(
+            error,
+            TargetError::UnknownScheme {
+                scheme: "consul".into()
+            }
+        );
+        assert!(error.to_string().contains("consul"), "{error}");
+    }
+}
