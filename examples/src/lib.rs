@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod echo;
 pub mod endpoint;
 pub mod grpc;
 pub mod plot;

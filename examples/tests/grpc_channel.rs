@@ -1,0 +1,231 @@
+//! `portcullis::grpc::Channel` under a client that tonic-build generated from the tests' own
+//! proto (`proto/echo.proto`), in front of three real tonic servers on 127.0.0.1.
+//!
+//! Real time (the servers and sockets are real); every wait is bounded by a timeout, never a
+//! fixed sleep. One script behind the whole fleet decides which calls fail, so no outcome
+//! depends on which server p2c picks.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::grpc::Channel;
+use portcullis::target::TargetError;
+use portcullis::BuildError;
+use portcullis_examples::echo::pb::{echo_client::EchoClient, EchoRequest};
+use portcullis_examples::echo::{payloads, EchoBackend, EchoScript};
+use tonic::Code;
+
+/// Every test's bound on one call, far above what one takes.
+const BOUND: Duration = Duration::from_secs(20);
+
+struct Fleet {
+    script: Arc<EchoScript>,
+    servers: Vec<EchoBackend>,
+}
+
+impl Fleet {
+    async fn start() -> Fleet {
+        let script = EchoScript::new();
+        let mut servers = Vec::new();
+        for name in ["a", "b", "c"] {
+            servers.push(EchoBackend::start(name, script.clone()).await.unwrap());
+        }
+        Fleet { script, servers }
+    }
+
+    fn target(&self) -> String {
+        let addrs: Vec<String> = self.servers.iter().map(|s| s.addr.to_string()).collect();
+        format!("static:///{}", addrs.join(","))
+    }
+}
+
+async fn unary(client: &mut EchoClient<Channel>, size: usize) -> Result<String, tonic::Status> {
+    let request = EchoRequest {
+        payload: vec![1; size],
+    };
+    let call = client.unary(request);
+    let reply = tokio::time::timeout(BOUND, call).await.expect("bounded")?;
+    Ok(reply.into_inner().server)
+}
+
+#[tokio::test]
+async fn a_generated_client_takes_the_channel_and_is_balanced_over_the_fleet() {
+    let fleet = Fleet::start().await;
+    let channel = Channel::from_target(&fleet.target()).unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    let mut served = BTreeSet::new();
+    for _ in 0..30 {
+        served.insert(unary(&mut client, 8).await.unwrap());
+    }
+    assert_eq!(
+        served,
+        ["a", "b", "c"].map(String::from).into(),
+        "every server took calls"
+    );
+    let snapshot = channel.metrics().snapshot();
+    assert_eq!(snapshot.retry.requests, 30);
+    assert_eq!(snapshot.retry.retries, 0);
+    let pool = snapshot.pool;
+    assert_eq!(pool.ready + pool.pending + pool.failed, 3);
+}
+
+#[tokio::test]
+async fn unavailable_answered_trailers_only_is_retried_on_another_server() {
+    let fleet = Fleet::start().await;
+    let channel = Channel::from_target(&fleet.target()).unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    fleet.script.fail_next(1);
+    unary(&mut client, 8).await.unwrap();
+    let calls = fleet.script.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls[0].failed && !calls[1].failed, "{calls:?}");
+    assert_ne!(
+        calls[0].server, calls[1].server,
+        "the retry went to another server"
+    );
+    assert_eq!(channel.metrics().snapshot().retry.retries, 1);
+}
+
+#[tokio::test]
+async fn a_client_stream_is_replayed_within_the_bound_and_not_past_it() {
+    let fleet = Fleet::start().await;
+    let channel = Channel::builder()
+        .replay_limit(1024)
+        .build(&fleet.target())
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+
+    // 4 × 200 bytes (and their frame headers) fit in 1 KiB: the retry sends the whole stream.
+    fleet.script.fail_next(1);
+    let call = client.collect(payloads(4, 200));
+    let reply = tokio::time::timeout(BOUND, call).await.expect("bounded");
+    assert_eq!(reply.unwrap().into_inner().bytes, 800);
+    let calls = fleet.script.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[1].bytes, 800, "the replay carried every message");
+
+    // 4 × 512 bytes do not: sent once, not retried, and the status names the bound.
+    fleet.script.fail_next(1);
+    let call = client.collect(payloads(4, 512));
+    let status = tokio::time::timeout(BOUND, call)
+        .await
+        .expect("bounded")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("replay bound (1024 bytes)"),
+        "{status:?}"
+    );
+    let calls = fleet.script.calls();
+    assert_eq!(calls.len(), 3, "sent once: {calls:?}");
+    assert_eq!(calls[2].bytes, 2048);
+    assert_eq!(channel.metrics().snapshot().retry.not_replayable, 1);
+}
+
+#[tokio::test]
+async fn every_attempt_carries_what_is_left_of_the_deadline() {
+    let fleet = Fleet::start().await;
+    let channel = Channel::builder()
+        .deadline(Duration::from_secs(5))
+        .build(&fleet.target())
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+
+    // Three attempts: the server sees grpc-timeout shrink from one to the next, all within
+    // the channel's 5 s.
+    fleet.script.fail_next(2);
+    unary(&mut client, 8).await.unwrap();
+    let seen: Vec<Duration> = fleet
+        .script
+        .calls()
+        .iter()
+        .map(|call| {
+            call.grpc_timeout
+                .expect("every attempt carries grpc-timeout")
+        })
+        .collect();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[0] <= Duration::from_secs(5), "{seen:?}");
+    assert!(seen[0] > seen[1] && seen[1] > seen[2], "{seen:?}");
+
+    // A caller's own timeout shortens the channel's: the server is told at most 800 ms.
+    let mut request = tonic::Request::new(EchoRequest { payload: vec![] });
+    request.set_timeout(Duration::from_millis(800));
+    tokio::time::timeout(BOUND, client.unary(request))
+        .await
+        .expect("bounded")
+        .unwrap();
+    let last = fleet.script.calls().last().cloned().unwrap();
+    let told = last.grpc_timeout.unwrap();
+    assert!(
+        told <= Duration::from_millis(800) && told > Duration::ZERO,
+        "{told:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_is_deadline_exceeded() {
+    // A backend that accepts connections and never answers: the call hangs until the
+    // caller's 300 ms are up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let channel = Channel::from_target(&format!("static:///{addr}")).unwrap();
+    let mut client = EchoClient::new(channel);
+    let mut request = tonic::Request::new(EchoRequest { payload: vec![] });
+    request.set_timeout(Duration::from_millis(300));
+    let started = tokio::time::Instant::now();
+    let status = tokio::time::timeout(BOUND, client.unary(request))
+        .await
+        .expect("bounded")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    held.abort();
+}
+
+#[tokio::test]
+async fn a_bad_target_is_a_typed_error() {
+    for (target, want) in [
+        ("greeter:50051", "Syntax"),
+        ("zk:///greeter", "UnknownScheme"),
+        ("static:///10.0.0.1", "Authority"),
+    ] {
+        match Channel::from_target(target) {
+            Err(BuildError::Target(error)) => {
+                let kind = match error {
+                    TargetError::Syntax { .. } => "Syntax",
+                    TargetError::UnknownScheme { .. } => "UnknownScheme",
+                    TargetError::Authority { .. } => "Authority",
+                    _ => "other",
+                };
+                assert_eq!(kind, want, "{target}: {error}");
+            }
+            other => panic!("{target}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_file_target_reads_its_backends_from_the_file() {
+    let fleet = Fleet::start().await;
+    let dir = std::env::temp_dir().join(format!("portcullis-channel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("echo.addrs");
+    let lines: Vec<String> = fleet.servers.iter().map(|s| s.addr.to_string()).collect();
+    std::fs::write(&path, format!("{}\n# end\n", lines.join("\n"))).unwrap();
+    let channel = Channel::from_target(&format!("file://{}", path.display())).unwrap();
+    let mut client = EchoClient::new(channel);
+    let mut served = BTreeSet::new();
+    for _ in 0..30 {
+        served.insert(unary(&mut client, 8).await.unwrap());
+    }
+    assert_eq!(served.len(), 3, "{served:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
