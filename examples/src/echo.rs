@@ -33,7 +33,7 @@ pub struct EchoCall {
     pub grpc_timeout: Option<Duration>,
     /// Payload bytes the server read.
     pub bytes: u64,
-    /// Whether it was answered `UNAVAILABLE` by the script.
+    /// Whether it was answered `UNAVAILABLE` by the script (a failure or a pushback).
     pub failed: bool,
 }
 
@@ -48,6 +48,8 @@ pub struct EchoScript {
 struct ScriptState {
     /// The next this many calls are answered `UNAVAILABLE`, after their requests are read.
     fail: u32,
+    /// Calls to this server are answered `UNAVAILABLE` with this `grpc-retry-pushback-ms`.
+    push_back: Option<(String, u64)>,
     calls: Vec<EchoCall>,
 }
 
@@ -63,6 +65,12 @@ impl EchoScript {
         self.lock().fail = n;
     }
 
+    /// Every call to `server` from now on is answered `UNAVAILABLE` with
+    /// `grpc-retry-pushback-ms: ms`: the server asks its clients to stay away that long.
+    pub fn push_back(&self, server: &str, ms: u64) {
+        self.lock().push_back = Some((server.to_string(), ms));
+    }
+
     /// Every call received so far, in order.
     pub fn calls(&self) -> Vec<EchoCall> {
         self.lock().calls.clone()
@@ -72,15 +80,33 @@ impl EchoScript {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Logs a call and says whether it fails.
-    fn answer(&self, call: EchoCall) -> bool {
+    /// Logs a call and says how it is answered: `None` to serve it, else the status.
+    fn answer(&self, call: EchoCall) -> Option<Status> {
         let mut state = self.lock();
-        let failed = state.fail > 0;
-        if failed {
-            state.fail -= 1;
+        let mut status = None;
+        if let Some((server, ms)) = &state.push_back {
+            if *server == call.server {
+                let mut pushed = Status::unavailable(format!("{server} pushes back {ms} ms"));
+                if let Ok(value) = ms.to_string().parse() {
+                    pushed
+                        .metadata_mut()
+                        .insert("grpc-retry-pushback-ms", value);
+                }
+                status = Some(pushed);
+            }
         }
-        state.calls.push(EchoCall { failed, ..call });
-        failed
+        if status.is_none() && state.fail > 0 {
+            state.fail -= 1;
+            status = Some(Status::unavailable(format!(
+                "{} is scripted to fail",
+                call.server
+            )));
+        }
+        state.calls.push(EchoCall {
+            failed: status.is_some(),
+            ..call
+        });
+        status
     }
 }
 
@@ -103,11 +129,8 @@ impl EchoImpl {
             bytes,
             failed: false,
         };
-        if self.script.answer(call) {
-            return Err(Status::unavailable(format!(
-                "{} is scripted to fail",
-                self.name
-            )));
+        if let Some(status) = self.script.answer(call) {
+            return Err(status);
         }
         Ok(Response::new(EchoReply {
             server: self.name.clone(),

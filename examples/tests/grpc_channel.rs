@@ -88,6 +88,44 @@ async fn unavailable_answered_trailers_only_is_retried_on_another_server() {
 }
 
 #[tokio::test]
+async fn a_server_s_pushback_holds_that_server_and_costs_no_call_its_deadline() {
+    let fleet = Fleet::start().await;
+    // A failed endpoint is demoted for 10 ms only, so that what keeps the server away below
+    // is its hold, not the demotion.
+    let pool = portcullis::p2c::P2cPool::builder()
+        .consecutive_failures(5)
+        .demotion(Duration::from_millis(10));
+    let channel = Channel::builder()
+        .pool(pool)
+        .deadline(Duration::from_secs(1))
+        .build(&fleet.target())
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    // Server a asks its clients to stay away 5 s, every time it is asked; b and c serve.
+    fleet.script.push_back("a", 5_000);
+    let started = tokio::time::Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_millis(300) || calls < 30 {
+        let call = tokio::time::Instant::now();
+        let server = unary(&mut client, 8).await.unwrap();
+        assert_ne!(server, "a");
+        assert!(call.elapsed() < Duration::from_secs(1));
+        calls += 1;
+    }
+    // Held out of the pick after its first pushback: no call reached it again.
+    let to_a = fleet
+        .script
+        .calls()
+        .iter()
+        .filter(|call| call.server == "a")
+        .count();
+    assert!(
+        to_a <= 1,
+        "{to_a} calls to the server that pushed back, in {calls}"
+    );
+}
+
+#[tokio::test]
 async fn a_client_stream_is_replayed_within_the_bound_and_not_past_it() {
     let fleet = Fleet::start().await;
     let channel = Channel::builder()
@@ -228,4 +266,67 @@ async fn a_file_target_reads_its_backends_from_the_file() {
     }
     assert_eq!(served.len(), 3, "{served:?}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn with_every_server_down_calls_fail_fast_then_are_served_once_one_is_back() {
+    let mut fleet = Fleet::start().await;
+    let failfast = Duration::from_millis(500);
+    let channel = Channel::builder()
+        .queue(portcullis::pool::PoolQueue::builder().failfast_timeout(failfast))
+        .build(&fleet.target())
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    unary(&mut client, 8).await.unwrap();
+
+    // Every server stopped (each closes its connections as its shutdown goes through):
+    // calls fail to connect, every endpoint turns not ready, and the queue fails fast.
+    let addrs: Vec<_> = fleet.servers.drain(..).map(|s| s.addr).collect();
+    let deadline = tokio::time::Instant::now() + BOUND;
+    let status = loop {
+        if let Err(status) = unary(&mut client, 8).await {
+            if find::<portcullis::pool::FailFast>(&status) {
+                break status;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never failed fast");
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // In failfast, a call is refused at once rather than after its own attempts.
+    let started = tokio::time::Instant::now();
+    let status = unary(&mut client, 8).await.unwrap_err();
+    assert!(find::<portcullis::pool::FailFast>(&status), "{status:?}");
+    assert!(started.elapsed() < failfast, "{:?}", started.elapsed());
+
+    // One server back on its address: the probes find it with no call spent on it, and the
+    // next call is served.
+    let listener = tokio::net::TcpListener::bind(addrs[1]).await.unwrap();
+    let _back = EchoBackend::start_on("b2", fleet.script.clone(), listener).unwrap();
+    let calls_before = fleet.script.calls().len();
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while channel.metrics().snapshot().pool.ready == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server was never found"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        fleet.script.calls().len(),
+        calls_before,
+        "no call in between"
+    );
+    assert_eq!(unary(&mut client, 8).await.unwrap(), "b2");
+}
+
+/// Whether `status`'s source chain holds an `E`.
+fn find<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(error) = next {
+        if error.is::<E>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }

@@ -74,5 +74,10 @@
 
 #[cfg(feature = "grpc")]
 pub mod grpc;
+#[cfg(feature = "grpc")]
+pub(crate) mod hold;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod reachable;
+
+pub use reachable::Reachable;

@@ -1,13 +1,21 @@
 //! One endpoint of a [`Channel`](super::Channel)'s pool: a lazily connecting tonic channel to
 //! one backend, sent each attempt with its replayable body and the time the call has left.
 
+use super::classify::head_status;
 use super::timeout;
 use crate::endpoint::grpc::MakeGrpcEndpoint;
+use crate::endpoint::hold::{Hold, HoldNote};
+use crate::endpoint::Reachable;
 use crate::p2c::MakeEndpoint;
+use crate::retry::classify::{grpc::classify_code, Decision};
 use crate::retry::replay::ReplayBody;
 use crate::target::Backend;
 use http::{HeaderValue, Request, Response};
-use std::task::{Context, Poll};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tower_service::Service;
@@ -28,16 +36,20 @@ pub(crate) struct MakeAttempt {
 }
 
 impl MakeEndpoint<String, Backend> for MakeAttempt {
-    type Endpoint = Attempt;
+    type Endpoint = Reachable<Attempt>;
 
-    fn make_endpoint(&self, key: &String, backend: &Backend) -> Attempt {
+    fn make_endpoint(&self, key: &String, backend: &Backend) -> Reachable<Attempt> {
         let channel = match backend.authority.parse::<http::uri::Authority>() {
             Ok(authority) => self.grpc.make_endpoint(key, &authority),
             // Checked when the target was parsed, or by the source; a channel to nowhere
             // fails its calls (with tonic's invalid-URI error) rather than panic.
             Err(_) => self.grpc.make_endpoint(key, &http::Uri::default()),
         };
-        Attempt { channel }
+        let attempt = Attempt {
+            channel,
+            hold: Hold::new(),
+        };
+        Reachable::new(attempt, backend.authority.as_str())
     }
 
     fn weight(&self, _key: &String, backend: &Backend) -> u32 {
@@ -46,18 +58,21 @@ impl MakeEndpoint<String, Backend> for MakeAttempt {
 }
 
 /// One backend's endpoint: each request's `grpc-timeout` set to what its call has left, its
-/// body handed to tonic as it is (a replayable body streams like the original).
+/// body handed to tonic as it is (a replayable body streams like the original); held out of
+/// the pick (not ready) for the delay its backend asks for with `grpc-retry-pushback-ms`.
 #[derive(Clone, Debug)]
 pub(crate) struct Attempt {
     channel: tonic::transport::Channel,
+    hold: Hold,
 }
 
 impl Service<AttemptRequest> for Attempt {
     type Response = Response<Body>;
     type Error = tonic::transport::Error;
-    type Future = tonic::transport::channel::ResponseFuture;
+    type Future = AttemptFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        ready!(self.hold.poll_over(cx));
         self.channel.poll_ready(cx)
     }
 
@@ -68,6 +83,36 @@ impl Service<AttemptRequest> for Attempt {
                 request.headers_mut().insert(timeout::GRPC_TIMEOUT, value);
             }
         }
-        self.channel.call(request.map(Body::new))
+        AttemptFuture {
+            inner: self.channel.call(request.map(Body::new)),
+            hold: self.hold.note(),
+        }
+    }
+}
+
+pin_project! {
+    /// An attempt's response: a pushback in its head holds the endpoint for that long.
+    pub(crate) struct AttemptFuture {
+        #[pin]
+        inner: tonic::transport::channel::ResponseFuture,
+        hold: Arc<HoldNote>,
+    }
+}
+
+impl Future for AttemptFuture {
+    type Output = Result<Response<Body>, tonic::transport::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let Ok(response) = &result {
+            if let Some((code, pushback)) = head_status(response) {
+                if let Decision::Retry { after: Some(delay) } = classify_code(code, pushback) {
+                    tracing::debug!(?delay, "backend pushed back: held out of the pick");
+                    this.hold.hold_for(delay);
+                }
+            }
+        }
+        Poll::Ready(result)
     }
 }

@@ -24,7 +24,8 @@ pub(crate) fn head_status<B>(response: &Response<B>) -> Option<(Code, Option<&st
 
 /// Retries, as gRPC's own retry policy would with `UNAVAILABLE` retryable:
 /// - a trailers-only `UNAVAILABLE`, and `RESOURCE_EXHAUSTED` with a pushback (the rules of
-///   [`classify_code`]);
+///   [`classify_code`]), at once: the pushback's delay holds the server's own endpoint out of
+///   the pick instead of delaying the retry;
 /// - an HTTP 502, 503 or 504 with no `grpc-status` (a proxy's answer: gRPC reads them as
 ///   `UNAVAILABLE`), 429 likewise;
 /// - a transport error (the connection failed or broke before a response head: tonic reports
@@ -40,7 +41,13 @@ impl<Req, B> Classify<Req, Response<B>, BoxError> for GrpcAttemptClassify {
     fn classify(&self, _req: &Req, result: Result<&Response<B>, &BoxError>) -> Decision {
         match result {
             Ok(response) => match head_status(response) {
-                Some((code, pushback)) => classify_code(code, pushback),
+                // A server's delay holds its own endpoint out of the pick (the attempt
+                // noted it): the retry goes to another endpoint at once, or waits in the
+                // queue for this one when no other is left.
+                Some((code, pushback)) => match classify_code(code, pushback) {
+                    Decision::Retry { .. } => Decision::RETRY,
+                    decision => decision,
+                },
                 None => match response.status().as_u16() {
                     200 => Decision::Success,
                     429 | 502..=504 => Decision::RETRY,
@@ -61,7 +68,6 @@ impl<Req, B> Classify<Req, Response<B>, BoxError> for GrpcAttemptClassify {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn head(status: u16, grpc: Option<&str>, pushback: Option<&str>) -> Response<()> {
         let mut response = Response::builder().status(status);
@@ -84,11 +90,14 @@ mod tests {
         assert_eq!(decide(Ok(&head(200, Some("0"), None))), Decision::Success);
         assert_eq!(decide(Ok(&head(200, Some("5"), None))), Decision::Permanent);
         assert_eq!(decide(Ok(&head(200, Some("8"), None))), Decision::Permanent);
+        // A pushback holds the endpoint (the attempt notes it), not the request.
         assert_eq!(
             decide(Ok(&head(200, Some("8"), Some("20")))),
-            Decision::Retry {
-                after: Some(Duration::from_millis(20))
-            }
+            Decision::RETRY
+        );
+        assert_eq!(
+            decide(Ok(&head(200, Some("14"), Some("-1")))),
+            Decision::Permanent
         );
         assert_eq!(decide(Ok(&head(200, Some("x"), None))), Decision::Permanent);
     }

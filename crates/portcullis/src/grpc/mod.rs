@@ -35,6 +35,11 @@
 //! - **[`P2cPool`]** over our PeakEwma, with outlier ejection on
 //!   `UNAVAILABLE` and 5xx ([`Unavailable`]); each backend
 //!   a lazily connecting tonic channel ([`MakeGrpcEndpoint`]).
+//! - **Ready means reachable** ([`Reachable`](crate::endpoint::Reachable)): a backend whose
+//!   connection was refused or broke is not ready until a TCP probe, backing off from 100 ms
+//!   to 5 s, connects again. With every backend down the pool is not ready, and calls fail
+//!   fast with `UNAVAILABLE` after the queue's failfast timeout instead of each failing on its
+//!   own; a backend that comes back is found by the probes, without a call spent on it.
 //!
 //! # Deadlines
 //!
