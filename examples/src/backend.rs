@@ -30,6 +30,10 @@ pub struct Behavior {
     pub retry_after: Option<u32>,
     /// Makes one request in `every` take `delay` instead: a backend slow part of the time.
     pub stall: Option<Stall>,
+    /// Answers 503 (with `retry_after`, if set) to as many requests as this count holds,
+    /// taking one each time: a count shared by several backends fails the fleet's next
+    /// requests whichever backend they reach.
+    pub fail_next: Option<Arc<std::sync::atomic::AtomicU32>>,
 }
 
 impl Behavior {
@@ -72,6 +76,8 @@ struct State {
     removed: AtomicBool,
     after_removal: AtomicU64,
     paths_after_removal: Mutex<Vec<String>>,
+    /// The size of each request body read, in the order they came.
+    bodies: Mutex<Vec<u64>>,
     /// The tasks serving its open connections, aborted by [`Backend::stop`].
     connections: Mutex<Vec<AbortHandle>>,
 }
@@ -105,6 +111,7 @@ impl Backend {
             removed: AtomicBool::new(false),
             after_removal: AtomicU64::new(0),
             paths_after_removal: Mutex::new(Vec::new()),
+            bodies: Mutex::new(Vec::new()),
             connections: Mutex::new(Vec::new()),
         });
         let accept = tokio::spawn(serve(listener, state.clone())).abort_handle();
@@ -135,6 +142,11 @@ impl Backend {
     /// marked removed, in the order they came.
     pub fn paths_after_removal(&self) -> Vec<String> {
         lock(&self.state.paths_after_removal).clone()
+    }
+
+    /// The size of each request body it read, in the order the requests came.
+    pub fn body_sizes(&self) -> Vec<u64> {
+        lock(&self.state.bodies).clone()
     }
 
     /// Discovery removed this backend: count what still reaches it, and keep the paths.
@@ -191,7 +203,7 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
 
 async fn handle(
     state: Arc<State>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let nth = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
     if state.removed.load(Ordering::Relaxed) {
@@ -199,15 +211,27 @@ async fn handle(
         lock(&state.paths_after_removal).push(request.uri().path().to_string());
     }
     let behavior = lock(&state.behavior).clone();
+    // The whole body is read before the answer, as a server that parses it would.
+    let body = http_body_util::BodyExt::collect(request.body_mut())
+        .await
+        .map(|body| body.to_bytes().len() as u64)
+        .unwrap_or(0);
+    lock(&state.bodies).push(body);
     let delay = match behavior.stall {
         // `nth` starts at 1: an `every` of 0 stalls nothing.
         Some(stall) if nth.is_multiple_of(stall.every) => stall.delay,
         _ => behavior.delay,
     };
     tokio::time::sleep(delay).await;
-    let unavailable = behavior
-        .unavailable_until
-        .is_some_and(|until| Instant::now() < until);
+    let scripted = behavior.fail_next.as_ref().is_some_and(|count| {
+        count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    });
+    let unavailable = scripted
+        || behavior
+            .unavailable_until
+            .is_some_and(|until| Instant::now() < until);
     if unavailable {
         state.unavailable.fetch_add(1, Ordering::Relaxed);
         let body = format!("{} unavailable", state.name);

@@ -148,13 +148,19 @@
 
 mod builder;
 #[cfg(any(feature = "http", feature = "grpc"))]
+mod client;
+#[cfg(any(feature = "http", feature = "grpc"))]
 pub mod endpoint;
 #[cfg(any(feature = "http", feature = "grpc"))]
 mod error;
 #[cfg(feature = "grpc")]
 pub mod grpc;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(any(feature = "http", feature = "grpc"))]
 pub mod target;
+#[cfg(any(feature = "http", feature = "grpc"))]
+pub use client::{ClientMetrics, ClientSnapshot};
 #[cfg(any(feature = "http", feature = "grpc"))]
 pub use error::BuildError;
 

@@ -223,15 +223,12 @@ impl fmt::Display for Target {
     }
 }
 
-// Read by the gRPC channel; the HTTP client (to come) reads them too.
-#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
 /// A target's discovery stream, as a client's queue reads it.
 pub(crate) type Discovery =
     Pin<Box<dyn Stream<Item = Result<Update<String, Backend>, BoxError>> + Send + 'static>>;
 
 /// What a client reads its target's discovery with: the settings of its sources.
 #[derive(Clone, Debug)]
-#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
 pub(crate) struct Sources {
     /// How often a `file:` target's file is re-read.
     pub(crate) file_poll_interval: Duration,
@@ -240,7 +237,6 @@ pub(crate) struct Sources {
     pub(crate) dns: Option<crate::discovery::dns::Dns>,
 }
 
-#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
 impl Target {
     /// A new discovery stream of this target's backends, keyed by `host:port`.
     pub(crate) fn updates(&self, sources: &Sources) -> Result<Discovery, crate::BuildError> {
@@ -292,7 +288,6 @@ impl Sources {
     }
 }
 
-#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
 /// A DNS query's stream, each address weighted by its SRV weight (1 for an A or AAAA record).
 #[cfg(feature = "dns")]
 fn dns_updates(
@@ -310,7 +305,6 @@ fn dns_updates(
 }
 
 /// A source's update keyed by address, its targets made backends.
-#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
 fn map_update<T>(
     update: Update<SocketAddr, T>,
     backend: impl Fn(SocketAddr, T) -> Backend,

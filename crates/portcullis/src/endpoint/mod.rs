@@ -74,7 +74,6 @@
 
 #[cfg(feature = "grpc")]
 pub mod grpc;
-#[cfg(feature = "grpc")]
 pub(crate) mod hold;
 #[cfg(feature = "http")]
 pub mod http;

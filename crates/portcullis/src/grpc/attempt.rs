@@ -22,7 +22,7 @@ use tower_service::Service;
 
 /// What a [`Channel`](super::Channel) sends through its stack: the caller's request, its body
 /// made replayable.
-pub(crate) type AttemptRequest = Request<ReplayBody<Body>>;
+type AttemptRequest = Request<ReplayBody<Body>>;
 
 /// When the call must be over: put in each request's extensions by the channel, read by each
 /// attempt to set `grpc-timeout` to what is left.

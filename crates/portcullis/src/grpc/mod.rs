@@ -61,14 +61,16 @@ mod attempt;
 mod classify;
 mod timeout;
 
-use self::attempt::{AttemptRequest, CallDeadline, MakeAttempt};
+use self::attempt::{CallDeadline, MakeAttempt};
 use self::classify::{head_status, GrpcAttemptClassify};
+use self::timeout::CallClock;
+use crate::client::{default_pool, ClientMetrics, Stack, StackParts};
 use crate::endpoint::grpc::{MakeGrpcEndpoint, Unavailable};
-use crate::p2c::{make::peak_ewma, P2cMetrics, P2cPool, P2cPoolBuilder, P2cSnapshot};
-use crate::pool::{PoolQueue, PoolQueueBuilder, PoolQueueMetrics, PoolQueueSnapshot};
+use crate::p2c::P2cPoolBuilder;
+use crate::pool::PoolQueueBuilder;
 use crate::retry::classify::Decision;
-use crate::retry::replay::{ReplayBody, ReplayRequest};
-use crate::retry::{RetryBuilder, RetryError, RetryMetrics, RetrySnapshot, StopReason};
+use crate::retry::replay::ReplayBody;
+use crate::retry::{RetryBuilder, RetryError, StopReason};
 use crate::target::{Sources, Target};
 use crate::{BoxError, BuildError};
 use http::{Request, Response};
@@ -78,14 +80,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
-use tower::util::BoxCloneSyncService;
-use tower::Layer;
 use tower_service::Service;
-
-type Stack = BoxCloneSyncService<AttemptRequest, Response<Body>, BoxError>;
 
 /// A balanced, retrying gRPC channel over the backends a target names; see the
 /// [module](self). `Clone` (a clone shares the stack: one queue, one pool, one budget), and a
@@ -93,11 +90,9 @@ type Stack = BoxCloneSyncService<AttemptRequest, Response<Body>, BoxError>;
 /// clients take.
 #[derive(Clone)]
 pub struct Channel {
-    stack: Stack,
+    stack: Stack<Body, Response<Body>>,
     shared: Arc<Shared>,
-    /// When the caller's wait for readiness began, if `poll_ready` found the stack not ready:
-    /// the channel's deadline runs from there.
-    ready_since: Option<Instant>,
+    clock: CallClock,
 }
 
 /// What every clone of a channel shares.
@@ -105,53 +100,7 @@ struct Shared {
     target: Target,
     deadline: Option<Duration>,
     replay_limit: usize,
-    metrics: ChannelMetrics,
-}
-
-/// The metrics of a [`Channel`]'s pieces: its retry layer, its queue and its pool.
-#[derive(Clone, Debug)]
-pub struct ChannelMetrics {
-    retry: RetryMetrics,
-    queue: PoolQueueMetrics,
-    pool: P2cMetrics,
-}
-
-/// A snapshot of a [`Channel`]'s metrics.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct ChannelSnapshot {
-    /// The retry layer's: requests, attempts, retries, give-ups by reason, the budget.
-    pub retry: RetrySnapshot,
-    /// The queue's: requests queued and dispatched, failfast, discovery updates.
-    pub queue: PoolQueueSnapshot,
-    /// The pool's: endpoints by state, ejections, picks.
-    pub pool: P2cSnapshot,
-}
-
-impl ChannelMetrics {
-    /// The numbers now.
-    pub fn snapshot(&self) -> ChannelSnapshot {
-        ChannelSnapshot {
-            retry: self.retry.snapshot(),
-            queue: self.queue.snapshot(),
-            pool: self.pool.snapshot(),
-        }
-    }
-
-    /// The retry layer's metrics handle.
-    pub fn retry(&self) -> &RetryMetrics {
-        &self.retry
-    }
-
-    /// The queue's metrics handle.
-    pub fn queue(&self) -> &PoolQueueMetrics {
-        &self.queue
-    }
-
-    /// The pool's metrics handle.
-    pub fn pool(&self) -> &P2cMetrics {
-        &self.pool
-    }
+    metrics: ClientMetrics,
 }
 
 /// Builds a [`Channel`]: every setting of the stack under it, each piece's own builder for
@@ -197,7 +146,7 @@ impl Channel {
     }
 
     /// The metrics of the channel's retry layer, queue and pool.
-    pub fn metrics(&self) -> ChannelMetrics {
+    pub fn metrics(&self) -> ClientMetrics {
         self.shared.metrics.clone()
     }
 }
@@ -280,35 +229,18 @@ impl ChannelBuilder {
             #[cfg(feature = "dns")]
             dns: self.dns,
         };
-        let discovery = target.updates(&sources)?;
-        let mut retry = self.retry.replay(ReplayRequest);
-        if let Some(deadline) = self.deadline {
-            retry = retry.deadline(deadline);
-        }
-        let retry = retry
-            .build_layer(GrpcAttemptClassify)
-            .map_err(BuildError::Retry)?;
-        let pool = self
-            .pool
-            .build_with_classify(
-                peak_ewma(MakeAttempt {
-                    grpc: self.endpoint,
-                }),
-                Unavailable,
-            )
-            .map_err(BuildError::Pool)?;
-        let pool_metrics = pool.metrics();
-        let pool: P2cPool<String, _, _, AttemptRequest, _> = pool;
-        let queue: PoolQueue<AttemptRequest, _> = self
-            .queue
-            .build(pool, discovery)
-            .map_err(BuildError::Queue)?;
-        let metrics = ChannelMetrics {
-            retry: retry.metrics(),
-            queue: queue.metrics(),
-            pool: pool_metrics,
+        let parts = StackParts {
+            retry: self.retry,
+            queue: self.queue,
+            pool: self.pool,
+            deadline: self.deadline,
+            maker: MakeAttempt {
+                grpc: self.endpoint,
+            },
+            classify: GrpcAttemptClassify,
+            health: Unavailable,
         };
-        let stack = BoxCloneSyncService::new(retry.layer(queue));
+        let (stack, metrics) = parts.build(&target, &sources)?;
         Ok(Channel {
             stack,
             shared: Arc::new(Shared {
@@ -317,7 +249,7 @@ impl ChannelBuilder {
                 replay_limit: self.replay_limit,
                 metrics,
             }),
-            ready_since: None,
+            clock: CallClock::default(),
         })
     }
 }
@@ -327,8 +259,7 @@ impl Default for ChannelBuilder {
         Self {
             retry: RetryBuilder::default(),
             queue: PoolQueueBuilder::default(),
-            pool: P2cPoolBuilder::default()
-                .consecutive_failures(P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES),
+            pool: default_pool(),
             endpoint: MakeGrpcEndpoint::new(),
             deadline: None,
             replay_limit: Self::DEFAULT_REPLAY_LIMIT,
@@ -374,7 +305,7 @@ impl Service<Request<Body>> for Channel {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self.stack.poll_ready(cx) {
             Poll::Pending => {
-                self.ready_since.get_or_insert_with(Instant::now);
+                self.clock.waiting();
                 Poll::Pending
             }
             ready => ready.map_err(|error| status_from(error, self.shared.replay_limit)),
@@ -382,18 +313,11 @@ impl Service<Request<Body>> for Channel {
     }
 
     fn call(&mut self, request: Request<Body>) -> ResponseFuture {
-        let now = Instant::now();
-        let start = self.ready_since.take().unwrap_or(now);
         let caller = request
             .headers()
             .get(timeout::GRPC_TIMEOUT)
-            .and_then(|value| timeout::parse(value.as_bytes()))
-            .map(|left| now + left);
-        let own = self.shared.deadline.map(|deadline| start + deadline);
-        let deadline = match (caller, own) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+            .and_then(|value| timeout::parse(value.as_bytes()));
+        let deadline = self.clock.deadline(self.shared.deadline, caller);
         let limit = self.shared.replay_limit;
         let mut request = request.map(|body| ReplayBody::with_limit(body, limit));
         if let Some(at) = deadline {

@@ -2,6 +2,7 @@
 //! protocol: at most 8 digits, then a unit, `H`, `M`, `S`, `m`, `u` or `n`).
 
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// The header's name.
 pub(crate) const GRPC_TIMEOUT: &str = "grpc-timeout";
@@ -46,6 +47,38 @@ pub(crate) fn format(left: Duration) -> String {
     format!("{MAX}H")
 }
 
+/// When a call must be over: its client's deadline runs from when the caller began to wait
+/// for readiness; a caller's own timeout (gRPC's `grpc-timeout`) may shorten it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CallClock {
+    /// When the caller's wait for readiness began, if `poll_ready` found the stack not ready.
+    ready_since: Option<Instant>,
+}
+
+impl CallClock {
+    /// `poll_ready` found the stack not ready.
+    pub(crate) fn waiting(&mut self) {
+        self.ready_since.get_or_insert_with(Instant::now);
+    }
+
+    /// The deadline of the call made now: the earlier of `own` from the start of the wait
+    /// (or now) and the caller's `caller` from now.
+    pub(crate) fn deadline(
+        &mut self,
+        own: Option<Duration>,
+        caller: Option<Duration>,
+    ) -> Option<Instant> {
+        let now = Instant::now();
+        let start = self.ready_since.take().unwrap_or(now);
+        let own = own.map(|deadline| start + deadline);
+        let caller = caller.map(|left| now + left);
+        match (own, caller) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +121,31 @@ mod tests {
                 "{d:?} -> {back:?}"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_s_timeout_shortens_the_deadline_and_never_lengthens_it() {
+        let ms = Duration::from_millis;
+        let now = Instant::now();
+        let mut clock = CallClock::default();
+        assert_eq!(clock.deadline(None, None), None);
+        assert_eq!(clock.deadline(Some(ms(500)), None), Some(now + ms(500)));
+        assert_eq!(
+            clock.deadline(Some(ms(500)), Some(ms(100))),
+            Some(now + ms(100))
+        );
+        assert_eq!(
+            clock.deadline(Some(ms(500)), Some(ms(900))),
+            Some(now + ms(500))
+        );
+        assert_eq!(clock.deadline(None, Some(ms(900))), Some(now + ms(900)));
+
+        // The client's own deadline counts the wait for readiness; the caller's runs from the
+        // call.
+        clock.waiting();
+        tokio::time::advance(ms(200)).await;
+        let later = Instant::now();
+        assert_eq!(clock.deadline(Some(ms(500)), None), Some(now + ms(500)));
+        assert_eq!(clock.deadline(Some(ms(500)), None), Some(later + ms(500)));
     }
 }
