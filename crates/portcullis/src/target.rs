@@ -7,6 +7,8 @@
 //! | `file:///path/to/addrs` | an [`AddrFile`](crate::discovery::AddrFile), re-read every [`file_poll_interval`](crate::grpc::ChannelBuilder::file_poll_interval) | |
 //! | `dns:///greeter.internal:50051` | the A and AAAA records of the host at the port, re-resolved on their TTL | `dns` |
 //! | `dns:///_grpc._tcp.greeter.internal` | the SRV records of the name, with their weights | `dns` |
+//! | `etcd:///services/greeter/` | the endpoints under the key prefix `/services/greeter/`, listed then watched, through the [`Etcd`](crate::discovery::etcd::Etcd) source given to the builder | `etcd` |
+//! | `k8s:///namespace/service:port-name` | the ready endpoints of a Kubernetes Service at its named port (`k8s:///namespace/service` for its one unnamed port), through the [`K8s`](crate::discovery::k8s::K8s) source given to the builder | `k8s` |
 //!
 //! A target is parsed (and refused with a typed [`TargetError`]) when the client is built; its
 //! discovery stream is made by the client. Each backend is keyed by its `host:port` text, so
@@ -53,6 +55,21 @@ pub enum Target {
     DnsSrv {
         /// The SRV name.
         name: String,
+    },
+    /// `etcd:///prefix/`: the endpoints under an etcd key prefix (the URI's path, its
+    /// leading slash included).
+    Etcd {
+        /// The key prefix.
+        prefix: String,
+    },
+    /// `k8s:///namespace/service:port`: a Kubernetes Service's ready endpoints.
+    K8s {
+        /// The Service's namespace.
+        namespace: String,
+        /// The Service's name.
+        service: String,
+        /// The port's name (`""`: the Service's one unnamed port).
+        port: String,
     },
 }
 
@@ -107,6 +124,14 @@ pub enum TargetError {
         /// The crate feature it needs.
         feature: &'static str,
     },
+    /// A scheme whose source must be given to the builder first (an etcd client, a
+    /// Kubernetes client), and was not.
+    NoSource {
+        /// The scheme given.
+        scheme: &'static str,
+        /// The builder's setter that gives it.
+        setter: &'static str,
+    },
     /// A `host:port` that is not one (a static backend, or a DNS host without its port).
     Authority {
         /// The text given.
@@ -124,7 +149,11 @@ impl fmt::Display for TargetError {
             }
             TargetError::UnknownScheme { scheme } => write!(
                 f,
-                "unknown target scheme {scheme:?} (known: static, file, dns)"
+                "unknown target scheme {scheme:?} (known: static, file, dns, etcd, k8s)"
+            ),
+            TargetError::NoSource { scheme, setter } => write!(
+                f,
+                "target scheme {scheme:?} reads a source the builder was not given: call .{setter}(..)"
             ),
             TargetError::FeatureDisabled { scheme, feature } => write!(
                 f,
@@ -140,12 +169,14 @@ impl fmt::Display for TargetError {
 impl std::error::Error for TargetError {}
 
 impl Target {
-    /// The target's scheme: `static`, `file` or `dns`.
+    /// The target's scheme: `static`, `file`, `dns`, `etcd` or `k8s`.
     pub fn scheme(&self) -> &'static str {
         match self {
             Target::Static(_) => "static",
             Target::File(_) => "file",
             Target::DnsHost { .. } | Target::DnsSrv { .. } => "dns",
+            Target::Etcd { .. } => "etcd",
+            Target::K8s { .. } => "k8s",
         }
     }
 }
@@ -196,6 +227,37 @@ impl FromStr for Target {
                     port,
                 })
             }
+            "etcd" => {
+                if cfg!(not(feature = "etcd")) {
+                    return Err(TargetError::FeatureDisabled {
+                        scheme: "etcd",
+                        feature: "etcd",
+                    });
+                }
+                Ok(Target::Etcd {
+                    prefix: format!("/{rest}"),
+                })
+            }
+            "k8s" => {
+                if cfg!(not(feature = "k8s")) {
+                    return Err(TargetError::FeatureDisabled {
+                        scheme: "k8s",
+                        feature: "k8s",
+                    });
+                }
+                let k8s_syntax =
+                    || syntax("expected k8s:///namespace/service:port or k8s:///namespace/service");
+                let (namespace, service) = rest.split_once('/').ok_or_else(k8s_syntax)?;
+                let (service, port) = service.split_once(':').unwrap_or((service, ""));
+                if namespace.is_empty() || service.is_empty() || service.contains('/') {
+                    return Err(k8s_syntax());
+                }
+                Ok(Target::K8s {
+                    namespace: namespace.to_string(),
+                    service: service.to_string(),
+                    port: port.to_string(),
+                })
+            }
             _ => Err(TargetError::UnknownScheme {
                 scheme: scheme.to_string(),
             }),
@@ -219,6 +281,17 @@ impl fmt::Display for Target {
             Target::File(path) => write!(f, "file://{}", path.display()),
             Target::DnsHost { host, port } => write!(f, "dns:///{host}:{port}"),
             Target::DnsSrv { name } => write!(f, "dns:///{name}"),
+            Target::Etcd { prefix } => write!(f, "etcd://{prefix}"),
+            Target::K8s {
+                namespace,
+                service,
+                port,
+            } if port.is_empty() => write!(f, "k8s:///{namespace}/{service}"),
+            Target::K8s {
+                namespace,
+                service,
+                port,
+            } => write!(f, "k8s:///{namespace}/{service}:{port}"),
         }
     }
 }
@@ -235,6 +308,27 @@ pub(crate) struct Sources {
     /// The resolver of `dns:` targets; the system's configuration if `None`.
     #[cfg(feature = "dns")]
     pub(crate) dns: Option<crate::discovery::dns::Dns>,
+    /// The source of `etcd:` targets.
+    #[cfg(feature = "etcd")]
+    pub(crate) etcd: Option<crate::discovery::etcd::Etcd>,
+    /// The source of `k8s:` targets.
+    #[cfg(feature = "k8s")]
+    pub(crate) k8s: Option<crate::discovery::k8s::K8s>,
+}
+
+impl Sources {
+    /// The settings of a builder that was given no source.
+    pub(crate) fn new(file_poll_interval: Duration) -> Self {
+        Self {
+            file_poll_interval,
+            #[cfg(feature = "dns")]
+            dns: None,
+            #[cfg(feature = "etcd")]
+            etcd: None,
+            #[cfg(feature = "k8s")]
+            k8s: None,
+        }
+    }
 }
 
 impl Target {
@@ -255,9 +349,7 @@ impl Target {
                     .map_err(crate::BuildError::Discovery)?;
                 Box::pin(file.updates().map(|update| {
                     let update = update.unwrap_or_else(|never| match never {});
-                    Ok(map_update(update, |addr: SocketAddr, _| {
-                        Backend::from(addr)
-                    }))
+                    Ok(map_update(update, |addr, _| Backend::from(*addr)))
                 }))
             }
             #[cfg(feature = "dns")]
@@ -269,6 +361,52 @@ impl Target {
                 return Err(crate::BuildError::Target(TargetError::FeatureDisabled {
                     scheme: "dns",
                     feature: "dns",
+                }))
+            }
+            #[cfg(feature = "etcd")]
+            Target::Etcd { prefix } => {
+                let etcd = sources.etcd.as_ref().ok_or(TargetError::NoSource {
+                    scheme: "etcd",
+                    setter: "etcd",
+                })?;
+                Box::pin(etcd.updates(prefix).map(|update| {
+                    let update = update.unwrap_or_else(|never| match never {});
+                    Ok(map_update(update, |_, endpoint| Backend {
+                        authority: endpoint.addr,
+                        weight: endpoint.weight.max(1),
+                    }))
+                }))
+            }
+            #[cfg(not(feature = "etcd"))]
+            Target::Etcd { .. } => {
+                return Err(crate::BuildError::Target(TargetError::FeatureDisabled {
+                    scheme: "etcd",
+                    feature: "etcd",
+                }))
+            }
+            #[cfg(feature = "k8s")]
+            Target::K8s {
+                namespace,
+                service,
+                port,
+            } => {
+                let k8s = sources.k8s.as_ref().ok_or(TargetError::NoSource {
+                    scheme: "k8s",
+                    setter: "k8s",
+                })?;
+                let service = k8s
+                    .service(namespace, service, port)
+                    .map_err(crate::BuildError::Discovery)?;
+                Box::pin(service.updates().map(|update| {
+                    let update = update.unwrap_or_else(|never| match never {});
+                    Ok(map_update(update, |addr, _| Backend::from(*addr)))
+                }))
+            }
+            #[cfg(not(feature = "k8s"))]
+            Target::K8s { .. } => {
+                return Err(crate::BuildError::Target(TargetError::FeatureDisabled {
+                    scheme: "k8s",
+                    feature: "k8s",
                 }))
             }
         })
@@ -297,21 +435,21 @@ fn dns_updates(
     let query = query.map_err(crate::BuildError::Discovery)?;
     Ok(Box::pin(query.updates().map(|update| {
         let update = update.unwrap_or_else(|never| match never {});
-        Ok(map_update(update, |addr: SocketAddr, endpoint| Backend {
+        Ok(map_update(update, |addr, endpoint| Backend {
             authority: addr.to_string(),
             weight: u32::from(endpoint.weight).max(1),
         }))
     })))
 }
 
-/// A source's update keyed by address, its targets made backends.
-fn map_update<T>(
-    update: Update<SocketAddr, T>,
-    backend: impl Fn(SocketAddr, T) -> Backend,
+/// A source's update keyed by its keys' text, its targets made backends.
+fn map_update<K: ToString, T>(
+    update: Update<K, T>,
+    backend: impl Fn(&K, T) -> Backend,
 ) -> Update<String, Backend> {
-    let set = |set: Vec<(SocketAddr, T)>| {
+    let set = |set: Vec<(K, T)>| {
         set.into_iter()
-            .map(|(addr, target)| (addr.to_string(), backend(addr, target)))
+            .map(|(key, target)| (key.to_string(), backend(&key, target)))
             .collect()
     };
     match update {
@@ -397,6 +535,42 @@ mod tests {
             "dns:///greeter.internal".parse::<Target>(),
             Err(TargetError::Authority { .. })
         ));
+    }
+
+    #[cfg(all(feature = "etcd", feature = "k8s"))]
+    #[test]
+    fn etcd_and_k8s_targets_name_a_prefix_and_a_service() {
+        let etcd: Target = "etcd:///services/api/".parse().unwrap();
+        assert_eq!(
+            etcd,
+            Target::Etcd {
+                prefix: "/services/api/".into()
+            }
+        );
+        assert_eq!(etcd.to_string(), "etcd:///services/api/");
+        let k8s: Target = "k8s:///prod/greeter:grpc".parse().unwrap();
+        assert_eq!(
+            k8s,
+            Target::K8s {
+                namespace: "prod".into(),
+                service: "greeter".into(),
+                port: "grpc".into()
+            }
+        );
+        assert_eq!(k8s.to_string(), "k8s:///prod/greeter:grpc");
+        let unnamed: Target = "k8s:///prod/greeter".parse().unwrap();
+        assert_eq!(unnamed.to_string(), "k8s:///prod/greeter");
+        for bad in [
+            "k8s:///prod",
+            "k8s:///prod/",
+            "k8s:////greeter",
+            "k8s:///a/b/c",
+        ] {
+            assert!(
+                matches!(bad.parse::<Target>(), Err(TargetError::Syntax { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -29,10 +29,10 @@
 //!   client-streaming calls are retried with no code per method. A body past the bound is sent
 //!   once and never retried; an answer that wanted a retry then says so, naming the bound (see
 //!   [`retry::replay`](crate::retry::replay)).
-//! - **[`PoolQueue`]**: the target's discovery applied as it arrives,
+//! - **[`PoolQueue`](crate::pool::PoolQueue)**: the target's discovery applied as it arrives,
 //!   and every call failed fast with `UNAVAILABLE` once no backend has been ready for the
 //!   failfast timeout.
-//! - **[`P2cPool`]** over our PeakEwma, with outlier ejection on
+//! - **[`P2cPool`](crate::p2c::P2cPool)** over our PeakEwma, with outlier ejection on
 //!   `UNAVAILABLE` and 5xx ([`Unavailable`]); each backend
 //!   a lazily connecting tonic channel ([`MakeGrpcEndpoint`]).
 //! - **Ready means reachable** ([`Reachable`](crate::endpoint::Reachable)): a backend whose
@@ -113,9 +113,7 @@ pub struct ChannelBuilder {
     endpoint: MakeGrpcEndpoint,
     deadline: Option<Duration>,
     replay_limit: usize,
-    file_poll_interval: Duration,
-    #[cfg(feature = "dns")]
-    dns: Option<crate::discovery::dns::Dns>,
+    sources: Sources,
 }
 
 impl Channel {
@@ -208,7 +206,7 @@ impl ChannelBuilder {
     /// How often a `file:` target's file is re-read
     /// ([`DEFAULT_FILE_POLL_INTERVAL`](Self::DEFAULT_FILE_POLL_INTERVAL)).
     pub fn file_poll_interval(mut self, interval: Duration) -> Self {
-        self.file_poll_interval = interval;
+        self.sources.file_poll_interval = interval;
         self
     }
 
@@ -216,7 +214,23 @@ impl ChannelBuilder {
     /// configuration by default (feature `dns`).
     #[cfg(feature = "dns")]
     pub fn dns(mut self, dns: crate::discovery::dns::Dns) -> Self {
-        self.dns = Some(dns);
+        self.sources.dns = Some(dns);
+        self
+    }
+
+    /// The source of an `etcd:` target: an [`Etcd`](crate::discovery::etcd::Etcd) over a
+    /// connected etcd client, with its retry settings (feature `etcd`).
+    #[cfg(feature = "etcd")]
+    pub fn etcd(mut self, etcd: crate::discovery::etcd::Etcd) -> Self {
+        self.sources.etcd = Some(etcd);
+        self
+    }
+
+    /// The source of a `k8s:` target: a [`K8s`](crate::discovery::k8s::K8s) over a
+    /// Kubernetes client, with its retry settings (feature `k8s`).
+    #[cfg(feature = "k8s")]
+    pub fn k8s(mut self, k8s: crate::discovery::k8s::K8s) -> Self {
+        self.sources.k8s = Some(k8s);
         self
     }
 
@@ -224,11 +238,6 @@ impl ChannelBuilder {
     /// target and every setting, and spawns the queue's worker on the current tokio runtime.
     pub fn build(self, target: &str) -> Result<Channel, BuildError> {
         let target: Target = target.parse()?;
-        let sources = Sources {
-            file_poll_interval: self.file_poll_interval,
-            #[cfg(feature = "dns")]
-            dns: self.dns,
-        };
         let parts = StackParts {
             retry: self.retry,
             queue: self.queue,
@@ -240,7 +249,7 @@ impl ChannelBuilder {
             classify: GrpcAttemptClassify,
             health: Unavailable,
         };
-        let (stack, metrics) = parts.build(&target, &sources)?;
+        let (stack, metrics) = parts.build(&target, &self.sources)?;
         Ok(Channel {
             stack,
             shared: Arc::new(Shared {
@@ -263,9 +272,7 @@ impl Default for ChannelBuilder {
             endpoint: MakeGrpcEndpoint::new(),
             deadline: None,
             replay_limit: Self::DEFAULT_REPLAY_LIMIT,
-            file_poll_interval: Self::DEFAULT_FILE_POLL_INTERVAL,
-            #[cfg(feature = "dns")]
-            dns: None,
+            sources: Sources::new(Self::DEFAULT_FILE_POLL_INTERVAL),
         }
     }
 }
@@ -278,7 +285,7 @@ impl fmt::Debug for ChannelBuilder {
             .field("pool", &self.pool)
             .field("deadline", &self.deadline)
             .field("replay_limit", &self.replay_limit)
-            .field("file_poll_interval", &self.file_poll_interval)
+            .field("file_poll_interval", &self.sources.file_poll_interval)
             .finish_non_exhaustive()
     }
 }

@@ -94,9 +94,7 @@ pub struct ClientBuilder {
     deadline: Option<Duration>,
     replay_limit: usize,
     http2_only: bool,
-    file_poll_interval: Duration,
-    #[cfg(feature = "dns")]
-    dns: Option<crate::discovery::dns::Dns>,
+    sources: Sources,
 }
 
 impl Client {
@@ -201,7 +199,7 @@ impl ClientBuilder {
     /// How often a `file:` target's file is re-read
     /// ([`DEFAULT_FILE_POLL_INTERVAL`](Self::DEFAULT_FILE_POLL_INTERVAL)).
     pub fn file_poll_interval(mut self, interval: Duration) -> Self {
-        self.file_poll_interval = interval;
+        self.sources.file_poll_interval = interval;
         self
     }
 
@@ -209,7 +207,23 @@ impl ClientBuilder {
     /// `dns`).
     #[cfg(feature = "dns")]
     pub fn dns(mut self, dns: crate::discovery::dns::Dns) -> Self {
-        self.dns = Some(dns);
+        self.sources.dns = Some(dns);
+        self
+    }
+
+    /// The source of an `etcd:` target: an [`Etcd`](crate::discovery::etcd::Etcd) over a
+    /// connected etcd client, with its retry settings (feature `etcd`).
+    #[cfg(feature = "etcd")]
+    pub fn etcd(mut self, etcd: crate::discovery::etcd::Etcd) -> Self {
+        self.sources.etcd = Some(etcd);
+        self
+    }
+
+    /// The source of a `k8s:` target: a [`K8s`](crate::discovery::k8s::K8s) over a
+    /// Kubernetes client, with its retry settings (feature `k8s`).
+    #[cfg(feature = "k8s")]
+    pub fn k8s(mut self, k8s: crate::discovery::k8s::K8s) -> Self {
+        self.sources.k8s = Some(k8s);
         self
     }
 
@@ -217,11 +231,6 @@ impl ClientBuilder {
     /// target and every setting, and spawns the queue's worker on the current tokio runtime.
     pub fn build(self, target: &str) -> Result<Client, BuildError> {
         let target: Target = target.parse()?;
-        let sources = Sources {
-            file_poll_interval: self.file_poll_interval,
-            #[cfg(feature = "dns")]
-            dns: self.dns,
-        };
         let mut http = MakeHttpEndpoint::new();
         if self.http2_only {
             http = http.http2_only();
@@ -235,7 +244,7 @@ impl ClientBuilder {
             classify: AttemptClassify(self.classify),
             health: ServerErrors,
         };
-        let (stack, metrics) = parts.build(&target, &sources)?;
+        let (stack, metrics) = parts.build(&target, &self.sources)?;
         Ok(Client {
             stack,
             shared: Arc::new(Shared {
@@ -258,9 +267,7 @@ impl Default for ClientBuilder {
             deadline: None,
             replay_limit: Self::DEFAULT_REPLAY_LIMIT,
             http2_only: false,
-            file_poll_interval: Self::DEFAULT_FILE_POLL_INTERVAL,
-            #[cfg(feature = "dns")]
-            dns: None,
+            sources: Sources::new(Self::DEFAULT_FILE_POLL_INTERVAL),
         }
     }
 }
@@ -275,7 +282,7 @@ impl fmt::Debug for ClientBuilder {
             .field("deadline", &self.deadline)
             .field("replay_limit", &self.replay_limit)
             .field("http2_only", &self.http2_only)
-            .field("file_poll_interval", &self.file_poll_interval)
+            .field("file_poll_interval", &self.sources.file_poll_interval)
             .finish_non_exhaustive()
     }
 }

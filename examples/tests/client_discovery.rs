@@ -1,0 +1,155 @@
+//! `grpc::Channel` and `http::Client` built from `dns:///` and `etcd:///` targets, against the
+//! discovery tests' own real servers: hickory-server in this process for DNS, and a real
+//! `/usr/bin/etcd` per test (portcullis-discovery's test servers, included by `#[path]`).
+//!
+//! Real time; every wait is bounded.
+
+#[path = "../../crates/portcullis-discovery/tests/support/dns_server.rs"]
+mod dns_server;
+#[path = "../../crates/portcullis-discovery/tests/support/etcd_server.rs"]
+mod etcd_server;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use dns_server::{Rr, TestDns};
+use etcd_server::EtcdServer;
+use portcullis::discovery::etcd::Etcd;
+use portcullis::grpc::Channel;
+use portcullis::http::Client;
+use portcullis::target::TargetError;
+use portcullis::BuildError;
+use portcullis_examples::backend::{Backend, Behavior};
+use portcullis_examples::echo::pb::{echo_client::EchoClient, EchoRequest};
+use portcullis_examples::echo::{EchoBackend, EchoScript};
+
+const BOUND: Duration = Duration::from_secs(20);
+
+/// Waits, bounded, until `done` holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The servers that answered `n` calls.
+async fn served_by(client: &mut EchoClient<Channel>, n: usize) -> BTreeSet<String> {
+    let mut served = BTreeSet::new();
+    for _ in 0..n {
+        let call = client.unary(EchoRequest { payload: vec![] });
+        let reply = tokio::time::timeout(BOUND, call).await.expect("bounded");
+        served.insert(reply.unwrap().into_inner().server);
+    }
+    served
+}
+
+#[tokio::test]
+async fn a_channel_follows_srv_records() {
+    let script = EchoScript::new();
+    let mut servers = Vec::new();
+    for name in ["a", "b", "c"] {
+        servers.push(EchoBackend::start(name, script.clone()).await.unwrap());
+    }
+    let srv = |server: &EchoBackend| {
+        Rr::Srv(
+            "_grpc._tcp.echo.test.",
+            0,
+            1,
+            server.addr.port(),
+            "lo.test.",
+            1,
+        )
+    };
+    let lo = Rr::A("lo.test.", [127, 0, 0, 1], 1);
+    let mut dns = TestDns::start(vec![lo.clone(), srv(&servers[0]), srv(&servers[1])]).await;
+
+    let channel = Channel::builder()
+        .dns(dns.client())
+        .build("dns:///_grpc._tcp.echo.test.")
+        .unwrap();
+    let mut client = EchoClient::new(channel.clone());
+    eventually("a and b found", || {
+        channel.metrics().snapshot().pool.ready == 2
+    })
+    .await;
+    assert_eq!(
+        served_by(&mut client, 20).await,
+        ["a", "b"].map(String::from).into()
+    );
+
+    // c published in place of a and b: the channel takes the change on the next resolution.
+    dns.set(vec![lo, srv(&servers[2])]);
+    eventually("c alone", || {
+        let pool = channel.metrics().snapshot().pool;
+        (pool.ready, pool.pending + pool.failed) == (1, 0)
+    })
+    .await;
+    assert_eq!(
+        served_by(&mut client, 10).await,
+        ["c"].map(String::from).into()
+    );
+}
+
+#[tokio::test]
+async fn a_client_follows_an_etcd_prefix() {
+    let etcd = EtcdServer::start().await;
+    let mut kv = etcd.client().await.unwrap();
+    let a = Backend::start("a", Behavior::default()).await.unwrap();
+    let b = Backend::start("b", Behavior::default()).await.unwrap();
+    let prefix = "/services/api/";
+    kv.put(format!("{prefix}a"), a.addr.to_string(), None)
+        .await
+        .unwrap();
+    kv.put(format!("{prefix}b"), b.addr.to_string(), None)
+        .await
+        .unwrap();
+
+    let source = Etcd::builder()
+        .backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .build(etcd.client().await.unwrap())
+        .unwrap();
+    let client = Client::builder()
+        .etcd(source)
+        .build("etcd:///services/api/")
+        .unwrap();
+    eventually("a and b found", || {
+        client.metrics().snapshot().pool.ready == 2
+    })
+    .await;
+    for _ in 0..20 {
+        let request = http::Request::get("/").body(String::new()).unwrap();
+        let response = tokio::time::timeout(BOUND, client.request(request))
+            .await
+            .expect("bounded")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert!(a.requests() > 0 && b.requests() > 0);
+
+    // a's key deleted: no request reaches a once the client has the change.
+    kv.delete(format!("{prefix}a"), None).await.unwrap();
+    eventually("a removed", || {
+        let pool = client.metrics().snapshot().pool;
+        pool.ready + pool.pending + pool.failed == 1
+    })
+    .await;
+    let before = a.requests();
+    for _ in 0..10 {
+        let request = http::Request::get("/").body(String::new()).unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(a.requests(), before);
+}
+
+#[tokio::test]
+async fn an_etcd_target_without_its_source_is_a_typed_error() {
+    match Channel::from_target("etcd:///services/api/") {
+        Err(BuildError::Target(TargetError::NoSource { scheme, setter })) => {
+            assert_eq!((scheme, setter), ("etcd", "etcd"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
