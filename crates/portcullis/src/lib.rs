@@ -166,7 +166,7 @@ pub use error::BuildError;
 
 /// The repository README's stack, run as a doctest so that it stays true. Only in doctests:
 /// the README is outside the published package.
-#[cfg(all(doctest, feature = "http"))]
+#[cfg(all(doctest, feature = "http", feature = "grpc"))]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
 #[cfg(feature = "prometheus")]
