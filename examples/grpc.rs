@@ -1,48 +1,40 @@
-//! A tonic client over the portcullis stack, against three tonic servers on 127.0.0.1 that
-//! this program starts (`grpc.health.v1.Health` from tonic-health, so no protoc is needed).
+//! A tonic client over `portcullis::grpc::Channel`, against three tonic servers on 127.0.0.1
+//! that this program starts (`grpc.health.v1.Health` from tonic-health).
 //!
-//! The stack, top to bottom:
+//! The client set-up is the generated client over a channel:
 //!
 //! ```text
-//! Retry (GrpcClassify, 20 % budget, jittered backoff, 1 s deadline)
-//!   → HealthCheck: HealthClient::check as a Service<HealthCheckRequest, Error = tonic::Status>
-//!     → PoolQueue → P2cPool (PeakEwma) → one tonic Channel per server (connect_lazy)
+//! let channel = Channel::builder().deadline(1 s).queue(..).build("static:///a,b,c")?;
+//! let health = HealthClient::new(channel);
 //! ```
 //!
-//! The retry layer sits *above* the generated client, not over the `Channel`: a `Channel`
-//! fails only on transport errors, and a gRPC status such as `UNAVAILABLE` arrives inside a
-//! successful HTTP response (`grpc-status`), which the generated client turns into a
-//! `tonic::Status`. There the gRPC classifier sees the real code and the
-//! `grpc-retry-pushback-ms` metadata. The queue and the pool are the client's transport, so
-//! every retry is a fresh pick of a server. A refused connection also reaches the classifier:
-//! tonic maps a connect error to `UNAVAILABLE`.
+//! Under the channel: `Retry` (trailers-only `UNAVAILABLE` retried, a budget), `PoolQueue`,
+//! `P2cPool` over PeakEwma with ejection, one tonic connection per server. The retry sits
+//! under the generated client, at the transport, so every generated method is retried with
+//! no code of its own: the request body is kept (up to 64 KiB) to be sent again.
 //!
 //! Timeline (3 s of load from 4 callers):
 //!
-//! 1. `charlie` answers `UNAVAILABLE` with `grpc-retry-pushback-ms: 25`: its calls are retried
-//!    after 25 ms, on whichever server p2c picks, as far as the budget allows;
+//! 1. `charlie` answers `UNAVAILABLE` with `grpc-retry-pushback-ms: 25`: each answer holds
+//!    charlie out of the pick for 25 ms, and the call is retried at once on another server;
 //! 2. `charlie` serves again but its health reports `NOT_SERVING`: a successful RPC whose body
 //!    says not serving, which the retry layer rightly leaves alone;
 //! 3. everyone is `SERVING`.
 //!
-//! Watch `charlie`'s share of the calls in phase 1: its `UNAVAILABLE` answers are fast, and
-//! PeakEwma, which measures only how long the HTTP exchange took, ranks a server that fails
-//! fast as the least loaded, so p2c sends it *more* first attempts. The budget keeps the
-//! retries at about 20 % of the traffic, so some calls give up.
+//! Watch `charlie`'s share of the calls in phase 1: its pushback keeps it out of the pick, so
+//! it gets a fraction of the calls, and no call gives up.
 //!
-//! Then three single calls over a client of `charlie` alone: an unknown service (`NOT_FOUND`,
-//! not retried), a negative pushback (retrying stops), and a 200 ms pushback (the retry waits
-//! for it).
+//! Then three single calls over a channel to `charlie` alone: an unknown service
+//! (`NOT_FOUND`, not retried), a negative pushback (retrying stops), and a 200 ms pushback
+//! (with no other server, the call waits the 200 ms for charlie).
 
+use portcullis::grpc::Channel;
+use portcullis::pool::PoolQueue;
 use portcullis_examples::{
     endpoint::BoxError,
-    grpc::{self, Fault, Faults, HealthBackend},
-};
-use portcullis_retry::{
-    classify::grpc::GrpcClassify, Backoff, Retry, RetryError, RetryLayer, StopReason,
+    grpc::{Fault, Faults, HealthBackend},
 };
 use std::{
-    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
@@ -50,8 +42,10 @@ use std::{
     time::Duration,
 };
 use tokio::time::Instant;
-use tonic_health::{pb::health_check_response::ServingStatus, ServingStatus as Reported};
-use tower::{Layer, ServiceExt};
+use tonic_health::{
+    pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest},
+    ServingStatus as Reported,
+};
 
 const CALLERS: usize = 4;
 const PHASE: Duration = Duration::from_secs(1);
@@ -82,16 +76,8 @@ async fn main() -> Result<(), BoxError> {
     }
     println!();
 
-    let retry = retry_layer()?;
-    let targets: Vec<_> = backends.iter().map(HealthBackend::target).collect();
-    let queue = grpc::transport(
-        &targets,
-        portcullis_pool::PoolQueue::builder()
-            .capacity(64)
-            .failfast_timeout(Duration::from_secs(1)),
-    )?;
-    let pool_metrics = queue.metrics();
-    let client = retry.layer(grpc::HealthCheck::new(queue));
+    let channel = channel_to(&backends)?;
+    let client = HealthClient::new(channel.clone());
 
     let tallies: Arc<[Tally; 3]> = Arc::default();
     let phase = Arc::new(AtomicUsize::new(0));
@@ -102,9 +88,9 @@ async fn main() -> Result<(), BoxError> {
             let (tallies, phase, stop) = (tallies.clone(), phase.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let result = client.clone().oneshot(grpc::check_request("")).await;
+                    let result = client.clone().check(check("")).await;
                     let tally = &tallies[phase.load(Ordering::Relaxed).min(2)];
-                    match result.map(|response| response.status()) {
+                    match result.map(|response| response.into_inner().status()) {
                         Ok(ServingStatus::Serving) => &tally.serving,
                         Ok(_) => &tally.not_serving,
                         Err(_) => &tally.gave_up,
@@ -178,7 +164,8 @@ async fn main() -> Result<(), BoxError> {
         let _ = tokio::time::timeout(Duration::from_secs(2), caller).await;
     }
 
-    let r = retry.metrics().snapshot();
+    let metrics = channel.metrics().snapshot();
+    let r = &metrics.retry;
     println!(
         "\nretry: {} requests, {} attempts, {} retries; ended: {} succeeded, {} permanent, \
          {} budget exhausted, {} attempts exhausted, {} deadline",
@@ -191,16 +178,15 @@ async fn main() -> Result<(), BoxError> {
         r.attempts_exhausted,
         r.deadline
     );
-    let q = pool_metrics.snapshot();
+    let q = &metrics.queue;
     println!(
         "queue: {} endpoints ready, failfast entered {} times, {} requests dispatched",
         q.endpoints.ready,
         q.failfast_entered,
-        q.in_queue.dispatched.len()
+        q.in_queue.dispatched.len() + q.direct_dispatches
     );
 
-    println!("\nsingle calls over a client of charlie alone:");
-    let only_charlie = [charlie.target()];
+    println!("\nsingle calls over a channel to charlie alone:");
     let demos = [
         ("unknown service", "no.such.Service", None),
         ("UNAVAILABLE, pushback -1", "", Some("-1")),
@@ -210,57 +196,39 @@ async fn main() -> Result<(), BoxError> {
         if let Some(pushback) = pushback {
             charlie_faults.fail_next(1, Fault::unavailable().with_pushback(pushback));
         }
-        let (result, attempts, took) = once(&only_charlie, service).await?;
-        println!("   {label:<26} {result}; {attempts} attempt(s) in {took:.0?}");
+        let channel = channel_to(std::slice::from_ref(charlie))?;
+        let started = Instant::now();
+        let result = HealthClient::new(channel.clone())
+            .check(check(service))
+            .await;
+        let took = started.elapsed();
+        let shown = match result {
+            Ok(response) => format!("ok {:?}", response.into_inner().status()),
+            Err(status) => format!("{:?}: {}", status.code(), status.message()),
+        };
+        let attempts = channel.metrics().snapshot().retry.attempts;
+        println!("   {label:<26} {shown}; {attempts} attempt(s) in {took:.0?}");
     }
     Ok(())
 }
 
-fn retry_layer() -> Result<RetryLayer<GrpcClassify>, BoxError> {
-    Ok(Retry::builder()
-        .max_attempts(3)
-        .backoff(Backoff::new(Duration::from_millis(5), 2.0, Duration::from_millis(50)).unwrap())
-        .attempt_timeout(Duration::from_millis(500))
+/// The channel over `backends`: a 1 s deadline per call, a queue of 64 that fails fast after
+/// 1 s with no server ready.
+fn channel_to(backends: &[HealthBackend]) -> Result<Channel, BoxError> {
+    let addrs: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+    Ok(Channel::builder()
         .deadline(Duration::from_secs(1))
-        .build_layer(GrpcClassify::new())?)
+        .queue(
+            PoolQueue::builder()
+                .capacity(64)
+                .failfast_timeout(Duration::from_secs(1)),
+        )
+        .build(&format!("static:///{}", addrs.join(",")))?)
 }
 
-/// One check of `service` through a fresh stack over `targets`: what came back, how many
-/// attempts it took, and how long.
-async fn once(
-    targets: &[(String, SocketAddr)],
-    service: &str,
-) -> Result<(String, u64, Duration), BoxError> {
-    let retry = retry_layer()?;
-    let queue = grpc::transport(
-        targets,
-        portcullis_pool::PoolQueue::builder()
-            .capacity(8)
-            .failfast_timeout(Duration::from_secs(1)),
-    )?;
-    let client = retry.layer(grpc::HealthCheck::new(queue));
-    let started = Instant::now();
-    let result = client.oneshot(grpc::check_request(service)).await;
-    let took = started.elapsed();
-    let shown = match result {
-        Ok(response) => format!("ok {:?}", response.status()),
-        Err(err) => describe(&err),
-    };
-    Ok((shown, retry.metrics().snapshot().attempts, took))
-}
-
-/// A give-up as a reader wants it: the gRPC code and the retry layer's reason.
-fn describe(err: &BoxError) -> String {
-    let Some(retry) = err.downcast_ref::<RetryError>() else {
-        return format!("error: {err}");
-    };
-    let code = retry
-        .inner()
-        .and_then(|inner| inner.downcast_ref::<tonic::Status>())
-        .map_or_else(|| "no status".to_string(), |s| format!("{:?}", s.code()));
-    let reason = match retry.reason() {
-        StopReason::Permanent => "not retried",
-        other => return format!("{code}, gave up: {other}"),
-    };
-    format!("{code}, {reason}")
+/// A health check of `service` (`""`: the server as a whole).
+fn check(service: &str) -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: service.to_string(),
+    }
 }
