@@ -330,3 +330,74 @@ fn find<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
     }
     false
 }
+
+/// A gRPC server written by hand on hyper, whose first answer sends its head, then trailers
+/// with `UNAVAILABLE` and no message (not trailers-only: the status arrives after the head),
+/// and every later answer an `EchoReply` from "raw".
+async fn late_status_server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU32>) {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use prost::Message;
+    use std::sync::atomic::Ordering;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let calls = counted.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                    let nth = calls.fetch_add(1, Ordering::Relaxed);
+                    async move {
+                        // The whole request is read first, as a gRPC server reads a unary
+                        // call's message before it answers.
+                        let _ = http_body_util::BodyExt::collect(
+                            request.into_body() as hyper::body::Incoming
+                        )
+                        .await;
+                        let mut trailers = http::HeaderMap::new();
+                        let mut frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+                            Vec::new();
+                        if nth == 0 {
+                            trailers.insert("grpc-status", "14".parse().unwrap());
+                            trailers.insert("grpc-message", "late".parse().unwrap());
+                        } else {
+                            let reply = portcullis_examples::echo::pb::EchoReply {
+                                server: "raw".into(),
+                                bytes: 0,
+                            }
+                            .encode_to_vec();
+                            let mut message = vec![0u8];
+                            message.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+                            message.extend_from_slice(&reply);
+                            frames.push(Ok(Frame::data(Bytes::from(message))));
+                            trailers.insert("grpc-status", "0".parse().unwrap());
+                        }
+                        frames.push(Ok(Frame::trailers(trailers)));
+                        let body = StreamBody::new(futures_util::stream::iter(frames));
+                        http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(body)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, calls)
+}
+
+#[tokio::test]
+async fn a_status_in_trailers_before_any_message_is_retried() {
+    let (addr, calls) = late_status_server().await;
+    let channel = Channel::from_target(&format!("static:///{addr}")).unwrap();
+    let mut client = EchoClient::new(channel);
+    assert_eq!(unary(&mut client, 8).await.unwrap(), "raw");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 2);
+}

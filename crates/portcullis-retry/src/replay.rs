@@ -140,6 +140,12 @@ impl<B> ReplayBody<B> {
         !state.overflowed && !state.failed
     }
 
+    /// Whether the original body has been read to its end (its trailers, if any, included):
+    /// then a copy within the bound holds all of it.
+    pub fn is_whole(&self) -> bool {
+        self.lock().ended
+    }
+
     /// The bound on the recording, in bytes.
     pub fn limit(&self) -> usize {
         self.lock().limit
@@ -402,10 +408,12 @@ mod tests {
         trailers.insert("grpc-status", "0".parse().unwrap());
         tx.send(Ok(Frame::trailers(trailers.clone()))).unwrap();
         drop(tx);
+        assert!(!template.is_whole());
         let collected = (&mut first).collect().await.unwrap();
         assert_eq!(collected.trailers(), Some(&trailers));
         assert_eq!(collected.to_bytes(), "abcd");
         assert!(first.is_end_stream());
+        assert!(template.is_whole());
 
         let again = template.replay().unwrap();
         assert_eq!(again.size_hint().exact(), Some(4));

@@ -11,6 +11,7 @@ use crate::retry::classify::{grpc::classify_code, Decision};
 use crate::retry::replay::ReplayBody;
 use crate::target::Backend;
 use http::{HeaderValue, Request, Response};
+use http_body::Body as _;
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
@@ -83,19 +84,27 @@ impl Service<AttemptRequest> for Attempt {
                 request.headers_mut().insert(timeout::GRPC_TIMEOUT, value);
             }
         }
+        let sent = request.body().replay();
         AttemptFuture {
             inner: self.channel.call(request.map(Body::new)),
             hold: self.hold.note(),
+            sent,
+            head: None,
         }
     }
 }
 
 pin_project! {
-    /// An attempt's response: a pushback in its head holds the endpoint for that long.
+    /// An attempt's response, handed on once its status can be known: a pushback in it holds
+    /// the endpoint for that long.
     pub(crate) struct AttemptFuture {
         #[pin]
         inner: tonic::transport::channel::ResponseFuture,
         hold: Arc<HoldNote>,
+        // The request's body, looked at (never read) when the head arrives.
+        sent: Option<ReplayBody<Body>>,
+        // A head without `grpc-status`, waiting for its body's first frame.
+        head: Option<(http::response::Parts, Body)>,
     }
 }
 
@@ -104,15 +113,99 @@ impl Future for AttemptFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        if let Ok(response) = &result {
-            if let Some((code, pushback)) = head_status(response) {
-                if let Decision::Retry { after: Some(delay) } = classify_code(code, pushback) {
-                    tracing::debug!(?delay, "backend pushed back: held out of the pick");
-                    this.hold.hold_for(delay);
-                }
+        if this.head.is_none() {
+            let response = match ready!(this.inner.poll(cx)) {
+                Ok(response) => response,
+                Err(error) => return Poll::Ready(Err(error)),
+            };
+            // Waits for the first frame only for a request sent whole that could be sent
+            // again: a call still streaming its request (bidirectional) may be waiting for
+            // its response's head before it sends more, and a body past the bound would not
+            // be retried anyway.
+            let retryable = this
+                .sent
+                .take()
+                .is_some_and(|body| body.is_whole() && body.is_replayable());
+            if retryable && head_status(&response).is_none() {
+                *this.head = Some(response.into_parts());
+            } else {
+                note_pushback(&response, this.hold);
+                return Poll::Ready(Ok(response));
             }
         }
-        Poll::Ready(result)
+        let Some((_, body)) = this.head.as_mut() else {
+            return Poll::Pending;
+        };
+        let first = ready!(Pin::new(body).poll_frame(cx));
+        let Some((parts, body)) = this.head.take() else {
+            return Poll::Pending;
+        };
+        let response = with_first_frame(parts, body, first);
+        note_pushback(&response, this.hold);
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// A pushback in a response's head holds its endpoint for that long.
+fn note_pushback(response: &Response<Body>, hold: &HoldNote) {
+    if let Some((code, pushback)) = head_status(response) {
+        if let Decision::Retry { after: Some(delay) } = classify_code(code, pushback) {
+            tracing::debug!(?delay, "backend pushed back: held out of the pick");
+            hold.hold_for(delay);
+        }
+    }
+}
+
+/// A response whose head carried no `grpc-status`, put back together with its body's first
+/// frame: if that frame is the trailers (no message came before them), they go into the head,
+/// which makes it the trailers-only response it is in effect, classified like one; a first
+/// frame that is data goes back in front of the body.
+fn with_first_frame(
+    mut parts: http::response::Parts,
+    rest: Body,
+    first: Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>,
+) -> Response<Body> {
+    let body = match first {
+        Some(Ok(frame)) => match frame.into_trailers() {
+            Ok(trailers) => {
+                parts.headers.extend(trailers);
+                Body::empty()
+            }
+            Err(frame) => Body::new(Prepend {
+                first: Some(Ok(frame)),
+                rest,
+            }),
+        },
+        Some(Err(status)) => Body::new(Prepend {
+            first: Some(Err(status)),
+            rest,
+        }),
+        None => Body::empty(),
+    };
+    Response::from_parts(parts, body)
+}
+
+/// A body with its first frame, already read, put back in front.
+struct Prepend {
+    first: Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>,
+    rest: Body,
+}
+
+impl http_body::Body for Prepend {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(first));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
     }
 }

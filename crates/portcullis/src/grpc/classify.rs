@@ -31,8 +31,10 @@ pub(crate) fn head_status<B>(response: &Response<B>) -> Option<(Code, Option<&st
 /// - a transport error (the connection failed or broke before a response head: tonic reports
 ///   it as `UNAVAILABLE`).
 ///
-/// A response that starts streaming (a head with no `grpc-status`) is handed on and never
-/// retried, whatever its trailers say later. The queue's refusals and a stopped queue are not
+/// A response whose body began with its trailers (a status before any message) reaches here
+/// with them in its head, as a trailers-only one (the attempt moved them there). A response
+/// that starts streaming messages is handed on and never retried, whatever its trailers say
+/// later. The queue's refusals and a stopped queue are not
 /// retried (see `portcullis::retry::classify`).
 #[derive(Copy, Clone, Debug, Default)]
 pub(crate) struct GrpcAttemptClassify;

@@ -22,8 +22,12 @@
 //!   retried when its attempt failed before the response started, and only then: a transport
 //!   error, a trailers-only `UNAVAILABLE` (the `grpc-status` in the response head, which is how
 //!   a server refuses a call before any message), `RESOURCE_EXHAUSTED` with a
-//!   `grpc-retry-pushback-ms`, or a proxy's 502/503/504/429. A response that has started
-//!   streaming is handed on and never retried.
+//!   `grpc-retry-pushback-ms`, or a proxy's 502/503/504/429. For a request sent whole (unary,
+//!   client-streaming) and within the replay bound, a head without a status is handed on once
+//!   its body's first frame is in: if that frame is the trailers (a status before any
+//!   message), the response is classified as a trailers-only one. A call still streaming its
+//!   request gets its head at once. A response that has started streaming messages is never
+//!   retried.
 //! - **Replayable bodies.** The request body is recorded as it is sent, up to
 //!   [`replay_limit`](ChannelBuilder::replay_limit) (64 KiB by default), so that unary and
 //!   client-streaming calls are retried with no code per method. A body past the bound is sent
