@@ -50,6 +50,8 @@ struct ScriptState {
     fail: u32,
     /// Calls to this server are answered `UNAVAILABLE` with this `grpc-retry-pushback-ms`.
     push_back: Option<(String, u64)>,
+    /// Calls to these servers are answered `UNAVAILABLE` until these instants.
+    unavailable_until: Vec<(String, tokio::time::Instant)>,
     calls: Vec<EchoCall>,
 }
 
@@ -69,6 +71,18 @@ impl EchoScript {
     /// `grpc-retry-pushback-ms: ms`: the server asks its clients to stay away that long.
     pub fn push_back(&self, server: &str, ms: u64) {
         self.lock().push_back = Some((server.to_string(), ms));
+    }
+
+    /// Calls to `server` are answered `UNAVAILABLE` (no pushback) until `until`.
+    pub fn unavailable_until(&self, server: &str, until: tokio::time::Instant) {
+        let mut state = self.lock();
+        state.unavailable_until.retain(|(name, _)| name != server);
+        state.unavailable_until.push((server.to_string(), until));
+    }
+
+    /// How many calls have been received so far.
+    pub fn call_count(&self) -> usize {
+        self.lock().calls.len()
     }
 
     /// Every call received so far, in order.
@@ -95,6 +109,17 @@ impl EchoScript {
                 status = Some(pushed);
             }
         }
+        let now = tokio::time::Instant::now();
+        let down = state
+            .unavailable_until
+            .iter()
+            .any(|(server, until)| *server == call.server && now < *until);
+        if status.is_none() && down {
+            status = Some(Status::unavailable(format!(
+                "{} is unavailable",
+                call.server
+            )));
+        }
         if status.is_none() && state.fail > 0 {
             state.fail -= 1;
             status = Some(Status::unavailable(format!(
@@ -114,10 +139,19 @@ impl EchoScript {
 struct EchoImpl {
     name: String,
     script: Arc<EchoScript>,
+    /// How long each call takes before it is answered.
+    delay: Duration,
 }
 
 impl EchoImpl {
-    fn finish<T>(&self, request: &Request<T>, bytes: u64) -> Result<Response<EchoReply>, Status> {
+    async fn finish<T>(
+        &self,
+        request: &Request<T>,
+        bytes: u64,
+    ) -> Result<Response<EchoReply>, Status> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         let grpc_timeout = request
             .metadata()
             .get("grpc-timeout")
@@ -143,7 +177,7 @@ impl EchoImpl {
 impl Echo for EchoImpl {
     async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
         let bytes = request.get_ref().payload.len() as u64;
-        self.finish(&request, bytes)
+        self.finish(&request, bytes).await
     }
 
     async fn collect(
@@ -154,7 +188,7 @@ impl Echo for EchoImpl {
         while let Some(message) = request.get_mut().next().await {
             bytes += message?.payload.len() as u64;
         }
-        self.finish(&request, bytes)
+        self.finish(&request, bytes).await
     }
 }
 
@@ -194,11 +228,22 @@ impl EchoBackend {
         script: Arc<EchoScript>,
         listener: TcpListener,
     ) -> std::io::Result<Self> {
+        Self::start_slow(name, script, listener, Duration::ZERO)
+    }
+
+    /// As [`start_on`](Self::start_on), each call taking `delay` before it is answered.
+    pub fn start_slow(
+        name: &str,
+        script: Arc<EchoScript>,
+        listener: TcpListener,
+        delay: Duration,
+    ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (shutdown, stop) = oneshot::channel::<()>();
         let service = EchoServer::new(EchoImpl {
             name: name.to_string(),
             script,
+            delay,
         });
         let server = Server::builder()
             .add_service(service)
