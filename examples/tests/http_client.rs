@@ -228,3 +228,21 @@ fn find<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static
     }
     false
 }
+
+#[tokio::test]
+async fn a_client_s_metrics_are_exported_under_one_prefix() {
+    let fleet = Fleet::start().await;
+    let client = Client::from_target(&fleet.target()).unwrap();
+    send(&client, "GET", 0).await.unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    portcullis::prometheus::register_client(&mut registry, "api", &client.metrics()).unwrap();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for sample in [
+        "api_retry_requests_total 1",
+        "api_p2c_endpoints{state=\"ready\"} 3",
+        "api_pool_queue_failfast_active 0",
+    ] {
+        assert!(text.contains(sample), "{sample} in:\n{text}");
+    }
+}

@@ -41,6 +41,7 @@
 //! | [`register_fanout`] | [`FanOutMetrics`] | [`FanOutSnapshot`] | `fanout` |
 //! | [`register_share`] | [`SharedClientsMetrics`] | [`SharedClientsSnapshot`] | `share` |
 //! | [`register_discovery`] | [`DiscoveryMetrics`] (an address file's, a DNS, etcd or Kubernetes source's) | [`DiscoverySnapshot`] | `discovery` |
+//! | `register_client` (features `http` or `grpc`) | a client's `ClientMetrics` | the three above | `retry`, `pool_queue`, `p2c` |
 //!
 //! A group of fields is one family with a label whose values are the fields' names:
 //!
@@ -190,6 +191,23 @@ pieces! {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     DiscoveryCollector = register_discovery(DiscoveryMetrics) -> DiscoverySnapshot;
+}
+
+/// Registers the metrics of a client's three pieces (its [`RetryCollector`],
+/// [`PoolQueueCollector`] and [`P2cCollector`]) under one `prefix`: a
+/// [`grpc::Channel`](crate::grpc::Channel)'s or an [`http::Client`](crate::http::Client)'s
+/// [`ClientMetrics`](crate::ClientMetrics). Their names do not collide, as each piece has its
+/// own.
+#[cfg(any(feature = "http", feature = "grpc"))]
+pub fn register_client(
+    registry: &mut Registry,
+    prefix: &str,
+    metrics: &crate::ClientMetrics,
+) -> Result<(), InvalidPrefix> {
+    validate_prefix(prefix)?;
+    register_retry(registry, prefix, metrics.retry().clone())?;
+    register_pool_queue(registry, prefix, metrics.queue().clone())?;
+    register_p2c(registry, prefix, metrics.pool().clone())
 }
 
 fn register<M: MetricsHandle>(
