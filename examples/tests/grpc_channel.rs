@@ -401,3 +401,65 @@ async fn a_status_in_trailers_before_any_message_is_retried() {
     assert_eq!(unary(&mut client, 8).await.unwrap(), "raw");
     assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
+
+#[tokio::test]
+async fn a_server_whose_health_checks_fail_is_not_picked_until_they_pass() {
+    use portcullis::endpoint::HealthCheck;
+    use portcullis_examples::grpc::{Faults, HealthBackend};
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    use tonic_health::ServingStatus;
+
+    let faults = Faults::new();
+    let a = HealthBackend::start("a", faults.clone()).await.unwrap();
+    let b = HealthBackend::start("b", faults).await.unwrap();
+    let check = HealthCheck::grpc("")
+        .interval(Duration::from_millis(20))
+        .unhealthy_threshold(2)
+        .healthy_threshold(1);
+    let channel = Channel::builder()
+        .health_check(check)
+        .build(&format!("static:///{},{}", a.addr, b.addr))
+        .unwrap();
+    let pool = || channel.metrics().snapshot().pool;
+    let deadline = tokio::time::Instant::now() + BOUND;
+    let wait = |what: &'static str, done: &dyn Fn() -> bool| {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        !done()
+    };
+
+    // a reports NOT_SERVING: its checks fail, and it is not ready (not ejected).
+    a.reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let mut client = HealthClient::new(channel.clone());
+    let request = || HealthCheckRequest {
+        service: String::new(),
+    };
+    // Calls until a has been found not ready (a call that reaches it meanwhile is answered).
+    while wait("a not ready", &|| pool().pending == 1) {
+        client.check(request()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(pool().ejected, 0, "not ejected");
+    let (a_before, b_before) = (a.calls(), b.calls());
+    let started = tokio::time::Instant::now();
+    for _ in 0..20 {
+        client.check(request()).await.unwrap();
+    }
+    // a's calls meanwhile are its health checks only (one per 20 ms), none of the 20.
+    let checks = started.elapsed().as_millis() as u64 / 20 + 2;
+    let to_a = a.calls() - a_before;
+    assert!(
+        to_a <= checks,
+        "{to_a} calls reached a (at most {checks} checks)"
+    );
+    assert!(b.calls() - b_before >= 20);
+
+    // SERVING again: ready again.
+    a.reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    while wait("a ready again", &|| pool().ready == 2) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -246,3 +246,61 @@ async fn a_client_s_metrics_are_exported_under_one_prefix() {
         assert!(text.contains(sample), "{sample} in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_server_whose_health_checks_fail_is_not_picked() {
+    use portcullis::endpoint::HealthCheck;
+    let down = Behavior {
+        unavailable_until: Some(tokio::time::Instant::now() + Duration::from_secs(3600)),
+        ..Behavior::default()
+    };
+    let a = Backend::start("a", down).await.unwrap();
+    let b = Backend::start("b", Behavior::default()).await.unwrap();
+    let check = HealthCheck::http("/healthz")
+        .interval(Duration::from_millis(20))
+        .unhealthy_threshold(2);
+    let client = Client::builder()
+        .health_check(check)
+        .build(&format!("static:///{},{}", a.addr, b.addr))
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while client.metrics().snapshot().pool.pending != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never found unhealthy"
+        );
+        send(&client, "GET", 0).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(client.metrics().snapshot().pool.ejected, 0, "not ejected");
+    let a_before = a.requests();
+    let started = tokio::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(send(&client, "GET", 0).await.unwrap(), (200, "b".into()));
+    }
+    let checks = started.elapsed().as_millis() as u64 / 20 + 2;
+    let to_a = a.requests() - a_before;
+    assert!(
+        to_a <= checks,
+        "{to_a} requests reached a (at most {checks} checks)"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_health_check_is_refused_when_the_client_is_built() {
+    use portcullis::endpoint::HealthCheck;
+    let refused = Client::builder()
+        .health_check(HealthCheck::grpc(""))
+        .build("static:///127.0.0.1:1");
+    assert!(matches!(
+        refused,
+        Err(portcullis::BuildError::HealthCheck(_))
+    ));
+    let refused = Client::builder()
+        .health_check(HealthCheck::http("/").interval(Duration::ZERO))
+        .build("static:///127.0.0.1:1");
+    assert!(matches!(
+        refused,
+        Err(portcullis::BuildError::HealthCheck(_))
+    ));
+}

@@ -18,6 +18,8 @@ pub enum BuildError {
     /// The target's discovery source refused a setting (a zero poll interval, a name that is
     /// not one, no resolver configuration).
     Discovery(crate::discovery::BuildError),
+    /// The active health check was refused.
+    HealthCheck(crate::endpoint::check::HealthCheckError),
 }
 
 impl fmt::Display for BuildError {
@@ -28,6 +30,7 @@ impl fmt::Display for BuildError {
             BuildError::Queue(e) => write!(f, "client not built: queue: {e}"),
             BuildError::Pool(e) => write!(f, "client not built: pool: {e}"),
             BuildError::Discovery(e) => write!(f, "client not built: discovery: {e}"),
+            BuildError::HealthCheck(e) => write!(f, "client not built: {e}"),
         }
     }
 }
@@ -40,6 +43,7 @@ impl std::error::Error for BuildError {
             BuildError::Queue(e) => Some(e),
             BuildError::Pool(e) => Some(e),
             BuildError::Discovery(e) => Some(e),
+            BuildError::HealthCheck(e) => Some(e),
         }
     }
 }

@@ -72,6 +72,7 @@
     doc = "[`Channel`]: https://docs.rs/tonic/0.14/tonic/transport/struct.Channel.html"
 )]
 
+pub mod check;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 pub(crate) mod hold;
@@ -79,4 +80,5 @@ pub(crate) mod hold;
 pub mod http;
 pub mod reachable;
 
+pub use check::HealthCheck;
 pub use reachable::Reachable;

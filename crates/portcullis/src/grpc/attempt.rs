@@ -3,6 +3,7 @@
 
 use super::classify::head_status;
 use super::timeout;
+use crate::endpoint::check::{Ask, Checked, HealthCheck, Probe};
 use crate::endpoint::grpc::MakeGrpcEndpoint;
 use crate::endpoint::hold::{Hold, HoldNote};
 use crate::endpoint::Reachable;
@@ -34,28 +35,59 @@ pub(crate) struct CallDeadline(pub(crate) Instant);
 #[derive(Clone, Debug)]
 pub(crate) struct MakeAttempt {
     pub(crate) grpc: MakeGrpcEndpoint,
+    /// A gRPC health check (checked, when the channel was built, to be one).
+    pub(crate) check: Option<HealthCheck>,
 }
 
 impl MakeEndpoint<String, Backend> for MakeAttempt {
-    type Endpoint = Reachable<Attempt>;
+    type Endpoint = Reachable<Checked<Attempt>>;
 
-    fn make_endpoint(&self, key: &String, backend: &Backend) -> Reachable<Attempt> {
+    fn make_endpoint(&self, key: &String, backend: &Backend) -> Self::Endpoint {
         let channel = match backend.authority.parse::<http::uri::Authority>() {
             Ok(authority) => self.grpc.make_endpoint(key, &authority),
             // Checked when the target was parsed, or by the source; a channel to nowhere
             // fails its calls (with tonic's invalid-URI error) rather than panic.
             Err(_) => self.grpc.make_endpoint(key, &http::Uri::default()),
         };
+        let probe = match &self.check {
+            Some(
+                check @ HealthCheck {
+                    ask: Ask::Grpc(service),
+                    ..
+                },
+            ) => Some((check, grpc_probe(channel.clone(), service.clone()))),
+            _ => None,
+        };
         let attempt = Attempt {
             channel,
             hold: Hold::new(),
         };
-        Reachable::new(attempt, backend.authority.as_str())
+        let checked = match probe {
+            Some((check, probe)) => Checked::new(attempt, check, probe, key),
+            None => Checked::unchecked(attempt),
+        };
+        Reachable::new(checked, backend.authority.as_str())
     }
 
     fn weight(&self, _key: &String, backend: &Backend) -> u32 {
         backend.weight
     }
+}
+
+/// `grpc.health.v1.Health/Check` of `service` over the endpoint's own channel: `SERVING`
+/// passes.
+fn grpc_probe(channel: tonic::transport::Channel, service: String) -> Probe {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    Arc::new(move || {
+        let mut client = HealthClient::new(channel.clone());
+        let service = service.clone();
+        Box::pin(async move {
+            let answer = client.check(HealthCheckRequest { service }).await;
+            answer.is_ok_and(|response| response.into_inner().status() == ServingStatus::Serving)
+        })
+    })
 }
 
 /// One backend's endpoint: each request's `grpc-timeout` set to what its call has left, its

@@ -70,6 +70,7 @@ use self::classify::{head_status, GrpcAttemptClassify};
 use self::timeout::CallClock;
 use crate::client::{default_pool, ClientMetrics, Stack, StackParts};
 use crate::endpoint::grpc::{MakeGrpcEndpoint, Unavailable};
+use crate::endpoint::HealthCheck;
 use crate::p2c::P2cPoolBuilder;
 use crate::pool::PoolQueueBuilder;
 use crate::retry::classify::Decision;
@@ -118,6 +119,7 @@ pub struct ChannelBuilder {
     deadline: Option<Duration>,
     replay_limit: usize,
     sources: Sources,
+    health_check: Option<HealthCheck>,
 }
 
 impl Channel {
@@ -156,6 +158,13 @@ impl Channel {
 impl ChannelBuilder {
     /// The bound on a request body kept for retries: 64 KiB.
     pub const DEFAULT_REPLAY_LIMIT: usize = crate::retry::replay::DEFAULT_LIMIT;
+    /// Active health checks of every backend (`grpc.health.v1.Health/Check`, [`HealthCheck::grpc`]): an endpoint whose checks fail
+    /// is not ready (not ejected) until they pass again. None by default.
+    pub fn health_check(mut self, check: HealthCheck) -> Self {
+        self.health_check = Some(check);
+        self
+    }
+
     /// How often a `file:` target's file is re-read: 1 s.
     pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -242,6 +251,9 @@ impl ChannelBuilder {
     /// target and every setting, and spawns the queue's worker on the current tokio runtime.
     pub fn build(self, target: &str) -> Result<Channel, BuildError> {
         let target: Target = target.parse()?;
+        if let Some(check) = &self.health_check {
+            check.check(true).map_err(BuildError::HealthCheck)?;
+        }
         let parts = StackParts {
             retry: self.retry,
             queue: self.queue,
@@ -249,6 +261,7 @@ impl ChannelBuilder {
             deadline: self.deadline,
             maker: MakeAttempt {
                 grpc: self.endpoint,
+                check: self.health_check,
             },
             classify: GrpcAttemptClassify,
             health: Unavailable,
@@ -277,6 +290,7 @@ impl Default for ChannelBuilder {
             deadline: None,
             replay_limit: Self::DEFAULT_REPLAY_LIMIT,
             sources: Sources::new(Self::DEFAULT_FILE_POLL_INTERVAL),
+            health_check: None,
         }
     }
 }
@@ -290,6 +304,7 @@ impl fmt::Debug for ChannelBuilder {
             .field("deadline", &self.deadline)
             .field("replay_limit", &self.replay_limit)
             .field("file_poll_interval", &self.sources.file_poll_interval)
+            .field("health_check", &self.health_check)
             .finish_non_exhaustive()
     }
 }

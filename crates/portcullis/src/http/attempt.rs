@@ -2,6 +2,7 @@
 //! backend, held out of the pick for the delay its backend asks for with `Retry-After`.
 
 use super::Body;
+use crate::endpoint::check::{Ask, Checked, HealthCheck, Probe};
 use crate::endpoint::hold::{Hold, HoldNote};
 use crate::endpoint::http::{HttpEndpoint, MakeHttpEndpoint};
 use crate::endpoint::Reachable;
@@ -26,12 +27,14 @@ type AttemptRequest = Request<ReplayBody<Body>>;
 #[derive(Clone, Debug)]
 pub(crate) struct MakeAttempt {
     pub(crate) http: MakeHttpEndpoint<ReplayBody<Body>>,
+    /// An HTTP health check (checked, when the client was built, to be one).
+    pub(crate) check: Option<HealthCheck>,
 }
 
 impl MakeEndpoint<String, Backend> for MakeAttempt {
-    type Endpoint = Reachable<Attempt>;
+    type Endpoint = Reachable<Checked<Attempt>>;
 
-    fn make_endpoint(&self, key: &String, backend: &Backend) -> Reachable<Attempt> {
+    fn make_endpoint(&self, key: &String, backend: &Backend) -> Self::Endpoint {
         let endpoint = match backend.authority.parse::<http::uri::Authority>() {
             Ok(authority) => self.http.make_endpoint(key, &authority),
             // Checked when the target was parsed, or by the source; an endpoint to nowhere
@@ -40,16 +43,51 @@ impl MakeEndpoint<String, Backend> for MakeAttempt {
                 .http
                 .make_endpoint(key, &http::uri::Authority::from_static("invalid.")),
         };
+        let probe = match &self.check {
+            Some(
+                check @ HealthCheck {
+                    ask: Ask::Http(path),
+                    ..
+                },
+            ) => Some((check, http_probe(endpoint.clone(), path.clone()))),
+            _ => None,
+        };
         let attempt = Attempt {
             endpoint,
             hold: Hold::new(),
         };
-        Reachable::new(attempt, backend.authority.as_str())
+        let checked = match probe {
+            Some((check, probe)) => Checked::new(attempt, check, probe, key),
+            None => Checked::unchecked(attempt),
+        };
+        Reachable::new(checked, backend.authority.as_str())
     }
 
     fn weight(&self, _key: &String, backend: &Backend) -> u32 {
         backend.weight
     }
+}
+
+/// `GET path` over the endpoint's own client: a 2xx passes.
+fn http_probe(endpoint: HttpEndpoint<ReplayBody<Body>>, path: String) -> Probe {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    Arc::new(move || {
+        let endpoint = endpoint.clone();
+        let body: Body = http_body_util::Empty::<bytes::Bytes>::new()
+            .map_err(|never: std::convert::Infallible| -> BoxError { match never {} })
+            .boxed_unsync();
+        let request = Request::get(path.as_str()).body(ReplayBody::new(body));
+        match request {
+            // Combinators, not an async block: rustc cannot prove an async block holding the
+            // endpoint's `Oneshot` `Send` for every lifetime of the error type.
+            Ok(request) => Box::pin(futures_util::FutureExt::map(
+                endpoint.oneshot(request),
+                |answer| answer.is_ok_and(|response| response.status().is_success()),
+            )),
+            Err(_) => Box::pin(std::future::ready(false)),
+        }
+    })
 }
 
 /// One backend's endpoint, held out of the pick for a `Retry-After` it answers.

@@ -44,6 +44,7 @@ mod attempt;
 use self::attempt::{AttemptClassify, MakeAttempt};
 use crate::client::{default_pool, ClientMetrics, Stack, StackParts};
 use crate::endpoint::http::{MakeHttpEndpoint, ServerErrors};
+use crate::endpoint::HealthCheck;
 use crate::p2c::P2cPoolBuilder;
 use crate::pool::PoolQueueBuilder;
 use crate::retry::classify::http::HttpClassify;
@@ -95,6 +96,7 @@ pub struct ClientBuilder {
     replay_limit: usize,
     http2_only: bool,
     sources: Sources,
+    health_check: Option<HealthCheck>,
 }
 
 impl Client {
@@ -142,6 +144,13 @@ impl Client {
 impl ClientBuilder {
     /// The bound on a request body kept for retries: 64 KiB.
     pub const DEFAULT_REPLAY_LIMIT: usize = crate::retry::replay::DEFAULT_LIMIT;
+    /// Active health checks of every backend (`GET` of a path, [`HealthCheck::http`]): an endpoint whose checks fail
+    /// is not ready (not ejected) until they pass again. None by default.
+    pub fn health_check(mut self, check: HealthCheck) -> Self {
+        self.health_check = Some(check);
+        self
+    }
+
     /// How often a `file:` target's file is re-read: 1 s.
     pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -231,6 +240,9 @@ impl ClientBuilder {
     /// target and every setting, and spawns the queue's worker on the current tokio runtime.
     pub fn build(self, target: &str) -> Result<Client, BuildError> {
         let target: Target = target.parse()?;
+        if let Some(check) = &self.health_check {
+            check.check(false).map_err(BuildError::HealthCheck)?;
+        }
         let mut http = MakeHttpEndpoint::new();
         if self.http2_only {
             http = http.http2_only();
@@ -240,7 +252,10 @@ impl ClientBuilder {
             queue: self.queue,
             pool: self.pool,
             deadline: self.deadline,
-            maker: MakeAttempt { http },
+            maker: MakeAttempt {
+                http,
+                check: self.health_check,
+            },
             classify: AttemptClassify(self.classify),
             health: ServerErrors,
         };
@@ -268,6 +283,7 @@ impl Default for ClientBuilder {
             replay_limit: Self::DEFAULT_REPLAY_LIMIT,
             http2_only: false,
             sources: Sources::new(Self::DEFAULT_FILE_POLL_INTERVAL),
+            health_check: None,
         }
     }
 }
@@ -283,6 +299,7 @@ impl fmt::Debug for ClientBuilder {
             .field("replay_limit", &self.replay_limit)
             .field("http2_only", &self.http2_only)
             .field("file_poll_interval", &self.sources.file_poll_interval)
+            .field("health_check", &self.health_check)
             .finish_non_exhaustive()
     }
 }
