@@ -1,6 +1,9 @@
 //! What [`grpc::Channel`](crate::grpc::Channel) and [`http::Client`](crate::http::Client)
-//! share: the stack under them, built the same way, its metrics, and the deadline of a call.
+//! share: their settings and the setters for them, the stack under them, built the same way,
+//! and its metrics.
 
+use crate::endpoint::check::{Checked, Probe};
+use crate::endpoint::{HealthCheck, Reachable};
 use crate::p2c::{
     make::peak_ewma, ClassifyResponse, MakeEndpoint, P2cMetrics, P2cPool, P2cPoolBuilder,
     P2cSnapshot,
@@ -11,6 +14,8 @@ use crate::retry::{Classify, RetryBuilder, RetryMetrics, RetrySnapshot};
 use crate::target::{Backend, Sources, Target};
 use crate::{BoxError, BuildError};
 use http::Request;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 use tower::util::BoxCloneSyncService;
 use tower::Layer;
@@ -65,28 +70,68 @@ impl ClientMetrics {
 /// A client's stack, boxed: requests with replayable bodies in, the endpoints' responses out.
 pub(crate) type Stack<B, Rsp> = BoxCloneSyncService<Request<ReplayBody<B>>, Rsp, BoxError>;
 
-/// The settings a client's stack is built from (each piece's own builder), and its parts.
-pub(crate) struct StackParts<M, C, H> {
+/// How often a `file:` target's file is re-read, unless set: 1 s.
+pub(crate) const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The settings both clients' builders have (each piece's own builder, and the client's
+/// own), checked by [`Settings::build`].
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
     pub(crate) retry: RetryBuilder,
     pub(crate) queue: PoolQueueBuilder,
     pub(crate) pool: P2cPoolBuilder,
     pub(crate) deadline: Option<Duration>,
-    /// The endpoint maker, over backends keyed by `host:port`.
-    pub(crate) maker: M,
-    /// Which attempts are retried.
-    pub(crate) classify: C,
-    /// Which responses count against an endpoint's health.
-    pub(crate) health: H,
+    pub(crate) replay_limit: usize,
+    pub(crate) sources: Sources,
+    pub(crate) health_check: Option<HealthCheck>,
 }
 
-impl<M, C, H> StackParts<M, C, H> {
-    /// `Retry` (replaying bodies) → `PoolQueue` (fed by `target`'s discovery) → `P2cPool`
-    /// over our PeakEwma, on the current runtime.
-    pub(crate) fn build<B, Rsp>(
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            retry: RetryBuilder::default(),
+            queue: PoolQueueBuilder::default(),
+            pool: default_pool(),
+            deadline: None,
+            replay_limit: crate::retry::replay::DEFAULT_LIMIT,
+            sources: Sources::new(DEFAULT_FILE_POLL_INTERVAL),
+            health_check: None,
+        }
+    }
+}
+
+/// What every clone of a client shares.
+pub(crate) struct Shared {
+    pub(crate) target: Target,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) replay_limit: usize,
+    pub(crate) metrics: ClientMetrics,
+}
+
+impl Shared {
+    /// The client's `Debug`, as `name`.
+    pub(crate) fn fmt_as(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
+            .field("target", &self.target)
+            .field("deadline", &self.deadline)
+            .field("replay_limit", &self.replay_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// Checks `target` and the health check (a gRPC one for a gRPC client only), then builds
+    /// `Retry` (replaying bodies) → `PoolQueue` (fed by the target's discovery) → `P2cPool`
+    /// over our PeakEwma of the endpoints `maker` makes (given the health check), on the
+    /// current runtime.
+    pub(crate) fn build<B, Rsp, M, C, H>(
         self,
-        target: &Target,
-        sources: &Sources,
-    ) -> Result<(Stack<B, Rsp>, ClientMetrics), BuildError>
+        target: &str,
+        grpc: bool,
+        maker: impl FnOnce(Option<HealthCheck>) -> M,
+        classify: C,
+        health: H,
+    ) -> Result<(Stack<B, Rsp>, Arc<Shared>), BuildError>
     where
         B: Send + 'static,
         Rsp: Send + 'static,
@@ -97,17 +142,19 @@ impl<M, C, H> StackParts<M, C, H> {
         C: Classify<Request<ReplayBody<B>>, Rsp, BoxError> + Send + Sync + 'static,
         H: ClassifyResponse<Rsp> + Clone + Send + 'static,
     {
-        let discovery = target.updates(sources)?;
+        let target: Target = target.parse()?;
+        if let Some(check) = &self.health_check {
+            check.check(grpc).map_err(BuildError::HealthCheck)?;
+        }
+        let discovery = target.updates(&self.sources)?;
         let mut retry = self.retry.replay(ReplayRequest);
         if let Some(deadline) = self.deadline {
             retry = retry.deadline(deadline);
         }
-        let retry = retry
-            .build_layer(self.classify)
-            .map_err(BuildError::Retry)?;
+        let retry = retry.build_layer(classify).map_err(BuildError::Retry)?;
         let pool: P2cPool<String, Backend, _, Request<ReplayBody<B>>, H> = self
             .pool
-            .build_with_classify(peak_ewma(self.maker), self.health)
+            .build_with_classify(peak_ewma(maker(self.health_check)), health)
             .map_err(BuildError::Pool)?;
         let pool_metrics = pool.metrics();
         let queue = self
@@ -119,9 +166,111 @@ impl<M, C, H> StackParts<M, C, H> {
             queue: queue.metrics(),
             pool: pool_metrics,
         };
-        Ok((BoxCloneSyncService::new(retry.layer(queue)), metrics))
+        let shared = Shared {
+            target,
+            deadline: self.deadline,
+            replay_limit: self.replay_limit,
+            metrics,
+        };
+        Ok((
+            BoxCloneSyncService::new(retry.layer(queue)),
+            Arc::new(shared),
+        ))
     }
 }
+
+/// `attempt` as a client's endpoint: not ready while its backend cannot be reached
+/// ([`Reachable`]), nor while `checked` (a health check and the probe that runs it) fails.
+pub(crate) fn guarded<A>(
+    attempt: A,
+    checked: Option<(&HealthCheck, Probe)>,
+    key: &str,
+    authority: &str,
+) -> Reachable<Checked<A>> {
+    let checked = match checked {
+        Some((check, probe)) => Checked::new(attempt, check, probe, key),
+        None => Checked::unchecked(attempt),
+    };
+    Reachable::new(checked, authority)
+}
+
+/// The setters both clients' builders have, over their `settings: Settings`; `$what` names
+/// the client in their docs ("channel", "client").
+macro_rules! shared_setters {
+    ($what:literal) => {
+        /// The bound on a request body kept for retries: 64 KiB.
+        pub const DEFAULT_REPLAY_LIMIT: usize = $crate::retry::replay::DEFAULT_LIMIT;
+        /// How often a `file:` target's file is re-read: 1 s.
+        pub const DEFAULT_FILE_POLL_INTERVAL: std::time::Duration =
+            $crate::client::DEFAULT_FILE_POLL_INTERVAL;
+
+        #[doc = concat!(
+            "The retry layer's settings (attempts, budget, backoff, per-attempt timeout). Its ",
+            "deadline is the ", $what, "'s [`deadline`](Self::deadline), which replaces one set here."
+        )]
+        pub fn retry(mut self, retry: $crate::retry::RetryBuilder) -> Self {
+            self.settings.retry = retry;
+            self
+        }
+
+        /// The queue's settings (capacity, failfast timeout, direct dispatch).
+        pub fn queue(mut self, queue: $crate::pool::PoolQueueBuilder) -> Self {
+            self.settings.queue = queue;
+            self
+        }
+
+        /// The pool's settings (ejection, panic mode, slow start, subsetting, rebuild
+        /// backoff). The default ejects an endpoint after
+        /// [`DEFAULT_CONSECUTIVE_FAILURES`]($crate::p2c::P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES)
+        /// failures in a row (as the pool's health classifier counts them), which also turns
+        /// on the demotion that sends a retry to another endpoint than the one that just
+        /// failed; a builder given here without ejection has neither.
+        pub fn pool(mut self, pool: $crate::p2c::P2cPoolBuilder) -> Self {
+            self.settings.pool = pool;
+            self
+        }
+
+        /// The bound on a request body kept for retries, in bytes
+        /// ([`DEFAULT_REPLAY_LIMIT`](Self::DEFAULT_REPLAY_LIMIT)); 0 retries only requests
+        /// with an empty body.
+        pub fn replay_limit(mut self, bytes: usize) -> Self {
+            self.settings.replay_limit = bytes;
+            self
+        }
+
+        /// How often a `file:` target's file is re-read
+        /// ([`DEFAULT_FILE_POLL_INTERVAL`](Self::DEFAULT_FILE_POLL_INTERVAL)).
+        pub fn file_poll_interval(mut self, interval: std::time::Duration) -> Self {
+            self.settings.sources.file_poll_interval = interval;
+            self
+        }
+
+        /// The resolver of a `dns:` target (its name servers, TTL clamp, timeout); the
+        /// system's configuration by default (feature `dns`).
+        #[cfg(feature = "dns")]
+        pub fn dns(mut self, dns: $crate::discovery::dns::Dns) -> Self {
+            self.settings.sources.dns = Some(dns);
+            self
+        }
+
+        /// The source of an `etcd:` target: an [`Etcd`]($crate::discovery::etcd::Etcd) over a
+        /// connected etcd client, with its retry settings (feature `etcd`).
+        #[cfg(feature = "etcd")]
+        pub fn etcd(mut self, etcd: $crate::discovery::etcd::Etcd) -> Self {
+            self.settings.sources.etcd = Some(etcd);
+            self
+        }
+
+        /// The source of a `k8s:` target: a [`K8s`]($crate::discovery::k8s::K8s) over a
+        /// Kubernetes client, with its retry settings (feature `k8s`).
+        #[cfg(feature = "k8s")]
+        pub fn k8s(mut self, k8s: $crate::discovery::k8s::K8s) -> Self {
+            self.settings.sources.k8s = Some(k8s);
+            self
+        }
+    };
+}
+pub(crate) use shared_setters;
 
 /// The ejection a client's pool has by default: after
 /// [`DEFAULT_CONSECUTIVE_FAILURES`](P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES) failures in

@@ -68,15 +68,13 @@ mod timeout;
 use self::attempt::{CallDeadline, MakeAttempt};
 use self::classify::{head_status, GrpcAttemptClassify};
 use self::timeout::CallClock;
-use crate::client::{default_pool, ClientMetrics, Stack, StackParts};
+use crate::client::{self, ClientMetrics, Settings, Shared, Stack};
 use crate::endpoint::grpc::{MakeGrpcEndpoint, Unavailable};
 use crate::endpoint::HealthCheck;
-use crate::p2c::P2cPoolBuilder;
-use crate::pool::PoolQueueBuilder;
 use crate::retry::classify::Decision;
 use crate::retry::replay::ReplayBody;
-use crate::retry::{RetryBuilder, RetryError, StopReason};
-use crate::target::{Sources, Target};
+use crate::retry::{RetryError, StopReason};
+use crate::target::Target;
 use crate::{BoxError, BuildError};
 use http::{Request, Response};
 use std::fmt;
@@ -100,26 +98,12 @@ pub struct Channel {
     clock: CallClock,
 }
 
-/// What every clone of a channel shares.
-struct Shared {
-    target: Target,
-    deadline: Option<Duration>,
-    replay_limit: usize,
-    metrics: ClientMetrics,
-}
-
 /// Builds a [`Channel`]: every setting of the stack under it, each piece's own builder for
 /// the rest. `Clone`; settings only, checked by [`build`](Self::build).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ChannelBuilder {
-    retry: RetryBuilder,
-    queue: PoolQueueBuilder,
-    pool: P2cPoolBuilder,
+    settings: Settings,
     endpoint: MakeGrpcEndpoint,
-    deadline: Option<Duration>,
-    replay_limit: usize,
-    sources: Sources,
-    health_check: Option<HealthCheck>,
 }
 
 impl Channel {
@@ -156,38 +140,13 @@ impl Channel {
 }
 
 impl ChannelBuilder {
-    /// The bound on a request body kept for retries: 64 KiB.
-    pub const DEFAULT_REPLAY_LIMIT: usize = crate::retry::replay::DEFAULT_LIMIT;
-    /// Active health checks of every backend (`grpc.health.v1.Health/Check`, [`HealthCheck::grpc`]): an endpoint whose checks fail
-    /// is not ready (not ejected) until they pass again. None by default.
+    client::shared_setters!("channel");
+
+    /// Active health checks of every backend (`grpc.health.v1.Health/Check`,
+    /// [`HealthCheck::grpc`]): an endpoint whose checks fail is not ready (not ejected) until
+    /// they pass again. None by default.
     pub fn health_check(mut self, check: HealthCheck) -> Self {
-        self.health_check = Some(check);
-        self
-    }
-
-    /// How often a `file:` target's file is re-read: 1 s.
-    pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
-
-    /// The retry layer's settings (attempts, budget, backoff, per-attempt timeout). Its
-    /// deadline is the channel's [`deadline`](Self::deadline), which replaces one set here.
-    pub fn retry(mut self, retry: RetryBuilder) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// The queue's settings (capacity, failfast timeout, direct dispatch).
-    pub fn queue(mut self, queue: PoolQueueBuilder) -> Self {
-        self.queue = queue;
-        self
-    }
-
-    /// The pool's settings (ejection, panic mode, slow start, subsetting, rebuild backoff).
-    /// The default ejects an endpoint after
-    /// [`DEFAULT_CONSECUTIVE_FAILURES`](P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES) failures
-    /// in a row, which also turns on the demotion that sends a retry to another endpoint than
-    /// the one that just failed; a builder given here without ejection has neither.
-    pub fn pool(mut self, pool: P2cPoolBuilder) -> Self {
-        self.pool = pool;
+        self.settings.health_check = Some(check);
         self
     }
 
@@ -204,118 +163,43 @@ impl ChannelBuilder {
     /// Every call's deadline, retries and backoff included; a caller's `grpc-timeout` may
     /// shorten it. None by default.
     pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
-        self
-    }
-
-    /// The bound on a request body kept for retries, in bytes
-    /// ([`DEFAULT_REPLAY_LIMIT`](Self::DEFAULT_REPLAY_LIMIT)); 0 retries only calls with an
-    /// empty body.
-    pub fn replay_limit(mut self, bytes: usize) -> Self {
-        self.replay_limit = bytes;
-        self
-    }
-
-    /// How often a `file:` target's file is re-read
-    /// ([`DEFAULT_FILE_POLL_INTERVAL`](Self::DEFAULT_FILE_POLL_INTERVAL)).
-    pub fn file_poll_interval(mut self, interval: Duration) -> Self {
-        self.sources.file_poll_interval = interval;
-        self
-    }
-
-    /// The resolver of a `dns:` target (its name servers, TTL clamp, timeout); the system's
-    /// configuration by default (feature `dns`).
-    #[cfg(feature = "dns")]
-    pub fn dns(mut self, dns: crate::discovery::dns::Dns) -> Self {
-        self.sources.dns = Some(dns);
-        self
-    }
-
-    /// The source of an `etcd:` target: an [`Etcd`](crate::discovery::etcd::Etcd) over a
-    /// connected etcd client, with its retry settings (feature `etcd`).
-    #[cfg(feature = "etcd")]
-    pub fn etcd(mut self, etcd: crate::discovery::etcd::Etcd) -> Self {
-        self.sources.etcd = Some(etcd);
-        self
-    }
-
-    /// The source of a `k8s:` target: a [`K8s`](crate::discovery::k8s::K8s) over a
-    /// Kubernetes client, with its retry settings (feature `k8s`).
-    #[cfg(feature = "k8s")]
-    pub fn k8s(mut self, k8s: crate::discovery::k8s::K8s) -> Self {
-        self.sources.k8s = Some(k8s);
+        self.settings.deadline = Some(deadline);
         self
     }
 
     /// A channel over `target` (see [`target`](crate::target) for the schemes). Checks the
     /// target and every setting, and spawns the queue's worker on the current tokio runtime.
     pub fn build(self, target: &str) -> Result<Channel, BuildError> {
-        let target: Target = target.parse()?;
-        if let Some(check) = &self.health_check {
-            check.check(true).map_err(BuildError::HealthCheck)?;
-        }
-        let parts = StackParts {
-            retry: self.retry,
-            queue: self.queue,
-            pool: self.pool,
-            deadline: self.deadline,
-            maker: MakeAttempt {
-                grpc: self.endpoint,
-                check: self.health_check,
+        let endpoint = self.endpoint;
+        let (stack, shared) = self.settings.build(
+            target,
+            true,
+            |check| MakeAttempt {
+                grpc: endpoint,
+                check,
             },
-            classify: GrpcAttemptClassify,
-            health: Unavailable,
-        };
-        let (stack, metrics) = parts.build(&target, &self.sources)?;
+            GrpcAttemptClassify,
+            Unavailable,
+        )?;
         Ok(Channel {
             stack,
-            shared: Arc::new(Shared {
-                target,
-                deadline: self.deadline,
-                replay_limit: self.replay_limit,
-                metrics,
-            }),
+            shared,
             clock: CallClock::default(),
         })
-    }
-}
-
-impl Default for ChannelBuilder {
-    fn default() -> Self {
-        Self {
-            retry: RetryBuilder::default(),
-            queue: PoolQueueBuilder::default(),
-            pool: default_pool(),
-            endpoint: MakeGrpcEndpoint::new(),
-            deadline: None,
-            replay_limit: Self::DEFAULT_REPLAY_LIMIT,
-            sources: Sources::new(Self::DEFAULT_FILE_POLL_INTERVAL),
-            health_check: None,
-        }
     }
 }
 
 impl fmt::Debug for ChannelBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChannelBuilder")
-            .field("retry", &self.retry)
-            .field("queue", &self.queue)
-            .field("pool", &self.pool)
-            .field("deadline", &self.deadline)
-            .field("replay_limit", &self.replay_limit)
-            .field("file_poll_interval", &self.sources.file_poll_interval)
-            .field("health_check", &self.health_check)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
 impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Channel")
-            .field("target", &self.shared.target)
-            .field("deadline", &self.shared.deadline)
-            .field("replay_limit", &self.shared.replay_limit)
-            .finish_non_exhaustive()
+        self.shared.fmt_as("Channel", f)
     }
 }
 

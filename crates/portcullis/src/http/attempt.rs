@@ -56,11 +56,7 @@ impl MakeEndpoint<String, Backend> for MakeAttempt {
             endpoint,
             hold: Hold::new(),
         };
-        let checked = match probe {
-            Some((check, probe)) => Checked::new(attempt, check, probe, key),
-            None => Checked::unchecked(attempt),
-        };
-        Reachable::new(checked, backend.authority.as_str())
+        crate::client::guarded(attempt, probe, key, &backend.authority)
     }
 
     fn weight(&self, _key: &String, backend: &Backend) -> u32 {

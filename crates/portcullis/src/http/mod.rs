@@ -42,15 +42,12 @@
 mod attempt;
 
 use self::attempt::{AttemptClassify, MakeAttempt};
-use crate::client::{default_pool, ClientMetrics, Stack, StackParts};
+use crate::client::{self, ClientMetrics, Settings, Shared, Stack};
 use crate::endpoint::http::{MakeHttpEndpoint, ServerErrors};
 use crate::endpoint::HealthCheck;
-use crate::p2c::P2cPoolBuilder;
-use crate::pool::PoolQueueBuilder;
 use crate::retry::classify::http::HttpClassify;
 use crate::retry::replay::ReplayBody;
-use crate::retry::RetryBuilder;
-use crate::target::{Sources, Target};
+use crate::target::Target;
 use crate::{BoxError, BuildError};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -77,26 +74,13 @@ pub struct Client {
     shared: Arc<Shared>,
 }
 
-struct Shared {
-    target: Target,
-    deadline: Option<Duration>,
-    replay_limit: usize,
-    metrics: ClientMetrics,
-}
-
 /// Builds a [`Client`]: every setting of the stack under it, each piece's own builder for the
 /// rest. `Clone`; settings only, checked by [`build`](Self::build).
 #[derive(Clone)]
 pub struct ClientBuilder {
-    retry: RetryBuilder,
+    settings: Settings,
     classify: HttpClassify,
-    queue: PoolQueueBuilder,
-    pool: P2cPoolBuilder,
-    deadline: Option<Duration>,
-    replay_limit: usize,
     http2_only: bool,
-    sources: Sources,
-    health_check: Option<HealthCheck>,
 }
 
 impl Client {
@@ -142,22 +126,13 @@ impl Client {
 }
 
 impl ClientBuilder {
-    /// The bound on a request body kept for retries: 64 KiB.
-    pub const DEFAULT_REPLAY_LIMIT: usize = crate::retry::replay::DEFAULT_LIMIT;
-    /// Active health checks of every backend (`GET` of a path, [`HealthCheck::http`]): an endpoint whose checks fail
-    /// is not ready (not ejected) until they pass again. None by default.
+    client::shared_setters!("client");
+
+    /// Active health checks of every backend (`GET` of a path, [`HealthCheck::http`]): an
+    /// endpoint whose checks fail is not ready (not ejected) until they pass again. None by
+    /// default.
     pub fn health_check(mut self, check: HealthCheck) -> Self {
-        self.health_check = Some(check);
-        self
-    }
-
-    /// How often a `file:` target's file is re-read: 1 s.
-    pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
-
-    /// The retry layer's settings (attempts, budget, backoff, per-attempt timeout). Its
-    /// deadline is the client's [`deadline`](Self::deadline), which replaces one set here.
-    pub fn retry(mut self, retry: RetryBuilder) -> Self {
-        self.retry = retry;
+        self.settings.health_check = Some(check);
         self
     }
 
@@ -167,35 +142,11 @@ impl ClientBuilder {
         self
     }
 
-    /// The queue's settings (capacity, failfast timeout, direct dispatch).
-    pub fn queue(mut self, queue: PoolQueueBuilder) -> Self {
-        self.queue = queue;
-        self
-    }
-
-    /// The pool's settings. The default ejects an endpoint after
-    /// [`DEFAULT_CONSECUTIVE_FAILURES`](P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES) 5xx or
-    /// transport failures in a row, which also turns on the demotion that sends a retry to
-    /// another endpoint than the one that just failed; a builder given here without ejection
-    /// has neither.
-    pub fn pool(mut self, pool: P2cPoolBuilder) -> Self {
-        self.pool = pool;
-        self
-    }
-
     /// Every request's deadline, retries and backoff included, from when the caller began to
     /// wait for the client (the retry layer's: see
     /// [`RetryBuilder::deadline`](crate::retry::RetryBuilder::deadline)). None by default.
     pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
-        self
-    }
-
-    /// The bound on a request body kept for retries, in bytes
-    /// ([`DEFAULT_REPLAY_LIMIT`](Self::DEFAULT_REPLAY_LIMIT)); 0 retries only requests with
-    /// an empty body.
-    pub fn replay_limit(mut self, bytes: usize) -> Self {
-        self.replay_limit = bytes;
+        self.settings.deadline = Some(deadline);
         self
     }
 
@@ -205,85 +156,30 @@ impl ClientBuilder {
         self
     }
 
-    /// How often a `file:` target's file is re-read
-    /// ([`DEFAULT_FILE_POLL_INTERVAL`](Self::DEFAULT_FILE_POLL_INTERVAL)).
-    pub fn file_poll_interval(mut self, interval: Duration) -> Self {
-        self.sources.file_poll_interval = interval;
-        self
-    }
-
-    /// The resolver of a `dns:` target; the system's configuration by default (feature
-    /// `dns`).
-    #[cfg(feature = "dns")]
-    pub fn dns(mut self, dns: crate::discovery::dns::Dns) -> Self {
-        self.sources.dns = Some(dns);
-        self
-    }
-
-    /// The source of an `etcd:` target: an [`Etcd`](crate::discovery::etcd::Etcd) over a
-    /// connected etcd client, with its retry settings (feature `etcd`).
-    #[cfg(feature = "etcd")]
-    pub fn etcd(mut self, etcd: crate::discovery::etcd::Etcd) -> Self {
-        self.sources.etcd = Some(etcd);
-        self
-    }
-
-    /// The source of a `k8s:` target: a [`K8s`](crate::discovery::k8s::K8s) over a
-    /// Kubernetes client, with its retry settings (feature `k8s`).
-    #[cfg(feature = "k8s")]
-    pub fn k8s(mut self, k8s: crate::discovery::k8s::K8s) -> Self {
-        self.sources.k8s = Some(k8s);
-        self
-    }
-
     /// A client over `target` (see [`target`](crate::target) for the schemes). Checks the
     /// target and every setting, and spawns the queue's worker on the current tokio runtime.
     pub fn build(self, target: &str) -> Result<Client, BuildError> {
-        let target: Target = target.parse()?;
-        if let Some(check) = &self.health_check {
-            check.check(false).map_err(BuildError::HealthCheck)?;
-        }
         let mut http = MakeHttpEndpoint::new();
         if self.http2_only {
             http = http.http2_only();
         }
-        let parts = StackParts {
-            retry: self.retry,
-            queue: self.queue,
-            pool: self.pool,
-            deadline: self.deadline,
-            maker: MakeAttempt {
-                http,
-                check: self.health_check,
-            },
-            classify: AttemptClassify(self.classify),
-            health: ServerErrors,
-        };
-        let (stack, metrics) = parts.build(&target, &self.sources)?;
-        Ok(Client {
-            stack,
-            shared: Arc::new(Shared {
-                target,
-                deadline: self.deadline,
-                replay_limit: self.replay_limit,
-                metrics,
-            }),
-        })
+        let (stack, shared) = self.settings.build(
+            target,
+            false,
+            |check| MakeAttempt { http, check },
+            AttemptClassify(self.classify),
+            ServerErrors,
+        )?;
+        Ok(Client { stack, shared })
     }
 }
 
 impl Default for ClientBuilder {
     fn default() -> Self {
         Self {
-            retry: RetryBuilder::default(),
+            settings: Settings::default(),
             classify: HttpClassify::new(),
-            queue: PoolQueueBuilder::default(),
-            pool: default_pool(),
-            deadline: None,
-            replay_limit: Self::DEFAULT_REPLAY_LIMIT,
             http2_only: false,
-            sources: Sources::new(Self::DEFAULT_FILE_POLL_INTERVAL),
-            health_check: None,
         }
     }
 }
@@ -291,26 +187,16 @@ impl Default for ClientBuilder {
 impl fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientBuilder")
-            .field("retry", &self.retry)
+            .field("settings", &self.settings)
             .field("classify", &self.classify)
-            .field("queue", &self.queue)
-            .field("pool", &self.pool)
-            .field("deadline", &self.deadline)
-            .field("replay_limit", &self.replay_limit)
             .field("http2_only", &self.http2_only)
-            .field("file_poll_interval", &self.sources.file_poll_interval)
-            .field("health_check", &self.health_check)
             .finish_non_exhaustive()
     }
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("target", &self.shared.target)
-            .field("deadline", &self.shared.deadline)
-            .field("replay_limit", &self.shared.replay_limit)
-            .finish_non_exhaustive()
+        self.shared.fmt_as("Client", f)
     }
 }
 
