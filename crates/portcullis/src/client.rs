@@ -272,6 +272,28 @@ macro_rules! shared_setters {
 }
 pub(crate) use shared_setters;
 
+/// The accessors both clients have, over their `shared: Arc<Shared>`; `$what` names the
+/// client in their docs.
+macro_rules! shared_accessors {
+    ($what:literal) => {
+        #[doc = concat!("The target this ", $what, " reads its backends from.")]
+        pub fn target(&self) -> &$crate::target::Target {
+            &self.shared.target
+        }
+
+        /// The bound on a request body kept for retries, in bytes.
+        pub fn replay_limit(&self) -> usize {
+            self.shared.replay_limit
+        }
+
+        #[doc = concat!("The metrics of the ", $what, "'s retry layer, queue and pool.")]
+        pub fn metrics(&self) -> $crate::ClientMetrics {
+            self.shared.metrics.clone()
+        }
+    };
+}
+pub(crate) use shared_accessors;
+
 /// The ejection a client's pool has by default: after
 /// [`DEFAULT_CONSECUTIVE_FAILURES`](P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES) failures in
 /// a row, which also turns on the demotion that sends a retry to another endpoint than the one

@@ -68,13 +68,12 @@ mod timeout;
 use self::attempt::{CallDeadline, MakeAttempt};
 use self::classify::{head_status, GrpcAttemptClassify};
 use self::timeout::CallClock;
-use crate::client::{self, ClientMetrics, Settings, Shared, Stack};
+use crate::client::{self, Settings, Shared, Stack};
 use crate::endpoint::grpc::{MakeGrpcEndpoint, Unavailable};
 use crate::endpoint::HealthCheck;
 use crate::retry::classify::Decision;
 use crate::retry::replay::ReplayBody;
 use crate::retry::{RetryError, StopReason};
-use crate::target::Target;
 use crate::{BoxError, BuildError};
 use http::{Request, Response};
 use std::fmt;
@@ -118,24 +117,11 @@ impl Channel {
         Self::builder().build(target)
     }
 
-    /// The target this channel reads its backends from.
-    pub fn target(&self) -> &Target {
-        &self.shared.target
-    }
+    client::shared_accessors!("channel");
 
     /// The channel's own deadline, if any (a caller's `grpc-timeout` may shorten it).
     pub fn deadline(&self) -> Option<Duration> {
         self.shared.deadline
-    }
-
-    /// The bound on a request body kept for retries, in bytes.
-    pub fn replay_limit(&self) -> usize {
-        self.shared.replay_limit
-    }
-
-    /// The metrics of the channel's retry layer, queue and pool.
-    pub fn metrics(&self) -> ClientMetrics {
-        self.shared.metrics.clone()
     }
 }
 
@@ -315,12 +301,6 @@ fn status_from(error: BoxError, limit: usize) -> BoxError {
 
 /// A status anywhere in `error`'s chain.
 fn find_status<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Status> {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if let Some(status) = error.downcast_ref::<Status>() {
-            return Some(status);
-        }
-        next = error.source();
-    }
-    None
+    std::iter::successors(Some(error), |error| error.source())
+        .find_map(|error| error.downcast_ref::<Status>())
 }

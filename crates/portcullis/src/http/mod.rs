@@ -42,12 +42,11 @@
 mod attempt;
 
 use self::attempt::{AttemptClassify, MakeAttempt};
-use crate::client::{self, ClientMetrics, Settings, Shared, Stack};
+use crate::client::{self, Settings, Shared, Stack};
 use crate::endpoint::http::{MakeHttpEndpoint, ServerErrors};
 use crate::endpoint::HealthCheck;
 use crate::retry::classify::http::HttpClassify;
 use crate::retry::replay::ReplayBody;
-use crate::target::Target;
 use crate::{BoxError, BuildError};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -104,24 +103,11 @@ impl Client {
         self.clone().oneshot(request).await
     }
 
-    /// The target this client reads its backends from.
-    pub fn target(&self) -> &Target {
-        &self.shared.target
-    }
+    client::shared_accessors!("client");
 
     /// The client's deadline, if any.
     pub fn deadline(&self) -> Option<Duration> {
         self.shared.deadline
-    }
-
-    /// The bound on a request body kept for retries, in bytes.
-    pub fn replay_limit(&self) -> usize {
-        self.shared.replay_limit
-    }
-
-    /// The metrics of the client's retry layer, queue and pool.
-    pub fn metrics(&self) -> ClientMetrics {
-        self.shared.metrics.clone()
     }
 }
 
