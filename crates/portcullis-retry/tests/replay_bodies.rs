@@ -20,17 +20,21 @@ type Seen = Arc<Mutex<Vec<Bytes>>>;
 
 /// A service that reads each request's whole body, logs it, and fails the first `failures`
 /// attempts (a 503, or a transport error if `as_error`), answering 200 after.
-fn server(
+fn server<B>(
     failures: usize,
     as_error: bool,
 ) -> (
-    impl tower::Service<Request<Body>, Response = Response<()>, Error = BoxError> + Clone,
+    impl tower::Service<Request<ReplayBody<B>>, Response = Response<()>, Error = BoxError> + Clone,
     Seen,
-) {
+)
+where
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
     let seen = Arc::new(Mutex::new(Vec::new()));
     let svc = service_fn({
         let seen = seen.clone();
-        move |req: Request<Body>| {
+        move |req: Request<ReplayBody<B>>| {
             let seen = seen.clone();
             async move {
                 let body = req.into_body().collect().await?.to_bytes();
@@ -77,7 +81,7 @@ fn put(body: &'static [u8], limit: usize) -> Request<Body> {
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_sends_the_same_body_again() {
-    let (svc, seen) = server(2, false);
+    let (svc, seen) = server::<Full<Bytes>>(2, false);
     let rsp = layer()
         .layer(svc)
         .oneshot(put(b"the payload", 1024))
@@ -92,7 +96,7 @@ async fn a_retry_sends_the_same_body_again() {
 #[tokio::test(start_paused = true)]
 async fn a_body_past_its_bound_is_sent_once_and_the_stop_says_why() {
     // A response that wanted a retry is handed back as it is...
-    let (svc, seen) = server(1, false);
+    let (svc, seen) = server::<Full<Bytes>>(1, false);
     let layer = layer();
     let metrics = layer.metrics();
     let rsp = layer
@@ -105,7 +109,7 @@ async fn a_body_past_its_bound_is_sent_once_and_the_stop_says_why() {
     assert_eq!(metrics.snapshot().not_replayable, 1);
 
     // ...and an error that wanted one ends as `NotReplayable`, which the error says.
-    let (svc, seen) = server(1, true);
+    let (svc, seen) = server::<Full<Bytes>>(1, true);
     let error = layer
         .layer(svc)
         .oneshot(put(b"eleven byte", 10))
@@ -162,23 +166,7 @@ mod combinations {
                 .unwrap();
             runtime.block_on(async move {
                 let body: Vec<u8> = (0..size).map(|i| i as u8).collect();
-                let seen = Arc::new(Mutex::new(Vec::<Bytes>::new()));
-                let svc = service_fn({
-                    let seen = seen.clone();
-                    move |req: Request<ReplayBody<Chunked>>| {
-                        let seen = seen.clone();
-                        async move {
-                            let body = req.into_body().collect().await?.to_bytes();
-                            let attempt = {
-                                let mut seen = seen.lock().unwrap();
-                                seen.push(body);
-                                seen.len()
-                            };
-                            let status = if attempt <= failures { 503 } else { 200 };
-                            Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
-                        }
-                    }
-                });
+                let (svc, seen) = server::<Chunked>(failures, false);
                 let budget = Budget::builder()
                     .ratio(ratio)
                     .min_per_sec(reserve)
