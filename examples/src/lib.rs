@@ -10,3 +10,11 @@ pub mod grpc;
 pub mod plot;
 pub mod proxy;
 pub mod shared;
+
+/// Whether `error` or any error in its `source()` chain is an `E` (a queue's `FailFast` inside a
+/// status or a retry's error, say).
+pub fn chain_holds<E: std::error::Error + 'static>(
+    error: &(dyn std::error::Error + 'static),
+) -> bool {
+    std::iter::successors(Some(error), |error| error.source()).any(|error| error.is::<E>())
+}

@@ -12,6 +12,7 @@ use std::time::Duration;
 use portcullis::grpc::Channel;
 use portcullis::target::TargetError;
 use portcullis::BuildError;
+use portcullis_examples::chain_holds;
 use portcullis_examples::echo::pb::{echo_client::EchoClient, EchoRequest};
 use portcullis_examples::echo::{payloads, EchoBackend, EchoScript};
 use tonic::Code;
@@ -285,7 +286,7 @@ async fn with_every_server_down_calls_fail_fast_then_are_served_once_one_is_back
     let deadline = tokio::time::Instant::now() + BOUND;
     let status = loop {
         if let Err(status) = unary(&mut client, 8).await {
-            if find::<portcullis::pool::FailFast>(&status) {
+            if chain_holds::<portcullis::pool::FailFast>(&status) {
                 break status;
             }
         }
@@ -295,7 +296,10 @@ async fn with_every_server_down_calls_fail_fast_then_are_served_once_one_is_back
     // In failfast, a call is refused at once rather than after its own attempts.
     let started = tokio::time::Instant::now();
     let status = unary(&mut client, 8).await.unwrap_err();
-    assert!(find::<portcullis::pool::FailFast>(&status), "{status:?}");
+    assert!(
+        chain_holds::<portcullis::pool::FailFast>(&status),
+        "{status:?}"
+    );
     assert!(started.elapsed() < failfast, "{:?}", started.elapsed());
 
     // One server back on its address: the probes find it with no call spent on it, and the
@@ -317,18 +321,6 @@ async fn with_every_server_down_calls_fail_fast_then_are_served_once_one_is_back
         "no call in between"
     );
     assert_eq!(unary(&mut client, 8).await.unwrap(), "b2");
-}
-
-/// Whether `status`'s source chain holds an `E`.
-fn find<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(status);
-    while let Some(error) = next {
-        if error.is::<E>() {
-            return true;
-        }
-        next = error.source();
-    }
-    false
 }
 
 /// A gRPC server written by hand on hyper, whose first answer sends its head, then trailers

@@ -16,6 +16,7 @@ use portcullis::http::Client;
 use portcullis::p2c::P2cPool;
 use portcullis::pool::{FailFast, PoolQueue};
 use portcullis_examples::backend::{Backend, Behavior};
+use portcullis_examples::chain_holds;
 
 /// Every test's bound on one request, far above what one takes.
 const BOUND: Duration = Duration::from_secs(20);
@@ -189,7 +190,7 @@ async fn with_every_server_down_requests_fail_fast_then_are_served_once_one_is_b
         let result = tokio::time::timeout(BOUND, client.request(request))
             .await
             .expect("bounded");
-        if result.is_err_and(|error| find::<FailFast>(&*error)) {
+        if result.is_err_and(|error| chain_holds::<FailFast>(&*error)) {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "never failed fast");
@@ -197,7 +198,7 @@ async fn with_every_server_down_requests_fail_fast_then_are_served_once_one_is_b
     let request = http::Request::get("/").body(String::new()).unwrap();
     let started = tokio::time::Instant::now();
     let error = client.request(request).await.unwrap_err();
-    assert!(find::<FailFast>(&*error), "{error:#}");
+    assert!(chain_holds::<FailFast>(&*error), "{error:#}");
     assert!(started.elapsed() < failfast, "{:?}", started.elapsed());
 
     // One server back on its address: found by the probes, with no request spent on it.
@@ -215,18 +216,6 @@ async fn with_every_server_down_requests_fail_fast_then_are_served_once_one_is_b
     }
     assert_eq!(back.requests(), 0, "no request in between");
     assert_eq!(send(&client, "GET", 0).await.unwrap(), (200, "b2".into()));
-}
-
-/// Whether `error`'s source chain holds an `E`.
-fn find<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if error.is::<E>() {
-            return true;
-        }
-        next = error.source();
-    }
-    false
 }
 
 #[tokio::test]
