@@ -137,7 +137,9 @@ where
                         continue;
                     }
                 }
-            } else if self.down.swap(false, Ordering::Relaxed) {
+            } else if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed)
+            {
+                // Loaded first: a reachable endpoint's poll writes no shared line.
                 self.start_probe();
                 continue;
             }

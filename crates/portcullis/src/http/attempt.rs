@@ -139,6 +139,10 @@ impl Future for AttemptFuture {
 /// The delay a response asks for: `Retry-After` on a status a retry may follow (429, 503), as
 /// the HTTP classifier reads it.
 fn asked_delay<B>(response: &Response<B>) -> Option<std::time::Duration> {
+    // Most answers carry none: they are not classified again.
+    if !response.headers().contains_key(http::header::RETRY_AFTER) {
+        return None;
+    }
     let any = Request::new(());
     match Classify::<_, _, BoxError>::classify(&HttpClassify::new(), &any, Ok(response)) {
         Decision::Retry { after } => after,
