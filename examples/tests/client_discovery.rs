@@ -105,6 +105,10 @@ async fn a_client_follows_an_etcd_prefix() {
     kv.put(format!("{prefix}b"), b.addr.to_string(), None)
         .await
         .unwrap();
+    // A second key naming b: still one backend (keyed by address, as every target's are).
+    kv.put(format!("{prefix}b-again"), b.addr.to_string(), None)
+        .await
+        .unwrap();
 
     let source = Etcd::builder()
         .backoff(Duration::from_millis(50), Duration::from_millis(500))
@@ -118,6 +122,8 @@ async fn a_client_follows_an_etcd_prefix() {
         client.metrics().snapshot().pool.ready == 2
     })
     .await;
+    let pool = client.metrics().snapshot().pool;
+    assert_eq!(pool.ready + pool.pending + pool.failed, 2, "{pool:?}");
     for _ in 0..20 {
         let request = http::Request::get("/").body(String::new()).unwrap();
         let response = tokio::time::timeout(BOUND, client.request(request))

@@ -369,12 +369,10 @@ impl Target {
                     scheme: "etcd",
                     setter: "etcd",
                 })?;
-                Box::pin(etcd.updates(prefix).map(|update| {
+                let mut by_authority = etcd_keys::ByAuthority::default();
+                Box::pin(etcd.updates(prefix).filter_map(move |update| {
                     let update = update.unwrap_or_else(|never| match never {});
-                    Ok(map_update(update, |_, endpoint| Backend {
-                        authority: endpoint.addr,
-                        weight: endpoint.weight.max(1),
-                    }))
+                    std::future::ready(by_authority.apply(update).map(Ok))
                 }))
             }
             #[cfg(not(feature = "etcd"))]
@@ -457,6 +455,149 @@ fn map_update<K: ToString, T>(
         Update::Add(targets) => Update::Add(set(targets)),
         Update::Remove(keys) => Update::Remove(keys.iter().map(ToString::to_string).collect()),
         Update::DoesNotExist => Update::DoesNotExist,
+    }
+}
+
+#[cfg(feature = "etcd")]
+mod etcd_keys {
+    //! etcd's keys, deduplicated by the backend each one names.
+
+    use super::Backend;
+    use crate::discovery::etcd::EtcdEndpoint;
+    use crate::pool::Update;
+    use std::collections::{BTreeMap, HashMap};
+
+    /// The backends under an etcd prefix, from the source's updates (keyed by etcd key) to
+    /// updates keyed by `host:port`, as every other target's are: an address under two keys
+    /// is one backend (its weight the larger of theirs), gone with its last key. An update
+    /// that leaves the backends as they were yields nothing; the first always yields a
+    /// `Reset`.
+    #[derive(Debug, Default)]
+    pub(super) struct ByAuthority {
+        keys: HashMap<String, Backend>,
+        started: bool,
+    }
+
+    impl ByAuthority {
+        pub(super) fn apply(
+            &mut self,
+            update: Update<String, EtcdEndpoint>,
+        ) -> Option<Update<String, Backend>> {
+            let before = self.backends();
+            let backend = |endpoint: EtcdEndpoint| Backend {
+                authority: endpoint.addr,
+                weight: endpoint.weight.max(1),
+            };
+            match update {
+                Update::Reset(set) => {
+                    self.keys = set.into_iter().map(|(k, e)| (k, backend(e))).collect();
+                }
+                Update::Add(set) => self
+                    .keys
+                    .extend(set.into_iter().map(|(k, e)| (k, backend(e)))),
+                Update::Remove(keys) => keys.iter().for_each(|key| {
+                    self.keys.remove(key);
+                }),
+                Update::DoesNotExist => self.keys.clear(),
+            }
+            let after = self.backends();
+            let pairs = |set: Vec<&Backend>| {
+                set.into_iter()
+                    .map(|b| (b.authority.clone(), b.clone()))
+                    .collect::<Vec<_>>()
+            };
+            if !std::mem::replace(&mut self.started, true) {
+                return Some(Update::Reset(pairs(after.values().collect())));
+            }
+            // New, or named again with another weight (an `Add` replaces the endpoint).
+            let added: Vec<&Backend> = after
+                .iter()
+                .filter(|(authority, b)| before.get(*authority) != Some(*b))
+                .map(|(_, b)| b)
+                .collect();
+            let removed: Vec<String> = before
+                .keys()
+                .filter(|authority| !after.contains_key(*authority))
+                .cloned()
+                .collect();
+            match (added.is_empty(), removed.is_empty()) {
+                (true, true) => None,
+                (false, true) => Some(Update::Add(pairs(added))),
+                (true, false) => Some(Update::Remove(removed)),
+                (false, false) => Some(Update::Reset(pairs(after.values().collect()))),
+            }
+        }
+
+        /// The backends now, by authority.
+        fn backends(&self) -> BTreeMap<String, Backend> {
+            let mut backends = BTreeMap::<String, Backend>::new();
+            for backend in self.keys.values() {
+                backends
+                    .entry(backend.authority.clone())
+                    .and_modify(|b| b.weight = b.weight.max(backend.weight))
+                    .or_insert_with(|| backend.clone());
+            }
+            backends
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn kv(key: &str, addr: &str, weight: u32) -> (String, EtcdEndpoint) {
+            let endpoint = EtcdEndpoint {
+                addr: addr.to_string(),
+                weight,
+                zone: None,
+            };
+            (key.to_string(), endpoint)
+        }
+
+        fn backend(authority: &str, weight: u32) -> (String, Backend) {
+            let backend = Backend {
+                authority: authority.to_string(),
+                weight,
+            };
+            (authority.to_string(), backend)
+        }
+
+        #[test]
+        fn keys_naming_one_address_are_one_backend() {
+            let mut by = ByAuthority::default();
+            // The first update is a Reset, even an empty Add.
+            assert_eq!(by.apply(Update::Add(vec![])), Some(Update::Reset(vec![])));
+            assert_eq!(
+                by.apply(Update::Add(vec![kv("/k/a", "a:80", 1)])),
+                Some(Update::Add(vec![backend("a:80", 1)]))
+            );
+            // A second key for the same address, same weight: nothing changes.
+            assert_eq!(by.apply(Update::Add(vec![kv("/k/a2", "a:80", 1)])), None);
+            // The larger weight of the two keys counts: the backend is replaced.
+            assert_eq!(
+                by.apply(Update::Add(vec![kv("/k/a2", "a:80", 3)])),
+                Some(Update::Add(vec![backend("a:80", 3)]))
+            );
+            // Its first key gone: the backend stays, under the other.
+            assert_eq!(by.apply(Update::Remove(vec!["/k/a".to_string()])), None);
+            // A key moved to another address: an addition and a removal, so a Reset.
+            assert_eq!(
+                by.apply(Update::Add(vec![kv("/k/a2", "b:80", 3)])),
+                Some(Update::Reset(vec![backend("b:80", 3)]))
+            );
+            assert_eq!(
+                by.apply(Update::Remove(vec!["/k/a2".to_string()])),
+                Some(Update::Remove(vec!["b:80".to_string()]))
+            );
+            assert_eq!(
+                by.apply(Update::Reset(vec![kv("/k/c", "c:80", 0)])),
+                Some(Update::Add(vec![backend("c:80", 1)]))
+            );
+            assert_eq!(
+                by.apply(Update::DoesNotExist),
+                Some(Update::Remove(vec!["c:80".to_string()]))
+            );
+        }
     }
 }
 
