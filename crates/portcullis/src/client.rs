@@ -120,13 +120,13 @@ impl Shared {
 }
 
 impl Settings {
-    /// Checks `target` and the health check (a gRPC one for a gRPC client only), then builds
+    /// Checks the health check (a gRPC one for a gRPC client only), then builds
     /// `Retry` (replaying bodies) → `PoolQueue` (fed by the target's discovery) → `P2cPool`
     /// over our PeakEwma of the endpoints `maker` makes (given the health check), on the
     /// current runtime.
     pub(crate) fn build<B, Rsp, M, C, H>(
         self,
-        target: &str,
+        target: Target,
         grpc: bool,
         maker: impl FnOnce(Option<HealthCheck>) -> M,
         classify: C,
@@ -142,7 +142,6 @@ impl Settings {
         C: Classify<Request<ReplayBody<B>>, Rsp, BoxError> + Send + Sync + 'static,
         H: ClassifyResponse<Rsp> + Clone + Send + 'static,
     {
-        let target: Target = target.parse()?;
         if let Some(check) = &self.health_check {
             check.check(grpc).map_err(BuildError::HealthCheck)?;
         }

@@ -74,6 +74,7 @@ use crate::endpoint::HealthCheck;
 use crate::retry::classify::Decision;
 use crate::retry::replay::ReplayBody;
 use crate::retry::{RetryError, StopReason};
+use crate::target::Target;
 use crate::{BoxError, BuildError};
 use http::{Request, Response};
 use std::fmt;
@@ -156,6 +157,13 @@ impl ChannelBuilder {
     /// A channel over `target` (see [`target`](crate::target) for the schemes). Checks the
     /// target and every setting, and spawns the queue's worker on the current tokio runtime.
     pub fn build(self, target: &str) -> Result<Channel, BuildError> {
+        self.build_target(target.parse()?)
+    }
+
+    /// A channel over a [`Target`] already parsed or made in code (its variants hold what a
+    /// target's text cannot, such as an etcd prefix without a leading slash). Checks every
+    /// setting, and spawns the queue's worker on the current tokio runtime.
+    pub fn build_target(self, target: Target) -> Result<Channel, BuildError> {
         let endpoint = self.endpoint;
         let (stack, shared) = self.settings.build(
             target,

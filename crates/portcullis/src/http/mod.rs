@@ -43,10 +43,11 @@ mod attempt;
 
 use self::attempt::{AttemptClassify, MakeAttempt};
 use crate::client::{self, Settings, Shared, Stack};
-use crate::endpoint::http::{MakeHttpEndpoint, ServerErrors};
+use crate::endpoint::http::{connector, MakeHttpEndpoint, ServerErrors};
 use crate::endpoint::HealthCheck;
 use crate::retry::classify::http::HttpClassify;
 use crate::retry::replay::ReplayBody;
+use crate::target::Target;
 use crate::{BoxError, BuildError};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -80,6 +81,9 @@ pub struct ClientBuilder {
     settings: Settings,
     classify: HttpClassify,
     http2_only: bool,
+    /// The hyper-util client builder of every backend's client;
+    /// [`client_builder`](crate::endpoint::http::client_builder)'s if none.
+    hyper: Option<hyper_util::client::legacy::Builder>,
 }
 
 impl Client {
@@ -142,10 +146,31 @@ impl ClientBuilder {
         self
     }
 
+    /// The hyper-util client builder each backend's client is built from (with
+    /// [`connector`](crate::endpoint::http::connector)): its pool, timers and HTTP/2
+    /// keep-alive. Start from [`client_builder`](crate::endpoint::http::client_builder), which
+    /// has the tokio executor and timers set; by default, that one as it is (HTTP/2 keep-alive
+    /// pings after 10 s of silence, closed after 10 s more). Use
+    /// [`http2_only`](Self::http2_only) here rather than the builder's.
+    pub fn hyper_builder(mut self, builder: hyper_util::client::legacy::Builder) -> Self {
+        self.hyper = Some(builder);
+        self
+    }
+
     /// A client over `target` (see [`target`](crate::target) for the schemes). Checks the
     /// target and every setting, and spawns the queue's worker on the current tokio runtime.
     pub fn build(self, target: &str) -> Result<Client, BuildError> {
-        let mut http = MakeHttpEndpoint::new();
+        self.build_target(target.parse()?)
+    }
+
+    /// A client over a [`Target`] already parsed or made in code (its variants hold what a
+    /// target's text cannot, such as an etcd prefix without a leading slash). Checks every
+    /// setting, and spawns the queue's worker on the current tokio runtime.
+    pub fn build_target(self, target: Target) -> Result<Client, BuildError> {
+        let mut http = match self.hyper {
+            Some(builder) => MakeHttpEndpoint::from_builder(builder, connector()),
+            None => MakeHttpEndpoint::new(),
+        };
         if self.http2_only {
             http = http.http2_only();
         }
@@ -166,6 +191,7 @@ impl Default for ClientBuilder {
             settings: Settings::default(),
             classify: HttpClassify::new(),
             http2_only: false,
+            hyper: None,
         }
     }
 }
@@ -176,6 +202,7 @@ impl fmt::Debug for ClientBuilder {
             .field("settings", &self.settings)
             .field("classify", &self.classify)
             .field("http2_only", &self.http2_only)
+            .field("hyper", &self.hyper)
             .finish_non_exhaustive()
     }
 }
