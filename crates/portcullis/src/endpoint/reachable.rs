@@ -48,8 +48,9 @@ pub struct Reachable<S> {
 impl<S> Reachable<S> {
     /// The first wait before probing a backend that refused: 100 ms.
     pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
-    /// The longest wait between probes: 5 s.
-    pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+    /// The longest wait between probes: 1 s. A probe is one TCP connect, so a dead backend
+    /// costs a connect a second, and one that comes back is seen within a second of it.
+    pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(1);
     /// How long a probe's connect may take: 1 s.
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -105,9 +106,9 @@ impl<S> Reachable<S> {
     }
 }
 
-/// The default probe backoff: doubling from 100 ms to 5 s (checked when the crate compiles).
+/// The default probe backoff: doubling from 100 ms to 1 s (checked when the crate compiles).
 const DEFAULT_BACKOFF: ExponentialBackoff =
-    match ExponentialBackoff::doubling(Duration::from_millis(100), Duration::from_secs(5)) {
+    match ExponentialBackoff::doubling(Duration::from_millis(100), Duration::from_secs(1)) {
         Ok(backoff) => backoff,
         Err(_) => panic!("the default backoff is valid"),
     };
