@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::{uri::Authority, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::{connect::HttpConnector, Builder, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::{
     future::Future,
@@ -44,14 +44,20 @@ pub const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn client_speaking(protocol: Protocol) -> HttpClient {
     let mut builder = Client::builder(TokioExecutor::new());
     if protocol == Protocol::Http2 {
-        builder
-            .http2_only(true)
-            .timer(TokioTimer::new())
-            .http2_keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
-            .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT)
-            .http2_keep_alive_while_idle(true);
+        with_keep_alive(builder.http2_only(true));
     }
     builder.build_http()
+}
+
+/// Sets `builder`'s HTTP/2 keep-alive to [`client_speaking`]'s: a ping after
+/// [`HTTP2_KEEP_ALIVE_INTERVAL`] of silence, busy or idle, and the connection closed when no
+/// answer comes within [`HTTP2_KEEP_ALIVE_TIMEOUT`].
+pub fn with_keep_alive(builder: &mut Builder) -> &mut Builder {
+    builder
+        .timer(TokioTimer::new())
+        .http2_keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
+        .http2_keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT)
+        .http2_keep_alive_while_idle(true)
 }
 
 /// The HTTP version a client speaks over plain TCP (no TLS, so no ALPN to agree on one).

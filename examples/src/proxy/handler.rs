@@ -1,22 +1,26 @@
 //! What the proxy does with a request: forward it through the request stack, fan a purge out
 //! to every backend, or serve the metrics page.
 
-use super::{report, ProxyMetrics, ProxyRequest, PurgeStack, RequestStack};
+use super::{report, ProxyMetrics, ProxyRequest, PurgeStack};
 use crate::endpoint::BoxError;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use portcullis::http::Client;
 use portcullis::pool::FailFast;
 use portcullis::retry::RetryError;
 use prometheus_client::registry::Registry;
 use std::{convert::Infallible, fmt, fmt::Write as _, net::SocketAddr, sync::Arc, time::Instant};
 use tower::ServiceExt;
 
+/// What the proxy answers with: a backend's body streamed through, or one of its own.
+pub(super) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
 /// Both stacks and what the proxy's routes need beside them; one per proxy, shared by every
 /// connection.
 pub(super) struct Handler {
-    pub(super) requests: RequestStack,
+    pub(super) requests: Client,
     pub(super) purge: PurgeStack,
     pub(super) registry: Registry,
     pub(super) metrics: ProxyMetrics,
@@ -36,7 +40,7 @@ impl Handler {
         self: Arc<Self>,
         request: Request<Incoming>,
         peer: SocketAddr,
-    ) -> Result<Response<Full<Bytes>>, Infallible> {
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let path = request.uri().path();
         let response = if path == "/metrics" {
             if request.method() == Method::GET || request.method() == Method::HEAD {
@@ -51,39 +55,40 @@ impl Handler {
                 text(StatusCode::METHOD_NOT_ALLOWED, "use POST /admin/purge\n")
             }
         } else {
-            self.forward(request, peer).await
+            return Ok(self.forward(request, peer).await);
         };
-        Ok(response)
+        Ok(response.map(|body| body.map_err(|never| match never {}).boxed_unsync()))
     }
 
-    async fn forward(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    async fn forward(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let began = Instant::now();
         let response = self.forward_timed(request, peer).await;
         self.metrics.handling.observe(began.elapsed());
         response
     }
 
+    /// Forwards `request` through the client, its body streamed (and kept for a retry up to
+    /// the replay limit), and streams the backend's response back.
     async fn forward_timed(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
-    ) -> Response<Full<Bytes>> {
-        let mut upstream = match self.read(request).await {
-            Ok(upstream) => upstream,
-            Err(response) => return response,
-        };
+    ) -> Response<ProxyBody> {
+        let (parts, body) = request.into_parts();
+        let mut upstream = upstream(parts, Limited::new(body, self.max_body_bytes));
         if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
             upstream.headers_mut().append("x-forwarded-for", value);
         }
-        match self.requests.clone().oneshot(upstream).await {
+        match self.requests.request(upstream).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                // hyper sets the framing for the downstream protocol from the whole body.
-                parts.headers.remove(header::CONTENT_LENGTH);
-                Response::from_parts(parts, Full::new(body))
+                Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
             }
-            Err(error) => error_response(&error),
+            Err(error) => {
+                let response = error_response(&error);
+                response.map(|body| body.map_err(|never| match never {}).boxed_unsync())
+            }
         }
     }
 
@@ -166,22 +171,29 @@ impl Handler {
                 ))
             }
         };
-        let mut upstream = Request::new(Full::new(body));
-        *upstream.method_mut() = parts.method;
-        // Only the path goes upstream: `HttpEndpoint` names the backend, and the version is the
-        // client's business (`ProxyConfig::backend_protocol`, whatever the caller spoke).
-        if let Some(path) = parts.uri.path_and_query() {
-            if let Ok(uri) = Uri::try_from(path.as_str()) {
-                *upstream.uri_mut() = uri;
-            }
-        }
-        let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
-        headers.remove(header::HOST);
-        headers.remove(header::CONTENT_LENGTH);
-        *upstream.headers_mut() = headers;
-        Ok(upstream)
+        Ok(upstream(parts, Full::new(body)))
     }
+}
+
+/// The request to send upstream: the caller's method, path and headers, less those that
+/// describe its connection, its `Host` and its `Content-Length` (the body's framing is the
+/// upstream connection's business), over `body`.
+fn upstream<B>(parts: http::request::Parts, body: B) -> Request<B> {
+    let mut upstream = Request::new(body);
+    *upstream.method_mut() = parts.method;
+    // Only the path goes upstream: the client names the backend, and the version is the
+    // client's business (`ProxyConfig::backend_protocol`, whatever the caller spoke).
+    if let Some(path) = parts.uri.path_and_query() {
+        if let Ok(uri) = Uri::try_from(path.as_str()) {
+            *upstream.uri_mut() = uri;
+        }
+    }
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    *upstream.headers_mut() = headers;
+    upstream
 }
 
 /// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1),

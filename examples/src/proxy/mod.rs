@@ -2,13 +2,16 @@
 //! example and its integration test.
 //!
 //! Two stacks read the same backends, from one of three sources ([`Backends`]): a file of
-//! addresses ([`AddrFile`](portcullis::discovery::AddrFile), re-read every [`ProxyConfig::poll_interval`]; the default), DNS
-//! records (A/AAAA of `host:port`, or SRV) or the keys under an etcd prefix. Each source's
-//! updates become `Update<SocketAddr, SocketAddr>` (keyed by the backend's address), so that
-//! the stacks are the same whatever the source:
+//! addresses ([`AddrFile`](portcullis::discovery::AddrFile), re-read every
+//! [`ProxyConfig::poll_interval`]; the default), DNS records (A/AAAA of `host:port`, or SRV) or
+//! the keys under an etcd prefix, each backend keyed by its address:
 //!
-//! - **requests**: `Retry` (HTTP classifier, budget, backoff inside a deadline) → `PoolQueue` →
-//!   `P2cPool` (PeakEwma, outlier ejection) → [`HttpEndpoint`] per backend, all over one shared hyper client;
+//! - **requests**: a [`portcullis::http::Client`] over the source's target (`Retry` with the
+//!   HTTP classifier, a budget and backoff inside a deadline, replaying request bodies up to
+//!   [`ProxyConfig::replay_limit`] → `PoolQueue` → `P2cPool` with PeakEwma and outlier
+//!   ejection → a hyper-util client per backend, ready only while the backend can be
+//!   reached). Request and response bodies are streamed through; a backend's `Retry-After`
+//!   holds that backend out of the pick, and the retry goes to another at once;
 //! - **admin fan-out** (`POST /admin/purge…`): `PoolQueue` → `FanOut` over one `HttpEndpoint`
 //!   per backend, so the peer set follows discovery like the pool does; the request goes to
 //!   every backend as `POST /purge…` and the answer reports each backend's outcome (JSON, or
@@ -33,9 +36,10 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::fanout::{FanOut, FanOutBuilder, FanOutMetrics, Policy, Report};
+use portcullis::http::Client;
 use portcullis::p2c::{P2cMetrics, P2cPool, P2cPoolBuilder};
 use portcullis::pool::{PoolQueue, PoolQueueBuilder, PoolQueueMetrics, Update};
-use portcullis::retry::{classify::http::HttpClassify, Backoff, Budget, Retry, RetryMetrics};
+use portcullis::retry::{Backoff, Budget, Retry, RetryMetrics};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use source::Source;
@@ -47,14 +51,13 @@ use std::{
     time::Duration,
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
-use tower::{util::BoxCloneSyncService, Layer};
+use tower::util::BoxCloneSyncService;
 
-/// A request as the stacks carry it: the body read whole, so that it can be replayed.
+/// A purge as the fan-out carries it: the body read whole, so that every backend gets it.
 pub type ProxyRequest = Request<Full<Bytes>>;
 /// What the admin fan-out resolves to: every backend's outcome.
 pub type PurgeReport = Report<SocketAddr, Response<Bytes>, BoxError>;
 
-type RequestStack = BoxCloneSyncService<ProxyRequest, Response<Bytes>, BoxError>;
 type PurgeStack = BoxCloneSyncService<ProxyRequest, PurgeReport, BoxError>;
 
 /// How the proxy is set up. [`ProxyConfig::new`] has the defaults; every field may be changed.
@@ -83,16 +86,22 @@ pub struct ProxyConfig {
     pub deadline: Duration,
     /// Concurrency, deadlines and policy of the admin fan-out.
     pub fan_out: FanOutBuilder,
-    /// The largest request body the proxy reads (it must hold it to replay it).
+    /// The largest request body the proxy forwards (413 past it on a purge, which reads its
+    /// body whole; a forwarded request's is streamed, and its attempt fails past it).
     pub max_body_bytes: usize,
+    /// How much of a forwarded request's body is kept while it is sent, so that the request
+    /// can be retried: a longer body is sent once and never retried
+    /// ([`portcullis::http::ClientBuilder::replay_limit`]).
+    pub replay_limit: usize,
 }
 
 impl ProxyConfig {
     /// The defaults, over `backends` (a path is a backends file): re-read a file every second;
     /// HTTP/1.1 to the backends; the queue's defaults (100 waiting requests, failfast after
     /// 3 s); 3 attempts with 10 ms..200 ms jittered backoff, the default budget (20 % of
-    /// requests, plus 10 retries a second), 2 s per attempt, 5 s in all; the fan-out 16
-    /// backends at a time, 2 s each, 5 s in all, waiting for all.
+    /// requests, plus 10 retries a second), 2 s per attempt, 5 s in all; request bodies up to
+    /// 4 MiB, replayed up to 64 KiB; the fan-out 16 backends at a time, 2 s each, 5 s in all,
+    /// waiting for all.
     pub fn new(backends: impl Into<Backends>) -> Self {
         Self {
             backends: backends.into(),
@@ -111,6 +120,7 @@ impl ProxyConfig {
                 .overall_timeout(Duration::from_secs(5))
                 .policy(Policy::All),
             max_body_bytes: 4 << 20,
+            replay_limit: portcullis::retry::replay::DEFAULT_LIMIT,
         }
     }
 }
@@ -133,8 +143,8 @@ pub struct ProxyMetrics {
 }
 
 /// How long the proxy took over each forwarded request: from the moment hyper handed it over
-/// (its head read) to the response, the body read and the request stack's whole sequence
-/// included. It is what the stack's deadline can be held to; time before (the accept loop,
+/// (its head read) to the response's head, the request stack's whole sequence included (the
+/// bodies stream through afterwards). It is what the stack's deadline can be held to; time before (the accept loop,
 /// hyper reading the head, a caller's own queueing) and after (writing the response) is
 /// outside it. Exported as `portcullis_proxy_request_duration_seconds`.
 #[derive(Clone, Debug)]
@@ -181,45 +191,47 @@ impl Proxy {
     /// bound.
     pub async fn bind(listen: SocketAddr, config: ProxyConfig) -> Result<Self, BoxError> {
         let source = Source::new(&config.backends, config.poll_interval).await?;
-        let client = endpoint::client_speaking(config.backend_protocol);
 
-        // Endpoint health: five failures in a row (errors, 5xx, or an attempt timeout that
-        // gave up on the call) eject a backend; a failure demotes it for a second, so the
-        // retry of a request goes to another backend. Exported as p2c_ejections_total,
-        // p2c_ejected, p2c_panic_mode and p2c_ramping on /metrics.
+        // The request stack: an HTTP client over the same backends, with the proxy's
+        // settings. Beside the client's defaults (five failures in a row eject a backend, a
+        // failure demotes it for a second so that the retry goes elsewhere, a backend's
+        // `Retry-After` holds it out of the pick), a call the attempt timeout cuts short counts
+        // as a failure: the timeout starts before the queue wait and the pool's clock at the
+        // call, so such a call is a little younger than the timeout, hence nine tenths of it.
+        // A backend added while others serve ramps up over 10 s.
         let pool = P2cPool::builder()
             .consecutive_failures(P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES)
-            // The attempt timeout starts before the queue wait and the pool's clock at the
-            // call, so a call it cuts short is a little younger than the timeout: count one
-            // dropped after nine tenths of it.
             .abandoned_after(config.attempt_timeout.mul_f64(0.9))
-            // A backend added to the file while others serve ramps up over 10 s.
             .slow_start(
                 Duration::from_secs(10),
                 P2cPoolBuilder::DEFAULT_SLOW_START_AGGRESSION,
                 P2cPoolBuilder::DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT,
-            )
-            .build_with_classify(
-                portcullis::p2c::make::peak_ewma({
-                    let client = client.clone();
-                    move |_: &SocketAddr, addr: &SocketAddr| {
-                        HttpEndpoint::new(client.clone(), *addr)
-                    }
-                }),
-                |response: &Response<Bytes>| response.status().is_server_error(),
-            )?;
-        let p2c = pool.metrics();
-        let queue = config.queue.build(pool, source.updates())?;
+            );
         let retry = Retry::builder()
             .max_attempts(config.max_attempts)
             .backoff(config.backoff)
             .budget(config.budget.clone())
-            .attempt_timeout(config.attempt_timeout)
+            .attempt_timeout(config.attempt_timeout);
+        // HTTP/2 connections to a silent backend closed as the fan-out's are (see
+        // `endpoint::client_speaking`).
+        let mut hyper = portcullis::endpoint::http::client_builder();
+        endpoint::with_keep_alive(&mut hyper);
+        let mut client = Client::builder()
+            .hyper_builder(hyper)
+            .retry(retry)
+            .queue(config.queue)
+            .pool(pool)
             .deadline(config.deadline)
-            .build_layer(HttpClassify::new())?;
-        let queue_metrics = queue.metrics();
-        let requests = BoxCloneSyncService::new(retry.layer(queue));
+            .replay_limit(config.replay_limit)
+            .file_poll_interval(config.poll_interval);
+        if config.backend_protocol == Protocol::Http2 {
+            client = client.http2_only();
+        }
+        let (target, client) = source.target(client);
+        let requests = client.build_target(target)?;
+        let client_metrics = requests.metrics();
 
+        let client = endpoint::client_speaking(config.backend_protocol);
         let peers = source
             .updates()
             .map_ok(move |update| peers(&client, update));
@@ -233,18 +245,16 @@ impl Proxy {
         let purge = BoxCloneSyncService::new(purge_queue);
 
         let metrics = ProxyMetrics {
-            queue: queue_metrics,
-            p2c,
-            retry: retry.metrics().clone(),
+            queue: client_metrics.queue().clone(),
+            p2c: client_metrics.pool().clone(),
+            retry: client_metrics.retry().clone(),
             purge_queue: purge_queue_metrics,
             fan_out: fan_out_metrics,
             handling: HandlingTimes::new(),
         };
         let mut registry = Registry::default();
         let proxy = "portcullis_proxy";
-        portcullis::prometheus::register_pool_queue(&mut registry, proxy, metrics.queue.clone())?;
-        portcullis::prometheus::register_p2c(&mut registry, proxy, metrics.p2c.clone())?;
-        portcullis::prometheus::register_retry(&mut registry, proxy, metrics.retry.clone())?;
+        portcullis::prometheus::register_client(&mut registry, proxy, &client_metrics)?;
         registry.register_with_unit(
             format!("{proxy}_request_duration"),
             "How long the proxy took over each forwarded request",

@@ -9,7 +9,9 @@ use portcullis::discovery::{
     etcd::{Etcd, EtcdBuilder, EtcdEndpoint},
     AddrFile,
 };
+use portcullis::http::ClientBuilder;
 use portcullis::pool::Update;
+use portcullis::target::Target;
 use std::{
     collections::{BTreeSet, HashMap},
     fmt::{self, Write as _},
@@ -116,8 +118,15 @@ pub(super) type BackendUpdates =
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Source {
     File(AddrFile),
-    Dns(DnsQuery),
-    Etcd { etcd: Etcd, prefix: String },
+    Dns {
+        dns: Dns,
+        name: DnsName,
+        query: DnsQuery,
+    },
+    Etcd {
+        etcd: Etcd,
+        prefix: String,
+    },
 }
 
 impl Source {
@@ -135,10 +144,15 @@ impl Source {
             }
             Backends::Dns { name, resolver } => {
                 let dns: Dns = resolver.clone().build()?;
-                Self::Dns(match name {
+                let query = match name {
                     DnsName::Host { host, port } => dns.host(host, *port)?,
                     DnsName::Srv(service) => dns.srv(service)?,
-                })
+                };
+                Self::Dns {
+                    dns,
+                    name: name.clone(),
+                    query,
+                }
             }
             Backends::Etcd {
                 endpoints,
@@ -176,11 +190,32 @@ impl Source {
         })
     }
 
+    /// The same backends as an HTTP client's target, with the source that target reads
+    /// given to `client` (DNS's resolver, etcd's client): the request stack reads them itself.
+    pub(super) fn target(&self, client: ClientBuilder) -> (Target, ClientBuilder) {
+        match self {
+            Self::File(file) => (Target::File(file.path().to_path_buf()), client),
+            Self::Dns { dns, name, .. } => {
+                let target = match name.clone() {
+                    DnsName::Host { host, port } => Target::DnsHost { host, port },
+                    DnsName::Srv(name) => Target::DnsSrv { name },
+                };
+                (target, client.dns(dns.clone()))
+            }
+            Self::Etcd { etcd, prefix } => {
+                let target = Target::Etcd {
+                    prefix: prefix.clone(),
+                };
+                (target, client.etcd(etcd.clone()))
+            }
+        }
+    }
+
     /// A new stream of the backends, keyed and targeted by address.
     pub(super) fn updates(&self) -> BackendUpdates {
         match self {
             Self::File(file) => file.updates().err_into().boxed(),
-            Self::Dns(query) => query
+            Self::Dns { query, .. } => query
                 .updates()
                 .map_ok(|update| update.map(|_, endpoint| endpoint.addr))
                 .err_into()
