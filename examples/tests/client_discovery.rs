@@ -1,6 +1,8 @@
-//! `grpc::Channel` and `http::Client` built from `dns:///` and `etcd:///` targets, against the
-//! discovery tests' own real servers: hickory-server in this process for DNS, and a real
-//! `/usr/bin/etcd` per test (portcullis-discovery's test servers, included by `#[path]`).
+//! `grpc::Channel` and `http::Client` built from `dns:///`, `etcd:///` and `k8s:///` targets,
+//! against the discovery tests' own servers (included by `#[path]`): hickory-server in this
+//! process for DNS, a real `/usr/bin/etcd` per test, and for Kubernetes, where no cluster can
+//! run here, portcullis-discovery's stand-in API server (the list and watch protocol of
+//! EndpointSlices that kube's watcher speaks, on loopback).
 //!
 //! Real time; every wait is bounded.
 
@@ -8,13 +10,19 @@
 mod dns_server;
 #[path = "../../crates/portcullis-discovery/tests/support/etcd_server.rs"]
 mod etcd_server;
+#[path = "../../crates/portcullis-discovery/tests/support/k8s_server.rs"]
+mod k8s_server;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use dns_server::{Rr, TestDns};
 use etcd_server::EtcdServer;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_server::K8sServer;
 use portcullis::discovery::etcd::Etcd;
+use portcullis::discovery::k8s::K8s;
 use portcullis::grpc::Channel;
 use portcullis::http::Client;
 use portcullis::target::TargetError;
@@ -148,6 +156,91 @@ async fn a_client_follows_an_etcd_prefix() {
         assert_eq!(response.status(), 200);
     }
     assert_eq!(a.requests(), before);
+}
+
+/// An EndpointSlice of the Service `api` in `default`: one ready endpoint, 127.0.0.1, at
+/// `port` under the port name `http`.
+fn slice(name: &str, port: u16) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            labels: Some([("kubernetes.io/service-name".to_string(), "api".to_string())].into()),
+            ..ObjectMeta::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: vec![Endpoint {
+            addresses: vec!["127.0.0.1".into()],
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                serving: Some(true),
+                terminating: Some(false),
+            }),
+            ..Endpoint::default()
+        }],
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(i32::from(port)),
+            ..EndpointPort::default()
+        }]),
+    }
+}
+
+#[tokio::test]
+async fn a_client_follows_a_k8s_service() {
+    let server = K8sServer::start().await;
+    let a = Backend::start("a", Behavior::default()).await.unwrap();
+    let b = Backend::start("b", Behavior::default()).await.unwrap();
+    // One slice per backend: they listen on ports of their own.
+    server.apply(slice("api-a", a.addr.port()));
+    server.apply(slice("api-b", b.addr.port()));
+
+    let k8s = K8s::builder()
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build(server.client())
+        .unwrap();
+    let client = Client::builder()
+        .k8s(k8s)
+        .build("k8s:///default/api:http")
+        .unwrap();
+    eventually("a and b found", || {
+        client.metrics().snapshot().pool.ready == 2
+    })
+    .await;
+    for _ in 0..20 {
+        let request = http::Request::get("/").body(String::new()).unwrap();
+        let response = tokio::time::timeout(BOUND, client.request(request))
+            .await
+            .expect("bounded")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert!(a.requests() > 0 && b.requests() > 0);
+
+    // a's slice deleted: no request reaches a once the client has the change.
+    server.delete("default", "api-a");
+    eventually("a removed", || {
+        let pool = client.metrics().snapshot().pool;
+        pool.ready + pool.pending + pool.failed == 1
+    })
+    .await;
+    let before = a.requests();
+    for _ in 0..10 {
+        let request = http::Request::get("/").body(String::new()).unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(a.requests(), before);
+}
+
+#[tokio::test]
+async fn a_k8s_target_without_its_source_is_a_typed_error() {
+    match Client::from_target("k8s:///default/api:http") {
+        Err(BuildError::Target(TargetError::NoSource { scheme, setter })) => {
+            assert_eq!((scheme, setter), ("k8s", "k8s"));
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
