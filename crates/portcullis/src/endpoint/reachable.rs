@@ -43,7 +43,12 @@ pub struct Reachable<S> {
     failures: u32,
     /// The probe under way while the backend is unreachable.
     probe: Option<Pin<Box<dyn Future<Output = io::Result<()>> + Send>>>,
+    /// How a probe checks the backend: a TCP connect to `authority` if `None`.
+    check: Option<Check>,
 }
+
+/// A probe given to [`Reachable::probe_with`].
+type Check = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = io::Result<()>> + Send>> + Send + Sync>;
 
 impl<S> Reachable<S> {
     /// The first wait before probing a backend that refused: 100 ms.
@@ -65,6 +70,7 @@ impl<S> Reachable<S> {
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             failures: 0,
             probe: None,
+            check: None,
         }
     }
 
@@ -77,6 +83,34 @@ impl<S> Reachable<S> {
     /// How long a probe's connect may take.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Probes the backend with `probe` instead of a TCP connect to its authority: the backend
+    /// is reachable again once a probe's future gives `Ok`. It is still cut at the
+    /// [`connect_timeout`](Self::connect_timeout) and backs off the same way. For a transport
+    /// that is not TCP, a check of your own, or a simulated backend in a test.
+    ///
+    /// ```
+    /// use portcullis::endpoint::Reachable;
+    /// use std::io;
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let up = Arc::new(AtomicBool::new(true));
+    /// let endpoint = tower::service_fn(|()| async { Ok::<_, io::Error>(()) });
+    /// let endpoint = Reachable::new(endpoint, "sim:0").probe_with(move || {
+    ///     let up = up.load(Ordering::Relaxed);
+    ///     async move { if up { Ok(()) } else { Err(io::ErrorKind::ConnectionRefused.into()) } }
+    /// });
+    /// assert!(!endpoint.is_reconnecting());
+    /// ```
+    pub fn probe_with<F, Fut>(mut self, probe: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = io::Result<()>> + Send + 'static,
+    {
+        self.check = Some(Arc::new(move || Box::pin(probe())));
         self
     }
 
@@ -95,12 +129,18 @@ impl<S> Reachable<S> {
         let authority = self.authority.clone();
         let timeout = self.connect_timeout;
         tracing::debug!(%authority, ?wait, failures = self.failures, "backend unreachable; probing");
+        let check = self.check.clone();
         self.probe = Some(Box::pin(async move {
             tokio::time::sleep(wait).await;
-            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&*authority)).await {
-                Ok(Ok(_socket)) => Ok(()),
-                Ok(Err(error)) => Err(error),
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            let probe = async move {
+                match check {
+                    Some(check) => check().await,
+                    None => tokio::net::TcpStream::connect(&*authority).await.map(drop),
+                }
+            };
+            match tokio::time::timeout(timeout, probe).await {
+                Ok(result) => result,
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "probe timed out")),
             }
         }));
     }
@@ -203,6 +243,7 @@ impl<S: Clone> Clone for Reachable<S> {
             connect_timeout: self.connect_timeout,
             failures: 0,
             probe: None,
+            check: self.check.clone(),
         }
     }
 }
