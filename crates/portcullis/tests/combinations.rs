@@ -4,9 +4,11 @@
 //! Each case draws a configuration (direct dispatch on or off, capacity 1..=8, the failfast
 //! timeout, a `Retry` with attempt timeouts over the queue or plain callers, and each of the
 //! pool's health features: ejection, panic threshold, slow start, weights, failure-aware,
-//! subsetting) and a history of events (discovery updates and errors, readiness flips,
-//! endpoint failures, panics and hangs, latency changes, callers that pipeline on one handle,
-//! cancellations, clones, handles polled from a plain thread outside the runtime, and time).
+//! subsetting; and the clients' endpoint readiness, `Reachable`, over a simulated probe) and a
+//! history of events (discovery updates and errors, readiness flips, endpoint failures,
+//! refused connections, panics and hangs, latency changes, callers that pipeline on one
+//! handle, cancellations, clones, handles polled from a plain thread outside the runtime, and
+//! time).
 //! After every step it checks the contracts:
 //!
 //! - FIFO: requests reach the pool in the order they were called (per queue, so per handle);
@@ -25,6 +27,8 @@
 //! --release`.
 
 use futures_util::FutureExt;
+#[cfg(any(feature = "http", feature = "grpc"))]
+use portcullis::endpoint::Reachable;
 use portcullis::p2c::{
     failure::failure_aware,
     make::{peak_ewma, weighted, MakeEndpoint},
@@ -46,6 +50,7 @@ use proptest::strategy::ValueTree;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -70,6 +75,9 @@ struct Config {
     weights: Option<[u32; KEYS as usize]>,
     failure_aware: bool,
     subset: Option<(u64, usize)>,
+    /// Each endpoint a `Reachable` (as the clients' are): not ready after a refused connect
+    /// until a probe of its replica succeeds. Drawn with the `http` or `grpc` feature only.
+    reachable: bool,
     seed: u64,
 }
 
@@ -104,6 +112,7 @@ prop_compose! {
         weights in prop::option::of(prop::array::uniform6(1..=20u32)),
         failure_aware in any::<bool>(),
         subset in prop::option::weighted(0.3, (0..8u64, 2..=5usize)),
+        reachable in any::<bool>(),
         seed in any::<u64>(),
     ) -> Config {
         Config {
@@ -117,6 +126,7 @@ prop_compose! {
             weights,
             failure_aware,
             subset,
+            reachable,
             seed,
         }
     }
@@ -131,6 +141,9 @@ enum Event {
     SetReady(u32, bool),
     FailReady(u32, bool),
     FailCalls(u32, bool),
+    /// The replica refuses connections: its calls fail with a refused connect (an I/O error,
+    /// as a connector gives it), and so do the probes of a `Reachable` endpoint.
+    Refuse(u32, bool),
     Latency(u32, u64),
     /// The replica's calls hang (drawn only with a retry, whose deadline bounds them).
     Hang(u32, bool),
@@ -166,6 +179,7 @@ fn event() -> impl Strategy<Value = Event> {
         3 => (0..KEYS, any::<bool>()).prop_map(|(k, r)| Event::SetReady(k, r)),
         2 => (0..KEYS, prop::bool::weighted(0.3)).prop_map(|(k, f)| Event::FailReady(k, f)),
         2 => (0..KEYS, prop::bool::weighted(0.4)).prop_map(|(k, f)| Event::FailCalls(k, f)),
+        2 => (0..KEYS, prop::bool::weighted(0.4)).prop_map(|(k, r)| Event::Refuse(k, r)),
         2 => (0..KEYS, prop_oneof![Just(0u64), Just(5), Just(50), Just(250)])
             .prop_map(|(k, l)| Event::Latency(k, l)),
         1 => (0..KEYS, prop::bool::weighted(0.3)).prop_map(|(k, h)| Event::Hang(k, h)),
@@ -403,6 +417,9 @@ fn is_typed(error: &(dyn std::error::Error + 'static)) -> bool {
             || error.is::<SimError>()
             || error.is::<RetryError>()
             || error.is::<portcullis::p2c::error::EndpointGone>()
+            || error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
         {
             return true;
         }
@@ -413,11 +430,65 @@ fn is_typed(error: &(dyn std::error::Error + 'static)) -> bool {
 
 // === the system under test ===
 
+/// Which replicas refuse connections ([`Event::Refuse`]).
+#[derive(Clone, Default)]
+struct Refusing(Arc<[AtomicBool; KEYS as usize]>);
+
+impl Refusing {
+    fn set(&self, key: u32, refuse: bool) {
+        self.0[key as usize].store(refuse, Ordering::Relaxed);
+    }
+
+    /// A refused connect, if replica `key` refuses.
+    fn connect(&self, key: u32) -> std::io::Result<()> {
+        match self.0[key as usize].load(Ordering::Relaxed) {
+            true => Err(std::io::ErrorKind::ConnectionRefused.into()),
+            false => Ok(()),
+        }
+    }
+}
+
+/// A fleet endpoint that connects for each call, as the clients' HTTP endpoints do: while its
+/// replica refuses, a call fails at once with the refused connect and never reaches it.
+#[derive(Clone)]
+struct Connecting<S> {
+    inner: S,
+    key: u32,
+    refusing: Refusing,
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<(u32, u32), BoxError>> + Send>>;
+
+impl<S> Service<u64> for Connecting<S>
+where
+    S: Service<u64, Response = (u32, u32), Error = SimError>,
+    S::Future: Send + 'static,
+{
+    type Response = (u32, u32);
+    type Error = BoxError;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: u64) -> Answer {
+        match self.refusing.connect(self.key) {
+            Err(refused) => Box::pin(std::future::ready(Err(refused.into()))),
+            Ok(()) => {
+                let call = self.inner.call(request);
+                Box::pin(async move { call.await.map_err(Into::into) })
+            }
+        }
+    }
+}
+
 type Queue<F> = PoolQueue<u64, F>;
 
 struct Case<F> {
     config: Config,
     fleet: Fleet,
+    refusing: Refusing,
     log: Shared,
     updates: DiscoverySender<u32, u32>,
     handles: Vec<Attempts<Queue<F>>>,
@@ -427,6 +498,8 @@ struct Case<F> {
     requests: Vec<Logical>,
     /// Whether an endpoint was told to panic (the queue's counters stop at a panic).
     panicked: bool,
+    /// Whether discovery failed (the queue fails every request after that, by design).
+    discovery_failed: bool,
     start: Instant,
 }
 
@@ -481,13 +554,10 @@ fn p2c_builder(config: &Config) -> portcullis::p2c::P2cPoolBuilder {
 async fn run(config: Config, events: Vec<Event>) -> Result<(), TestCaseError> {
     let fleet = Fleet::new();
     let log = Shared::default();
+    let refusing = Refusing::default();
     let (updates, stream) = discovery::channel::<u32, u32>();
     // Without weights every endpoint weighs 1, which is what an unweighted maker says.
     let weights = config.weights;
-    let maker = weighted(
-        peak_ewma(fleet.maker::<u64>()),
-        move |key: &u32, _: &u32| weights.map_or(1, |w| w[*key as usize % w.len()]),
-    );
     let builder = p2c_builder(&config);
     let queue = PoolQueue::builder()
         .capacity(config.capacity)
@@ -517,8 +587,10 @@ async fn run(config: Config, events: Vec<Event>) -> Result<(), TestCaseError> {
                 handles: vec![handle; HANDLES],
                 retry,
                 panicked: false,
+                discovery_failed: false,
                 config,
                 fleet,
+                refusing,
                 log,
                 updates,
                 requests: Vec::new(),
@@ -527,12 +599,39 @@ async fn run(config: Config, events: Vec<Event>) -> Result<(), TestCaseError> {
             case.play(events).await
         }};
     }
-    if config.failure_aware {
-        let maker = failure_aware(maker, |_: &(u32, u32)| false, ms(1_000)).map_err(fail)?;
-        go!(builder.build(maker).map_err(fail)?)
-    } else {
-        go!(builder.build(maker).map_err(fail)?)
+    // Four endpoint types (`Reachable` or not, failure-aware or not): the same code each.
+    macro_rules! pools {
+        ($maker:expr) => {{
+            let maker = weighted(peak_ewma($maker), move |key: &u32, _: &u32| {
+                weights.map_or(1, |w| w[*key as usize % w.len()])
+            });
+            if config.failure_aware {
+                let maker =
+                    failure_aware(maker, |_: &(u32, u32)| false, ms(1_000)).map_err(fail)?;
+                go!(builder.build(maker).map_err(fail)?)
+            } else {
+                go!(builder.build(maker).map_err(fail)?)
+            }
+        }};
     }
+    let (sims, connects) = (fleet.clone(), refusing.clone());
+    let connecting = move |key: &u32, target: &u32| Connecting {
+        inner: sims.endpoint::<u64>(*key, *target),
+        key: *key,
+        refusing: connects.clone(),
+    };
+    // `Reachable` is the clients' (features `http`, `grpc`; CI builds with every feature).
+    #[cfg(any(feature = "http", feature = "grpc"))]
+    if config.reachable {
+        let probes = refusing.clone();
+        let connecting = connecting.clone();
+        return pools!(move |key: &u32, target: &u32| {
+            let (probes, key) = (probes.clone(), *key);
+            Reachable::new(connecting(&key, target), format!("replica-{key}:0"))
+                .probe_with(move || std::future::ready(probes.connect(key)))
+        });
+    }
+    pools!(connecting)
 }
 
 fn fail(error: impl std::fmt::Display) -> TestCaseError {
@@ -562,11 +661,13 @@ where
                 self.updates.send(update);
             }
             Event::DiscoveryFails => {
+                self.discovery_failed = true;
                 self.updates.fail("discovery broke");
             }
             Event::SetReady(key, ready) => self.fleet.control(key).set_ready(ready),
             Event::FailReady(key, fail) => self.fleet.control(key).set_fail_ready(fail),
             Event::FailCalls(key, fail) => self.fleet.control(key).set_fail_calls(fail),
+            Event::Refuse(key, refuse) => self.refusing.set(key, refuse),
             Event::Latency(key, latency) => self.fleet.control(key).set_latency(ms(latency)),
             Event::Hang(key, hang) => {
                 // Without a retry nothing bounds a hung call, by design: the caller owns it.
@@ -749,6 +850,7 @@ where
             control.set_hang(false);
             control.set_panic_on_call(false);
             control.set_latency(Duration::ZERO);
+            self.refusing.set(key, false);
         }
         self.updates
             .send(Update::Reset((0..KEYS).map(|k| (k, 0)).collect()));
@@ -802,6 +904,26 @@ where
         if !self.config.direct_dispatch {
             prop_assert_eq!(metrics.direct_dispatches, 0);
         }
+        drop(log);
+
+        // Live again: with every replica healed and discovered, a request is served (unless
+        // the queue ended, as it does when discovery fails or a panic took its worker).
+        if !self.panicked && !self.discovery_failed {
+            let served = self.handles[0].clone().oneshot(0);
+            let served = tokio::time::timeout(ms(1_000), served).await;
+            prop_assert!(
+                matches!(served, Ok(Ok(_))),
+                "after healing, a request got {:?}",
+                served.map(|result| result.map_err(|error| error.to_string()))
+            );
+            // And every endpoint is ready again, not only one.
+            settle().await;
+            let endpoints = self.handles[0].inner.metrics().snapshot().endpoints;
+            prop_assert!(
+                endpoints.total() > 0 && endpoints.ready == endpoints.total(),
+                "after healing: {endpoints:?}"
+            );
+        }
         Ok(())
     }
 }
@@ -853,6 +975,7 @@ fn draws_cover_every_setting() {
             ("weights", config.weights.is_some()),
             ("failure_aware", config.failure_aware),
             ("subset", config.subset.is_some()),
+            ("reachable", config.reachable),
         ] {
             seen.entry(name).or_default().insert(on);
         }
@@ -878,6 +1001,7 @@ fn regression_a_plain_thread_caller_drives_a_latency_aware_pool() -> Result<(), 
         weights: Some([1, 19, 1, 16, 1, 1]),
         failure_aware: false,
         subset: None,
+        reachable: false,
         seed: 3_585_878_195_470_747_435,
     };
     let events = vec![
