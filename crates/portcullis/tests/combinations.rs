@@ -881,30 +881,31 @@ where
                 Some(Err(_)) | None => {}
             }
         }
-        let log = self.log.lock();
-        prop_assert!(log.violations.is_empty(), "{:?}", log.violations);
-        let unended = log
-            .attempts
-            .iter()
-            .filter(|a| a.dispatched_at.is_none() && a.ended_at.is_none())
-            .count();
-        prop_assert_eq!(unended, 0, "attempts neither dispatched nor ended");
-        let metrics = self.handles[0].inner.metrics().snapshot();
-        let through_worker = metrics.in_queue.dispatched.len();
-        let dispatched = log.dispatched.len() as u64;
-        if !self.panicked {
-            prop_assert_eq!(
-                metrics.direct_dispatches + through_worker,
-                dispatched,
-                "direct + through the worker = what the pool saw"
-            );
-            prop_assert!(metrics.failfast_entered >= metrics.failfast_exited);
-            prop_assert!(metrics.failfast_entered - metrics.failfast_exited <= 1);
+        {
+            let log = self.log.lock();
+            prop_assert!(log.violations.is_empty(), "{:?}", log.violations);
+            let unended = log
+                .attempts
+                .iter()
+                .filter(|a| a.dispatched_at.is_none() && a.ended_at.is_none())
+                .count();
+            prop_assert_eq!(unended, 0, "attempts neither dispatched nor ended");
+            let metrics = self.handles[0].inner.metrics().snapshot();
+            let through_worker = metrics.in_queue.dispatched.len();
+            let dispatched = log.dispatched.len() as u64;
+            if !self.panicked {
+                prop_assert_eq!(
+                    metrics.direct_dispatches + through_worker,
+                    dispatched,
+                    "direct + through the worker = what the pool saw"
+                );
+                prop_assert!(metrics.failfast_entered >= metrics.failfast_exited);
+                prop_assert!(metrics.failfast_entered - metrics.failfast_exited <= 1);
+            }
+            if !self.config.direct_dispatch {
+                prop_assert_eq!(metrics.direct_dispatches, 0);
+            }
         }
-        if !self.config.direct_dispatch {
-            prop_assert_eq!(metrics.direct_dispatches, 0);
-        }
-        drop(log);
 
         // Live again: with every replica healed and discovered, a request is served (unless
         // the queue ended, as it does when discovery fails or a panic took its worker).

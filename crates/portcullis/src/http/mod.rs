@@ -147,7 +147,7 @@ impl ClientBuilder {
     }
 
     /// The hyper-util client builder each backend's client is built from (with
-    /// [`connector`](crate::endpoint::http::connector)): its pool, timers and HTTP/2
+    /// [`connector`]): its pool, timers and HTTP/2
     /// keep-alive. Start from [`client_builder`](crate::endpoint::http::client_builder), which
     /// has the tokio executor and timers set; by default, that one as it is (HTTP/2 keep-alive
     /// pings after 10 s of silence, closed after 10 s more). Use
