@@ -53,6 +53,38 @@ async fn served_by(client: &mut EchoClient<Channel>, n: usize) -> BTreeSet<Strin
     served
 }
 
+/// `n` requests through `client`, each answered 200 within the bound.
+async fn served_ok(client: &Client, n: usize) {
+    for _ in 0..n {
+        let request = http::Request::get("/").body(String::new()).unwrap();
+        let response = tokio::time::timeout(BOUND, client.request(request))
+            .await
+            .expect("bounded")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+/// 20 requests through `client`, each answered 200 within the bound, and both `a` and `b`
+/// reached.
+async fn reaches_both(client: &Client, a: &Backend, b: &Backend) {
+    served_ok(client, 20).await;
+    assert!(a.requests() > 0 && b.requests() > 0);
+}
+
+/// Once the client has one backend left (bounded wait), 10 requests are served and none
+/// reaches `gone`.
+async fn no_request_reaches(client: &Client, gone: &Backend) {
+    eventually("one backend left", || {
+        let pool = client.metrics().snapshot().pool;
+        pool.ready + pool.pending + pool.failed == 1
+    })
+    .await;
+    let before = gone.requests();
+    served_ok(client, 10).await;
+    assert_eq!(gone.requests(), before);
+}
+
 #[tokio::test]
 async fn a_channel_follows_srv_records() {
     let script = EchoScript::new();
@@ -132,30 +164,11 @@ async fn a_client_follows_an_etcd_prefix() {
     .await;
     let pool = client.metrics().snapshot().pool;
     assert_eq!(pool.ready + pool.pending + pool.failed, 2, "{pool:?}");
-    for _ in 0..20 {
-        let request = http::Request::get("/").body(String::new()).unwrap();
-        let response = tokio::time::timeout(BOUND, client.request(request))
-            .await
-            .expect("bounded")
-            .unwrap();
-        assert_eq!(response.status(), 200);
-    }
-    assert!(a.requests() > 0 && b.requests() > 0);
+    reaches_both(&client, &a, &b).await;
 
     // a's key deleted: no request reaches a once the client has the change.
     kv.delete(format!("{prefix}a"), None).await.unwrap();
-    eventually("a removed", || {
-        let pool = client.metrics().snapshot().pool;
-        pool.ready + pool.pending + pool.failed == 1
-    })
-    .await;
-    let before = a.requests();
-    for _ in 0..10 {
-        let request = http::Request::get("/").body(String::new()).unwrap();
-        let response = client.request(request).await.unwrap();
-        assert_eq!(response.status(), 200);
-    }
-    assert_eq!(a.requests(), before);
+    no_request_reaches(&client, &a).await;
 }
 
 /// An EndpointSlice of the Service `api` in `default`: one ready endpoint, 127.0.0.1, at
@@ -207,30 +220,11 @@ async fn a_client_follows_a_k8s_service() {
         client.metrics().snapshot().pool.ready == 2
     })
     .await;
-    for _ in 0..20 {
-        let request = http::Request::get("/").body(String::new()).unwrap();
-        let response = tokio::time::timeout(BOUND, client.request(request))
-            .await
-            .expect("bounded")
-            .unwrap();
-        assert_eq!(response.status(), 200);
-    }
-    assert!(a.requests() > 0 && b.requests() > 0);
+    reaches_both(&client, &a, &b).await;
 
     // a's slice deleted: no request reaches a once the client has the change.
     server.delete("default", "api-a");
-    eventually("a removed", || {
-        let pool = client.metrics().snapshot().pool;
-        pool.ready + pool.pending + pool.failed == 1
-    })
-    .await;
-    let before = a.requests();
-    for _ in 0..10 {
-        let request = http::Request::get("/").body(String::new()).unwrap();
-        let response = client.request(request).await.unwrap();
-        assert_eq!(response.status(), 200);
-    }
-    assert_eq!(a.requests(), before);
+    no_request_reaches(&client, &a).await;
 }
 
 #[tokio::test]
