@@ -144,9 +144,10 @@ pub struct ProxyMetrics {
 
 /// How long the proxy took over each forwarded request: from the moment hyper handed it over
 /// (its head read) to the response's head, the request stack's whole sequence included (the
-/// bodies stream through afterwards). It is what the stack's deadline can be held to; time before (the accept loop,
-/// hyper reading the head, a caller's own queueing) and after (writing the response) is
-/// outside it. Exported as `portcullis_proxy_request_duration_seconds`.
+/// bodies stream through afterwards). It is what the stack's deadline can be held to; time
+/// before (the accept loop, hyper reading the head, a caller's own queueing) and after
+/// (writing the response) is outside it. Exported as
+/// `portcullis_proxy_request_duration_seconds`.
 #[derive(Clone, Debug)]
 pub struct HandlingTimes {
     histogram: Histogram,

@@ -147,11 +147,11 @@ impl ClientBuilder {
     }
 
     /// The hyper-util client builder each backend's client is built from (with
-    /// [`connector`]): its pool, timers and HTTP/2
-    /// keep-alive. Start from [`client_builder`](crate::endpoint::http::client_builder), which
-    /// has the tokio executor and timers set; by default, that one as it is (HTTP/2 keep-alive
-    /// pings after 10 s of silence, closed after 10 s more). Use
-    /// [`http2_only`](Self::http2_only) here rather than the builder's.
+    /// [`connector`]): its pool, timers and HTTP/2 keep-alive. Start from
+    /// [`client_builder`](crate::endpoint::http::client_builder), which has the tokio executor
+    /// and timers set; by default, that one as it is (HTTP/2 keep-alive pings after 10 s of
+    /// silence, closed after 10 s more). Use [`http2_only`](Self::http2_only) here rather than
+    /// the builder's.
     pub fn hyper_builder(mut self, builder: hyper_util::client::legacy::Builder) -> Self {
         self.hyper = Some(builder);
         self
