@@ -88,7 +88,7 @@ pub use future::ResponseFuture;
 pub use make::MakeEndpoint;
 pub use metrics::{P2cMetrics, P2cSnapshot};
 pub use ready_cache::EndpointState;
-pub use service::P2cPool;
+pub use service::{P2cPool, TriedIn};
 
 /// The boxed error the pool returns: an endpoint's error, or one of [`error`]'s types.
 pub use portcullis_pool::BoxError;

@@ -14,6 +14,9 @@ pub use error::{NotReady, PolledAfterCompletion};
 pub use pool::{EndpointCounts, EndpointSet, Pool, Update, UpdateKind};
 pub mod queue;
 pub mod time;
+pub mod tried;
+
+pub use tried::Tried;
 
 pub use queue::{
     BoxError, BuildError, FailFast, HistogramSummary, InQueueTimes, NoSlot, PoolFailed, PoolQueue,

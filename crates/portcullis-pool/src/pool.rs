@@ -284,4 +284,18 @@ pub trait Pool<K, T, Req>: Service<Req> {
 
     /// How many endpoints the pool holds, by state.
     fn endpoints(&self) -> EndpointCounts;
+
+    /// [`poll_ready`](Service::poll_ready) for `request`, the request the next `call` sends:
+    /// a pool may choose its endpoint for that request. [`PoolQueue`](crate::PoolQueue) calls
+    /// this, not `poll_ready`, whenever it knows the request (its worker and its direct
+    /// dispatch both do). By default, `poll_ready`; `portcullis-p2c`'s pool avoids the
+    /// endpoints that a [`Tried`](crate::Tried) carried by the request names.
+    fn poll_ready_for(
+        &mut self,
+        cx: &mut Context<'_>,
+        request: &Req,
+    ) -> Poll<Result<(), Self::Error>> {
+        let _ = request;
+        self.poll_ready(cx)
+    }
 }

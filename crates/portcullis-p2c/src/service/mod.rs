@@ -13,7 +13,7 @@ use crate::ready_cache::{ReadyCache, ReadyRef};
 use crate::BoxError;
 use crate::EndpointState;
 use crate::P2cPoolBuilder;
-use portcullis_pool::{EndpointCounts, Pool, Update};
+use portcullis_pool::{EndpointCounts, Pool, Tried, Update};
 use rand::rngs::SmallRng;
 use std::fmt;
 use std::hash::Hash;
@@ -48,8 +48,13 @@ where
     /// The seed the random source started from, if it was given one.
     seed: Option<u64>,
     metrics: OwnedGauges,
+    /// Finds the [`Tried`] a request carries, if [`avoid_tried`](Self::avoid_tried) was set.
+    tried: Option<TriedIn<Req>>,
     _req: PhantomData<fn(Req)>,
 }
+
+/// Where a request carries its [`Tried`]: see [`P2cPool::avoid_tried`].
+pub type TriedIn<Req> = fn(&Req) -> Option<&Tried>;
 
 // === impl P2cPool ===
 
@@ -79,8 +84,35 @@ where
             rng,
             seed,
             metrics: OwnedGauges(metrics),
+            tried: None,
             _req: PhantomData,
         }
+    }
+
+    /// Sends each copy of a request to an endpoint its earlier copies did not go to, while
+    /// one is ready: `tried` finds the [`Tried`] the request carries (a hedge puts one in every
+    /// copy; `portcullis_retry::hedge`), the pool records there the endpoint each copy is sent
+    /// to, and, picking for a request whose `Tried` names endpoints
+    /// ([`Pool::poll_ready_for`]), it draws its two candidates among the other ready ones.
+    /// When every ready endpoint was tried, the pick is the usual one. A request without a
+    /// `Tried`, or with an empty one (a first copy), costs one call of `tried`.
+    ///
+    /// ```
+    /// use portcullis_p2c::{make::pending_requests, P2cPool};
+    /// use portcullis_pool::Tried;
+    ///
+    /// // Requests that carry their `Tried` beside their payload.
+    /// let pool: P2cPool<u32, u32, _, (u64, Tried)> = P2cPool::builder()
+    ///     .build(pending_requests(|_: &u32, _: &u32| {
+    ///         tower::service_fn(|_: (u64, Tried)| async { Ok::<_, std::io::Error>(()) })
+    ///     }))
+    ///     .unwrap()
+    ///     .avoid_tried(|request| Some(&request.1));
+    /// # drop(pool);
+    /// ```
+    pub fn avoid_tried(mut self, tried: TriedIn<Req>) -> Self {
+        self.tried = Some(tried);
+        self
     }
 
     /// The rebuild backoff, `(base, max)`, as [`P2cPoolBuilder::backoff`] set it.
@@ -218,6 +250,9 @@ where
         let Some(chosen) = self.chosen.take() else {
             return ResponseFuture::failed(NotReady::new());
         };
+        if let Some(tried) = self.tried.and_then(|tried| tried(&req)) {
+            tried.record(chosen.id());
+        }
         match self.endpoints.get_mut(chosen) {
             Some((key, svc, outcomes)) => {
                 trace!(?key, "dispatching request");
@@ -255,6 +290,34 @@ where
             Poll::Ready(Ok(()))
         } else {
             Poll::Pending
+        }
+    }
+
+    fn poll_ready_for(&mut self, cx: &mut Context<'_>, req: &Req) -> Poll<Result<(), Self::Error>> {
+        let Some(tried) = self.tried.and_then(|tried| tried(req)) else {
+            return self.poll_ready(cx);
+        };
+        if tried.is_empty() {
+            return self.poll_ready(cx);
+        }
+        self.endpoints.drive::<Req>(cx);
+        loop {
+            if let Some(chosen) = self.chosen.take() {
+                // A reservation made for another request keeps only if this one may use it.
+                if !tried.contains(chosen.id()) || !self.any_untried(tried) {
+                    if let Some(chosen) = self.endpoints.check_ready::<Req>(cx, chosen) {
+                        self.chosen = Some(chosen);
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+            match self.select_untried(cx, tried) {
+                Some(chosen) => self.chosen = Some(chosen),
+                None => {
+                    trace!("no endpoint ready");
+                    return Poll::Pending;
+                }
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 use super::P2cPool;
 use crate::make::MakeEndpoint;
 use crate::ready_cache::{ReadyRef, EJECTIONS_PER_PICK};
+use portcullis_pool::Tried;
 use rand::Rng;
 use std::fmt;
 use std::hash::Hash;
@@ -68,6 +69,54 @@ where
             ready = self.endpoints.ready_len(),
             "endpoint selected"
         );
+        Some(chosen)
+    }
+
+    /// Whether a ready candidate is not in `tried`.
+    pub(super) fn any_untried(&self, tried: &Tried) -> bool {
+        (0..self.endpoints.candidates()).any(|pos| {
+            self.endpoints
+                .get_ready(pos)
+                .is_some_and(|(_, chosen, _)| !tried.contains(chosen.id()))
+        })
+    }
+
+    /// The pick for a copy of a request whose earlier copies went to the endpoints in
+    /// `tried`: two candidates drawn among the ready ones not in it, then the same
+    /// [`prefer`](Self::prefer) and [`compare`](Self::compare); the one there is if only one;
+    /// the usual [`select`](Self::select) if every ready endpoint was tried. (It ejects no
+    /// outlier: a hedge is no occasion to.)
+    pub(super) fn select_untried(&mut self, cx: &mut Context<'_>, tried: &Tried) -> Option<ReadyRef>
+    where
+        K: fmt::Debug,
+        M::Endpoint: Load,
+    {
+        let untried: Vec<usize> = (0..self.endpoints.candidates())
+            .filter(|&pos| {
+                self.endpoints
+                    .get_ready(pos)
+                    .is_some_and(|(_, chosen, _)| !tried.contains(chosen.id()))
+            })
+            .collect();
+        let pos = match untried.len() {
+            0 => return self.select(cx),
+            1 => untried[0],
+            len => {
+                let a = self.rng.gen_range(0..len);
+                let b = self.draw_other(len, a);
+                let (a, b) = (untried[a], untried[b]);
+                let weighted = self.endpoints.weighted();
+                let now = if weighted {
+                    self.endpoints.ramp_clock()
+                } else {
+                    None
+                };
+                self.prefer(a, b)
+                    .unwrap_or_else(|| self.compare(Draw::Two(a, b), weighted, now))
+            }
+        };
+        let (key, chosen, _) = self.endpoints.get_ready(pos)?;
+        trace!(?key, tried = tried.len(), "untried endpoint selected");
         Some(chosen)
     }
 

@@ -425,7 +425,7 @@ where
             self.runtime.get().map(Handle::enter)
         };
         let mut cx = Context::from_waker(&self.waker);
-        let polled = catch_unwind(AssertUnwindSafe(|| pool.poll_ready(&mut cx)));
+        let polled = catch_unwind(AssertUnwindSafe(|| pool.poll_ready_for(&mut cx, &request)));
         match polled {
             Ok(Poll::Ready(Ok(()))) => {
                 // Written only when the worker has taken the last note: callers on other

@@ -175,7 +175,11 @@ where
                 }
             }
 
-            match pool.poll_ready(cx) {
+            let polled = match self.waiting.as_ref() {
+                Some(message) => pool.poll_ready_for(cx, &message.request),
+                None => pool.poll_ready(cx),
+            };
+            match polled {
                 Poll::Ready(Ok(())) => {
                     self.failfast.endpoint_ready();
                     if let Some(message) = self.waiting.take() {
