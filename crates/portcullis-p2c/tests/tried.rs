@@ -8,7 +8,6 @@ use portcullis_pool::{Pool, Tried, Update};
 use portcullis_test::fleet::Fleet;
 use std::future::poll_fn;
 use std::time::Duration;
-use tower::Service;
 
 /// A request: a number, and the record its copies share.
 type Req = (u64, Tried);
