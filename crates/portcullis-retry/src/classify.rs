@@ -1,5 +1,6 @@
 //! Classifiers: which results are transient and worth a retry.
 
+use portcullis_pool::Tried;
 use std::fmt;
 use std::time::Duration;
 
@@ -50,6 +51,17 @@ pub trait Classify<Req, Rsp, E> {
     fn classify_timeout(&self, req: &Req) -> Decision {
         let _ = req;
         Decision::RETRY
+    }
+
+    /// Whether `req` may be hedged: a copy sent to another endpoint while the first is still
+    /// in flight ([`Hedge`](crate::hedge::Hedge)), which is safe only for a request that may
+    /// take effect twice. `false` by default; the HTTP classifier says yes to idempotent
+    /// methods, and every built-in classifier to a request marked
+    /// [`Hedgeable`](crate::hedge::Hedgeable) where it can see one (an `http::Request`'s
+    /// extensions). [`hedge_when`] sets it for any classifier.
+    fn hedgeable(&self, req: &Req) -> bool {
+        let _ = req;
+        false
     }
 
     /// Whether [`Retry`](crate::Retry) should show this classifier, through
@@ -153,6 +165,15 @@ pub trait Replay<Req> {
     /// not retried, and a failure that wanted a retry ends as
     /// [`NotReplayable`](crate::StopReason::NotReplayable)).
     fn replay(&self, req: &Req) -> Option<Req>;
+
+    /// Puts `tried` into `req`, so that the pool below sends each copy of a hedged request to
+    /// an endpoint the others did not go to (`P2cPool::avoid_tried` finds it there). Called
+    /// by [`Hedge`](crate::hedge::Hedge) for every copy it sends. By default nothing: the
+    /// copies are picked as any request is. [`ReplayRequest`](crate::replay::ReplayRequest)
+    /// puts it into the request's extensions.
+    fn tag(&self, req: &mut Req, tried: &Tried) {
+        let _ = (req, tried);
+    }
 }
 
 /// The default [`Replay`]: `Req: Clone`.
@@ -188,6 +209,68 @@ where
 impl<F> fmt::Debug for ReplayFn<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplayFn").finish_non_exhaustive()
+    }
+}
+
+/// A classifier that answers [`hedgeable`](Classify::hedgeable) with `f` and everything else
+/// as `classify` does. See [`hedge_when`].
+#[derive(Clone)]
+pub struct HedgeWhen<C, F> {
+    classify: C,
+    f: F,
+}
+
+/// `classify`, with requests hedged when `f(request)` says so.
+///
+/// ```
+/// use portcullis_retry::classify::{hedge_when, predicate, Classify};
+///
+/// let c = hedge_when(predicate(|res: Result<&u16, &std::io::Error>| res.is_err()), |req: &&str| {
+///     req.starts_with("GET ")
+/// });
+/// assert!(Classify::<_, u16, std::io::Error>::hedgeable(&c, &"GET /a"));
+/// assert!(!Classify::<_, u16, std::io::Error>::hedgeable(&c, &"POST /a"));
+/// ```
+pub fn hedge_when<C, F>(classify: C, f: F) -> HedgeWhen<C, F> {
+    HedgeWhen { classify, f }
+}
+
+impl<C, F, Req, Rsp, E> Classify<Req, Rsp, E> for HedgeWhen<C, F>
+where
+    C: Classify<Req, Rsp, E>,
+    F: Fn(&Req) -> bool,
+{
+    fn classify(&self, req: &Req, result: Result<&Rsp, &E>) -> Decision {
+        self.classify.classify(req, result)
+    }
+
+    fn classify_timeout(&self, req: &Req) -> Decision {
+        self.classify.classify_timeout(req)
+    }
+
+    fn hedgeable(&self, req: &Req) -> bool {
+        (self.f)(req)
+    }
+
+    fn reads_error_chains(&self) -> bool {
+        self.classify.reads_error_chains()
+    }
+
+    fn classify_error_chain(
+        &self,
+        req: &Req,
+        error: &(dyn std::error::Error + 'static),
+        decision: Decision,
+    ) -> Decision {
+        self.classify.classify_error_chain(req, error, decision)
+    }
+}
+
+impl<C: fmt::Debug, F> fmt::Debug for HedgeWhen<C, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HedgeWhen")
+            .field("classify", &self.classify)
+            .finish_non_exhaustive()
     }
 }
 

@@ -204,6 +204,19 @@ pub enum BuildError {
     BudgetTtlTooLong(Duration),
     /// The budget `slots` must be within `1..=100_000` and no more than `ttl` in nanoseconds.
     BudgetSlots(u32),
+    /// A hedge's `max_attempts` must be within `1..=8` (the copies a request's
+    /// [`Tried`](portcullis_pool::Tried) remembers).
+    HedgeAttempts(u32),
+    /// A hedge's percentile must be finite and within `0` (excluded) to `100` (excluded).
+    HedgePercentile(f64),
+    /// A hedge's latency window must hold at least one sample, and its minimum sample must be
+    /// within `1..=window`.
+    HedgeWindow {
+        /// The window's size.
+        window: usize,
+        /// The samples needed before hedging starts.
+        min_samples: usize,
+    },
 }
 
 impl fmt::Display for BuildError {
@@ -228,6 +241,20 @@ impl fmt::Display for BuildError {
             BuildError::BudgetSlots(n) => {
                 write!(f, "retry budget slot count {n} is out of range for its ttl")
             }
+            BuildError::HedgeAttempts(n) => {
+                write!(f, "hedge max_attempts {n} is not within 1..=8")
+            }
+            BuildError::HedgePercentile(p) => {
+                write!(f, "hedge percentile {p} is not between 0 and 100 (both excluded)")
+            }
+            BuildError::HedgeWindow {
+                window,
+                min_samples,
+            } => write!(
+                f,
+                "hedge latency window of {window} with a minimum sample of {min_samples}: the \
+                 window needs at least one sample and the minimum must be within 1..=window"
+            ),
         }
     }
 }

@@ -82,6 +82,7 @@ pub mod budget;
 pub mod classify;
 mod error;
 mod future;
+pub mod hedge;
 mod layer;
 mod metrics;
 // The retry decision, in the order of the list above: `Policy::next_attempt`.

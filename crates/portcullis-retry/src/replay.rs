@@ -353,6 +353,12 @@ impl<B> Replay<http::Request<ReplayBody<B>>> for ReplayRequest {
         *copy.extensions_mut() = req.extensions().clone();
         Some(copy)
     }
+
+    /// The record goes into the copy's extensions, where
+    /// [`tried_in_extensions`](crate::hedge::tried_in_extensions) finds it.
+    fn tag(&self, req: &mut http::Request<ReplayBody<B>>, tried: &portcullis_pool::Tried) {
+        req.extensions_mut().insert(tried.clone());
+    }
 }
 
 #[cfg(test)]

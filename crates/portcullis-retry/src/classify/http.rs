@@ -131,6 +131,15 @@ impl<B, RB, E: 'static> Classify<Request<B>, Response<RB>, E> for HttpClassify {
         }
     }
 
+    /// Idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) whatever
+    /// [`retry_non_idempotent`](HttpClassify::retry_non_idempotent) says (a retry comes after
+    /// the failure, a hedge runs beside the first copy), and any request the caller marked
+    /// [`Hedgeable`](crate::hedge::Hedgeable).
+    fn hedgeable(&self, req: &Request<B>) -> bool {
+        Self::new().replayable(req.method())
+            || req.extensions().get::<crate::hedge::Hedgeable>().is_some()
+    }
+
     /// `true`: an error type `classify` cannot look into (a concrete type of the caller's
     /// own) is looked into here, so a queue's error is found wherever it is in the chain.
     fn reads_error_chains(&self) -> bool {
