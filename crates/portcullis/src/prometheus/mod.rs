@@ -38,6 +38,7 @@
 //! | [`register_pool_queue`] | [`PoolQueueMetrics`] | [`PoolQueueSnapshot`] | `pool_queue` |
 //! | [`register_p2c`] | [`P2cMetrics`] | [`P2cSnapshot`] | `p2c` |
 //! | [`register_retry`] | [`RetryMetrics`] | [`RetrySnapshot`] | `retry` |
+//! | [`register_hedge`] | [`HedgeMetrics`] | [`HedgeSnapshot`] | `hedge` |
 //! | [`register_fanout`] | [`FanOutMetrics`] | [`FanOutSnapshot`] | `fanout` |
 //! | [`register_share`] | [`SharedClientsMetrics`] | [`SharedClientsSnapshot`] | `share` |
 //! | [`register_discovery`] | [`DiscoveryMetrics`] (an address file's, a DNS, etcd or Kubernetes source's) | [`DiscoverySnapshot`] | `discovery` |
@@ -103,6 +104,7 @@ use crate::fanout::{FanOutMetrics, FanOutSnapshot};
 use crate::p2c::{P2cMetrics, P2cSnapshot};
 use crate::pool::families::Describe;
 use crate::pool::{PoolQueueMetrics, PoolQueueSnapshot};
+use crate::retry::hedge::{HedgeMetrics, HedgeSnapshot};
 use crate::retry::{RetryMetrics, RetrySnapshot};
 use crate::share::{SharedClientsMetrics, SharedClientsSnapshot};
 use prometheus_client::collector::Collector;
@@ -162,6 +164,11 @@ pieces! {
     /// Encodes a [`RetryLayer`](crate::retry::RetryLayer)'s metrics (from
     /// [`RetryLayer::metrics`](crate::retry::RetryLayer::metrics)) on every scrape.
     RetryCollector = register_retry(RetryMetrics) -> RetrySnapshot;
+
+    /// Encodes a [`HedgeLayer`](crate::retry::hedge::HedgeLayer)'s metrics (from
+    /// [`HedgeLayer::metrics`](crate::retry::hedge::HedgeLayer::metrics)) on every scrape:
+    /// hedges sent, won, cancelled and refused by the budget, and the delay now.
+    HedgeCollector = register_hedge(HedgeMetrics) -> HedgeSnapshot;
 
     /// Encodes a [`FanOut`](crate::fanout::FanOut)'s metrics (from
     /// [`FanOut::metrics`](crate::fanout::FanOut::metrics) or
