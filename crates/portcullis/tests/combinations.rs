@@ -4,7 +4,8 @@
 //! Each case draws a configuration (direct dispatch on or off, capacity 1..=8, the failfast
 //! timeout, a `Retry` with attempt timeouts over the queue or plain callers, and each of the
 //! pool's health features: ejection, panic threshold, slow start, weights, failure-aware,
-//! subsetting; and the clients' endpoint readiness, `Reachable`, over a simulated probe) and a
+//! subsetting; the clients' endpoint readiness, `Reachable`, over a simulated probe; and
+//! hedging under the retry, `Hedge`, with a fixed delay and two or three copies) and a
 //! history of events (discovery updates and errors, readiness flips, endpoint failures,
 //! refused connections, panics and hangs, latency changes, callers that pipeline on one
 //! handle, cancellations, clones, handles polled from a plain thread outside the runtime, and
@@ -38,6 +39,7 @@ use portcullis::p2c::{
 use portcullis::pool::{
     EndpointCounts, FailFast, NoSlot, NotReady, Pool, PoolFailed, PoolQueue, Update, WorkerGone,
 };
+use portcullis::retry::hedge::{Hedge, HedgeDelay, HedgeLayer};
 use portcullis::retry::{Backoff, Classify, Decision, Retry, RetryError, RetryLayer};
 use portcullis::BoxError;
 use portcullis_test::discovery::{self, DiscoverySender};
@@ -78,6 +80,8 @@ struct Config {
     /// Each endpoint a `Reachable` (as the clients' are): not ready after a refused connect
     /// until a probe of its replica succeeds. Drawn with the `http` or `grpc` feature only.
     reachable: bool,
+    /// A `Hedge` under the retry (drawn with a retry only): its delay in ms and its copies.
+    hedge: Option<(u64, u32)>,
     seed: u64,
 }
 
@@ -113,6 +117,7 @@ prop_compose! {
         failure_aware in any::<bool>(),
         subset in prop::option::weighted(0.3, (0..8u64, 2..=5usize)),
         reachable in any::<bool>(),
+        hedge in prop::option::of((prop_oneof![Just(5u64), Just(20), Just(100)], 2..=3u32)),
         seed in any::<u64>(),
     ) -> Config {
         Config {
@@ -127,6 +132,7 @@ prop_compose! {
             failure_aware,
             subset,
             reachable,
+            hedge,
             seed,
         }
     }
@@ -494,6 +500,8 @@ struct Case<F> {
     handles: Vec<Attempts<Queue<F>>>,
     /// The retry every logical request goes through, if drawn: one layer, so one budget.
     retry: Option<RetryLayer<Classifier>>,
+    /// The hedge under the retry, if drawn (with a retry only): it shares the retry's budget.
+    hedge: Option<HedgeLayer<Classifier>>,
     /// Logical requests: when each started, its task, and when it ended.
     requests: Vec<Logical>,
     /// Whether an endpoint was told to panic (the queue's counters stop at a panic).
@@ -514,6 +522,10 @@ impl Classify<u64, (u32, u32), BoxError> for Classifier {
             Ok(_) => Decision::Success,
             Err(_) => Decision::RETRY,
         }
+    }
+
+    fn hedgeable(&self, _: &u64) -> bool {
+        true
     }
 }
 
@@ -583,9 +595,21 @@ async fn run(config: Config, events: Vec<Event>) -> Result<(), TestCaseError> {
                 log: log.clone(),
             };
             let retry = config.retry.as_ref().map(retry_layer).transpose()?;
+            let hedge = match (&retry, config.hedge) {
+                (Some(retry), Some((delay, copies))) => Some(
+                    Hedge::builder()
+                        .delay(HedgeDelay::Fixed(ms(delay)))
+                        .max_attempts(copies)
+                        .budget(retry.budget())
+                        .build_layer(Classifier)
+                        .map_err(fail)?,
+                ),
+                _ => None,
+            };
             let case = Case {
                 handles: vec![handle; HANDLES],
                 retry,
+                hedge,
                 panicked: false,
                 discovery_failed: false,
                 config,
@@ -698,16 +722,21 @@ where
 
     fn request(&mut self, handle: usize) {
         let service = self.handles[handle].clone();
-        let retry = self
-            .retry
-            .as_ref()
-            .map(|layer| tower::Layer::layer(layer, service.clone()));
+        let (retry, hedged) = match (&self.retry, &self.hedge) {
+            (Some(retry), Some(hedge)) => {
+                let hedged = tower::Layer::layer(hedge, service.clone());
+                (None, Some(tower::Layer::layer(retry, hedged)))
+            }
+            (Some(retry), None) => (Some(tower::Layer::layer(retry, service.clone())), None),
+            (None, _) => (None, None),
+        };
         let bound = (self.config.retry.as_ref()).map(|retry| retry.deadline);
         let started = Instant::now();
         let task = tokio::spawn(async move {
-            let _ = match retry {
-                Some(retry) => retry.oneshot(0).await.map(drop).map_err(drop),
-                None => service.oneshot(0).await.map(drop).map_err(drop),
+            let _ = match (retry, hedged) {
+                (_, Some(hedged)) => hedged.oneshot(0).await.map(drop).map_err(drop),
+                (Some(retry), None) => retry.oneshot(0).await.map(drop).map_err(drop),
+                (None, None) => service.oneshot(0).await.map(drop).map_err(drop),
             };
             Some(Instant::now())
         });
@@ -977,6 +1006,7 @@ fn draws_cover_every_setting() {
             ("failure_aware", config.failure_aware),
             ("subset", config.subset.is_some()),
             ("reachable", config.reachable),
+            ("hedge", config.hedge.is_some()),
         ] {
             seen.entry(name).or_default().insert(on);
         }
@@ -1003,6 +1033,7 @@ fn regression_a_plain_thread_caller_drives_a_latency_aware_pool() -> Result<(), 
         failure_aware: false,
         subset: None,
         reachable: false,
+        hedge: None,
         seed: 3_585_878_195_470_747_435,
     };
     let events = vec![
