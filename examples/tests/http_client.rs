@@ -293,3 +293,41 @@ async fn a_bad_health_check_is_refused_when_the_client_is_built() {
         Err(portcullis::BuildError::HealthCheck(_))
     ));
 }
+
+#[tokio::test]
+async fn a_slow_answer_is_hedged_on_another_server_and_the_slow_copy_cancelled() {
+    use portcullis::retry::hedge::{Hedge, HedgeDelay};
+    use portcullis_examples::backend::Stall;
+    // Every server answers one request in four after a second, the others at once.
+    let stall = Stall {
+        every: 4,
+        delay: Duration::from_secs(1),
+    };
+    let mut servers = Vec::new();
+    for name in ["a", "b", "c"] {
+        let behavior = Behavior {
+            stall: Some(stall),
+            ..Behavior::default()
+        };
+        servers.push(Backend::start(name, behavior).await.unwrap());
+    }
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr.to_string()).collect();
+    let client = Client::builder()
+        .hedge(Hedge::builder().delay(HedgeDelay::Fixed(Duration::from_millis(50))))
+        .build(&format!("static:///{}", addrs.join(",")))
+        .unwrap();
+    for _ in 0..30 {
+        let (status, _) = send(&client, "GET", 10).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    let hedge = client.metrics().snapshot().hedge.unwrap();
+    assert_eq!(hedge.hedgeable, 30, "{hedge:?}");
+    assert!(hedge.hedges >= 1 && hedge.won >= 1, "{hedge:?}");
+    assert!(hedge.cancelled >= hedge.won, "{hedge:?}");
+
+    // A POST is never hedged.
+    let (status, _) = send(&client, "POST", 10).await.unwrap();
+    assert_eq!(status, 200);
+    let after = client.metrics().snapshot().hedge.unwrap();
+    assert_eq!((after.requests, after.hedgeable), (31, 30), "{after:?}");
+}

@@ -174,6 +174,16 @@ pub trait Replay<Req> {
     fn tag(&self, req: &mut Req, tried: &Tried) {
         let _ = (req, tried);
     }
+
+    /// Whether all of `req` is there to copy, so that a copy can run beside the one in
+    /// flight: [`Hedge`](crate::hedge::Hedge) sends no hedge of a request that is not.
+    /// `true` by default; a [`ReplayRequest`](crate::replay::ReplayRequest) is whole once its
+    /// body has been read to the end (a copy made before that would take the body over from
+    /// the copy in flight, which a retry may do and a hedge must not).
+    fn is_whole(&self, req: &Req) -> bool {
+        let _ = req;
+        true
+    }
 }
 
 /// The default [`Replay`]: `Req: Clone`.

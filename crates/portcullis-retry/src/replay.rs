@@ -206,6 +206,9 @@ where
             Poll::Pending => return Poll::Pending,
             Poll::Ready(frame) => frame,
         };
+        // A body that says it has no more (an HTTP/1 connection that wrote its
+        // content-length never polls for the end): whole once this frame is recorded.
+        let at_end = body.is_end_stream();
         match frame {
             None => {
                 state.ended = true;
@@ -236,6 +239,11 @@ where
                             state.bytes += data.len();
                             state.recorded.push(data.clone());
                         }
+                    }
+                    if at_end {
+                        state.ended = true;
+                        state.body = None;
+                        this.sent_trailers = true;
                     }
                     Poll::Ready(Some(Ok(Frame::data(data))))
                 }
@@ -358,6 +366,11 @@ impl<B> Replay<http::Request<ReplayBody<B>>> for ReplayRequest {
     /// [`tried_in_extensions`](crate::hedge::tried_in_extensions) finds it.
     fn tag(&self, req: &mut http::Request<ReplayBody<B>>, tried: &portcullis_pool::Tried) {
         req.extensions_mut().insert(tried.clone());
+    }
+
+    /// Once the body has been read to its end ([`ReplayBody::is_whole`]).
+    fn is_whole(&self, req: &http::Request<ReplayBody<B>>) -> bool {
+        req.body().is_whole()
     }
 }
 
@@ -524,5 +537,18 @@ mod tests {
         let mut t = task::spawn(());
         let _ = t.enter(|cx, _| Pin::new(&mut body).poll_frame(cx));
         assert!(ReplayRequest.replay(&template).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_that_says_it_has_ended_is_whole_after_its_last_frame() {
+        // An HTTP/1 connection that wrote the content-length never polls for the end: the
+        // inner body's `is_end_stream` makes the recording whole at its last frame.
+        let mut body = ReplayBody::new(Full::new(Bytes::from_static(b"hello")));
+        assert!(!body.is_whole());
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        assert!(frame.is_some_and(|frame| frame.is_ok()));
+        assert!(body.is_whole());
+        let copy = body.replay().unwrap();
+        assert_eq!(copy.collect().await.unwrap().to_bytes(), "hello");
     }
 }

@@ -9,6 +9,7 @@ use crate::p2c::{
     P2cSnapshot,
 };
 use crate::pool::{PoolQueueBuilder, PoolQueueMetrics, PoolQueueSnapshot};
+use crate::retry::hedge::{tried_in_extensions, HedgeBuilder, HedgeMetrics, HedgeSnapshot};
 use crate::retry::replay::{ReplayBody, ReplayRequest};
 use crate::retry::{Classify, RetryBuilder, RetryMetrics, RetrySnapshot};
 use crate::target::{Backend, Sources, Target};
@@ -27,6 +28,7 @@ pub struct ClientMetrics {
     retry: RetryMetrics,
     queue: PoolQueueMetrics,
     pool: P2cMetrics,
+    hedge: Option<HedgeMetrics>,
 }
 
 /// A snapshot of a client's metrics ([`ClientMetrics::snapshot`]).
@@ -39,6 +41,8 @@ pub struct ClientSnapshot {
     pub queue: PoolQueueSnapshot,
     /// The pool's: endpoints by state, ejections.
     pub pool: P2cSnapshot,
+    /// The hedge layer's, if the client hedges: hedges sent, won, cancelled, refused.
+    pub hedge: Option<HedgeSnapshot>,
 }
 
 impl ClientMetrics {
@@ -48,7 +52,13 @@ impl ClientMetrics {
             retry: self.retry.snapshot(),
             queue: self.queue.snapshot(),
             pool: self.pool.snapshot(),
+            hedge: self.hedge.as_ref().map(HedgeMetrics::snapshot),
         }
+    }
+
+    /// The hedge layer's metrics handle, if the client hedges.
+    pub fn hedge(&self) -> Option<&HedgeMetrics> {
+        self.hedge.as_ref()
     }
 
     /// The retry layer's metrics handle.
@@ -84,6 +94,7 @@ pub(crate) struct Settings {
     pub(crate) replay_limit: usize,
     pub(crate) sources: Sources,
     pub(crate) health_check: Option<HealthCheck>,
+    pub(crate) hedge: Option<HedgeBuilder>,
 }
 
 impl Default for Settings {
@@ -96,6 +107,7 @@ impl Default for Settings {
             replay_limit: crate::retry::replay::DEFAULT_LIMIT,
             sources: Sources::new(DEFAULT_FILE_POLL_INTERVAL),
             health_check: None,
+            hedge: None,
         }
     }
 }
@@ -139,7 +151,7 @@ impl Settings {
         M::Endpoint: Service<Request<ReplayBody<B>>, Response = Rsp> + Send + 'static,
         <M::Endpoint as Service<Request<ReplayBody<B>>>>::Error: Into<BoxError>,
         <M::Endpoint as Service<Request<ReplayBody<B>>>>::Future: Send + 'static,
-        C: Classify<Request<ReplayBody<B>>, Rsp, BoxError> + Send + Sync + 'static,
+        C: Classify<Request<ReplayBody<B>>, Rsp, BoxError> + Clone + Send + Sync + 'static,
         H: ClassifyResponse<Rsp> + Clone + Send + 'static,
     {
         if let Some(check) = &self.health_check {
@@ -150,11 +162,26 @@ impl Settings {
         if let Some(deadline) = self.deadline {
             retry = retry.deadline(deadline);
         }
-        let retry = retry.build_layer(classify).map_err(BuildError::Retry)?;
+        let retry = retry
+            .build_layer(classify.clone())
+            .map_err(BuildError::Retry)?;
+        // Each copy of a hedged request to an endpoint the others did not go to.
         let pool: P2cPool<String, Backend, _, Request<ReplayBody<B>>, H> = self
             .pool
             .build_with_classify(peak_ewma(maker(self.health_check)), health)
-            .map_err(BuildError::Pool)?;
+            .map_err(BuildError::Pool)?
+            .avoid_tried(tried_in_extensions::<ReplayBody<B>>);
+        // Hedges are paid from the retry's budget, which deposits for every request.
+        let hedge = self
+            .hedge
+            .map(|hedge| {
+                hedge
+                    .budget(retry.budget())
+                    .replay(ReplayRequest)
+                    .build_layer(classify)
+            })
+            .transpose()
+            .map_err(BuildError::Retry)?;
         let pool_metrics = pool.metrics();
         let queue = self
             .queue
@@ -164,6 +191,7 @@ impl Settings {
             retry: retry.metrics(),
             queue: queue.metrics(),
             pool: pool_metrics,
+            hedge: hedge.as_ref().map(|hedge| hedge.metrics()),
         };
         let shared = Shared {
             target,
@@ -171,10 +199,11 @@ impl Settings {
             replay_limit: self.replay_limit,
             metrics,
         };
-        Ok((
-            BoxCloneSyncService::new(retry.layer(queue)),
-            Arc::new(shared),
-        ))
+        let stack = match hedge {
+            Some(hedge) => BoxCloneSyncService::new(retry.layer(hedge.layer(queue))),
+            None => BoxCloneSyncService::new(retry.layer(queue)),
+        };
+        Ok((stack, Arc::new(shared)))
     }
 }
 
@@ -226,6 +255,18 @@ macro_rules! shared_setters {
         /// failed; a builder given here without ejection has neither.
         pub fn pool(mut self, pool: $crate::p2c::P2cPoolBuilder) -> Self {
             self.settings.pool = pool;
+            self
+        }
+
+        /// Hedges requests: a copy to another backend when the first is slow, the first
+        /// success answering and the other copy cancelled, each hedge paid from the retry
+        /// budget ([`retry::hedge`](crate::retry::hedge)). Only requests that may run twice
+        /// at once are hedged: HTTP's idempotent methods, and any request (a gRPC call
+        /// among them, whose methods say nothing of idempotency) marked with the
+        /// [`Hedgeable`](crate::retry::hedge::Hedgeable) extension; a body must be whole
+        /// and within the replay limit. None by default.
+        pub fn hedge(mut self, hedge: $crate::retry::hedge::HedgeBuilder) -> Self {
+            self.settings.hedge = Some(hedge);
             self
         }
 

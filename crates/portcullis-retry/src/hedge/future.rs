@@ -204,6 +204,11 @@ where
             if sleep.as_mut().poll(cx).is_pending() {
                 return false;
             }
+            if !self.shared.replay.is_whole(&self.request) {
+                // A copy now would take the body over from the copy still sending it.
+                self.next_at = None;
+                return false;
+            }
             if !self.shared.budget.withdraw() {
                 // The request goes on with the copies it has.
                 self.shared.metrics.budget_refusal();

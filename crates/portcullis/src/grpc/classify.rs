@@ -39,8 +39,20 @@ pub(crate) fn head_status<B>(response: &Response<B>) -> Option<(Code, Option<&st
 #[derive(Copy, Clone, Debug, Default)]
 pub(crate) struct GrpcAttemptClassify;
 
-impl<Req, B> Classify<Req, Response<B>, BoxError> for GrpcAttemptClassify {
-    fn classify(&self, _req: &Req, result: Result<&Response<B>, &BoxError>) -> Decision {
+impl<RB, B> Classify<http::Request<RB>, Response<B>, BoxError> for GrpcAttemptClassify {
+    /// A call the caller marked [`Hedgeable`](crate::retry::hedge::Hedgeable): gRPC methods
+    /// say nothing of idempotency.
+    fn hedgeable(&self, req: &http::Request<RB>) -> bool {
+        req.extensions()
+            .get::<crate::retry::hedge::Hedgeable>()
+            .is_some()
+    }
+
+    fn classify(
+        &self,
+        _req: &http::Request<RB>,
+        result: Result<&Response<B>, &BoxError>,
+    ) -> Decision {
         match result {
             Ok(response) => match head_status(response) {
                 // A server's delay holds its own endpoint out of the pick (the attempt
@@ -83,7 +95,7 @@ mod tests {
     }
 
     fn decide(result: Result<&Response<()>, &BoxError>) -> Decision {
-        GrpcAttemptClassify.classify(&(), result)
+        GrpcAttemptClassify.classify(&http::Request::new(()), result)
     }
 
     #[test]

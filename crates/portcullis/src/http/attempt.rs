@@ -168,6 +168,10 @@ impl<B, RB> Classify<Request<B>, Response<RB>, BoxError> for AttemptClassify {
         Classify::<_, Response<RB>, BoxError>::classify_timeout(&self.0, req)
     }
 
+    fn hedgeable(&self, req: &Request<B>) -> bool {
+        Classify::<_, Response<RB>, BoxError>::hedgeable(&self.0, req)
+    }
+
     fn reads_error_chains(&self) -> bool {
         Classify::<Request<B>, Response<RB>, BoxError>::reads_error_chains(&self.0)
     }

@@ -42,7 +42,7 @@
 //! | [`register_fanout`] | [`FanOutMetrics`] | [`FanOutSnapshot`] | `fanout` |
 //! | [`register_share`] | [`SharedClientsMetrics`] | [`SharedClientsSnapshot`] | `share` |
 //! | [`register_discovery`] | [`DiscoveryMetrics`] (an address file's, a DNS, etcd or Kubernetes source's) | [`DiscoverySnapshot`] | `discovery` |
-//! | `register_client` (features `http` or `grpc`) | a client's `ClientMetrics` | the three above | `retry`, `pool_queue`, `p2c` |
+//! | `register_client` (features `http` or `grpc`) | a client's `ClientMetrics` | those above | `retry`, `pool_queue`, `p2c`, and `hedge` if it hedges |
 //!
 //! A group of fields is one family with a label whose values are the fields' names:
 //!
@@ -200,8 +200,9 @@ pieces! {
     DiscoveryCollector = register_discovery(DiscoveryMetrics) -> DiscoverySnapshot;
 }
 
-/// Registers the metrics of a client's three pieces (its [`RetryCollector`],
-/// [`PoolQueueCollector`] and [`P2cCollector`]) under one `prefix`: a
+/// Registers the metrics of a client's pieces (its [`RetryCollector`],
+/// [`PoolQueueCollector`] and [`P2cCollector`], and its [`HedgeCollector`] if it hedges) under
+/// one `prefix`: a
 /// [`grpc::Channel`](crate::grpc::Channel)'s or an [`http::Client`](crate::http::Client)'s
 /// [`ClientMetrics`](crate::ClientMetrics). Their names do not collide, as each piece has its
 /// own.
@@ -214,6 +215,9 @@ pub fn register_client(
     validate_prefix(prefix)?;
     register_retry(registry, prefix, metrics.retry().clone())?;
     register_pool_queue(registry, prefix, metrics.queue().clone())?;
+    if let Some(hedge) = metrics.hedge() {
+        register_hedge(registry, prefix, hedge.clone())?;
+    }
     register_p2c(registry, prefix, metrics.pool().clone())
 }
 
