@@ -18,6 +18,7 @@ mod common;
 mod discovery;
 mod dispatch;
 mod fanout;
+mod hedge;
 mod retry;
 mod svg;
 mod tail;
@@ -61,7 +62,8 @@ fn main() {
         .build()
         .expect("runtime");
 
-    // `--only NAME` (dispatch, discovery, fanout, retry, tail) runs one section, for profiling.
+    // `--only NAME` (dispatch, discovery, fanout, retry, tail, hedge) runs one section, for
+    // profiling.
     let only = value("--only");
     let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
 
@@ -85,6 +87,9 @@ fn main() {
     // would skew the sections after it by how many clock reads each stack makes.
     if wanted("tail") {
         tail::run(&config, &mut rows);
+    }
+    if wanted("hedge") {
+        hedge::run(&config, &mut rows);
     }
 
     println!("\n## Summary (ratios within this run)\n");

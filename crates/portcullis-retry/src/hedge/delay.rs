@@ -28,8 +28,9 @@ pub enum HedgeDelay {
     /// After the `percentile`-th percentile of the latencies of the last `window` first
     /// copies (copies sent as hedges are not counted: they would be timed against themselves),
     /// once `min_samples` of them are in (no hedge before that), and never before `floor`.
-    /// A first copy cut short (a hedge won, or the caller gave up) counts with the time it
-    /// had run, at least the delay it was hedged after.
+    /// A first copy cut short (a hedge won, or the caller gave up) counts as taking the
+    /// delay it was hedged after (it took at least that): so the delay follows the first
+    /// copies' latencies down as well as up, and never climbs on hedges' account.
     Percentile {
         /// Which percentile, between 0 and 100 (both excluded).
         percentile: f64,

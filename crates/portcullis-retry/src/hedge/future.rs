@@ -59,6 +59,8 @@ where
     shared: Arc<Shared<C, K>>,
     first_sent: Instant,
     first_answered: bool,
+    /// The delay the first hedge went out after, once one has.
+    hedged_after: Option<std::time::Duration>,
     /// When the next hedge goes out; `None` once no more will.
     next_at: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -106,6 +108,7 @@ where
                     shared,
                     first_sent: now,
                     first_answered: false,
+                    hedged_after: None,
                     next_at,
                     sleep: None,
                     paid: false,
@@ -233,6 +236,9 @@ where
                 self.shared.replay.tag(&mut copy, &self.tried);
                 self.copies.push(Some(Box::pin(self.service.call(copy))));
                 self.in_flight += 1;
+                if self.hedged_after.is_none() {
+                    self.hedged_after = Some(self.first_sent.elapsed());
+                }
                 self.shared.metrics.hedge();
                 let sent = u32::try_from(self.copies.len()).unwrap_or(u32::MAX);
                 self.next_at = match self.shared.delay.current() {
@@ -252,10 +258,17 @@ where
     S: Service<Req>,
 {
     fn drop(&mut self) {
-        // A first copy cut short (a hedge won, or the caller gave up) counts with the time it
-        // had run: at least the delay, so the percentile still sees a slow one.
+        // A first copy cut short (a hedge won, or the caller gave up) is known only to have
+        // taken longer than it had run. It counts as taking the delay its hedge went out after
+        // (or the time it had run, if none did): the percentile sees it at or above the
+        // delay, and never pushes the delay up on its own account (counted as the time it
+        // had run, a copy cut short by a hedge that answered 10 ms later would raise the
+        // delay by 10 ms, and the next such one by 10 ms more).
         if !self.first_answered && self.shared.delay.learns() {
-            self.shared.delay.record(self.first_sent.elapsed());
+            let ran = self.first_sent.elapsed();
+            self.shared
+                .delay
+                .record(self.hedged_after.map_or(ran, |delay| delay.min(ran)));
         }
         let cancelled = self.copies.iter().filter(|copy| copy.is_some()).count();
         self.shared.metrics.cancelled(cancelled as u64);
