@@ -261,3 +261,33 @@ async fn settings_out_of_range_are_refused_when_built() {
         .build_layer(classifier())
         .is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_first_copy_cut_short_counts_at_the_delay_so_the_delay_does_not_climb() {
+    let delay = HedgeDelay::Percentile {
+        percentile: 50.0,
+        window: 10,
+        min_samples: 10,
+        floor: ms(1),
+    };
+    let backend = Scripted::default();
+    let ample = Budget::builder()
+        .ratio(1.0)
+        .min_per_sec(1_000)
+        .build()
+        .unwrap();
+    let svc = hedge_over(&backend, delay, Some(ample));
+    backend.push(&[(10, Ok(())); 10]);
+    for _ in 0..10 {
+        assert!(send(&svc, HEDGE).await.0.is_ok());
+    }
+    assert_eq!(svc.metrics().snapshot().delay, Some(ms(10)));
+    // Every first copy now takes 100 ms and its hedge 5 ms: each request is the hedge's at
+    // 15 ms. The first copies are known only to take over 10 ms: they count at 10 ms, and the
+    // delay stays (counted at the 15 ms they had run, it would climb to 15 ms, and on).
+    for _ in 0..20 {
+        backend.push(&[(100, Ok(())), (5, Ok(()))]);
+        assert_eq!(send(&svc, HEDGE).await.1, ms(15));
+    }
+    assert_eq!(svc.metrics().snapshot().delay, Some(ms(10)));
+}
