@@ -515,6 +515,7 @@ struct EveryKind {
     fanout: fanout::FanOutMetrics,
     shared: share::SharedClientsMetrics,
     file: discovery::DiscoveryMetrics,
+    hedge: retry::hedge::HedgeMetrics,
 }
 
 fn every_kind() -> EveryKind {
@@ -548,6 +549,12 @@ fn every_kind() -> EveryKind {
             .unwrap()
             .updates()
             .metrics(),
+        hedge: retry::hedge::Hedge::builder()
+            .build_layer(retry::classify::predicate(|res: Result<&(), &BoxError>| {
+                res.is_err()
+            }))
+            .unwrap()
+            .metrics(),
     }
 }
 
@@ -564,6 +571,7 @@ fn register_every_kind(prefixes: &[&str]) -> (Registry, Vec<String>) {
         prometheus::register_fanout(r, prefix, kinds.fanout.clone()).unwrap();
         prometheus::register_share(r, prefix, kinds.shared.clone()).unwrap();
         prometheus::register_discovery(r, prefix, kinds.file.clone()).unwrap();
+        prometheus::register_hedge(r, prefix, kinds.hedge.clone()).unwrap();
     }
     let mut described = Described(Vec::new());
     kinds.each_snapshot(&mut described);
@@ -583,6 +591,7 @@ impl EveryKind {
         to.each(&self.fanout.snapshot());
         to.each(&self.shared.snapshot());
         to.each(&self.file.snapshot());
+        to.each(&self.hedge.snapshot());
     }
 }
 
@@ -915,4 +924,38 @@ async fn exported_names_follow_the_snapshot_fields() {
     let mut checked = NamesFollowFields(0);
     every_kind().each_snapshot(&mut checked);
     assert!(checked.0 >= 6 * 7, "{} families", checked.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedge_metrics_are_exported() {
+    use portcullis::retry::classify::{hedge_when, predicate};
+    use portcullis::retry::hedge::{Hedge, HedgeDelay};
+    let ms = Duration::from_millis;
+    let backend = service_fn(|_: u32| async {
+        tokio::time::sleep(ms(50)).await;
+        Ok::<_, BoxError>(())
+    });
+    let layer = Hedge::builder()
+        .delay(HedgeDelay::Fixed(ms(10)))
+        .build_layer(hedge_when(
+            predicate(|res: Result<&(), &BoxError>| res.is_err()),
+            |_: &u32| true,
+        ))
+        .unwrap();
+    let svc = tower::Layer::layer(&layer, backend);
+    svc.oneshot(1).await.unwrap();
+    let mut registry = Registry::default();
+    prometheus::register_hedge(&mut registry, "api", layer.metrics()).unwrap();
+    let mut text = String::new();
+    encode(&mut text, &registry).unwrap();
+    for line in [
+        "api_hedge_requests_total 1",
+        "api_hedge_hedges_total 1",
+        "api_hedge_won_total 0",
+        "api_hedge_cancelled_total 1",
+        "api_hedge_budget_refusals_total 0",
+        "api_hedge_delay_seconds 0.01",
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
 }
