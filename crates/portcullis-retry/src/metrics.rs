@@ -163,20 +163,10 @@ impl RetryMetrics {
 
     /// Reads every counter.
     pub fn snapshot(&self) -> RetrySnapshot {
-        let sum = |f: fn(&Counters) -> &AtomicU64| -> u64 {
-            self.inner
-                .iter()
-                .map(|c| f(c).load(Ordering::Relaxed))
-                .fold(0, u64::wrapping_add)
-        };
+        let sum = |f: fn(&Counters) -> &AtomicU64| stripe::sum(&self.inner[..], f);
         let requests = sum(|c| &c.requests);
         let retries = sum(|c| &c.retries);
-        let stopped = |r: StopReason| -> u64 {
-            self.inner
-                .iter()
-                .map(|c| c.stopped[index(r)].load(Ordering::Relaxed))
-                .fold(0, u64::wrapping_add)
-        };
+        let stopped = |r: StopReason| stripe::sum(&self.inner[..], |c| &c.stopped[index(r)]);
         let never_ready = sum(|c| &c.never_ready);
         RetrySnapshot {
             requests,

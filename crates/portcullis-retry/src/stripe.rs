@@ -21,6 +21,17 @@ pub(crate) const STRIPES: usize = 16;
 #[cfg(loom)]
 pub(crate) const STRIPES: usize = 2;
 
+/// The sum of one counter over every stripe (`counter` picks it out of a stripe), wrapping.
+pub(crate) fn sum<C>(
+    stripes: &[crossbeam_utils::CachePadded<C>],
+    counter: impl Fn(&C) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    stripes
+        .iter()
+        .map(|stripe| counter(stripe).load(std::sync::atomic::Ordering::Relaxed))
+        .fold(0, u64::wrapping_add)
+}
+
 /// This thread's stripe number, assigned round-robin on first use. Reduce it modulo the
 /// number of stripes (a power of two: mask it).
 #[cfg(not(loom))]

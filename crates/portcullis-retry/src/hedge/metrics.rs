@@ -106,12 +106,7 @@ impl HedgeMetrics {
 
     /// Reads every counter.
     pub fn snapshot(&self) -> HedgeSnapshot {
-        let sum = |f: fn(&Counters) -> &AtomicU64| -> u64 {
-            self.inner
-                .iter()
-                .map(|c| f(c).load(Ordering::Relaxed))
-                .fold(0, u64::wrapping_add)
-        };
+        let sum = |f: fn(&Counters) -> &AtomicU64| stripe::sum(&self.inner[..], f);
         HedgeSnapshot {
             requests: sum(|c| &c.requests),
             hedgeable: sum(|c| &c.hedgeable),
