@@ -1,7 +1,7 @@
 //! [`Tried`]: the endpoints the copies of one request were sent to, so that a pool can send
 //! the next copy elsewhere.
 //!
-//! A hedge (`portcullis_retry::Hedge`) sends a second copy of a slow request while the first
+//! A hedge (`portcullis_retry::hedge::Hedge`) sends a second copy of a slow request while the first
 //! is still in flight. Sent to the same endpoint, it would wait behind the first. The hedge
 //! puts one `Tried` into every copy of a request; the pool records in it the endpoint each copy
 //! was sent to, and picks for a later copy among the endpoints not in it
