@@ -229,6 +229,38 @@ where
     answers
 }
 
+/// What an [`open_loop`] run of a simulation saw: the latencies of successful requests, and
+/// how many failed.
+pub(crate) struct Outcome {
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) errors: u64,
+    pub(crate) total: u64,
+}
+
+/// Drives `requests` requests through `svc`, one every `every` ([`open_loop`]), and sums up
+/// their answers.
+pub(crate) async fn drive_open_loop<S>(svc: S, requests: u64, every: Duration) -> Outcome
+where
+    S: Service<u64>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+{
+    let mut outcome = Outcome {
+        latency: histogram(),
+        errors: 0,
+        total: requests,
+    };
+    for (latency, answer) in open_loop(svc, requests, every, |_, _| {}).await {
+        if answer.is_ok() {
+            outcome.latency.saturating_record(nanos(latency));
+        } else {
+            outcome.errors += 1;
+        }
+    }
+    outcome
+}
+
 // === summary table ===
 
 /// One line of the summary table.

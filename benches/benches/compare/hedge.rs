@@ -6,11 +6,8 @@
 //! `PoolQueue` + `P2cPool` (p95 delay, the retry budget's defaults, a hedge to an endpoint
 //! the request has not tried). Then a partial outage: every attempt ten times slower.
 
-use crate::common::{
-    fmt_ns, histogram, nanos, open_loop, paused_runtime, quantile_ns, Config, Row,
-};
-use hdrhistogram::Histogram;
-use portcullis_p2c::make::{self};
+use crate::common::{drive_open_loop, fmt_ns, paused_runtime, quantile_ns, Config, Outcome, Row};
+use portcullis_p2c::make;
 use portcullis_p2c::P2cPool;
 use portcullis_pool::{PoolQueue, Tried, Update};
 use portcullis_retry::classify::{hedge_when, predicate, Replay};
@@ -86,45 +83,35 @@ fn script<Req: 'static>(
     }
 }
 
-/// Latencies, and backend calls.
-struct Outcome {
-    latency: Histogram<u64>,
-    errors: u64,
-    requests: u64,
+/// A run's answers, and the backend calls it made.
+struct Run {
+    outcome: Outcome,
     calls: u64,
 }
 
-impl Outcome {
+impl Run {
     fn extra(&self) -> f64 {
-        self.calls as f64 / self.requests as f64 - 1.0
+        self.calls as f64 / self.outcome.total as f64 - 1.0
     }
 
     fn q(&self, q: f64) -> f64 {
-        quantile_ns(&self.latency, q)
+        quantile_ns(&self.outcome.latency, q)
     }
 }
 
-async fn drive<S>(svc: S, requests: u64, controls: &[SimControl]) -> Outcome
+/// One request every [`ARRIVAL`], counting the calls `controls`' endpoints took.
+async fn drive_counted<S>(svc: S, requests: u64, controls: &[SimControl]) -> Run
 where
     S: Service<u64>,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
     S::Error: Into<BoxError> + Send + 'static,
 {
-    let mut outcome = Outcome {
-        latency: histogram(),
-        errors: 0,
-        requests,
-        calls: 0,
-    };
-    for (latency, answer) in open_loop(svc, requests, ARRIVAL, |_, _| {}).await {
-        match answer {
-            Ok(_) => outcome.latency.saturating_record(nanos(latency)),
-            Err(_) => outcome.errors += 1,
-        }
+    let outcome = drive_open_loop(svc, requests, ARRIVAL).await;
+    Run {
+        outcome,
+        calls: controls.iter().map(SimControl::calls).sum(),
     }
-    outcome.calls = controls.iter().map(SimControl::calls).sum();
-    outcome
 }
 
 const STACKS: [&str; 6] = [
@@ -204,12 +191,12 @@ fn simulate(
     scenario: Scenario,
     requests: u64,
     fixed: Duration,
-) -> (Outcome, Option<Duration>) {
+) -> (Run, Option<Duration>) {
     paused_runtime().block_on(async move {
         let controls: Vec<SimControl> = (0..ENDPOINTS).map(|_| SimControl::new()).collect();
         match stack {
             0 => (
-                drive(tower_balance(scenario, &controls), requests, &controls).await,
+                drive_counted(tower_balance(scenario, &controls), requests, &controls).await,
                 None,
             ),
             1 | 4 | 5 => {
@@ -230,7 +217,7 @@ fn simulate(
                 let to_req = |n: u64| Req { n, tried: None };
                 let outcome = if stack == 1 {
                     let svc = ServiceBuilder::new().map_request(to_req).service(queue);
-                    (drive(svc, requests, &controls).await, None)
+                    (drive_counted(svc, requests, &controls).await, None)
                 } else {
                     let hedge = Hedge::builder()
                         .delay(HedgeDelay::percentile(95.0))
@@ -246,7 +233,7 @@ fn simulate(
                         .map_request(to_req)
                         .layer(hedge)
                         .service(queue);
-                    let outcome = drive(svc, requests, &controls).await;
+                    let outcome = drive_counted(svc, requests, &controls).await;
                     (outcome, metrics.snapshot().delay)
                 };
                 drop(updates);
@@ -260,7 +247,7 @@ fn simulate(
                     0.95,
                     Duration::from_secs(1),
                 );
-                (drive(hedge, requests, &controls).await, None)
+                (drive_counted(hedge, requests, &controls).await, None)
             }
             _ => {
                 // tower-resilience needs an error it can clone: the buffer's, shared.
@@ -272,7 +259,7 @@ fn simulate(
                     .max_hedged_attempts(2)
                     .build();
                 let hedge = tower::Layer::layer(&layer, balance);
-                (drive(hedge, requests, &controls).await, None)
+                (drive_counted(hedge, requests, &controls).await, None)
             }
         }
     })
@@ -290,7 +277,7 @@ pub(crate) fn run(config: &Config, rows: &mut Vec<Row>) {
         "| scenario | stack | p50 | p99 | p99.9 | max | errors | extra backend calls per request |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    let mut results: Vec<Vec<Outcome>> = Vec::new();
+    let mut results: Vec<Vec<Run>> = Vec::new();
     for scenario in scenarios {
         // tower-resilience has no percentile delay: its closest setting is a fixed one, given
         // the delay ours learnt (the p95 of first attempts, 12 ms in the tail scenario: the
@@ -298,7 +285,7 @@ pub(crate) fn run(config: &Config, rows: &mut Vec<Row>) {
         // the slow ones about half the time, as exactly 5% are slow).
         let (ours, learnt) = simulate(4, scenario, requests, Duration::ZERO);
         let fixed = learnt.unwrap_or(BASE);
-        let mut outcomes: Vec<Outcome> = (0..4)
+        let mut outcomes: Vec<Run> = (0..4)
             .map(|stack| simulate(stack, scenario, requests, fixed).0)
             .collect();
         outcomes.push(ours);
@@ -315,8 +302,8 @@ pub(crate) fn run(config: &Config, rows: &mut Vec<Row>) {
                 fmt_ns(o.q(0.5)),
                 fmt_ns(o.q(0.99)),
                 fmt_ns(o.q(0.999)),
-                fmt_ns(o.latency.max() as f64),
-                o.errors,
+                fmt_ns(o.outcome.latency.max() as f64),
+                o.outcome.errors,
                 100.0 * o.extra(),
             );
         }
@@ -326,7 +313,7 @@ pub(crate) fn run(config: &Config, rows: &mut Vec<Row>) {
     let tail = &results[0];
     let (ours, none) = (&tail[5], &tail[1]);
     let cut = none.q(0.999) / ours.q(0.999);
-    let beats = |peer: &Outcome| ours.q(0.999) <= peer.q(0.999) && ours.extra() <= peer.extra();
+    let beats = |peer: &Run| ours.q(0.999) <= peer.q(0.999) && ours.extra() <= peer.extra();
     rows.push(Row {
         item: "7",
         what: "hedging: p99.9 cut against no hedging, extra calls".into(),

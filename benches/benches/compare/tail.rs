@@ -1,9 +1,7 @@
 //! Item 3: tail latency with one slow endpoint, and with one endpoint that starts failing.
 //! Ten simulated endpoints in tokio's paused time, so every figure is deterministic.
 
-use crate::common::{
-    fmt_ns, histogram, nanos, open_loop, paused_runtime, quantile_ns, Config, Row,
-};
+use crate::common::{drive_open_loop, fmt_ns, paused_runtime, quantile_ns, Config, Outcome, Row};
 use crate::svg::{self, Series};
 use hdrhistogram::Histogram;
 use portcullis_p2c::make::{self, PeakEwmaMaker};
@@ -18,7 +16,7 @@ use tokio::time::Instant;
 use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwma};
-use tower::{BoxError, Service};
+use tower::Service;
 
 const ENDPOINTS: usize = 10;
 const BASE_LATENCY: Duration = Duration::from_millis(10);
@@ -139,38 +137,6 @@ impl tower::util::rng::Rng for SeededRng {
     }
 }
 
-// === the driver ===
-
-/// Latencies of successful requests, and how many failed.
-struct Outcome {
-    latency: Histogram<u64>,
-    errors: u64,
-    total: u64,
-}
-
-/// One request every [`ARRIVAL`] ([`open_loop`]).
-async fn drive<S>(svc: S, requests: u64) -> Outcome
-where
-    S: Service<u64>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-    S::Error: Into<BoxError> + Send + 'static,
-{
-    let mut outcome = Outcome {
-        latency: histogram(),
-        errors: 0,
-        total: requests,
-    };
-    for (latency, answer) in open_loop(svc, requests, ARRIVAL, |_, _| {}).await {
-        if answer.is_ok() {
-            outcome.latency.saturating_record(nanos(latency));
-        } else {
-            outcome.errors += 1;
-        }
-    }
-    outcome
-}
-
 const BALANCERS: [&str; 6] = [
     "P2cPool + PeakEwma",
     "P2cPool + PendingRequests",
@@ -201,7 +167,7 @@ fn simulate(balancer: usize, scenario: Scenario, requests: u64) -> Outcome {
                     .build(make::peak_ewma(maker))
                     .unwrap();
                 pool.update_pool(reset);
-                drive(pool, requests).await
+                drive_open_loop(pool, requests, ARRIVAL).await
             }
             1 => {
                 let mut pool = P2cPool::builder()
@@ -209,7 +175,7 @@ fn simulate(balancer: usize, scenario: Scenario, requests: u64) -> Outcome {
                     .build(make::pending_requests(maker))
                     .unwrap();
                 pool.update_pool(reset);
-                drive(pool, requests).await
+                drive_open_loop(pool, requests, ARRIVAL).await
             }
             2 => {
                 let endpoints: Vec<_> = sims()
@@ -227,14 +193,14 @@ fn simulate(balancer: usize, scenario: Scenario, requests: u64) -> Outcome {
                     ServiceList::new(endpoints),
                     SeededRng(SmallRng::seed_from_u64(42)),
                 );
-                drive(balance, requests).await
+                drive_open_loop(balance, requests, ARRIVAL).await
             }
             3 => {
                 let rr = RoundRobin {
                     endpoints: sims(),
                     next: 0,
                 };
-                drive(rr, requests).await
+                drive_open_loop(rr, requests, ARRIVAL).await
             }
             4 => {
                 let random = Random {
@@ -242,7 +208,7 @@ fn simulate(balancer: usize, scenario: Scenario, requests: u64) -> Outcome {
                     rng: SmallRng::seed_from_u64(42),
                     chosen: None,
                 };
-                drive(random, requests).await
+                drive_open_loop(random, requests, ARRIVAL).await
             }
             _ => {
                 let maker = failure::failure_aware(
@@ -253,7 +219,7 @@ fn simulate(balancer: usize, scenario: Scenario, requests: u64) -> Outcome {
                 .expect("a non-zero half-life");
                 let mut pool = P2cPool::builder().seed(42).build(maker).unwrap();
                 pool.update_pool(reset);
-                drive(pool, requests).await
+                drive_open_loop(pool, requests, ARRIVAL).await
             }
         }
     })
