@@ -19,7 +19,7 @@ pub mod tried;
 pub use tried::Tried;
 
 pub use queue::{
-    BoxError, BuildError, FailFast, HistogramSummary, InQueueTimes, NoSlot, PoolFailed, PoolQueue,
-    PoolQueueBuilder, PoolQueueLayer, PoolQueueMetrics, PoolQueueSnapshot, UpdateCounters,
-    UpdateCounts, WorkerGone,
+    BoxError, BuildError, FailFast, HistogramSummary, InQueueTimes, NoSlot, Overloaded, PoolFailed,
+    PoolQueue, PoolQueueBuilder, PoolQueueLayer, PoolQueueMetrics, PoolQueueSnapshot,
+    UpdateCounters, UpdateCounts, WorkerGone,
 };

@@ -169,15 +169,15 @@ pub trait Replay<Req> {
     /// Puts `tried` into `req`, so that the pool below sends each copy of a hedged request to
     /// an endpoint the others did not go to (`P2cPool::avoid_tried` finds it there). Called
     /// by [`Hedge`](crate::hedge::Hedge) for every copy it sends. By default nothing: the
-    /// copies are picked as any request is. [`ReplayRequest`](crate::replay::ReplayRequest)
-    /// puts it into the request's extensions.
+    /// copies are picked as any request is. `replay::ReplayRequest` (feature `http`) puts it
+    /// into the request's extensions.
     fn tag(&self, req: &mut Req, tried: &Tried) {
         let _ = (req, tried);
     }
 
     /// Whether all of `req` is there to copy, so that a copy can run beside the one in
     /// flight: [`Hedge`](crate::hedge::Hedge) sends no hedge of a request that is not.
-    /// `true` by default; a [`ReplayRequest`](crate::replay::ReplayRequest) is whole once its
+    /// `true` by default; a `replay::ReplayRequest` (feature `http`) is whole once its
     /// body has been read to the end (a copy made before that would take the body over from
     /// the copy in flight, which a retry may do and a hedge must not).
     fn is_whole(&self, req: &Req) -> bool {
@@ -297,6 +297,10 @@ impl<C: fmt::Debug, F> fmt::Debug for HedgeWhen<C, F> {
 /// budget and cannot succeed sooner than the queue recovers. The HTTP and gRPC classifiers
 /// therefore treat it as permanent unless told otherwise.
 ///
+/// A request a full queue shed ([`Overloaded`](portcullis_pool::Overloaded)) is not a
+/// refusal here: it is never retried, whatever a classifier is told (see
+/// [`is_overloaded_in`]).
+///
 /// ```
 /// use portcullis_retry::{classify::is_queue_refusal, BoxError};
 ///
@@ -310,6 +314,7 @@ pub fn is_queue_refusal<E: 'static>(error: &E) -> bool {
 /// Whether `error` or any error in its `source()` chain is a queue refusal
 /// ([`FailFast`](portcullis_pool::FailFast) or [`NoSlot`](portcullis_pool::NoSlot)), whatever
 /// the type of `error`: a classifier over a concrete error type of its own calls this.
+/// [`Overloaded`](portcullis_pool::Overloaded) is not one ([`is_overloaded_in`] finds it).
 ///
 /// ```
 /// use portcullis_retry::classify::is_queue_refusal_in;
@@ -321,6 +326,28 @@ pub fn is_queue_refusal_in(error: &(dyn std::error::Error + 'static)) -> bool {
     chain_holds(error, |e| {
         e.is::<portcullis_pool::FailFast>() || e.is::<portcullis_pool::NoSlot>()
     })
+}
+
+/// Whether `error` or any error in its `source()` chain is a
+/// [`Overloaded`](portcullis_pool::Overloaded): a [`PoolQueue`](portcullis_pool::PoolQueue)
+/// built to shed when full (`PoolQueueBuilder::shed_when_full`) was full, and failed the
+/// request at once without sending it anywhere.
+///
+/// The HTTP and gRPC classifiers never retry it, even told to retry queue refusals
+/// (`retry_queue_refusals(true)`): the queue shed the
+/// request because it already holds all it can, and a retry now would go back into the same
+/// full queue, adding to the load it is shedding (a retry storm at the worst time). The
+/// caller is better answered at once (an HTTP 503, a gRPC `RESOURCE_EXHAUSTED`). A hedge that
+/// a full queue shed is no success either, so it never answers for its request.
+///
+/// ```
+/// use portcullis_retry::classify::is_overloaded_in;
+///
+/// let reset = std::io::Error::other("connection reset");
+/// assert!(!is_overloaded_in(&reset));
+/// ```
+pub fn is_overloaded_in(error: &(dyn std::error::Error + 'static)) -> bool {
+    chain_holds(error, |e| e.is::<portcullis_pool::Overloaded>())
 }
 
 /// Whether `error` or any error in its `source()` chain says that a queue has stopped for
@@ -368,6 +395,9 @@ pub(crate) fn as_error<E: 'static>(error: &E) -> Option<&(dyn std::error::Error 
         return Some(e);
     }
     if let Some(e) = any.downcast_ref::<portcullis_pool::NoSlot>() {
+        return Some(e);
+    }
+    if let Some(e) = any.downcast_ref::<portcullis_pool::Overloaded>() {
         return Some(e);
     }
     if let Some(e) = any.downcast_ref::<portcullis_pool::PoolFailed>() {

@@ -10,10 +10,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use http::{Request, Response};
-use portcullis_pool::{FailFast, PoolFailed, PoolQueue, WorkerGone};
+use portcullis_pool::{FailFast, Overloaded, PoolFailed, PoolQueue, WorkerGone};
 use portcullis_retry::classify::grpc::GrpcClassify;
 use portcullis_retry::classify::http::HttpClassify;
-use portcullis_retry::classify::{is_queue_refusal_in, Classify, Decision};
+use portcullis_retry::classify::{
+    is_overloaded_in, is_queue_refusal, is_queue_refusal_in, Classify, Decision,
+};
 use portcullis_retry::{BoxError, Retry, RetryError, StopReason};
 use portcullis_test::pool::{self, MockResponse};
 use portcullis_test::{discovery, time::ms, time::settle};
@@ -31,6 +33,23 @@ async fn failfast() -> BoxError {
         .unwrap();
     let error = queue.oneshot("a").await.unwrap_err();
     assert!(error.is::<FailFast>(), "{error}");
+    error
+}
+
+/// The error a full queue built to shed answers: its only slot is held by a handle polled
+/// ready, and the pool is not ready.
+async fn overloaded() -> BoxError {
+    let (mock, _control) = pool::pair::<&'static str, u16, &'static str, &'static str>();
+    let (_discovery, stream) = discovery::channel();
+    let queue: Queue = PoolQueue::builder()
+        .capacity(1)
+        .shed_when_full(true)
+        .build(mock, stream)
+        .unwrap();
+    let mut holder = queue.clone();
+    holder.ready().await.unwrap();
+    let error = queue.oneshot("a").await.unwrap_err();
+    assert!(error.is::<Overloaded>(), "{error}");
     error
 }
 
@@ -243,4 +262,107 @@ fn http_statuses_of_no_known_class_are_permanent() {
             "{code}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_a_full_queue_shed_is_never_retried_even_with_refusals_opted_in() {
+    let error = overloaded().await;
+    assert!(is_overloaded_in(&*error));
+    assert!(is_overloaded_in(&Wrapped(overloaded().await)));
+    assert!(!is_overloaded_in(&*failfast().await));
+    assert!(!is_overloaded_in(&Wrapped("connection reset".into())));
+    // Not a refusal: opting in to retry refusals does not reach it.
+    assert!(!is_queue_refusal(&error));
+
+    let req = Request::new(());
+    for classify in [
+        HttpClassify::new(),
+        HttpClassify::new().retry_queue_refusals(true),
+        HttpClassify::new()
+            .retry_queue_refusals(true)
+            .retry_non_idempotent(true),
+    ] {
+        assert_eq!(
+            Classify::<_, Response<()>, BoxError>::classify(&classify, &req, Err(&error)),
+            Decision::Permanent,
+            "{classify:?}"
+        );
+    }
+    // As the queue's own error type, unboxed.
+    let typed = *overloaded().await.downcast::<Overloaded>().unwrap();
+    assert_eq!(
+        Classify::<_, Response<()>, Overloaded>::classify(
+            &HttpClassify::new().retry_queue_refusals(true),
+            &req,
+            Err(&typed)
+        ),
+        Decision::Permanent
+    );
+    // As tonic makes a status of it (`UNKNOWN`), and as a status with a retryable code that
+    // carries it as its source.
+    let from_error = tonic::Status::from_error(overloaded().await);
+    let mut unavailable = tonic::Status::unavailable("queue full");
+    unavailable.set_source(Arc::from(overloaded().await));
+    for status in [&from_error, &unavailable] {
+        for classify in [
+            GrpcClassify::new(),
+            GrpcClassify::new().retry_queue_refusals(true),
+        ] {
+            assert_eq!(
+                Classify::<(), (), _>::classify(&classify, &(), Err(status)),
+                Decision::Permanent,
+                "{classify:?} {status:?}"
+            );
+        }
+    }
+    // Wrapped in a concrete type, under a Retry, opted in to refusals: one call.
+    let errors = Arc::new(std::sync::Mutex::new(vec![overloaded().await]));
+    let (calls, reason) = wrapped_calls(HttpClassify::new().retry_queue_refusals(true), {
+        move || errors.lock().unwrap().pop().unwrap_or_else(|| "x".into())
+    })
+    .await;
+    assert_eq!((calls, reason), (1, StopReason::Permanent));
+}
+
+/// Retry over a real shedding queue that is full: the request is shed at once and not
+/// retried, the `Overloaded` kept as the `RetryError`'s inner error.
+#[tokio::test(start_paused = true)]
+async fn retry_over_a_full_shedding_queue_gives_up_at_once_with_overloaded() {
+    let (mock, control) = pool::pair::<&'static str, u16, &'static str, &'static str>();
+    let (_discovery, stream) = discovery::channel();
+    let queue: Queue = PoolQueue::builder()
+        .capacity(1)
+        .shed_when_full(true)
+        .build(mock, stream)
+        .unwrap();
+    let mut holder = queue.clone();
+    holder.ready().await.unwrap();
+    let layer = support::three_attempts_10ms_apart()
+        .build_layer(portcullis_retry::classify::classify_fn(
+            |_: &&'static str, result: Result<&&'static str, &BoxError>| match result {
+                Ok(_) => Decision::Success,
+                // What the HTTP classifier does with a transport error, opted in to refusals.
+                Err(error) => Classify::<_, Response<()>, BoxError>::classify(
+                    &HttpClassify::new().retry_queue_refusals(true),
+                    &Request::new(()),
+                    Err(error),
+                ),
+            },
+        ))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let error = layer.layer(queue.clone()).oneshot("r").await.unwrap_err();
+    assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+    let retry = error.downcast_ref::<RetryError>().expect("a RetryError");
+    assert_eq!(
+        (retry.reason(), retry.attempts()),
+        (StopReason::Permanent, 1)
+    );
+    assert!(
+        retry.inner().is_some_and(|e| e.is::<Overloaded>()),
+        "{retry}"
+    );
+    assert_eq!(layer.metrics().snapshot().retries, 0);
+    assert_eq!(queue.metrics().snapshot().shed, 1);
+    assert_eq!(control.calls(), 0);
 }

@@ -142,6 +142,7 @@ async fn retry_queue_and_p2c_metrics_are_exported() {
     assert_sample(&text, "api_pool_queue_capacity", 8.0);
     assert_sample(&text, "api_pool_queue_failfast_active", 0.0);
     assert_sample(&text, "api_pool_queue_failfast_entered_total", 0.0);
+    assert_sample(&text, "api_pool_queue_shed_total", 0.0);
     let dispatched = "api_pool_queue_in_queue_seconds_count{outcome=\"dispatched\"}";
     let queued = sample(&text, dispatched).unwrap();
     let direct = sample(&text, "api_pool_queue_direct_dispatches_total").unwrap();

@@ -7,9 +7,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use portcullis::http::Client;
-use portcullis::pool::FailFast;
-use portcullis::retry::RetryError;
+use portcullis::http::{status_for_error, Client};
 use prometheus_client::registry::Registry;
 use std::{convert::Infallible, fmt, fmt::Write as _, net::SocketAddr, sync::Arc, time::Instant};
 use tower::ServiceExt;
@@ -225,16 +223,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-/// 503 when no backend is ready, 504 when the deadline ran out, 502 for everything else.
+/// 503 when the client's queue turned the request away (no backend ready, no slot, or full
+/// and shedding), 504 when the deadline ran out, 502 for everything else
+/// ([`status_for_error`]); the body is the error's chain.
 fn error_response(error: &BoxError) -> Response<Full<Bytes>> {
-    let failfast = |e: &(dyn std::error::Error + Send + Sync + 'static)| e.is::<FailFast>();
-    let status = match error.downcast_ref::<RetryError>() {
-        Some(retry) if retry.inner().is_some_and(failfast) => StatusCode::SERVICE_UNAVAILABLE,
-        Some(retry) if retry.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
-        Some(_) => StatusCode::BAD_GATEWAY,
-        None if failfast(error.as_ref()) => StatusCode::SERVICE_UNAVAILABLE,
-        None => StatusCode::BAD_GATEWAY,
-    };
+    let status = status_for_error(error);
     let mut message = error.to_string();
     let mut source = std::error::Error::source(error.as_ref());
     while let Some(cause) = source {

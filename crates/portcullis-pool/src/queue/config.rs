@@ -9,8 +9,8 @@ use futures_core::TryStream;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// Builds a [`PoolQueue`] or its [`PoolQueueLayer`]: how many requests may wait, and when the
-/// queue fails fast.
+/// Builds a [`PoolQueue`] or its [`PoolQueueLayer`]: how many requests may wait, when the
+/// queue fails fast, and whether a full queue sheds at once.
 ///
 /// The settings are checked when the queue or layer is built, and only then
 /// ([`build`](Self::build), [`build_layer`](Self::build_layer)).
@@ -38,6 +38,7 @@ pub struct PoolQueueBuilder {
     capacity: usize,
     failfast_timeout: Duration,
     direct_dispatch: bool,
+    shed_when_full: bool,
 }
 
 /// The settings of a built queue: checked, so every value here is one the queue can honour.
@@ -46,6 +47,7 @@ pub(crate) struct Config {
     pub(crate) capacity: usize,
     pub(crate) failfast_timeout: Duration,
     pub(crate) direct_dispatch: bool,
+    pub(crate) shed_when_full: bool,
 }
 
 impl PoolQueueBuilder {
@@ -53,6 +55,9 @@ impl PoolQueueBuilder {
     pub const DEFAULT_CAPACITY: usize = 100;
     /// The default [`failfast_timeout`](Self::failfast_timeout).
     pub const DEFAULT_FAILFAST_TIMEOUT: Duration = Duration::from_secs(3);
+    /// The default [`shed_when_full`](Self::shed_when_full): off, a full queue makes its
+    /// callers wait.
+    pub const DEFAULT_SHED_WHEN_FULL: bool = false;
     /// The largest capacity a queue can have.
     pub const MAX_CAPACITY: usize = Semaphore::MAX_PERMITS;
 
@@ -62,6 +67,7 @@ impl PoolQueueBuilder {
             capacity: Self::DEFAULT_CAPACITY,
             failfast_timeout: Self::DEFAULT_FAILFAST_TIMEOUT,
             direct_dispatch: true,
+            shed_when_full: Self::DEFAULT_SHED_WHEN_FULL,
         }
     }
 
@@ -88,6 +94,33 @@ impl PoolQueueBuilder {
         self
     }
 
+    /// What a caller meets when every slot is taken (off by default,
+    /// [`DEFAULT_SHED_WHEN_FULL`](Self::DEFAULT_SHED_WHEN_FULL)).
+    ///
+    /// Off, the queue is honest back-pressure: the `capacity + 1`th caller's `poll_ready` is
+    /// pending until a slot comes free (bounded by the failfast timeout), so a
+    /// `tower::load_shed::LoadShed` above the queue sheds it with tower's own error.
+    ///
+    /// On, the queue sheds by itself: a `poll_ready` that finds every slot taken does not
+    /// wait for one. It returns `Ready(Ok(()))` at once, and the `call` that follows returns
+    /// a future that fails at once with [`Overloaded`](super::Overloaded) (carrying the
+    /// capacity), holding no slot and sending nothing to the pool, as a call during failfast
+    /// does. The decision holds for that one call: the handle's next `poll_ready` takes a slot
+    /// if one is free by then. Each request shed is counted in the metrics' `shed` and logged
+    /// at debug. Failfast comes first: in failfast a caller gets
+    /// [`FailFast`](super::FailFast), full or not.
+    ///
+    /// For callers that would rather fail at once than wait behind a full queue (a proxy that
+    /// answers 503, a gRPC server that answers `RESOURCE_EXHAUSTED`): the retry classifiers
+    /// never retry [`Overloaded`](super::Overloaded). Every slot counts, including the ones
+    /// held by handles polled ready that have not called yet, so give a shedding queue a
+    /// capacity above the number of callers that may be between `poll_ready` and `call` at
+    /// once, or it sheds while endpoints are ready.
+    pub const fn shed_when_full(mut self, shed: bool) -> Self {
+        self.shed_when_full = shed;
+        self
+    }
+
     /// Checks every setting.
     pub(crate) const fn check(self) -> Result<Config, BuildError> {
         if self.capacity == 0 {
@@ -106,6 +139,7 @@ impl PoolQueueBuilder {
             capacity: self.capacity,
             failfast_timeout: self.failfast_timeout,
             direct_dispatch: self.direct_dispatch,
+            shed_when_full: self.shed_when_full,
         })
     }
 

@@ -155,6 +155,42 @@ impl fmt::Display for NoSlot {
 
 impl std::error::Error for NoSlot {}
 
+/// The queue was full and sheds rather than waits
+/// ([`PoolQueueBuilder::shed_when_full`](super::PoolQueueBuilder::shed_when_full)): the
+/// caller's `poll_ready` found every slot taken, so its request failed at once, holding no
+/// slot and never sent to the pool.
+///
+/// Not terminal: the caller's next `poll_ready` takes a slot if one is free by then. A request
+/// refused this way never reached an endpoint, and retrying it at once only adds to the load
+/// that filled the queue: the classifiers of `portcullis-retry` never retry it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overloaded {
+    capacity: usize,
+}
+
+impl Overloaded {
+    pub(crate) const fn new(capacity: usize) -> Self {
+        Self { capacity }
+    }
+
+    /// The capacity of the queue that was full.
+    pub const fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pool queue full: request shed at once (capacity {})",
+            self.capacity
+        )
+    }
+}
+
+impl std::error::Error for Overloaded {}
+
 /// A [`PoolQueue`](super::PoolQueue) or its layer was configured with an invalid value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -39,6 +39,12 @@ impl<Req, MkD> PoolQueueLayer<Req, MkD> {
     pub const fn failfast_timeout(&self) -> Duration {
         self.config.failfast_timeout
     }
+
+    /// Whether each queue this layer builds sheds a request at once when it is full
+    /// ([`PoolQueueBuilder::shed_when_full`](super::PoolQueueBuilder::shed_when_full)).
+    pub const fn shed_when_full(&self) -> bool {
+        self.config.shed_when_full
+    }
 }
 
 impl<P, MkD, D, K, T, Req> Layer<P> for PoolQueueLayer<Req, MkD>

@@ -43,6 +43,10 @@ pub struct PoolQueueSnapshot {
     /// Callers that waited the failfast timeout for a slot and got
     /// [`NoSlot`](super::NoSlot).
     pub no_slot: u64,
+    /// Requests refused at once with [`Overloaded`](super::Overloaded), holding no slot,
+    /// because every slot was taken and the queue sheds when full
+    /// ([`PoolQueueBuilder::shed_when_full`](super::PoolQueueBuilder::shed_when_full)).
+    pub shed: u64,
     /// Requests skipped by the worker because their caller had gone away.
     pub cancelled: u64,
     /// Requests their callers dispatched themselves, nothing being queued and an endpoint
@@ -152,6 +156,7 @@ impl PoolQueueMetrics {
             failfast_exited: s.failfast_exited.load(Ordering::Relaxed),
             rejected_in_failfast: s.rejected_in_failfast.load(Ordering::Relaxed),
             no_slot: s.no_slot.load(Ordering::Relaxed),
+            shed: s.shed.load(Ordering::Relaxed),
             cancelled: s.cancelled.load(Ordering::Relaxed),
             direct_dispatches: s.direct_dispatches(),
             updates: self.updates(),
@@ -248,6 +253,11 @@ impl Describe for PoolQueueSnapshot {
             "no_slot",
             "Callers that waited the failfast timeout for a queue slot and got NoSlot.",
             self.no_slot,
+        ));
+        out(Family::counter(
+            "shed",
+            "Requests refused at once with Overloaded because the queue was full and sheds when full.",
+            self.shed,
         ));
         out(Family::counter(
             "cancelled",
@@ -365,6 +375,7 @@ mod tests {
             failfast_exited: 1,
             rejected_in_failfast: 7,
             no_slot: 6,
+            shed: 5,
             cancelled: 4,
             direct_dispatches: 9,
             updates: UpdateCounts {
@@ -396,6 +407,7 @@ mod tests {
             "failfast_exited: 1",
             "rejected_in_failfast: 7",
             "no_slot: 6",
+            "shed: 5",
             "cancelled: 4",
             "direct_dispatches: 9",
             "updates: UpdateCounts { reset: 1, add: 2, remove: 3, does_not_exist: 0 }",

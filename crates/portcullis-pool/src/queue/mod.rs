@@ -38,7 +38,12 @@
 //!   [`PoolQueueSnapshot::discovery_ended`]).
 //!
 //! The capacity is exact: a queue of capacity `N` holds `N` waiting requests and the `N + 1`th
-//! caller's `poll_ready` is pending until one of them is dispatched or failed.
+//! caller's `poll_ready` is pending until one of them is dispatched or failed (so a
+//! `tower::load_shed::LoadShed` above the queue sheds it). A queue built with
+//! [`PoolQueueBuilder::shed_when_full`] sheds by itself instead: the `N + 1`th caller's
+//! `poll_ready` is ready at once and its `call` fails at once with [`Overloaded`], holding no
+//! slot (as during failfast), counted in [`PoolQueueSnapshot::shed`]; its next `poll_ready`
+//! decides afresh.
 //!
 //! # Example
 //!
@@ -88,7 +93,9 @@ mod worker;
 use config::Config;
 pub use config::PoolQueueBuilder;
 use direct::Direct;
-pub use error::{BoxError, BuildError, FailFast, FailureSource, NoSlot, PoolFailed, WorkerGone};
+pub use error::{
+    BoxError, BuildError, FailFast, FailureSource, NoSlot, Overloaded, PoolFailed, WorkerGone,
+};
 pub use future::ResponseFuture;
 pub use layer::PoolQueueLayer;
 pub use metrics::{
@@ -164,6 +171,9 @@ impl<Req, F> PoolQueue<Req, F> {
         let (tx, rx) = mpsc::unbounded_channel();
         let direct = Arc::new(Direct::new(pool, config.direct_dispatch));
         let worker = Worker::new(direct.clone(), discovery, rx, shared.clone());
-        (PoolQueue::new_handle(tx, direct, shared), worker)
+        (
+            PoolQueue::new_handle(tx, direct, shared, config.shed_when_full),
+            worker,
+        )
     }
 }

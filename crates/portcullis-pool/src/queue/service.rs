@@ -1,6 +1,6 @@
 use super::{
     direct::{DirectDispatch, Dispatch},
-    error::{BoxError, FailFast, NoSlot},
+    error::{BoxError, FailFast, NoSlot, Overloaded},
     failfast::{SlotWait, SlotWaitEnd},
     future::ResponseFuture,
     message::{Message, Slot},
@@ -39,6 +39,9 @@ pub struct PoolQueue<Req, F> {
     slot_wait: SlotWait,
     /// Where this handle counts its direct dispatches (`Shared::dispatched_directly`).
     stripe: usize,
+    /// Whether a `poll_ready` that finds every slot taken sheds rather than waits
+    /// (`PoolQueueBuilder::shed_when_full`).
+    shed_when_full: bool,
 }
 
 /// What the last `poll_ready` decided, for the next `call` to act on.
@@ -50,6 +53,9 @@ enum Readiness {
     Reserved(Held),
     /// The queue was in failfast: the next request fails at once, holding no slot.
     FailFast,
+    /// Every slot was taken and the queue sheds when full: the next request fails at once
+    /// with `Overloaded`, holding no slot. For that one call only.
+    Shed,
 }
 
 impl<Req, F> PoolQueue<Req, F> {
@@ -57,6 +63,7 @@ impl<Req, F> PoolQueue<Req, F> {
         tx: mpsc::UnboundedSender<Message<Req, F>>,
         direct: Arc<dyn DirectDispatch<Req, F>>,
         shared: Arc<Shared>,
+        shed_when_full: bool,
     ) -> Self {
         Self {
             tx,
@@ -67,6 +74,7 @@ impl<Req, F> PoolQueue<Req, F> {
             ready: Readiness::Unpolled,
             acquiring: false,
             slot_wait: SlotWait::default(),
+            shed_when_full,
         }
     }
 
@@ -88,6 +96,15 @@ impl<Req, F> PoolQueue<Req, F> {
         ResponseFuture::failed(Box::new(FailFast::new(self.shared.failfast_timeout)))
     }
 
+    /// The call after a `poll_ready` that found the queue full, shedding: fails at once,
+    /// holding no slot.
+    fn shed<T>(&self) -> ResponseFuture<T> {
+        self.shared.shed.fetch_add(1, Ordering::Relaxed);
+        let capacity = self.shared.capacity;
+        tracing::debug!(capacity, "request shed: queue full");
+        ResponseFuture::failed(Box::new(Overloaded::new(capacity)))
+    }
+
     /// How many requests may wait in the queue.
     pub fn capacity(&self) -> usize {
         self.shared.capacity
@@ -102,6 +119,12 @@ impl<Req, F> PoolQueue<Req, F> {
     /// (`PoolQueueBuilder::direct_dispatch`).
     pub fn direct_dispatch(&self) -> bool {
         self.direct.enabled()
+    }
+
+    /// Whether a full queue sheds a request at once rather than make its caller wait
+    /// (`PoolQueueBuilder::shed_when_full`).
+    pub fn shed_when_full(&self) -> bool {
+        self.shed_when_full
     }
 
     /// The queue's metrics. Every handle of one queue returns the same metrics.
@@ -134,6 +157,9 @@ where
             // Decided in failfast, which has ended since: take a slot like any other caller.
             Readiness::FailFast if !self.shared.in_failfast() => self.ready = Readiness::Unpolled,
             Readiness::FailFast => return Poll::Ready(Ok(())),
+            // A shed decision is for one call: polled again, the handle decides afresh (a slot
+            // may have come free since).
+            Readiness::Shed => self.ready = Readiness::Unpolled,
             Readiness::Unpolled => {}
         }
         // In failfast a caller must not wait for a slot, nor take one: it is answered at once.
@@ -145,7 +171,9 @@ where
         // Every `Ready` holds a slot, whether the request then goes direct or queues: `Ready`
         // means the call will be taken, so with `N` slots and no endpoint ready the `N + 1`th
         // caller is pending (and a `LoadShed` above sheds it), and a handle's requests can
-        // only ever be dispatched in the order they were called.
+        // only ever be dispatched in the order they were called. The one exception is asked
+        // for: a queue that sheds when full answers the `N + 1`th caller `Ready` with no slot,
+        // and its call fails at once (as in failfast).
         // A free slot at once, without a permit object (`slots.rs`): the common case, and
         // the direct path's.
         if !self.acquiring {
@@ -155,6 +183,11 @@ where
                     return Poll::Ready(Ok(()));
                 }
                 Err(NoFreeSlot::Closed) => return Poll::Ready(Err(self.shared.closed_error())),
+                // Shedding: no wait for a slot, and none taken.
+                Err(NoFreeSlot::Full) if self.shed_when_full => {
+                    self.ready = Readiness::Shed;
+                    return Poll::Ready(Ok(()));
+                }
                 Err(NoFreeSlot::Full) => {}
             }
         }
@@ -218,6 +251,7 @@ where
                 }
             }
             Readiness::FailFast => return self.reject_in_failfast(),
+            Readiness::Shed => return self.shed(),
             Readiness::Unpolled => return ResponseFuture::failed(Box::new(NotReady::new())),
         };
         match self.direct.try_dispatch(request, &self.shared, self.stripe) {
@@ -270,13 +304,14 @@ impl<Req, F> Clone for PoolQueue<Req, F> {
             acquiring: false,
             slot_wait: SlotWait::default(),
             stripe: self.shared.stripe(),
+            shed_when_full: self.shed_when_full,
         }
     }
 }
 
 impl<Req, F> Drop for PoolQueue<Req, F> {
     /// A handle dropped ready but not called gives its slot back, and one waiting for a slot
-    /// leaves the line.
+    /// leaves the line. One ready to fail (failfast, or shed) holds no slot.
     fn drop(&mut self) {
         if let Readiness::Reserved(held) = std::mem::replace(&mut self.ready, Readiness::Unpolled) {
             self.shared.slots.give_back(held);
@@ -292,6 +327,7 @@ impl<Req, F> fmt::Debug for PoolQueue<Req, F> {
         f.debug_struct("PoolQueue")
             .field("capacity", &self.shared.capacity)
             .field("failfast_timeout", &self.shared.failfast_timeout)
+            .field("shed_when_full", &self.shed_when_full)
             .field("ready", &self.ready)
             .finish()
     }

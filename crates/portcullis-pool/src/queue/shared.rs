@@ -107,6 +107,8 @@ pub(crate) struct Shared {
     pub(crate) rejected_in_failfast: AtomicU64,
     /// Callers that waited the failfast timeout for a slot and got `NoSlot`.
     pub(crate) no_slot: AtomicU64,
+    /// Requests refused at once with `Overloaded`: the queue was full and sheds when full.
+    pub(crate) shed: AtomicU64,
     pub(crate) cancelled: AtomicU64,
     pub(crate) updates: UpdateCounters,
     pub(crate) endpoints_ready: AtomicUsize,
@@ -152,6 +154,7 @@ impl Shared {
             failfast_exited: AtomicU64::new(0),
             rejected_in_failfast: AtomicU64::new(0),
             no_slot: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             updates: Default::default(),
             endpoints_ready: AtomicUsize::new(0),

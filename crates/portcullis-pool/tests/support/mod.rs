@@ -52,11 +52,17 @@ impl Harness {
 }
 
 pub fn harness(capacity: usize) -> Harness {
+    harness_with(
+        PoolQueue::builder()
+            .capacity(capacity)
+            .failfast_timeout(FAILFAST),
+    )
+}
+
+/// A harness whose queue is built with `config`.
+pub fn harness_with(config: portcullis_pool::PoolQueueBuilder) -> Harness {
     let (mock, control) = pool::pair();
     let (discovery, stream) = discovery::channel();
-    let config = PoolQueue::builder()
-        .capacity(capacity)
-        .failfast_timeout(FAILFAST);
     let (queue, worker) = config.build_unspawned(mock, stream).unwrap();
     Harness {
         queue,

@@ -30,7 +30,10 @@ pub const PUSHBACK: &str = "grpc-retry-pushback-ms";
 ///   the queue that refused it); opted in, it is classified as `UNAVAILABLE`, so a status
 ///   tonic made with `Status::from_error` (code `UNKNOWN`) is retried too;
 /// - a stopped queue's error ([`PoolFailed`](portcullis_pool::PoolFailed),
-///   [`WorkerGone`](portcullis_pool::WorkerGone)) is always permanent.
+///   [`WorkerGone`](portcullis_pool::WorkerGone)) is always permanent;
+/// - a request a full queue shed ([`Overloaded`](portcullis_pool::Overloaded)) is always
+///   permanent, even with `retry_queue_refusals(true)` and whatever the status's code: a
+///   retry would go back into the full queue (see [`is_overloaded_in`](super::is_overloaded_in)).
 ///
 /// ```
 /// use portcullis_retry::classify::{grpc::GrpcClassify, Classify, Decision};
@@ -54,7 +57,8 @@ impl GrpcClassify {
     }
 
     /// Also retries a status made from the queue's refusal (failfast, or no slot), as
-    /// `UNAVAILABLE` whatever its own code.
+    /// `UNAVAILABLE` whatever its own code. A status made from a stopped queue's error or
+    /// from a request a full queue shed (`Overloaded`) is never retried, whatever this says.
     pub const fn retry_queue_refusals(mut self, yes: bool) -> Self {
         self.queue_refusals = yes;
         self
@@ -68,8 +72,12 @@ impl<Req, Rsp> Classify<Req, Rsp, Status> for GrpcClassify {
             Err(status) => status,
         };
         // An error that says OK is no answer at all (a server or transport fault): a failure,
-        // and not one a retry is known to mend.
-        if status.code() == Code::Ok || super::is_queue_stopped_in(status) {
+        // and not one a retry is known to mend. Nor is a stopped queue, nor a full one that
+        // shed the request (a retry would only add to its load).
+        if status.code() == Code::Ok
+            || super::is_queue_stopped_in(status)
+            || super::is_overloaded_in(status)
+        {
             return Decision::Permanent;
         }
         // A refusal, whatever code the status was given (tonic's `Status::from_error` gives

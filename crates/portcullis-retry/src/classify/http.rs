@@ -23,9 +23,13 @@ use super::{Classify, Decision};
 ///     permanent unless [`retry_queue_refusals`](Self::retry_queue_refusals) opts in;
 ///   - a stopped queue's error ([`PoolFailed`](portcullis_pool::PoolFailed),
 ///     [`WorkerGone`](portcullis_pool::WorkerGone)), which is always permanent: every later
-///     attempt through that queue gets the same error at once.
+///     attempt through that queue gets the same error at once;
+///   - a request a full queue shed ([`Overloaded`](portcullis_pool::Overloaded)), which is
+///     always permanent, even with `retry_queue_refusals(true)`: a retry would go back into
+///     the full queue and add to the load it sheds (see
+///     [`is_overloaded_in`](super::is_overloaded_in)).
 ///
-///   Either is found anywhere in the error's `source()` chain. `classify` itself looks into
+///   Each is found anywhere in the error's `source()` chain. `classify` itself looks into
 ///   the error types it can see as errors without an `Error` bound (the queue's own errors, a
 ///   `BoxError` or other boxed error, a `tonic::Status`); for any other type (an error type
 ///   of your own wrapping the queue's), [`Retry`](crate::Retry) shows the error to
@@ -61,7 +65,8 @@ impl HttpClassify {
 
     /// Also retries a request the queue below refused (failfast, or no slot): off by default,
     /// as such a retry goes back into the queue that refused it. A stopped queue's error
-    /// (`PoolFailed`, `WorkerGone`) is never retried.
+    /// (`PoolFailed`, `WorkerGone`) and a request a full queue shed (`Overloaded`) are never
+    /// retried, whatever this says.
     pub const fn retry_queue_refusals(mut self, yes: bool) -> Self {
         self.queue_refusals = yes;
         self
@@ -157,10 +162,11 @@ impl<B, RB, E: 'static> Classify<Request<B>, Response<RB>, E> for HttpClassify {
 }
 
 impl HttpClassify {
-    /// The decision for an error whose chain holds a queue's error: a stopped queue is
-    /// permanent; a refusal too, unless opted in (then `None`: a transport error like any).
+    /// The decision for an error whose chain holds a queue's error: a stopped queue and a
+    /// shed request are permanent; a refusal too, unless opted in (then `None`: a transport
+    /// error like any).
     fn queue_error(&self, error: &(dyn std::error::Error + 'static)) -> Option<Decision> {
-        if super::is_queue_stopped_in(error) {
+        if super::is_queue_stopped_in(error) || super::is_overloaded_in(error) {
             return Some(Decision::Permanent);
         }
         if !self.queue_refusals && super::is_queue_refusal_in(error) {

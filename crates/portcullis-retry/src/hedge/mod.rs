@@ -186,8 +186,7 @@ impl<K> HedgeBuilder<K> {
     }
 
     /// How a copy is made, and how its [`Tried`] is put into it
-    /// ([`ReplayRequest`](crate::replay::ReplayRequest) for HTTP requests with replayable
-    /// bodies).
+    /// (`replay::ReplayRequest`, feature `http`, for HTTP requests with replayable bodies).
     pub fn replay<K2>(self, replay: K2) -> HedgeBuilder<K2> {
         HedgeBuilder {
             delay: self.delay,

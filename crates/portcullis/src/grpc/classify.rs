@@ -2,7 +2,9 @@
 //! response head arrives, before anything is handed on.
 
 use crate::retry::classify::grpc::{classify_code, PUSHBACK};
-use crate::retry::classify::{is_queue_refusal_in, is_queue_stopped_in, Classify, Decision};
+use crate::retry::classify::{
+    is_overloaded_in, is_queue_refusal_in, is_queue_stopped_in, Classify, Decision,
+};
 use crate::BoxError;
 use http::Response;
 use tonic::Code;
@@ -34,8 +36,10 @@ pub(crate) fn head_status<B>(response: &Response<B>) -> Option<(Code, Option<&st
 /// A response whose body began with its trailers (a status before any message) reaches here
 /// with them in its head, as a trailers-only one (the attempt moved them there). A response
 /// that starts streaming messages is handed on and never retried, whatever its trailers say
-/// later. The queue's refusals and a stopped queue are not
-/// retried (see `portcullis::retry::classify`).
+/// later. The queue's refusals, a stopped queue and a request a full queue shed
+/// ([`Overloaded`](crate::pool::Overloaded)) are not retried (see `portcullis::retry::classify`):
+/// a shed request answers its caller at once with `RESOURCE_EXHAUSTED` rather than go back
+/// into the full queue.
 #[derive(Copy, Clone, Debug, Default)]
 pub(crate) struct GrpcAttemptClassify;
 
@@ -69,7 +73,10 @@ impl<RB, B> Classify<http::Request<RB>, Response<B>, BoxError> for GrpcAttemptCl
                 },
             },
             Err(error) => {
-                if is_queue_refusal_in(&**error) || is_queue_stopped_in(&**error) {
+                if is_queue_refusal_in(&**error)
+                    || is_queue_stopped_in(&**error)
+                    || is_overloaded_in(&**error)
+                {
                     Decision::Permanent
                 } else {
                     Decision::RETRY
@@ -129,5 +136,45 @@ mod tests {
     fn transport_errors_are_retried() {
         let reset: BoxError = "connection reset".into();
         assert_eq!(decide(Err(&reset)), Decision::RETRY);
+    }
+
+    /// The error a full queue that sheds answers: its only slot held, the pool not ready.
+    async fn overloaded() -> BoxError {
+        use tower::ServiceExt;
+        let (mock, _control) = portcullis_test::pool::pair::<&str, u16, &str, &str>();
+        let (_discovery, stream) = portcullis_test::discovery::channel();
+        let queue = crate::pool::PoolQueue::builder()
+            .capacity(1)
+            .shed_when_full(true)
+            .build(mock, stream)
+            .unwrap();
+        let mut holder = queue.clone();
+        holder.ready().await.unwrap();
+        queue.oneshot("shed").await.unwrap_err()
+    }
+
+    /// A wrapper of the kind a transport puts around what failed below it.
+    #[derive(Debug)]
+    struct Wrapped(BoxError);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("the call failed")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_a_full_queue_shed_is_not_retried() {
+        let bare = overloaded().await;
+        assert!(bare.is::<crate::pool::Overloaded>(), "{bare}");
+        assert_eq!(decide(Err(&bare)), Decision::Permanent);
+        let wrapped: BoxError = Box::new(Wrapped(overloaded().await));
+        assert_eq!(decide(Err(&wrapped)), Decision::Permanent);
     }
 }

@@ -58,8 +58,11 @@
 //!
 //! The channel's error is a [`BoxError`] holding a [`tonic::Status`], which is what a
 //! generated client hands its caller: `UNAVAILABLE` when the queue failed fast, a transport
-//! failure outlasted the retries, or the queue stopped; `DEADLINE_EXCEEDED` at the deadline.
-//! The status's `source()` is the error that caused it.
+//! failure outlasted the retries, or the queue stopped; `RESOURCE_EXHAUSTED` when the queue
+//! was full and sheds ([`PoolQueueBuilder::shed_when_full`](crate::pool::PoolQueueBuilder::shed_when_full),
+//! given to [`ChannelBuilder::queue`]): the call was never sent, and is not retried;
+//! `DEADLINE_EXCEEDED` at the deadline. The status's `source()` is the error that caused it
+//! (for a shed call, a [`RetryError`] over the queue's [`Overloaded`]).
 
 mod attempt;
 mod classify;
@@ -71,6 +74,7 @@ use self::timeout::CallClock;
 use crate::client::{self, Settings, Shared, Stack};
 use crate::endpoint::grpc::{MakeGrpcEndpoint, Unavailable};
 use crate::endpoint::HealthCheck;
+use crate::pool::Overloaded;
 use crate::retry::classify::Decision;
 use crate::retry::replay::ReplayBody;
 use crate::retry::{RetryError, StopReason};
@@ -288,6 +292,17 @@ fn status_from(error: BoxError, limit: usize) -> BoxError {
     if error.is::<Status>() {
         return error;
     }
+    // A full queue shed the call (bare from `poll_ready`, or inside the retry's error): the
+    // client is out of room, which gRPC names `RESOURCE_EXHAUSTED`.
+    if let Some(shed) = find::<Overloaded>(&*error) {
+        let message = format!(
+            "the client's queue was full (capacity {}): the call was shed before it was sent",
+            shed.capacity()
+        );
+        let mut status = Status::new(Code::ResourceExhausted, message);
+        status.set_source(Arc::from(error));
+        return Box::new(status);
+    }
     let (code, message) = match error.downcast_ref::<RetryError>() {
         Some(retry) if retry.reason() == StopReason::Deadline => {
             (Code::DeadlineExceeded, format!("{retry}"))
@@ -309,6 +324,69 @@ fn status_from(error: BoxError, limit: usize) -> BoxError {
 
 /// A status anywhere in `error`'s chain.
 fn find_status<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Status> {
+    find::<Status>(error)
+}
+
+/// An error of type `E` anywhere in `error`'s chain.
+fn find<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
     std::iter::successors(Some(error), |error| error.source())
-        .find_map(|error| error.downcast_ref::<Status>())
+        .find_map(|error| error.downcast_ref::<E>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::PoolQueue;
+    use crate::retry::classify::predicate;
+    use crate::retry::Retry;
+    use tower::{Layer, ServiceExt};
+
+    type Queue = PoolQueue<&'static str, portcullis_test::pool::MockResponse<&'static str>>;
+
+    /// A shedding queue of capacity 1 whose only slot is held: every call through it is shed.
+    async fn full_queue() -> (Queue, Queue) {
+        let (mock, _control) = portcullis_test::pool::pair::<&str, u16, &str, &str>();
+        let (_discovery, stream) = portcullis_test::discovery::channel();
+        let queue: Queue = PoolQueue::builder()
+            .capacity(1)
+            .shed_when_full(true)
+            .build(mock, stream)
+            .unwrap();
+        let mut holder = queue.clone();
+        holder.ready().await.unwrap();
+        (queue, holder)
+    }
+
+    fn status(error: BoxError) -> Status {
+        *status_from(error, 0)
+            .downcast::<Status>()
+            .expect("a status")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shed_call_is_resource_exhausted_bare_or_inside_the_retry_s_error() {
+        let (queue, _holder) = full_queue().await;
+        let bare = queue.clone().oneshot("a").await.unwrap_err();
+        let retry = Retry::builder()
+            .build_layer(predicate(|_: Result<&&str, &BoxError>| false))
+            .unwrap();
+        let given_up = retry.layer(queue).oneshot("b").await.unwrap_err();
+        assert!(given_up.is::<RetryError>(), "{given_up}");
+        for error in [bare, given_up] {
+            let status = status(error);
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .contains("the client's queue was full (capacity 1)"),
+                "{status:?}"
+            );
+            let source = std::error::Error::source(&status).expect("the error as its source");
+            assert!(find::<Overloaded>(source).is_some(), "{status:?}");
+        }
+        // Anything else is as before.
+        assert_eq!(status("connection reset".into()).code(), Code::Unavailable);
+    }
 }

@@ -214,6 +214,40 @@ mod tests {
         assert_eq!(asked_delay(&response(500, Some("5"))), None);
     }
 
+    /// A request a full queue shed is never retried, refusals opted in or not, and whatever
+    /// the method.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_a_full_queue_shed_is_not_retried_even_with_refusals_opted_in() {
+        use tower::ServiceExt;
+        let (mock, _control) = portcullis_test::pool::pair::<&str, u16, &str, &str>();
+        let (_discovery, stream) = portcullis_test::discovery::channel();
+        let queue = crate::pool::PoolQueue::builder()
+            .capacity(1)
+            .shed_when_full(true)
+            .build(mock, stream)
+            .unwrap();
+        let mut holder = queue.clone();
+        holder.ready().await.unwrap();
+        let shed = queue.oneshot("shed").await.unwrap_err();
+        assert!(shed.is::<crate::pool::Overloaded>(), "{shed}");
+        let reset: BoxError = "connection reset".into();
+        let get = Request::get("/").body(()).unwrap();
+        for classify in [
+            HttpClassify::new(),
+            HttpClassify::new().retry_queue_refusals(true),
+            HttpClassify::new()
+                .retry_queue_refusals(true)
+                .retry_non_idempotent(true),
+        ] {
+            let classify = AttemptClassify(classify);
+            let decide = |error: &BoxError| {
+                Classify::<_, Response<()>, BoxError>::classify(&classify, &get, Err(error))
+            };
+            assert_eq!(decide(&shed), Decision::Permanent, "{classify:?}");
+            assert_eq!(decide(&reset), Decision::RETRY, "{classify:?}");
+        }
+    }
+
     #[test]
     fn the_retry_goes_at_once_and_the_rest_is_http_classify_s() {
         let get = Request::get("/").body(()).unwrap();

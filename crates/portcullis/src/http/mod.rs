@@ -35,9 +35,12 @@
 //!   ([`Reachable`](crate::endpoint::Reachable)).
 //!
 //! Each request's scheme and authority are rewritten to the chosen backend's; its path, query
-//! and headers are kept. The error is a [`BoxError`]: a [`RetryError`](crate::retry::RetryError)
-//! when the retries gave up with an error (its `StopReason` says why), a queue's
-//! [`FailFast`](crate::pool::FailFast) inside it when no backend was ready.
+//! and headers are kept. The error is a [`BoxError`]: a [`RetryError`] when the retries gave
+//! up with an error (its `StopReason` says why), a queue's [`FailFast`] inside it when no
+//! backend was ready, its [`Overloaded`] when the queue was full and sheds
+//! ([`PoolQueueBuilder::shed_when_full`](crate::pool::PoolQueueBuilder::shed_when_full), given
+//! to [`ClientBuilder::queue`]). A response cannot be made up in the client's place (its body
+//! is hyper's `Incoming`): [`status_for_error`] is the status a proxy answers with instead.
 
 mod attempt;
 
@@ -45,8 +48,10 @@ use self::attempt::{AttemptClassify, MakeAttempt};
 use crate::client::{self, Settings, Shared, Stack};
 use crate::endpoint::http::{connector, MakeHttpEndpoint, ServerErrors};
 use crate::endpoint::HealthCheck;
+use crate::pool::{FailFast, NoSlot, Overloaded};
 use crate::retry::classify::http::HttpClassify;
 use crate::retry::replay::ReplayBody;
+use crate::retry::RetryError;
 use crate::target::Target;
 use crate::{BoxError, BuildError};
 use bytes::Bytes;
@@ -213,6 +218,54 @@ impl fmt::Debug for Client {
     }
 }
 
+/// The status to answer with, in a [`Client`]'s place, for a request it failed with `error`
+/// (a proxy's answer, say), read from anywhere in the error's `source()` chain:
+///
+/// - **503 Service Unavailable** when a queue turned the request away: it was full and sheds
+///   ([`Overloaded`]), it is failing fast with no backend ready ([`FailFast`]), or no slot came
+///   free in time ([`NoSlot`]). The client is out of room or of backends; the request was
+///   never answered by one.
+/// - **504 Gateway Timeout** when the retries ran out of time: a
+///   [`RetryError`] whose [`is_timeout`](RetryError::is_timeout) (its last attempt timed out,
+///   or the deadline passed before one could start).
+/// - **502 Bad Gateway** for anything else: a backend's connection failed or broke, the
+///   retries gave up on a transport error, the queue stopped.
+///
+/// ```
+/// use http::{Response, StatusCode};
+/// use portcullis::http::status_for_error;
+/// use portcullis::BoxError;
+///
+/// /// A proxy's own answer for a request its `portcullis::http::Client` failed.
+/// fn error_response(error: &BoxError) -> Response<String> {
+///     let mut response = Response::new(format!("{error}\n"));
+///     *response.status_mut() = status_for_error(error);
+///     response
+/// }
+///
+/// let reset: BoxError = "connection reset by peer".into();
+/// assert_eq!(error_response(&reset).status(), StatusCode::BAD_GATEWAY);
+/// ```
+pub fn status_for_error(error: &BoxError) -> http::StatusCode {
+    let chain = || {
+        std::iter::successors(
+            Some(&**error as &(dyn std::error::Error + 'static)),
+            |error| error.source(),
+        )
+    };
+    if chain().any(|e| e.is::<Overloaded>() || e.is::<FailFast>() || e.is::<NoSlot>()) {
+        return http::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let timed_out = chain()
+        .filter_map(|e| e.downcast_ref::<RetryError>())
+        .any(RetryError::is_timeout);
+    if timed_out {
+        http::StatusCode::GATEWAY_TIMEOUT
+    } else {
+        http::StatusCode::BAD_GATEWAY
+    }
+}
+
 /// The future a [`Client`]'s call returns.
 pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send + 'static>>;
@@ -230,9 +283,8 @@ where
         self.stack.poll_ready(cx)
     }
 
-    /// The deadline is the retry layer's (a [`RetryError`](crate::retry::RetryError) whose
-    /// reason is `Deadline` when it passes), counted from the caller's first wait for
-    /// readiness.
+    /// The deadline is the retry layer's (a [`RetryError`] whose reason is `Deadline` when it
+    /// passes), counted from the caller's first wait for readiness.
     fn call(&mut self, request: Request<B>) -> ResponseFuture {
         let limit = self.shared.replay_limit;
         let request = request
