@@ -11,6 +11,10 @@
 //! - faults: [`SimControl::set_fail_ready`] makes `poll_ready` fail (a pool should evict the
 //!   endpoint), [`SimControl::set_fail_calls`] makes responses fail, [`SimControl::set_hang`]
 //!   makes responses never complete;
+//! - capacity: [`SimControl::set_workers`]`(Some(c))` makes the replica one of finite capacity:
+//!   `c` workers and a FIFO queue before them; a call waits for a free worker, then takes its
+//!   latency (its *service time*). A call whose caller gave up still holds its worker to the
+//!   end, as a server that does not see its client leave does;
 //! - counting: [`SimControl::calls`], [`SimControl::in_flight`];
 //! - scripts: [`SimControl::scripted`] makes an endpoint whose every call's latency and outcome
 //!   a closure decides ([`SimCall`]): a seeded jitter, a latency that grows with the calls in
@@ -47,13 +51,15 @@
 //! ```
 
 use pin_project_lite::pin_project;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 /// The test's handle to one simulated replica. Cheap to clone; clones share state.
@@ -147,6 +153,8 @@ struct State {
     /// Endpoint instances (and clones) not yet dropped.
     alive: usize,
     waiters: Vec<Waker>,
+    /// With finite capacity: when each worker is next free (one entry per worker).
+    workers: Option<BinaryHeap<Reverse<Instant>>>,
 }
 
 /// Counts a call as in flight until its future is dropped.
@@ -268,6 +276,56 @@ impl SimControl {
         self.shared.lock().panic_on_call = panic;
     }
 
+    /// Gives the replica finite capacity: `Some(c)` workers (at least one), each serving one
+    /// call at a time in the order the calls were made, or `None` for unbounded capacity (the
+    /// default: every call takes just its latency). A change applies to later calls: workers
+    /// added are free at once; of those removed, the ones free soonest retire when their
+    /// current call ends.
+    ///
+    /// ```
+    /// use portcullis_test::endpoint::SimControl;
+    /// use std::time::Duration;
+    /// use tower::{Service, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// // One worker, 10 ms a call: the second call waits for the first.
+    /// let control = SimControl::new();
+    /// control.set_latency(Duration::from_millis(10));
+    /// control.set_workers(Some(1));
+    /// let mut replica = control.endpoint(|n: u32| n);
+    /// let first = replica.ready().await.unwrap().call(1);
+    /// let second = replica.ready().await.unwrap().call(2);
+    /// let started = tokio::time::Instant::now();
+    /// assert_eq!(second.await, Ok(2));
+    /// assert_eq!(started.elapsed(), Duration::from_millis(20));
+    /// assert_eq!(first.await, Ok(1));
+    /// # }
+    /// ```
+    pub fn set_workers(&self, workers: Option<usize>) {
+        let mut state = self.shared.lock();
+        let Some(count) = workers else {
+            state.workers = None;
+            return;
+        };
+        let count = count.max(1);
+        let now = Instant::now();
+        let heap = state.workers.get_or_insert_with(BinaryHeap::new);
+        // Free soonest first: keep the `count` busy longest.
+        let mut busy: Vec<Instant> = heap.drain().map(|Reverse(at)| at).collect();
+        busy.sort_unstable();
+        let keep = busy.len().saturating_sub(count);
+        heap.extend(busy[keep..].iter().map(|&at| Reverse(at)));
+        while heap.len() < count {
+            heap.push(Reverse(now));
+        }
+    }
+
+    /// The replica's workers, if its capacity is finite ([`set_workers`](Self::set_workers)).
+    pub fn workers(&self) -> Option<usize> {
+        self.shared.lock().workers.as_ref().map(BinaryHeap::len)
+    }
+
     /// Calls made to any endpoint of this replica so far.
     pub fn calls(&self) -> u64 {
         self.shared.lock().calls
@@ -313,11 +371,25 @@ impl Default for State {
             in_flight: 0,
             alive: 0,
             waiters: Vec::new(),
+            workers: None,
         }
     }
 }
 
 impl State {
+    /// How long a call made now that takes `service` waits for a worker first: zero with
+    /// unbounded capacity; else the wait for the worker free soonest, which it then holds
+    /// until `now + wait + service` (calls are served in the order they are made).
+    fn queue_wait(&mut self, service: Duration) -> Duration {
+        let Some(workers) = self.workers.as_mut() else {
+            return Duration::ZERO;
+        };
+        let now = Instant::now();
+        let free = workers.pop().map_or(now, |Reverse(at)| at.max(now));
+        workers.push(Reverse(free + service));
+        free - now
+    }
+
     fn wake_waiters(&mut self) {
         for waker in self.waiters.drain(..) {
             waker.wake();
@@ -408,6 +480,8 @@ impl<Req, Rsp> Service<Req> for SimEndpoint<Req, Rsp> {
                 script(req, in_flight)
             }
         };
+        // With finite capacity, the latency is the call's service time, after its wait.
+        let latency = latency + self.shared.lock().queue_wait(latency);
         SimFuture {
             delay: (!latency.is_zero()).then(|| tokio::time::sleep(latency)),
             outcome: Some(outcome),
@@ -478,6 +552,35 @@ mod tests {
             assert_ready!(t.enter(|cx, _| ep.poll_ready(cx))),
             Err(SimError::Readiness)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finite_capacity_queues_calls_behind_busy_workers() {
+        let control = SimControl::new();
+        control.set_latency(Duration::from_millis(10));
+        control.set_workers(Some(2));
+        let mut ep = control.endpoint(|n: u32| n);
+        let started = Instant::now();
+        // Four calls on two workers: two served at once, two after them.
+        let mut calls: Vec<_> = (0..4).map(|n| task::spawn(ep.call(n))).collect();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let done: Vec<bool> = calls.iter_mut().map(|c| c.poll().is_ready()).collect();
+        assert_eq!(done, [true, true, false, false]);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(calls[2..].iter_mut().all(|c| c.poll().is_ready()));
+        // Down to one worker: later calls queue one behind another, and a caller that gives
+        // up does not free its worker.
+        control.set_workers(Some(1));
+        assert_eq!(control.workers(), Some(1));
+        drop(ep.call(9));
+        let mut next = task::spawn(ep.call(10));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_pending!(next.poll());
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_ready_ok!(next.poll());
+        assert_eq!(started.elapsed(), Duration::from_millis(40));
+        control.set_workers(None);
+        assert_eq!(control.workers(), None);
     }
 
     #[tokio::test(start_paused = true)]
