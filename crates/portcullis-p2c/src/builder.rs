@@ -3,6 +3,7 @@
 use crate::classify::ErrorsOnly;
 use crate::error::BuildError;
 use crate::health::{FailurePercentage, HealthConfig, SlowStart};
+use crate::limit::{AdaptiveLimit, LimitConfig};
 use crate::make::MakeEndpoint;
 use crate::P2cPool;
 use portcullis_pool::backoff::ExponentialBackoff;
@@ -74,6 +75,7 @@ pub struct P2cPoolBuilder {
     panic_threshold: u8,
     /// Window, aggression, minimum weight in percent.
     slow_start: Option<(Duration, f64, u8)>,
+    limit: Option<LimitConfig>,
 }
 
 impl Default for P2cPoolBuilder {
@@ -140,6 +142,7 @@ impl P2cPoolBuilder {
             abandoned_after: None,
             panic_threshold: Self::DEFAULT_PANIC_THRESHOLD,
             slow_start: None,
+            limit: None,
         }
     }
 }
@@ -225,6 +228,25 @@ impl P2cPoolBuilder {
         self
     }
 
+    /// At most `max` requests in flight on each endpoint: an endpoint with `max` is not a
+    /// candidate, and with every endpoint at its limit the pool is not ready (requests wait
+    /// in the queue in front of it). Off by default; zero is refused by
+    /// [`build`](Self::build). Replaces an [`adaptive_limit`](Self::adaptive_limit); see the
+    /// [`limit`](crate::limit) module.
+    pub fn max_in_flight(mut self, max: u32) -> Self {
+        self.limit = Some(LimitConfig::Fixed(max));
+        self
+    }
+
+    /// A limit on each endpoint's requests in flight learned from its latencies, a
+    /// [`Gradient`](crate::limit::Gradient) (`AdaptiveLimit::default()`) or an
+    /// [`Aimd`](crate::limit::Aimd); it acts as [`max_in_flight`](Self::max_in_flight) does,
+    /// and replaces it. Off by default; see the [`limit`](crate::limit) module.
+    pub fn adaptive_limit(mut self, limit: impl Into<AdaptiveLimit>) -> Self {
+        self.limit = Some(LimitConfig::Adaptive(limit.into()));
+        self
+    }
+
     /// Below this percentage of healthy endpoints (neither ejected nor failed), the pool
     /// picks among all ready endpoints, ejected ones too, rather than pile all its load on
     /// the few healthy ones. 0 turns panic mode off.
@@ -279,10 +301,15 @@ impl P2cPoolBuilder {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_entropy(),
         };
+        let limit = match self.limit {
+            Some(limit) => Some(limit.check().map_err(BuildError::InvalidLimit)?),
+            None => None,
+        };
         let settings = Settings {
             health,
             backoff,
             seed: self.seed,
+            limit,
         };
         Ok(P2cPool::from_parts(maker, settings, classify, rng))
     }
@@ -367,6 +394,7 @@ pub(crate) struct Settings {
     pub(crate) health: HealthConfig,
     pub(crate) backoff: ExponentialBackoff,
     pub(crate) seed: Option<u64>,
+    pub(crate) limit: Option<LimitConfig>,
 }
 
 /// The rebuild backoff: `base` after an endpoint's first failure, doubling with each one after

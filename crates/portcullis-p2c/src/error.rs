@@ -90,6 +90,10 @@ pub enum BuildError {
         /// The configured minimum weight, in percent.
         min_weight_percent: u8,
     },
+    /// A limit on requests in flight that cannot work
+    /// ([`max_in_flight`](crate::P2cPoolBuilder::max_in_flight),
+    /// [`adaptive_limit`](crate::P2cPoolBuilder::adaptive_limit)); the error says which setting.
+    InvalidLimit(crate::limit::LimitError),
     /// A subset of zero endpoints.
     InvalidSubset {
         /// The configured subset size.
@@ -136,6 +140,7 @@ impl fmt::Display for BuildError {
                 "slow start: window {window:?} must be non-zero, aggression {aggression} positive \
                  and finite, min_weight_percent {min_weight_percent}% within 1..=100"
             ),
+            BuildError::InvalidLimit(error) => write!(f, "p2c pool limit: {error}"),
             BuildError::InvalidSubset { size } => {
                 write!(f, "subsetting: subset size {size} must be at least 1")
             }

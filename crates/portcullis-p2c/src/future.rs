@@ -2,6 +2,7 @@
 
 use crate::classify::{ClassifyResponse, ErrorsOnly};
 use crate::health::Recorder;
+use crate::limit::{InFlight, Outcome};
 use crate::BoxError;
 use pin_project_lite::pin_project;
 #[cfg(doc)]
@@ -18,7 +19,9 @@ pin_project! {
     /// returned, it fails with [`PolledAfterCompletion`].
     ///
     /// With endpoint health on, it records the call's outcome for its endpoint when it
-    /// completes, as the pool's classifier `C` judges it.
+    /// completes, as the pool's classifier `C` judges it. With a limit on requests in flight
+    /// ([`limit`](crate::limit)), the request counts against its endpoint's limit until the
+    /// future completes or is dropped, and an adaptive limit learns from its outcome.
     ///
     /// `Send + 'static` whenever the endpoint's future (and the classifier) is.
     #[derive(Debug)]
@@ -26,6 +29,7 @@ pin_project! {
         #[pin]
         state: State<F>,
         record: Option<Recorder<C>>,
+        limit: Option<Limited<C>>,
     }
 
     impl<F, C> PinnedDrop for ResponseFuture<F, C> {
@@ -49,10 +53,15 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn called(future: F, record: Option<Recorder<C>>) -> Self {
+    pub(crate) fn called(
+        future: F,
+        record: Option<Recorder<C>>,
+        limit: Option<Limited<C>>,
+    ) -> Self {
         Self {
             state: State::Called { future },
             record,
+            limit,
         }
     }
 
@@ -62,8 +71,17 @@ impl<F, C> ResponseFuture<F, C> {
                 error: Some(error.into()),
             },
             record: None,
+            limit: None,
         }
     }
+}
+
+/// A request counted against its endpoint's limit, and, for a limit that learns, the
+/// classifier that says whether its response succeeded.
+#[derive(Debug)]
+pub(crate) struct Limited<C> {
+    pub(crate) in_flight: InFlight,
+    pub(crate) classify: Option<C>,
 }
 
 impl<F, C, T, E> Future for ResponseFuture<F, C>
@@ -86,6 +104,19 @@ where
                         Err(_) => true,
                     };
                     record.finished(failed);
+                }
+                if let Some(Limited {
+                    in_flight,
+                    classify,
+                }) = this.limit.take()
+                {
+                    let outcome = match (&result, classify) {
+                        (Ok(response), Some(classify)) if !classify.is_failure(response) => {
+                            Outcome::Succeeded
+                        }
+                        _ => Outcome::Failed,
+                    };
+                    in_flight.finished(outcome);
                 }
                 result.map_err(Into::into)
             }
@@ -110,6 +141,7 @@ mod tests {
     fn polled_after_completion_is_a_typed_error() {
         let mut called = task::spawn(ResponseFuture::<_, ErrorsOnly>::called(
             ready(Ok::<_, Infallible>(7)),
+            None,
             None,
         ));
         assert_eq!(assert_ready!(called.poll()).unwrap(), 7);

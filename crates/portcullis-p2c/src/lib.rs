@@ -74,6 +74,7 @@ pub mod error;
 pub mod failure;
 mod future;
 pub mod health;
+pub mod limit;
 pub mod load;
 pub mod make;
 mod metrics;
@@ -86,7 +87,7 @@ pub use classify::{ClassifyResponse, ErrorsOnly};
 pub use error::{BackoffError, BuildError};
 pub use future::ResponseFuture;
 pub use make::MakeEndpoint;
-pub use metrics::{P2cMetrics, P2cSnapshot};
+pub use metrics::{EndpointLimit, P2cMetrics, P2cSnapshot};
 pub use ready_cache::EndpointState;
 pub use service::{P2cPool, TriedIn};
 

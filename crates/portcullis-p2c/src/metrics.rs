@@ -1,15 +1,18 @@
 //! A cheap, cloneable view of a pool's state and history.
 
+use crate::limit::Limiter;
 use portcullis_pool::families::{Describe, Family};
 use portcullis_pool::{EndpointCounts, UpdateCounters, UpdateCounts, UpdateKind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 /// A handle to a [`P2cPool`](crate::P2cPool)'s metrics.
 ///
-/// Cloning is an `Arc` clone; reading is a handful of relaxed atomic loads, so it can be
-/// exported from any task while the pool is owned by another. Counters are updated on state
-/// changes only (never per request), so keeping them costs the hot path nothing.
+/// Cloning is an `Arc` clone; reading is a handful of relaxed atomic loads (and, with limits
+/// on requests in flight, a short lock to list the endpoints), so it can be exported from any
+/// task while the pool is owned by another. Counters are updated on state changes only
+/// (never per request), so keeping them costs the hot path nothing.
 #[derive(Clone, Debug, Default)]
 pub struct P2cMetrics {
     inner: Arc<Inner>,
@@ -28,10 +31,15 @@ struct Inner {
     panic_mode: AtomicBool,
     panics: AtomicU64,
     ramping: AtomicUsize,
+    waits_at_limit: AtomicU64,
+    time_at_limit_us: AtomicU64,
+    /// Each ready endpoint's key (as text) and limiter, while the pool limits them; set when
+    /// the ready set changes, read at a snapshot.
+    limiters: Mutex<Vec<(String, Weak<Limiter>)>>,
 }
 
 /// A point-in-time copy of [`P2cMetrics`].
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct P2cSnapshot {
     /// Endpoints ready to take a request.
@@ -57,6 +65,26 @@ pub struct P2cSnapshot {
     pub panics: u64,
     /// Ready endpoints in slow start now.
     pub ramping: usize,
+    /// Times the pool found every endpoint at its limit on requests in flight
+    /// ([`limit`](crate::limit)) and waited for one to have room.
+    pub waits_at_limit: u64,
+    /// The time the pool spent waiting so, in all.
+    pub time_at_limit: Duration,
+    /// Each ready endpoint's limit and requests in flight now, if the pool limits them.
+    pub endpoint_limits: Vec<EndpointLimit>,
+}
+
+/// One ready endpoint's limit on requests in flight ([`limit`](crate::limit)), in a
+/// [`P2cSnapshot`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointLimit {
+    /// The endpoint's key, as its `Debug` writes it (a string without its quotes).
+    pub endpoint: String,
+    /// Its limit now.
+    pub limit: u32,
+    /// Its requests in flight now.
+    pub in_flight: u32,
 }
 
 // === impl Describe for P2cSnapshot ===
@@ -117,6 +145,38 @@ impl Describe for P2cSnapshot {
             "Endpoints in slow start now.",
             self.ramping as u64,
         ));
+        out(Family::counter(
+            "waits_at_limit",
+            "Times every endpoint was at its limit on requests in flight.",
+            self.waits_at_limit,
+        ));
+        out(Family::time(
+            "time_at_limit",
+            "Time the pool waited with every endpoint at its limit.",
+            self.time_at_limit,
+        ));
+        let limits: Vec<(&str, u64)> = self
+            .endpoint_limits
+            .iter()
+            .map(|e| (e.endpoint.as_str(), u64::from(e.limit)))
+            .collect();
+        out(Family::keyed(
+            "endpoint_limit",
+            "Each ready endpoint's limit on requests in flight.",
+            "endpoint",
+            &limits,
+        ));
+        let in_flight: Vec<(&str, u64)> = self
+            .endpoint_limits
+            .iter()
+            .map(|e| (e.endpoint.as_str(), u64::from(e.in_flight)))
+            .collect();
+        out(Family::keyed(
+            "endpoint_in_flight",
+            "Each ready endpoint's requests in flight, where the pool limits them.",
+            "endpoint",
+            &in_flight,
+        ));
     }
 }
 
@@ -138,7 +198,38 @@ impl P2cMetrics {
             panic_mode: i.panic_mode.load(Relaxed),
             panics: i.panics.load(Relaxed),
             ramping: i.ramping.load(Relaxed),
+            waits_at_limit: i.waits_at_limit.load(Relaxed),
+            time_at_limit: Duration::from_micros(i.time_at_limit_us.load(Relaxed)),
+            endpoint_limits: self.endpoint_limits(),
         }
+    }
+
+    fn endpoint_limits(&self) -> Vec<EndpointLimit> {
+        let limiters = self
+            .inner
+            .limiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        limiters
+            .iter()
+            .filter_map(|(endpoint, limiter)| {
+                let limiter = limiter.upgrade()?;
+                Some(EndpointLimit {
+                    endpoint: endpoint.clone(),
+                    limit: limiter.limit(),
+                    in_flight: limiter.in_flight(),
+                })
+            })
+            .collect()
+    }
+
+    /// The ready endpoints' limiters now (the ready set changed).
+    pub(crate) fn set_limiters(&self, limiters: Vec<(String, Weak<Limiter>)>) {
+        *self
+            .inner
+            .limiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = limiters;
     }
 
     pub(crate) fn set_counts(&self, ready: usize, pending: usize, failed: usize, ejected: usize) {
@@ -151,6 +242,7 @@ impl P2cMetrics {
     /// The pool that owned these gauges is gone: nothing is ready, pending, failed, ejected
     /// or ramping, and no panic mode is in force. Counters keep their totals.
     pub(crate) fn clear_gauges(&self) {
+        self.set_limiters(Vec::new());
         self.set_counts(0, 0, 0, 0);
         self.set_ramping(0);
         self.inner.panic_mode.store(false, Relaxed);
@@ -177,6 +269,15 @@ impl P2cMetrics {
 
     pub(crate) fn evicted(&self) {
         self.inner.evictions.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn at_limit(&self) {
+        self.inner.waits_at_limit.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn at_limit_for(&self, time: Duration) {
+        let us = u64::try_from(time.as_micros()).unwrap_or(u64::MAX);
+        self.inner.time_at_limit_us.fetch_add(us, Relaxed);
     }
 
     pub(crate) fn rebuilt(&self) {

@@ -10,8 +10,8 @@
 //!
 //! A family is named after the field it comes from ([`Family::name`]), without the piece:
 //! the exporter joins [`Describe::PIECE`] and the name, and adds what its format wants
-//! (Prometheus: `_total` to a counter, `_seconds` to a duration, and a histogram of
-//! microseconds named `..._us` loses the `_us` for `_seconds`). A family made of several
+//! (Prometheus: `_total` to a counter, `_seconds` to a duration, `_seconds_total` to a total
+//! of time, and a histogram of microseconds named `..._us` loses the `_us` for `_seconds`). A family made of several
 //! fields (the fields of an [`UpdateCounts`], or a snapshot's `ready`, `pending` and
 //! `failed`) has one sample per field, labelled with the field's name.
 //!
@@ -83,6 +83,16 @@ pub enum Values<'a> {
     Gauge(u64),
     /// A duration now; `None` while there is none yet (the exporter writes no sample).
     Duration(Option<Duration>),
+    /// A total of time that only grows (Prometheus: a counter in seconds).
+    Time(Duration),
+    /// One gauge per key of a set that changes (each endpoint of a pool), labelled `label` =
+    /// the key's text.
+    Keyed {
+        /// The label's name (`endpoint`).
+        label: &'static str,
+        /// Each key's text and value.
+        values: &'a [(&'a str, u64)],
+    },
     /// One counter per field of a group, labelled `label` = the field's name.
     Counters {
         /// The label's name (`kind`, `reason`, `outcome`).
@@ -124,6 +134,21 @@ impl<'a> Family<'a> {
     /// A gauge named `name`.
     pub const fn gauge(name: &'static str, help: &'static str, value: u64) -> Self {
         Self::new(name, help, Values::Gauge(value))
+    }
+
+    /// A total of time named `name`, that only grows.
+    pub const fn time(name: &'static str, help: &'static str, total: Duration) -> Self {
+        Self::new(name, help, Values::Time(total))
+    }
+
+    /// Gauges named `name`, one per key of a set that changes, labelled `label`.
+    pub const fn keyed(
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: &'a [(&'a str, u64)],
+    ) -> Self {
+        Self::new(name, help, Values::Keyed { label, values })
     }
 
     /// A gauge of a duration named `name`, `None` while there is none.
@@ -191,6 +216,12 @@ impl fmt::Debug for Values<'_> {
             Values::Counter(n) => f.debug_tuple("Counter").field(n).finish(),
             Values::Gauge(n) => f.debug_tuple("Gauge").field(n).finish(),
             Values::Duration(d) => f.debug_tuple("Duration").field(d).finish(),
+            Values::Time(d) => f.debug_tuple("Time").field(d).finish(),
+            Values::Keyed { label, values } => f
+                .debug_struct("Keyed")
+                .field("label", label)
+                .field("values", values)
+                .finish(),
             Values::Counters { label, values } => f
                 .debug_struct("Counters")
                 .field("label", label)

@@ -32,12 +32,14 @@ use futures_util::FutureExt;
 use portcullis::endpoint::Reachable;
 use portcullis::p2c::{
     failure::failure_aware,
+    limit::{Aimd, Gradient},
     make::{peak_ewma, weighted, MakeEndpoint},
     subset::Subset,
-    EndpointState, P2cPool,
+    EndpointState, P2cMetrics, P2cPool,
 };
 use portcullis::pool::{
-    EndpointCounts, FailFast, NoSlot, NotReady, Pool, PoolFailed, PoolQueue, Update, WorkerGone,
+    EndpointCounts, FailFast, NoSlot, NotReady, Overloaded, Pool, PoolFailed, PoolQueue, Update,
+    WorkerGone,
 };
 use portcullis::retry::hedge::{Hedge, HedgeDelay, HedgeLayer};
 use portcullis::retry::{Backoff, Classify, Decision, Retry, RetryError, RetryLayer};
@@ -82,7 +84,28 @@ struct Config {
     reachable: bool,
     /// A `Hedge` under the retry (drawn with a retry only): its delay in ms and its copies.
     hedge: Option<(u64, u32)>,
+    /// A limit on each endpoint's requests in flight.
+    limit: Option<LimitDraw>,
+    /// Whether the queue sheds at once when full (`shed_when_full`).
+    shed: bool,
     seed: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum LimitDraw {
+    Fixed(u32),
+    /// A gradient limit starting at 2, at most 8, over windows of 20 ms.
+    Gradient,
+    /// AIMD starting at 2, at most 8, a response slower than 50 ms a drop.
+    Aimd,
+}
+
+fn limit_draw() -> impl Strategy<Value = LimitDraw> {
+    prop_oneof![
+        (1..=3u32).prop_map(LimitDraw::Fixed),
+        Just(LimitDraw::Gradient),
+        Just(LimitDraw::Aimd),
+    ]
 }
 
 #[derive(Clone, Debug)]
@@ -118,6 +141,8 @@ prop_compose! {
         subset in prop::option::weighted(0.3, (0..8u64, 2..=5usize)),
         reachable in any::<bool>(),
         hedge in prop::option::of((prop_oneof![Just(5u64), Just(20), Just(100)], 2..=3u32)),
+        limit in prop::option::of(limit_draw()),
+        shed in any::<bool>(),
         seed in any::<u64>(),
     ) -> Config {
         Config {
@@ -133,6 +158,8 @@ prop_compose! {
             subset,
             reachable,
             hedge,
+            limit,
+            shed,
             seed,
         }
     }
@@ -423,6 +450,7 @@ fn is_typed(error: &(dyn std::error::Error + 'static)) -> bool {
             || error.is::<SimError>()
             || error.is::<RetryError>()
             || error.is::<portcullis::p2c::error::EndpointGone>()
+            || error.is::<Overloaded>()
             || error
                 .downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
@@ -508,6 +536,8 @@ struct Case<F> {
     panicked: bool,
     /// Whether discovery failed (the queue fails every request after that, by design).
     discovery_failed: bool,
+    /// The pool's metrics: each endpoint's limit and requests in flight.
+    p2c: P2cMetrics,
     start: Instant,
 }
 
@@ -560,7 +590,20 @@ fn p2c_builder(config: &Config) -> portcullis::p2c::P2cPoolBuilder {
     if let Some(window) = config.slow_start {
         builder = builder.slow_start(window, 1.0, 10);
     }
-    builder
+    match config.limit {
+        Some(LimitDraw::Fixed(max)) => builder.max_in_flight(max),
+        Some(LimitDraw::Gradient) => {
+            builder.adaptive_limit(Gradient::new().initial(2).max(8).window(ms(20)))
+        }
+        Some(LimitDraw::Aimd) => builder.adaptive_limit(
+            Aimd::new()
+                .initial(2)
+                .max(8)
+                .window(ms(20))
+                .latency_threshold(ms(50)),
+        ),
+        None => builder,
+    }
 }
 
 async fn run(config: Config, events: Vec<Event>) -> Result<(), TestCaseError> {
@@ -574,12 +617,15 @@ async fn run(config: Config, events: Vec<Event>) -> Result<(), TestCaseError> {
     let queue = PoolQueue::builder()
         .capacity(config.capacity)
         .failfast_timeout(config.failfast)
-        .direct_dispatch(config.direct_dispatch);
+        .direct_dispatch(config.direct_dispatch)
+        .shed_when_full(config.shed);
     // Two pool types (failure-aware or not): each run is the same generic code.
     macro_rules! go {
         ($pool:expr) => {{
+            let pool = $pool;
+            let p2c = pool.metrics();
             let pool = Recorder {
-                inner: $pool,
+                inner: pool,
                 log: log.clone(),
             };
             let queue = match config.subset {
@@ -612,6 +658,7 @@ async fn run(config: Config, events: Vec<Event>) -> Result<(), TestCaseError> {
                 hedge,
                 panicked: false,
                 discovery_failed: false,
+                p2c,
                 config,
                 fleet,
                 refusing,
@@ -845,6 +892,15 @@ where
             "step {step} ({event:?}): depth {} but {waiting} attempts wait",
             metrics.depth
         );
+        // A fixed limit holds: no endpoint has more requests in flight.
+        if let Some(LimitDraw::Fixed(max)) = self.config.limit {
+            for endpoint in self.p2c.snapshot().endpoint_limits {
+                prop_assert!(
+                    endpoint.limit == max && endpoint.in_flight <= max,
+                    "step {step} ({event:?}): {endpoint:?} over max_in_flight({max})"
+                );
+            }
+        }
         // Every attempt's wait in the queue is bounded: a slot within the failfast timeout,
         // then the queue's wait within the failfast clock (run by whoever waits).
         let bound = self.config.failfast * (self.config.capacity as u32 + 2) + ms(2);
@@ -1007,6 +1063,8 @@ fn draws_cover_every_setting() {
             ("subset", config.subset.is_some()),
             ("reachable", config.reachable),
             ("hedge", config.hedge.is_some()),
+            ("limit", config.limit.is_some()),
+            ("shed", config.shed),
         ] {
             seen.entry(name).or_default().insert(on);
         }
@@ -1034,6 +1092,8 @@ fn regression_a_plain_thread_caller_drives_a_latency_aware_pool() -> Result<(), 
         subset: None,
         reachable: false,
         hedge: None,
+        limit: None,
+        shed: false,
         seed: 3_585_878_195_470_747_435,
     };
     let events = vec![

@@ -234,6 +234,37 @@ async fn failfast_is_exported_under_its_own_prefix() {
 /// After a discovery error ends the queue, a scrape says the queue is closed, and no gauge
 /// still reports endpoints the stopped worker (and the pool it dropped) no longer serve.
 #[tokio::test(start_paused = true)]
+async fn each_endpoints_limit_and_the_time_at_limits_are_exported() {
+    let pool = P2cPool::builder()
+        .max_in_flight(2)
+        .build(portcullis::p2c::make::pending_requests(
+            |_: &&'static str, _: &()| service_fn(|_: u32| async { Ok::<_, Infallible>(()) }),
+        ))
+        .unwrap();
+    let p2c = pool.metrics();
+    let (updates, stream) = portcullis_test::discovery::channel::<&'static str, ()>();
+    let queue = PoolQueue::builder().build(pool, stream).unwrap();
+    let mut registry = Registry::default();
+    prometheus::register_p2c(&mut registry, "api", p2c).unwrap();
+    updates.add("a", ());
+    updates.add("b", ());
+    queue.clone().oneshot(1).await.unwrap();
+    let text = render(&registry);
+    assert_sample(&text, "api_p2c_endpoint_limit{endpoint=\"a\"}", 2.0);
+    assert_sample(&text, "api_p2c_endpoint_limit{endpoint=\"b\"}", 2.0);
+    assert_sample(&text, "api_p2c_endpoint_in_flight{endpoint=\"a\"}", 0.0);
+    assert_sample(&text, "api_p2c_waits_at_limit_total", 0.0);
+    assert_sample(&text, "api_p2c_time_at_limit_seconds_total", 0.0);
+    updates.remove("b");
+    queue.clone().oneshot(2).await.unwrap();
+    let text = render(&registry);
+    assert!(
+        sample(&text, "api_p2c_endpoint_limit{endpoint=\"b\"}").is_none(),
+        "a removed endpoint has no limit:\n{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn gauges_of_a_stopped_queue_report_no_endpoints_and_the_queue_closed() {
     let pool = P2cPool::builder()
         .build(portcullis::p2c::make::pending_requests(
@@ -608,7 +639,7 @@ impl EachSnapshot for Described {
                 Values::Micros { .. } => {
                     format!("{}_seconds", field.strip_suffix("_us").unwrap_or(field))
                 }
-                Values::Duration(_) => format!("{field}_seconds"),
+                Values::Duration(_) | Values::Time(_) => format!("{field}_seconds"),
                 _ => field.to_owned(),
             };
             self.0.push(format!("{}_{name}", S::PIECE));
@@ -890,6 +921,18 @@ impl EachSnapshot for NamesFollowFields {
                 } => values.iter().map(|&(label, _)| label).collect(),
                 _ => Vec::new(),
             };
+            if let Values::Keyed { .. } = family.values {
+                // One value per key of a list: named for the list's field (its first word and
+                // one of its items' fields, `endpoint_limits` → `endpoint_limit`,
+                // `endpoint_in_flight`).
+                let first = family.name.split('_').next().unwrap_or_default();
+                let list = fields
+                    .iter()
+                    .find(|(field, value)| field.starts_with(first) && value.starts_with('['));
+                assert!(list.is_some(), "{} is no list of {debug}", family.name);
+                checked += 1;
+                return;
+            }
             match field(family.name) {
                 // A field of its own; a group's labels are its fields.
                 Some((_, value)) => {

@@ -79,6 +79,7 @@ impl<T> Known<T> {
             target,
             outcomes,
             ejection: Ejection::default(),
+            limiter: None,
         }
     }
 }

@@ -36,6 +36,7 @@ use self::eject::{Ejection, Ejections};
 use self::ready::{ReadySet, Slot};
 use self::weight::Weights;
 use crate::health::{HealthConfig, Outcomes};
+use crate::limit::{LimitConfig, LimitWake, Limiter};
 use crate::make::MakeEndpoint;
 use crate::metrics::P2cMetrics;
 use indexmap::IndexMap;
@@ -93,6 +94,12 @@ where
     health: HealthConfig,
     ejections: Ejections,
     weights: Weights,
+    /// The limit on each endpoint's requests in flight, if any.
+    limit: Option<LimitConfig>,
+    /// Wakes the pool when an endpoint at its limit has room.
+    limit_wake: Arc<LimitWake>,
+    /// Whether the ready set changed since the pool last published its limiters.
+    limiters_changed: bool,
 }
 
 /// A key the cache knows: its target and its health, which outlive any one build of its
@@ -102,11 +109,19 @@ struct Known<T> {
     /// `None` unless the pool records outcomes.
     outcomes: Option<Arc<Outcomes>>,
     ejection: Ejection,
+    /// The limiter of the key's endpoint instance, which a return from pending keeps and a
+    /// rebuild (a new instance) replaces.
+    limiter: Option<Arc<Limiter>>,
 }
 
 /// A chosen endpoint, for its call: its key, the endpoint, and its outcomes if the pool
 /// records them.
-pub(crate) type ChosenMut<'a, K, S> = (&'a K, &'a mut S, Option<&'a Arc<Outcomes>>);
+pub(crate) type ChosenMut<'a, K, S> = (
+    &'a K,
+    &'a mut S,
+    Option<&'a Arc<Outcomes>>,
+    Option<&'a Arc<Limiter>>,
+);
 
 // === impl ReadyCache ===
 
@@ -118,6 +133,7 @@ where
         maker: M,
         backoff: ExponentialBackoff,
         health: HealthConfig,
+        limit: Option<LimitConfig>,
         metrics: P2cMetrics,
     ) -> Self {
         Self {
@@ -133,7 +149,47 @@ where
             health,
             ejections: Ejections::new(),
             weights: Weights::default(),
+            limit,
+            limit_wake: Arc::default(),
+            limiters_changed: false,
         }
+    }
+
+    /// The limit on each endpoint's requests in flight, if any.
+    pub(crate) fn limit(&self) -> Option<LimitConfig> {
+        self.limit
+    }
+
+    /// What the pool waits on when every candidate is at its limit.
+    pub(crate) fn limit_wake(&self) -> &LimitWake {
+        &self.limit_wake
+    }
+
+    /// Whether the ready endpoint at `pos` may take one more request: always without limits.
+    pub(crate) fn has_room(&self, pos: usize) -> bool {
+        self.ready
+            .slot(pos)
+            .and_then(|slot| slot.limit.as_deref())
+            .is_none_or(Limiter::has_room)
+    }
+
+    /// Whether the endpoint `r` refers to may take one more request (if it is still ready;
+    /// `check_ready` finds out if not).
+    pub(crate) fn has_room_at(&self, r: ReadyRef) -> bool {
+        self.limit.is_none() || self.ready.find(r).is_none_or(|pos| self.has_room(pos))
+    }
+
+    /// Each ready endpoint's key and limiter, if the ready set changed since this was last
+    /// asked (and the pool limits requests in flight).
+    pub(crate) fn changed_limiters(&mut self) -> Option<impl Iterator<Item = (&K, &Arc<Limiter>)>> {
+        if !std::mem::take(&mut self.limiters_changed) {
+            return None;
+        }
+        Some(
+            self.ready
+                .iter()
+                .filter_map(|(key, slot)| Some((key, slot.limit.as_ref()?))),
+        )
     }
 
     pub(crate) fn health(&self) -> &HealthConfig {
@@ -206,6 +262,12 @@ where
         }
     }
 
+    /// The limiter of the ready endpoint for `key`, if the pool limits requests in flight.
+    pub(crate) fn limiter(&self, key: &K) -> Option<&Limiter> {
+        let pos = self.ready.position(key)?;
+        self.ready.slot(pos)?.limit.as_deref()
+    }
+
     /// The ready endpoint at `pos`: its key, a reference to it, and the endpoint.
     pub(crate) fn get_ready(&self, pos: usize) -> Option<(&K, ReadyRef, &M::Endpoint)> {
         let (key, ep) = self.ready.get(pos)?;
@@ -233,7 +295,7 @@ where
         let pos = self.ready.find(r)?;
         self.ready
             .get_mut(pos)
-            .map(|(key, ep)| (key, &mut ep.svc, ep.outcomes.as_ref()))
+            .map(|(key, ep)| (key, &mut ep.svc, ep.outcomes.as_ref(), ep.limit.as_ref()))
     }
 
     /// Adds a newly ready endpoint: among the candidates, unless its key is ejected; in slow
@@ -255,6 +317,19 @@ where
             ),
             None => (None, false, 1),
         };
+        let limit = self.limit.map(|config| {
+            let known = self.targets.get_mut(&key);
+            match known.as_ref().and_then(|known| known.limiter.as_ref()) {
+                Some(limiter) if limiter.id() == id => limiter.clone(),
+                _ => {
+                    let limiter = Arc::new(Limiter::new(config, id, self.limit_wake.clone()));
+                    if let Some(known) = known {
+                        known.limiter = Some(limiter.clone());
+                    }
+                    limiter
+                }
+            }
+        });
         let ramp_from = self.start_ramp(cx, ramp_from, slow_start);
         self.weights.count_in(weight, ramp_from.is_some(), !ejected);
         let ep = Slot {
@@ -263,13 +338,16 @@ where
             outcomes,
             weight,
             ramp_from,
+            limit,
         };
+        self.limiters_changed |= self.limit.is_some();
         self.ready.insert(key, ep, !ejected);
     }
 
     /// Takes the ready endpoint at `pos` out of the ready set, and out of the weights' counts.
     fn take_ready_at(&mut self, pos: usize) -> Option<(K, Slot<M::Endpoint>)> {
         let (key, ep, healthy) = self.ready.take(pos)?;
+        self.limiters_changed |= self.limit.is_some();
         self.weights
             .count_out(ep.weight, ep.ramp_from.is_some(), healthy);
         Some((key, ep))
@@ -325,6 +403,7 @@ mod tests {
             maker,
             backoff,
             crate::builder::NO_HEALTH,
+            None,
             P2cMetrics::default(),
         )
     }

@@ -19,6 +19,7 @@
 
 use super::Map;
 use crate::health::Outcomes;
+use crate::limit::Limiter;
 use std::hash::Hash;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -52,6 +53,8 @@ pub(super) struct Slot<S> {
     pub(super) weight: u32,
     /// When its slow start began, while it lasts.
     pub(super) ramp_from: Option<Instant>,
+    /// Its requests in flight and their limit, if the pool limits them.
+    pub(super) limit: Option<Arc<Limiter>>,
 }
 
 /// The ready endpoints, `[healthy.. | ejected..]`.
@@ -186,6 +189,7 @@ mod tests {
             outcomes: None,
             weight: 1,
             ramp_from: None,
+            limit: None,
         }
     }
 

@@ -6,7 +6,8 @@ mod pick;
 use crate::builder::Settings;
 use crate::classify::{ClassifyResponse, ErrorsOnly};
 use crate::error::{EndpointGone, NotReady};
-use crate::future::ResponseFuture;
+use crate::future::{Limited, ResponseFuture};
+use crate::limit::{AdaptiveLimit, LimitConfig};
 use crate::make::MakeEndpoint;
 use crate::metrics::{OwnedGauges, P2cMetrics};
 use crate::ready_cache::{ReadyCache, ReadyRef};
@@ -18,6 +19,7 @@ use rand::rngs::SmallRng;
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::load::Load;
@@ -50,6 +52,8 @@ where
     metrics: OwnedGauges,
     /// Finds the [`Tried`] a request carries, if [`avoid_tried`](Self::avoid_tried) was set.
     tried: Option<TriedIn<Req>>,
+    /// Since when every candidate has been at its limit, while that lasts.
+    at_limit_since: Option<tokio::time::Instant>,
     _req: PhantomData<fn(Req)>,
 }
 
@@ -76,15 +80,17 @@ where
             health,
             backoff,
             seed,
+            limit,
         } = settings;
         Self {
-            endpoints: ReadyCache::new(maker, backoff, health, metrics.clone()),
+            endpoints: ReadyCache::new(maker, backoff, health, limit, metrics.clone()),
             classify,
             chosen: None,
             rng,
             seed,
             metrics: OwnedGauges(metrics),
             tried: None,
+            at_limit_since: None,
             _req: PhantomData,
         }
     }
@@ -182,6 +188,31 @@ where
         self.endpoints.health().panic_threshold
     }
 
+    /// The fixed limit on each endpoint's requests in flight
+    /// ([`P2cPoolBuilder::max_in_flight`]); `None` if there is none (or it is adaptive).
+    pub fn max_in_flight(&self) -> Option<u32> {
+        match self.endpoints.limit()? {
+            LimitConfig::Fixed(max) => Some(max),
+            LimitConfig::Adaptive(_) => None,
+        }
+    }
+
+    /// The adaptive limit on each endpoint's requests in flight
+    /// ([`P2cPoolBuilder::adaptive_limit`]); `None` if there is none (or it is fixed).
+    pub fn adaptive_limit(&self) -> Option<AdaptiveLimit> {
+        match self.endpoints.limit()? {
+            LimitConfig::Fixed(_) => None,
+            LimitConfig::Adaptive(limit) => Some(limit),
+        }
+    }
+
+    /// The limit of the ready endpoint for `key` now and its requests in flight, `(limit,
+    /// in_flight)`; `None` if the pool has no limit or the endpoint is not ready.
+    pub fn endpoint_limit(&self, key: &K) -> Option<(u32, u32)> {
+        let limiter = self.endpoints.limiter(key)?;
+        Some((limiter.limit(), limiter.in_flight()))
+    }
+
     /// The classifier of responses the pool was built with
     /// ([`P2cPoolBuilder::build_with_classify`]).
     pub fn classify(&self) -> &C {
@@ -207,6 +238,32 @@ where
     }
 }
 
+impl<K, T, M, Req, C> P2cPool<K, T, M, Req, C>
+where
+    K: Hash + Eq + Clone + fmt::Debug,
+    M: MakeEndpoint<K, T>,
+{
+    /// Hands the metrics the ready endpoints' limiters, after a change to the ready set.
+    fn publish_limiters(&mut self) {
+        if let Some(limiters) = self.endpoints.changed_limiters() {
+            let limiters = limiters
+                .map(|(key, limiter)| (key_text(key), Arc::downgrade(limiter)))
+                .collect();
+            self.metrics.0.set_limiters(limiters);
+        }
+    }
+}
+
+/// An endpoint's key as a metric's label: as its `Debug` writes it, without the quotes around
+/// a string.
+fn key_text(key: &impl fmt::Debug) -> String {
+    let text = format!("{key:?}");
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) => inner.to_owned(),
+        None => text,
+    }
+}
+
 impl<K, T, M, Req, C> Service<Req> for P2cPool<K, T, M, Req, C>
 where
     K: Hash + Eq + Clone + fmt::Debug,
@@ -221,13 +278,17 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.endpoints.drive::<Req>(cx);
+        self.publish_limiters();
         loop {
             // Whatever was chosen is polled again right here, so the endpoint is known ready
             // in the same task turn as the `call` that follows.
             if let Some(chosen) = self.chosen.take() {
-                if let Some(chosen) = self.endpoints.check_ready::<Req>(cx, chosen) {
-                    self.chosen = Some(chosen);
-                    return Poll::Ready(Ok(()));
+                // An endpoint that reached its limit since it was chosen is chosen no more.
+                if self.endpoints.has_room_at(chosen) {
+                    if let Some(chosen) = self.endpoints.check_ready::<Req>(cx, chosen) {
+                        self.chosen = Some(chosen);
+                        return Poll::Ready(Ok(()));
+                    }
                 }
             }
 
@@ -254,10 +315,15 @@ where
             tried.record(chosen.id());
         }
         match self.endpoints.get_mut(chosen) {
-            Some((key, svc, outcomes)) => {
+            Some((key, svc, outcomes, limiter)) => {
                 trace!(?key, "dispatching request");
                 let record = outcomes.map(|outcomes| outcomes.recorder(self.classify.clone()));
-                ResponseFuture::called(svc.call(req), record)
+                // Counted in before the call, so a future that completes at once counts out.
+                let limit = limiter.map(|limiter| Limited {
+                    classify: limiter.learns().then(|| self.classify.clone()),
+                    in_flight: limiter.call(),
+                });
+                ResponseFuture::called(svc.call(req), record, limit)
             }
             None => {
                 debug!(id = chosen.id(), "chosen endpoint removed before call");
@@ -282,10 +348,12 @@ where
         update.apply_to(&mut self.endpoints);
         self.metrics.0.update_applied(kind);
         self.endpoints.sync_gauges();
+        self.publish_limiters();
     }
 
     fn poll_pool(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.endpoints.drive::<Req>(cx);
+        self.publish_limiters();
         if self.endpoints.is_settled() {
             Poll::Ready(Ok(()))
         } else {
@@ -294,6 +362,7 @@ where
     }
 
     fn poll_ready_for(&mut self, cx: &mut Context<'_>, req: &Req) -> Poll<Result<(), Self::Error>> {
+        // (Its `poll_ready` publishes the limiters; so does the path below.)
         let Some(tried) = self.tried.and_then(|tried| tried(req)) else {
             return self.poll_ready(cx);
         };
@@ -301,10 +370,12 @@ where
             return self.poll_ready(cx);
         }
         self.endpoints.drive::<Req>(cx);
+        self.publish_limiters();
         loop {
             if let Some(chosen) = self.chosen.take() {
                 // A reservation made for another request keeps only if this one may use it.
-                if !tried.contains(chosen.id()) || !self.any_untried(tried) {
+                let usable = !tried.contains(chosen.id()) || !self.any_untried(tried);
+                if usable && self.endpoints.has_room_at(chosen) {
                     if let Some(chosen) = self.endpoints.check_ready::<Req>(cx, chosen) {
                         self.chosen = Some(chosen);
                         return Poll::Ready(Ok(()));

@@ -15,6 +15,8 @@ use tracing::trace;
 
 /// The most draws one weighted candidate takes (see `draw_weighted`).
 const WEIGHTED_DRAWS: usize = 32;
+/// Draws of a pick whose candidates were all at their limits before it scans for room.
+const LIMITED_DRAWS: usize = 2;
 
 /// The candidates of one pick, as positions in the ready set.
 #[derive(Copy, Clone, Debug)]
@@ -49,20 +51,30 @@ where
         } else {
             None
         };
+        let limited = self.endpoints.limit().is_some();
         let mut ejections_left = EJECTIONS_PER_PICK;
+        let mut limited_draws = 0;
         let pos = loop {
             let draw = self.draw(weighted, now)?;
             if ejects && ejections_left > 0 && self.eject_outlier(cx, draw) {
                 ejections_left -= 1;
                 continue;
             }
-            break match draw {
-                Draw::One(a) => a,
-                Draw::Two(a, b) | Draw::Twice { drawn: a, other: b } => self
-                    .prefer(a, b)
-                    .unwrap_or_else(|| self.compare(draw, weighted, now)),
+            let draw = if limited {
+                match self.with_room(draw) {
+                    Some(draw) => draw,
+                    None if limited_draws + 1 < LIMITED_DRAWS => {
+                        limited_draws += 1;
+                        continue;
+                    }
+                    None => self.scan_for_room(cx)?,
+                }
+            } else {
+                draw
             };
+            break self.choose(draw, weighted, now);
         };
+        self.left_limits();
         let (key, chosen, _) = self.endpoints.get_ready(pos)?;
         trace!(
             ?key,
@@ -72,12 +84,86 @@ where
         Some(chosen)
     }
 
+    /// Of the drawn candidates, those below their limits; `None` if none is.
+    fn with_room(&self, draw: Draw) -> Option<Draw> {
+        let room = |pos| self.endpoints.has_room(pos);
+        let (a, b) = match draw {
+            Draw::One(a) => return room(a).then_some(draw),
+            Draw::Two(a, b) | Draw::Twice { drawn: a, other: b } => (a, b),
+        };
+        match (room(a), room(b)) {
+            (true, true) => Some(draw),
+            (true, false) => Some(Draw::One(a)),
+            (false, true) => Some(Draw::One(b)),
+            (false, false) => None,
+        }
+    }
+
+    /// The candidates below their limits, found by a scan from a random position after the
+    /// draws found none: the first two, or the one there is. With none, the pool waits for a
+    /// request to finish (registered before a last look, so one that finishes meanwhile is
+    /// seen) and the time it waits is counted.
+    fn scan_for_room(&mut self, cx: &mut Context<'_>) -> Option<Draw> {
+        let len = self.endpoints.candidates();
+        if let Some(draw) = self.first_with_room(len) {
+            return Some(draw);
+        }
+        self.endpoints.limit_wake().wait(cx.waker());
+        let draw = self.first_with_room(len);
+        if draw.is_none() && self.at_limit_since.is_none() {
+            self.at_limit_since = Some(Instant::now());
+            self.metrics.0.at_limit();
+            trace!(candidates = len, "every endpoint at its limit");
+        }
+        draw
+    }
+
+    fn first_with_room(&mut self, len: usize) -> Option<Draw> {
+        let start = if len > 1 {
+            self.rng.gen_range(0..len)
+        } else {
+            0
+        };
+        let mut found = None;
+        for pos in (start..len).chain(0..start) {
+            if self.endpoints.has_room(pos) {
+                match found {
+                    None => found = Some(pos),
+                    Some(a) => return Some(Draw::Two(a, pos)),
+                }
+            }
+        }
+        found.map(Draw::One)
+    }
+
+    /// The pool picks again after every endpoint was at its limit: counts the time it was.
+    pub(super) fn left_limits(&mut self) {
+        if let Some(since) = self.at_limit_since.take() {
+            self.metrics.0.at_limit_for(since.elapsed());
+        }
+    }
+
+    /// Of the candidates drawn, the one the pick keeps: [`prefer`](Self::prefer) one that has
+    /// not failed lately, or else [`compare`](Self::compare) their loads.
+    fn choose(&self, draw: Draw, weighted: bool, now: Option<Instant>) -> usize
+    where
+        M::Endpoint: Load,
+    {
+        match draw {
+            Draw::One(a) => a,
+            Draw::Two(a, b) | Draw::Twice { drawn: a, other: b } => self
+                .prefer(a, b)
+                .unwrap_or_else(|| self.compare(draw, weighted, now)),
+        }
+    }
+
     /// Whether a ready candidate is not in `tried`.
     pub(super) fn any_untried(&self, tried: &Tried) -> bool {
         (0..self.endpoints.candidates()).any(|pos| {
             self.endpoints
                 .get_ready(pos)
                 .is_some_and(|(_, chosen, _)| !tried.contains(chosen.id()))
+                && self.endpoints.has_room(pos)
         })
     }
 
@@ -96,6 +182,7 @@ where
                 self.endpoints
                     .get_ready(pos)
                     .is_some_and(|(_, chosen, _)| !tried.contains(chosen.id()))
+                    && self.endpoints.has_room(pos)
             })
             .collect();
         let pos = match untried.len() {
@@ -111,10 +198,10 @@ where
                 } else {
                     None
                 };
-                self.prefer(a, b)
-                    .unwrap_or_else(|| self.compare(Draw::Two(a, b), weighted, now))
+                self.choose(Draw::Two(a, b), weighted, now)
             }
         };
+        self.left_limits();
         let (key, chosen, _) = self.endpoints.get_ready(pos)?;
         trace!(?key, tried = tried.len(), "untried endpoint selected");
         Some(chosen)

@@ -30,14 +30,14 @@ pub(super) fn name(piece: &str, family: &Family<'_>) -> String {
             let field = field.strip_suffix("_us").unwrap_or(field);
             format!("{piece}_{field}_seconds")
         }
-        Values::Duration(_) => format!("{piece}_{field}_seconds"),
+        Values::Duration(_) | Values::Time(_) => format!("{piece}_{field}_seconds"),
         _ => format!("{piece}_{field}"),
     }
 }
 
 fn family(encoder: &mut DescriptorEncoder<'_>, piece: &str, family: &Family<'_>) -> fmt::Result {
     let metric_type = match family.values {
-        Values::Counter(_) | Values::Counters { .. } => MetricType::Counter,
+        Values::Counter(_) | Values::Counters { .. } | Values::Time(_) => MetricType::Counter,
         Values::Micros { .. } => MetricType::Histogram,
         // `Values` is non-exhaustive: a kind added later is exported as a gauge until it has
         // an encoding of its own.
@@ -51,6 +51,15 @@ fn family(encoder: &mut DescriptorEncoder<'_>, piece: &str, family: &Family<'_>)
         Values::Duration(Some(d)) => descriptor.encode_gauge(&d.as_secs_f64()),
         // Not yet known: the family, and no sample.
         Values::Duration(None) => Ok(()),
+        Values::Time(d) => descriptor.encode_counter::<NoLabelSet, _, u64>(&d.as_secs_f64(), None),
+        Values::Keyed { label, values } => {
+            for &(key, n) in values {
+                descriptor
+                    .encode_family(&[(label, key)])?
+                    .encode_gauge(&saturating_i64(n))?;
+            }
+            Ok(())
+        }
         Values::Counters { label, values } => {
             for &(value, n) in values {
                 descriptor

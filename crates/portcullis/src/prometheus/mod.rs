@@ -29,7 +29,11 @@
 //! `{piece}_{field}`, with `_total` for a counter, and in seconds for a time (a histogram kept
 //! in microseconds, `peer_latency_us`, is `peer_latency_seconds`; `in_queue` is
 //! `in_queue_seconds`; the `Duration` `since_last_change` is `since_last_change_seconds`).
-//! Gauges of a `bool` read 1 or 0. So `P2cSnapshot::evictions` is
+//! A total of time is a counter in seconds (`time_at_limit` is
+//! `time_at_limit_seconds_total`). Gauges of a `bool` read 1 or 0. A list of one value per
+//! endpoint is one gauge per endpoint, labelled `endpoint` with the key's text
+//! (`P2cSnapshot::endpoint_limits` is `p2c_endpoint_limit{endpoint}` and
+//! `p2c_endpoint_in_flight{endpoint}`). So `P2cSnapshot::evictions` is
 //! `{prefix}_p2c_evictions_total`, and `PoolQueueSnapshot::failfast_active` is
 //! `{prefix}_pool_queue_failfast_active`. Each snapshot's fields say what they count.
 //!
