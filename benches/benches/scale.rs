@@ -71,7 +71,21 @@ where
     M::Endpoint: Service<u64, Response = u64> + tower::load::Load,
     <M::Endpoint as Service<u64>>::Error: Into<portcullis_pool::BoxError>,
 {
-    let mut pool = P2cPool::builder().seed(7).build(maker).unwrap();
+    ready_pool_with(P2cPool::builder(), maker, endpoints).await
+}
+
+/// A `P2cPool` built by `builder` over `endpoints` endpoints made by `maker`, all ready.
+async fn ready_pool_with<M>(
+    builder: portcullis_p2c::P2cPoolBuilder,
+    maker: M,
+    endpoints: usize,
+) -> P2cPool<usize, (), M, u64, portcullis_p2c::ErrorsOnly>
+where
+    M: make::MakeEndpoint<usize, ()>,
+    M::Endpoint: Service<u64, Response = u64> + tower::load::Load,
+    <M::Endpoint as Service<u64>>::Error: Into<portcullis_pool::BoxError>,
+{
+    let mut pool = builder.seed(7).build(maker).unwrap();
     pool.update_pool(Update::Reset((0..endpoints).map(|k| (k, ())).collect()));
     std::future::poll_fn(|cx| pool.poll_pool(cx)).await.unwrap();
     pool
@@ -124,6 +138,18 @@ fn pick(config: &Config) {
     ));
     let mut balance_ewma_waits =
         Balance::new(ServiceList::new((0..10).map(|_| tower_ewma(WaitOnce))));
+    // Limits on requests in flight (`portcullis_p2c::limit`), never reached here: what they
+    // cost the pick when they do not bind.
+    let mut ewma_fixed = rt.block_on(ready_pool_with(
+        P2cPool::builder().max_in_flight(1_000),
+        make::peak_ewma(|_: &usize, _: &()| WaitOnce),
+        10,
+    ));
+    let mut ewma_adaptive = rt.block_on(ready_pool_with(
+        P2cPool::builder().adaptive_limit(portcullis_p2c::limit::Gradient::new()),
+        make::peak_ewma(|_: &usize, _: &()| WaitOnce),
+        10,
+    ));
     let mut stacks: Vec<(&str, Runner<'_>)> = vec![
         (
             "P2cPool + make::pending_requests",
@@ -157,6 +183,14 @@ fn pick(config: &Config) {
             "tower Balance + PeakEwma, responses that wait once",
             Box::new(|n| rt.block_on(one_task(&mut balance_ewma_waits, n))),
         ),
+        (
+            "P2cPool + make::peak_ewma + max_in_flight, responses that wait once",
+            Box::new(|n| rt.block_on(one_task(&mut ewma_fixed, n))),
+        ),
+        (
+            "P2cPool + make::peak_ewma + adaptive_limit, responses that wait once",
+            Box::new(|n| rt.block_on(one_task(&mut ewma_adaptive, n))),
+        ),
     ];
     let mut ns = vec![Vec::new(); stacks.len()];
     for (_, run) in stacks.iter_mut() {
@@ -177,6 +211,18 @@ fn pick(config: &Config) {
             "| {name} | {} | {} |",
             spread(&ns[i], 1),
             spread(&ratios, 2)
+        );
+    }
+    for (what, limited) in [("a fixed limit", 8), ("an adaptive limit", 9)] {
+        let ratios: Vec<f64> = ns[limited].iter().zip(&ns[6]).map(|(a, b)| a / b).collect();
+        println!(
+            "\nTarget: P2cPool + peak_ewma with {what} ≤ 1.3× without, responses that wait once: {}×, {}",
+            spread(&ratios, 2),
+            if median(ratios) <= 1.3 {
+                "met"
+            } else {
+                "**missed**"
+            }
         );
     }
     for (what, ewma, pending) in [

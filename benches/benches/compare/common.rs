@@ -177,6 +177,15 @@ where
 
 // === the open-loop driver ===
 
+/// tower's p2c, seeded like ours, so that every run of a simulation is the same.
+pub(crate) struct SeededRng(pub(crate) rand::rngs::SmallRng);
+
+impl tower::util::rng::Rng for SeededRng {
+    fn next_u64(&mut self) -> u64 {
+        rand::Rng::gen(&mut self.0)
+    }
+}
+
 /// A fresh current-thread runtime in paused time, for a simulation.
 pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -6,7 +6,9 @@
 //! `PoolQueue` + `P2cPool` (p95 delay, the retry budget's defaults, a hedge to an endpoint
 //! the request has not tried). Then a partial outage: every attempt ten times slower.
 
-use crate::common::{drive_open_loop, fmt_ns, paused_runtime, quantile_ns, Config, Outcome, Row};
+use crate::common::{
+    drive_open_loop, fmt_ns, paused_runtime, quantile_ns, Config, Outcome, Row, SeededRng,
+};
 use portcullis_p2c::make;
 use portcullis_p2c::P2cPool;
 use portcullis_pool::{PoolQueue, Tried, Update};
@@ -122,15 +124,6 @@ const STACKS: [&str; 6] = [
     "ours: Hedge (p95, 2 copies) over PoolQueue + P2cPool",
     "ours: Hedge (p95, 3 copies) over PoolQueue + P2cPool",
 ];
-
-/// tower's p2c, seeded like ours, so that every run is the same.
-struct SeededRng(SmallRng);
-
-impl tower::util::rng::Rng for SeededRng {
-    fn next_u64(&mut self) -> u64 {
-        self.0.gen()
-    }
-}
 
 /// An error that can be cloned, as tower-resilience's hedge needs.
 #[derive(Clone, Debug)]

@@ -19,6 +19,7 @@ mod discovery;
 mod dispatch;
 mod fanout;
 mod hedge;
+mod overload;
 mod retry;
 mod svg;
 mod tail;
@@ -62,7 +63,7 @@ fn main() {
         .build()
         .expect("runtime");
 
-    // `--only NAME` (dispatch, discovery, fanout, retry, tail, hedge) runs one section, for
+    // `--only NAME` (dispatch, discovery, fanout, retry, tail, hedge, overload) runs one section, for
     // profiling.
     let only = value("--only");
     let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
@@ -90,6 +91,9 @@ fn main() {
     }
     if wanted("hedge") {
         hedge::run(&config, &mut rows);
+    }
+    if wanted("overload") {
+        overload::run(&config, &mut rows);
     }
 
     println!("\n## Summary (ratios within this run)\n");

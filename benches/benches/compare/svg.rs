@@ -212,3 +212,34 @@ pub(crate) fn log_x_chart(title: &str, x_desc: &str, y_desc: &str, series: &[Ser
         Ok(())
     })
 }
+
+/// Lines over linear axes from zero (`x_desc`, `y_desc`), each point marked.
+pub(crate) fn line_chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> String {
+    let points = || series.iter().flat_map(|s| s.points.iter());
+    let x_max = points().map(|p| p.0).fold(1e-3, f64::max);
+    let y_max = points().map(|p| p.1).fold(1e-3, f64::max);
+    let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+    svg(&names, |area| {
+        let mut chart =
+            chart(area, title).build_cartesian_2d(0.0..x_max * 1.05, 0.0..y_max * 1.1)?;
+        chart
+            .configure_mesh()
+            .max_light_lines(0)
+            .x_label_formatter(&trim)
+            .y_label_formatter(&trim)
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .bold_line_style(RGBColor(0xe0, 0xe0, 0xe0))
+            .label_style(("sans-serif", 15))
+            .draw()?;
+        for (i, s) in series.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            chart.draw_series(LineSeries::new(
+                s.points.iter().copied(),
+                color.stroke_width(2),
+            ))?;
+            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
+        Ok(())
+    })
+}

@@ -1,7 +1,9 @@
 //! Item 3: tail latency with one slow endpoint, and with one endpoint that starts failing.
 //! Ten simulated endpoints in tokio's paused time, so every figure is deterministic.
 
-use crate::common::{drive_open_loop, fmt_ns, paused_runtime, quantile_ns, Config, Outcome, Row};
+use crate::common::{
+    drive_open_loop, fmt_ns, paused_runtime, quantile_ns, Config, Outcome, Row, SeededRng,
+};
 use crate::svg::{self, Series};
 use hdrhistogram::Histogram;
 use portcullis_p2c::make::{self, PeakEwmaMaker};
@@ -125,15 +127,6 @@ impl Service<u64> for Random {
     fn call(&mut self, request: u64) -> SimFuture<u64> {
         let chosen = self.chosen.take().expect("polled ready first");
         self.endpoints[chosen].call(request)
-    }
-}
-
-/// tower's p2c, seeded like ours.
-struct SeededRng(SmallRng);
-
-impl tower::util::rng::Rng for SeededRng {
-    fn next_u64(&mut self) -> u64 {
-        self.0.gen()
     }
 }
 
