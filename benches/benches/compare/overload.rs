@@ -14,7 +14,9 @@
 //! - **ours fixed**: `PoolQueue` (capacity 20, shedding when full) over `P2cPool` with
 //!   `max_in_flight(8)`, each replica's true concurrency;
 //! - **ours adaptive**: the same with `adaptive_limit(Gradient::new())`, the defaults;
-//! - **ours adaptive, tolerance 1.5**: Gradient2's tolerance, for comparison.
+//! - **ours adaptive, tolerance 1.5**: Gradient2's tolerance, for comparison;
+//! - **ours adaptive, one probe only**: the first probe of the no-load latency and no later
+//!   one (an hour apart), for what the periodic probes cost.
 
 use crate::common::{paused_runtime, Config, Row, SeededRng};
 use crate::svg::{self, Series};
@@ -347,6 +349,15 @@ pub(crate) fn run(config: &Config, rows: &mut Vec<Row>) {
             ours(
                 c,
                 P2cPool::builder().adaptive_limit(Gradient::new().tolerance(1.5)),
+                20,
+                true,
+            )
+        }),
+        run_stack("ours adaptive, one probe only", phase, |c| {
+            ours(
+                c,
+                P2cPool::builder()
+                    .adaptive_limit(Gradient::new().probe_interval(Duration::from_secs(3600))),
                 20,
                 true,
             )

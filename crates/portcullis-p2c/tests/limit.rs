@@ -276,3 +276,20 @@ async fn aimd_backs_off_on_slow_responses_and_grows_while_they_are_fast() {
     let high = limit_after(&queue, &metrics, 0, 5).await;
     assert!(high > low + 5, "grew from {low} to {high}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_finds_a_replica_that_slowed_down_and_the_limit_stays_near_its_concurrency() {
+    // The same 8 workers, each request twice as slow: the replica's concurrency is unchanged.
+    // Against the no-load latency it learnt before, every window would look queued and the
+    // limit would fall below 8, idling workers; a probe measures the new no-load latency.
+    let fleet = fleet(&[8]);
+    let (queue, _updates, metrics) =
+        queue(&fleet, P2cPool::builder().adaptive_limit(Gradient::new()));
+    let before = limit_after(&queue, &metrics, 0, 10).await;
+    fleet.control(0).set_latency(SERVICE * 2);
+    let after = limit_after(&queue, &metrics, 0, 20).await;
+    assert!(
+        (8..=16).contains(&after),
+        "8 workers, twice as slow: limit {after} (before: {before})"
+    );
+}
