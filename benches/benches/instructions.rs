@@ -20,7 +20,9 @@
 //!   over ten);
 //! - the bare pick, no queue, over ten endpoints (an optional third argument sets how many):
 //!   `pick-pending` (P2cPool + our `make::pending_requests`), `pick-ewma` (P2cPool + our
-//!   `make::peak_ewma`), `pick-tower-ewma` (P2cPool + tower's `PeakEwma`, made by a closure),
+//!   `make::peak_ewma`), `pick-ewma-fixed` and `pick-ewma-adaptive` (the same with a
+//!   `max_in_flight` that does not bind, and with `adaptive_limit(Gradient::new())`),
+//!   `pick-tower-ewma` (P2cPool + tower's `PeakEwma`, made by a closure),
 //!   `balance-pending` and `balance-ewma` (tower's p2c `Balance` + its `PendingRequests` or
 //!   `PeakEwma`, no Buffer);
 //! - `fanout` (FanOut, K = 16, to 200 peers) and `buffer-unordered` (the same peers through
@@ -62,7 +64,20 @@ where
     M: make::MakeEndpoint<usize, (), Endpoint: Service<u64, Response = u64> + tower::load::Load>,
     <M::Endpoint as Service<u64>>::Error: Into<portcullis_pool::BoxError>,
 {
-    let mut pool = P2cPool::builder().seed(7).build(maker).unwrap();
+    pick_with(P2cPool::builder(), maker, endpoints, requests).await
+}
+
+/// The bare pick of a pool built by `builder`.
+async fn pick_with<M>(
+    builder: portcullis_p2c::P2cPoolBuilder,
+    maker: M,
+    endpoints: usize,
+    requests: u64,
+) where
+    M: make::MakeEndpoint<usize, (), Endpoint: Service<u64, Response = u64> + tower::load::Load>,
+    <M::Endpoint as Service<u64>>::Error: Into<portcullis_pool::BoxError>,
+{
+    let mut pool = builder.seed(7).build(maker).unwrap();
     pool.update_pool(Update::Reset((0..endpoints).map(|k| (k, ())).collect()));
     std::future::poll_fn(|cx| pool.poll_pool(cx)).await.unwrap();
     drive(pool, requests).await
@@ -137,6 +152,17 @@ fn main() {
             "pick-ewma" => {
                 let maker = make::peak_ewma(|_: &usize, _: &()| Echo);
                 pick(maker, endpoints, requests).await
+            }
+            "pick-ewma-fixed" => {
+                let maker = make::peak_ewma(|_: &usize, _: &()| Echo);
+                let builder = P2cPool::builder().max_in_flight(1_000);
+                pick_with(builder, maker, endpoints, requests).await
+            }
+            "pick-ewma-adaptive" => {
+                let maker = make::peak_ewma(|_: &usize, _: &()| Echo);
+                let limit = portcullis_p2c::limit::Gradient::new();
+                let builder = P2cPool::builder().adaptive_limit(limit);
+                pick_with(builder, maker, endpoints, requests).await
             }
             "pick-tower-ewma" => {
                 let maker = |_: &usize, _: &()| tower_ewma(Echo);

@@ -76,12 +76,12 @@ impl<F, C> ResponseFuture<F, C> {
     }
 }
 
-/// A request counted against its endpoint's limit, and, for a limit that learns, the
-/// classifier that says whether its response succeeded.
+/// A request counted against its endpoint's limit, and the classifier that says whether its
+/// response succeeded (for a limit that learns).
 #[derive(Debug)]
 pub(crate) struct Limited<C> {
     pub(crate) in_flight: InFlight,
-    pub(crate) classify: Option<C>,
+    pub(crate) classify: C,
 }
 
 impl<F, C, T, E> Future for ResponseFuture<F, C>
@@ -92,31 +92,15 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut state = this.state;
         let output = match state.as_mut().project() {
             StateProj::Called { future } => {
                 let result = ready!(future.poll(cx));
-                if let Some(record) = this.record.take() {
-                    let failed = match &result {
-                        Ok(response) => record.classify.is_failure(response),
-                        Err(_) => true,
-                    };
-                    record.finished(failed);
-                }
-                if let Some(Limited {
-                    in_flight,
-                    classify,
-                }) = this.limit.take()
-                {
-                    let outcome = match (&result, classify) {
-                        (Ok(response), Some(classify)) if !classify.is_failure(response) => {
-                            Outcome::Succeeded
-                        }
-                        _ => Outcome::Failed,
-                    };
-                    in_flight.finished(outcome);
+                if this.record.is_some() || this.limit.is_some() {
+                    finish(this.record.take(), this.limit.take(), &result);
                 }
                 result.map_err(Into::into)
             }
@@ -127,6 +111,34 @@ where
         };
         state.project_replace(State::Done);
         Poll::Ready(output)
+    }
+}
+
+/// Records a finished call's outcome for its endpoint's health and its limit: out of line, so
+/// that a pool with neither keeps a small `poll`.
+#[inline(never)]
+fn finish<C: ClassifyResponse<T>, T, E>(
+    record: Option<Recorder<C>>,
+    limit: Option<Limited<C>>,
+    result: &Result<T, E>,
+) {
+    if let Some(record) = record {
+        let failed = match result {
+            Ok(response) => record.classify.is_failure(response),
+            Err(_) => true,
+        };
+        record.finished(failed);
+    }
+    if let Some(Limited {
+        in_flight,
+        classify,
+    }) = limit
+    {
+        let outcome = match result {
+            Ok(response) if !classify.is_failure(response) => Outcome::Succeeded,
+            _ => Outcome::Failed,
+        };
+        in_flight.finished(outcome);
     }
 }
 

@@ -53,12 +53,16 @@ pub(crate) struct Limiter {
     wake: Arc<LimitWake>,
 }
 
-/// A request counted in flight on its endpoint until this is dropped.
+/// A request counted in flight on its endpoint until this is dropped. Small (24 bytes), as
+/// every response future of a limited pool carries one.
 #[derive(Debug)]
 pub(crate) struct InFlight {
     limiter: Arc<Limiter>,
-    /// When it was called, and the learner's epoch then; for an adaptive limit only.
-    called: Option<(Instant, u32)>,
+    /// For an adaptive limit: when it was called, in µs since the learner's origin, plus one
+    /// (0: not timed).
+    called_us: u64,
+    /// The learner's epoch when it was called.
+    epoch: u32,
     outcome: Outcome,
 }
 
@@ -116,20 +120,22 @@ impl Limiter {
     /// Counts a request in.
     pub(crate) fn call(self: &Arc<Self>) -> InFlight {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        let called = self.learner.as_ref().map(|learner| {
-            learner.saw_in_flight(now);
-            (Instant::now(), learner.epoch.load(Ordering::Relaxed))
-        });
+        let (called_us, epoch) = match &self.learner {
+            Some(learner) => {
+                learner.saw_in_flight(now);
+                (
+                    learner.micros_since_origin(Instant::now()) + 1,
+                    learner.epoch.load(Ordering::Relaxed),
+                )
+            }
+            None => (0, 0),
+        };
         InFlight {
             limiter: self.clone(),
-            called,
+            called_us,
+            epoch,
             outcome: Outcome::Dropped,
         }
-    }
-
-    /// Whether this limit learns, and so wants each request's outcome.
-    pub(crate) fn learns(&self) -> bool {
-        self.learner.is_some()
     }
 }
 
@@ -144,9 +150,11 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let limiter = &*self.limiter;
         limiter.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if let (Some(learner), Some((called, epoch))) = (&limiter.learner, self.called) {
-            let now = Instant::now();
-            if let Some(limit) = learner.record(now, now - called, epoch, self.outcome) {
+        if let (Some(learner), Some(called_us)) = (&limiter.learner, self.called_us.checked_sub(1))
+        {
+            let now_us = learner.micros_since_origin(Instant::now());
+            let rtt_us = now_us.saturating_sub(called_us);
+            if let Some(limit) = learner.record(now_us, rtt_us, self.epoch, self.outcome) {
                 limiter.limit.store(limit, Ordering::Relaxed);
             }
         }
@@ -213,6 +221,10 @@ impl Learner {
         }
     }
 
+    fn micros_since_origin(&self, now: Instant) -> u64 {
+        micros(now.saturating_duration_since(self.origin))
+    }
+
     fn saw_in_flight(&self, now: u32) {
         if now > self.peak.load(Ordering::Relaxed) {
             self.peak.fetch_max(now, Ordering::Relaxed);
@@ -221,12 +233,11 @@ impl Learner {
 
     /// Adds one outcome to the window, and closes the window if it is due: the new limit, if
     /// this call closed it.
-    fn record(&self, now: Instant, rtt: Duration, epoch: u32, outcome: Outcome) -> Option<u32> {
-        let rtt_us = micros(rtt);
+    fn record(&self, now_us: u64, rtt_us: u64, epoch: u32, outcome: Outcome) -> Option<u32> {
         let current = epoch == self.epoch.load(Ordering::Relaxed);
         match (self.config, outcome) {
             (AdaptiveLimit::Aimd(a), Outcome::Succeeded | Outcome::Dropped)
-                if rtt >= a.latency_threshold =>
+                if rtt_us >= micros(a.latency_threshold) =>
             {
                 self.drops.fetch_add(1, Ordering::Relaxed);
             }
@@ -243,7 +254,7 @@ impl Learner {
             }
             _ => {}
         }
-        self.close_window(now)
+        self.close_window(now_us)
     }
 
     fn sample(&self, rtt_us: u64) {
@@ -251,8 +262,7 @@ impl Learner {
         self.samples.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn close_window(&self, now: Instant) -> Option<u32> {
-        let now_us = micros(now.saturating_duration_since(self.origin));
+    fn close_window(&self, now_us: u64) -> Option<u32> {
         let start = self.window_start.load(Ordering::Relaxed);
         let elapsed = now_us.saturating_sub(start);
         if elapsed < self.window_us {

@@ -160,6 +160,13 @@ where
         self.limit
     }
 
+    /// Whether the pool limits each endpoint's requests in flight (without copying the
+    /// setting: the pick asks every time).
+    #[inline]
+    pub(crate) fn limited(&self) -> bool {
+        self.limit.is_some()
+    }
+
     /// What the pool waits on when every candidate is at its limit.
     pub(crate) fn limit_wake(&self) -> &LimitWake {
         &self.limit_wake
@@ -176,7 +183,13 @@ where
     /// Whether the endpoint `r` refers to may take one more request (if it is still ready;
     /// `check_ready` finds out if not).
     pub(crate) fn has_room_at(&self, r: ReadyRef) -> bool {
-        self.limit.is_none() || self.ready.find(r).is_none_or(|pos| self.has_room(pos))
+        !self.limited() || self.ready.find(r).is_none_or(|pos| self.has_room(pos))
+    }
+
+    /// Whether the ready set changed since the limiters were last published.
+    #[inline]
+    pub(crate) fn limiters_changed(&self) -> bool {
+        self.limiters_changed
     }
 
     /// Each ready endpoint's key and limiter, if the ready set changed since this was last

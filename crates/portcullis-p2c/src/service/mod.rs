@@ -244,7 +244,15 @@ where
     M: MakeEndpoint<K, T>,
 {
     /// Hands the metrics the ready endpoints' limiters, after a change to the ready set.
+    #[inline]
     fn publish_limiters(&mut self) {
+        if self.endpoints.limiters_changed() {
+            self.publish_changed_limiters();
+        }
+    }
+
+    #[inline(never)]
+    fn publish_changed_limiters(&mut self) {
         if let Some(limiters) = self.endpoints.changed_limiters() {
             let limiters = limiters
                 .map(|(key, limiter)| (key_text(key), Arc::downgrade(limiter)))
@@ -320,7 +328,7 @@ where
                 let record = outcomes.map(|outcomes| outcomes.recorder(self.classify.clone()));
                 // Counted in before the call, so a future that completes at once counts out.
                 let limit = limiter.map(|limiter| Limited {
-                    classify: limiter.learns().then(|| self.classify.clone()),
+                    classify: self.classify.clone(),
                     in_flight: limiter.call(),
                 });
                 ResponseFuture::called(svc.call(req), record, limit)

@@ -51,7 +51,7 @@ where
         } else {
             None
         };
-        let limited = self.endpoints.limit().is_some();
+        let limited = self.endpoints.limited();
         let mut ejections_left = EJECTIONS_PER_PICK;
         let mut limited_draws = 0;
         let pos = loop {
