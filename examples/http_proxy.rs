@@ -21,6 +21,7 @@
 //! sends them: `etcdctl put /services/api/a 127.0.0.1:9001`, `etcdctl del /services/api/a`.
 
 use portcullis::discovery::{dns::Dns, etcd::Etcd};
+use portcullis::p2c::limit::{AdaptiveLimit, Gradient};
 use portcullis_examples::{
     backend::{Backend, Behavior},
     endpoint::{BoxError, Protocol},
@@ -44,6 +45,8 @@ usage: http_proxy [--listen ADDR] [--backends FILE | --backends-dns HOST:PORT
   --etcd-prefix PREFIX      the etcd key prefix to watch (default /services/api/); each value
                             is `ip:port`, or JSON with an \"addr\"
   --backend-http2           speak HTTP/2 (prior knowledge) to the backends, not HTTP/1.1
+  --adaptive-limit          limit each backend's requests in flight to what its latencies
+                            allow (a gradient limit); past it, requests wait in the queue
 
 routes:
   GET  /metrics          Prometheus (OpenMetrics) text of every stack
@@ -55,6 +58,7 @@ struct Args {
     listen: SocketAddr,
     backends: Option<Backends>,
     backend_protocol: Protocol,
+    limit: Option<AdaptiveLimit>,
 }
 
 /// The etcd prefix when `--etcd-prefix` is not given.
@@ -65,6 +69,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
         backends: None,
         backend_protocol: Protocol::Http1,
+        limit: None,
     };
     let mut dns_servers: Vec<SocketAddr> = Vec::new();
     let mut etcd_prefix: Option<String> = None;
@@ -124,6 +129,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             }
             "--etcd-prefix" => etcd_prefix = Some(value("--etcd-prefix")?),
             "--backend-http2" => args.backend_protocol = Protocol::Http2,
+            "--adaptive-limit" => args.limit = Some(Gradient::new().into()),
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -202,6 +208,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
 
     let mut config = ProxyConfig::new(backends.clone());
     config.backend_protocol = args.backend_protocol;
+    config.limit = args.limit;
     let proxy = Proxy::bind(args.listen, config).await?;
     let addr = proxy.local_addr()?;
     println!(

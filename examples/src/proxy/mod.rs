@@ -37,6 +37,7 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::fanout::{FanOut, FanOutBuilder, FanOutMetrics, Policy, Report};
 use portcullis::http::Client;
+use portcullis::p2c::limit::AdaptiveLimit;
 use portcullis::p2c::{P2cMetrics, P2cPool, P2cPoolBuilder};
 use portcullis::pool::{PoolQueue, PoolQueueBuilder, PoolQueueMetrics, Update};
 use portcullis::retry::{Backoff, Budget, Retry, RetryMetrics};
@@ -93,6 +94,15 @@ pub struct ProxyConfig {
     /// can be retried: a longer body is sent once and never retried
     /// ([`portcullis::http::ClientBuilder::replay_limit`]).
     pub replay_limit: usize,
+    /// A limit on each backend's requests in flight, learned from its latencies
+    /// ([`P2cPoolBuilder::adaptive_limit`]), or `None` (the default): no limit. With every
+    /// backend at its limit, requests wait in the queue ([`ProxyConfig::queue`]); a queue
+    /// built with [`shed_when_full`](PoolQueueBuilder::shed_when_full) answers the rest at
+    /// once with the proxy's 503 ([`portcullis::pool::Overloaded`]), which is never retried.
+    /// The limit learns from latencies as the proxy measures them: on a proxy short of CPU
+    /// they include its own scheduling delays, and a gradient limit falls to a few requests
+    /// per backend (docs/reliability.md, "A proxy short of CPU").
+    pub limit: Option<AdaptiveLimit>,
 }
 
 impl ProxyConfig {
@@ -100,8 +110,8 @@ impl ProxyConfig {
     /// HTTP/1.1 to the backends; the queue's defaults (100 waiting requests, failfast after
     /// 3 s); 3 attempts with 10 ms..200 ms jittered backoff, the default budget (20 % of
     /// requests, plus 10 retries a second), 2 s per attempt, 5 s in all; request bodies up to
-    /// 4 MiB, replayed up to 64 KiB; the fan-out 16 backends at a time, 2 s each, 5 s in all,
-    /// waiting for all.
+    /// 4 MiB, replayed up to 64 KiB; no limit on each backend's requests in flight; the
+    /// fan-out 16 backends at a time, 2 s each, 5 s in all, waiting for all.
     pub fn new(backends: impl Into<Backends>) -> Self {
         Self {
             backends: backends.into(),
@@ -121,6 +131,7 @@ impl ProxyConfig {
                 .policy(Policy::All),
             max_body_bytes: 4 << 20,
             replay_limit: portcullis::retry::replay::DEFAULT_LIMIT,
+            limit: None,
         }
     }
 }
@@ -199,8 +210,9 @@ impl Proxy {
         // `Retry-After` holds it out of the pick), a call the attempt timeout cuts short counts
         // as a failure: the timeout starts before the queue wait and the pool's clock at the
         // call, so such a call is a little younger than the timeout, hence nine tenths of it.
-        // A backend added while others serve ramps up over 10 s.
-        let pool = P2cPool::builder()
+        // A backend added while others serve ramps up over 10 s. With `config.limit`, a backend
+        // at its learned limit is not picked (see `ProxyConfig::limit`).
+        let mut pool = P2cPool::builder()
             .consecutive_failures(P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES)
             .abandoned_after(config.attempt_timeout.mul_f64(0.9))
             .slow_start(
@@ -208,6 +220,9 @@ impl Proxy {
                 P2cPoolBuilder::DEFAULT_SLOW_START_AGGRESSION,
                 P2cPoolBuilder::DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT,
             );
+        if let Some(limit) = config.limit {
+            pool = pool.adaptive_limit(limit);
+        }
         let retry = Retry::builder()
             .max_attempts(config.max_attempts)
             .backoff(config.backoff)

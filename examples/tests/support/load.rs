@@ -86,6 +86,8 @@ pub(crate) enum End {
     Unavailable { retry_after: bool },
     /// The proxy's 503 for a queue in failfast.
     FailFast,
+    /// The proxy's 503 for a full queue that sheds at once (`Overloaded`).
+    Overloaded,
     /// The proxy's 502 for a caller that found no queue slot free within the failfast timeout.
     NoSlot,
     /// Any other status from the proxy (its 502 and 504 among them).
@@ -342,6 +344,7 @@ async fn request(client: &HttpClient, proxy: SocketAddr, id: u64) -> End {
             End::Unavailable { retry_after }
         }
         StatusCode::SERVICE_UNAVAILABLE if body.contains("pool queue in failfast") => End::FailFast,
+        StatusCode::SERVICE_UNAVAILABLE if body.contains("pool queue full") => End::Overloaded,
         StatusCode::BAD_GATEWAY if body.contains("no pool queue slot came free") => End::NoSlot,
         status => End::Status(status),
     }
