@@ -61,21 +61,8 @@ where
     start.elapsed().as_nanos() as f64 / requests as f64
 }
 
-/// A `P2cPool` over `endpoints` endpoints made by `maker`, all ready.
-async fn ready_pool<M>(
-    maker: M,
-    endpoints: usize,
-) -> P2cPool<usize, (), M, u64, portcullis_p2c::ErrorsOnly>
-where
-    M: make::MakeEndpoint<usize, ()>,
-    M::Endpoint: Service<u64, Response = u64> + tower::load::Load,
-    <M::Endpoint as Service<u64>>::Error: Into<portcullis_pool::BoxError>,
-{
-    ready_pool_with(P2cPool::builder(), maker, endpoints).await
-}
-
 /// A `P2cPool` built by `builder` over `endpoints` endpoints made by `maker`, all ready.
-async fn ready_pool_with<M>(
+async fn ready_pool<M>(
     builder: portcullis_p2c::P2cPoolBuilder,
     maker: M,
     endpoints: usize,
@@ -119,20 +106,31 @@ fn pick(config: &Config) {
     let rounds = config.pick(7, 5);
     let rt = &rt;
     let mut pending = rt.block_on(ready_pool(
+        P2cPool::builder(),
         make::pending_requests(|_: &usize, _: &()| Echo),
         10,
     ));
-    let mut ewma = rt.block_on(ready_pool(make::peak_ewma(|_: &usize, _: &()| Echo), 10));
-    let mut tower_ewma_pool = rt.block_on(ready_pool(|_: &usize, _: &()| tower_ewma(Echo), 10));
+    let mut ewma = rt.block_on(ready_pool(
+        P2cPool::builder(),
+        make::peak_ewma(|_: &usize, _: &()| Echo),
+        10,
+    ));
+    let mut tower_ewma_pool = rt.block_on(ready_pool(
+        P2cPool::builder(),
+        |_: &usize, _: &()| tower_ewma(Echo),
+        10,
+    ));
     let mut balance_pending = Balance::new(ServiceList::new((0..10).map(|_| tower_pending())));
     let mut balance_ewma = Balance::new(ServiceList::new((0..10).map(|_| tower_ewma(Echo))));
     // Endpoints whose responses wait once, so that peak-EWMA times every round trip (it does
     // not time a response ready at its first poll).
     let mut pending_waits = rt.block_on(ready_pool(
+        P2cPool::builder(),
         make::pending_requests(|_: &usize, _: &()| WaitOnce),
         10,
     ));
     let mut ewma_waits = rt.block_on(ready_pool(
+        P2cPool::builder(),
         make::peak_ewma(|_: &usize, _: &()| WaitOnce),
         10,
     ));
@@ -140,12 +138,12 @@ fn pick(config: &Config) {
         Balance::new(ServiceList::new((0..10).map(|_| tower_ewma(WaitOnce))));
     // Limits on requests in flight (`portcullis_p2c::limit`), never reached here: what they
     // cost the pick when they do not bind.
-    let mut ewma_fixed = rt.block_on(ready_pool_with(
+    let mut ewma_fixed = rt.block_on(ready_pool(
         P2cPool::builder().max_in_flight(1_000),
         make::peak_ewma(|_: &usize, _: &()| WaitOnce),
         10,
     ));
-    let mut ewma_adaptive = rt.block_on(ready_pool_with(
+    let mut ewma_adaptive = rt.block_on(ready_pool(
         P2cPool::builder().adaptive_limit(portcullis_p2c::limit::Gradient::new()),
         make::peak_ewma(|_: &usize, _: &()| WaitOnce),
         10,
@@ -286,7 +284,12 @@ fn endpoints(rt: &tokio::runtime::Runtime, config: &Config) {
     let mut results: Vec<Vec<Vec<f64>>> = vec![Vec::new(); names.len()];
     for &n in &SIZES {
         let samples = rt.block_on(async {
-            let pool = ready_pool(make::pending_requests(|_: &usize, _: &()| Echo), n).await;
+            let pool = ready_pool(
+                P2cPool::builder(),
+                make::pending_requests(|_: &usize, _: &()| Echo),
+                n,
+            )
+            .await;
             let discovery = stream::pending::<Result<Update<usize, ()>, Infallible>>();
             let queue = PoolQueue::builder()
                 .capacity(CAPACITY)
@@ -297,7 +300,12 @@ fn endpoints(rt: &tokio::runtime::Runtime, config: &Config) {
                 Balance::new(ServiceList::new((0..n).map(|_| tower_pending()))),
                 CAPACITY,
             );
-            let mut bare = ready_pool(make::pending_requests(|_: &usize, _: &()| Echo), n).await;
+            let mut bare = ready_pool(
+                P2cPool::builder(),
+                make::pending_requests(|_: &usize, _: &()| Echo),
+                n,
+            )
+            .await;
             let mut samples = vec![Vec::new(); names.len()];
             drive(queue.clone(), 64, 20_000).await;
             drive(balance.clone(), 64, 20_000).await;

@@ -1,6 +1,8 @@
 //! The SVG plots, drawn with `plotters` (its SVG backend only): each function here only says
 //! what a chart shows.
 
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::PathBuf;
@@ -191,26 +193,43 @@ pub(crate) fn log_x_chart(title: &str, x_desc: &str, y_desc: &str, series: &[Ser
             .log_scale()
             .with_key_points(keys);
         let mut chart = chart(area, title).build_cartesian_2d(x, 0.0..y_max * 1.1)?;
-        chart
-            .configure_mesh()
-            .max_light_lines(0)
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&trim)
-            .x_desc(x_desc)
-            .y_desc(y_desc)
-            .bold_line_style(RGBColor(0xe0, 0xe0, 0xe0))
-            .label_style(("sans-serif", 15))
-            .draw()?;
-        for (i, s) in series.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            chart.draw_series(LineSeries::new(
-                s.points.iter().copied(),
-                color.stroke_width(2),
-            ))?;
-            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
-        }
-        Ok(())
+        let whole = |v: &f64| format!("{v:.0}");
+        mesh_and_lines(&mut chart, (x_desc, &whole), y_desc, series)
     })
+}
+
+type Chart<'a, X> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, RangedCoordf64>>;
+
+/// The mesh (the x axis labelled by `x_label`, the y axis trimmed) and one marked line per
+/// series, in the chart's colours.
+fn mesh_and_lines<'a, X>(
+    chart: &mut Chart<'a, X>,
+    (x_desc, x_label): (&str, &dyn Fn(&f64) -> String),
+    y_desc: &str,
+    series: &[Series],
+) -> Drawn
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    chart
+        .configure_mesh()
+        .max_light_lines(0)
+        .x_label_formatter(x_label)
+        .y_label_formatter(&trim)
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .bold_line_style(RGBColor(0xe0, 0xe0, 0xe0))
+        .label_style(("sans-serif", 15))
+        .draw()?;
+    for (i, s) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart.draw_series(LineSeries::new(
+            s.points.iter().copied(),
+            color.stroke_width(2),
+        ))?;
+        chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    }
+    Ok(())
 }
 
 /// Lines over linear axes from zero (`x_desc`, `y_desc`), each point marked.
@@ -222,24 +241,6 @@ pub(crate) fn line_chart(title: &str, x_desc: &str, y_desc: &str, series: &[Seri
     svg(&names, |area| {
         let mut chart =
             chart(area, title).build_cartesian_2d(0.0..x_max * 1.05, 0.0..y_max * 1.1)?;
-        chart
-            .configure_mesh()
-            .max_light_lines(0)
-            .x_label_formatter(&trim)
-            .y_label_formatter(&trim)
-            .x_desc(x_desc)
-            .y_desc(y_desc)
-            .bold_line_style(RGBColor(0xe0, 0xe0, 0xe0))
-            .label_style(("sans-serif", 15))
-            .draw()?;
-        for (i, s) in series.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            chart.draw_series(LineSeries::new(
-                s.points.iter().copied(),
-                color.stroke_width(2),
-            ))?;
-            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
-        }
-        Ok(())
+        mesh_and_lines(&mut chart, (x_desc, &trim), y_desc, series)
     })
 }

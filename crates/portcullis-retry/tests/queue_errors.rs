@@ -39,16 +39,7 @@ async fn failfast() -> BoxError {
 /// The error a full queue built to shed answers: its only slot is held by a handle polled
 /// ready, and the pool is not ready.
 async fn overloaded() -> BoxError {
-    let (mock, _control) = pool::pair::<&'static str, u16, &'static str, &'static str>();
-    let (_discovery, stream) = discovery::channel();
-    let queue: Queue = PoolQueue::builder()
-        .capacity(1)
-        .shed_when_full(true)
-        .build(mock, stream)
-        .unwrap();
-    let mut holder = queue.clone();
-    holder.ready().await.unwrap();
-    let error = queue.oneshot("a").await.unwrap_err();
+    let error = pool::overloaded_error().await;
     assert!(error.is::<Overloaded>(), "{error}");
     error
 }

@@ -441,6 +441,42 @@ impl<Rsp> fmt::Debug for MockResponse<Rsp> {
     }
 }
 
+/// The error a full [`PoolQueue`](portcullis_pool::PoolQueue) that sheds answers
+/// ([`Overloaded`](portcullis_pool::Overloaded)), made by one: a queue of capacity 1 with
+/// `shed_when_full`, over a mock pool that is never ready, whose one slot a handle polled ready
+/// holds. For the tests of what handles it (classifiers, clients). Call it inside a tokio
+/// runtime: the queue spawns its worker.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let error = portcullis_test::pool::overloaded_error().await;
+/// assert!(error.is::<portcullis_pool::Overloaded>(), "{error}");
+/// # }
+/// ```
+pub async fn overloaded_error() -> BoxError {
+    let (pool, _control) = pair::<&'static str, u16, &'static str, &'static str>();
+    let (_updates, discovery) = crate::discovery::channel();
+    let built = portcullis_pool::PoolQueue::builder()
+        .capacity(1)
+        .shed_when_full(true)
+        .build(pool, discovery);
+    let mut queue = match built {
+        Ok(queue) => queue,
+        Err(error) => return Box::new(error),
+    };
+    let mut holder = queue.clone();
+    for handle in [&mut holder, &mut queue] {
+        if let Err(error) = std::future::poll_fn(|cx| handle.poll_ready(cx)).await {
+            return error;
+        }
+    }
+    match queue.call("shed").await {
+        Ok(response) => format!("a full queue answered {response}").into(),
+        Err(error) => error,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,6 +57,14 @@ async fn under_retry(svc: Queue, request: &'static str) -> BoxError {
     error
 }
 
+/// Each error, bare or inside the retry's, maps to `status`.
+#[track_caller]
+fn assert_statuses(errors: &[BoxError], status: StatusCode) {
+    for error in errors {
+        assert_eq!(status_for_error(error), status, "{error}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_queue_that_shed_the_request_is_503() {
     let (shedding, _kept) = queue(PoolQueue::builder().capacity(1).shed_when_full(true));
@@ -66,13 +74,7 @@ async fn a_queue_that_shed_the_request_is_503() {
     assert!(bare.is::<Overloaded>(), "{bare}");
     let retried = under_retry(shedding, "b").await;
     assert!(holds::<Overloaded>(&retried), "{retried}");
-    for error in [bare, retried] {
-        assert_eq!(
-            status_for_error(&error),
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{error}"
-        );
-    }
+    assert_statuses(&[bare, retried], StatusCode::SERVICE_UNAVAILABLE);
 }
 
 #[tokio::test(start_paused = true)]
@@ -82,13 +84,7 @@ async fn a_queue_failing_fast_is_503() {
     assert!(bare.is::<FailFast>(), "{bare}");
     let retried = under_retry(failing, "b").await;
     assert!(holds::<FailFast>(&retried), "{retried}");
-    for error in [bare, retried] {
-        assert_eq!(
-            status_for_error(&error),
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{error}"
-        );
-    }
+    assert_statuses(&[bare, retried], StatusCode::SERVICE_UNAVAILABLE);
 }
 
 #[tokio::test(start_paused = true)]

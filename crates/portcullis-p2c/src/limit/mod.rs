@@ -129,6 +129,35 @@ impl Bounds {
     }
 }
 
+/// The setters of the bounds both algorithms share, written once.
+macro_rules! bounds_setters {
+    () => {
+        /// The limit an endpoint starts with, and starts over with when it is rebuilt.
+        pub const fn initial(mut self, initial: u32) -> Self {
+            self.bounds.initial = initial;
+            self
+        }
+
+        /// The least limit (at least 1).
+        pub const fn min(mut self, min: u32) -> Self {
+            self.bounds.min = min;
+            self
+        }
+
+        /// The largest limit.
+        pub const fn max(mut self, max: u32) -> Self {
+            self.bounds.max = max;
+            self
+        }
+
+        /// The least time of one update's window (not zero).
+        pub const fn window(mut self, window: Duration) -> Self {
+            self.bounds.window = window;
+            self
+        }
+    };
+}
+
 /// The gradient limit's settings (see the [module](self)); the defaults are Netflix's
 /// Gradient2 where it has one (initial 20, max 200, smoothing 0.2), but a minimum of 1, not
 /// 20 (a limit per endpoint of a client must fit a replica that serves one request at a
@@ -194,29 +223,7 @@ impl Gradient {
         }
     }
 
-    /// The limit an endpoint starts with, and starts over with when it is rebuilt.
-    pub const fn initial(mut self, initial: u32) -> Self {
-        self.bounds.initial = initial;
-        self
-    }
-
-    /// The least limit (at least 1).
-    pub const fn min(mut self, min: u32) -> Self {
-        self.bounds.min = min;
-        self
-    }
-
-    /// The largest limit.
-    pub const fn max(mut self, max: u32) -> Self {
-        self.bounds.max = max;
-        self
-    }
-
-    /// The least time of one update's window (not zero).
-    pub const fn window(mut self, window: Duration) -> Self {
-        self.bounds.window = window;
-        self
-    }
+    bounds_setters!();
 
     /// The latency, in multiples of the no-load latency, under which the limit grows (at
     /// least 1, finite).
@@ -283,29 +290,7 @@ impl Aimd {
         }
     }
 
-    /// The limit an endpoint starts with, and starts over with when it is rebuilt.
-    pub const fn initial(mut self, initial: u32) -> Self {
-        self.bounds.initial = initial;
-        self
-    }
-
-    /// The least limit (at least 1).
-    pub const fn min(mut self, min: u32) -> Self {
-        self.bounds.min = min;
-        self
-    }
-
-    /// The largest limit.
-    pub const fn max(mut self, max: u32) -> Self {
-        self.bounds.max = max;
-        self
-    }
-
-    /// The least time of one update's window (not zero).
-    pub const fn window(mut self, window: Duration) -> Self {
-        self.bounds.window = window;
-        self
-    }
+    bounds_setters!();
 
     /// The factor of a decrease, in `(0, 1)`.
     pub const fn backoff(mut self, backoff: f64) -> Self {

@@ -138,19 +138,9 @@ mod tests {
         assert_eq!(decide(Err(&reset)), Decision::RETRY);
     }
 
-    /// The error a full queue that sheds answers: its only slot held, the pool not ready.
+    /// The error a full queue that sheds answers.
     async fn overloaded() -> BoxError {
-        use tower::ServiceExt;
-        let (mock, _control) = portcullis_test::pool::pair::<&str, u16, &str, &str>();
-        let (_discovery, stream) = portcullis_test::discovery::channel();
-        let queue = crate::pool::PoolQueue::builder()
-            .capacity(1)
-            .shed_when_full(true)
-            .build(mock, stream)
-            .unwrap();
-        let mut holder = queue.clone();
-        holder.ready().await.unwrap();
-        queue.oneshot("shed").await.unwrap_err()
+        portcullis_test::pool::overloaded_error().await
     }
 
     /// A wrapper of the kind a transport puts around what failed below it.

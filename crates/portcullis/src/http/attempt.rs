@@ -218,17 +218,7 @@ mod tests {
     /// the method.
     #[tokio::test(start_paused = true)]
     async fn a_request_a_full_queue_shed_is_not_retried_even_with_refusals_opted_in() {
-        use tower::ServiceExt;
-        let (mock, _control) = portcullis_test::pool::pair::<&str, u16, &str, &str>();
-        let (_discovery, stream) = portcullis_test::discovery::channel();
-        let queue = crate::pool::PoolQueue::builder()
-            .capacity(1)
-            .shed_when_full(true)
-            .build(mock, stream)
-            .unwrap();
-        let mut holder = queue.clone();
-        holder.ready().await.unwrap();
-        let shed = queue.oneshot("shed").await.unwrap_err();
+        let shed = portcullis_test::pool::overloaded_error().await;
         assert!(shed.is::<crate::pool::Overloaded>(), "{shed}");
         let reset: BoxError = "connection reset".into();
         let get = Request::get("/").body(()).unwrap();
