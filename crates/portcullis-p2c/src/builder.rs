@@ -295,6 +295,13 @@ impl P2cPoolBuilder {
         K: Hash + Eq + Clone,
         M: MakeEndpoint<K, T>,
     {
+        let (settings, rng) = self.settings()?;
+        Ok(P2cPool::from_parts(maker, settings, classify, rng))
+    }
+
+    /// Every setting checked, and the random source as seeded: what a pool of this crate is
+    /// built from ([`P2cPool`], [`HashPool`](crate::hash::HashPool)).
+    pub(crate) fn settings(&self) -> Result<(Settings, SmallRng), BuildError> {
         let backoff = rebuild_backoff(self.backoff_base, self.backoff_max)?;
         let health = self.check_health()?;
         let rng = match self.seed {
@@ -311,7 +318,7 @@ impl P2cPoolBuilder {
             seed: self.seed,
             limit,
         };
-        Ok(P2cPool::from_parts(maker, settings, classify, rng))
+        Ok((settings, rng))
     }
 
     fn check_health(&self) -> Result<HealthConfig, BuildError> {

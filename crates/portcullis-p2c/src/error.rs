@@ -94,6 +94,14 @@ pub enum BuildError {
     /// ([`max_in_flight`](crate::P2cPoolBuilder::max_in_flight),
     /// [`adaptive_limit`](crate::P2cPoolBuilder::adaptive_limit)); the error says which setting.
     InvalidLimit(crate::limit::LimitError),
+    /// A hash pool's bound or table that cannot work: an ε that is not positive and finite,
+    /// or a table size that is not a prime.
+    InvalidHash {
+        /// The configured ε.
+        epsilon: f64,
+        /// The configured table size.
+        table_size: usize,
+    },
     /// A subset of zero endpoints.
     InvalidSubset {
         /// The configured subset size.
@@ -141,6 +149,14 @@ impl fmt::Display for BuildError {
                  and finite, min_weight_percent {min_weight_percent}% within 1..=100"
             ),
             BuildError::InvalidLimit(error) => write!(f, "p2c pool limit: {error}"),
+            BuildError::InvalidHash {
+                epsilon,
+                table_size,
+            } => write!(
+                f,
+                "hash pool: epsilon {epsilon} must be positive and finite, table_size \
+                 {table_size} a prime"
+            ),
             BuildError::InvalidSubset { size } => {
                 write!(f, "subsetting: subset size {size} must be at least 1")
             }

@@ -73,6 +73,7 @@ pub mod classify;
 pub mod error;
 pub mod failure;
 mod future;
+pub mod hash;
 pub mod health;
 pub mod limit;
 pub mod load;

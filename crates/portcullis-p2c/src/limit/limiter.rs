@@ -25,9 +25,25 @@ const STALE_WINDOWS: u32 = 10;
 pub(crate) struct LimitWake {
     waker: AtomicWaker,
     waiting: AtomicBool,
+    /// The pool's requests in flight in all, where the pool asks for them (a hash pool's
+    /// bound on each endpoint's load); `None` costs nothing.
+    total: Option<AtomicU64>,
 }
 
 impl LimitWake {
+    /// One that also counts the pool's requests in flight in all.
+    pub(crate) fn counting() -> Self {
+        Self {
+            total: Some(AtomicU64::new(0)),
+            ..Self::default()
+        }
+    }
+
+    /// The pool's requests in flight in all, if counted.
+    pub(crate) fn total(&self) -> Option<u64> {
+        self.total.as_ref().map(|t| t.load(Ordering::Relaxed))
+    }
+
     /// The pool found every candidate at its limit: wake `waker` when one finishes. The pool
     /// looks again after this, so a request that finished in between is not missed.
     pub(crate) fn wait(&self, waker: &Waker) {
@@ -120,6 +136,9 @@ impl Limiter {
     /// Counts a request in.
     pub(crate) fn call(self: &Arc<Self>) -> InFlight {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(total) = &self.wake.total {
+            total.fetch_add(1, Ordering::Relaxed);
+        }
         let (called_us, epoch) = match &self.learner {
             Some(learner) => {
                 learner.saw_in_flight(now);
@@ -150,6 +169,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let limiter = &*self.limiter;
         limiter.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if let Some(total) = &limiter.wake.total {
+            total.fetch_sub(1, Ordering::Relaxed);
+        }
         if let (Some(learner), Some(called_us)) = (&limiter.learner, self.called_us.checked_sub(1))
         {
             let now_us = learner.micros_since_origin(Instant::now());

@@ -167,6 +167,35 @@ where
         self.limit.is_some()
     }
 
+    /// Counts the pool's requests in flight in all, for a hash pool's bounded loads: called
+    /// once, before any endpoint is built.
+    pub(crate) fn count_total_in_flight(&mut self) {
+        self.limit_wake = Arc::new(LimitWake::counting());
+    }
+
+    /// Every key the cache knows, with its weight from the maker (at least 1), in insertion
+    /// order: the members of a hash pool's table.
+    pub(crate) fn members(&self) -> impl Iterator<Item = (&K, u32)> {
+        self.targets
+            .iter()
+            .map(|(key, known)| (key, self.maker.weight(key, &known.target).max(1)))
+    }
+
+    /// The position of `key`'s endpoint in the ready set if it is a candidate now (ready, and
+    /// healthy or in panic mode).
+    pub(crate) fn candidate_position(&self, key: &K) -> Option<usize>
+    where
+        K: Hash + Eq,
+    {
+        let pos = self.ready.position(key)?;
+        (pos < self.candidates()).then_some(pos)
+    }
+
+    /// Requests in flight on the ready endpoint at `pos`, where they are counted.
+    pub(crate) fn in_flight_at(&self, pos: usize) -> Option<u32> {
+        Some(self.ready.slot(pos)?.limit.as_deref()?.in_flight())
+    }
+
     /// What the pool waits on when every candidate is at its limit.
     pub(crate) fn limit_wake(&self) -> &LimitWake {
         &self.limit_wake

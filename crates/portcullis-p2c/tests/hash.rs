@@ -1,0 +1,178 @@
+//! `HashPool`: consistent hashing with bounded loads, over simulated replicas in paused time.
+
+use portcullis_p2c::hash::{hash_key, HashPool};
+use portcullis_p2c::{make, BuildError, MakeEndpoint, P2cPool};
+use portcullis_pool::{Pool, Update};
+use portcullis_test::fleet::{Fleet, FleetEndpoint};
+use tokio_test::{assert_ready_ok, task};
+use tower::Service;
+
+/// A request: its key, or none.
+type Req = Option<u64>;
+
+type Pool_<M> = HashPool<u32, u32, make::PendingRequestsMaker<M>, Req>;
+
+/// A hash pool over replicas `0..n` of `fleet`, seeded `seed` (for keyless requests only).
+fn pool(
+    fleet: &Fleet,
+    n: u32,
+    epsilon: f64,
+    seed: u64,
+) -> Pool_<impl MakeEndpoint<u32, u32, Endpoint = FleetEndpoint<Req>>> {
+    let mut pool = HashPool::builder()
+        .pool(P2cPool::builder().seed(seed))
+        .epsilon(epsilon)
+        .build(make::pending_requests(fleet.maker::<Req>()), |req: &Req| {
+            req.map(|key| hash_key(&key))
+        })
+        .unwrap();
+    pool.update_pool(Update::Reset((0..n).map(|k| (k, 0)).collect()));
+    let mut t = task::spawn(());
+    assert_ready_ok!(t.enter(|cx, _| pool.poll_pool(cx)));
+    pool
+}
+
+/// Routes `req` and returns the replica that took it; its response future is kept in `held`
+/// (a request in flight, as long as the replica hangs).
+/// Response futures kept in flight.
+type Held = Vec<Box<dyn std::any::Any>>;
+
+fn route<M>(pool: &mut Pool_<M>, req: Req, held: &mut Held) -> u32
+where
+    M: MakeEndpoint<u32, u32, Endpoint = FleetEndpoint<Req>>,
+{
+    let mut t = task::spawn(());
+    assert_ready_ok!(t.enter(|cx, _| pool.poll_ready_for(cx, &req)));
+    let replica = *pool.chosen().expect("an endpoint is reserved");
+    held.push(Box::new(pool.call(req)));
+    replica
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_goes_to_the_same_endpoint_in_every_pool() {
+    let fleet = Fleet::new();
+    let (mut a, mut b) = (pool(&fleet, 10, 0.25, 1), pool(&fleet, 10, 0.25, 2));
+    for key in 0..1_000u64 {
+        let mut held = Held::new();
+        let first = route(&mut a, Some(key), &mut held);
+        drop(held);
+        let mut held = Held::new();
+        assert_eq!(route(&mut b, Some(key), &mut held), first, "key {key}");
+        drop(held);
+        let mut held = Held::new();
+        assert_eq!(
+            route(&mut a, Some(key), &mut held),
+            first,
+            "key {key} again"
+        );
+    }
+    assert_eq!(a.hash_metrics().snapshot().home, 2_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bounded_loads_cap_every_endpoint_and_move_only_the_excess() {
+    let fleet = Fleet::new();
+    let mut pool = pool(&fleet, 10, 0.25, 1);
+    for key in 0..10 {
+        fleet.control(key).set_hang(true);
+    }
+    // Half the requests for one hot key, the rest over 100 keys.
+    let mut held = Held::new();
+    let hot_home = route(&mut pool, Some(7), &mut held);
+    for i in 1..1_000u64 {
+        let key = if i % 2 == 0 { 7 } else { 1_000 + i % 100 };
+        route(&mut pool, Some(key), &mut held);
+        let total: usize = (0..10).map(|k| fleet.control(k).in_flight()).sum();
+        let bound = (1.25 * total as f64 / 10.0).ceil() as usize;
+        for k in 0..10 {
+            let load = fleet.control(k).in_flight();
+            assert!(
+                load <= bound,
+                "replica {k}: {load} in flight, bound {bound} of {total}"
+            );
+        }
+    }
+    // The hot key's home is full, not more; the overflow went on along the key's sequence.
+    assert_eq!(fleet.control(hot_home).in_flight(), 125);
+    let counts = pool.hash_metrics().snapshot();
+    assert!(
+        counts.over_bound > 0 && counts.over_bound == counts.diverted,
+        "{counts:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unready_endpoint_is_skipped_and_its_keys_come_back() {
+    let fleet = Fleet::new();
+    let mut pool = pool(&fleet, 10, 0.25, 1);
+    // One request at a time, each answered (dropped) before the next: no load to bound.
+    let one = |pool: &mut Pool_<_>, key: u64| route(pool, Some(key), &mut Held::new());
+    let homes: Vec<u32> = (0..200).map(|key| one(&mut pool, key)).collect();
+    let down = homes[0];
+    fleet.control(down).set_ready(false);
+    for (key, &home) in homes.iter().enumerate() {
+        let now = one(&mut pool, key as u64);
+        if home == down {
+            assert_ne!(now, down, "key {key} still sent to the unready replica");
+        } else {
+            assert_eq!(now, home, "key {key} moved, though its replica is ready");
+        }
+    }
+    fleet.control(down).set_ready(true);
+    let mut t = task::spawn(());
+    let _ = t.enter(|cx, _| pool.poll_pool(cx));
+    for (key, &home) in homes.iter().enumerate() {
+        assert_eq!(one(&mut pool, key as u64), home, "key {key}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_an_endpoint_moves_about_its_share_of_keys() {
+    let fleet = Fleet::new();
+    let mut pool = pool(&fleet, 100, 0.25, 1);
+    let keys: Vec<u64> = (0..100_000u64).map(|k| hash_key(&k)).collect();
+    let before: Vec<u32> = keys.iter().map(|&h| *pool.home_of(h).unwrap()).collect();
+    pool.update_pool(Update::Remove(vec![42]));
+    let after: Vec<u32> = keys.iter().map(|&h| *pool.home_of(h).unwrap()).collect();
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    let share = moved as f64 / keys.len() as f64;
+    // Its own 1 %, and a few others' (Maglev refills the freed slots, and a little more).
+    let own = before.iter().filter(|&&b| b == 42).count() as f64 / keys.len() as f64;
+    assert!(
+        share >= own && share <= 0.01 + 0.02,
+        "moved {share:.4}, its own {own:.4}"
+    );
+    eprintln!("moved {share:.4} of the keys, its own {own:.4}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_without_a_key_is_served() {
+    let fleet = Fleet::new();
+    let mut pool = pool(&fleet, 3, 0.25, 1);
+    let mut held = Held::new();
+    for _ in 0..30 {
+        route(&mut pool, None, &mut held);
+    }
+    assert_eq!(pool.hash_metrics().snapshot().keyless, 30);
+    assert_eq!(fleet.total_calls(), 30);
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused() {
+    let maker = |_: &u32, _: &()| {
+        tower::load::Constant::new(
+            tower::service_fn(|_: Req| async { Ok::<_, std::io::Error>(()) }),
+            0,
+        )
+    };
+    for (epsilon, size) in [(0.0, 65_537), (f64::NAN, 65_537), (0.25, 65_536), (0.25, 1)] {
+        let built = HashPool::builder()
+            .epsilon(epsilon)
+            .table_size(size)
+            .build::<u32, (), _, Req>(maker, |req: &Req| *req);
+        assert!(
+            matches!(built, Err(BuildError::InvalidHash { .. })),
+            "{epsilon} {size}"
+        );
+    }
+}
