@@ -164,6 +164,22 @@ fn main() {
                 let builder = P2cPool::builder().adaptive_limit(limit);
                 pick_with(builder, maker, endpoints, requests).await
             }
+            "pick-hash" => {
+                let mut pool = portcullis_p2c::hash::HashPool::builder()
+                    .build(
+                        make::pending_requests(|_: &usize, _: &()| Echo),
+                        |req: &u64| Some(portcullis_p2c::hash::hash_key(req)),
+                    )
+                    .unwrap();
+                pool.update_pool(Update::Reset((0..endpoints).map(|k| (k, ())).collect()));
+                std::future::poll_fn(|cx| pool.poll_pool(cx)).await.unwrap();
+                for i in 0..requests {
+                    std::future::poll_fn(|cx| pool.poll_ready_for(cx, &i))
+                        .await
+                        .unwrap();
+                    assert_eq!(pool.call(i).await.unwrap(), i);
+                }
+            }
             "pick-tower-ewma" => {
                 let maker = |_: &usize, _: &()| tower_ewma(Echo);
                 pick(maker, endpoints, requests).await

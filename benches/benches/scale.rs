@@ -47,6 +47,23 @@ use tower::{Service, ServiceExt};
 
 const CAPACITY: usize = 1024;
 
+/// ns per request of `requests` requests through `pool`, each picked for itself
+/// ([`Pool::poll_ready_for`], as a `PoolQueue` picks): a hash pool's pick needs the request.
+async fn one_task_for<P>(pool: &mut P, requests: u64) -> f64
+where
+    P: Pool<usize, (), u64, Response = u64>,
+    P::Error: std::fmt::Debug,
+{
+    let start = Instant::now();
+    for i in 0..requests {
+        std::future::poll_fn(|cx| pool.poll_ready_for(cx, &i))
+            .await
+            .unwrap();
+        black_box(pool.call(i).await.unwrap());
+    }
+    start.elapsed().as_nanos() as f64 / requests as f64
+}
+
 /// ns per request of `requests` requests, one after another, through `svc` on this task.
 async fn one_task<S>(svc: &mut S, requests: u64) -> f64
 where
@@ -148,6 +165,23 @@ fn pick(config: &Config) {
         make::peak_ewma(|_: &usize, _: &()| WaitOnce),
         10,
     ));
+    // Consistent hashing with bounded loads over the same endpoints: each request its own key.
+    let mut hashed = rt.block_on(async {
+        let mut pool = portcullis_p2c::hash::HashPool::builder()
+            .build(
+                make::pending_requests(|_: &usize, _: &()| Echo),
+                |req: &u64| Some(portcullis_p2c::hash::hash_key(req)),
+            )
+            .unwrap();
+        pool.update_pool(Update::Reset((0..10).map(|k| (k, ())).collect()));
+        std::future::poll_fn(|cx| pool.poll_pool(cx)).await.unwrap();
+        pool
+    });
+    let mut pending_for = rt.block_on(ready_pool(
+        P2cPool::builder(),
+        make::pending_requests(|_: &usize, _: &()| Echo),
+        10,
+    ));
     let mut stacks: Vec<(&str, Runner<'_>)> = vec![
         (
             "P2cPool + make::pending_requests",
@@ -182,6 +216,14 @@ fn pick(config: &Config) {
             Box::new(|n| rt.block_on(one_task(&mut balance_ewma_waits, n))),
         ),
         (
+            "P2cPool + make::pending_requests, picked per request (poll_ready_for)",
+            Box::new(|n| rt.block_on(one_task_for(&mut pending_for, n))),
+        ),
+        (
+            "HashPool (bounded loads) + make::pending_requests, picked per request",
+            Box::new(|n| rt.block_on(one_task_for(&mut hashed, n))),
+        ),
+        (
             "P2cPool + make::peak_ewma + max_in_flight, responses that wait once",
             Box::new(|n| rt.block_on(one_task(&mut ewma_fixed, n))),
         ),
@@ -211,7 +253,17 @@ fn pick(config: &Config) {
             spread(&ratios, 2)
         );
     }
-    for (what, limited) in [("a fixed limit", 8), ("an adaptive limit", 9)] {
+    let ratios: Vec<f64> = ns[9].iter().zip(&ns[8]).map(|(a, b)| a / b).collect();
+    println!(
+        "\nTarget: a HashPool pick ≤ 2× a P2cPool pick (pending requests, each picked per request): {}×, {}",
+        spread(&ratios, 2),
+        if median(ratios) <= 2.0 {
+            "met"
+        } else {
+            "**missed**"
+        }
+    );
+    for (what, limited) in [("a fixed limit", 10), ("an adaptive limit", 11)] {
         let ratios: Vec<f64> = ns[limited].iter().zip(&ns[6]).map(|(a, b)| a / b).collect();
         println!(
             "\nTarget: P2cPool + peak_ewma with {what} ≤ 1.3× without, responses that wait once: {}×, {}",

@@ -99,7 +99,10 @@ where
         let output = match state.as_mut().project() {
             StateProj::Called { future } => {
                 let result = ready!(future.poll(cx));
-                if this.record.is_some() || this.limit.is_some() {
+                // A limit that does not learn needs no outcome: it counts the request out when
+                // the future is dropped.
+                let learns = this.limit.as_ref().is_some_and(|l| l.in_flight.learns());
+                if this.record.is_some() || learns {
                     finish(this.record.take(), this.limit.take(), &result);
                 }
                 result.map_err(Into::into)

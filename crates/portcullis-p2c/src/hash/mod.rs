@@ -59,9 +59,57 @@ use tracing::{debug, trace};
 /// assert_eq!(hash_key(&"user-7"), hash_key(&String::from("user-7")));
 /// ```
 pub fn hash_key<T: Hash + ?Sized>(key: &T) -> u64 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+    let mut hasher = KeyHasher::default();
     key.hash(&mut hasher);
     hasher.finish()
+}
+
+/// Collects what a key writes, and hashes it whole with XXH3: the same hash as streaming the
+/// bytes through XXH3, without its state's set-up for the short keys requests carry (up to
+/// [`KeyHasher::INLINE`] bytes on the stack).
+struct KeyHasher {
+    inline: [u8; KeyHasher::INLINE],
+    len: usize,
+    spilled: Option<Vec<u8>>,
+}
+
+impl KeyHasher {
+    const INLINE: usize = 64;
+}
+
+impl Default for KeyHasher {
+    fn default() -> Self {
+        Self {
+            inline: [0; Self::INLINE],
+            len: 0,
+            spilled: None,
+        }
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(spilled) = &mut self.spilled {
+            spilled.extend_from_slice(bytes);
+            return;
+        }
+        let end = self.len + bytes.len();
+        if end <= Self::INLINE {
+            self.inline[self.len..end].copy_from_slice(bytes);
+            self.len = end;
+        } else {
+            let mut spilled = self.inline[..self.len].to_vec();
+            spilled.extend_from_slice(bytes);
+            self.spilled = Some(spilled);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        match &self.spilled {
+            Some(bytes) => xxhash_rust::xxh3::xxh3_64(bytes),
+            None => xxhash_rust::xxh3::xxh3_64(&self.inline[..self.len]),
+        }
+    }
 }
 
 /// XXH3 (64 bits) of `bytes`: a key's hash from its bytes as they are (a header's value).
@@ -175,7 +223,10 @@ impl HashPoolBuilder {
 }
 
 fn is_prime(n: usize) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// Consistent hashing with bounded loads over endpoints that discovery keeps current: see the
@@ -379,25 +430,23 @@ where
     /// first candidate with room (the bound is a preference, not a reason to wait).
     fn pick(&self, hash: u64) -> Pick {
         let bound = self.bound();
+        // The key's own endpoint first, without building its sequence: the common case.
+        if let Some(chosen) = self.table.lookup(hash).and_then(|m| self.usable(m, bound)) {
+            return Pick::Found {
+                chosen,
+                home: true,
+                over_bound: false,
+            };
+        }
         let mut first_with_room = None;
-        for (step, member) in self.table.sequence(hash).enumerate() {
-            let Some(key) = self.members.get(member) else {
+        for member in self.table.sequence(hash) {
+            let Some((chosen, load)) = self.with_room(member) else {
                 continue;
             };
-            let Some(pos) = self.endpoints.candidate_position(key) else {
-                continue;
-            };
-            if !self.endpoints.has_room(pos) {
-                continue;
-            }
-            let Some((_, chosen, _)) = self.endpoints.get_ready(pos) else {
-                continue;
-            };
-            let load = u64::from(self.endpoints.in_flight_at(pos).unwrap_or(0));
             if load < bound {
                 return Pick::Found {
                     chosen,
-                    home: step == 0,
+                    home: false,
                     over_bound: first_with_room.is_some(),
                 };
             }
@@ -411,6 +460,24 @@ where
             },
             None => Pick::None,
         }
+    }
+
+    /// The table's `member` if it is a candidate with room, and its requests in flight.
+    fn with_room(&self, member: usize) -> Option<(ReadyRef, u64)> {
+        let key = self.members.get(member)?;
+        let pos = self.endpoints.candidate_position(key)?;
+        if !self.endpoints.has_room(pos) {
+            return None;
+        }
+        let (_, chosen, _) = self.endpoints.get_ready(pos)?;
+        let load = u64::from(self.endpoints.in_flight_at(pos).unwrap_or(0));
+        Some((chosen, load))
+    }
+
+    /// The table's `member` if it is a candidate with room under `bound`.
+    fn usable(&self, member: usize, bound: u64) -> Option<ReadyRef> {
+        let (chosen, load) = self.with_room(member)?;
+        (load < bound).then_some(chosen)
     }
 
     /// A keyless request's pick: the less loaded of two random candidates with room.

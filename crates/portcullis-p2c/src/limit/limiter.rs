@@ -159,6 +159,12 @@ impl Limiter {
 }
 
 impl InFlight {
+    /// Whether its limit learns, and so wants to know how the request ended.
+    #[inline]
+    pub(crate) fn learns(&self) -> bool {
+        self.called_us != 0
+    }
+
     /// The request ended this way (rather than being dropped unfinished).
     pub(crate) fn finished(mut self, outcome: Outcome) {
         self.outcome = outcome;
