@@ -176,3 +176,17 @@ fn settings_that_cannot_work_are_refused() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn as_a_bare_service_the_pick_is_made_in_call_by_the_key() {
+    use tower::ServiceExt;
+    let fleet = Fleet::new();
+    let mut pool = pool(&fleet, 10, 0.25, 1);
+    let mut held = Held::new();
+    let home = route(&mut pool, Some(5), &mut held);
+    drop(held);
+    for _ in 0..5 {
+        let (replica, _) = (&mut pool).oneshot(Some(5)).await.unwrap();
+        assert_eq!(replica, home);
+    }
+}
