@@ -190,3 +190,30 @@ async fn as_a_bare_service_the_pick_is_made_in_call_by_the_key() {
         assert_eq!(replica, home);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn behind_a_pool_queue_every_request_goes_to_its_keys_endpoint() {
+    use tower::ServiceExt;
+    for direct in [true, false] {
+        let fleet = Fleet::new();
+        let pool = pool(&fleet, 10, 0.25, 1);
+        let (_updates, discovery) = portcullis_test::discovery::channel::<u32, u32>();
+        let queue = portcullis_pool::PoolQueue::builder()
+            .direct_dispatch(direct)
+            .build(pool, discovery)
+            .unwrap();
+        let mut homes = std::collections::HashMap::new();
+        for round in 0..3 {
+            for key in 0..100u64 {
+                let (replica, _) = queue.clone().oneshot(Some(key)).await.unwrap();
+                let home = *homes.entry(key).or_insert(replica);
+                assert_eq!(replica, home, "key {key}, round {round}, direct {direct}");
+            }
+        }
+        let distinct: std::collections::HashSet<_> = homes.values().collect();
+        assert!(
+            distinct.len() >= 8,
+            "100 keys over 10 replicas: {distinct:?}"
+        );
+    }
+}

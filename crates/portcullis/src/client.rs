@@ -341,3 +341,14 @@ pub(crate) use shared_accessors;
 pub(crate) fn default_pool() -> P2cPoolBuilder {
     P2cPoolBuilder::default().consecutive_failures(P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES)
 }
+
+/// A hash pool's key from a request's header `name` (the HTTP client's and the gRPC channel's
+/// helpers: `http::hash_header`, `grpc::hash_metadata`).
+pub(crate) fn header_key<B>(
+    name: http::header::HeaderName,
+) -> impl Fn(&http::Request<B>) -> Option<u64> + Send + Sync + Clone + 'static {
+    move |request: &http::Request<B>| {
+        let value = request.headers().get(&name)?;
+        Some(crate::p2c::hash::hash_bytes(value.as_bytes()))
+    }
+}

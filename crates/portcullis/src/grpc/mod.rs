@@ -287,6 +287,30 @@ fn note_not_replayed(
     Response::from_parts(parts, body)
 }
 
+/// A [`HashPool`](crate::p2c::hash::HashPool)'s key for a gRPC call: XXH3 of its metadata
+/// value `key` (as it goes on the wire: a `-bin` key's base64 text), or `None` without one.
+/// Calls with the same value go to the same endpoint, in every process. A `key` that is no
+/// metadata key is refused.
+///
+/// ```
+/// use portcullis::grpc::hash_metadata;
+///
+/// assert!(hash_metadata::<()>("not a key").is_err());
+/// let key = hash_metadata("tenant")?;
+/// let call = http::Request::post("/pkg.Svc/Get").header("tenant", "acme").body(()).unwrap();
+/// assert_eq!(key(&call), Some(portcullis::p2c::hash::hash_bytes(b"acme")));
+/// # Ok::<(), http::header::InvalidHeaderName>(())
+/// ```
+pub fn hash_metadata<B>(
+    key: &str,
+) -> Result<
+    impl Fn(&http::Request<B>) -> Option<u64> + Send + Sync + Clone + 'static,
+    http::header::InvalidHeaderName,
+> {
+    let name = http::header::HeaderName::from_bytes(key.as_bytes())?;
+    Ok(crate::client::header_key(name))
+}
+
 /// The status a generated client gives its caller for a failed call, the error as its source.
 fn status_from(error: BoxError, limit: usize) -> BoxError {
     if error.is::<Status>() {

@@ -266,6 +266,26 @@ pub fn status_for_error(error: &BoxError) -> http::StatusCode {
     }
 }
 
+/// A [`HashPool`](crate::p2c::hash::HashPool)'s key for a request: XXH3 of the value of its
+/// header `name` (its bytes as sent), or `None` (no key: any endpoint) without one. Requests
+/// with the same value go to the same endpoint, in every process.
+///
+/// ```
+/// use portcullis::http::hash_header;
+///
+/// let key = hash_header(http::header::HeaderName::from_static("x-user"));
+/// let a = http::Request::get("/").header("x-user", "7").body(()).unwrap();
+/// let b = http::Request::get("/other").header("x-user", "7").body(()).unwrap();
+/// let none = http::Request::get("/").body(()).unwrap();
+/// assert_eq!(key(&a), key(&b));
+/// assert!(key(&a).is_some() && key(&none).is_none());
+/// ```
+pub fn hash_header<B>(
+    name: http::header::HeaderName,
+) -> impl Fn(&Request<B>) -> Option<u64> + Send + Sync + Clone + 'static {
+    client::header_key(name)
+}
+
 /// The future a [`Client`]'s call returns.
 pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send + 'static>>;
