@@ -217,3 +217,95 @@ async fn behind_a_pool_queue_every_request_goes_to_its_keys_endpoint() {
         );
     }
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// A request of this key, kept in flight.
+        Send(u64),
+        /// The oldest requests in flight end.
+        Finish(usize),
+        /// A replica turns unready or ready.
+        Ready(u32, bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..50u64).prop_map(Op::Send),
+            1 => (1..20usize).prop_map(Op::Finish),
+            1 => (0..6u32, any::<bool>()).prop_map(|(k, r)| Op::Ready(k, r)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+        /// Whatever the keys and the replicas' readiness: a request goes to a ready replica,
+        /// no ready replica has more than the bound, and a key whose own replica is ready and
+        /// under the bound goes there.
+        #[test]
+        fn every_request_goes_to_a_ready_replica_under_the_bound(
+            ops in proptest::collection::vec(op(), 1..200),
+            epsilon in prop_oneof![Just(0.1), Just(0.25), Just(1.0)],
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let fleet = Fleet::new();
+                for k in 0..6 {
+                    fleet.control(k).set_hang(true);
+                }
+                let mut pool = pool(&fleet, 6, epsilon, 1);
+                let mut held: std::collections::VecDeque<Box<dyn std::any::Any>> =
+                    Default::default();
+                for op in ops {
+                    match op {
+                        Op::Send(key) => {
+                            let ready: Vec<u32> =
+                                (0..6).filter(|&k| fleet.control(k).is_ready()).collect();
+                            if ready.is_empty() {
+                                continue;
+                            }
+                            let loads: Vec<usize> =
+                                (0..6).map(|k| fleet.control(k).in_flight()).collect();
+                            let home = *pool.home_of(hash_key(&key)).unwrap();
+                            // The bound as the pool reckons it: over the endpoints it holds
+                            // ready (one that turned unready counts until the pick finds out).
+                            let total = loads.iter().sum::<usize>() + 1;
+                            let bound = |ready: usize| {
+                                ((1.0 + epsilon) * total as f64 / ready.max(1) as f64).ceil() as usize
+                            };
+                            let before = bound(Pool::endpoints(&pool).ready);
+                            let mut t = task::spawn(());
+                            let poll = t.enter(|cx, _| pool.poll_ready_for(cx, &Some(key)));
+                            prop_assert!(matches!(poll, std::task::Poll::Ready(Ok(()))));
+                            let after = bound(Pool::endpoints(&pool).ready);
+                            let chosen = *pool.chosen().unwrap();
+                            prop_assert!(fleet.control(chosen).is_ready(), "sent to unready {chosen}");
+                            let load = loads[chosen as usize];
+                            prop_assert!(load < before.max(after), "{chosen} at {load}, bound {before}/{after}");
+                            let home_load = loads[home as usize];
+                            if fleet.control(home).is_ready() && home_load < before.min(after) {
+                                prop_assert_eq!(chosen, home, "key {} not at its home", key);
+                            }
+                            held.push_back(Box::new(pool.call(Some(key))));
+                        }
+                        Op::Finish(n) => {
+                            for _ in 0..n.min(held.len()) {
+                                held.pop_front();
+                            }
+                        }
+                        Op::Ready(k, ready) => fleet.control(k).set_ready(ready),
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+}

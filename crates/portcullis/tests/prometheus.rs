@@ -548,6 +548,7 @@ struct EveryKind {
     shared: share::SharedClientsMetrics,
     file: discovery::DiscoveryMetrics,
     hedge: retry::hedge::HedgeMetrics,
+    hash: p2c::hash::HashMetrics,
 }
 
 fn every_kind() -> EveryKind {
@@ -587,6 +588,15 @@ fn every_kind() -> EveryKind {
             }))
             .unwrap()
             .metrics(),
+        hash: p2c::hash::HashPool::builder()
+            .build(
+                portcullis::p2c::make::pending_requests(|_: &&'static str, _: &()| {
+                    service_fn(|_: u32| async { Ok::<_, Infallible>(()) })
+                }),
+                |req: &u32| Some(p2c::hash::hash_key(req)),
+            )
+            .unwrap()
+            .hash_metrics(),
     }
 }
 
@@ -604,6 +614,7 @@ fn register_every_kind(prefixes: &[&str]) -> (Registry, Vec<String>) {
         prometheus::register_share(r, prefix, kinds.shared.clone()).unwrap();
         prometheus::register_discovery(r, prefix, kinds.file.clone()).unwrap();
         prometheus::register_hedge(r, prefix, kinds.hedge.clone()).unwrap();
+        prometheus::register_hash(r, prefix, kinds.hash.clone()).unwrap();
     }
     let mut described = Described(Vec::new());
     kinds.each_snapshot(&mut described);
@@ -624,6 +635,7 @@ impl EveryKind {
         to.each(&self.shared.snapshot());
         to.each(&self.file.snapshot());
         to.each(&self.hedge.snapshot());
+        to.each(&self.hash.snapshot());
     }
 }
 

@@ -290,6 +290,39 @@ pub struct HashSnapshot {
     pub rebuilds: u64,
 }
 
+impl portcullis_pool::families::Describe for HashSnapshot {
+    const PIECE: &'static str = "hash";
+
+    fn describe(&self, out: &mut dyn FnMut(portcullis_pool::families::Family<'_>)) {
+        use portcullis_pool::families::Family;
+        out(Family::counter(
+            "home",
+            "Requests sent to their key's own endpoint.",
+            self.home,
+        ));
+        out(Family::counter(
+            "diverted",
+            "Requests sent on along their key's sequence (their endpoint unready, ejected, at its limit or over the load bound).",
+            self.diverted,
+        ));
+        out(Family::counter(
+            "over_bound",
+            "Requests the bound on loads sent on.",
+            self.over_bound,
+        ));
+        out(Family::counter(
+            "keyless",
+            "Requests without a key.",
+            self.keyless,
+        ));
+        out(Family::counter(
+            "rebuilds",
+            "Times the table was rebuilt after the endpoints changed.",
+            self.rebuilds,
+        ));
+    }
+}
+
 impl HashMetrics {
     /// Copies the current values.
     pub fn snapshot(&self) -> HashSnapshot {

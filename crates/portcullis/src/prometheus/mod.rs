@@ -41,6 +41,7 @@
 //! | --- | --- | --- | --- |
 //! | [`register_pool_queue`] | [`PoolQueueMetrics`] | [`PoolQueueSnapshot`] | `pool_queue` |
 //! | [`register_p2c`] | [`P2cMetrics`] | [`P2cSnapshot`] | `p2c` |
+//! | [`register_hash`] | [`HashMetrics`] | [`HashSnapshot`] | `hash` |
 //! | [`register_retry`] | [`RetryMetrics`] | [`RetrySnapshot`] | `retry` |
 //! | [`register_hedge`] | [`HedgeMetrics`] | [`HedgeSnapshot`] | `hedge` |
 //! | [`register_fanout`] | [`FanOutMetrics`] | [`FanOutSnapshot`] | `fanout` |
@@ -105,6 +106,7 @@ mod encode;
 
 use crate::discovery::{DiscoveryMetrics, DiscoverySnapshot};
 use crate::fanout::{FanOutMetrics, FanOutSnapshot};
+use crate::p2c::hash::{HashMetrics, HashSnapshot};
 use crate::p2c::{P2cMetrics, P2cSnapshot};
 use crate::pool::families::Describe;
 use crate::pool::{PoolQueueMetrics, PoolQueueSnapshot};
@@ -164,6 +166,12 @@ pieces! {
     /// Encodes a [`P2cPool`](crate::p2c::P2cPool)'s metrics (from
     /// [`P2cPool::metrics`](crate::p2c::P2cPool::metrics)) on every scrape.
     P2cCollector = register_p2c(P2cMetrics) -> P2cSnapshot;
+
+    /// Encodes a [`HashPool`](crate::p2c::hash::HashPool)'s own counts (from
+    /// [`HashPool::hash_metrics`](crate::p2c::hash::HashPool::hash_metrics)) on every scrape:
+    /// requests home, sent on, over the bound, keyless. Its pool's metrics are a
+    /// [`P2cCollector`]'s ([`HashPool::metrics`](crate::p2c::hash::HashPool::metrics)).
+    HashCollector = register_hash(HashMetrics) -> HashSnapshot;
 
     /// Encodes a [`RetryLayer`](crate::retry::RetryLayer)'s metrics (from
     /// [`RetryLayer::metrics`](crate::retry::RetryLayer::metrics)) on every scrape.
