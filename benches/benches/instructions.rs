@@ -22,6 +22,8 @@
 //!   `pick-pending` (P2cPool + our `make::pending_requests`), `pick-ewma` (P2cPool + our
 //!   `make::peak_ewma`), `pick-ewma-fixed` and `pick-ewma-adaptive` (the same with a
 //!   `max_in_flight` that does not bind, and with `adaptive_limit(Gradient::new())`),
+//!   `pick-hash` (a `HashPool` over `make::pending_requests`, each request its own key, picked
+//!   for it with `Pool::poll_ready_for`),
 //!   `pick-tower-ewma` (P2cPool + tower's `PeakEwma`, made by a closure),
 //!   `balance-pending` and `balance-ewma` (tower's p2c `Balance` + its `PendingRequests` or
 //!   `PeakEwma`, no Buffer);

@@ -25,6 +25,35 @@
 //! identifies it with [`hash_key`] or [`hash_bytes`] (XXH3, a hash with a specification), so that
 //! every process, whatever its version of this crate, places a key on the same endpoint. The
 //! facade has helpers for an HTTP header and a gRPC metadata key.
+//!
+//! ```
+//! use futures_util::StreamExt;
+//! use portcullis_p2c::hash::{hash_key, HashPool};
+//! use portcullis_p2c::make;
+//! use portcullis_pool::{PoolQueue, Update};
+//! use tower::{service_fn, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), portcullis_p2c::BoxError> {
+//! // Three shards, each answering with its name; a request is a user id, its own key.
+//! let pool = HashPool::builder().build(
+//!     make::pending_requests(|shard: &&'static str, _: &()| {
+//!         let shard = *shard;
+//!         service_fn(move |user: u64| async move { Ok::<_, std::io::Error>((shard, user)) })
+//!     }),
+//!     |user: &u64| Some(hash_key(user)),
+//! )?;
+//! let shards = Update::Reset(vec![("a", ()), ("b", ()), ("c", ())]);
+//! let discovery = futures_util::stream::iter([Ok::<_, std::io::Error>(shards)])
+//!     .chain(futures_util::stream::pending());
+//! let queue = PoolQueue::builder().build(pool, discovery)?;
+//! let (shard, _) = queue.clone().oneshot(7).await?;
+//! for _ in 0..10 {
+//!     assert_eq!(queue.clone().oneshot(7).await?.0, shard, "user 7 stays on its shard");
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 mod maglev;
 
