@@ -1,7 +1,7 @@
 //! [`HashPool`]: consistent hashing with bounded loads. Requests for the same key go to the
 //! same endpoint (a cache's, a shard's), as long as that endpoint is ready and not overloaded.
 //!
-//! - **Where a key goes**: a [Maglev](maglev) table over every endpoint the pool knows (ready or
+//! - **Where a key goes**: a Maglev table (Eisenbud et al., NSDI 2016) over every endpoint the pool knows (ready or
 //!   not, so that an endpoint's slots stay its own while it is down), 65,537 slots by default,
 //!   each endpoint owning slots in proportion to its weight. A key's hash picks a slot, and so
 //!   an endpoint; a change of endpoints moves about the share of keys the endpoint had.
@@ -11,11 +11,11 @@
 //!   next endpoint along the key's own sequence of the table, so a hot key overflows to the
 //!   same few endpoints each time, and only its excess moves. ε is 0.25 by default.
 //! - **Unready, ejected, at its limit**: skipped along the same sequence, as an overloaded one
-//!   is. Everything [`P2cPoolBuilder`](crate::P2cPoolBuilder) sets applies (ejection, panic
+//!   is. Everything [`P2cPoolBuilder`] sets applies (ejection, panic
 //!   mode, slow start's weights do not: the table's weights are the maker's), as does a limit
 //!   on requests in flight.
 //! - **A request without a key** goes to the least loaded of two random candidates, as a
-//!   [`P2cPool`](crate::P2cPool) would send it.
+//!   [`P2cPool`] would send it.
 //!
 //! Behind a [`PoolQueue`](portcullis_pool::PoolQueue), the pick is made for the request it is
 //! for ([`Pool::poll_ready_for`]). As a bare `Service`, `poll_ready` readies the pool and `call`
@@ -67,6 +67,8 @@ use crate::make::MakeEndpoint;
 use crate::metrics::{OwnedGauges, P2cMetrics};
 use crate::ready_cache::{ReadyCache, ReadyRef};
 use crate::{BoxError, BuildError, P2cPoolBuilder};
+#[cfg(doc)]
+use crate::P2cPool;
 use portcullis_pool::{EndpointCounts, Pool, Update};
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -182,7 +184,7 @@ impl HashPoolBuilder {
         }
     }
 
-    /// The settings a [`P2cPool`](crate::P2cPool) has (rebuild backoff, ejection, panic mode,
+    /// The settings a [`P2cPool`] has (rebuild backoff, ejection, panic mode,
     /// a limit on requests in flight, the seed of the random source for keyless requests).
     pub fn pool(mut self, pool: P2cPoolBuilder) -> Self {
         self.pool = pool;
