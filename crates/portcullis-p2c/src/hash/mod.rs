@@ -66,9 +66,9 @@ use crate::limit::LimitConfig;
 use crate::make::MakeEndpoint;
 use crate::metrics::{OwnedGauges, P2cMetrics};
 use crate::ready_cache::{ReadyCache, ReadyRef};
-use crate::{BoxError, BuildError, P2cPoolBuilder};
 #[cfg(doc)]
 use crate::P2cPool;
+use crate::{BoxError, BuildError, P2cPoolBuilder};
 use portcullis_pool::{EndpointCounts, Pool, Update};
 use rand::rngs::SmallRng;
 use rand::Rng;
