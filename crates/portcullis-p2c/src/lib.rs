@@ -92,5 +92,14 @@ pub use metrics::{EndpointLimit, P2cMetrics, P2cSnapshot};
 pub use ready_cache::EndpointState;
 pub use service::{P2cPool, TriedIn};
 
+/// SplitMix64's output function: spreads the bits of a `u64` (a hash, a counter), for the
+/// hash table's walks and the adaptive limit's probe jitter.
+pub(crate) fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The boxed error the pool returns: an endpoint's error, or one of [`error`]'s types.
 pub use portcullis_pool::BoxError;

@@ -195,13 +195,8 @@ impl Seen {
     }
 }
 
-/// splitmix64's finalizer: spreads a hash's bits, so that the two walks of a member differ.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+/// Spreads a hash's bits, so that the two walks of a member differ.
+use crate::splitmix64 as mix;
 
 #[cfg(test)]
 mod tests {

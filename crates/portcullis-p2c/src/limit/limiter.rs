@@ -228,17 +228,24 @@ struct Estimate {
 impl Learner {
     fn new(config: AdaptiveLimit, id: u64) -> Self {
         let (initial, ..) = config.bounds();
-        let estimate = Estimate {
+        let mut estimate = Estimate {
             limit: f64::from(initial),
             probing: None,
             next_probe: 0,
             rng: id ^ 0x9e37_79b9_7f4a_7c15,
         };
+        let window_us = micros(config.window());
+        // The first window, whose end starts a gradient limit's first probe, lasts one to three
+        // windows, drawn per endpoint: endpoints built together do not all probe at once.
+        let first = match config {
+            AdaptiveLimit::Gradient(_) => (window_us as f64 * 2.0 * estimate.unit()) as u64,
+            AdaptiveLimit::Aimd(_) => 0,
+        };
         Self {
             config,
             origin: Instant::now(),
-            window_us: micros(config.window()),
-            window_start: AtomicU64::new(0),
+            window_us,
+            window_start: AtomicU64::new(first),
             sum_us: AtomicU64::new(0),
             samples: AtomicU32::new(0),
             drops: AtomicU32::new(0),
@@ -357,8 +364,10 @@ impl Learner {
             return before;
         }
         if no_load == 0.0 {
-            // No no-load latency yet: the endpoint's first window ends in a probe.
-            return self.start_probe(estimate, g, min);
+            // No no-load latency yet: the endpoint's first window ends in a probe, at the least
+            // limit: the limit it started from says nothing of the replica's concurrency, and a
+            // probe above it would measure a queue as the no-load latency.
+            return self.start_probe(estimate, min);
         }
         let no_load = no_load.min(mean);
         self.no_load_us.store(no_load.to_bits(), Ordering::Relaxed);
@@ -375,19 +384,21 @@ impl Learner {
             limit + g.smoothing * limit.sqrt()
         };
         if now_us >= estimate.next_probe {
-            return self.start_probe(estimate, g, min);
+            let share = (estimate.limit / (2.0 * g.tolerance)).floor().max(min);
+            return self.start_probe(estimate, share);
         }
         estimate.limit
     }
 
-    /// Starts a probe of the no-load latency: for its window the limit is `limit / (2 ×
-    /// tolerance)` (the limit settles near `tolerance ×` the replica's concurrency, so this is
-    /// about half of it: no queue forms in the replica, and half its capacity still serves),
-    /// and only the requests called in the window count.
-    fn start_probe(&self, estimate: &mut Estimate, g: super::Gradient, min: f64) -> f64 {
+    /// Starts a probe of the no-load latency: for its window the limit is `limit` (the first
+    /// probe's, `min`; a later one's, `limit / (2 × tolerance)`: the limit settles near
+    /// `tolerance ×` the replica's concurrency, so this is about half of it, where no queue
+    /// forms in the replica and half its capacity still serves), and only the requests called
+    /// in the window count.
+    fn start_probe(&self, estimate: &mut Estimate, limit: f64) -> f64 {
         estimate.probing = Some(estimate.limit);
         self.epoch.fetch_add(1, Ordering::Relaxed);
-        (estimate.limit / (2.0 * g.tolerance)).floor().max(min)
+        limit
     }
 }
 
@@ -403,13 +414,14 @@ struct Window {
 impl Estimate {
     /// The time to the next probe: the interval, less up to [`PROBE_JITTER`] of it.
     fn probe_delay(&mut self, interval: Duration) -> u64 {
+        (micros(interval) as f64 * (1.0 - PROBE_JITTER * self.unit())) as u64
+    }
+
+    /// A number in `[0, 1)` from the jitter's source.
+    fn unit(&mut self) -> f64 {
         self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
-        (micros(interval) as f64 * (1.0 - PROBE_JITTER * unit)) as u64
+        let z = crate::splitmix64(self.rng);
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

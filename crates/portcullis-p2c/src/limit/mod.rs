@@ -28,18 +28,21 @@
 //! whichever response future closed it (without waiting: the others add to the next window).
 //!
 //! - **[`Gradient`]** (the default, after Netflix's Gradient2 and Envoy's adaptive concurrency
-//!   filter) compares the window's mean round-trip time with the endpoint's *no-load* time
-//!   (the least window mean seen): `gradient = clamp(tolerance × no_load / mean, 0.5, 1)`, and
-//!   moves the limit `smoothing` of the way to `limit × gradient + √limit`. While the replica
-//!   keeps up, the mean stays within the tolerance and the limit grows by about `√limit` per
-//!   window; once requests queue inside it, the mean grows with the queue and the limit falls
-//!   back, so it settles where the replica's latency is `tolerance` times its no-load latency:
-//!   near the replica's true concurrency. A window in which fewer than half the limit were in
-//!   flight does not grow the limit (it says nothing about more). A replica that becomes
-//!   *faster* lowers the no-load time at once; one that becomes slower is found by a *probe*
-//!   every `probe_interval` (less up to 15 %, at random): for one window the limit drops to a
-//!   quarter, so the replica's own queue drains, and that window's mean is the new no-load
-//!   time. (Envoy's filter probes the same way, down to a fixed concurrency of 3.)
+//!   filter) compares the window's mean round-trip time with the endpoint's *no-load* time:
+//!   `gradient = clamp(tolerance × no_load / mean, 0.5, 1)`. Below 1 (requests queue inside the
+//!   replica) the limit goes at once to `limit × gradient + 1`; at 1 it grows by
+//!   `smoothing × √limit` per window in which at least 80 % of it was in flight (a limit far
+//!   above what is used says nothing about the replica). So it settles where the replica's
+//!   latency is `tolerance` times its no-load latency: near the replica's true concurrency.
+//!   The no-load time is the least window mean seen, and a *probe* measures it afresh: for one
+//!   window the limit drops, so the replica's own queue drains, and that window's mean, over
+//!   the requests called in it, is the new no-load time; a replica that became slower is found
+//!   so. The first probe ends the endpoint's first window (one to three windows long, drawn per
+//!   endpoint, so that endpoints built together do not probe at once) and goes down to `min`:
+//!   the initial limit says nothing of the replica's concurrency. Later ones come every
+//!   `probe_interval` (less up to 15 %, at random, as Envoy's jitter) and go down to
+//!   `limit / (2 × tolerance)`, about half the concurrency the limit settles near. (Envoy's
+//!   filter probes the same way, down to a fixed concurrency of 3.)
 //! - **[`Aimd`]** (additive increase, multiplicative decrease): one more per window in which
 //!   the endpoint reached its limit; times `backoff` after a window with a *drop*: a failure, a
 //!   response slower than `latency_threshold`, or a response future dropped unfinished after
