@@ -60,8 +60,8 @@ mod maglev;
 use self::maglev::Table;
 use crate::builder::Settings;
 use crate::classify::{ClassifyResponse, ErrorsOnly};
-use crate::error::{EndpointGone, NotReady};
-use crate::future::{Limited, ResponseFuture};
+use crate::error::NotReady;
+use crate::future::ResponseFuture;
 use crate::limit::LimitConfig;
 use crate::make::MakeEndpoint;
 use crate::metrics::{OwnedGauges, P2cMetrics};
@@ -636,21 +636,7 @@ where
         let Some(chosen) = self.chosen.take() else {
             return ResponseFuture::failed(NotReady::new());
         };
-        match self.endpoints.get_mut(chosen) {
-            Some((key, svc, outcomes, limiter)) => {
-                trace!(?key, "dispatching request by its key");
-                let record = outcomes.map(|outcomes| outcomes.recorder(self.classify.clone()));
-                let limit = limiter.map(|limiter| Limited {
-                    classify: self.classify.clone(),
-                    in_flight: limiter.call(),
-                });
-                ResponseFuture::called(svc.call(req), record, limit)
-            }
-            None => {
-                debug!(id = chosen.id(), "chosen endpoint removed before call");
-                ResponseFuture::failed(EndpointGone::new())
-            }
-        }
+        self.endpoints.dispatch(chosen, req, &self.classify)
     }
 }
 

@@ -45,6 +45,8 @@ use indexmap::IndexMap;
 /// seeded per process) rather than SipHash: an endpoint moves between them on every request
 /// when the fleet is at its concurrency limits, each move a hash or two.
 pub(super) type Map<K, V> = IndexMap<K, V, foldhash::fast::RandomState>;
+use crate::error::EndpointGone;
+use crate::future::{Limited, ResponseFuture};
 use portcullis_pool::backoff::ExponentialBackoff;
 use portcullis_pool::EndpointCounts;
 use std::fmt;
@@ -52,6 +54,8 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::task::Context;
 use tokio::time::Instant;
+use tower_service::Service;
+use tracing::{debug, trace};
 
 /// Where an endpoint of a [`P2cPool`](crate::P2cPool) is in its life, as told by
 /// [`P2cPool::endpoint_state`](crate::P2cPool::endpoint_state).
@@ -330,6 +334,38 @@ where
     /// The outcomes of the ready endpoint at `pos`, if the pool records them.
     pub(crate) fn outcomes_at(&self, pos: usize) -> Option<&Outcomes> {
         self.ready.slot(pos)?.outcomes.as_deref()
+    }
+
+    /// Calls the endpoint `r` refers to with `req`: its outcome recorded for its health and
+    /// counted against its limit where the pool does either (`classify` judges its response);
+    /// a typed error if discovery removed or replaced it since it was reserved.
+    pub(crate) fn dispatch<Req, C>(
+        &mut self,
+        r: ReadyRef,
+        req: Req,
+        classify: &C,
+    ) -> ResponseFuture<<M::Endpoint as Service<Req>>::Future, C>
+    where
+        K: Hash + Eq + fmt::Debug,
+        M::Endpoint: Service<Req>,
+        C: Clone,
+    {
+        match self.get_mut(r) {
+            Some((key, svc, outcomes, limiter)) => {
+                trace!(?key, "dispatching request");
+                let record = outcomes.map(|outcomes| outcomes.recorder(classify.clone()));
+                // Counted in before the call, so a future that completes at once counts out.
+                let limit = limiter.map(|limiter| Limited {
+                    classify: classify.clone(),
+                    in_flight: limiter.call(),
+                });
+                ResponseFuture::called(svc.call(req), record, limit)
+            }
+            None => {
+                debug!(id = r.id(), "chosen endpoint removed before call");
+                ResponseFuture::failed(EndpointGone::new())
+            }
+        }
     }
 
     /// The endpoint `r` refers to, if it is still in the ready set, and its outcomes.

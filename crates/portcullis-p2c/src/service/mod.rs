@@ -5,8 +5,10 @@ mod pick;
 
 use crate::builder::Settings;
 use crate::classify::{ClassifyResponse, ErrorsOnly};
-use crate::error::{EndpointGone, NotReady};
-use crate::future::{Limited, ResponseFuture};
+#[cfg(any(test, doc))]
+use crate::error::EndpointGone;
+use crate::error::NotReady;
+use crate::future::ResponseFuture;
 use crate::limit::{AdaptiveLimit, LimitConfig};
 use crate::make::MakeEndpoint;
 use crate::metrics::{OwnedGauges, P2cMetrics};
@@ -322,22 +324,7 @@ where
         if let Some(tried) = self.tried.and_then(|tried| tried(&req)) {
             tried.record(chosen.id());
         }
-        match self.endpoints.get_mut(chosen) {
-            Some((key, svc, outcomes, limiter)) => {
-                trace!(?key, "dispatching request");
-                let record = outcomes.map(|outcomes| outcomes.recorder(self.classify.clone()));
-                // Counted in before the call, so a future that completes at once counts out.
-                let limit = limiter.map(|limiter| Limited {
-                    classify: self.classify.clone(),
-                    in_flight: limiter.call(),
-                });
-                ResponseFuture::called(svc.call(req), record, limit)
-            }
-            None => {
-                debug!(id = chosen.id(), "chosen endpoint removed before call");
-                ResponseFuture::failed(EndpointGone::new())
-            }
-        }
+        self.endpoints.dispatch(chosen, req, &self.classify)
     }
 }
 
