@@ -319,15 +319,7 @@ async fn a_request_a_full_queue_shed_is_never_retried_even_with_refusals_opted_i
 /// retried, the `Overloaded` kept as the `RetryError`'s inner error.
 #[tokio::test(start_paused = true)]
 async fn retry_over_a_full_shedding_queue_gives_up_at_once_with_overloaded() {
-    let (mock, control) = pool::pair::<&'static str, u16, &'static str, &'static str>();
-    let (_discovery, stream) = discovery::channel();
-    let queue: Queue = PoolQueue::builder()
-        .capacity(1)
-        .shed_when_full(true)
-        .build(mock, stream)
-        .unwrap();
-    let mut holder = queue.clone();
-    holder.ready().await.unwrap();
+    let (queue, _holder, control) = pool::full_shedding_queue().await.unwrap();
     let layer = support::three_attempts_10ms_apart()
         .build_layer(portcullis_retry::classify::classify_fn(
             |_: &&'static str, result: Result<&&'static str, &BoxError>| match result {

@@ -441,11 +441,37 @@ impl<Rsp> fmt::Debug for MockResponse<Rsp> {
     }
 }
 
+/// The queue of [`full_shedding_queue`]: requests and responses are `&'static str`.
+pub type FullQueue = portcullis_pool::PoolQueue<&'static str, MockResponse<&'static str>>;
+
+/// A [`PoolQueue`](portcullis_pool::PoolQueue) that sheds and is full: capacity 1,
+/// `shed_when_full`, over a mock pool that is never ready (its control, third, counts calls),
+/// its one slot held by the second handle, polled ready and never called. Every call through
+/// the first is shed with [`Overloaded`](portcullis_pool::Overloaded) while the second is kept.
+/// Call it inside a tokio runtime: the queue spawns its worker.
+#[allow(clippy::type_complexity)] // three named types read more plainly than an alias
+pub async fn full_shedding_queue() -> Result<
+    (
+        FullQueue,
+        FullQueue,
+        PoolControl<&'static str, u16, &'static str, &'static str>,
+    ),
+    BoxError,
+> {
+    let (pool, control) = pair::<&'static str, u16, &'static str, &'static str>();
+    let (_updates, discovery) = crate::discovery::channel();
+    let queue = portcullis_pool::PoolQueue::builder()
+        .capacity(1)
+        .shed_when_full(true)
+        .build(pool, discovery)?;
+    let mut holder = queue.clone();
+    std::future::poll_fn(|cx| holder.poll_ready(cx)).await?;
+    Ok((queue, holder, control))
+}
+
 /// The error a full [`PoolQueue`](portcullis_pool::PoolQueue) that sheds answers
-/// ([`Overloaded`](portcullis_pool::Overloaded)), made by one: a queue of capacity 1 with
-/// `shed_when_full`, over a mock pool that is never ready, whose one slot a handle polled ready
-/// holds. For the tests of what handles it (classifiers, clients). Call it inside a tokio
-/// runtime: the queue spawns its worker.
+/// ([`Overloaded`](portcullis_pool::Overloaded)), made by one ([`full_shedding_queue`]). For
+/// the tests of what handles it (classifiers, clients). Call it inside a tokio runtime.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -455,21 +481,12 @@ impl<Rsp> fmt::Debug for MockResponse<Rsp> {
 /// # }
 /// ```
 pub async fn overloaded_error() -> BoxError {
-    let (pool, _control) = pair::<&'static str, u16, &'static str, &'static str>();
-    let (_updates, discovery) = crate::discovery::channel();
-    let built = portcullis_pool::PoolQueue::builder()
-        .capacity(1)
-        .shed_when_full(true)
-        .build(pool, discovery);
-    let mut queue = match built {
-        Ok(queue) => queue,
-        Err(error) => return Box::new(error),
+    let (mut queue, _holder, _control) = match full_shedding_queue().await {
+        Ok(full) => full,
+        Err(error) => return error,
     };
-    let mut holder = queue.clone();
-    for handle in [&mut holder, &mut queue] {
-        if let Err(error) = std::future::poll_fn(|cx| handle.poll_ready(cx)).await {
-            return error;
-        }
+    if let Err(error) = std::future::poll_fn(|cx| queue.poll_ready(cx)).await {
+        return error;
     }
     match queue.call("shed").await {
         Ok(response) => format!("a full queue answered {response}").into(),

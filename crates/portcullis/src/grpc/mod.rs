@@ -362,26 +362,9 @@ fn find<'a, E: std::error::Error + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::PoolQueue;
     use crate::retry::classify::predicate;
     use crate::retry::Retry;
     use tower::{Layer, ServiceExt};
-
-    type Queue = PoolQueue<&'static str, portcullis_test::pool::MockResponse<&'static str>>;
-
-    /// A shedding queue of capacity 1 whose only slot is held: every call through it is shed.
-    async fn full_queue() -> (Queue, Queue) {
-        let (mock, _control) = portcullis_test::pool::pair::<&str, u16, &str, &str>();
-        let (_discovery, stream) = portcullis_test::discovery::channel();
-        let queue: Queue = PoolQueue::builder()
-            .capacity(1)
-            .shed_when_full(true)
-            .build(mock, stream)
-            .unwrap();
-        let mut holder = queue.clone();
-        holder.ready().await.unwrap();
-        (queue, holder)
-    }
 
     fn status(error: BoxError) -> Status {
         *status_from(error, 0)
@@ -391,7 +374,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_shed_call_is_resource_exhausted_bare_or_inside_the_retry_s_error() {
-        let (queue, _holder) = full_queue().await;
+        let (queue, _holder, _control) =
+            portcullis_test::pool::full_shedding_queue().await.unwrap();
         let bare = queue.clone().oneshot("a").await.unwrap_err();
         let retry = Retry::builder()
             .build_layer(predicate(|_: Result<&&str, &BoxError>| false))
