@@ -6,7 +6,7 @@
 
 mod support;
 
-use portcullis_pool::{PoolFailed, PoolQueue, Update, UpdateKind, WorkerGone};
+use portcullis_pool::{PoolFailed, PoolQueue, PoolQueueBuilder, Update, UpdateKind, WorkerGone};
 use portcullis_test::{discovery, pool};
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,6 +170,14 @@ async fn with_direct_dispatch_off_every_request_goes_through_the_worker() {
     control.set_ready(true);
     assert_pending!(worker.poll());
     assert!(!queue.direct_dispatch(), "the queue answers its setting");
+    const { assert!(PoolQueueBuilder::DEFAULT_DIRECT_DISPATCH) };
+    let layer = |builder: PoolQueueBuilder| {
+        builder
+            .build_layer::<&str, _>(|| discovery::scripted::<&str, u16>(Vec::new()))
+            .unwrap()
+    };
+    assert!(layer(PoolQueue::builder()).direct_dispatch());
+    assert!(!layer(PoolQueue::builder().direct_dispatch(false)).direct_dispatch());
 
     let mut response = Caller::new(&queue).send("a");
     assert_eq!(control.calls(), 0, "not called by the caller");

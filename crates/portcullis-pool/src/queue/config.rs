@@ -55,6 +55,8 @@ impl PoolQueueBuilder {
     pub const DEFAULT_CAPACITY: usize = 100;
     /// The default [`failfast_timeout`](Self::failfast_timeout).
     pub const DEFAULT_FAILFAST_TIMEOUT: Duration = Duration::from_secs(3);
+    /// The default [`direct_dispatch`](Self::direct_dispatch): on.
+    pub const DEFAULT_DIRECT_DISPATCH: bool = true;
     /// The default [`shed_when_full`](Self::shed_when_full): off, a full queue makes its
     /// callers wait.
     pub const DEFAULT_SHED_WHEN_FULL: bool = false;
@@ -66,7 +68,7 @@ impl PoolQueueBuilder {
         Self {
             capacity: Self::DEFAULT_CAPACITY,
             failfast_timeout: Self::DEFAULT_FAILFAST_TIMEOUT,
-            direct_dispatch: true,
+            direct_dispatch: Self::DEFAULT_DIRECT_DISPATCH,
             shed_when_full: Self::DEFAULT_SHED_WHEN_FULL,
         }
     }
@@ -85,7 +87,8 @@ impl PoolQueueBuilder {
     }
 
     /// Whether a caller that finds nothing queued and an endpoint ready at once may call the
-    /// pool itself, without the hand-off to the worker (on by default). Every contract of the
+    /// pool itself, without the hand-off to the worker (on by default,
+    /// [`DEFAULT_DIRECT_DISPATCH`](Self::DEFAULT_DIRECT_DISPATCH)). Every contract of the
     /// queue holds either way (FIFO, capacity, failfast, terminal errors, cancellation,
     /// spans); the module documentation of `queue` says how. Off, every request goes through
     /// the worker, as a `tower::buffer::Buffer` does.

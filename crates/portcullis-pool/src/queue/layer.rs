@@ -40,6 +40,12 @@ impl<Req, MkD> PoolQueueLayer<Req, MkD> {
         self.config.failfast_timeout
     }
 
+    /// Whether the queues it builds let a caller dispatch directly
+    /// ([`PoolQueueBuilder::direct_dispatch`](super::PoolQueueBuilder::direct_dispatch)).
+    pub const fn direct_dispatch(&self) -> bool {
+        self.config.direct_dispatch
+    }
+
     /// Whether each queue this layer builds sheds a request at once when it is full
     /// ([`PoolQueueBuilder::shed_when_full`](super::PoolQueueBuilder::shed_when_full)).
     pub const fn shed_when_full(&self) -> bool {
