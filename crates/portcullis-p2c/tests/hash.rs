@@ -309,3 +309,31 @@ mod properties {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_set_on_a_hash_pool_is_published_and_none_is_not() {
+    let fleet = Fleet::new();
+    let limited = |limit: Option<u32>| {
+        let builder = match limit {
+            Some(max) => P2cPool::builder().max_in_flight(max),
+            None => P2cPool::builder(),
+        };
+        let mut pool = HashPool::builder()
+            .pool(builder)
+            .build(make::pending_requests(fleet.maker::<Req>()), |req: &Req| {
+                *req
+            })
+            .unwrap();
+        pool.update_pool(Update::Reset((0..3).map(|k| (k, 0)).collect()));
+        let mut t = task::spawn(());
+        assert_ready_ok!(t.enter(|cx, _| pool.poll_pool(cx)));
+        pool.metrics().snapshot().endpoint_limits
+    };
+    let published = limited(Some(4));
+    assert_eq!(published.len(), 3);
+    assert!(published.iter().all(|e| e.limit == 4), "{published:?}");
+    assert!(
+        limited(None).is_empty(),
+        "a count with no limit is not a limit"
+    );
+}

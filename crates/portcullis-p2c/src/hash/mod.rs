@@ -417,6 +417,9 @@ where
             metrics.clone(),
         );
         endpoints.count_total_in_flight();
+        if settings.limit.is_none() {
+            endpoints.unpublished_limits();
+        }
         Self {
             endpoints,
             classify,
@@ -590,6 +593,7 @@ where
     /// same turn; pending when none along its sequence is a ready candidate with room.
     fn poll_pick(&mut self, cx: &mut Context<'_>, hash: Option<u64>) -> Poll<Result<(), BoxError>> {
         self.endpoints.drive::<Req>(cx);
+        self.endpoints.publish_limiters();
         self.refresh_table();
         // Bounded: each try that fails moves an endpoint out of the ready set.
         for _ in 0..=self.members.len() {
@@ -657,6 +661,7 @@ where
     /// here instead, for the request it is for ([`Pool::poll_ready_for`]).
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.endpoints.drive::<Req>(cx);
+        self.endpoints.publish_limiters();
         self.refresh_table();
         if self.endpoints.candidates() > 0 {
             self.chosen = None;
@@ -696,11 +701,13 @@ where
         update.apply_to(&mut self.endpoints);
         self.metrics.0.update_applied(kind);
         self.endpoints.sync_gauges();
+        self.endpoints.publish_limiters();
         self.stale = true;
     }
 
     fn poll_pool(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.endpoints.drive::<Req>(cx);
+        self.endpoints.publish_limiters();
         if self.endpoints.is_settled() {
             Poll::Ready(Ok(()))
         } else {

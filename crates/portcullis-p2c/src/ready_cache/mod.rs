@@ -104,6 +104,8 @@ where
     limit_wake: Arc<LimitWake>,
     /// Whether the ready set changed since the pool last published its limiters.
     limiters_changed: bool,
+    /// Whether the limiters are published (they are limits the user set).
+    publish_limits: bool,
 }
 
 /// A key the cache knows: its target and its health, which outlive any one build of its
@@ -116,6 +118,16 @@ struct Known<T> {
     /// The limiter of the key's endpoint instance, which a return from pending keeps and a
     /// rebuild (a new instance) replaces.
     limiter: Option<Arc<Limiter>>,
+}
+
+/// An endpoint's key as a metric's label: as its `Debug` writes it, without the quotes around
+/// a string.
+fn key_text(key: &impl fmt::Debug) -> String {
+    let text = format!("{key:?}");
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) => inner.to_owned(),
+        None => text,
+    }
 }
 
 /// A chosen endpoint, for its call: its key, the endpoint, and its outcomes if the pool
@@ -156,6 +168,7 @@ where
             limit,
             limit_wake: Arc::default(),
             limiters_changed: false,
+            publish_limits: limit.is_some(),
         }
     }
 
@@ -175,6 +188,12 @@ where
     /// once, before any endpoint is built.
     pub(crate) fn count_total_in_flight(&mut self) {
         self.limit_wake = Arc::new(LimitWake::counting());
+    }
+
+    /// The limiters count requests in flight only (a hash pool's, with no limit set): their
+    /// limit, never reached, is not published.
+    pub(crate) fn unpublished_limits(&mut self) {
+        self.publish_limits = false;
     }
 
     /// Every key the cache knows, with its weight from the maker (at least 1), in insertion
@@ -219,23 +238,30 @@ where
         !self.limited() || self.ready.find(r).is_none_or(|pos| self.has_room(pos))
     }
 
-    /// Whether the ready set changed since the limiters were last published.
+    /// Hands the metrics each ready endpoint's limiter, after a change to the ready set (for
+    /// `p2c_endpoint_limit{endpoint}`): cheap when nothing changed.
     #[inline]
-    pub(crate) fn limiters_changed(&self) -> bool {
-        self.limiters_changed
+    pub(crate) fn publish_limiters(&mut self)
+    where
+        K: fmt::Debug,
+    {
+        if self.limiters_changed {
+            self.publish_changed_limiters();
+        }
     }
 
-    /// Each ready endpoint's key and limiter, if the ready set changed since this was last
-    /// asked (and the pool limits requests in flight).
-    pub(crate) fn changed_limiters(&mut self) -> Option<impl Iterator<Item = (&K, &Arc<Limiter>)>> {
-        if !std::mem::take(&mut self.limiters_changed) {
-            return None;
-        }
-        Some(
-            self.ready
-                .iter()
-                .filter_map(|(key, slot)| Some((key, slot.limit.as_ref()?))),
-        )
+    #[inline(never)]
+    fn publish_changed_limiters(&mut self)
+    where
+        K: fmt::Debug,
+    {
+        self.limiters_changed = false;
+        let limiters = self
+            .ready
+            .iter()
+            .filter_map(|(key, slot)| Some((key_text(key), Arc::downgrade(slot.limit.as_ref()?))))
+            .collect();
+        self.metrics.set_limiters(limiters);
     }
 
     pub(crate) fn health(&self) -> &HealthConfig {
@@ -418,14 +444,14 @@ where
             ramp_from,
             limit,
         };
-        self.limiters_changed |= self.limit.is_some();
+        self.limiters_changed |= self.publish_limits;
         self.ready.insert(key, ep, !ejected);
     }
 
     /// Takes the ready endpoint at `pos` out of the ready set, and out of the weights' counts.
     fn take_ready_at(&mut self, pos: usize) -> Option<(K, Slot<M::Endpoint>)> {
         let (key, ep, healthy) = self.ready.take(pos)?;
-        self.limiters_changed |= self.limit.is_some();
+        self.limiters_changed |= self.publish_limits;
         self.weights
             .count_out(ep.weight, ep.ramp_from.is_some(), healthy);
         Some((key, ep))

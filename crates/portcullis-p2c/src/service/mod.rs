@@ -21,7 +21,6 @@ use rand::rngs::SmallRng;
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::load::Load;
@@ -240,40 +239,6 @@ where
     }
 }
 
-impl<K, T, M, Req, C> P2cPool<K, T, M, Req, C>
-where
-    K: Hash + Eq + Clone + fmt::Debug,
-    M: MakeEndpoint<K, T>,
-{
-    /// Hands the metrics the ready endpoints' limiters, after a change to the ready set.
-    #[inline]
-    fn publish_limiters(&mut self) {
-        if self.endpoints.limiters_changed() {
-            self.publish_changed_limiters();
-        }
-    }
-
-    #[inline(never)]
-    fn publish_changed_limiters(&mut self) {
-        if let Some(limiters) = self.endpoints.changed_limiters() {
-            let limiters = limiters
-                .map(|(key, limiter)| (key_text(key), Arc::downgrade(limiter)))
-                .collect();
-            self.metrics.0.set_limiters(limiters);
-        }
-    }
-}
-
-/// An endpoint's key as a metric's label: as its `Debug` writes it, without the quotes around
-/// a string.
-fn key_text(key: &impl fmt::Debug) -> String {
-    let text = format!("{key:?}");
-    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        Some(inner) => inner.to_owned(),
-        None => text,
-    }
-}
-
 impl<K, T, M, Req, C> Service<Req> for P2cPool<K, T, M, Req, C>
 where
     K: Hash + Eq + Clone + fmt::Debug,
@@ -288,7 +253,7 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.endpoints.drive::<Req>(cx);
-        self.publish_limiters();
+        self.endpoints.publish_limiters();
         loop {
             // Whatever was chosen is polled again right here, so the endpoint is known ready
             // in the same task turn as the `call` that follows.
@@ -343,12 +308,12 @@ where
         update.apply_to(&mut self.endpoints);
         self.metrics.0.update_applied(kind);
         self.endpoints.sync_gauges();
-        self.publish_limiters();
+        self.endpoints.publish_limiters();
     }
 
     fn poll_pool(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.endpoints.drive::<Req>(cx);
-        self.publish_limiters();
+        self.endpoints.publish_limiters();
         if self.endpoints.is_settled() {
             Poll::Ready(Ok(()))
         } else {
@@ -365,7 +330,7 @@ where
             return self.poll_ready(cx);
         }
         self.endpoints.drive::<Req>(cx);
-        self.publish_limiters();
+        self.endpoints.publish_limiters();
         loop {
             if let Some(chosen) = self.chosen.take() {
                 // A reservation made for another request keeps only if this one may use it.
