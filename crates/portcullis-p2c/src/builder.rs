@@ -5,6 +5,7 @@ use crate::error::BuildError;
 use crate::health::{FailurePercentage, HealthConfig, SlowStart};
 use crate::limit::{AdaptiveLimit, LimitConfig};
 use crate::make::MakeEndpoint;
+use crate::zone::ZoneAware;
 use crate::P2cPool;
 use portcullis_pool::backoff::ExponentialBackoff;
 use rand::rngs::SmallRng;
@@ -76,6 +77,7 @@ pub struct P2cPoolBuilder {
     /// Window, aggression, minimum weight in percent.
     slow_start: Option<(Duration, f64, u8)>,
     limit: Option<LimitConfig>,
+    zone: Option<ZoneAware>,
 }
 
 impl Default for P2cPoolBuilder {
@@ -143,6 +145,7 @@ impl P2cPoolBuilder {
             panic_threshold: Self::DEFAULT_PANIC_THRESHOLD,
             slow_start: None,
             limit: None,
+            zone: None,
         }
     }
 }
@@ -247,6 +250,17 @@ impl P2cPoolBuilder {
         self
     }
 
+    /// Routes by zone: prefers the endpoints in the local zone, spills to the others by
+    /// Envoy's rule when the local zone is short, and falls back to all zones when it cannot
+    /// serve; each endpoint's zone comes from the maker ([`make::zoned`](crate::make::zoned)).
+    /// Off by default; see the [`zone`](crate::zone) module. An empty local zone is refused at
+    /// [`build`](Self::build), as is the setting on a [`HashPool`](crate::hash::HashPool)'s
+    /// builder.
+    pub fn zone_aware(mut self, zone: ZoneAware) -> Self {
+        self.zone = Some(zone);
+        self
+    }
+
     /// Below this percentage of healthy endpoints (neither ejected nor failed), the pool
     /// picks among all ready endpoints, ejected ones too, rather than pile all its load on
     /// the few healthy ones. 0 turns panic mode off.
@@ -312,11 +326,15 @@ impl P2cPoolBuilder {
             Some(limit) => Some(limit.check().map_err(BuildError::InvalidLimit)?),
             None => None,
         };
+        if let Some(zone) = &self.zone {
+            zone.check().map_err(BuildError::InvalidZone)?;
+        }
         let settings = Settings {
             health,
             backoff,
             seed: self.seed,
             limit,
+            zone: self.zone.clone(),
         };
         Ok((settings, rng))
     }
@@ -396,12 +414,13 @@ impl P2cPoolBuilder {
 
 /// A built pool's checked settings, which it answers with ([`P2cPool::backoff`] and the
 /// others named after their setters).
-#[derive(Copy, Clone, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Settings {
     pub(crate) health: HealthConfig,
     pub(crate) backoff: ExponentialBackoff,
     pub(crate) seed: Option<u64>,
     pub(crate) limit: Option<LimitConfig>,
+    pub(crate) zone: Option<ZoneAware>,
 }
 
 /// The rebuild backoff: `base` after an endpoint's first failure, doubling with each one after

@@ -102,6 +102,9 @@ pub enum BuildError {
         /// The configured table size.
         table_size: usize,
     },
+    /// Zone-aware routing that cannot work ([`zone_aware`](crate::P2cPoolBuilder::zone_aware)):
+    /// the error says which setting.
+    InvalidZone(crate::zone::ZoneError),
     /// A subset of zero endpoints.
     InvalidSubset {
         /// The configured subset size.
@@ -157,6 +160,7 @@ impl fmt::Display for BuildError {
                 "hash pool: epsilon {epsilon} must be positive and finite, table_size \
                  {table_size} a prime"
             ),
+            BuildError::InvalidZone(error) => write!(f, "zone-aware routing: {error}"),
             BuildError::InvalidSubset { size } => {
                 write!(f, "subsetting: subset size {size} must be at least 1")
             }

@@ -121,6 +121,10 @@ where
         self.inner.weight(key, target)
     }
 
+    fn locality(&self, key: &K, target: &T) -> crate::zone::Locality {
+        self.inner.locality(key, target)
+    }
+
     /// The inner load's value, with the failure level as its tier (the higher of the two).
     fn load_value(&self, endpoint: &Self::Endpoint) -> Option<LoadValue> {
         let inner = self.inner.load_value(&endpoint.inner)?;

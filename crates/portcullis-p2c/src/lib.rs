@@ -82,6 +82,7 @@ mod metrics;
 mod ready_cache;
 mod service;
 pub mod subset;
+pub mod zone;
 
 pub use builder::P2cPoolBuilder;
 pub use classify::{ClassifyResponse, ErrorsOnly};

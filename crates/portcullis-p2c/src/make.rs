@@ -2,6 +2,7 @@
 
 use crate::error::BuildError;
 use crate::load::{PeakEwma, PendingRequests};
+use crate::zone::Locality;
 use std::fmt;
 use std::time::Duration;
 use tower::load::Load;
@@ -16,7 +17,8 @@ use tower::load::Load;
 /// endpoint unless a maker says otherwise, as [`weighted`] does) and
 /// [`load_value`](Self::load_value), the endpoint's load as a number the pool can divide by
 /// its weight (`None` unless the maker knows one, as [`peak_ewma`] and [`pending_requests`]
-/// do). A maker that wraps another forwards both.
+/// do). A third, [`locality`](Self::locality), serves zone-aware routing (unknown unless a
+/// maker says, as [`zoned`] does). A maker that wraps another forwards all three.
 pub trait MakeEndpoint<K, T> {
     /// The endpoint service.
     type Endpoint;
@@ -37,6 +39,14 @@ pub trait MakeEndpoint<K, T> {
     fn load_value(&self, endpoint: &Self::Endpoint) -> Option<LoadValue> {
         let _ = endpoint;
         None
+    }
+
+    /// Where the endpoint is, for zone-aware routing ([`zone`](crate::zone)): its zone and
+    /// hints. Unknown unless the maker says otherwise, as [`zoned`] does; asked once per
+    /// target, and only by a pool that routes by zone.
+    fn locality(&self, key: &K, target: &T) -> Locality {
+        let _ = (key, target);
+        Locality::default()
     }
 }
 
@@ -141,6 +151,10 @@ where
         self.inner.weight(key, target)
     }
 
+    fn locality(&self, key: &K, target: &T) -> Locality {
+        self.inner.locality(key, target)
+    }
+
     /// [`PeakEwma::in_flight_cost`]: the estimate times the requests in flight, and the
     /// estimate itself as the latency.
     fn load_value(&self, endpoint: &Self::Endpoint) -> Option<LoadValue> {
@@ -176,6 +190,10 @@ where
 
     fn weight(&self, key: &K, target: &T) -> u32 {
         self.inner.weight(key, target)
+    }
+
+    fn locality(&self, key: &K, target: &T) -> Locality {
+        self.inner.locality(key, target)
     }
 
     fn load_value(&self, endpoint: &Self::Endpoint) -> Option<LoadValue> {
@@ -243,6 +261,10 @@ where
         (self.weight_of)(key, target)
     }
 
+    fn locality(&self, key: &K, target: &T) -> Locality {
+        self.inner.locality(key, target)
+    }
+
     fn load_value(&self, endpoint: &Self::Endpoint) -> Option<LoadValue> {
         self.inner.load_value(endpoint)
     }
@@ -251,6 +273,55 @@ where
 impl<M: fmt::Debug, F> fmt::Debug for WeightedMaker<M, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WeightedMaker")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A maker whose endpoints are where `locality_of(key, target)` says: their zone and hints,
+/// for zone-aware routing ([`zone`](crate::zone)). Built by [`zoned`].
+#[derive(Clone)]
+pub struct ZonedMaker<M, F> {
+    inner: M,
+    locality_of: F,
+}
+
+/// Gives `maker`'s endpoints the zone (and hints) `locality_of(key, target)` returns, read
+/// from the target as discovery gives it; see the [`zone`](crate::zone) module for an example.
+pub fn zoned<M, F>(maker: M, locality_of: F) -> ZonedMaker<M, F> {
+    ZonedMaker {
+        inner: maker,
+        locality_of,
+    }
+}
+
+impl<K, T, M, F> MakeEndpoint<K, T> for ZonedMaker<M, F>
+where
+    M: MakeEndpoint<K, T>,
+    F: Fn(&K, &T) -> Locality,
+{
+    type Endpoint = M::Endpoint;
+
+    fn make_endpoint(&self, key: &K, target: &T) -> Self::Endpoint {
+        self.inner.make_endpoint(key, target)
+    }
+
+    fn weight(&self, key: &K, target: &T) -> u32 {
+        self.inner.weight(key, target)
+    }
+
+    fn load_value(&self, endpoint: &Self::Endpoint) -> Option<LoadValue> {
+        self.inner.load_value(endpoint)
+    }
+
+    fn locality(&self, key: &K, target: &T) -> Locality {
+        (self.locality_of)(key, target)
+    }
+}
+
+impl<M: fmt::Debug, F> fmt::Debug for ZonedMaker<M, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZonedMaker")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }

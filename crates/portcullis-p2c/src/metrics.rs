@@ -1,6 +1,7 @@
 //! A cheap, cloneable view of a pool's state and history.
 
 use crate::limit::Limiter;
+use crate::zone::plan::Routed;
 use portcullis_pool::families::{Describe, Family};
 use portcullis_pool::{EndpointCounts, UpdateCounters, UpdateCounts, UpdateKind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -12,7 +13,9 @@ use std::time::Duration;
 /// Cloning is an `Arc` clone; reading is a handful of relaxed atomic loads (and, with limits
 /// on requests in flight, a short lock to list the endpoints), so it can be exported from any
 /// task while the pool is owned by another. Counters are updated on state changes only
-/// (never per request), so keeping them costs the hot path nothing.
+/// (never per request), so keeping them costs the hot path nothing; the one exception is
+/// zone-aware routing's counts ([`zone`](crate::zone)), one relaxed add per pick, and only
+/// where the pool routes by zone.
 #[derive(Clone, Debug, Default)]
 pub struct P2cMetrics {
     inner: Arc<Inner>,
@@ -33,6 +36,10 @@ struct Inner {
     ramping: AtomicUsize,
     waits_at_limit: AtomicU64,
     time_at_limit_us: AtomicU64,
+    zone_local: AtomicU64,
+    zone_remote: AtomicU64,
+    zone_spilled: AtomicU64,
+    zone_fallbacks: AtomicU64,
     /// Each ready endpoint's key (as text) and limiter, while the pool limits them; set when
     /// the ready set changes, read at a snapshot.
     limiters: Mutex<Vec<(String, Weak<Limiter>)>>,
@@ -72,6 +79,17 @@ pub struct P2cSnapshot {
     pub time_at_limit: Duration,
     /// Each ready endpoint's limit and requests in flight now, if the pool limits them.
     pub endpoint_limits: Vec<EndpointLimit>,
+    /// Zone-aware routing ([`zone`](crate::zone)): picks of an endpoint in the local zone (or
+    /// hinted for it).
+    pub zone_local: u64,
+    /// Picks of an endpoint in another zone: the cross-zone share is `zone_remote /
+    /// (zone_local + zone_remote)`.
+    pub zone_remote: u64,
+    /// Requests the rule sent to another zone because the local one is short of endpoints.
+    pub zone_spilled: u64,
+    /// Requests picked among all zones: the rule stood aside (panic mode, too few endpoints,
+    /// none hinted for the local zone) or the chosen zone had no endpoint with room.
+    pub zone_fallbacks: u64,
 }
 
 /// One ready endpoint's limit on requests in flight ([`limit`](crate::limit)), in a
@@ -177,6 +195,26 @@ impl Describe for P2cSnapshot {
             "endpoint",
             &in_flight,
         ));
+        out(Family::counter(
+            "zone_local",
+            "Zone-aware picks of an endpoint in the local zone.",
+            self.zone_local,
+        ));
+        out(Family::counter(
+            "zone_remote",
+            "Zone-aware picks of an endpoint in another zone.",
+            self.zone_remote,
+        ));
+        out(Family::counter(
+            "zone_spilled",
+            "Requests sent to another zone because the local one is short of endpoints.",
+            self.zone_spilled,
+        ));
+        out(Family::counter(
+            "zone_fallbacks",
+            "Requests picked among all zones: zone-aware routing stood aside or its zone was at its limits.",
+            self.zone_fallbacks,
+        ));
     }
 }
 
@@ -201,6 +239,10 @@ impl P2cMetrics {
             waits_at_limit: i.waits_at_limit.load(Relaxed),
             time_at_limit: Duration::from_micros(i.time_at_limit_us.load(Relaxed)),
             endpoint_limits: self.endpoint_limits(),
+            zone_local: i.zone_local.load(Relaxed),
+            zone_remote: i.zone_remote.load(Relaxed),
+            zone_spilled: i.zone_spilled.load(Relaxed),
+            zone_fallbacks: i.zone_fallbacks.load(Relaxed),
         }
     }
 
@@ -278,6 +320,22 @@ impl P2cMetrics {
     pub(crate) fn at_limit_for(&self, time: Duration) {
         let us = u64::try_from(time.as_micros()).unwrap_or(u64::MAX);
         self.inner.time_at_limit_us.fetch_add(us, Relaxed);
+    }
+
+    /// A zone-aware pick: of an endpoint in the local zone or not, routed so.
+    pub(crate) fn zone_pick(&self, local: bool, routed: Routed) {
+        let i = &self.inner;
+        let picked = if local { &i.zone_local } else { &i.zone_remote };
+        picked.fetch_add(1, Relaxed);
+        match routed {
+            Routed::Local => {}
+            Routed::Spilled => {
+                i.zone_spilled.fetch_add(1, Relaxed);
+            }
+            Routed::Fallback => {
+                i.zone_fallbacks.fetch_add(1, Relaxed);
+            }
+        }
     }
 
     pub(crate) fn rebuilt(&self) {

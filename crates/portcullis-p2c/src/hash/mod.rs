@@ -241,6 +241,9 @@ impl HashPoolBuilder {
             });
         }
         let (settings, rng) = self.pool.settings()?;
+        if settings.zone.is_some() {
+            return Err(BuildError::InvalidZone(crate::zone::ZoneError::HashPool));
+        }
         Ok(HashPool::from_parts(
             maker,
             settings,
@@ -414,6 +417,7 @@ where
             settings.backoff,
             settings.health,
             limit,
+            None,
             metrics.clone(),
         );
         endpoints.count_total_in_flight();

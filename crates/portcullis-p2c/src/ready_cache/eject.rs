@@ -74,12 +74,17 @@ pub(super) struct Ejection {
 }
 
 impl<T> Known<T> {
-    pub(super) fn new(target: T, outcomes: Option<Arc<Outcomes>>) -> Self {
+    pub(super) fn new(
+        target: T,
+        outcomes: Option<Arc<Outcomes>>,
+        zone: crate::zone::plan::EndpointZone,
+    ) -> Self {
         Self {
             target,
             outcomes,
             ejection: Ejection::default(),
             limiter: None,
+            zone,
         }
     }
 }

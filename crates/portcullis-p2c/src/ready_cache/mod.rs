@@ -27,6 +27,7 @@ mod ready;
 mod timer;
 mod update;
 mod weight;
+mod zone;
 
 pub(crate) use self::eject::EJECTIONS_PER_PICK;
 pub(crate) use self::ready::ReadyRef;
@@ -39,6 +40,8 @@ use crate::health::{HealthConfig, Outcomes};
 use crate::limit::{LimitConfig, LimitWake, Limiter};
 use crate::make::MakeEndpoint;
 use crate::metrics::P2cMetrics;
+use crate::zone::plan::{EndpointZone, Zones};
+use crate::zone::ZoneAware;
 use indexmap::IndexMap;
 
 /// The cache's maps by key: insertion-ordered, with hashbrown's default hasher (foldhash,
@@ -106,6 +109,10 @@ where
     limiters_changed: bool,
     /// Whether the limiters are published (they are limits the user set).
     publish_limits: bool,
+    /// The zone-aware plan, where the pool routes by zone.
+    zones: Option<Zones>,
+    /// Bumped by every change of the known endpoints, for the zone-aware plan.
+    known_generation: u64,
 }
 
 /// A key the cache knows: its target and its health, which outlive any one build of its
@@ -118,6 +125,8 @@ struct Known<T> {
     /// The limiter of the key's endpoint instance, which a return from pending keeps and a
     /// rebuild (a new instance) replaces.
     limiter: Option<Arc<Limiter>>,
+    /// Its zone, from the maker, where the pool routes by zone.
+    zone: EndpointZone,
 }
 
 /// An endpoint's key as a metric's label: as its `Debug` writes it, without the quotes around
@@ -150,6 +159,7 @@ where
         backoff: ExponentialBackoff,
         health: HealthConfig,
         limit: Option<LimitConfig>,
+        zones: Option<ZoneAware>,
         metrics: P2cMetrics,
     ) -> Self {
         Self {
@@ -169,6 +179,8 @@ where
             limit_wake: Arc::default(),
             limiters_changed: false,
             publish_limits: limit.is_some(),
+            zones: zones.map(Zones::new),
+            known_generation: 0,
         }
     }
 
@@ -413,13 +425,14 @@ where
         ramp_from: Option<Instant>,
         slow_start: bool,
     ) {
-        let (outcomes, ejected, weight) = match self.targets.get(&key) {
+        let (outcomes, ejected, weight, zone) = match self.targets.get(&key) {
             Some(known) => (
                 known.outcomes.clone(),
                 known.ejection.until.is_some(),
                 self.maker.weight(&key, &known.target).max(1),
+                known.zone,
             ),
-            None => (None, false, 1),
+            None => (None, false, 1, EndpointZone::default()),
         };
         let limit = self.limit.map(|config| {
             let known = self.targets.get_mut(&key);
@@ -443,6 +456,7 @@ where
             weight,
             ramp_from,
             limit,
+            zone,
         };
         self.limiters_changed |= self.publish_limits;
         self.ready.insert(key, ep, !ejected);
@@ -507,6 +521,7 @@ mod tests {
             maker,
             backoff,
             crate::builder::NO_HEALTH,
+            None,
             None,
             P2cMetrics::default(),
         )

@@ -20,6 +20,7 @@
 use super::Map;
 use crate::health::Outcomes;
 use crate::limit::Limiter;
+use crate::zone::plan::EndpointZone;
 use std::hash::Hash;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -55,12 +56,17 @@ pub(super) struct Slot<S> {
     pub(super) ramp_from: Option<Instant>,
     /// Its requests in flight and their limit, if the pool limits them.
     pub(super) limit: Option<Arc<Limiter>>,
+    /// Its zone, where the pool routes by zone.
+    pub(super) zone: EndpointZone,
 }
 
 /// The ready endpoints, `[healthy.. | ejected..]`.
 pub(super) struct ReadySet<K, S> {
     slots: Map<K, Slot<S>>,
     healthy: usize,
+    /// Bumped by every change of the set or its order, so a zone-aware plan knows when it
+    /// is stale.
+    generation: u64,
 }
 
 impl<K, S> Default for ReadySet<K, S> {
@@ -68,6 +74,7 @@ impl<K, S> Default for ReadySet<K, S> {
         Self {
             slots: Map::default(),
             healthy: 0,
+            generation: 0,
         }
     }
 }
@@ -98,6 +105,11 @@ impl<K, S> ReadySet<K, S> {
         self.slots.get_index_mut(pos)
     }
 
+    /// Bumped by every change of the set or its order.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Where the endpoint `r` refers to stands now, if it is still in the set.
     pub(super) fn find(&self, r: ReadyRef) -> Option<usize> {
         if self.slot(r.pos).is_some_and(|slot| slot.id == r.id) {
@@ -125,6 +137,7 @@ impl<K, S> ReadySet<K, S> {
         if pos >= self.healthy {
             return None;
         }
+        self.generation += 1;
         self.healthy -= 1;
         self.slots.swap_indices(pos, self.healthy);
         self.slot(self.healthy)
@@ -135,12 +148,14 @@ impl<K, S> ReadySet<K, S> {
         if pos < self.healthy || pos >= self.slots.len() {
             return None;
         }
+        self.generation += 1;
         self.slots.swap_indices(pos, self.healthy);
         self.healthy += 1;
         Some(self.healthy - 1)
     }
 
     pub(super) fn clear(&mut self) {
+        self.generation += 1;
         self.slots.clear();
         self.healthy = 0;
     }
@@ -151,6 +166,7 @@ impl<K, S> ReadySet<K, S> {
         if pos >= self.slots.len() {
             return None;
         }
+        self.generation += 1;
         let healthy = pos < self.healthy;
         if healthy {
             self.healthy -= 1;
@@ -170,6 +186,7 @@ impl<K: Hash + Eq, S> ReadySet<K, S> {
     /// Adds an endpoint whose key is not in the set, among the healthy ones if `healthy`.
     /// (A key already in the set keeps its place, with the new slot.)
     pub(super) fn insert(&mut self, key: K, slot: Slot<S>, healthy: bool) {
+        self.generation += 1;
         let (pos, old) = self.slots.insert_full(key, slot);
         if old.is_none() && healthy {
             self.slots.swap_indices(pos, self.healthy);
@@ -190,6 +207,7 @@ mod tests {
             weight: 1,
             ramp_from: None,
             limit: None,
+            zone: EndpointZone::default(),
         }
     }
 

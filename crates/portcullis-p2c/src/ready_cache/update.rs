@@ -66,6 +66,7 @@ where
             );
         }
         self.targets.clear();
+        self.known_generation += 1;
         self.ready.clear();
         self.ejections.clear();
         self.weights.clear();
@@ -90,7 +91,9 @@ where
             None => info!(?key, "adding endpoint"),
         }
         // A new target is another endpoint: its health starts afresh.
-        let known = Known::new(target, self.new_outcomes());
+        let zone = self.zone_of(&key, &target);
+        let known = Known::new(target, self.new_outcomes(), zone);
+        self.known_generation += 1;
         if let Some(old) = self.targets.insert(key.clone(), known) {
             self.forget_health(&old);
         }
@@ -99,6 +102,7 @@ where
 
     fn remove_key(&mut self, key: &K) {
         if let Some(old) = self.targets.swap_remove(key) {
+            self.known_generation += 1;
             info!(?key, "removing endpoint");
             self.forget_health(&old);
             self.drop_endpoint(key);

@@ -13,6 +13,7 @@ use crate::limit::{AdaptiveLimit, LimitConfig};
 use crate::make::MakeEndpoint;
 use crate::metrics::{OwnedGauges, P2cMetrics};
 use crate::ready_cache::{ReadyCache, ReadyRef};
+use crate::zone::ZoneAware;
 use crate::BoxError;
 use crate::EndpointState;
 use crate::P2cPoolBuilder;
@@ -82,9 +83,10 @@ where
             backoff,
             seed,
             limit,
+            zone,
         } = settings;
         Self {
-            endpoints: ReadyCache::new(maker, backoff, health, limit, metrics.clone()),
+            endpoints: ReadyCache::new(maker, backoff, health, limit, zone, metrics.clone()),
             classify,
             chosen: None,
             rng,
@@ -212,6 +214,11 @@ where
     pub fn endpoint_limit(&self, key: &K) -> Option<(u32, u32)> {
         let limiter = self.endpoints.limiter(key)?;
         Some((limiter.limit(), limiter.in_flight()))
+    }
+
+    /// Zone-aware routing ([`P2cPoolBuilder::zone_aware`]); `None` if off.
+    pub fn zone_aware(&self) -> Option<&ZoneAware> {
+        self.endpoints.zone_aware()
     }
 
     /// The classifier of responses the pool was built with

@@ -4,6 +4,7 @@
 use super::P2cPool;
 use crate::make::MakeEndpoint;
 use crate::ready_cache::{ReadyRef, EJECTIONS_PER_PICK};
+use crate::zone::plan::{Domain, Routed};
 use portcullis_pool::Tried;
 use rand::Rng;
 use std::fmt;
@@ -38,7 +39,9 @@ where
     /// or the one there is); with outlier ejection on, eject a candidate whose outcomes call
     /// for it and draw again (at most [`EJECTIONS_PER_PICK`] times); then
     /// [`prefer`](Self::prefer) a candidate that has not failed lately, or else
-    /// [`compare`](Self::compare) their loads.
+    /// [`compare`](Self::compare) their loads. Routing by zone, the candidates are drawn in the
+    /// zone the rule chose ([`crate::zone`]), and among all of them when that zone has none
+    /// with room.
     pub(super) fn select(&mut self, cx: &mut Context<'_>) -> Option<ReadyRef>
     where
         K: fmt::Debug,
@@ -52,12 +55,22 @@ where
             None
         };
         let limited = self.endpoints.limited();
+        let (mut domain, mut routed) = self.endpoints.route(now);
         let mut ejections_left = EJECTIONS_PER_PICK;
         let mut limited_draws = 0;
         let pos = loop {
-            let draw = self.draw(weighted, now)?;
+            let Some(draw) = self.draw(domain, weighted, now) else {
+                if domain == Domain::All {
+                    return None;
+                }
+                // The chosen zone has no candidate (they left since the plan): all zones.
+                (domain, routed) = (Domain::All, Some(Routed::Fallback));
+                continue;
+            };
             if ejects && ejections_left > 0 && self.eject_outlier(cx, draw) {
                 ejections_left -= 1;
+                // The ejection moved positions: the zones' lists follow.
+                self.endpoints.refresh_zones(now);
                 continue;
             }
             let draw = if limited {
@@ -67,6 +80,15 @@ where
                         limited_draws += 1;
                         continue;
                     }
+                    None if domain != Domain::All => match self.first_with_room(domain) {
+                        Some(draw) => draw,
+                        None => {
+                            // Every candidate of the chosen zone is at its limit.
+                            (domain, routed) = (Domain::All, Some(Routed::Fallback));
+                            limited_draws = 0;
+                            continue;
+                        }
+                    },
                     None => self.scan_for_room(cx)?,
                 }
             } else {
@@ -75,6 +97,7 @@ where
             break self.choose(draw, weighted, now);
         };
         self.left_limits();
+        self.endpoints.count_zone_pick(pos, routed);
         let (key, chosen, _) = self.endpoints.get_ready(pos)?;
         trace!(
             ?key,
@@ -104,28 +127,34 @@ where
     /// request to finish (registered before a last look, so one that finishes meanwhile is
     /// seen) and the time it waits is counted.
     fn scan_for_room(&mut self, cx: &mut Context<'_>) -> Option<Draw> {
-        let len = self.endpoints.candidates();
-        if let Some(draw) = self.first_with_room(len) {
+        if let Some(draw) = self.first_with_room(Domain::All) {
             return Some(draw);
         }
         self.endpoints.limit_wake().wait(cx.waker());
-        let draw = self.first_with_room(len);
+        let draw = self.first_with_room(Domain::All);
         if draw.is_none() && self.at_limit_since.is_none() {
             self.at_limit_since = Some(Instant::now());
             self.metrics.0.at_limit();
-            trace!(candidates = len, "every endpoint at its limit");
+            trace!(
+                candidates = self.endpoints.candidates(),
+                "every endpoint at its limit"
+            );
         }
         draw
     }
 
-    fn first_with_room(&mut self, len: usize) -> Option<Draw> {
+    /// The first two candidates of `domain` with room (or the one there is), scanning from a
+    /// random position.
+    fn first_with_room(&mut self, domain: Domain) -> Option<Draw> {
+        let len = self.endpoints.domain_len(domain);
         let start = if len > 1 {
             self.rng.gen_range(0..len)
         } else {
             0
         };
         let mut found = None;
-        for pos in (start..len).chain(0..start) {
+        for index in (start..len).chain(0..start) {
+            let pos = self.endpoints.domain_at(domain, index);
             if self.endpoints.has_room(pos) {
                 match found {
                     None => found = Some(pos),
@@ -177,14 +206,18 @@ where
         K: fmt::Debug,
         M::Endpoint: Load,
     {
-        let untried: Vec<usize> = (0..self.endpoints.candidates())
-            .filter(|&pos| {
-                self.endpoints
-                    .get_ready(pos)
-                    .is_some_and(|(_, chosen, _)| !tried.contains(chosen.id()))
-                    && self.endpoints.has_room(pos)
-            })
-            .collect();
+        let weighted = self.endpoints.weighted();
+        let now = if weighted {
+            self.endpoints.ramp_clock()
+        } else {
+            None
+        };
+        let (domain, mut routed) = self.endpoints.route(now);
+        let mut untried = self.untried_in(domain, tried);
+        if untried.is_empty() && domain != Domain::All {
+            untried = self.untried_in(Domain::All, tried);
+            routed = Some(Routed::Fallback);
+        }
         let pos = match untried.len() {
             0 => return self.select(cx),
             1 => untried[0],
@@ -192,44 +225,55 @@ where
                 let a = self.rng.gen_range(0..len);
                 let b = self.draw_other(len, a);
                 let (a, b) = (untried[a], untried[b]);
-                let weighted = self.endpoints.weighted();
-                let now = if weighted {
-                    self.endpoints.ramp_clock()
-                } else {
-                    None
-                };
                 self.choose(Draw::Two(a, b), weighted, now)
             }
         };
         self.left_limits();
+        self.endpoints.count_zone_pick(pos, routed);
         let (key, chosen, _) = self.endpoints.get_ready(pos)?;
         trace!(?key, tried = tried.len(), "untried endpoint selected");
         Some(chosen)
     }
 
-    /// Draws the candidates: none if nothing is ready; the one there is, with no draw, so a
-    /// lone endpoint costs no randomness; else two distinct ones, uniformly or, weighted, by
-    /// two independent draws by weight, where the same endpoint drawn twice meets a uniform
-    /// other that must outpace it to win (`ready_cache/weight.rs`).
-    fn draw(&mut self, weighted: bool, now: Option<Instant>) -> Option<Draw> {
-        Some(match self.endpoints.candidates() {
+    /// The ready candidates of `domain` not in `tried` and with room, by position.
+    fn untried_in(&self, domain: Domain, tried: &Tried) -> Vec<usize> {
+        (0..self.endpoints.domain_len(domain))
+            .map(|index| self.endpoints.domain_at(domain, index))
+            .filter(|&pos| {
+                self.endpoints
+                    .get_ready(pos)
+                    .is_some_and(|(_, chosen, _)| !tried.contains(chosen.id()))
+                    && self.endpoints.has_room(pos)
+            })
+            .collect()
+    }
+
+    /// Draws the candidates among `domain`'s: none if it has none; the one there is, with no
+    /// draw, so a lone endpoint costs no randomness; else two distinct ones, uniformly or,
+    /// weighted, by two independent draws by weight, where the same endpoint drawn twice meets
+    /// a uniform other that must outpace it to win (`ready_cache/weight.rs`).
+    fn draw(&mut self, domain: Domain, weighted: bool, now: Option<Instant>) -> Option<Draw> {
+        let at = |pool: &Self, index| pool.endpoints.domain_at(domain, index);
+        Some(match self.endpoints.domain_len(domain) {
             0 => return None,
-            1 => Draw::One(0),
+            1 => Draw::One(at(self, 0)),
             len if weighted => {
-                let a = self.draw_weighted(len, now);
-                let b = self.draw_weighted(len, now);
+                let a = self.draw_weighted(domain, len, now);
+                let b = self.draw_weighted(domain, len, now);
                 if a == b {
+                    let other = self.draw_other(len, a);
                     Draw::Twice {
-                        drawn: a,
-                        other: self.draw_other(len, a),
+                        drawn: at(self, a),
+                        other: at(self, other),
                     }
                 } else {
-                    Draw::Two(a, b)
+                    Draw::Two(at(self, a), at(self, b))
                 }
             }
             len => {
                 let a = self.rng.gen_range(0..len);
-                Draw::Two(a, self.draw_other(len, a))
+                let b = self.draw_other(len, a);
+                Draw::Two(at(self, a), at(self, b))
             }
         })
     }
@@ -305,20 +349,22 @@ where
         }
     }
 
-    /// A position in `0..len` drawn in proportion to effective weights: uniform draws, each
-    /// kept with probability weight / largest weight. The expected number of draws is the
-    /// largest weight over the mean; after [`WEIGHTED_DRAWS`] the last one is kept, so a pick
-    /// stays bounded however skewed the weights are.
-    fn draw_weighted(&mut self, len: usize, now: Option<Instant>) -> usize {
+    /// An index in `0..len` of `domain`'s candidates drawn in proportion to effective
+    /// weights: uniform draws, each kept with probability weight / largest weight. The
+    /// expected number of draws is the largest weight over the mean; after
+    /// [`WEIGHTED_DRAWS`] the last one is kept, so a pick stays bounded however skewed the
+    /// weights are.
+    fn draw_weighted(&mut self, domain: Domain, len: usize, now: Option<Instant>) -> usize {
         let max = self.endpoints.max_weight();
-        let mut pos = 0;
+        let mut index = 0;
         for _ in 0..WEIGHTED_DRAWS {
-            pos = self.rng.gen_range(0..len);
+            index = self.rng.gen_range(0..len);
+            let pos = self.endpoints.domain_at(domain, index);
             if self.rng.gen::<f64>() * max < self.endpoints.effective_weight(pos, now) {
                 break;
             }
         }
-        pos
+        index
     }
 
     /// A position in `0..len` other than `a`, uniformly (`len` is at least 2).
