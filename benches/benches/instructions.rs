@@ -22,6 +22,8 @@
 //!   `pick-pending` (P2cPool + our `make::pending_requests`), `pick-ewma` (P2cPool + our
 //!   `make::peak_ewma`), `pick-ewma-fixed` and `pick-ewma-adaptive` (the same with a
 //!   `max_in_flight` that does not bind, and with `adaptive_limit(Gradient::new())`),
+//!   `pick-ewma-zone` (the same, zone-aware: the endpoints in three zones, the callers' zone
+//!   holding its share, so every request stays in it),
 //!   `pick-hash` (a `HashPool` over `make::pending_requests`, each request its own key, picked
 //!   for it with `Pool::poll_ready_for`),
 //!   `pick-tower-ewma` (P2cPool + tower's `PeakEwma`, made by a closure),
@@ -35,6 +37,7 @@
 use futures_util::{stream, StreamExt};
 use portcullis_benches::{buffer_unordered, our_retry, tower_retry, Echo};
 use portcullis_fanout::FanOut;
+use portcullis_p2c::zone::{Locality, ZoneAware};
 use portcullis_p2c::{make, P2cPool};
 use portcullis_pool::{Pool, PoolQueue, Update};
 use std::convert::Infallible;
@@ -166,6 +169,11 @@ fn main() {
                 let builder = P2cPool::builder().adaptive_limit(limit);
                 pick_with(builder, maker, endpoints, requests).await
             }
+            "pick-ewma-zone" => {
+                let maker = make::zoned(make::peak_ewma(|_: &usize, _: &()| Echo), zone_of);
+                let builder = P2cPool::builder().zone_aware(ZoneAware::new("a"));
+                pick_with(builder, maker, endpoints, requests).await
+            }
             "pick-hash" => {
                 let mut pool = portcullis_p2c::hash::HashPool::builder()
                     .build(
@@ -219,4 +227,9 @@ fn main() {
             other => panic!("unknown stack {other}"),
         }
     });
+}
+
+/// Endpoint `k`'s zone, of three: a zone-aware pool's share of the endpoints in each.
+fn zone_of(key: &usize, _: &()) -> Locality {
+    Locality::zone(["a", "b", "c"][key % 3])
 }

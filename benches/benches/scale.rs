@@ -5,7 +5,7 @@
 //!   pending-requests and peak-EWMA loads and over tower's `PeakEwma`, and tower's p2c
 //!   `Balance` over its `PendingRequests` and `PeakEwma`, then the peak-EWMA picks again over
 //!   endpoints whose responses wait once (ours and tower's, like for like: each times every
-//!   round trip);
+//!   round trip), with limits, zone-aware, and a `HashPool` picking per request;
 //! - `endpoints`: per-request cost through `PoolQueue` + `P2cPool` (direct dispatch on; 1 and
 //!   64 callers) and the bare pick at 10, 100, 1,000 and 10,000 endpoints, with tower's
 //!   `Buffer` + `Balance` beside it; plotted into `scale-endpoints.svg`;
@@ -165,6 +165,16 @@ fn pick(config: &Config) {
         make::peak_ewma(|_: &usize, _: &()| WaitOnce),
         10,
     ));
+    // Zone-aware over the same endpoints in three zones; the callers' zone holds its share
+    // (4 of 10 endpoints, as its callers), so every request stays in it.
+    let mut ewma_zone = rt.block_on(ready_pool(
+        P2cPool::builder().zone_aware(portcullis_p2c::zone::ZoneAware::new("a")),
+        make::zoned(
+            make::peak_ewma(|_: &usize, _: &()| WaitOnce),
+            |k: &usize, _: &()| portcullis_p2c::zone::Locality::zone(["a", "b", "c"][k % 3]),
+        ),
+        10,
+    ));
     // Consistent hashing with bounded loads over the same endpoints: each request its own key.
     let mut hashed = rt.block_on(async {
         let mut pool = portcullis_p2c::hash::HashPool::builder()
@@ -231,6 +241,10 @@ fn pick(config: &Config) {
             "P2cPool + make::peak_ewma + adaptive_limit, responses that wait once",
             Box::new(|n| rt.block_on(one_task(&mut ewma_adaptive, n))),
         ),
+        (
+            "P2cPool + make::peak_ewma + zone_aware (all local), responses that wait once",
+            Box::new(|n| rt.block_on(one_task(&mut ewma_zone, n))),
+        ),
     ];
     let mut ns = vec![Vec::new(); stacks.len()];
     for (_, run) in stacks.iter_mut() {
@@ -262,6 +276,11 @@ fn pick(config: &Config) {
         } else {
             "**missed**"
         }
+    );
+    let ratios: Vec<f64> = ns[12].iter().zip(&ns[6]).map(|(a, b)| a / b).collect();
+    println!(
+        "\nZone-aware (every request in the local zone) against the same pool without zones, responses that wait once: {}× (reported; no target)",
+        spread(&ratios, 2),
     );
     for (what, limited) in [("a fixed limit", 10), ("an adaptive limit", 11)] {
         let ratios: Vec<f64> = ns[limited].iter().zip(&ns[6]).map(|(a, b)| a / b).collect();

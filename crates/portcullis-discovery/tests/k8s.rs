@@ -120,6 +120,7 @@ fn ep(ip: &str, port: u16) -> (SocketAddr, K8sEndpoint) {
             addr,
             zone: Some(zone(ip)),
             node: Some(node(ip)),
+            for_zones: None,
         },
     )
 }
@@ -340,6 +341,64 @@ async fn endpoints_not_ready_or_terminating_drop_out_and_come_back() {
         ],
     ));
     assert_eq!(next(&mut updates).await, removed(&["10.0.0.1"]));
+}
+
+/// `slice` with each endpoint hinted for the zones `hints` gives it.
+fn hinted(slice: EndpointSlice, hints: impl Fn(&str) -> Vec<&'static str>) -> EndpointSlice {
+    use k8s_openapi::api::discovery::v1::{EndpointHints, ForZone};
+    let mut slice = slice;
+    for endpoint in &mut slice.endpoints {
+        let zones = hints(&endpoint.addresses[0]);
+        endpoint.hints = Some(EndpointHints {
+            for_zones: Some(
+                zones
+                    .into_iter()
+                    .map(|name| ForZone { name: name.into() })
+                    .collect(),
+            ),
+        });
+    }
+    slice
+}
+
+#[tokio::test]
+async fn zone_hints_come_through_and_a_change_of_hints_replaces_the_target() {
+    // What topology-aware routing writes: each endpoint hinted for its zone, and 10.0.0.2
+    // (in eu-1b) lent to eu-1a as well.
+    let lend = |ip: &str| match ip {
+        "10.0.0.2" => vec!["eu-1a", "eu-1b"],
+        ip => vec![if zone(ip) == "eu-1a" {
+            "eu-1a"
+        } else {
+            "eu-1b"
+        }],
+    };
+    let ips = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+    let server = serving([hinted(ready("api-a", "api", &ips), lend)]).await;
+    let mut updates = api(&server);
+    let with_hints = |ip: &str, hints: Vec<&str>| {
+        let (addr, mut endpoint) = ep(ip, 8080);
+        endpoint.for_zones = Some(hints.into_iter().map(str::to_string).collect());
+        (addr, endpoint)
+    };
+    let expected: Vec<_> = ips.iter().map(|ip| with_hints(ip, lend(ip))).collect();
+    assert_eq!(next(&mut updates).await, Update::Reset(expected));
+
+    // The controller takes the loan back: 10.0.0.2's target changes, the others do not.
+    server.apply(hinted(ready("api-a", "api", &ips), |ip| {
+        vec![if zone(ip) == "eu-1a" {
+            "eu-1a"
+        } else {
+            "eu-1b"
+        }]
+    }));
+    assert_eq!(
+        next(&mut updates).await,
+        Update::Add(vec![with_hints("10.0.0.2", vec!["eu-1b"])])
+    );
+    // Hints dropped (the Service's routing preference removed): targets without hints.
+    server.apply(ready("api-a", "api", &ips));
+    assert_eq!(next(&mut updates).await, added(&ips));
 }
 
 #[tokio::test]

@@ -202,6 +202,51 @@ let answer = svc.oneshot("hello".to_string()).await?;
 # Ok(())
 # }
 ```
+
+Zone-aware, over the same source: each endpoint's zone and its EndpointSlice hints
+(`hints.forZones`) go to the pool through [`p2c::make::zoned`](crate::p2c::make::zoned), and
+the pool learns its own zone from the environment, as a pod does from the downward API (see
+[`p2c::zone`](crate::p2c::zone) for the rule).
+
+```no_run
+use portcullis::discovery::k8s::{kube, K8s, K8sEndpoint};
+use portcullis::p2c::zone::{Locality, ZoneAware};
+use portcullis::prelude::*;
+use std::net::SocketAddr;
+use tower::ServiceExt;
+# use tower::util::BoxCloneSyncService;
+# fn endpoint(addr: impl std::fmt::Display) -> BoxCloneSyncService<String, String, BoxError> {
+#     let addr = addr.to_string();
+#     BoxCloneSyncService::new(tower::service_fn(move |req: String| {
+#         let answer = format!("{addr} answered {req}");
+#         async move { Ok::<_, BoxError>(answer) }
+#     }))
+# }
+
+# #[tokio::main(flavor = "current_thread")]
+# async fn main() -> Result<(), BoxError> {
+let k8s = K8s::builder().build(kube::Client::try_default().await?)?;
+let api = k8s.service("default", "api", "http")?;
+
+// `env: [{name: ZONE, valueFrom: {fieldRef: {fieldPath:
+//   "metadata.labels['topology.kubernetes.io/zone']"}}}]` in the pod's spec.
+let pool = P2cPool::builder()
+    .zone_aware(ZoneAware::from_env("ZONE")?)
+    .build(p2c::make::zoned(
+        p2c::make::peak_ewma(|addr: &SocketAddr, _: &K8sEndpoint| endpoint(addr)),
+        |_: &SocketAddr, ep: &K8sEndpoint| {
+            Locality::zone_of(ep.zone.as_deref()).hints_of(ep.for_zones.as_deref())
+        },
+    ))?;
+let svc = ServiceBuilder::new()
+    .pool_queue(PoolQueue::builder().build_layer(move || api.updates())?)
+    .service(pool);
+
+let answer = svc.oneshot("hello".to_string()).await?;
+# drop(answer);
+# Ok(())
+# }
+```
 "##
 )]
 

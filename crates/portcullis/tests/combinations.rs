@@ -4,8 +4,9 @@
 //! Each case draws a configuration (direct dispatch on or off, capacity 1..=8, the failfast
 //! timeout, a `Retry` with attempt timeouts over the queue or plain callers, and each of the
 //! pool's health features: ejection, panic threshold, slow start, weights, failure-aware,
-//! subsetting; the clients' endpoint readiness, `Reachable`, over a simulated probe; and
-//! hedging under the retry, `Hedge`, with a fixed delay and two or three copies) and a
+//! subsetting, per-endpoint limits, zone-aware routing; the clients' endpoint readiness,
+//! `Reachable`, over a simulated probe; and hedging under the retry, `Hedge`, with a fixed
+//! delay and two or three copies; the queue's shedding) and a
 //! history of events (discovery updates and errors, readiness flips, endpoint failures,
 //! refused connections, panics and hangs, latency changes, callers that pipeline on one
 //! handle, cancellations, clones, handles polled from a plain thread outside the runtime, and
@@ -33,8 +34,9 @@ use portcullis::endpoint::Reachable;
 use portcullis::p2c::{
     failure::failure_aware,
     limit::{Aimd, Gradient},
-    make::{peak_ewma, weighted, MakeEndpoint},
+    make::{peak_ewma, weighted, zoned, MakeEndpoint},
     subset::Subset,
+    zone::{CallerZones, Locality, ZoneAware},
     EndpointState, P2cMetrics, P2cPool,
 };
 use portcullis::pool::{
@@ -88,7 +90,29 @@ struct Config {
     limit: Option<LimitDraw>,
     /// Whether the queue sheds at once when full (`shed_when_full`).
     shed: bool,
+    /// Zone-aware routing: the local zone (of "a", "b", "c"; key k is in zone k % 3), the
+    /// cluster size, and whether the callers' shares are given (all in the local zone).
+    zones: Option<ZonesDraw>,
     seed: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ZonesDraw {
+    local: usize,
+    min_cluster_size: usize,
+    callers_given: bool,
+}
+
+const ZONE_NAMES: [&str; 3] = ["a", "b", "c"];
+
+fn zones_draw() -> impl Strategy<Value = ZonesDraw> {
+    (0..3usize, 0..=6usize, any::<bool>()).prop_map(|(local, min_cluster_size, callers_given)| {
+        ZonesDraw {
+            local,
+            min_cluster_size,
+            callers_given,
+        }
+    })
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -143,6 +167,7 @@ prop_compose! {
         hedge in prop::option::of((prop_oneof![Just(5u64), Just(20), Just(100)], 2..=3u32)),
         limit in prop::option::of(limit_draw()),
         shed in any::<bool>(),
+        zones in prop::option::of(zones_draw()),
         seed in any::<u64>(),
     ) -> Config {
         Config {
@@ -160,6 +185,7 @@ prop_compose! {
             hedge,
             limit,
             shed,
+            zones,
             seed,
         }
     }
@@ -590,6 +616,14 @@ fn p2c_builder(config: &Config) -> portcullis::p2c::P2cPoolBuilder {
     if let Some(window) = config.slow_start {
         builder = builder.slow_start(window, 1.0, 10);
     }
+    if let Some(zones) = config.zones {
+        let local = ZONE_NAMES[zones.local];
+        let mut zone = ZoneAware::new(local).min_cluster_size(zones.min_cluster_size);
+        if zones.callers_given {
+            zone = zone.callers(CallerZones::new([(local, 1.0)]).expect("a valid share"));
+        }
+        builder = builder.zone_aware(zone);
+    }
     match config.limit {
         Some(LimitDraw::Fixed(max)) => builder.max_in_flight(max),
         Some(LimitDraw::Gradient) => {
@@ -675,6 +709,10 @@ async fn run(config: Config, events: Vec<Event>) -> Result<(), TestCaseError> {
         ($maker:expr) => {{
             let maker = weighted(peak_ewma($maker), move |key: &u32, _: &u32| {
                 weights.map_or(1, |w| w[*key as usize % w.len()])
+            });
+            // Asked only by a zone-aware pool.
+            let maker = zoned(maker, |key: &u32, _: &u32| {
+                Locality::zone(ZONE_NAMES[*key as usize % ZONE_NAMES.len()])
             });
             if config.failure_aware {
                 let maker =
@@ -892,9 +930,22 @@ where
             "step {step} ({event:?}): depth {} but {waiting} attempts wait",
             metrics.depth
         );
+        // Zone-aware, every request the pool sent out was picked, and counted; otherwise no
+        // zone is counted.
+        let p2c = self.p2c.snapshot();
+        let zone_picks = p2c.zone_local + p2c.zone_remote;
+        if self.config.zones.is_some() {
+            prop_assert!(
+                zone_picks >= log.dispatched.len() as u64,
+                "step {step} ({event:?}): {zone_picks} zone picks for {} calls",
+                log.dispatched.len()
+            );
+        } else {
+            prop_assert_eq!(zone_picks + p2c.zone_spilled + p2c.zone_fallbacks, 0);
+        }
         // A fixed limit holds: no endpoint has more requests in flight.
         if let Some(LimitDraw::Fixed(max)) = self.config.limit {
-            for endpoint in self.p2c.snapshot().endpoint_limits {
+            for endpoint in p2c.endpoint_limits {
                 prop_assert!(
                     endpoint.limit == max && endpoint.in_flight <= max,
                     "step {step} ({event:?}): {endpoint:?} over max_in_flight({max})"
@@ -1065,6 +1116,7 @@ fn draws_cover_every_setting() {
             ("hedge", config.hedge.is_some()),
             ("limit", config.limit.is_some()),
             ("shed", config.shed),
+            ("zones", config.zones.is_some()),
         ] {
             seen.entry(name).or_default().insert(on);
         }
@@ -1094,6 +1146,7 @@ fn regression_a_plain_thread_caller_drives_a_latency_aware_pool() -> Result<(), 
         hedge: None,
         limit: None,
         shed: false,
+        zones: None,
         seed: 3_585_878_195_470_747_435,
     };
     let events = vec![

@@ -7,7 +7,7 @@
 //! Service and a port name once and returns a [`K8sService`], whose
 //! [`updates`](K8sService::updates) makes as many streams as needed (one per pool a
 //! `PoolQueueLayer` wraps: `move || api.updates()`). Each stream yields
-//! `Update<SocketAddr, K8sEndpoint>`: keyed by address, with the endpoint's zone and node in
+//! `Update<SocketAddr, K8sEndpoint>`: keyed by address, with the endpoint's zone, node and zone hints in
 //! the [`K8sEndpoint`] target.
 //!
 //! # Rules
@@ -97,6 +97,11 @@ pub struct K8sEndpoint {
     pub zone: Option<String>,
     /// The node the endpoint runs on, if known.
     pub node: Option<String>,
+    /// The zones the EndpointSlice controller hints the endpoint for (`hints.forZones`,
+    /// written for topology-aware routing and `trafficDistribution: PreferSameZone`); `None`
+    /// without hints. A change of hints is a change of the target, so the pool replaces the
+    /// endpoint.
+    pub for_zones: Option<Vec<String>>,
 }
 
 /// A Kubernetes client and how its streams retry; made by [`K8s::builder`].

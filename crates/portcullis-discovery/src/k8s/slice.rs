@@ -53,6 +53,10 @@ pub(super) fn endpoints(
                 addr,
                 zone: endpoint.zone.clone(),
                 node: endpoint.node_name.clone(),
+                for_zones: endpoint.hints.as_ref().and_then(|hints| {
+                    let zones = hints.for_zones.as_ref()?;
+                    Some(zones.iter().map(|zone| zone.name.clone()).collect())
+                }),
             },
         ));
     }
@@ -174,11 +178,48 @@ mod tests {
                     addr,
                     zone: Some("eu-1a".into()),
                     node: Some("node-1".into()),
+                    for_zones: None,
                 }
             )]
         );
         assert_eq!(addrs(endpoints(&s, "metrics")), ["10.0.0.1:9090"]);
         assert!(endpoints(&s, "grpc").unwrap_err().contains("no TCP port"));
+    }
+
+    #[test]
+    fn zone_hints_are_read_when_the_controller_wrote_them() {
+        use k8s_openapi::api::discovery::v1::{EndpointHints, ForZone};
+        let mut hinted = endpoint("10.0.0.1", None);
+        hinted.hints = Some(EndpointHints {
+            for_zones: Some(vec![
+                ForZone {
+                    name: "eu-1a".into(),
+                },
+                ForZone {
+                    name: "eu-1c".into(),
+                },
+            ]),
+        });
+        let mut empty = endpoint("10.0.0.3", None);
+        empty.hints = Some(EndpointHints { for_zones: None });
+        let s = slice(
+            vec![hinted, endpoint("10.0.0.2", None), empty],
+            vec![port("http", 8080, None)],
+        );
+        let hints: Vec<_> = endpoints(&s, "http")
+            .unwrap()
+            .into_iter()
+            .map(|(_, endpoint)| endpoint.for_zones)
+            .collect();
+        assert_eq!(
+            hints,
+            [
+                Some(vec!["eu-1a".to_string(), "eu-1c".to_string()]),
+                None,
+                // Hints without zones give no zone to follow.
+                None,
+            ]
+        );
     }
 
     #[test]

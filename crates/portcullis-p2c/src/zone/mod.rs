@@ -280,6 +280,13 @@ impl Locality {
         self
     }
 
+    /// The zones the endpoint is hinted for, if discovery gives hints (`K8sEndpoint::for_zones`);
+    /// `None` leaves it without hints.
+    pub fn hints_of(mut self, for_zones: Option<&[String]>) -> Self {
+        self.hints = for_zones.map(<[String]>::to_vec);
+        self
+    }
+
     /// The endpoint's zone, if known.
     pub fn zone_name(&self) -> Option<&str> {
         self.zone.as_deref()
