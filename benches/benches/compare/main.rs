@@ -23,6 +23,7 @@ mod overload;
 mod retry;
 mod svg;
 mod tail;
+mod zones;
 
 use common::{Config, Row};
 use std::time::Instant;
@@ -63,7 +64,7 @@ fn main() {
         .build()
         .expect("runtime");
 
-    // `--only NAME` (dispatch, discovery, fanout, retry, tail, hedge, overload) runs one section, for
+    // `--only NAME` (dispatch, discovery, fanout, retry, tail, hedge, overload, zones) runs one section, for
     // profiling.
     let only = value("--only");
     let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
@@ -94,6 +95,9 @@ fn main() {
     }
     if wanted("overload") {
         overload::run(&config, &mut rows);
+    }
+    if wanted("zones") {
+        zones::run(&config, &mut rows);
     }
 
     println!("\n## Summary (ratios within this run)\n");

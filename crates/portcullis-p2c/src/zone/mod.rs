@@ -73,7 +73,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// Zone-aware routing for a [`P2cPool`](crate::P2cPool)
 /// ([`P2cPoolBuilder::zone_aware`](crate::P2cPoolBuilder::zone_aware)); see the
-/// [module](self).
+/// [module](self). A built pool answers with it
+/// ([`P2cPool::zone_aware`](crate::P2cPool::zone_aware)); it compares with `==` (caller
+/// shares as the same handle).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ZoneAware {
     local: Arc<str>,
@@ -128,16 +130,6 @@ impl ZoneAware {
     /// The local zone.
     pub fn local(&self) -> &str {
         &self.local
-    }
-
-    /// The fewest healthy, ready endpoints for the rule to apply.
-    pub fn cluster_size(&self) -> usize {
-        self.min_cluster_size
-    }
-
-    /// The callers' shares, if given.
-    pub fn caller_zones(&self) -> Option<&CallerZones> {
-        self.callers.as_ref()
     }
 
     /// The setting, checked: a local zone that names a zone.
