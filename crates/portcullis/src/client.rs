@@ -252,7 +252,10 @@ macro_rules! shared_setters {
         /// [`DEFAULT_CONSECUTIVE_FAILURES`]($crate::p2c::P2cPoolBuilder::DEFAULT_CONSECUTIVE_FAILURES)
         /// failures in a row (as the pool's health classifier counts them), which also turns
         /// on the demotion that sends a retry to another endpoint than the one that just
-        /// failed; a builder given here without ejection has neither.
+        /// failed; a builder given here without ejection has neither. Zone-aware routing
+        /// ([`zone_aware`]($crate::p2c::P2cPoolBuilder::zone_aware)) reads each backend's
+        /// zone as its target's source gives it: `k8s:///` (zone and EndpointSlice hints) and
+        /// `etcd:///` (a value's `zone`); the other targets' backends have none.
         pub fn pool(mut self, pool: $crate::p2c::P2cPoolBuilder) -> Self {
             self.settings.pool = pool;
             self

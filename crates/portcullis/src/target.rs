@@ -74,14 +74,20 @@ pub enum Target {
 }
 
 /// One backend a target names: where to connect (`host:port`, an IP address or a name the
-/// connection resolves) and its weight among the others (1 unless the source gives one: an
-/// SRV record's).
+/// connection resolves), its weight among the others (1 unless the source gives one: an
+/// SRV record's), and where it runs if the source says (a Kubernetes endpoint's zone and
+/// hints, an etcd value's zone), for a pool that routes by zone
+/// ([`P2cPoolBuilder::zone_aware`](crate::p2c::P2cPoolBuilder::zone_aware)).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Backend {
     /// `host:port`.
     pub authority: String,
     /// A share among the backends, for weighted selection.
     pub weight: u32,
+    /// The zone the backend runs in, if the source knows it.
+    pub zone: Option<String>,
+    /// The zones the backend is hinted for (EndpointSlice `hints.forZones`), if any.
+    pub for_zones: Option<Vec<String>>,
 }
 
 impl Backend {
@@ -90,7 +96,15 @@ impl Backend {
         Self {
             authority: authority.into(),
             weight: 1,
+            zone: None,
+            for_zones: None,
         }
+    }
+
+    /// Where the backend runs, for a zone-aware pool: its zone and hints.
+    pub fn locality(&self) -> crate::p2c::zone::Locality {
+        crate::p2c::zone::Locality::zone_of(self.zone.as_deref())
+            .hints_of(self.for_zones.as_deref())
     }
 }
 
@@ -397,7 +411,7 @@ impl Target {
                     .map_err(crate::BuildError::Discovery)?;
                 Box::pin(service.updates().map(|update| {
                     let update = update.unwrap_or_else(|never| match never {});
-                    Ok(map_update(update, |addr, _| Backend::from(*addr)))
+                    Ok(map_update(update, k8s_backend))
                 }))
             }
             #[cfg(not(feature = "k8s"))]
@@ -434,10 +448,23 @@ fn dns_updates(
     Ok(Box::pin(query.updates().map(|update| {
         let update = update.unwrap_or_else(|never| match never {});
         Ok(map_update(update, |addr, endpoint| Backend {
-            authority: addr.to_string(),
             weight: u32::from(endpoint.weight).max(1),
+            ..Backend::new(addr.to_string())
         }))
     })))
+}
+
+/// A Kubernetes endpoint as a backend: its address, its zone and its hints.
+#[cfg(feature = "k8s")]
+fn k8s_backend(
+    addr: &std::net::SocketAddr,
+    endpoint: crate::discovery::k8s::K8sEndpoint,
+) -> Backend {
+    Backend {
+        zone: endpoint.zone,
+        for_zones: endpoint.for_zones,
+        ..Backend::from(*addr)
+    }
 }
 
 /// A source's update keyed by its keys' text, its targets made backends.
@@ -465,7 +492,7 @@ mod etcd_keys {
     use super::Backend;
     use crate::discovery::etcd::EtcdEndpoint;
     use crate::pool::Update;
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::BTreeMap;
 
     /// The backends under an etcd prefix, from the source's updates (keyed by etcd key) to
     /// updates keyed by `host:port`, as every other target's are: an address under two keys
@@ -474,7 +501,9 @@ mod etcd_keys {
     /// `Reset`.
     #[derive(Debug, Default)]
     pub(super) struct ByAuthority {
-        keys: HashMap<String, Backend>,
+        /// By etcd key, in order: where keys naming one address differ, the first key's zone
+        /// counts, the same on every pass.
+        keys: BTreeMap<String, Backend>,
         started: bool,
     }
 
@@ -485,8 +514,9 @@ mod etcd_keys {
         ) -> Option<Update<String, Backend>> {
             let before = self.backends();
             let backend = |endpoint: EtcdEndpoint| Backend {
-                authority: endpoint.addr,
                 weight: endpoint.weight.max(1),
+                zone: endpoint.zone,
+                ..Backend::new(endpoint.addr)
             };
             match update {
                 Update::Reset(set) => {
@@ -556,10 +586,30 @@ mod etcd_keys {
 
         fn backend(authority: &str, weight: u32) -> (String, Backend) {
             let backend = Backend {
-                authority: authority.to_string(),
                 weight,
+                ..Backend::new(authority)
             };
             (authority.to_string(), backend)
+        }
+
+        #[test]
+        fn a_backend_carries_the_zone_of_its_first_key() {
+            let mut by = ByAuthority::default();
+            let zoned = |key: &str, zone: &str| {
+                let (key, mut endpoint) = kv(key, "a:80", 1);
+                endpoint.zone = Some(zone.to_string());
+                (key, endpoint)
+            };
+            let update = Update::Reset(vec![zoned("/k/b", "eu-1b"), zoned("/k/a", "eu-1a")]);
+            let Some(Update::Reset(backends)) = by.apply(update) else {
+                panic!("a reset first");
+            };
+            assert_eq!(backends.len(), 1);
+            assert_eq!(backends[0].1.zone.as_deref(), Some("eu-1a"));
+            assert_eq!(
+                backends[0].1.locality(),
+                crate::p2c::zone::Locality::zone("eu-1a")
+            );
         }
 
         #[test]
@@ -679,6 +729,29 @@ mod tests {
     }
 
     #[cfg(all(feature = "etcd", feature = "k8s"))]
+    #[cfg(feature = "k8s")]
+    #[test]
+    fn a_kubernetes_backend_carries_its_zone_and_hints() {
+        use crate::discovery::k8s::K8sEndpoint;
+        let addr: std::net::SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let endpoint = K8sEndpoint {
+            addr,
+            zone: Some("eu-1a".into()),
+            node: Some("node-1".into()),
+            for_zones: Some(vec!["eu-1a".into(), "eu-1b".into()]),
+        };
+        let backend = k8s_backend(&addr, endpoint);
+        assert_eq!(backend.authority, "10.0.0.1:80");
+        assert_eq!(
+            backend.locality(),
+            crate::p2c::zone::Locality::zone("eu-1a").hints(["eu-1a", "eu-1b"])
+        );
+        assert_eq!(
+            Backend::new("a:80").locality(),
+            crate::p2c::zone::Locality::default()
+        );
+    }
+
     #[test]
     fn etcd_and_k8s_targets_name_a_prefix_and_a_service() {
         let etcd: Target = "etcd:///services/api/".parse().unwrap();

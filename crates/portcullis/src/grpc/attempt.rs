@@ -68,6 +68,10 @@ impl MakeEndpoint<String, Backend> for MakeAttempt {
     fn weight(&self, _key: &String, backend: &Backend) -> u32 {
         backend.weight
     }
+
+    fn locality(&self, _key: &String, backend: &Backend) -> crate::p2c::zone::Locality {
+        backend.locality()
+    }
 }
 
 /// `grpc.health.v1.Health/Check` of `service` over the endpoint's own channel: `SERVING`

@@ -361,6 +361,22 @@ fn find<'a, E: std::error::Error + 'static>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_backends_zone_reaches_a_zone_aware_pool() {
+        use crate::p2c::MakeEndpoint;
+        use crate::target::Backend;
+        let maker = super::attempt::MakeAttempt {
+            grpc: crate::endpoint::grpc::MakeGrpcEndpoint::new(),
+            check: None,
+        };
+        let backend = Backend {
+            zone: Some("eu-1a".into()),
+            ..Backend::new("10.0.0.1:80")
+        };
+        let key = "10.0.0.1:80".to_string();
+        assert_eq!(maker.locality(&key, &backend).zone_name(), Some("eu-1a"));
+    }
+
     use super::*;
     use crate::retry::classify::predicate;
     use crate::retry::Retry;

@@ -62,6 +62,10 @@ impl MakeEndpoint<String, Backend> for MakeAttempt {
     fn weight(&self, _key: &String, backend: &Backend) -> u32 {
         backend.weight
     }
+
+    fn locality(&self, _key: &String, backend: &Backend) -> crate::p2c::zone::Locality {
+        backend.locality()
+    }
 }
 
 /// `GET path` over the endpoint's own client: a 2xx passes.
@@ -190,6 +194,25 @@ impl<B, RB> Classify<Request<B>, Response<RB>, BoxError> for AttemptClassify {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_backends_zone_reaches_a_zone_aware_pool() {
+        let maker = MakeAttempt {
+            http: MakeHttpEndpoint::new(),
+            check: None,
+        };
+        let backend = Backend {
+            zone: Some("eu-1a".into()),
+            for_zones: Some(vec!["eu-1b".into()]),
+            ..Backend::new("10.0.0.1:80")
+        };
+        let key = "10.0.0.1:80".to_string();
+        assert_eq!(maker.locality(&key, &backend), backend.locality());
+        assert_eq!(
+            maker.locality(&key, &backend).for_zones(),
+            Some(&["eu-1b".to_string()][..])
+        );
+    }
 
     fn response(status: u16, retry_after: Option<&str>) -> Response<()> {
         let mut response = Response::builder().status(status);
