@@ -85,10 +85,12 @@ pub struct P2cSnapshot {
     /// Picks of an endpoint in another zone: the cross-zone share is `zone_remote /
     /// (zone_local + zone_remote)`.
     pub zone_remote: u64,
-    /// Requests the rule sent to another zone because the local one is short of endpoints.
+    /// Picks the rule sent to another zone because the local one is short of endpoints.
     pub zone_spilled: u64,
-    /// Requests picked among all zones: the rule stood aside (panic mode, too few endpoints,
-    /// none hinted for the local zone) or the chosen zone had no endpoint with room.
+    /// Picks made among all zones: the rule stood aside (panic mode, too few endpoints, none
+    /// hinted for the local zone) or the chosen zone had no endpoint with room. (Each zone
+    /// count is per pick: a request whose first choice turned out not ready is picked, and
+    /// counted, again.)
     pub zone_fallbacks: u64,
 }
 
@@ -207,12 +209,12 @@ impl Describe for P2cSnapshot {
         ));
         out(Family::counter(
             "zone_spilled",
-            "Requests sent to another zone because the local one is short of endpoints.",
+            "Picks sent to another zone because the local one is short of endpoints.",
             self.zone_spilled,
         ));
         out(Family::counter(
             "zone_fallbacks",
-            "Requests picked among all zones: zone-aware routing stood aside or its zone was at its limits.",
+            "Picks made among all zones: zone-aware routing stood aside or its zone was at its limits.",
             self.zone_fallbacks,
         ));
     }

@@ -382,6 +382,24 @@ async fn weights_and_slow_start_compose_with_the_spill() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn weights_within_a_light_local_zone_hold_beside_heavy_zones() {
+    // Zone a weighs 7 in all, b and c 400 each: a weighted draw in a is measured against a's
+    // heaviest endpoint, not the pool's.
+    let fleet = Fleet::new();
+    let targets = weighted_zones(&[[1, 1, 1, 4], [100; 4], [100; 4]]);
+    let builder = P2cPool::builder().zone_aware(ZoneAware::new("a"));
+    let mut pool = zoned_pool(&fleet, &targets, builder, 9);
+    let served = drive(&mut [&mut pool], 20_000, ms(1)).await;
+    assert_eq!(cross_zone(&served[0], "a"), 0);
+    let heavy = served[0].iter().filter(|key| **key == 3).count() as f64 / 200.0;
+    let expected = 100.0 * 4.0 / 7.0;
+    assert!(
+        (heavy - expected).abs() <= 2.0,
+        "{heavy:.2} % against {expected:.2} %"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn endpoints_hinted_for_the_local_zone_take_its_requests() {
     let fleet = Fleet::new();
     let mut targets = three_zones();

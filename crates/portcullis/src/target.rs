@@ -728,7 +728,6 @@ mod tests {
         ));
     }
 
-    #[cfg(all(feature = "etcd", feature = "k8s"))]
     #[cfg(feature = "k8s")]
     #[test]
     fn a_kubernetes_backend_carries_its_zone_and_hints() {
@@ -752,6 +751,7 @@ mod tests {
         );
     }
 
+    #[cfg(all(feature = "etcd", feature = "k8s"))]
     #[test]
     fn etcd_and_k8s_targets_name_a_prefix_and_a_service() {
         let etcd: Target = "etcd:///services/api/".parse().unwrap();

@@ -53,8 +53,9 @@ pub(super) fn endpoints(
                 addr,
                 zone: endpoint.zone.clone(),
                 node: endpoint.node_name.clone(),
+                // An empty list gives no zone to follow: as no hints (kube-proxy's reading).
                 for_zones: endpoint.hints.as_ref().and_then(|hints| {
-                    let zones = hints.for_zones.as_ref()?;
+                    let zones = hints.for_zones.as_ref().filter(|zones| !zones.is_empty())?;
                     Some(zones.iter().map(|zone| zone.name.clone()).collect())
                 }),
             },
@@ -202,8 +203,12 @@ mod tests {
         });
         let mut empty = endpoint("10.0.0.3", None);
         empty.hints = Some(EndpointHints { for_zones: None });
+        let mut none = endpoint("10.0.0.4", None);
+        none.hints = Some(EndpointHints {
+            for_zones: Some(vec![]),
+        });
         let s = slice(
-            vec![hinted, endpoint("10.0.0.2", None), empty],
+            vec![hinted, endpoint("10.0.0.2", None), empty, none],
             vec![port("http", 8080, None)],
         );
         let hints: Vec<_> = endpoints(&s, "http")
@@ -216,7 +221,8 @@ mod tests {
             [
                 Some(vec!["eu-1a".to_string(), "eu-1c".to_string()]),
                 None,
-                // Hints without zones give no zone to follow.
+                // Hints without zones, or with an empty list, give no zone to follow.
+                None,
                 None,
             ]
         );

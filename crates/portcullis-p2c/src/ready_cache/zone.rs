@@ -73,7 +73,8 @@ where
         };
         let candidates = (0..self.ready.healthy()).filter_map(|pos| {
             let slot = self.ready.slot(pos)?;
-            Some((pos, slot.zone, self.effective_weight(pos, now)))
+            let weight = f64::from(slot.weight);
+            Some((pos, slot.zone, self.effective_weight(pos, now), weight))
         });
         let known = self.targets.iter().map(|(key, known)| {
             let weight = f64::from(self.maker.weight(key, &known.target).max(1));
@@ -97,8 +98,21 @@ where
     pub(crate) fn domain_at(&self, domain: Domain, index: usize) -> usize {
         match self.domain_positions(domain) {
             None => index,
-            Some(positions) => positions.get(index).copied().unwrap_or(index),
+            Some(positions) => {
+                debug_assert!(index < positions.len(), "an index within the domain");
+                positions.get(index).copied().unwrap_or(index)
+            }
         }
+    }
+
+    /// The largest weight of a candidate in `domain`: what a weighted draw within it is
+    /// measured against.
+    pub(crate) fn domain_max_weight(&self, domain: Domain) -> f64 {
+        self.zones
+            .as_ref()
+            .and_then(|zones| zones.max_weight(domain))
+            .filter(|max| *max > 0.0)
+            .unwrap_or_else(|| self.max_weight())
     }
 
     #[inline]

@@ -206,6 +206,10 @@ where
         K: fmt::Debug,
         M::Endpoint: Load,
     {
+        if !self.any_untried(tried) {
+            // Every ready endpoint was tried: the usual pick (which routes by zone itself).
+            return self.select(cx);
+        }
         let weighted = self.endpoints.weighted();
         let now = if weighted {
             self.endpoints.ramp_clock()
@@ -355,7 +359,12 @@ where
     /// [`WEIGHTED_DRAWS`] the last one is kept, so a pick stays bounded however skewed the
     /// weights are.
     fn draw_weighted(&mut self, domain: Domain, len: usize, now: Option<Instant>) -> usize {
-        let max = self.endpoints.max_weight();
+        // Measured against the domain's own largest weight: a zone lighter than the rest
+        // keeps its weights, and its draws.
+        let max = match domain {
+            Domain::All => self.endpoints.max_weight(),
+            _ => self.endpoints.domain_max_weight(domain),
+        };
         let mut index = 0;
         for _ in 0..WEIGHTED_DRAWS {
             index = self.rng.gen_range(0..len);

@@ -62,8 +62,9 @@
 //!
 //! Metrics: [`P2cSnapshot`](crate::P2cSnapshot)'s `zone_local`, `zone_remote` (picks in the
 //! local zone and elsewhere: the cross-zone share is `remote / (local + remote)`),
-//! `zone_spilled` (requests the rule sent elsewhere) and `zone_fallbacks` (requests picked
-//! among all zones because the rule stood aside or the chosen zone was at its limits).
+//! `zone_spilled` (picks the rule sent elsewhere) and `zone_fallbacks` (picks made among all
+//! zones because the rule stood aside or the chosen zone was at its limits). A request whose
+//! first choice turned out not ready is picked, and counted, again.
 
 pub(crate) mod plan;
 
@@ -88,12 +89,12 @@ impl ZoneAware {
     /// `min_cluster_size`.
     pub const DEFAULT_MIN_CLUSTER_SIZE: usize = 6;
 
-    /// Zone-aware routing for callers in zone `local`, with the default cluster size and
-    /// callers assumed spread as the endpoints are. An empty zone is refused when the pool is
-    /// built.
+    /// Zone-aware routing for callers in zone `local` (surrounding whitespace trimmed), with
+    /// the default cluster size and callers assumed spread as the endpoints are. An empty zone
+    /// is refused when the pool is built.
     pub fn new(local: impl Into<String>) -> Self {
         Self {
-            local: Arc::from(local.into()),
+            local: Arc::from(local.into().trim()),
             min_cluster_size: Self::DEFAULT_MIN_CLUSTER_SIZE,
             callers: None,
         }
@@ -106,7 +107,7 @@ impl ZoneAware {
     /// [`ZoneError::UnsetVariable`], for the caller to decide whether to run without.
     pub fn from_env(var: &'static str) -> Result<Self, ZoneError> {
         match std::env::var(var) {
-            Ok(zone) if !zone.trim().is_empty() => Ok(Self::new(zone.trim())),
+            Ok(zone) if !zone.trim().is_empty() => Ok(Self::new(zone)),
             _ => Err(ZoneError::UnsetVariable { var }),
         }
     }
@@ -134,7 +135,7 @@ impl ZoneAware {
 
     /// The setting, checked: a local zone that names a zone.
     pub(crate) fn check(&self) -> Result<(), ZoneError> {
-        if self.local.trim().is_empty() {
+        if self.local.is_empty() {
             return Err(ZoneError::EmptyZone);
         }
         Ok(())
@@ -217,8 +218,12 @@ fn check_shares<Z: Into<String>>(
         }
         checked.push((Arc::from(zone.into()), share));
     }
-    if checked.iter().map(|(_, share)| share).sum::<f64>() <= 0.0 {
+    let total: f64 = checked.iter().map(|(_, share)| share).sum();
+    if total <= 0.0 {
         return Err(ZoneError::NoCallers);
+    }
+    if !total.is_finite() {
+        return Err(ZoneError::InvalidShare { share: total });
     }
     Ok(checked)
 }
@@ -266,14 +271,15 @@ impl Locality {
     }
 
     /// The zones the endpoint is meant to serve (EndpointSlice `hints.forZones`): hints are
-    /// followed only while every endpoint of the pool has them (see the [module](self)).
+    /// followed only while every endpoint of the pool has them (see the [module](self)); an
+    /// empty list counts as no hints.
     pub fn hints<Z: Into<String>>(mut self, for_zones: impl IntoIterator<Item = Z>) -> Self {
         self.hints = Some(for_zones.into_iter().map(Into::into).collect());
         self
     }
 
     /// The zones the endpoint is hinted for, if discovery gives hints (`K8sEndpoint::for_zones`);
-    /// `None` leaves it without hints.
+    /// `None` (or an empty list) leaves it without hints.
     pub fn hints_of(mut self, for_zones: Option<&[String]>) -> Self {
         self.hints = for_zones.map(<[String]>::to_vec);
         self
@@ -301,7 +307,7 @@ pub enum ZoneError {
         /// The variable read.
         var: &'static str,
     },
-    /// A caller share that is negative or not finite.
+    /// A caller share that is negative or not finite (or shares whose sum is not).
     InvalidShare {
         /// The share given.
         share: f64,

@@ -113,6 +113,10 @@ pub(crate) struct Zones {
     positions: Vec<Vec<usize>>,
     /// The candidates hinted for the local zone.
     hinted: Vec<usize>,
+    /// The largest weight of a candidate in each zone (by id), and of the hinted ones: what a
+    /// weighted draw within a domain is measured against.
+    max_weight: Vec<f64>,
+    hinted_max_weight: f64,
     spill: Vec<Spill>,
     /// Credit towards the next local request, in the `Spill` mode.
     keep_credit: f64,
@@ -133,6 +137,8 @@ impl Zones {
             mode: Mode::Off,
             positions: Vec::new(),
             hinted: Vec::new(),
+            max_weight: Vec::new(),
+            hinted_max_weight: 0.0,
             spill: Vec::new(),
             keep_credit: 0.5,
             spill_credit: Vec::new(),
@@ -174,6 +180,7 @@ impl Zones {
         };
         let hint = match locality.for_zones() {
             None => Hint::None,
+            Some([]) => Hint::None,
             Some(zones) if zones.iter().any(|z| **z == *self.config.local) => Hint::Local,
             Some(_) => Hint::Other,
         };
@@ -204,13 +211,13 @@ impl Zones {
         }
     }
 
-    /// Makes the plan again from the candidates (position, zone, effective weight) and every
-    /// known endpoint (zone, weight).
+    /// Makes the plan again from the candidates (position, zone, effective weight, weight)
+    /// and every known endpoint (zone, weight).
     pub(crate) fn replan(
         &mut self,
         stamp: Stamp,
         ramp_now: Option<Instant>,
-        candidates: impl Iterator<Item = (usize, EndpointZone, f64)>,
+        candidates: impl Iterator<Item = (usize, EndpointZone, f64, f64)>,
         known: impl Iterator<Item = (EndpointZone, f64)>,
     ) {
         self.stamp = Some(stamp);
@@ -221,19 +228,23 @@ impl Zones {
         }
         self.positions.resize_with(zones, Vec::new);
         self.hinted.clear();
+        reset(&mut self.max_weight, zones);
+        self.hinted_max_weight = 0.0;
         reset(&mut self.upstream, zones);
         reset(&mut self.known, zones);
         self.spill_credit.resize(zones, 0.0);
 
         let (mut ready, mut upstream_total) = (0, 0.0);
-        for (pos, zone, weight) in candidates {
+        for (pos, zone, weight, full_weight) in candidates {
             let id = usize::from(zone.id);
             self.positions[id].push(pos);
             self.upstream[id] += weight;
+            self.max_weight[id] = self.max_weight[id].max(full_weight);
             upstream_total += weight;
             ready += 1;
             if zone.hint == Hint::Local {
                 self.hinted.push(pos);
+                self.hinted_max_weight = self.hinted_max_weight.max(full_weight);
             }
         }
         let (mut known_count, mut unhinted, mut known_total) = (0, 0, 0.0);
@@ -245,6 +256,7 @@ impl Zones {
                 unhinted += 1;
             }
         }
+        let before = self.mode;
         self.mode = if stamp.panic {
             Mode::Off
         } else if known_count > 0 && unhinted == 0 {
@@ -258,6 +270,15 @@ impl Zones {
         } else {
             self.rule(upstream_total, known_total)
         };
+        // Credits carry over only while the same zones share the spill.
+        if std::mem::discriminant(&before) != std::mem::discriminant(&self.mode) {
+            self.keep_credit = 0.5;
+        }
+        for (zone, credit) in self.spill_credit.iter_mut().enumerate() {
+            if !self.spill.iter().any(|s| usize::from(s.zone) == zone) {
+                *credit = 0.0;
+            }
+        }
     }
 
     /// Envoy's rule over the shares of the candidates' weight and of the callers.
@@ -266,11 +287,16 @@ impl Zones {
         let upstream: Vec<f64> = self.upstream.iter().map(|w| w / upstream_total).collect();
         let callers = self.caller_shares(zones, known_total);
         let local = usize::from(self.local);
+        self.spill.clear();
+        if self.positions[local].is_empty() && callers[local] <= SHARE_TOLERANCE {
+            // No endpoint and no callers' share here (a pool in a zone the fleet is not in):
+            // nothing to prefer.
+            return Mode::Off;
+        }
         if upstream[local] + SHARE_TOLERANCE >= callers[local] {
             return Mode::Local;
         }
         let keep = upstream[local] / callers[local];
-        self.spill.clear();
         for zone in (0..zones).filter(|&z| z != local && !self.positions[z].is_empty()) {
             let residual = upstream[zone] - callers[zone];
             if residual > SHARE_TOLERANCE {
@@ -363,6 +389,16 @@ impl Zones {
         }
     }
 
+    /// The largest weight of a candidate in `domain` (`None`: every candidate, whose largest
+    /// the weights keep).
+    pub(crate) fn max_weight(&self, domain: Domain) -> Option<f64> {
+        match domain {
+            Domain::All => None,
+            Domain::Zone(zone) => self.max_weight.get(usize::from(zone)).copied(),
+            Domain::Hinted => Some(self.hinted_max_weight),
+        }
+    }
+
     /// Whether an endpoint in `zone` serves the local zone: hinted for it in the hinted mode,
     /// in it otherwise.
     pub(crate) fn is_local(&self, zone: EndpointZone) -> bool {
@@ -402,7 +438,7 @@ mod tests {
         let mut candidates = Vec::new();
         for (z, count) in ready.iter().enumerate() {
             for _ in 0..*count {
-                candidates.push((pos, ids[z], 1.0));
+                candidates.push((pos, ids[z], 1.0, 1.0));
                 pos += 1;
             }
         }
@@ -433,8 +469,14 @@ mod tests {
         let mut zones = Zones::new(ZoneAware::new("a"));
         let hinted = zones.endpoint_zone(&Locality::zone("a").hints(["a"]));
         let unhinted = zones.endpoint_zone(&Locality::zone("b"));
-        let candidates = (0..8).map(|pos| (pos, if pos < 4 { hinted } else { unhinted }, 1.0));
-        let known: Vec<_> = candidates.clone().map(|(_, zone, w)| (zone, w)).collect();
+        // An empty list of hints is no hints.
+        let empty = zones.endpoint_zone(&Locality::zone("b").hints(Vec::<String>::new()));
+        assert_eq!(empty, unhinted);
+        let candidates = (0..8).map(|pos| (pos, if pos < 4 { hinted } else { unhinted }, 1.0, 1.0));
+        let known: Vec<_> = candidates
+            .clone()
+            .map(|(_, zone, w, _)| (zone, w))
+            .collect();
         zones.replan(STAMP, None, candidates.clone(), known.into_iter());
         // One endpoint without hints: the zones decide (4 of 8 in a, as its callers).
         assert_eq!(zones.route(), (Domain::Zone(1), Routed::Local));
