@@ -272,6 +272,20 @@ where
 
 // === summary table ===
 
+/// `n` simulated replicas of finite capacity: `workers` each, a FIFO queue before them.
+pub(crate) fn finite_replicas(
+    n: usize,
+    workers: usize,
+) -> Vec<portcullis_test::endpoint::SimControl> {
+    (0..n)
+        .map(|_| {
+            let control = portcullis_test::endpoint::SimControl::new();
+            control.set_workers(Some(workers));
+            control
+        })
+        .collect()
+}
+
 /// One line of the summary table.
 #[derive(Debug)]
 pub(crate) struct Row {

@@ -18,7 +18,7 @@
 //! - **ours adaptive, one probe only**: the first probe of the no-load latency and no later
 //!   one (an hour apart), for what the periodic probes cost.
 
-use crate::common::{paused_runtime, Config, Row, SeededRng};
+use crate::common::{finite_replicas, paused_runtime, Config, Row, SeededRng};
 use crate::svg::{self, Series};
 use hdrhistogram::Histogram;
 use portcullis_p2c::limit::Gradient;
@@ -48,13 +48,7 @@ type Stack = BoxCloneService<u64, u32, BoxError>;
 /// The simulated replicas: each answers with its index after a service time drawn from its
 /// own seeded source.
 fn replicas() -> Vec<SimControl> {
-    (0..REPLICAS)
-        .map(|_| {
-            let control = SimControl::new();
-            control.set_workers(Some(WORKERS));
-            control
-        })
-        .collect()
+    finite_replicas(REPLICAS, WORKERS)
 }
 
 fn endpoint(

@@ -15,7 +15,7 @@
 //! Reported per phase: the share of requests that crossed zones, the load per live replica
 //! (most and least loaded over the mean), p50 and p99 latency, and requests past the deadline.
 
-use crate::common::{paused_runtime, Config, Row};
+use crate::common::{finite_replicas, paused_runtime, Config, Row};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use portcullis_p2c::zone::{Locality, ZoneAware};
@@ -51,13 +51,7 @@ fn zone_of(replica: usize) -> usize {
 }
 
 fn replicas() -> Vec<SimControl> {
-    (0..REPLICAS)
-        .map(|_| {
-            let control = SimControl::new();
-            control.set_workers(Some(WORKERS));
-            control
-        })
-        .collect()
+    finite_replicas(REPLICAS, WORKERS)
 }
 
 /// Counts the calls that crossed zones, for every stack alike.

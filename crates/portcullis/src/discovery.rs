@@ -169,44 +169,10 @@ let answer = svc.oneshot("hello".to_string()).await?;
     doc = r##"
 [`k8s::K8s`] (feature `k8s`): the ready endpoints of a Service's EndpointSlices at a named
 port (the kube client is the source's own, re-exported; a TLS feature of kube's is the
-application's to enable).
-
-```no_run
-use portcullis::discovery::k8s::{kube, K8s, K8sEndpoint};
-use portcullis::prelude::*;
-use std::net::SocketAddr;
-use tower::ServiceExt;
-# use tower::util::BoxCloneSyncService;
-# fn endpoint(addr: impl std::fmt::Display) -> BoxCloneSyncService<String, String, BoxError> {
-#     let addr = addr.to_string();
-#     BoxCloneSyncService::new(tower::service_fn(move |req: String| {
-#         let answer = format!("{addr} answered {req}");
-#         async move { Ok::<_, BoxError>(answer) }
-#     }))
-# }
-
-# #[tokio::main(flavor = "current_thread")]
-# async fn main() -> Result<(), BoxError> {
-let k8s = K8s::builder().build(kube::Client::try_default().await?)?;
-let api = k8s.service("default", "api", "http")?;
-
-let pool = P2cPool::builder().build(p2c::make::peak_ewma(
-    |addr: &SocketAddr, _: &K8sEndpoint| endpoint(addr),
-))?;
-let svc = ServiceBuilder::new()
-    .pool_queue(PoolQueue::builder().build_layer(move || api.updates())?)
-    .service(pool);
-
-let answer = svc.oneshot("hello".to_string()).await?;
-# drop(answer);
-# Ok(())
-# }
-```
-
-Zone-aware, over the same source: each endpoint's zone and its EndpointSlice hints
-(`hints.forZones`) go to the pool through [`p2c::make::zoned`](crate::p2c::make::zoned), and
-the pool learns its own zone from the environment, as a pod does from the downward API (see
-[`p2c::zone`](crate::p2c::zone) for the rule).
+application's to enable). Here the pool routes by zone, which is optional: each endpoint's
+zone and EndpointSlice hints (`hints.forZones`) reach the pool through
+[`p2c::make::zoned`](crate::p2c::make::zoned), and the pool learns its own zone from the
+environment, as a pod does from the downward API (the rule: [`p2c::zone`](crate::p2c::zone)).
 
 ```no_run
 use portcullis::discovery::k8s::{kube, K8s, K8sEndpoint};
