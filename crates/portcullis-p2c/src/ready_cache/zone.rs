@@ -108,6 +108,9 @@ where
     /// The largest weight of a candidate in `domain`: what a weighted draw within it is
     /// measured against.
     pub(crate) fn domain_max_weight(&self, domain: Domain) -> f64 {
+        if domain == Domain::All {
+            return self.max_weight();
+        }
         self.zones
             .as_ref()
             .and_then(|zones| zones.max_weight(domain))

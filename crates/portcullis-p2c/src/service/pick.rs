@@ -186,14 +186,17 @@ where
         }
     }
 
-    /// Whether a ready candidate is not in `tried`.
+    /// Whether a ready candidate is not in `tried` (and has room).
     pub(super) fn any_untried(&self, tried: &Tried) -> bool {
-        (0..self.endpoints.candidates()).any(|pos| {
-            self.endpoints
-                .get_ready(pos)
-                .is_some_and(|(_, chosen, _)| !tried.contains(chosen.id()))
-                && self.endpoints.has_room(pos)
-        })
+        (0..self.endpoints.candidates()).any(|pos| self.untried_at(pos, tried))
+    }
+
+    /// Whether the ready candidate at `pos` is not in `tried` and has room.
+    fn untried_at(&self, pos: usize, tried: &Tried) -> bool {
+        self.endpoints
+            .get_ready(pos)
+            .is_some_and(|(_, chosen, _)| !tried.contains(chosen.id()))
+            && self.endpoints.has_room(pos)
     }
 
     /// The pick for a copy of a request whose earlier copies went to the endpoints in
@@ -206,7 +209,8 @@ where
         K: fmt::Debug,
         M::Endpoint: Load,
     {
-        if !self.any_untried(tried) {
+        let untried = self.untried_in(Domain::All, tried);
+        if untried.is_empty() {
             // Every ready endpoint was tried: the usual pick (which routes by zone itself).
             return self.select(cx);
         }
@@ -217,12 +221,20 @@ where
             None
         };
         let (domain, mut routed) = self.endpoints.route(now);
-        let mut untried = self.untried_in(domain, tried);
-        if untried.is_empty() && domain != Domain::All {
-            untried = self.untried_in(Domain::All, tried);
-            routed = Some(Routed::Fallback);
-        }
+        let untried = match domain {
+            Domain::All => untried,
+            _ => {
+                let within = self.untried_in(domain, tried);
+                if within.is_empty() {
+                    routed = Some(Routed::Fallback);
+                    untried
+                } else {
+                    within
+                }
+            }
+        };
         let pos = match untried.len() {
+            // (Not empty: the list of a domain is used only when it is not.)
             0 => return self.select(cx),
             1 => untried[0],
             len => {
@@ -243,12 +255,7 @@ where
     fn untried_in(&self, domain: Domain, tried: &Tried) -> Vec<usize> {
         (0..self.endpoints.domain_len(domain))
             .map(|index| self.endpoints.domain_at(domain, index))
-            .filter(|&pos| {
-                self.endpoints
-                    .get_ready(pos)
-                    .is_some_and(|(_, chosen, _)| !tried.contains(chosen.id()))
-                    && self.endpoints.has_room(pos)
-            })
+            .filter(|&pos| self.untried_at(pos, tried))
             .collect()
     }
 
@@ -361,10 +368,7 @@ where
     fn draw_weighted(&mut self, domain: Domain, len: usize, now: Option<Instant>) -> usize {
         // Measured against the domain's own largest weight: a zone lighter than the rest
         // keeps its weights, and its draws.
-        let max = match domain {
-            Domain::All => self.endpoints.max_weight(),
-            _ => self.endpoints.domain_max_weight(domain),
-        };
+        let max = self.endpoints.domain_max_weight(domain);
         let mut index = 0;
         for _ in 0..WEIGHTED_DRAWS {
             index = self.rng.gen_range(0..len);
