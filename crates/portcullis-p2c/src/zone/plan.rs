@@ -155,8 +155,8 @@ impl Zones {
     }
 
     fn intern(&mut self, name: &str) -> ZoneId {
-        if let Some(index) = self.names.get_index_of(name) {
-            return index as ZoneId + 1;
+        if let Some(id) = self.id_of(name) {
+            return id;
         }
         // More zones than ids: the rest count as unknown (no deployment has 65,535 zones).
         if self.names.len() >= usize::from(ZoneId::MAX - 1) {
@@ -228,6 +228,7 @@ impl Zones {
         }
         self.positions.resize_with(zones, Vec::new);
         self.hinted.clear();
+        self.spill.clear();
         reset(&mut self.max_weight, zones);
         self.hinted_max_weight = 0.0;
         reset(&mut self.upstream, zones);
@@ -287,7 +288,6 @@ impl Zones {
         let upstream: Vec<f64> = self.upstream.iter().map(|w| w / upstream_total).collect();
         let callers = self.caller_shares(zones, known_total);
         let local = usize::from(self.local);
-        self.spill.clear();
         if self.positions[local].is_empty() && callers[local] <= SHARE_TOLERANCE {
             // No endpoint and no callers' share here (a pool in a zone the fleet is not in):
             // nothing to prefer.
