@@ -1,7 +1,7 @@
 //! `HashPool`: consistent hashing with bounded loads, over simulated replicas in paused time.
 
 use portcullis_p2c::hash::{hash_key, HashPool};
-use portcullis_p2c::{make, BuildError, MakeEndpoint, P2cPool};
+use portcullis_p2c::{make, BuildError, EndpointState, MakeEndpoint, P2cPool};
 use portcullis_pool::{Pool, Update};
 use portcullis_test::fleet::{Fleet, FleetEndpoint};
 use tokio_test::{assert_ready_ok, task};
@@ -118,9 +118,11 @@ async fn an_unready_endpoint_is_skipped_and_its_keys_come_back() {
             assert_eq!(now, home, "key {key} moved, though its replica is ready");
         }
     }
+    assert_eq!(pool.endpoint_state(&down), Some(EndpointState::Pending));
     fleet.control(down).set_ready(true);
     let mut t = task::spawn(());
     let _ = t.enter(|cx, _| pool.poll_pool(cx));
+    assert_eq!(pool.endpoint_state(&down), Some(EndpointState::Ready));
     for (key, &home) in homes.iter().enumerate() {
         assert_eq!(one(&mut pool, key as u64), home, "key {key}");
     }

@@ -4,7 +4,8 @@
 //! Each case draws a configuration (direct dispatch on or off, capacity 1..=8, the failfast
 //! timeout, a `Retry` with attempt timeouts over the queue or plain callers, and each of the
 //! pool's health features: ejection, panic threshold, slow start, weights, failure-aware,
-//! subsetting, per-endpoint limits, zone-aware routing; the clients' endpoint readiness,
+//! subsetting, per-endpoint limits, zone-aware routing, a `HashPool` in the pool's place; the
+//! clients' endpoint readiness,
 //! `Reachable`, over a simulated probe; and hedging under the retry, `Hedge`, with a fixed
 //! delay and two or three copies; the queue's shedding) and a
 //! history of events (discovery updates and errors, readiness flips, endpoint failures,
@@ -33,6 +34,7 @@ use futures_util::FutureExt;
 use portcullis::endpoint::Reachable;
 use portcullis::p2c::{
     failure::failure_aware,
+    hash::{hash_key, HashPool, HashPoolBuilder},
     limit::{Aimd, Gradient},
     make::{peak_ewma, weighted, zoned, MakeEndpoint},
     subset::Subset,
@@ -93,9 +95,32 @@ struct Config {
     /// Zone-aware routing: the local zone (of "a", "b", "c"; key k is in zone k % 3), the
     /// cluster size, and whether the callers' shares are given (all in the local zone).
     zones: Option<ZonesDraw>,
+    /// A `HashPool` in place of the `P2cPool` (the same builder under it, without zones,
+    /// which it refuses): its ε, its table size, and how many keys the requests spread over
+    /// (every fifth request has none).
+    hash: Option<HashDraw>,
     seed: u64,
 }
 
+#[derive(Clone, Copy, Debug)]
+struct HashDraw {
+    epsilon: f64,
+    table_size: usize,
+    keys: u64,
+}
+
+fn hash_draw() -> impl Strategy<Value = HashDraw> {
+    (
+        prop_oneof![Just(0.1), Just(0.25), Just(1.0)],
+        prop_oneof![Just(7usize), Just(101), Just(65_537)],
+        1..=8u64,
+    )
+        .prop_map(|(epsilon, table_size, keys)| HashDraw {
+            epsilon,
+            table_size,
+            keys,
+        })
+}
 #[derive(Clone, Copy, Debug)]
 struct ZonesDraw {
     local: usize,
@@ -168,6 +193,7 @@ prop_compose! {
         limit in prop::option::of(limit_draw()),
         shed in any::<bool>(),
         zones in prop::option::of(zones_draw()),
+        hash in prop::option::weighted(0.3, hash_draw()),
         seed in any::<u64>(),
     ) -> Config {
         Config {
@@ -186,6 +212,7 @@ prop_compose! {
             limit,
             shed,
             zones,
+            hash,
             seed,
         }
     }
@@ -301,6 +328,20 @@ trait Inspect {
     fn in_panic_mode(&self) -> bool;
 }
 
+impl<M: MakeEndpoint<u32, u32>, C> Inspect for HashPool<u32, u32, M, u64, C> {
+    fn chosen_key(&self) -> Option<u32> {
+        self.chosen().copied()
+    }
+
+    fn state_of(&self, key: u32) -> Option<EndpointState> {
+        self.endpoint_state(&key)
+    }
+
+    fn in_panic_mode(&self) -> bool {
+        self.metrics().snapshot().panic_mode
+    }
+}
+
 impl<M: MakeEndpoint<u32, u32>, C> Inspect for P2cPool<u32, u32, M, u64, C> {
     fn chosen_key(&self) -> Option<u32> {
         self.chosen().copied()
@@ -392,6 +433,14 @@ where
 
     fn endpoints(&self) -> EndpointCounts {
         self.inner.endpoints()
+    }
+
+    fn poll_ready_for(
+        &mut self,
+        cx: &mut Context<'_>,
+        request: &u64,
+    ) -> Poll<Result<(), P::Error>> {
+        self.inner.poll_ready_for(cx, request)
     }
 }
 
@@ -616,7 +665,8 @@ fn p2c_builder(config: &Config) -> portcullis::p2c::P2cPoolBuilder {
     if let Some(window) = config.slow_start {
         builder = builder.slow_start(window, 1.0, 10);
     }
-    if let Some(zones) = config.zones {
+    // A hash pool refuses zone-aware routing: the two are not drawn together.
+    if let (Some(zones), None) = (config.zones, config.hash) {
         let local = ZONE_NAMES[zones.local];
         let mut zone = ZoneAware::new(local).min_cluster_size(zones.min_cluster_size);
         if zones.callers_given {
@@ -714,12 +764,25 @@ async fn run(config: Config, events: Vec<Event>) -> Result<(), TestCaseError> {
             let maker = zoned(maker, |key: &u32, _: &u32| {
                 Locality::zone(ZONE_NAMES[*key as usize % ZONE_NAMES.len()])
             });
-            if config.failure_aware {
-                let maker =
-                    failure_aware(maker, |_: &(u32, u32)| false, ms(1_000)).map_err(fail)?;
-                go!(builder.build(maker).map_err(fail)?)
-            } else {
-                go!(builder.build(maker).map_err(fail)?)
+            match (config.failure_aware, config.hash) {
+                (true, None) => {
+                    let maker =
+                        failure_aware(maker, |_: &(u32, u32)| false, ms(1_000)).map_err(fail)?;
+                    go!(builder.build(maker).map_err(fail)?)
+                }
+                (true, Some(hash)) => {
+                    let maker =
+                        failure_aware(maker, |_: &(u32, u32)| false, ms(1_000)).map_err(fail)?;
+                    go!(hash_pool(builder, hash)
+                        .build(maker, hash_of(hash))
+                        .map_err(fail)?)
+                }
+                (false, None) => go!(builder.build(maker).map_err(fail)?),
+                (false, Some(hash)) => {
+                    go!(hash_pool(builder, hash)
+                        .build(maker, hash_of(hash))
+                        .map_err(fail)?)
+                }
             }
         }};
     }
@@ -741,6 +804,19 @@ async fn run(config: Config, events: Vec<Event>) -> Result<(), TestCaseError> {
         });
     }
     pools!(connecting)
+}
+
+/// The hash pool's builder over `pool`'s settings.
+fn hash_pool(pool: portcullis::p2c::P2cPoolBuilder, hash: HashDraw) -> HashPoolBuilder {
+    HashPool::builder()
+        .pool(pool)
+        .epsilon(hash.epsilon)
+        .table_size(hash.table_size)
+}
+
+/// A request's key: its attempt's number over `hash.keys` keys, none for every fifth.
+fn hash_of(hash: HashDraw) -> impl Fn(&u64) -> Option<u64> + Send + Sync + 'static {
+    move |attempt: &u64| (attempt % 5 != 4).then(|| hash_key(&(attempt % hash.keys)))
 }
 
 fn fail(error: impl std::fmt::Display) -> TestCaseError {
@@ -930,11 +1006,11 @@ where
             "step {step} ({event:?}): depth {} but {waiting} attempts wait",
             metrics.depth
         );
-        // Zone-aware, every request the pool sent out was picked, and counted; otherwise no
-        // zone is counted.
+        // Zone-aware (a P2cPool's), every request the pool sent out was picked, and counted;
+        // otherwise no zone is counted.
         let p2c = self.p2c.snapshot();
         let zone_picks = p2c.zone_local + p2c.zone_remote;
-        if self.config.zones.is_some() {
+        if self.config.zones.is_some() && self.config.hash.is_none() {
             prop_assert!(
                 zone_picks >= log.dispatched.len() as u64,
                 "step {step} ({event:?}): {zone_picks} zone picks for {} calls",
@@ -1117,6 +1193,7 @@ fn draws_cover_every_setting() {
             ("limit", config.limit.is_some()),
             ("shed", config.shed),
             ("zones", config.zones.is_some()),
+            ("hash", config.hash.is_some()),
         ] {
             seen.entry(name).or_default().insert(on);
         }
@@ -1147,6 +1224,7 @@ fn regression_a_plain_thread_caller_drives_a_latency_aware_pool() -> Result<(), 
         limit: None,
         shed: false,
         zones: None,
+        hash: None,
         seed: 3_585_878_195_470_747_435,
     };
     let events = vec![

@@ -68,7 +68,7 @@ use crate::metrics::{OwnedGauges, P2cMetrics};
 use crate::ready_cache::{ReadyCache, ReadyRef};
 #[cfg(doc)]
 use crate::P2cPool;
-use crate::{BoxError, BuildError, P2cPoolBuilder};
+use crate::{BoxError, BuildError, EndpointState, P2cPoolBuilder};
 use portcullis_pool::{EndpointCounts, Pool, Update};
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -471,6 +471,12 @@ where
     /// The key of the endpoint the last successful pick reserved, which the next `call` goes to.
     pub fn chosen(&self) -> Option<&K> {
         self.endpoints.key_of(self.chosen?)
+    }
+
+    /// The state of the endpoint for `key`, or `None` if the pool does not know the key (as
+    /// [`P2cPool::endpoint_state`] tells it).
+    pub fn endpoint_state(&self, key: &K) -> Option<EndpointState> {
+        self.endpoints.state(key)
     }
 
     /// Rebuilds the table if an update changed the endpoints since.
